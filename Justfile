@@ -1,0 +1,21 @@
+# tether's recipes. Every recipe is a plain command: the README gives each
+# one without `just` too.
+
+# Run all tests with the race detector (what CI runs).
+test:
+    go test -race -count=1 ./...
+
+# Benchmarks with their reference figures, for the README's tables.
+bench:
+    go test -run '^$' -bench . -benchtime 2000000x ./affinity
+
+# gofmt check, go vet, staticcheck.
+lint:
+    test -z "$(gofmt -l .)" || (gofmt -l . && exit 1)
+    go vet ./...
+    staticcheck ./...
+
+# Fuzz each target for a while (FUZZTIME=30s by default).
+fuzz time="30s":
+    go test -run '^$' -fuzz FuzzParseMask -fuzztime {{time}} ./affinity
+    go test -run '^$' -fuzz FuzzReadSnapshot -fuzztime {{time}} ./affinity

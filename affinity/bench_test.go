@@ -1,0 +1,235 @@
+package affinity
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+)
+
+// Every benchmark runs against a table holding benchEntries templates, with
+// two access patterns:
+//
+//   - hot: lookups cycle over a 16 K-client working set (in random order)
+//     inside the 1 M table: the clients that are connecting right now are
+//     few of those the table remembers. This is the realistic figure.
+//   - uniform: lookups are uniformly random over all 1 M templates, so
+//     nearly every one misses the CPU caches. BenchmarkFloorMapLookup
+//     measures what a bare Go map lookup costs under the same pattern, as
+//     the floor that figure sits on.
+const (
+	benchEntries = 1 << 20
+	hotClients   = 1 << 14
+)
+
+var patterns = []struct {
+	name string
+	n    int
+}{{"hot", hotClients}, {"uniform", benchEntries}}
+
+// benchTable is a table holding benchEntries idle templates, and the clients
+// in a random order. Capacity has headroom: at exactly full, a cyclic access
+// pattern is LRU's worst case and would measure misses, not hits.
+func benchTable(b *testing.B, capacity int) (*Table, ServiceRef, *rrPicker, []netip.Addr) {
+	b.Helper()
+	p := newPicker(8)
+	tb := New(Options{Capacity: capacity, SweepInterval: -1})
+	ref := tb.SetService(svcWeb, ServiceConfig{Timeout: time.Hour})
+	for _, s := range p.servers {
+		tb.SetServer(ref, s, ServerUp)
+	}
+	clients := make([]netip.Addr, benchEntries)
+	for i := range clients {
+		clients[i] = client(i)
+		l, err := tb.GetOrBind(ref, clients[i], p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		tb.Release(l)
+	}
+	rand.New(rand.NewPCG(1, 2)).Shuffle(len(clients), func(i, j int) { clients[i], clients[j] = clients[j], clients[i] })
+	return tb, ref, p, clients
+}
+
+// BenchmarkHit: a returning client's new connection finds its idle template.
+// Releases run with the timer stopped, once per pass over the clients.
+func BenchmarkHit(b *testing.B) {
+	for _, pat := range patterns {
+		b.Run(pat.name, func(b *testing.B) {
+			tb, ref, p, clients := benchTable(b, 2*benchEntries)
+			defer tb.Close()
+			clients = clients[:pat.n]
+			leases := make([]Lease, 0, len(clients))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				j := i % len(clients)
+				if j == 0 && i > 0 {
+					b.StopTimer()
+					for _, l := range leases {
+						tb.Release(l)
+					}
+					leases = leases[:0]
+					b.StartTimer()
+				}
+				l, _ := tb.GetOrBind(ref, clients[j], p)
+				leases = append(leases, l)
+			}
+			b.StopTimer()
+			if tb.Stats().Misses != benchEntries {
+				b.Fatalf("misses during the timed hits: %+v", tb.Stats())
+			}
+		})
+	}
+}
+
+// BenchmarkRelease: a connection closes; its template becomes the most
+// recently used idle one.
+func BenchmarkRelease(b *testing.B) {
+	for _, pat := range patterns {
+		b.Run(pat.name, func(b *testing.B) {
+			tb, ref, p, clients := benchTable(b, 2*benchEntries)
+			defer tb.Close()
+			clients = clients[:pat.n]
+			leases := make([]Lease, len(clients))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				j := i % len(clients)
+				if j == 0 {
+					b.StopTimer()
+					for k, c := range clients {
+						leases[k], _ = tb.GetOrBind(ref, c, p)
+					}
+					b.StartTimer()
+				}
+				tb.Release(leases[j])
+			}
+		})
+	}
+}
+
+// BenchmarkMissBind: a new client at the bound: the scheduler runs, the
+// least recently used idle template is evicted, a template is bound.
+func BenchmarkMissBind(b *testing.B) {
+	tb, ref, p, _ := benchTable(b, benchEntries)
+	defer tb.Close()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		l, _ := tb.GetOrBind(ref, client(benchEntries+i), p)
+		tb.Release(l)
+	}
+	b.StopTimer()
+	if tb.Len() > benchEntries {
+		b.Fatalf("Len %d above the bound", tb.Len())
+	}
+}
+
+// BenchmarkHitRelease is one short connection of a returning client, on one
+// goroutine: the reference for BenchmarkHitReleaseParallel.
+func BenchmarkHitRelease(b *testing.B) {
+	for _, pat := range patterns {
+		b.Run(pat.name, func(b *testing.B) {
+			tb, ref, p, clients := benchTable(b, 2*benchEntries)
+			defer tb.Close()
+			clients = clients[:pat.n]
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				l, _ := tb.GetOrBind(ref, clients[i%len(clients)], p)
+				tb.Release(l)
+			}
+		})
+	}
+}
+
+// BenchmarkHitReleaseParallel runs BenchmarkHitRelease's operation on all
+// cores (GOMAXPROCS goroutines). Throughput scaling is BenchmarkHitRelease's
+// ns/op divided by this one's.
+func BenchmarkHitReleaseParallel(b *testing.B) {
+	for _, pat := range patterns {
+		b.Run(pat.name, func(b *testing.B) {
+			tb, ref, p, clients := benchTable(b, 2*benchEntries)
+			defer tb.Close()
+			clients = clients[:pat.n]
+			var seed atomic.Int64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(seed.Add(1)) * 7919
+				for pb.Next() {
+					l, _ := tb.GetOrBind(ref, clients[i%len(clients)], p)
+					tb.Release(l)
+					i++
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkFloorMapLookup is a bare Go map lookup of the same keys under the
+// same patterns: the memory-latency floor under the table's figures.
+func BenchmarkFloorMapLookup(b *testing.B) {
+	m := make(map[key]int32)
+	keys := make([]key, benchEntries)
+	for i := range keys {
+		keys[i] = makeKey(0, client(i))
+		m[keys[i]] = int32(i)
+	}
+	rand.New(rand.NewPCG(1, 2)).Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
+	for _, pat := range patterns {
+		b.Run(pat.name, func(b *testing.B) {
+			ks := keys[:pat.n]
+			var sum int32
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				sum += m[ks[i%len(ks)]]
+			}
+			runtime.KeepAlive(sum)
+		})
+	}
+}
+
+func heapInUse() uint64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// BenchmarkBytesPerEntry reports the heap a table of 1 M templates costs per
+// template, and, measured the same way in the same run, what a golang-lru
+// simplelru holding the same key and entry costs (B/entry-simplelru). It
+// measures once, whatever b.N is: a heap measurement is not a loop.
+func BenchmarkBytesPerEntry(b *testing.B) {
+	var per, ref float64
+	{
+		before := heapInUse()
+		tb, _, _, _ := benchTable(b, benchEntries)
+		per = float64(heapInUse()-before) / benchEntries
+		tb.Close()
+		runtime.KeepAlive(tb)
+
+		before = heapInUse()
+		l, _ := simplelru.NewLRU[key, entry](benchEntries, nil)
+		for i := range benchEntries {
+			k := makeKey(0, client(i))
+			l.Add(k, entry{key: k})
+		}
+		ref = float64(heapInUse()-before) / benchEntries
+		runtime.KeepAlive(l)
+	}
+	b.ReportMetric(per, "B/entry")
+	if per > 128 {
+		b.Errorf("%.1f B/entry is above the 128 B target", per)
+	}
+	b.ReportMetric(ref, "B/entry-simplelru")
+	b.ReportMetric(0, "ns/op")
+}

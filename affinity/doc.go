@@ -1,0 +1,18 @@
+// Package affinity remembers which real server each client belongs to:
+// Linux Virtual Server's persistence templates, rebuilt as a bounded,
+// expiring, sharded table.
+//
+// A template binds (service, masked client address) to a real server. The
+// semantics are IPVS's, with one improvement: a template never expires while
+// a connection made through it is open, and expires exactly Timeout after the
+// later of its last new connection and the close of its last connection
+// (IPVS re-arms in 60 s steps instead).
+//
+// The table is bounded by entries. At the bound the least recently used idle
+// template goes first; a template with open connections is evicted only when
+// no idle one is left, so a flood of spoofed sources can cost idle clients
+// their affinity but never grows memory.
+//
+// The package needs no privilege and makes no system calls on the lookup
+// path. It is used by the proxy data paths and by `tether affinity`.
+package affinity

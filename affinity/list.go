@@ -1,0 +1,166 @@
+package affinity
+
+import (
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// Template is one persistence template as `tether affinity ls` shows it.
+type Template struct {
+	Service Service
+	// Client is the masked client: every address in it shares the template.
+	Client netip.Prefix
+	Server netip.AddrPort
+	// Active is the number of open connections made through the template.
+	Active int
+	// Remaining is the time left before the template expires; while
+	// connections are open it is the full timeout, which starts when the
+	// last one closes.
+	Remaining time.Duration
+}
+
+// Filter selects templates; each zero field selects all.
+type Filter struct {
+	// Service, when set, selects the templates of one service.
+	Service *Service
+	// Client selects the template this address falls into (it is masked
+	// with each service's mask).
+	Client netip.Addr
+	// Server selects the templates bound to this real server.
+	Server netip.AddrPort
+}
+
+// matcher resolves a Filter against a registry into a predicate over
+// entries that runs under a shard lock without allocating.
+func (f Filter) matcher(r *registry) func(*entry) bool {
+	svc := uint32(len(r.svcs)) // matches nothing unless found
+	if f.Service != nil {
+		if ref, ok := r.byID[*f.Service]; ok {
+			svc = uint32(ref)
+		}
+	}
+	var clients [][16]byte // masked client per service index
+	if f.Client.IsValid() {
+		clients = make([][16]byte, len(r.svcs))
+		for i, s := range r.svcs {
+			clients[i] = s.cfg.Mask.Apply(f.Client).As16()
+		}
+	}
+	server := netip.AddrPortFrom(f.Server.Addr().Unmap(), f.Server.Port())
+	return func(e *entry) bool {
+		if f.Service != nil && e.key.svc != svc {
+			return false
+		}
+		if clients != nil && e.key.addr != clients[e.key.svc] {
+			return false
+		}
+		if f.Server.IsValid() && r.svcs[e.key.svc].servers[e.server] != server {
+			return false
+		}
+		return true
+	}
+}
+
+// List returns the live templates that f selects, sorted by service, then
+// client.
+func (t *Table) List(f Filter) []Template {
+	r := t.reg.Load()
+	match := f.matcher(r)
+	now := t.stamp()
+	var out []Template
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		for j := range sh.ents {
+			e := &sh.ents[j]
+			if e.active < 0 || !match(e) {
+				continue
+			}
+			s := r.svcs[e.key.svc]
+			rem := time.Duration(s.timeout)
+			if e.active == 0 {
+				rem -= time.Duration(now - e.stamp)
+			}
+			if rem <= 0 || s.removed {
+				continue
+			}
+			c := e.key.client()
+			bits := s.cfg.Mask.Bits6()
+			if c.Is4() {
+				bits = s.cfg.Mask.Bits4()
+			}
+			out = append(out, Template{
+				Service: s.id, Client: netip.PrefixFrom(c, bits),
+				Server: s.servers[e.server], Active: int(e.active), Remaining: rem,
+			})
+		}
+		sh.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b Template) int {
+		if c := compareService(a.Service, b.Service); c != 0 {
+			return c
+		}
+		return a.Client.Addr().Compare(b.Client.Addr())
+	})
+	return out
+}
+
+func compareService(a, b Service) int {
+	switch {
+	case a.Mark != b.Mark:
+		return cmpInt(a.Mark, b.Mark)
+	case a.Proto != b.Proto:
+		return cmpInt(a.Proto, b.Proto)
+	case a.Addr != b.Addr:
+		return a.Addr.Compare(b.Addr)
+	}
+	return cmpInt(a.Port, b.Port)
+}
+
+func cmpInt[T ~uint8 | ~uint16 | ~uint32](a, b T) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Invalidate drops the templates f selects (all of them for a zero Filter),
+// so their clients are rescheduled on their next connection. It returns how
+// many went. Open connections are not touched.
+func (t *Table) Invalidate(f Filter) int {
+	return t.invalidate(f.matcher(t.reg.Load()))
+}
+
+// Stats are the table's counters since it was made.
+type Stats struct {
+	Templates     int // held now, including expired ones not yet swept
+	Hits          uint64
+	Misses        uint64
+	Binds         uint64
+	Expirations   uint64
+	Evictions     uint64
+	Invalidations uint64
+}
+
+// Stats sums the counters of all shards.
+func (t *Table) Stats() Stats {
+	var s Stats
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		c := sh.stats
+		s.Templates += len(sh.index)
+		sh.mu.Unlock()
+		s.Hits += c.Hits
+		s.Misses += c.Misses
+		s.Binds += c.Binds
+		s.Expirations += c.Expirations
+		s.Evictions += c.Evictions
+		s.Invalidations += c.Invalidations
+	}
+	return s
+}

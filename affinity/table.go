@@ -1,0 +1,296 @@
+package affinity
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultCapacity bounds a table whose Options leave Capacity zero. At about
+// 85 bytes a template it is under 100 MB when full.
+const DefaultCapacity = 1 << 20
+
+// Options configure a Table. The zero value is a working table.
+type Options struct {
+	// Capacity is the most templates the table holds. Zero means
+	// DefaultCapacity. The bound is kept per shard, so the table evicts at
+	// Capacity/Shards in the fullest shard.
+	Capacity int
+	// Shards is the number of independently locked parts, rounded up to a
+	// power of two. Zero picks 4 per CPU, but no fewer than 1024 templates
+	// a shard, so that small tables evict in exact LRU order.
+	Shards int
+	// Now is the clock; nil means time.Now. Tests inject one.
+	Now func() time.Time
+	// SweepInterval is how often expired templates are freed in the
+	// background (lookups never return an expired one in any case). Zero
+	// means one second; negative disables the sweeper (tests call Sweep).
+	SweepInterval time.Duration
+}
+
+func (o Options) capacity() int {
+	if o.Capacity <= 0 {
+		return DefaultCapacity
+	}
+	return o.Capacity
+}
+
+func (o Options) shards() int {
+	n := o.Shards
+	if n <= 0 {
+		n = 4 * runtime.GOMAXPROCS(0)
+		for n > 1 && o.capacity()/n < 1024 {
+			n /= 2
+		}
+	}
+	p := 1
+	for p < n {
+		p *= 2
+	}
+	return p
+}
+
+func (o Options) sweepInterval() time.Duration {
+	if o.SweepInterval == 0 {
+		return time.Second
+	}
+	return o.SweepInterval
+}
+
+// Table is the bounded, expiring, sharded persistence table. Its methods are
+// safe for concurrent use.
+type Table struct {
+	now      func() time.Time
+	injected bool
+	epoch    time.Time
+	shards   []shard
+	mask     uint64 // len(shards)-1
+
+	regMu sync.Mutex // serialises registry writers
+	reg   atomic.Pointer[registry]
+
+	emitMu   sync.Mutex
+	lastEmit Stats
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// New returns an empty table. Close stops its sweeper.
+func New(o Options) *Table {
+	t := &Table{now: o.Now, injected: o.Now != nil, done: make(chan struct{})}
+	if t.now == nil {
+		t.now = time.Now
+	}
+	t.epoch = t.now()
+	n := o.shards()
+	per := (o.capacity() + n - 1) / n
+	t.shards = make([]shard, n)
+	t.mask = uint64(n - 1)
+	for i := range t.shards {
+		t.shards[i].init(per)
+	}
+	t.reg.Store((&registry{byID: map[Service]ServiceRef{}}).finish())
+	ctx, cancel := context.WithCancel(context.Background())
+	t.cancel = cancel
+	if iv := o.sweepInterval(); iv > 0 {
+		go t.sweepLoop(ctx, iv)
+	} else {
+		close(t.done)
+	}
+	return t
+}
+
+// Close stops the background sweeper and waits for it. The table stays
+// usable; nothing frees expired templates until lookups find them.
+func (t *Table) Close() error {
+	t.cancel()
+	<-t.done
+	return nil
+}
+
+func (t *Table) sweepLoop(ctx context.Context, iv time.Duration) {
+	defer close(t.done)
+	tk := time.NewTicker(iv)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+			t.Sweep()
+		}
+	}
+}
+
+// stamp is the clock as nanoseconds since the table was made. Without an
+// injected clock it reads only the monotonic clock: half the cost of
+// time.Now, on every lookup.
+func (t *Table) stamp() int64 {
+	if t.injected {
+		return int64(t.now().Sub(t.epoch))
+	}
+	return int64(time.Since(t.epoch))
+}
+
+// Picker chooses a real server for a client that has no usable template:
+// the service's scheduler. The table calls it without holding a lock.
+type Picker interface {
+	Pick(client netip.Addr) (netip.AddrPort, error)
+}
+
+// Lease is one connection's hold on a template, returned by GetOrBind and
+// given back to Release when the connection closes.
+type Lease struct {
+	// Server is the real server the client goes to.
+	Server netip.AddrPort
+	// Hit says the template existed and was honoured.
+	Hit bool
+
+	shard uint32
+	slot  int32
+	gen   uint32
+}
+
+// GetOrBind finds the template of (service, masked client) and counts a new
+// connection on it. On a hit whose server is still usable it resets the
+// template's timer and returns the bound server. On a miss, an expired
+// template or an unusable server it asks p for a server and binds it.
+func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, error) {
+	svc, err := t.reg.Load().service(ref)
+	if err != nil {
+		return Lease{}, err
+	}
+	k := makeKey(ref, svc.cfg.Mask.Apply(client))
+	si := k.hash() & t.mask
+	sh := &t.shards[si]
+	now := t.stamp()
+
+	sh.mu.Lock()
+	if i, ok := sh.index[k]; ok {
+		e := &sh.ents[i]
+		switch {
+		case e.active == 0 && now-e.stamp >= svc.timeout:
+			sh.remove(i)
+			sh.stats.Expirations++
+		case svc.usable(e.server):
+			sh.open(i, now)
+			sh.stats.Hits++
+			l := Lease{Server: svc.servers[e.server], Hit: true, shard: uint32(si), slot: i, gen: e.gen}
+			sh.mu.Unlock()
+			return l, nil
+		}
+	}
+	sh.stats.Misses++
+	sh.mu.Unlock()
+
+	server, err := p.Pick(client)
+	if err != nil {
+		return Lease{}, err
+	}
+	// The registry may have changed while the scheduler ran; bind against
+	// the newest one.
+	svc, err = t.reg.Load().service(ref)
+	if err != nil {
+		return Lease{}, err
+	}
+	sv, ok := svc.index[netip.AddrPortFrom(server.Addr().Unmap(), server.Port())]
+	if !ok {
+		return Lease{}, fmt.Errorf("%w: %s in %s", ErrUnknownServer, server, svc.id)
+	}
+	now = t.stamp()
+
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	i, ok := sh.index[k]
+	if ok {
+		e := &sh.ents[i]
+		// Another connection of the same client group bound first: join it,
+		// so that the group stays on one server.
+		live := e.active > 0 || now-e.stamp < svc.timeout
+		if !live || !svc.usable(e.server) {
+			e.server = sv
+			sh.stats.Binds++
+		}
+	} else {
+		i = sh.insert(k, sv, now, t.reg.Load())
+		sh.stats.Binds++
+	}
+	sh.open(i, now)
+	e := &sh.ents[i]
+	return Lease{Server: svc.servers[e.server], shard: uint32(si), slot: i, gen: e.gen}, nil
+}
+
+// Release gives back a lease when its connection closes; call it once per
+// lease. The template's timer starts when its last connection is released.
+// Releasing a lease whose template has since been evicted or invalidated
+// does nothing.
+func (t *Table) Release(l Lease) {
+	if int(l.shard) >= len(t.shards) {
+		return
+	}
+	sh := &t.shards[l.shard]
+	now := t.stamp()
+	sh.mu.Lock()
+	if int(l.slot) < len(sh.ents) {
+		if e := &sh.ents[l.slot]; e.gen == l.gen && e.active > 0 {
+			sh.close(l.slot, now)
+		}
+	}
+	sh.mu.Unlock()
+}
+
+// Sweep frees the expired idle templates now; the sweeper calls it every
+// SweepInterval. It returns how many went.
+func (t *Table) Sweep() int {
+	r := t.reg.Load()
+	now := t.stamp()
+	n := 0
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		n += sh.sweep(r, now, sweepBudget)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// sweepBudget bounds how long one shard's lock is held by one sweep.
+const sweepBudget = 4096
+
+// Len is the number of templates held, expired ones not yet swept included.
+func (t *Table) Len() int {
+	n := 0
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		n += len(sh.index)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// invalidate drops every template that match selects and counts them as
+// invalidations. match runs under shard locks: it must be the package's own.
+func (t *Table) invalidate(match func(*entry) bool) int {
+	n := 0
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		m := 0
+		for j := range sh.ents {
+			if e := &sh.ents[j]; e.active >= 0 && match(e) {
+				sh.remove(int32(j))
+				m++
+			}
+		}
+		sh.stats.Invalidations += uint64(m)
+		sh.mu.Unlock()
+		n += m
+	}
+	return n
+}
