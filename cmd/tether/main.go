@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,7 +23,12 @@ var (
 func main() {
 	if err := newApp(os.Stdout, os.Stderr).Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "tether:", err)
-		os.Exit(1)
+		code := 1
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) && ec.ExitCode() != 0 {
+			code = ec.ExitCode()
+		}
+		os.Exit(code)
 	}
 }
 
@@ -36,6 +42,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			"firewall-mark services (one mark spans many ports), without IPVS.",
 		Writer:    stdout,
 		ErrWriter: stderr,
+		// main prints errors and picks the exit code; cli must not exit.
+		ExitErrHandler: func(*cli.Context, error) {},
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"TETHER_LOG_FORMAT"}},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"TETHER_LOG_LEVEL"}},
@@ -45,6 +53,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			return err
 		},
 		Commands: []*cli.Command{
+			runCommand(),
+			checkCommand(),
 			versionCommand(),
 		},
 		HideVersion: true,

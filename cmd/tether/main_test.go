@@ -8,7 +8,7 @@ import (
 )
 
 // run runs the CLI with args and returns what it printed and its error.
-func run(t *testing.T, args ...string) (stdout, stderr string, err error) {
+func runCLI(t *testing.T, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
 	var o, e bytes.Buffer
 	err = newApp(&o, &e).Run(append([]string{"tether"}, args...))
@@ -16,7 +16,7 @@ func run(t *testing.T, args ...string) (stdout, stderr string, err error) {
 }
 
 func TestVersion(t *testing.T) {
-	out, _, err := run(t, "version")
+	out, _, err := runCLI(t, "version")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,7 +28,7 @@ func TestVersion(t *testing.T) {
 }
 
 func TestHelpListsCommands(t *testing.T) {
-	out, _, err := run(t, "--help")
+	out, _, err := runCLI(t, "--help")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +48,7 @@ func TestLogFlags(t *testing.T) {
 		{[]string{"--log-format", "xml", "version"}, `--log-format "xml": want text or json`},
 		{[]string{"--log-level", "loud", "version"}, `--log-level "loud"`},
 	} {
-		_, _, err := run(t, tc.args...)
+		_, _, err := runCLI(t, tc.args...)
 		if tc.err == "" && err != nil {
 			t.Errorf("%v: %v", tc.args, err)
 		}

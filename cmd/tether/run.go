@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+	prommetrics "github.com/hashicorp/go-metrics/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/proxy"
+	"github.com/urfave/cli/v2"
+)
+
+var configFlag = &cli.StringFlag{
+	Name: "config", Aliases: []string{"c"}, Usage: "configuration file",
+	EnvVars: []string{"TETHER_CONFIG"}, Required: true,
+}
+
+func checkCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "check",
+		Usage: "validate a configuration file and print it with every default filled in",
+		Description: "Like haproxy -c and nginx -t: exit 0 and the normalized configuration,\n" +
+			"or exit 1 and every error with its file, line and key.",
+		Flags: []cli.Flag{configFlag},
+		Action: func(c *cli.Context) error {
+			f, err := config.Load(c.String("config"))
+			if err != nil {
+				return cli.Exit(err.Error(), 1)
+			}
+			out, err := f.Marshal()
+			if err != nil {
+				return err
+			}
+			_, err = c.App.Writer.Write(out)
+			return err
+		},
+	}
+}
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "run",
+		Usage: "run the virtual services of a configuration file",
+		Description: "SIGHUP reloads the file (a bad file is logged and the running configuration\n" +
+			"stays); SIGTERM and SIGINT stop accepting, drain open connections for\n" +
+			"drain_timeout and write the persistence snapshot.",
+		Flags: []cli.Flag{configFlag},
+		Action: func(c *cli.Context) error {
+			log, _ := newLogger(c.App.ErrWriter, c.String("log-format"), c.String("log-level"))
+			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			return run(ctx, log, c.String("config"), hup)
+		},
+	}
+}
+
+// run is `tether run`: it returns when ctx ends, after draining.
+func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Signal) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return cli.Exit(err.Error(), 1)
+	}
+	m, stopMetrics, err := newMetrics(cfg.Metrics.Listen, log)
+	if err != nil {
+		return err
+	}
+	defer m.Shutdown()
+	defer stopMetrics()
+	p := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m})
+	if err := p.Start(); err != nil {
+		return err
+	}
+	log.Info("tether running", "config", path, "services", len(cfg.Services), "version", version)
+
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("stopping: draining open connections", "deadline", cfg.DrainTimeout.D())
+			dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout.D())
+			defer cancel()
+			return p.Shutdown(dctx)
+		case <-reload:
+			next, err := config.Load(path)
+			if err != nil {
+				log.Error("reload refused; the running configuration stays", "err", err)
+				continue
+			}
+			if err := p.Reload(next); err != nil {
+				log.Error("reload failed; the running configuration stays", "err", err)
+				continue
+			}
+			cfg.DrainTimeout = next.DrainTimeout
+			log.Info("reloaded", "config", path, "services", len(next.Services))
+		case <-tick.C:
+			p.EmitMetrics()
+		}
+	}
+}
+
+// newMetrics returns the go-metrics sink tether reports to and, with a
+// listen address, starts serving it as Prometheus text at /metrics; stop
+// ends that. The address is bound before it returns, so a taken port is a
+// start-up error, not a log line.
+func newMetrics(listen string, log *slog.Logger) (m *metrics.Metrics, stop func(), err error) {
+	cfg := metrics.DefaultConfig("tether")
+	cfg.EnableHostname, cfg.EnableHostnameLabel, cfg.EnableServiceLabel = false, false, false
+	cfg.EnableRuntimeMetrics = false
+	if listen == "" {
+		m, err := metrics.New(cfg, &metrics.BlackholeSink{})
+		return m, func() {}, err
+	}
+	reg := prometheus.NewRegistry()
+	sink, err := prommetrics.NewPrometheusSinkFrom(prommetrics.PrometheusOpts{Registerer: reg, Name: "tether"})
+	if err != nil {
+		return nil, nil, fmt.Errorf("metrics: %w", err)
+	}
+	if m, err = metrics.New(cfg, sink); err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("metrics.listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics endpoint stopped", "err", err)
+		}
+	}()
+	log.Info("metrics served", "url", "http://"+ln.Addr().String()+"/metrics")
+	return m, func() { srv.Close(); <-done }, nil
+}

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// nameServer answers each connection with its name.
+func nameServer(t *testing.T, name string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, name+"\n")
+			c.Close()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func ask(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	s, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(s), err
+}
+
+// eventually polls f until it succeeds or 10 s pass.
+func eventually(t *testing.T, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte("services:\n  - name: web\n    listen: 127.0.0.1:8080\n    servers: [{address: 127.0.0.2:80}]\n"), 0o600)
+	out, _, err := runCLI(t, "check", "--config", good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"scheduler: wlc", "connect_timeout: 5s", "weight: 1", "drain_timeout: 30s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check output lacks the default %q:\n%s", want, out)
+		}
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("services:\n  - name: web\n    listen: 127.0.0.1:8080\n    servers: [{address: 127.0.0.2:80, weight: 70000}]\n"), 0o600)
+	_, _, err = runCLI(t, "check", "--config", bad)
+	if err == nil || !strings.Contains(err.Error(), "bad.yaml:4: services[0].servers[0].weight: 70000 is outside 0..65535") {
+		t.Fatalf("check of a bad file: %v", err)
+	}
+	if code := exitCode(err); code != 1 {
+		t.Errorf("exit code %d, want 1", code)
+	}
+}
+
+func exitCode(err error) int {
+	if ec, ok := err.(interface{ ExitCode() int }); ok {
+		return ec.ExitCode()
+	}
+	return -1
+}
+
+func TestRunServesReloadsAndStops(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tether.yaml")
+	snap := filepath.Join(dir, "affinity.snap")
+	a, b := nameServer(t, "a"), nameServer(t, "b")
+	web, api, metricsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	write := func(s string) {
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := fmt.Sprintf("snapshot: %s\nmetrics: {listen: %s}\nservices:\n  - name: web\n    listen: %s\n    persistence: {}\n    servers: [{address: %s}]\n", snap, metricsAddr, web, a)
+	write(base)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reload := make(chan os.Signal, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, reload) }()
+
+	eventually(t, "web serves", func() error {
+		n, err := ask(web)
+		if err == nil && n != "a" {
+			err = fmt.Errorf("answered %q", n)
+		}
+		return err
+	})
+	eventually(t, "metrics count the connection", func() error {
+		r, err := http.Get("http://" + metricsAddr + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer r.Body.Close()
+		body, _ := io.ReadAll(r.Body)
+		if !strings.Contains(string(body), `tether_connections_accepted{service="web"}`) {
+			return fmt.Errorf("no accepted counter in:\n%.500s", body)
+		}
+		return nil
+	})
+
+	// A bad file is refused and the running config stays.
+	write("services: [oops\n")
+	reload <- syscall.SIGHUP
+	// A good one adds a service.
+	time.Sleep(50 * time.Millisecond)
+	if n, err := ask(web); err != nil || n != "a" {
+		t.Fatalf("after a bad reload web answered %q, %v", n, err)
+	}
+	write(base + fmt.Sprintf("  - name: api\n    listen: %s\n    servers: [{address: %s}]\n", api, b))
+	reload <- syscall.SIGHUP
+	eventually(t, "the reloaded api service serves", func() error {
+		n, err := ask(api)
+		if err == nil && n != "b" {
+			err = fmt.Errorf("answered %q", n)
+		}
+		return err
+	})
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run returned %v", err)
+		}
+	case <-time.After(40 * time.Second):
+		t.Fatal("run did not return after the stop signal")
+	}
+	if st, err := os.Stat(snap); err != nil || st.Size() == 0 {
+		t.Errorf("no snapshot written on stop: %v", err)
+	}
+	if _, err := net.DialTimeout("tcp", web, time.Second); err == nil {
+		t.Error("still listening after stop")
+	}
+}
+
+func TestRunRefusesBadConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.yaml")
+	os.WriteFile(path, []byte("services: []\n"), 0o600)
+	err := run(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), path, nil)
+	if err == nil || !strings.Contains(err.Error(), "t.yaml") {
+		t.Fatalf("run with a bad config: %v", err)
+	}
+}

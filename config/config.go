@@ -1,0 +1,469 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tetherlb/tether/affinity"
+	"go.yaml.in/yaml/v3"
+)
+
+// File is the whole configuration file.
+type File struct {
+	// Log holds the log settings; the command-line flags override them.
+	Log Log `yaml:"log,omitempty"`
+	// Snapshot is where persistence templates are saved on stop and
+	// restored from on start. Empty: no snapshot.
+	Snapshot string `yaml:"snapshot,omitempty"`
+	// Metrics, when Listen is set, serves Prometheus text at /metrics.
+	Metrics Metrics `yaml:"metrics,omitempty"`
+	// Affinity sizes the persistence table.
+	Affinity Affinity `yaml:"affinity,omitempty"`
+	// DrainTimeout is how long a stop waits for open connections (default 30s).
+	DrainTimeout Duration  `yaml:"drain_timeout,omitempty"`
+	Services     []Service `yaml:"services"`
+}
+
+// Log settings.
+type Log struct {
+	Level  string `yaml:"level,omitempty"`  // debug, info (default), warn, error
+	Format string `yaml:"format,omitempty"` // text (default) or json
+}
+
+// Metrics settings.
+type Metrics struct {
+	Listen string `yaml:"listen,omitempty"` // host:port; empty: no metrics endpoint
+}
+
+// Affinity settings.
+type Affinity struct {
+	Capacity int `yaml:"capacity,omitempty"` // templates; default 1048576
+}
+
+// Service is a virtual service.
+type Service struct {
+	Name        string       `yaml:"name"`
+	Protocol    string       `yaml:"protocol,omitempty"` // tcp (default)
+	Listen      string       `yaml:"listen"`             // VIP:port
+	Scheduler   string       `yaml:"scheduler,omitempty"`
+	Persistence *Persistence `yaml:"persistence,omitempty"`
+	Limits      Limits       `yaml:"limits,omitempty"`
+	Servers     []Server     `yaml:"servers"`
+}
+
+// Persistence makes a service persistent; absent, every connection is
+// scheduled on its own.
+type Persistence struct {
+	Timeout         Duration `yaml:"timeout,omitempty"`  // default 300s
+	Netmask         string   `yaml:"netmask,omitempty"`  // IPv4: dotted mask or prefix length; default 255.255.255.255
+	Netmask6        string   `yaml:"netmask6,omitempty"` // IPv6 prefix length 1..128; default 128
+	ExpireQuiescent bool     `yaml:"expire_quiescent,omitempty"`
+}
+
+// Limits bound a service. Zero means no limit, except for the timeouts and
+// attempts, which have defaults.
+type Limits struct {
+	MaxConnections          int      `yaml:"max_connections,omitempty"`
+	MaxConnectionsPerServer int      `yaml:"max_connections_per_server,omitempty"`
+	ConnectTimeout          Duration `yaml:"connect_timeout,omitempty"`  // default 5s
+	ConnectAttempts         int      `yaml:"connect_attempts,omitempty"` // servers tried per connection, default 3
+	IdleTimeout             Duration `yaml:"idle_timeout,omitempty"`     // default 0: none
+}
+
+// Server is a real server.
+type Server struct {
+	Address string `yaml:"address"`
+	Weight  *int   `yaml:"weight,omitempty"` // 0..65535, default 1; 0 is quiescent
+}
+
+// Defaults.
+const (
+	DefaultScheduler       = "wlc"
+	DefaultConnectTimeout  = 5 * time.Second
+	DefaultConnectAttempts = 3
+	DefaultDrainTimeout    = 30 * time.Second
+)
+
+// Schedulers are the scheduler names a service may use (IPVS's).
+var Schedulers = []string{"rr", "wrr", "lc", "wlc", "sh", "mh", "sed", "nq"}
+
+// Duration is a time.Duration written as Go writes one ("300s", "5m") or as
+// a whole number of seconds (300), the way ipvsadm and keepalived write
+// timeouts.
+type Duration time.Duration
+
+// UnmarshalYAML accepts "300s" or 300.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: want a duration such as 300s or 300, got a %s", n.Line, kindName(n.Kind))
+	}
+	if secs, err := strconv.ParseInt(n.Value, 10, 64); err == nil {
+		*d = Duration(time.Duration(secs) * time.Second)
+		return nil
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (want e.g. 300s, 5m or 300)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the Go form.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// D is the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func kindName(k yaml.Kind) string {
+	switch k {
+	case yaml.MappingNode:
+		return "mapping"
+	case yaml.SequenceNode:
+		return "list"
+	}
+	return "value"
+}
+
+// Error is one problem in a configuration file.
+type Error struct {
+	File string
+	Line int    // 0 when unknown
+	Key  string // e.g. services[1].servers[0].weight
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		b.WriteString(":" + strconv.Itoa(e.Line))
+	}
+	if e.Key != "" {
+		b.WriteString(": " + e.Key)
+	}
+	b.WriteString(": " + e.Msg)
+	return b.String()
+}
+
+// Errors is every problem found in a file; a file is valid only without
+// any.
+type Errors []*Error
+
+func (es Errors) Error() string {
+	s := make([]string, len(es))
+	for i, e := range es {
+		s[i] = e.Error()
+	}
+	return strings.Join(s, "\n")
+}
+
+// Load reads, validates and normalizes the file at path.
+func Load(path string) (*File, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, b)
+}
+
+// Parse validates and normalizes a configuration; name is used in errors.
+func Parse(name string, b []byte) (*File, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		return nil, yamlErrors(name, err)
+	}
+	f := &File{}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(f); err != nil && !errors.Is(err, io.EOF) {
+		return nil, yamlErrors(name, err)
+	}
+	v := validator{file: name, lines: map[string]int{}}
+	v.index(&root, "")
+	v.check(f)
+	if len(v.errs) > 0 {
+		return nil, v.errs
+	}
+	f.normalize()
+	return f, nil
+}
+
+// yamlErrors turns yaml.v3's messages ("line 3: field foo not found in type
+// config.Service") into Errors naming the file.
+func yamlErrors(name string, err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		es := Errors{}
+		for _, m := range te.Errors {
+			es = append(es, lineError(name, m))
+		}
+		return es
+	}
+	return Errors{lineError(name, strings.TrimPrefix(err.Error(), "yaml: "))}
+}
+
+func lineError(name, msg string) *Error {
+	e := &Error{File: name, Msg: msg}
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		if i := strings.Index(rest, ":"); i > 0 {
+			if n, err := strconv.Atoi(rest[:i]); err == nil {
+				e.Line, e.Msg = n, strings.TrimSpace(rest[i+1:])
+			}
+		}
+	}
+	e.Msg = strings.ReplaceAll(e.Msg, "config.", "")
+	return e
+}
+
+// validator collects every problem with its line.
+type validator struct {
+	file  string
+	lines map[string]int // key path -> line
+	errs  Errors
+}
+
+// index records the line of every key path in the document.
+func (v *validator) index(n *yaml.Node, path string) {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			v.index(c, path)
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			p := n.Content[i].Value
+			if path != "" {
+				p = path + "." + p
+			}
+			v.lines[p] = n.Content[i].Line
+			v.index(n.Content[i+1], p)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			v.lines[p] = c.Line
+			v.index(c, p)
+		}
+	}
+}
+
+func (v *validator) errf(key, format string, a ...any) {
+	line := v.lines[key]
+	for k := key; line == 0 && k != ""; {
+		i := strings.LastIndexAny(k, ".[")
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+		line = v.lines[k]
+	}
+	v.errs = append(v.errs, &Error{File: v.file, Line: line, Key: key, Msg: fmt.Sprintf(format, a...)})
+}
+
+func (v *validator) check(f *File) {
+	if f.Log.Level != "" {
+		switch f.Log.Level {
+		case "debug", "info", "warn", "error":
+		default:
+			v.errf("log.level", "%q is not debug, info, warn or error", f.Log.Level)
+		}
+	}
+	if f.Log.Format != "" && f.Log.Format != "text" && f.Log.Format != "json" {
+		v.errf("log.format", "%q is not text or json", f.Log.Format)
+	}
+	if f.Metrics.Listen != "" {
+		if _, err := netip.ParseAddrPort(f.Metrics.Listen); err != nil {
+			v.errf("metrics.listen", "%q is not an address:port (%v)", f.Metrics.Listen, err)
+		}
+	}
+	if f.Affinity.Capacity < 0 {
+		v.errf("affinity.capacity", "%d is negative", f.Affinity.Capacity)
+	}
+	if f.DrainTimeout < 0 {
+		v.errf("drain_timeout", "%s is negative", f.DrainTimeout.D())
+	}
+	if len(f.Services) == 0 {
+		v.errf("services", "no services: nothing to balance")
+	}
+	names := map[string]string{}
+	listens := map[string]string{}
+	for i := range f.Services {
+		v.checkService(fmt.Sprintf("services[%d]", i), &f.Services[i], names, listens)
+	}
+}
+
+func (v *validator) checkService(p string, s *Service, names, listens map[string]string) {
+	switch {
+	case s.Name == "":
+		v.errf(p+".name", "missing: every service needs a name")
+	case names[s.Name] != "":
+		v.errf(p+".name", "duplicate service name %q (also %s)", s.Name, names[s.Name])
+	default:
+		names[s.Name] = p
+	}
+	switch s.Protocol {
+	case "", "tcp":
+	case "udp":
+		v.errf(p+".protocol", "udp services are not supported yet")
+	default:
+		v.errf(p+".protocol", "%q is not tcp", s.Protocol)
+	}
+	if s.Listen == "" {
+		v.errf(p+".listen", "missing: the VIP:port clients connect to")
+	} else if ap, err := netip.ParseAddrPort(s.Listen); err != nil {
+		v.errf(p+".listen", "%q is not an address:port such as 198.18.0.10:80 or [2001:db8::1]:443", s.Listen)
+	} else {
+		k := ap.String()
+		if ap.Port() == 0 && s.Persistence == nil {
+			v.errf(p+".listen", "port 0 (every port of the VIP) needs persistence, as in ipvsadm")
+		}
+		if other := listens[k]; other != "" {
+			v.errf(p+".listen", "%s is already the listen address of %s", k, other)
+		}
+		listens[k] = p
+	}
+	if s.Scheduler != "" && !contains(Schedulers, s.Scheduler) {
+		v.errf(p+".scheduler", "%q is not one of %s", s.Scheduler, strings.Join(Schedulers, ", "))
+	}
+	if ps := s.Persistence; ps != nil {
+		if ps.Timeout < 0 {
+			v.errf(p+".persistence.timeout", "%s is negative", ps.Timeout.D())
+		}
+		if ps.Netmask != "" {
+			if _, err := affinity.ParseMask4(ps.Netmask); err != nil {
+				v.errf(p+".persistence.netmask", "%v", err)
+			}
+		}
+		if ps.Netmask6 != "" {
+			if _, err := affinity.ParseMask6(ps.Netmask6); err != nil {
+				v.errf(p+".persistence.netmask6", "%v", err)
+			}
+		}
+	}
+	l := s.Limits
+	for _, c := range []struct {
+		key string
+		neg bool
+	}{
+		{"max_connections", l.MaxConnections < 0},
+		{"max_connections_per_server", l.MaxConnectionsPerServer < 0},
+		{"connect_timeout", l.ConnectTimeout < 0},
+		{"connect_attempts", l.ConnectAttempts < 0},
+		{"idle_timeout", l.IdleTimeout < 0},
+	} {
+		if c.neg {
+			v.errf(p+".limits."+c.key, "is negative")
+		}
+	}
+	if len(s.Servers) == 0 {
+		v.errf(p+".servers", "no servers")
+	}
+	seen := map[string]string{}
+	for j, sv := range s.Servers {
+		q := fmt.Sprintf("%s.servers[%d]", p, j)
+		ap, err := netip.ParseAddrPort(sv.Address)
+		switch {
+		case sv.Address == "":
+			v.errf(q+".address", "missing")
+		case err != nil:
+			v.errf(q+".address", "%q is not an address:port", sv.Address)
+		case ap.Port() == 0:
+			v.errf(q+".address", "%q has port 0; a real server of an address service needs its port", sv.Address)
+		default:
+			k := netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+			if other := seen[k]; other != "" {
+				v.errf(q+".address", "server %s is listed twice (also %s)", k, other)
+			}
+			seen[k] = q
+		}
+		if sv.Weight != nil && (*sv.Weight < 0 || *sv.Weight > 65535) {
+			v.errf(q+".weight", "%d is outside 0..65535", *sv.Weight)
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// normalize fills in every default, so that what `tether check` prints is
+// what runs. It runs only on a valid File.
+func (f *File) normalize() {
+	if f.Log.Level == "" {
+		f.Log.Level = "info"
+	}
+	if f.Log.Format == "" {
+		f.Log.Format = "text"
+	}
+	if f.Affinity.Capacity == 0 {
+		f.Affinity.Capacity = affinity.DefaultCapacity
+	}
+	if f.DrainTimeout == 0 {
+		f.DrainTimeout = Duration(DefaultDrainTimeout)
+	}
+	for i := range f.Services {
+		s := &f.Services[i]
+		if s.Protocol == "" {
+			s.Protocol = "tcp"
+		}
+		if s.Scheduler == "" {
+			s.Scheduler = DefaultScheduler
+		}
+		ap := netip.MustParseAddrPort(s.Listen)
+		s.Listen = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+		if ps := s.Persistence; ps != nil {
+			if ps.Timeout == 0 {
+				ps.Timeout = Duration(affinity.DefaultTimeout)
+			}
+			m, _ := affinity.ParseMask(ps.Netmask, ps.Netmask6)
+			ps.Netmask = strings.Split(m.String(), "/")[0]
+			ps.Netmask6 = strconv.Itoa(m.Bits6())
+		}
+		if s.Limits.ConnectTimeout == 0 {
+			s.Limits.ConnectTimeout = Duration(DefaultConnectTimeout)
+		}
+		if s.Limits.ConnectAttempts == 0 {
+			s.Limits.ConnectAttempts = DefaultConnectAttempts
+		}
+		for j := range s.Servers {
+			sv := &s.Servers[j]
+			if sv.Weight == nil {
+				w := 1
+				sv.Weight = &w
+			}
+			ap := netip.MustParseAddrPort(sv.Address)
+			sv.Address = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+		}
+	}
+}
+
+// Mask is the service's persistence mask; the zero Mask when not
+// persistent.
+func (p *Persistence) Mask() affinity.Mask {
+	m, _ := affinity.ParseMask(p.Netmask, p.Netmask6)
+	return m
+}
+
+// Marshal renders the normalized file as YAML.
+func (f *File) Marshal() ([]byte, error) {
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(f); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), enc.Close()
+}

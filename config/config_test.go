@@ -1,0 +1,161 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+const good = `
+snapshot: /var/lib/tether/affinity.snap
+metrics:
+  listen: 127.0.0.1:9105
+services:
+  - name: web
+    listen: 198.18.0.10:80
+    scheduler: mh
+    persistence:
+      timeout: 600
+      netmask: 255.255.255.0
+    servers:
+      - address: 198.18.1.1:8080
+        weight: 3
+      - address: 198.18.1.2:8080
+      - address: 198.18.1.3:8080
+        weight: 0
+  - name: api6
+    listen: "[2001:db8::10]:443"
+    persistence: {netmask6: /64}
+    limits: {max_connections: 100, connect_timeout: 2s}
+    servers:
+      - address: "[2001:db8::1:1]:443"
+`
+
+func TestParseNormalizes(t *testing.T) {
+	f, err := Parse("tether.yaml", []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	one, three, zero := 1, 3, 0
+	want := &File{
+		Log:          Log{Level: "info", Format: "text"},
+		Snapshot:     "/var/lib/tether/affinity.snap",
+		Metrics:      Metrics{Listen: "127.0.0.1:9105"},
+		Affinity:     Affinity{Capacity: 1 << 20},
+		DrainTimeout: Duration(30 * time.Second),
+		Services: []Service{{
+			Name: "web", Protocol: "tcp", Listen: "198.18.0.10:80", Scheduler: "mh",
+			Persistence: &Persistence{Timeout: Duration(600 * time.Second), Netmask: "255.255.255.0", Netmask6: "128"},
+			Limits:      Limits{ConnectTimeout: Duration(5 * time.Second), ConnectAttempts: 3},
+			Servers: []Server{
+				{Address: "198.18.1.1:8080", Weight: &three},
+				{Address: "198.18.1.2:8080", Weight: &one},
+				{Address: "198.18.1.3:8080", Weight: &zero},
+			},
+		}, {
+			Name: "api6", Protocol: "tcp", Listen: "[2001:db8::10]:443", Scheduler: "wlc",
+			Persistence: &Persistence{Timeout: Duration(300 * time.Second), Netmask: "255.255.255.255", Netmask6: "64"},
+			Limits:      Limits{MaxConnections: 100, ConnectTimeout: Duration(2 * time.Second), ConnectAttempts: 3},
+			Servers:     []Server{{Address: "[2001:db8::1:1]:443", Weight: &one}},
+		}},
+	}
+	if diff := cmp.Diff(want, f); diff != "" {
+		t.Errorf("Parse (-want +got):\n%s", diff)
+	}
+	// The normalized form parses back to itself.
+	out, err := f.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Parse("normalized", out)
+	if err != nil {
+		t.Fatalf("normalized config does not parse: %v\n%s", err, out)
+	}
+	if diff := cmp.Diff(f, again); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+}
+
+// Every bad case names the file, the line and the key.
+func TestParseErrors(t *testing.T) {
+	base := func(service string) string {
+		return "services:\n" + service
+	}
+	svc := func(extra string) string {
+		return base("  - name: web\n    listen: 127.0.0.1:8080\n" + extra + "    servers:\n      - address: 127.0.0.2:80\n")
+	}
+	for _, tc := range []struct {
+		name, in string
+		want     []string // each must appear in the error text
+	}{
+		{"unknown top-level key", "servces: []\n", []string{"cfg.yaml:1:", "field servces not found"}},
+		{"unknown service key", svc("    shceduler: rr\n"), []string{"cfg.yaml:4:", "field shceduler not found in type Service"}},
+		{"unknown server key", base("  - name: web\n    listen: 127.0.0.1:8080\n    servers:\n      - address: 127.0.0.2:80\n        wieght: 2\n"), []string{"cfg.yaml:6:", "field wieght not found"}},
+		{"wrong type", svc("    limits: {max_connections: lots}\n"), []string{"cfg.yaml:4:", "cannot unmarshal", "lots"}},
+		{"duplicate key", svc("    scheduler: rr\n    scheduler: wrr\n"), []string{"cfg.yaml:5:", "already defined"}},
+		{"duplicate service name", base("  - name: web\n    listen: 127.0.0.1:8080\n    servers: [{address: 127.0.0.2:80}]\n  - name: web\n    listen: 127.0.0.1:8081\n    servers: [{address: 127.0.0.2:80}]\n"),
+			[]string{"cfg.yaml:5: services[1].name: duplicate service name \"web\" (also services[0])"}},
+		{"server listed twice", base("  - name: web\n    listen: 127.0.0.1:8080\n    servers:\n      - address: 127.0.0.2:80\n      - address: 127.0.0.2:80\n"),
+			[]string{"cfg.yaml:6: services[0].servers[1].address: server 127.0.0.2:80 is listed twice (also services[0].servers[0])"}},
+		{"unparsable listen", base("  - name: web\n    listen: 127.0.0.1\n    servers: [{address: 127.0.0.2:80}]\n"), []string{"cfg.yaml:3: services[0].listen: \"127.0.0.1\" is not an address:port"}},
+		{"unparsable server", base("  - name: web\n    listen: 127.0.0.1:80\n    servers:\n      - address: backend-1\n"), []string{"cfg.yaml:5: services[0].servers[0].address: \"backend-1\" is not an address:port"}},
+		{"weight too big", base("  - name: web\n    listen: 127.0.0.1:80\n    servers:\n      - address: 127.0.0.2:80\n        weight: 70000\n"), []string{"cfg.yaml:6: services[0].servers[0].weight: 70000 is outside 0..65535"}},
+		{"negative weight", base("  - name: web\n    listen: 127.0.0.1:80\n    servers:\n      - address: 127.0.0.2:80\n        weight: -1\n"), []string{"weight: -1 is outside 0..65535"}},
+		{"negative timeout", svc("    persistence:\n      timeout: -5s\n"), []string{"cfg.yaml:5: services[0].persistence.timeout: -5s is negative"}},
+		{"bad duration", svc("    persistence:\n      timeout: soon\n"), []string{"cfg.yaml:5:", `"soon" is not a duration`}},
+		{"bad netmask", svc("    persistence:\n      netmask: 255.0.255.0\n"), []string{"cfg.yaml:5: services[0].persistence.netmask:", `"255.0.255.0" is not contiguous`}},
+		{"bad netmask6", svc("    persistence:\n      netmask6: 129\n"), []string{"persistence.netmask6:", `"129"`}},
+		{"bad scheduler", svc("    scheduler: fastest\n"), []string{"cfg.yaml:4: services[0].scheduler: \"fastest\" is not one of rr, wrr"}},
+		{"udp not yet", svc("    protocol: udp\n"), []string{"services[0].protocol: udp services are not supported yet"}},
+		{"no services", "snapshot: /tmp/x\n", []string{"services: no services"}},
+		{"no servers", base("  - name: web\n    listen: 127.0.0.1:80\n    servers: []\n"), []string{"services[0].servers: no servers"}},
+		{"port 0 without persistence", base("  - name: web\n    listen: 127.0.0.1:0\n    servers: [{address: 127.0.0.2:80}]\n"), []string{"needs persistence"}},
+		{"negative limit", svc("    limits: {max_connections_per_server: -2}\n"), []string{"services[0].limits.max_connections_per_server: is negative"}},
+		{"not yaml", "services: [\n", []string{"cfg.yaml:"}},
+		{"bad metrics listen", "metrics: {listen: 9105}\n" + svc(""), []string{"cfg.yaml:1: metrics.listen:"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("cfg.yaml", []byte(tc.in))
+			if err == nil {
+				t.Fatalf("no error for:\n%s", tc.in)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error\n  %s\nlacks %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestParseReportsEveryError(t *testing.T) {
+	in := "services:\n  - name: a\n    listen: nowhere\n    servers:\n      - address: x\n        weight: 99999\n"
+	_, err := Parse("cfg.yaml", []byte(in))
+	var es Errors
+	if !errors.As(err, &es) || len(es) != 3 {
+		t.Fatalf("err = %v, want 3 errors", err)
+	}
+}
+
+func TestPortZeroPersistentIsAccepted(t *testing.T) {
+	in := "services:\n  - name: all\n    listen: 127.0.0.1:0\n    persistence: {}\n    servers: [{address: 127.0.0.2:80}]\n"
+	if _, err := Parse("cfg.yaml", []byte(in)); err != nil {
+		t.Fatalf("a persistent port-0 service is valid config (the socket proxy refuses it): %v", err)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml")); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+		t.Errorf("Load of a missing file: %v", err)
+	}
+	p := filepath.Join(t.TempDir(), "tether.yaml")
+	os.WriteFile(p, []byte(good), 0o600)
+	if _, err := Load(p); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,29 @@
+package proxy
+
+import (
+	metrics "github.com/hashicorp/go-metrics"
+)
+
+// EmitMetrics sets the gauges that are states rather than events (open
+// connections per service and server, weights) and emits the persistence
+// table's counters. The owner calls it on its metrics interval; counters
+// for events are emitted where they happen.
+func (p *Proxy) EmitMetrics() {
+	p.svcMu.RLock()
+	svcs := make([]*service, 0, len(p.services))
+	for _, s := range p.services {
+		svcs = append(svcs, s)
+	}
+	p.svcMu.RUnlock()
+	for _, s := range svcs {
+		st := s.state.Load()
+		l := []metrics.Label{{Name: "service", Value: st.cfg.Name}}
+		p.met.SetGaugeWithLabels([]string{"connections", "active"}, float32(s.active.Load()), l)
+		for _, srv := range st.servers {
+			sl := append(l[:1:1], metrics.Label{Name: "server", Value: srv.Addr.String()})
+			p.met.SetGaugeWithLabels([]string{"server", "active"}, float32(srv.Conns()), sl)
+			p.met.SetGaugeWithLabels([]string{"server", "weight"}, float32(srv.Weight()), sl)
+		}
+	}
+	p.table.EmitMetrics(p.met)
+}

@@ -1,0 +1,274 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+
+	metrics "github.com/hashicorp/go-metrics"
+	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/config"
+)
+
+// Options are what a Proxy needs besides its configuration. The zero value
+// works: no logs, no metrics.
+type Options struct {
+	// Logger receives the proxy's logs; nil discards them.
+	Logger *slog.Logger
+	// Metrics receives counters; nil discards them.
+	Metrics *metrics.Metrics
+	// Table is the persistence table to use; nil makes one sized by the
+	// config. Tests pass one with an injected clock.
+	Table *affinity.Table
+}
+
+// Proxy runs the virtual services of one configuration and follows its
+// reloads.
+type Proxy struct {
+	log   *slog.Logger
+	met   *metrics.Metrics
+	table *affinity.Table
+	owned bool // table made here, closed here
+
+	ctx    context.Context // cancelled when a stop gives up draining
+	cancel context.CancelFunc
+
+	mu  sync.Mutex // serialises Start, Reload, Shutdown
+	cfg *config.File
+
+	svcMu    sync.RWMutex // guards services; connections read it
+	services map[netip.AddrPort]*service
+	conns    conns
+}
+
+// New prepares a proxy for cfg; Start opens its listeners.
+func New(cfg *config.File, o Options) *Proxy {
+	p := &Proxy{log: o.Logger, met: o.Metrics, table: o.Table, cfg: cfg, services: map[netip.AddrPort]*service{}}
+	if p.log == nil {
+		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if p.met == nil {
+		p.met, _ = metrics.New(quietMetricsConfig(), &metrics.BlackholeSink{})
+	}
+	if p.table == nil {
+		p.table = affinity.New(affinity.Options{Capacity: cfg.Affinity.Capacity})
+		p.owned = true
+	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	return p
+}
+
+// quietMetricsConfig is go-metrics' default without the host name, the
+// service label and the runtime-stats goroutine.
+func quietMetricsConfig() *metrics.Config {
+	c := metrics.DefaultConfig("tether")
+	c.EnableHostname, c.EnableHostnameLabel, c.EnableServiceLabel = false, false, false
+	c.EnableRuntimeMetrics = false
+	return c
+}
+
+// Table is the persistence table the proxy uses.
+func (p *Proxy) Table() *affinity.Table { return p.table }
+
+// Start restores the snapshot, if the config names one, and opens every
+// service's listener. If a listener cannot be opened, none stays open.
+func (p *Proxy) Start() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	plan, err := p.plan(p.cfg)
+	if err != nil {
+		return err
+	}
+	if path := p.cfg.Snapshot; path != "" {
+		// Register services and servers first: restore keeps only the
+		// templates whose service and server still exist.
+		for _, s := range plan.start {
+			if _, err := buildState(s.cfg, nil, p.table); err != nil {
+				plan.abort()
+				return err
+			}
+		}
+		st, err := p.table.LoadSnapshot(path)
+		if err != nil {
+			p.log.Error("persistence snapshot not restored; starting with an empty table", "err", err)
+		} else {
+			p.log.Info("persistence snapshot restored", "path", path, "restored", st.Restored,
+				"expired", st.Expired, "unknown", st.Unknown)
+		}
+	}
+	return p.commit(plan)
+}
+
+// Reload moves to a new configuration. Services whose protocol and listen
+// address are unchanged keep their listening socket and open connections;
+// their templates stay, and a changed timeout applies to them. If anything
+// in cfg cannot be put in place (a listener cannot be opened), nothing
+// changes and the old configuration keeps running.
+func (p *Proxy) Reload(cfg *config.File) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	plan, err := p.plan(cfg)
+	if err != nil {
+		return err
+	}
+	if err := p.commit(plan); err != nil {
+		return err
+	}
+	p.cfg = cfg
+	return nil
+}
+
+// plan is a reload worked out but not yet applied: the listeners it needs
+// are already open, so applying it cannot fail for lack of one.
+type plan struct {
+	start []*planned // new services, with their listeners
+	keep  []*planned // services that stay, with their new config
+	stop  []*service // services that go
+}
+
+type planned struct {
+	cfg config.Service
+	svc *service // existing one for keep
+	ln  *net.TCPListener
+}
+
+func (pl *plan) abort() {
+	for _, s := range pl.start {
+		s.ln.Close()
+	}
+}
+
+// plan matches services by listen address, their identity (and their
+// templates' identity): a service whose address is unchanged keeps its
+// socket even if renamed.
+func (p *Proxy) plan(cfg *config.File) (*plan, error) {
+	pl := &plan{}
+	kept := map[netip.AddrPort]bool{}
+	for _, sc := range cfg.Services {
+		listen := netip.MustParseAddrPort(sc.Listen)
+		if old := p.services[listen]; old != nil {
+			pl.keep = append(pl.keep, &planned{cfg: sc, svc: old})
+			kept[listen] = true
+			continue
+		}
+		if listen.Port() == 0 {
+			pl.abort()
+			return nil, fmt.Errorf("service %s: listen %s: port 0 (every port of the VIP) needs a firewall-mark service; the socket proxy listens on one port", sc.Name, sc.Listen)
+		}
+		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(listen))
+		if err != nil {
+			pl.abort()
+			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
+		}
+		pl.start = append(pl.start, &planned{cfg: sc, ln: ln})
+	}
+	for listen, s := range p.services {
+		if !kept[listen] {
+			pl.stop = append(pl.stop, s)
+		}
+	}
+	return pl, nil
+}
+
+// commit applies a plan. Building a state cannot fail for a validated
+// config, but if it does, the plan's new listeners are closed.
+func (p *Proxy) commit(pl *plan) error {
+	type built struct {
+		pl *planned
+		st *serviceState
+	}
+	var states []built
+	for _, s := range slices.Concat(pl.start, pl.keep) {
+		var prev *serviceState
+		if s.svc != nil {
+			prev = s.svc.state.Load()
+		}
+		st, err := buildState(s.cfg, prev, p.table)
+		if err != nil {
+			pl.abort()
+			return err
+		}
+		states = append(states, built{s, st})
+	}
+	for _, old := range pl.stop {
+		p.stopService(old)
+	}
+	for _, b := range states {
+		if b.pl.svc != nil {
+			b.pl.svc.state.Store(b.st)
+			continue
+		}
+		svc := &service{name: b.pl.cfg.Name, listen: netip.MustParseAddrPort(b.pl.cfg.Listen), ln: b.pl.ln, done: make(chan struct{})}
+		svc.state.Store(b.st)
+		p.svcMu.Lock()
+		p.services[svc.listen] = svc
+		p.svcMu.Unlock()
+		go p.acceptLoop(svc)
+		p.log.Info("service listening", "service", svc.name, "listen", svc.ln.Addr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
+	}
+	return nil
+}
+
+// stopService closes a service's listener and drops its templates; its
+// open connections run on until they close.
+func (p *Proxy) stopService(s *service) {
+	s.ln.Close()
+	<-s.done
+	p.svcMu.Lock()
+	delete(p.services, s.listen)
+	p.svcMu.Unlock()
+	if st := s.state.Load(); st.persistent {
+		p.table.RemoveService(st.ref)
+	}
+	p.log.Info("service stopped", "service", s.state.Load().cfg.Name)
+}
+
+// current returns the newest state of the service st belongs to.
+func (p *Proxy) current(st *serviceState) *serviceState {
+	p.svcMu.RLock()
+	defer p.svcMu.RUnlock()
+	if s := p.services[netip.MustParseAddrPort(st.cfg.Listen)]; s != nil {
+		return s.state.Load()
+	}
+	return st
+}
+
+// Shutdown stops accepting, waits for open connections until ctx ends,
+// closes the ones left, and writes the persistence snapshot.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, s := range p.services {
+		s.ln.Close()
+	}
+	for _, s := range p.services {
+		<-s.done
+	}
+	drained := make(chan struct{})
+	go func() { p.conns.wg.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		p.log.Warn("drain deadline passed; closing open connections")
+		p.cancel()
+		p.conns.closeAll()
+		<-drained
+	}
+	p.cancel()
+	var err error
+	if path := p.cfg.Snapshot; path != "" {
+		if err = p.table.SaveSnapshot(path); err == nil {
+			p.log.Info("persistence snapshot written", "path", path, "templates", p.table.Len())
+		}
+	}
+	if p.owned {
+		err = errors.Join(err, p.table.Close())
+	}
+	return err
+}

@@ -1,0 +1,168 @@
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/config"
+)
+
+// failTimeout is how long a server that refused or timed out a connect is
+// skipped for new clients (nginx's fail_timeout, with max_fails=1). Its
+// templates are dropped at once, so its clients are rescheduled.
+const failTimeout = 10 * time.Second
+
+// service is one virtual service: a listener and the state its connections
+// read. The state is replaced whole on reload; connections keep the state
+// they started with.
+type service struct {
+	name   string
+	listen netip.AddrPort
+	ln     *net.TCPListener
+	state  atomic.Pointer[serviceState]
+	active atomic.Int64  // open client connections
+	done   chan struct{} // closed when the accept loop has returned
+}
+
+// serviceState is everything a new connection needs, immutable once built.
+type serviceState struct {
+	cfg        config.Service
+	servers    []*Server
+	byAddr     map[netip.AddrPort]*Server
+	sched      Scheduler
+	persistent bool
+	ref        affinity.ServiceRef
+	mask       affinity.Mask
+	dialer     net.Dialer
+}
+
+// buildState makes a service's state from its config, reusing the Server
+// objects of prev (so open-connection counts survive a reload) and
+// registering the service and its servers with the table.
+func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (*serviceState, error) {
+	st := &serviceState{cfg: cfg, byAddr: map[netip.AddrPort]*Server{}}
+	st.dialer.Timeout = cfg.Limits.ConnectTimeout.D()
+	for _, sc := range cfg.Servers {
+		addr := netip.MustParseAddrPort(sc.Address)
+		var s *Server
+		if prev != nil {
+			s = prev.byAddr[addr]
+		}
+		if s == nil {
+			s = newServer(addr, *sc.Weight, cfg.Limits.MaxConnectionsPerServer)
+		} else {
+			s.weight.Store(int32(*sc.Weight))
+			s.maxConns = int64(cfg.Limits.MaxConnectionsPerServer)
+		}
+		st.servers = append(st.servers, s)
+		st.byAddr[addr] = s
+	}
+	sched, err := NewScheduler(SchedulerName(cfg.Scheduler), st.servers)
+	if err != nil {
+		return nil, fmt.Errorf("service %s: %w", cfg.Name, err)
+	}
+	st.sched = sched
+	if ps := cfg.Persistence; ps != nil {
+		st.persistent = true
+		st.mask = ps.Mask()
+		id := affinity.AddrService(affinity.ProtoTCP, netip.MustParseAddrPort(cfg.Listen))
+		st.ref = table.SetService(id, affinity.ServiceConfig{
+			Timeout: ps.Timeout.D(), Mask: st.mask, ExpireQuiescent: ps.ExpireQuiescent,
+		})
+		for _, s := range st.servers {
+			table.SetServer(st.ref, s.Addr, tableState(s))
+		}
+		if prev != nil && prev.persistent && prev.ref == st.ref {
+			for addr := range prev.byAddr {
+				if st.byAddr[addr] == nil {
+					table.RemoveServer(st.ref, addr)
+				}
+			}
+		}
+	}
+	return st, nil
+}
+
+func tableState(s *Server) affinity.ServerState {
+	switch {
+	case s.down.Load() || s.failedUntil.Load() != 0:
+		return affinity.ServerDown
+	case s.Weight() == 0:
+		return affinity.ServerQuiescent
+	}
+	return affinity.ServerUp
+}
+
+// picker adapts a service's scheduler to affinity.Picker for one
+// connection: it hashes the masked client (so that sh and mh put a whole
+// client group on one server in every instance) and skips the servers this
+// connection already failed to reach.
+type picker struct {
+	p     *Proxy
+	st    *serviceState
+	tried []*Server
+}
+
+func (pk *picker) Pick(client netip.Addr) (netip.AddrPort, error) {
+	s := pk.st.sched.Pick(pk.st.mask.Apply(client), pk.tried)
+	if s == nil {
+		return netip.AddrPort{}, errNoServer
+	}
+	pk.p.recovered(pk.st, s)
+	return s.Addr, nil
+}
+
+// failed takes a server that refused or timed out a connect out of
+// scheduling for failTimeout and drops its templates.
+func (p *Proxy) failed(st *serviceState, s *Server) {
+	s.failed.Add(1)
+	s.failedUntil.Store(time.Now().Add(failTimeout).UnixNano())
+	if st.persistent {
+		p.table.SetServer(st.ref, s.Addr, affinity.ServerDown)
+	}
+	p.log.Warn("real server failed a connect; skipped for new clients", "service", st.cfg.Name, "server", s.Addr, "for", failTimeout)
+}
+
+// recovered tells the table that a server whose failure period has passed
+// takes templates again, before the scheduler's choice of it is bound.
+func (p *Proxy) recovered(st *serviceState, s *Server) {
+	if f := s.failedUntil.Load(); f != 0 && s.failedUntil.CompareAndSwap(f, 0) && st.persistent {
+		p.table.SetServer(st.ref, s.Addr, tableState(s))
+	}
+}
+
+// conns tracks open connection pairs, so that a stop past its drain
+// deadline can close them.
+type conns struct {
+	mu  sync.Mutex
+	set map[*net.TCPConn]struct{}
+	wg  sync.WaitGroup
+}
+
+func (c *conns) add(conn *net.TCPConn) {
+	c.mu.Lock()
+	if c.set == nil {
+		c.set = map[*net.TCPConn]struct{}{}
+	}
+	c.set[conn] = struct{}{}
+	c.mu.Unlock()
+}
+
+func (c *conns) remove(conn *net.TCPConn) {
+	c.mu.Lock()
+	delete(c.set, conn)
+	c.mu.Unlock()
+}
+
+func (c *conns) closeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for conn := range c.set {
+		conn.Close()
+	}
+}

@@ -1,0 +1,205 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync/atomic"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+	"github.com/tetherlb/tether/affinity"
+)
+
+// acceptLoop runs until the listener is closed.
+func (p *Proxy) acceptLoop(svc *service) {
+	defer close(svc.done)
+	var delay time.Duration
+	for {
+		c, err := svc.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE and friends: back off as net/http does, keep serving.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			p.log.Error("accept failed", "service", svc.name, "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		p.conns.wg.Add(1)
+		go p.serveTCP(svc, c)
+	}
+}
+
+// serveTCP handles one client connection from accept to close.
+func (p *Proxy) serveTCP(svc *service, client *net.TCPConn) {
+	defer p.conns.wg.Done()
+	st := svc.state.Load()
+	labels := []metrics.Label{{Name: "service", Value: st.cfg.Name}}
+	p.met.IncrCounterWithLabels([]string{"connections", "accepted"}, 1, labels)
+	n := svc.active.Add(1)
+	defer svc.active.Add(-1)
+	if max := st.cfg.Limits.MaxConnections; max > 0 && n > int64(max) {
+		p.met.IncrCounterWithLabels([]string{"connections", "rejected"}, 1, labels)
+		client.Close()
+		return
+	}
+	p.conns.add(client)
+	defer p.conns.remove(client)
+
+	src := client.RemoteAddr().(*net.TCPAddr).AddrPort()
+	srv, lease, backend, err := p.connect(st, src.Addr())
+	if err != nil {
+		p.met.IncrCounterWithLabels([]string{"connections", "failed"}, 1, labels)
+		p.log.Warn("no real server reached", "service", st.cfg.Name, "client", src, "err", err)
+		client.Close()
+		return
+	}
+	if st.persistent {
+		defer p.table.Release(lease)
+	}
+	defer srv.conns.Add(-1)
+	p.conns.add(backend)
+	defer p.conns.remove(backend)
+	srv.accepted.Add(1)
+	slabels := append(labels, metrics.Label{Name: "server", Value: srv.Addr.String()})
+	p.met.IncrCounterWithLabels([]string{"server", "connections"}, 1, slabels)
+
+	in, out := pipe(client, backend, st.cfg.Limits.IdleTimeout.D())
+	srv.bytesIn.Add(uint64(in))
+	srv.bytesOut.Add(uint64(out))
+	p.met.IncrCounterWithLabels([]string{"server", "bytes_in"}, float32(in), slabels)
+	p.met.IncrCounterWithLabels([]string{"server", "bytes_out"}, float32(out), slabels)
+}
+
+// connect chooses a real server and dials it. A server that refuses or
+// times out is taken out of scheduling, its templates dropped, and the
+// next choice is tried, up to connect_attempts servers: a dead server costs
+// no client a failure while another one is up.
+func (p *Proxy) connect(st *serviceState, client netip.Addr) (*Server, affinity.Lease, *net.TCPConn, error) {
+	pk := &picker{p: p, st: st}
+	var lastErr error = errNoServer
+	for range max(st.cfg.Limits.ConnectAttempts, 1) {
+		var srv *Server
+		var lease affinity.Lease
+		if st.persistent {
+			l, err := p.table.GetOrBind(st.ref, client, pk)
+			if err != nil {
+				return nil, lease, nil, err
+			}
+			lease, srv = l, st.byAddr[l.Server]
+			if srv == nil {
+				// Bound by a newer config than the one this connection
+				// started with; a retry sees the newer one.
+				p.table.Release(l)
+				lastErr = errNoServer
+				st = p.current(st)
+				pk.st = st
+				continue
+			}
+			p.met.IncrCounterWithLabels([]string{"schedule", decision(l.Hit)}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
+		} else {
+			if srv = st.sched.Pick(client, pk.tried); srv == nil {
+				return nil, lease, nil, lastErr
+			}
+			p.met.IncrCounterWithLabels([]string{"schedule", "scheduler"}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
+		}
+		srv.conns.Add(1)
+		c, err := st.dialer.DialContext(p.ctx, "tcp", srv.Addr.String())
+		if err == nil {
+			return srv, lease, c.(*net.TCPConn), nil
+		}
+		srv.conns.Add(-1)
+		if st.persistent {
+			p.table.Release(lease)
+		}
+		if p.ctx.Err() != nil {
+			return nil, lease, nil, err
+		}
+		p.failed(st, srv)
+		pk.tried = append(pk.tried, srv)
+		lastErr = err
+	}
+	return nil, affinity.Lease{}, nil, lastErr
+}
+
+func decision(hit bool) string {
+	if hit {
+		return "template"
+	}
+	return "scheduler"
+}
+
+// pipe copies both ways until both directions are done and returns the
+// bytes from the client (in) and to it (out). Each direction is io.Copy
+// between two *net.TCPConn, which the runtime runs as splice(2); at EOF
+// the direction is half-closed with CloseWrite, so a client that shuts
+// down its sending side still gets the whole reply. An error in one
+// direction aborts both.
+func pipe(client, backend *net.TCPConn, idle time.Duration) (in, out int64) {
+	var idleA, idleB atomic.Bool
+	done := make(chan int64, 1)
+	go func() { done <- copyHalf(backend, client, idle, &idleA, &idleB) }()
+	out = copyHalf(client, backend, idle, &idleB, &idleA)
+	in = <-done
+	client.Close()
+	backend.Close()
+	return in, out
+}
+
+// idleChunk bounds one splice run when an idle timeout is set, so that the
+// deadline is re-armed as long as bytes flow (io.CopyN keeps splice: the
+// runtime splices from an *io.LimitedReader of a *net.TCPConn).
+const idleChunk = 256 << 10
+
+// copyHalf copies src to dst, then half-closes dst. With an idle timeout,
+// a direction that saw no byte for the timeout marks itself idle, and the
+// connection is closed when the other direction is idle too.
+func copyHalf(dst, src *net.TCPConn, idle time.Duration, self, other *atomic.Bool) int64 {
+	if idle <= 0 {
+		n, err := io.Copy(dst, src)
+		finish(dst, src, err)
+		return n
+	}
+	var total int64
+	for {
+		src.SetReadDeadline(time.Now().Add(idle))
+		n, err := io.CopyN(dst, src, idleChunk)
+		total += n
+		if n > 0 {
+			self.Store(false)
+		}
+		switch {
+		case err == nil:
+			continue
+		case errors.Is(err, os.ErrDeadlineExceeded) && n == 0:
+			self.Store(true)
+			if !other.Load() {
+				continue
+			}
+			err = errIdle
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			continue
+		case errors.Is(err, io.EOF):
+			err = nil
+		}
+		finish(dst, src, err)
+		return total
+	}
+}
+
+var errIdle = errors.New("idle timeout")
+
+// finish ends one direction: a clean EOF half-closes, an error aborts both.
+func finish(dst, src *net.TCPConn, err error) {
+	if err == nil {
+		dst.CloseWrite()
+		return
+	}
+	dst.Close()
+	src.Close()
+}
