@@ -161,12 +161,13 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 			pl.abort()
 			return nil, fmt.Errorf("service %s: listen %s: port 0 (every port of the VIP) needs a firewall-mark service; the socket proxy listens on one port", sc.Name, sc.Listen)
 		}
-		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(listen))
+		lc := net.ListenConfig{KeepAlive: -1} // see serviceState.dialer
+		l, err := lc.Listen(p.ctx, "tcp", listen.String())
 		if err != nil {
 			pl.abort()
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 		}
-		pl.start = append(pl.start, &planned{cfg: sc, ln: ln})
+		pl.start = append(pl.start, &planned{cfg: sc, ln: l.(*net.TCPListener)})
 	}
 	for listen, s := range p.services {
 		if !kept[listen] {

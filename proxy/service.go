@@ -47,6 +47,9 @@ type serviceState struct {
 func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (*serviceState, error) {
 	st := &serviceState{cfg: cfg, byAddr: map[netip.AddrPort]*Server{}}
 	st.dialer.Timeout = cfg.Limits.ConnectTimeout.D()
+	// No TCP keepalive by default, as HAProxy (option tcpka) and nginx
+	// (so_keepalive): it costs four setsockopt calls per connection.
+	st.dialer.KeepAlive = -1
 	for _, sc := range cfg.Servers {
 		addr := netip.MustParseAddrPort(sc.Address)
 		var s *Server

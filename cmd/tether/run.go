@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -55,8 +56,21 @@ func runCommand() *cli.Command {
 		Description: "SIGHUP reloads the file (a bad file is logged and the running configuration\n" +
 			"stays); SIGTERM and SIGINT stop accepting, drain open connections for\n" +
 			"drain_timeout and write the persistence snapshot.",
-		Flags: []cli.Flag{configFlag},
+		Flags: []cli.Flag{configFlag,
+			&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a CPU profile of the run to this file"},
+		},
 		Action: func(c *cli.Context) error {
+			if path := c.String("cpuprofile"); path != "" {
+				f, err := os.Create(path)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			log, _ := newLogger(c.App.ErrWriter, c.String("log-format"), c.String("log-level"))
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 			defer stop()

@@ -1,0 +1,391 @@
+// Command tetherbench measures tether against a direct connection, in one
+// run on loopback: single-stream and 8-stream throughput, new connections
+// per second, request/response latency, and tether's peak RSS. It prints
+// every figure with its ratio to direct, so the numbers mean the same on
+// any machine.
+//
+//	go run ./cmd/tetherbench [-duration 3s]
+//
+// It builds tether, runs it as a child process on an embedded
+// configuration, and removes everything it started when it ends.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+func main() {
+	dur := flag.Duration("duration", 3*time.Second, "how long each measurement runs")
+	flag.Parse()
+	if err := bench(*dur); err != nil {
+		fmt.Fprintln(os.Stderr, "tetherbench:", err)
+		os.Exit(1)
+	}
+}
+
+// backend modes, chosen by the first byte a client sends.
+const (
+	modeSink  = 's' // read and discard until EOF
+	modeEcho  = 'e' // echo
+	modeClose = 'c' // write one byte and close (server closes first)
+)
+
+func serveBackend(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			var m [1]byte
+			if _, err := io.ReadFull(c, m[:]); err != nil {
+				return
+			}
+			switch m[0] {
+			case modeSink:
+				io.Copy(io.Discard, c)
+			case modeEcho:
+				io.Copy(c, c)
+			case modeClose:
+				c.Write(m[:])
+			}
+		}()
+	}
+}
+
+type result struct {
+	stream, streams8 float64 // bytes/s
+	connsPerSec      float64
+	p50, p99         time.Duration
+}
+
+func bench(dur time.Duration) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	go serveBackend(ln)
+
+	dir, err := os.MkdirTemp("", "tetherbench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "tether")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/tether")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("build tether (run from the repository root): %w", err)
+	}
+	listen, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	cfg := filepath.Join(dir, "bench.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`services:
+  - name: bench
+    listen: %s
+    scheduler: wlc
+    persistence: {timeout: 300s}
+    servers: [{address: %s}]
+`, listen, ln.Addr())), 0o600)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tether := exec.CommandContext(ctx, bin, "--log-level", "warn", "run", "--config", cfg)
+	tether.Stderr = os.Stderr
+	if err := tether.Start(); err != nil {
+		return err
+	}
+	defer tether.Wait()
+	defer tether.Process.Signal(os.Interrupt)
+	if err := waitListening(listen); err != nil {
+		return err
+	}
+
+	fmt.Printf("tetherbench: %s per measurement, loopback, GOMAXPROCS %s\n\n", dur, os.Getenv("GOMAXPROCS"))
+	direct, err := measure(ln.Addr().String(), dur)
+	if err != nil {
+		return fmt.Errorf("direct: %w", err)
+	}
+	through, err := measure(listen, dur)
+	if err != nil {
+		return fmt.Errorf("through tether: %w", err)
+	}
+	rss, _ := peakRSS(tether.Process.Pid)
+	cols := []column{{"direct", direct, 0}, {"tether", through, rss}}
+	if peer, err := runHAProxy(ctx, dir, ln.Addr().String(), dur); err == nil {
+		cols = append(cols, peer)
+	} else {
+		fmt.Fprintln(os.Stderr, "tetherbench: no HAProxy column:", err)
+	}
+	printTable(cols)
+	return nil
+}
+
+type column struct {
+	name string
+	r    result
+	rss  int64
+}
+
+// printTable prints each figure with its ratio to the first column.
+func printTable(cols []column) {
+	fmt.Print("| measurement |")
+	for _, c := range cols {
+		fmt.Printf(" %s |", c.name)
+	}
+	fmt.Print("\n|---|" + strings.Repeat("---|", len(cols)) + "\n")
+	gb := func(v float64) string { return fmt.Sprintf("%.2f GB/s", v/1e9) }
+	row := func(name string, val func(result) float64, show func(float64) string) {
+		fmt.Printf("| %s |", name)
+		base := val(cols[0].r)
+		for i, c := range cols {
+			v := val(c.r)
+			if i == 0 {
+				fmt.Printf(" %s |", show(v))
+				continue
+			}
+			fmt.Printf(" %s (%.2fx) |", show(v), v/base)
+		}
+		fmt.Println()
+	}
+	dur := func(v float64) string { return time.Duration(v).Round(100 * time.Nanosecond).String() }
+	row("throughput, 1 stream", func(r result) float64 { return r.stream }, gb)
+	row("throughput, 8 streams", func(r result) float64 { return r.streams8 }, gb)
+	row("new connections/s, 8 clients", func(r result) float64 { return r.connsPerSec }, func(v float64) string { return fmt.Sprintf("%.0f", v) })
+	row("request/response p50, 64 B", func(r result) float64 { return float64(r.p50) }, dur)
+	row("request/response p99, 64 B", func(r result) float64 { return float64(r.p99) }, dur)
+	fmt.Print("| peak RSS | |")
+	for _, c := range cols[1:] {
+		fmt.Printf(" %.1f MiB |", float64(c.rss)/(1<<20))
+	}
+	fmt.Println()
+}
+
+// runHAProxy measures HAProxy in TCP mode with splice and source
+// balancing, the setup tether's users replace, when it is installed.
+func runHAProxy(ctx context.Context, dir, backend string, dur time.Duration) (column, error) {
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		return column{}, errors.New("haproxy is not installed (apt-get install haproxy)")
+	}
+	listen, err := freeAddr()
+	if err != nil {
+		return column{}, err
+	}
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`global
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1m
+  timeout server 1m
+  option splice-auto
+listen bench
+  bind %s
+  balance source
+  server s1 %s
+`, listen, backend)), 0o600)
+	cmd := exec.CommandContext(ctx, bin, "-db", "-f", cfg)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return column{}, err
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	if err := waitListening(listen); err != nil {
+		return column{}, fmt.Errorf("%w: %s", err, stderr.String())
+	}
+	r, err := measure(listen, dur)
+	if err != nil {
+		return column{}, err
+	}
+	rss, _ := peakRSS(cmd.Process.Pid)
+	return column{"HAProxy " + haproxyVersion(bin), r, rss}, nil
+}
+
+func haproxyVersion(bin string) string {
+	out, _ := exec.Command(bin, "-v").Output()
+	if f := strings.Fields(string(out)); len(f) > 2 {
+		return strings.SplitN(f[2], "-", 2)[0]
+	}
+	return ""
+}
+
+func measure(addr string, dur time.Duration) (result, error) {
+	var r result
+	var err error
+	if r.stream, err = throughput(addr, 1, dur); err != nil {
+		return r, err
+	}
+	if r.streams8, err = throughput(addr, 8, dur); err != nil {
+		return r, err
+	}
+	if r.connsPerSec, err = connRate(addr, 8, dur); err != nil {
+		return r, err
+	}
+	r.p50, r.p99, err = latency(addr, dur)
+	return r, err
+}
+
+// throughput sends to the sink over n connections for dur.
+func throughput(addr string, n int, dur time.Duration) (float64, error) {
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	deadline := time.Now().Add(dur)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			buf := make([]byte, 256<<10)
+			buf[0] = modeSink
+			for time.Now().Before(deadline) {
+				k, err := c.Write(buf)
+				total.Add(int64(k))
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	start := time.Now()
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	return float64(total.Load()) / time.Since(start).Seconds(), nil
+}
+
+// connRate opens, uses and closes connections from n clients for dur. The
+// clients take source addresses across 127.0.0.0/8 so that no port range
+// runs out.
+func connRate(addr string, n int, dur time.Duration) (float64, error) {
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	deadline := time.Now().Add(dur)
+	for w := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(deadline); i++ {
+				src := &net.TCPAddr{IP: net.IPv4(127, 10, byte(w), byte(i%250+1))}
+				d := net.Dialer{LocalAddr: src, Timeout: 5 * time.Second}
+				c, err := d.Dial("tcp", addr)
+				if err != nil {
+					errs <- err
+					return
+				}
+				var b [1]byte
+				b[0] = modeClose
+				_, err = c.Write(b[:])
+				if err == nil {
+					_, err = io.ReadFull(c, b[:])
+				}
+				c.Close()
+				if err != nil {
+					errs <- err
+					return
+				}
+				total.Add(1)
+			}
+		}()
+	}
+	start := time.Now()
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	return float64(total.Load()) / time.Since(start).Seconds(), nil
+}
+
+// latency ping-pongs 64 bytes on one connection for dur.
+func latency(addr string, dur time.Duration) (p50, p99 time.Duration, err error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte{modeEcho}); err != nil {
+		return 0, 0, err
+	}
+	msg, got := make([]byte, 64), make([]byte, 64)
+	var samples []time.Duration
+	for deadline := time.Now().Add(dur); time.Now().Before(deadline); {
+		t := time.Now()
+		if _, err := c.Write(msg); err != nil {
+			return 0, 0, err
+		}
+		if _, err := io.ReadFull(c, got); err != nil {
+			return 0, 0, err
+		}
+		samples = append(samples, time.Since(t))
+	}
+	slices.Sort(samples)
+	return samples[len(samples)/2], samples[len(samples)*99/100], nil
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func waitListening(addr string) error {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return nil
+		}
+	}
+	return fmt.Errorf("nothing listens on %s after 10 s", addr)
+}
+
+// peakRSS reads VmHWM, the process's peak resident set, in bytes.
+func peakRSS(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if v, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmHWM")
+}
