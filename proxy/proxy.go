@@ -26,6 +26,11 @@ type Options struct {
 	// Table is the persistence table to use; nil makes one sized by the
 	// config. Tests pass one with an injected clock.
 	Table *affinity.Table
+	// Dial connects to real servers; nil uses a net.Dialer with the
+	// service's connect timeout. testenv passes one that dials from a
+	// network namespace. It must return a *net.TCPConn, so that the data
+	// path can splice.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 }
 
 // Proxy runs the virtual services of one configuration and follows its
@@ -33,6 +38,7 @@ type Options struct {
 type Proxy struct {
 	log   *slog.Logger
 	met   *metrics.Metrics
+	dial  func(ctx context.Context, network, address string) (net.Conn, error)
 	table *affinity.Table
 	owned bool // table made here, closed here
 
@@ -49,7 +55,7 @@ type Proxy struct {
 
 // New prepares a proxy for cfg; Start opens its listeners.
 func New(cfg *config.File, o Options) *Proxy {
-	p := &Proxy{log: o.Logger, met: o.Metrics, table: o.Table, cfg: cfg, services: map[netip.AddrPort]*service{}}
+	p := &Proxy{log: o.Logger, met: o.Metrics, table: o.Table, dial: o.Dial, cfg: cfg, services: map[netip.AddrPort]*service{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"context"
+	"fmt"
 	"errors"
 	"io"
 	"net"
@@ -109,9 +111,9 @@ func (p *Proxy) connect(st *serviceState, client netip.Addr) (*Server, affinity.
 			p.met.IncrCounterWithLabels([]string{"schedule", "scheduler"}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
 		}
 		srv.conns.Add(1)
-		c, err := st.dialer.DialContext(p.ctx, "tcp", srv.Addr.String())
+		c, err := p.dialServer(st, srv)
 		if err == nil {
-			return srv, lease, c.(*net.TCPConn), nil
+			return srv, lease, c, nil
 		}
 		srv.conns.Add(-1)
 		if st.persistent {
@@ -125,6 +127,28 @@ func (p *Proxy) connect(st *serviceState, client netip.Addr) (*Server, affinity.
 		lastErr = err
 	}
 	return nil, affinity.Lease{}, nil, lastErr
+}
+
+func (p *Proxy) dialServer(st *serviceState, srv *Server) (*net.TCPConn, error) {
+	if p.dial == nil {
+		c, err := st.dialer.DialContext(p.ctx, "tcp", srv.Addr.String())
+		if err != nil {
+			return nil, err
+		}
+		return c.(*net.TCPConn), nil
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, st.dialer.Timeout)
+	defer cancel()
+	c, err := p.dial(ctx, "tcp", srv.Addr.String())
+	if err != nil {
+		return nil, err
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("Options.Dial returned a %T, not a *net.TCPConn", c)
+	}
+	return tc, nil
 }
 
 func decision(hit bool) string {

@@ -1,0 +1,58 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/tetherlb/tether/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+// The stickiness test across namespaces: 3 client hosts with 20 source
+// addresses each, the proxy on the load-balancer host's VIP, 3 backends.
+// With a /24 netmask every client and every /24 reaches one backend.
+func TestStickinessAcrossNamespaces(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 3, AddrsPerClient: 20, Backends: 3, Label: "sticky"})
+	var servers string
+	for i, b := range env.Backends {
+		if _, err := b.ServeName(8080); err != nil {
+			t.Fatal(err)
+		}
+		servers += fmt.Sprintf("      - address: %s:8080\n", testenv.BackendAddr(i))
+	}
+	cfg := mustConfig(t, fmt.Sprintf("services:\n  - name: web\n    listen: %s:80\n    scheduler: rr\n    persistence: {netmask: 255.255.255.0}\n    servers:\n%s", testenv.VIP, servers))
+	p := New(cfg, Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return env.LB.Dial(ctx, network, netip.Addr{}, addr)
+	}})
+	if err := env.LB.Do(p.Start); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Shutdown(context.Background())
+
+	var visits []testenv.Visit
+	for _, c := range env.Clients {
+		visits = append(visits, c.Drive(context.Background(), testenv.VIP, []int{80}, 3)...)
+	}
+	s := testenv.Summarize(visits)
+	if s.Failed != 0 {
+		t.Fatalf("%d of %d connections failed: %v", s.Failed, s.Visits, s.Errors)
+	}
+	if len(s.Mixed) != 0 {
+		t.Errorf("clients that saw two backends: %v", s.Mixed)
+	}
+	groups := s.Groups(24)
+	for g, b := range groups {
+		if len(b) != 1 {
+			t.Errorf("group %s reached %v", g, b)
+		}
+	}
+	// 60 sources, 4 to a /24: 15 groups, round robin over 3 backends.
+	if len(groups) != 15 || s.Spread() != "backend0=60 backend1=60 backend2=60" {
+		t.Errorf("%d groups, spread %s; want 15 groups, 60 connections each", len(groups), s.Spread())
+	}
+}
