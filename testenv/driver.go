@@ -148,4 +148,3 @@ func (s Summary) Spread() string {
 	}
 	return b.String()
 }
-

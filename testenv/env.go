@@ -29,8 +29,8 @@ type Spec struct {
 	Label string
 }
 
-func (s Spec) clients() int  { return max(s.Clients, 1) }
-func (s Spec) addrs() int    { return max(s.AddrsPerClient, 1) }
+func (s Spec) clients() int { return max(s.Clients, 1) }
+func (s Spec) addrs() int   { return max(s.AddrsPerClient, 1) }
 func (s Spec) backends() int {
 	if s.Backends <= 0 {
 		return 3

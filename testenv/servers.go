@@ -117,4 +117,3 @@ func (e *Env) closeWith(s *Server) {
 	e.servers = append(e.servers, s)
 	e.mu.Unlock()
 }
-
