@@ -75,6 +75,7 @@ type Env struct {
 	hosts   []*Host
 	procs   []*exec.Cmd
 	servers []*Server
+	paths   []string
 }
 
 // New builds the topology of s. On error nothing is left behind.
@@ -302,9 +303,14 @@ func (e *Env) Hosts() []*Host {
 // 5 s) and removes every namespace; the links go with them.
 func (e *Env) Close() error {
 	e.mu.Lock()
-	procs, hosts, servers := e.procs, e.hosts, e.servers
-	e.procs, e.hosts, e.servers = nil, nil, nil
+	procs, hosts, servers, paths := e.procs, e.hosts, e.servers, e.paths
+	e.procs, e.hosts, e.servers, e.paths = nil, nil, nil, nil
 	e.mu.Unlock()
+	defer func() {
+		for _, p := range paths {
+			os.RemoveAll(p)
+		}
+	}()
 	var errs []error
 	for _, s := range servers {
 		s.Close()
@@ -313,15 +319,17 @@ func (e *Env) Close() error {
 		if p.Process == nil || p.ProcessState != nil {
 			continue
 		}
-		p.Process.Signal(syscall.SIGTERM)
+		pgid := -p.Process.Pid // Start made it a group leader
+		syscall.Kill(pgid, syscall.SIGTERM)
 		done := make(chan struct{})
 		go func() { p.Wait(); close(done) }()
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
-			p.Process.Kill()
+			syscall.Kill(pgid, syscall.SIGKILL)
 			<-done
 		}
+		syscall.Kill(pgid, syscall.SIGKILL) // children that outlived it
 	}
 	for _, h := range hosts {
 		if h.NS != "" {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 
 	"github.com/vishvananda/netns"
 )
@@ -90,6 +91,12 @@ func (h *Host) Dial(ctx context.Context, network string, src netip.Addr, addr st
 // Start starts cmd inside the host. The Env stops it (SIGTERM, then
 // SIGKILL) when it closes, if it is still running.
 func (h *Host) Start(cmd *exec.Cmd) error {
+	// Its own process group, so that Close stops its children too
+	// (vsftpd forks one per session).
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
 	// The child is forked from this locked thread, so it is born in the
 	// host's namespace.
 	err := h.Do(cmd.Start)

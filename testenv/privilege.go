@@ -31,9 +31,9 @@ func Missing() string {
 		return ""
 	}
 	return fmt.Sprintf("network-namespace hosts need root (CAP_SYS_ADMIN and CAP_NET_ADMIN); this is uid %d "+
-		"and not in a user namespace of its own. Run as root (sudo), or where unprivileged user namespaces are "+
-		"allowed (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0) run the tests, "+
-		"which then re-run themselves in one", os.Geteuid())
+		"and no user namespace of its own could be made. Run as root (sudo), or on a kernel that allows "+
+		"unprivileged user namespaces (kernel.unprivileged_userns_clone=1 where that sysctl exists, and "+
+		"user.max_user_namespaces above 0), where tether re-runs itself in one", os.Geteuid())
 }
 
 // Require skips t when hosts cannot be built here, and fails it instead
@@ -76,7 +76,22 @@ func Main(m *testing.M) int {
 	if os.Geteuid() == 0 || os.Getenv(reexecEnv) == "1" {
 		return m.Run()
 	}
-	cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
+	code, err := Reexec(os.Args[1:])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testenv: %v; namespace tests will skip\n", err)
+		return m.Run()
+	}
+	return code
+}
+
+// Reexec runs this program again with args in a new user + network +
+// mount namespace in which it is root, and returns its exit code. It
+// fails when the kernel does not allow unprivileged user namespaces.
+func Reexec(args []string) (int, error) {
+	if os.Getenv(reexecEnv) == "1" {
+		return 0, fmt.Errorf("already re-run in a user namespace")
+	}
+	cmd := exec.Command("/proc/self/exe", args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), reexecEnv+"=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -85,14 +100,15 @@ func Main(m *testing.M) int {
 		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getegid(), Size: 1}},
 	}
 	if err := cmd.Start(); err != nil {
-		fmt.Fprintf(os.Stderr, "testenv: cannot re-run in a user namespace (%v); namespace tests will skip\n", err)
-		return m.Run()
+		return 0, fmt.Errorf("cannot re-run in a user namespace: %w", err)
 	}
 	if err := cmd.Wait(); err != nil {
 		if ee, ok := err.(*exec.ExitError); ok {
-			return ee.ExitCode()
+			return ee.ExitCode(), nil
 		}
-		return 1
+		return 1, err
 	}
-	return 0
+	return 0, nil
 }
+
+func lookPath(file string) (string, error) { return exec.LookPath(file) }

@@ -53,8 +53,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			return err
 		},
 		Commands: []*cli.Command{
+			demoCommand(),
 			runCommand(),
 			checkCommand(),
+			testenvCommand(),
 			versionCommand(),
 		},
 		HideVersion: true,
