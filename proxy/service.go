@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	metrics "github.com/hashicorp/go-metrics"
 	"net"
 	"net/netip"
 	"sync"
@@ -124,6 +125,8 @@ func (pk *picker) Pick(client netip.Addr) (netip.AddrPort, error) {
 // scheduling for failTimeout and drops its templates.
 func (p *Proxy) failed(st *serviceState, s *Server) {
 	s.failed.Add(1)
+	p.met.IncrCounterWithLabels([]string{"server", "connect_failures"}, 1,
+		[]metrics.Label{{Name: "service", Value: st.cfg.Name}, {Name: "server", Value: s.Addr.String()}})
 	s.failedUntil.Store(time.Now().Add(failTimeout).UnixNano())
 	if st.persistent {
 		p.table.SetServer(st.ref, s.Addr, affinity.ServerDown)

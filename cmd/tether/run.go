@@ -71,7 +71,10 @@ func runCommand() *cli.Command {
 				}
 				defer pprof.StopCPUProfile()
 			}
-			log, _ := newLogger(c.App.ErrWriter, c.String("log-format"), c.String("log-level"))
+			log, err := runLogger(c)
+			if err != nil {
+				return cli.Exit(err.Error(), 1)
+			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			hup := make(chan os.Signal, 1)
@@ -80,6 +83,21 @@ func runCommand() *cli.Command {
 			return run(ctx, log, c.String("config"), hup)
 		},
 	}
+}
+
+// runLogger is the logger of `tether run`: the config file's log settings,
+// unless a flag or its environment variable says otherwise.
+func runLogger(c *cli.Context) (*slog.Logger, error) {
+	format, level := c.String("log-format"), c.String("log-level")
+	if cfg, err := config.Load(c.String("config")); err == nil {
+		if !c.IsSet("log-format") {
+			format = cfg.Log.Format
+		}
+		if !c.IsSet("log-level") {
+			level = cfg.Log.Level
+		}
+	}
+	return newLogger(c.App.ErrWriter, format, level)
 }
 
 // run is `tether run`: it returns when ctx ends, after draining.

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/urfave/cli/v2"
 )
 
 func freeAddr(t *testing.T) string {
@@ -186,5 +188,39 @@ func TestRunRefusesBadConfig(t *testing.T) {
 	err := run(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), path, nil)
 	if err == nil || !strings.Contains(err.Error(), "t.yaml") {
 		t.Fatalf("run with a bad config: %v", err)
+	}
+}
+
+func TestRunLogSettingsFromConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.yaml")
+	os.WriteFile(path, []byte("log: {format: json, level: warn}\nservices:\n  - name: web\n    listen: "+freeAddr(t)+"\n    servers: [{address: 127.0.0.1:1}]\n"), 0o600)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "--config", path}, `"level":"WARN"`},
+		{[]string{"--log-format", "text", "run", "--config", path}, "level=WARN"},
+	} {
+		var errOut strings.Builder
+		app := newApp(io.Discard, &errOut)
+		for _, c := range app.Commands {
+			if c.Name == "run" {
+				c.Action = func(c *cli.Context) error {
+					l, err := runLogger(c)
+					if err != nil {
+						return err
+					}
+					l.Info("hidden")
+					l.Warn("shown")
+					return nil
+				}
+			}
+		}
+		if err := app.Run(append([]string{"tether"}, tc.args...)); err != nil {
+			t.Fatal(err)
+		}
+		if s := errOut.String(); !strings.Contains(s, tc.want) || strings.Contains(s, "hidden") {
+			t.Errorf("%v logged %q, want %s and no info line", tc.args, s, tc.want)
+		}
 	}
 }
