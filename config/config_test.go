@@ -159,3 +159,10 @@ func TestLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The example the README points at stays valid.
+func TestExampleConfigIsValid(t *testing.T) {
+	if _, err := Load("../examples/tether.yaml"); err != nil {
+		t.Fatal(err)
+	}
+}

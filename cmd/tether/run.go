@@ -116,6 +116,7 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 	if err := p.Start(); err != nil {
 		return err
 	}
+	p.EmitMetrics() // gauges from the first scrape on
 	log.Info("tether running", "config", path, "services", len(cfg.Services), "version", version)
 
 	tick := time.NewTicker(5 * time.Second)
