@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/marks"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -27,8 +28,22 @@ type File struct {
 	// Affinity sizes the persistence table.
 	Affinity Affinity `yaml:"affinity,omitempty"`
 	// DrainTimeout is how long a stop waits for open connections (default 30s).
-	DrainTimeout Duration  `yaml:"drain_timeout,omitempty"`
-	Services     []Service `yaml:"services"`
+	DrainTimeout Duration `yaml:"drain_timeout,omitempty"`
+	// MarkMask is the part of the packet mark tether owns (default all 32
+	// bits); the rest stays with other users of the host.
+	MarkMask uint32 `yaml:"mark_mask,omitempty"`
+	// Marks are the firewall-mark classes: which flows get which mark.
+	Marks    []MarkClass `yaml:"marks,omitempty"`
+	Services []Service   `yaml:"services"`
+}
+
+// MarkClass is one firewall-mark class.
+type MarkClass struct {
+	Name      string   `yaml:"name"`
+	Mark      uint32   `yaml:"mark"`
+	Protocol  string   `yaml:"protocol,omitempty"` // tcp (default), udp or both
+	Addresses []string `yaml:"addresses"`          // destination addresses or prefixes
+	Ports     []string `yaml:"ports"`              // 80, 30000-30099, or all
 }
 
 // Log settings.
@@ -49,9 +64,12 @@ type Affinity struct {
 
 // Service is a virtual service.
 type Service struct {
-	Name        string       `yaml:"name"`
-	Protocol    string       `yaml:"protocol,omitempty"` // tcp (default)
-	Listen      string       `yaml:"listen"`             // VIP:port
+	Name     string `yaml:"name"`
+	Protocol string `yaml:"protocol,omitempty"` // tcp (default)
+	Listen   string `yaml:"listen,omitempty"`   // VIP:port; or Fwmark
+	// Fwmark makes this a firewall-mark service: the flows of the mark
+	// class with this mark, on every address, port and protocol it covers.
+	Fwmark      uint32       `yaml:"fwmark,omitempty"`
 	Scheduler   string       `yaml:"scheduler,omitempty"`
 	Persistence *Persistence `yaml:"persistence,omitempty"`
 	Limits      Limits       `yaml:"limits,omitempty"`
@@ -290,14 +308,63 @@ func (v *validator) check(f *File) {
 	if f.DrainTimeout < 0 {
 		v.errf("drain_timeout", "%s is negative", f.DrainTimeout.D())
 	}
+	set := v.checkMarks(f)
 	if len(f.Services) == 0 {
 		v.errf("services", "no services: nothing to balance")
 	}
 	names := map[string]string{}
 	listens := map[string]string{}
+	fwmarks := map[uint32]string{}
 	for i := range f.Services {
-		v.checkService(fmt.Sprintf("services[%d]", i), &f.Services[i], names, listens)
+		p := fmt.Sprintf("services[%d]", i)
+		v.checkService(p, &f.Services[i], names, listens)
+		if m := f.Services[i].Fwmark; m != 0 {
+			if _, ok := set.ByMark(m); !ok {
+				v.errf(p+".fwmark", "no class in marks has mark %d", m)
+			}
+			if other := fwmarks[m]; other != "" {
+				v.errf(p+".fwmark", "mark %d is already the service of %s", m, other)
+			}
+			fwmarks[m] = p
+		}
 	}
+}
+
+// checkMarks parses the mark classes and validates them as a set.
+func (v *validator) checkMarks(f *File) marks.Set {
+	set := marks.Set{Mask: f.MarkMask}
+	for i, mc := range f.Marks {
+		p := fmt.Sprintf("marks[%d]", i)
+		c := marks.Class{Name: mc.Name, Mark: mc.Mark}
+		var err error
+		if c.Protocols, err = marks.ParseProtocols(mc.Protocol); err != nil {
+			v.errf(p+".protocol", "%v", err)
+		}
+		if c.Addrs, err = marks.ParseAddrs(mc.Addresses); err != nil {
+			v.errf(p+".addresses", "%v", err)
+		}
+		if c.Ports, err = marks.ParsePorts(mc.Ports); err != nil {
+			v.errf(p+".ports", "%v", err)
+		}
+		set.Classes = append(set.Classes, c)
+	}
+	for _, err := range set.Validate() {
+		i := err.(*marks.Error).Index
+		v.errf(fmt.Sprintf("marks[%d]", i), "%v", err)
+	}
+	return set
+}
+
+// MarkSet is the file's mark classes; valid after Parse.
+func (f *File) MarkSet() marks.Set {
+	set := marks.Set{Mask: f.MarkMask}
+	for _, mc := range f.Marks {
+		p, _ := marks.ParseProtocols(mc.Protocol)
+		a, _ := marks.ParseAddrs(mc.Addresses)
+		r, _ := marks.ParsePorts(mc.Ports)
+		set.Classes = append(set.Classes, marks.Class{Name: mc.Name, Mark: mc.Mark, Protocols: p, Addrs: a, Ports: r})
+	}
+	return set
 }
 
 func (v *validator) checkService(p string, s *Service, names, listens map[string]string) {
@@ -316,19 +383,13 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 	default:
 		v.errf(p+".protocol", "%q is not tcp", s.Protocol)
 	}
-	if s.Listen == "" {
-		v.errf(p+".listen", "missing: the VIP:port clients connect to")
-	} else if ap, err := netip.ParseAddrPort(s.Listen); err != nil {
-		v.errf(p+".listen", "%q is not an address:port such as 198.18.0.10:80 or [2001:db8::1]:443", s.Listen)
-	} else {
-		k := ap.String()
-		if ap.Port() == 0 && s.Persistence == nil {
-			v.errf(p+".listen", "port 0 (every port of the VIP) needs persistence, as in ipvsadm")
-		}
-		if other := listens[k]; other != "" {
-			v.errf(p+".listen", "%s is already the listen address of %s", k, other)
-		}
-		listens[k] = p
+	switch {
+	case s.Listen != "" && s.Fwmark != 0:
+		v.errf(p+".fwmark", "a service has either listen or fwmark, not both")
+	case s.Listen == "" && s.Fwmark == 0:
+		v.errf(p+".listen", "missing: the VIP:port clients connect to (or fwmark: the mark of a class)")
+	case s.Listen != "":
+		v.checkListen(p, s, listens)
 	}
 	if s.Scheduler != "" && !contains(Schedulers, s.Scheduler) {
 		v.errf(p+".scheduler", "%q is not one of %s", s.Scheduler, strings.Join(Schedulers, ", "))
@@ -369,16 +430,8 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 	seen := map[string]string{}
 	for j, sv := range s.Servers {
 		q := fmt.Sprintf("%s.servers[%d]", p, j)
-		ap, err := netip.ParseAddrPort(sv.Address)
-		switch {
-		case sv.Address == "":
-			v.errf(q+".address", "missing")
-		case err != nil:
-			v.errf(q+".address", "%q is not an address:port", sv.Address)
-		case ap.Port() == 0:
-			v.errf(q+".address", "%q has port 0; a real server of an address service needs its port", sv.Address)
-		default:
-			k := netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+		k, ok := v.checkServer(q, sv.Address, s.Fwmark != 0)
+		if ok {
 			if other := seen[k]; other != "" {
 				v.errf(q+".address", "server %s is listed twice (also %s)", k, other)
 			}
@@ -388,6 +441,48 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 			v.errf(q+".weight", "%d is outside 0..65535", *sv.Weight)
 		}
 	}
+}
+
+func (v *validator) checkListen(p string, s *Service, listens map[string]string) {
+	ap, err := netip.ParseAddrPort(s.Listen)
+	if err != nil {
+		v.errf(p+".listen", "%q is not an address:port such as 198.18.0.10:80 or [2001:db8::1]:443", s.Listen)
+		return
+	}
+	k := ap.String()
+	if ap.Port() == 0 && s.Persistence == nil {
+		v.errf(p+".listen", "port 0 (every port of the VIP) needs persistence, as in ipvsadm")
+	}
+	if other := listens[k]; other != "" {
+		v.errf(p+".listen", "%s is already the listen address of %s", k, other)
+	}
+	listens[k] = p
+}
+
+// checkServer validates a real server's address and returns its normal
+// form. A mark service's server may omit the port: the client's original
+// destination port is kept (IPVS's rule for mark services).
+func (v *validator) checkServer(q, addr string, portOptional bool) (string, bool) {
+	if addr == "" {
+		v.errf(q+".address", "missing")
+		return "", false
+	}
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		if ap.Port() == 0 {
+			v.errf(q+".address", "%q has port 0; give the server's port%s", addr, map[bool]string{true: " or none", false: ""}[portOptional])
+			return "", false
+		}
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String(), true
+	}
+	if a, err := netip.ParseAddr(addr); err == nil && portOptional {
+		return a.Unmap().String(), true
+	}
+	if portOptional {
+		v.errf(q+".address", "%q is not an address or address:port", addr)
+	} else {
+		v.errf(q+".address", "%q is not an address:port", addr)
+	}
+	return "", false
 }
 
 func contains(list []string, s string) bool {
@@ -422,8 +517,10 @@ func (f *File) normalize() {
 		if s.Scheduler == "" {
 			s.Scheduler = DefaultScheduler
 		}
-		ap := netip.MustParseAddrPort(s.Listen)
-		s.Listen = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+		if s.Listen != "" {
+			ap := netip.MustParseAddrPort(s.Listen)
+			s.Listen = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+		}
 		if ps := s.Persistence; ps != nil {
 			if ps.Timeout == 0 {
 				ps.Timeout = Duration(affinity.DefaultTimeout)
@@ -444,8 +541,11 @@ func (f *File) normalize() {
 				w := 1
 				sv.Weight = &w
 			}
-			ap := netip.MustParseAddrPort(sv.Address)
-			sv.Address = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+			if ap, err := netip.ParseAddrPort(sv.Address); err == nil {
+				sv.Address = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+			} else {
+				sv.Address = netip.MustParseAddr(sv.Address).Unmap().String()
+			}
 		}
 	}
 }

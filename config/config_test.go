@@ -166,3 +166,83 @@ func TestExampleConfigIsValid(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+const marksGood = `
+mark_mask: 0xff00
+marks:
+  - name: web
+    mark: 0x100
+    addresses: [198.18.0.10]
+    ports: [80, 443]
+  - name: ftp
+    mark: 0x200
+    protocol: tcp
+    addresses: [198.18.0.10, "2001:db8::10"]
+    ports: [21, 30000-30099]
+services:
+  - name: web
+    fwmark: 0x100
+    persistence: {netmask: 24}
+    servers:
+      - address: 198.19.0.11
+      - address: 198.19.0.12
+  - name: ftp
+    fwmark: 0x200
+    persistence: {}
+    servers: [{address: 198.19.0.11}, {address: "198.19.0.12:2121"}]
+`
+
+func TestParseMarks(t *testing.T) {
+	f, err := Parse("m.yaml", []byte(marksGood))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := f.MarkSet()
+	if len(set.Classes) != 2 || set.MarkMask() != 0xff00 {
+		t.Fatalf("MarkSet = %+v", set)
+	}
+	c, ok := set.ByMark(0x200)
+	if !ok || len(c.Ports) != 2 || c.Ports[1].To != 30099 || len(c.Addrs) != 2 {
+		t.Errorf("ftp class = %+v", c)
+	}
+	if got := f.Services[0].Servers[0].Address; got != "198.19.0.11" {
+		t.Errorf("a mark service's server without a port normalizes to %q", got)
+	}
+}
+
+func TestParseMarksErrors(t *testing.T) {
+	svc := "services:\n  - name: s\n    fwmark: 1\n    servers: [{address: 198.19.0.11}]\n"
+	class := func(body string) string { return "marks:\n  - name: web\n    mark: 1\n" + body }
+	for _, tc := range []struct {
+		name, in string
+		want     []string
+	}{
+		{"mark 0", "marks:\n  - name: zero\n    mark: 0\n    addresses: [198.18.0.10]\n    ports: [80]\n" + svc,
+			[]string{`m.yaml:2: marks[0]: class "zero": mark 0 is no mark`}},
+		{"reversed range", class("    addresses: [198.18.0.10]\n    ports: [30099-30000]\n") + svc, []string{`m.yaml:5: marks[0].ports: port range "30099-30000" is reversed`}},
+		{"port out of range", class("    addresses: [198.18.0.10]\n    ports: [70000]\n") + svc, []string{`marks[0].ports: port "70000"`}},
+		{"empty class", class("    addresses: []\n    ports: []\n") + svc, []string{`class "web": no destination addresses`, `class "web": no destination ports`}},
+		{"overlap names both", class("    addresses: [198.18.0.10]\n    ports: [80, 443]\n") +
+			"  - name: all\n    mark: 2\n    protocol: both\n    addresses: [198.18.0.0/24]\n    ports: [all]\n" + svc,
+			[]string{`m.yaml:6: marks[1]: classes "web" and "all" both claim tcp 198.18.0.10/32 port 80`}},
+		{"unknown fwmark", class("    addresses: [198.18.0.10]\n    ports: [80]\n") + "services:\n  - name: s\n    fwmark: 7\n    servers: [{address: 198.19.0.11}]\n",
+			[]string{`services[0].fwmark: no class in marks has mark 7`}},
+		{"listen and fwmark", class("    addresses: [198.18.0.10]\n    ports: [80]\n") + "services:\n  - name: s\n    fwmark: 1\n    listen: 127.0.0.1:80\n    servers: [{address: 198.19.0.11:80}]\n",
+			[]string{`services[0].fwmark: a service has either listen or fwmark, not both`}},
+		{"port-less server of a listen service", "services:\n  - name: s\n    listen: 127.0.0.1:80\n    servers: [{address: 198.19.0.11}]\n",
+			[]string{`services[0].servers[0].address: "198.19.0.11" is not an address:port`}},
+		{"bad mark address", class("    addresses: [vip]\n    ports: [80]\n") + svc, []string{`marks[0].addresses: "vip" is not an address or prefix`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("m.yaml", []byte(tc.in))
+			if err == nil {
+				t.Fatalf("no error for:\n%s", tc.in)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error\n  %s\nlacks %q", err, w)
+				}
+			}
+		})
+	}
+}

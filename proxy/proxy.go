@@ -157,6 +157,10 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 	pl := &plan{}
 	kept := map[netip.AddrPort]bool{}
 	for _, sc := range cfg.Services {
+		if sc.Fwmark != 0 {
+			pl.abort()
+			return nil, fmt.Errorf("service %s: fwmark %d: firewall-mark services need the transparent data path (nftables marks + TPROXY), which this tether does not have yet", sc.Name, sc.Fwmark)
+		}
 		listen := netip.MustParseAddrPort(sc.Listen)
 		if old := p.services[listen]; old != nil {
 			pl.keep = append(pl.keep, &planned{cfg: sc, svc: old})
