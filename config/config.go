@@ -33,8 +33,12 @@ type File struct {
 	// bits); the rest stays with other users of the host.
 	MarkMask uint32 `yaml:"mark_mask,omitempty"`
 	// Marks are the firewall-mark classes: which flows get which mark.
-	Marks    []MarkClass `yaml:"marks,omitempty"`
-	Services []Service   `yaml:"services"`
+	Marks []MarkClass `yaml:"marks,omitempty"`
+	// TProxyPort is the port of the transparent listener that mark
+	// services' TCP flows are TPROXYed to (default 50080 when there are
+	// marks).
+	TProxyPort uint16    `yaml:"tproxy_port,omitempty"`
+	Services   []Service `yaml:"services"`
 }
 
 // MarkClass is one firewall-mark class.
@@ -107,6 +111,7 @@ const (
 	DefaultConnectTimeout  = 5 * time.Second
 	DefaultConnectAttempts = 3
 	DefaultDrainTimeout    = 30 * time.Second
+	DefaultTProxyPort      = 50080
 )
 
 // Schedulers are the scheduler names a service may use (IPVS's).
@@ -508,6 +513,9 @@ func (f *File) normalize() {
 	}
 	if f.DrainTimeout == 0 {
 		f.DrainTimeout = Duration(DefaultDrainTimeout)
+	}
+	if f.TProxyPort == 0 && len(f.Marks) > 0 {
+		f.TProxyPort = DefaultTProxyPort
 	}
 	for i := range f.Services {
 		s := &f.Services[i]

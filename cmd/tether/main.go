@@ -56,6 +56,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			demoCommand(),
 			runCommand(),
 			checkCommand(),
+			nftCommand(),
 			testenvCommand(),
 			versionCommand(),
 		},

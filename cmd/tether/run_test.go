@@ -224,3 +224,22 @@ func TestRunLogSettingsFromConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestNftShowAndFlush(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.yaml")
+	os.WriteFile(path, []byte("marks:\n  - name: web\n    mark: 1\n    addresses: [198.18.0.10]\n    ports: [80, 443]\nservices:\n  - name: web\n    fwmark: 1\n    servers: [{address: 198.19.0.11}]\n"), 0o600)
+	out, _, err := runCLI(t, "nft", "show", "--config", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"table inet tether {", "elements = { 80, 443 }", "tproxy ip to :50080"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("nft show lacks %q:\n%s", want, out)
+		}
+	}
+	noMarks := filepath.Join(t.TempDir(), "n.yaml")
+	os.WriteFile(noMarks, []byte("services:\n  - name: web\n    listen: 127.0.0.1:80\n    servers: [{address: 127.0.0.2:80}]\n"), 0o600)
+	if _, _, err := runCLI(t, "nft", "show", "--config", noMarks); err == nil || !strings.Contains(err.Error(), "no marks") {
+		t.Errorf("nft show without marks: %v", err)
+	}
+}

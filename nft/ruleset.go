@@ -1,0 +1,327 @@
+package nft
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/tetherlb/tether/marks"
+	"golang.org/x/sys/unix"
+)
+
+// TableName is tether's table, in the inet family.
+const TableName = "tether"
+
+// Ruleset is what tether puts in its table.
+type Ruleset struct {
+	Marks marks.Set
+	// TProxyPort is the port of the transparent TCP listener (both
+	// families); zero: flows are marked but not intercepted.
+	TProxyPort uint16
+}
+
+// class sets: addresses per family and ports, named by mark so that any
+// class name is safe.
+type classSets struct {
+	v4, v6, ports *nftables.Set
+}
+
+func setName(c marks.Class, kind string) string { return fmt.Sprintf("m%d_%s", c.Mark, kind) }
+
+func families(c marks.Class) (v4, v6 []netip.Prefix) {
+	for _, p := range c.Addrs {
+		if p.Addr().Is4() {
+			v4 = append(v4, p)
+		} else {
+			v6 = append(v6, p)
+		}
+	}
+	return
+}
+
+// Add queues the whole table on c: create it if missing, delete it, and
+// create it again with every set, chain and rule, so that Flush replaces
+// the old table atomically. owner asks the kernel to tie the table to c's
+// (lasting) netlink socket, so that it goes when tether dies.
+func (r Ruleset) Add(c *nftables.Conn, owner bool) error {
+	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+	c.AddTable(t)
+	c.DelTable(t)
+	if owner {
+		t.Flags = nftables.TableFlagOwner
+	}
+	c.AddTable(t)
+	sets := map[uint32]classSets{}
+	for _, cl := range r.Marks.Classes {
+		var cs classSets
+		v4, v6 := families(cl)
+		var err error
+		if len(v4) > 0 {
+			if cs.v4, err = addSet(c, t, setName(cl, "v4"), nftables.TypeIPAddr, addrElems(v4)); err != nil {
+				return err
+			}
+		}
+		if len(v6) > 0 {
+			if cs.v6, err = addSet(c, t, setName(cl, "v6"), nftables.TypeIP6Addr, addrElems(v6)); err != nil {
+				return err
+			}
+		}
+		if cs.ports, err = addSet(c, t, setName(cl, "ports"), nftables.TypeInetService, portElems(cl.Ports)); err != nil {
+			return err
+		}
+		sets[cl.Mark] = cs
+	}
+	ch := c.AddChain(&nftables.Chain{
+		Name: "prerouting", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle,
+	})
+	for _, rule := range r.rules(sets) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: rule})
+	}
+	return nil
+}
+
+func addSet(c *nftables.Conn, t *nftables.Table, name string, typ nftables.SetDatatype, elems []nftables.SetElement) (*nftables.Set, error) {
+	s := &nftables.Set{Table: t, Name: name, KeyType: typ, Interval: true}
+	if err := c.AddSet(s, elems); err != nil {
+		return nil, fmt.Errorf("nft: set %s: %w", name, err)
+	}
+	return s, nil
+}
+
+// addrElems are interval elements: each prefix is [first, last+1).
+func addrElems(ps []netip.Prefix) []nftables.SetElement {
+	var out []nftables.SetElement
+	for _, p := range ps {
+		first := p.Masked().Addr()
+		end := lastAddr(p).Next()
+		out = append(out, nftables.SetElement{Key: first.AsSlice()})
+		if end.IsValid() {
+			out = append(out, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+func portElems(rs []marks.PortRange) []nftables.SetElement {
+	var out []nftables.SetElement
+	for _, r := range rs {
+		out = append(out, nftables.SetElement{Key: binaryutil.BigEndian.PutUint16(r.From)})
+		if r.To < 65535 {
+			out = append(out, nftables.SetElement{Key: binaryutil.BigEndian.PutUint16(r.To + 1), IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+func u32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
+
+// loadMasked loads a mark (meta or ct) into register 1, masked to tether's
+// bits.
+func (r Ruleset) loadMasked(load expr.Any) []expr.Any {
+	out := []expr.Any{load}
+	if m := r.Marks.MarkMask(); m != ^uint32(0) {
+		out = append(out, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(m), Xor: u32(0)})
+	}
+	return out
+}
+
+// setMark sets tether's bits of a mark (meta or ct) to mark, keeping the
+// others: reg1 = (old & ^mask) ^ mark.
+func (r Ruleset) setMark(load, store expr.Any, mark uint32) []expr.Any {
+	m := r.Marks.MarkMask()
+	if m == ^uint32(0) {
+		return []expr.Any{&expr.Immediate{Register: 1, Data: u32(mark)}, store}
+	}
+	return []expr.Any{load, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(^m), Xor: u32(mark)}, store}
+}
+
+var (
+	loadMeta  = &expr.Meta{Key: expr.MetaKeyMARK, Register: 1}
+	storeMeta = &expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1}
+	loadCt    = &expr.Ct{Key: expr.CtKeyMARK, Register: 1}
+	storeCt   = &expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: 1}
+)
+
+func cmpEq(data []byte) *expr.Cmp { return &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: data} }
+
+// rules are, for each class: restore the mark of established flows from
+// conntrack; mark new flows by class and save the mark; TPROXY the marked
+// TCP flows.
+func (r Ruleset) rules(sets map[uint32]classSets) [][]expr.Any {
+	var out [][]expr.Any
+	for _, cl := range r.Marks.Classes {
+		restore := append(r.loadMasked(loadCt), cmpEq(u32(cl.Mark)))
+		out = append(out, append(restore, r.setMark(loadMeta, storeMeta, cl.Mark)...))
+	}
+	for _, cl := range r.Marks.Classes {
+		cs := sets[cl.Mark]
+		for _, fam := range []struct {
+			set    *nftables.Set
+			nfp    byte
+			off, n uint32
+		}{{cs.v4, unix.NFPROTO_IPV4, 16, 4}, {cs.v6, unix.NFPROTO_IPV6, 24, 16}} {
+			if fam.set == nil {
+				continue
+			}
+			for _, proto := range protos(cl.Protocols) {
+				rule := []expr.Any{
+					&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+					&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(expr.CtStateBitNEW), Xor: u32(0)},
+					&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: u32(0)},
+					&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, cmpEq([]byte{fam.nfp}),
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: fam.off, Len: fam.n},
+					&expr.Lookup{SourceRegister: 1, SetName: fam.set.Name, SetID: fam.set.ID},
+					&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmpEq([]byte{proto}),
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+					&expr.Lookup{SourceRegister: 1, SetName: cs.ports.Name, SetID: cs.ports.ID},
+				}
+				rule = append(rule, r.setMark(loadMeta, storeMeta, cl.Mark)...)
+				rule = append(rule, r.setMark(loadCt, storeCt, cl.Mark)...)
+				out = append(out, rule)
+			}
+		}
+	}
+	if r.TProxyPort == 0 {
+		return out
+	}
+	for _, cl := range r.Marks.Classes {
+		if cl.Protocols&marks.TCP == 0 {
+			continue // UDP interception comes with the transparent UDP path
+		}
+		v4, v6 := families(cl)
+		for _, fam := range []struct {
+			has bool
+			nfp byte
+		}{{len(v4) > 0, unix.NFPROTO_IPV4}, {len(v6) > 0, unix.NFPROTO_IPV6}} {
+			if !fam.has {
+				continue
+			}
+			// No nfproto match: the kernel's tproxy breaks on a packet of
+			// the other family itself (and nft compiles it so too).
+			rule := append(r.loadMasked(loadMeta), cmpEq(u32(cl.Mark)),
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmpEq([]byte{unix.IPPROTO_TCP}),
+				&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(r.TProxyPort)},
+				&expr.TProxy{Family: fam.nfp, TableFamily: byte(nftables.TableFamilyINet), RegPort: 1},
+			)
+			out = append(out, rule)
+		}
+	}
+	return out
+}
+
+func protos(p marks.Protocols) []byte {
+	var out []byte
+	if p&marks.TCP != 0 {
+		out = append(out, unix.IPPROTO_TCP)
+	}
+	if p&marks.UDP != 0 {
+		out = append(out, unix.IPPROTO_UDP)
+	}
+	return out
+}
+
+// Show renders the ruleset in nft syntax: what `nft list table inet
+// tether` would print for it, loadable with nft -f.
+func (r Ruleset) Show() string {
+	var b strings.Builder
+	m := r.Marks.MarkMask()
+	masked := func(what string) string {
+		if m == ^uint32(0) {
+			return what
+		}
+		return fmt.Sprintf("%s & %#08x", what, m)
+	}
+	set := func(what string, mark uint32) string {
+		if m == ^uint32(0) {
+			return fmt.Sprintf("%s set %#08x", what, mark)
+		}
+		return fmt.Sprintf("%s set %s & %#08x | %#08x", what, what, ^m, mark)
+	}
+	fmt.Fprintf(&b, "table inet %s {\n", TableName)
+	classes := slices.Clone(r.Marks.Classes)
+	for _, cl := range classes {
+		v4, v6 := families(cl)
+		for _, s := range []struct {
+			kind, typ string
+			elems     []string
+		}{{"v4", "ipv4_addr", prefixes(v4)}, {"v6", "ipv6_addr", prefixes(v6)}, {"ports", "inet_service", ports(cl.Ports)}} {
+			if len(s.elems) == 0 {
+				continue
+			}
+			fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n\t\tflags interval\n\t\telements = { %s }\n\t}\n\n",
+				setName(cl, s.kind), s.typ, strings.Join(s.elems, ", "))
+		}
+	}
+	fmt.Fprintf(&b, "\tchain prerouting {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n")
+	for _, cl := range classes {
+		fmt.Fprintf(&b, "\t\t%s == %#08x %s\n", masked("ct mark"), cl.Mark, set("meta mark", cl.Mark))
+	}
+	for _, cl := range classes {
+		v4, v6 := families(cl)
+		for _, fam := range []struct {
+			has        bool
+			kind, addr string
+		}{{len(v4) > 0, "v4", "ip daddr"}, {len(v6) > 0, "v6", "ip6 daddr"}} {
+			if !fam.has {
+				continue
+			}
+			for _, p := range protos(cl.Protocols) {
+				name := map[byte]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp"}[p]
+				fmt.Fprintf(&b, "\t\tct state new %s @%s %s dport @%s %s %s\n", fam.addr, setName(cl, fam.kind), name, setName(cl, "ports"),
+					set("meta mark", cl.Mark), set("ct mark", cl.Mark))
+			}
+		}
+	}
+	if r.TProxyPort != 0 {
+		for _, cl := range classes {
+			if cl.Protocols&marks.TCP == 0 {
+				continue
+			}
+			v4, v6 := families(cl)
+			for _, fam := range []struct {
+				has  bool
+				name string
+			}{{len(v4) > 0, "ip"}, {len(v6) > 0, "ip6"}} {
+				if fam.has {
+					fmt.Fprintf(&b, "\t\t%s == %#08x meta l4proto tcp tproxy %s to :%d\n", masked("meta mark"), cl.Mark, fam.name, r.TProxyPort)
+				}
+			}
+		}
+	}
+	b.WriteString("\t}\n}\n")
+	return b.String()
+}
+
+func prefixes(ps []netip.Prefix) []string {
+	var out []string
+	for _, p := range ps {
+		if p.IsSingleIP() {
+			out = append(out, p.Addr().String())
+		} else {
+			out = append(out, p.String())
+		}
+	}
+	return out
+}
+
+func ports(rs []marks.PortRange) []string {
+	var out []string
+	for _, r := range rs {
+		out = append(out, r.String())
+	}
+	return out
+}
