@@ -245,3 +245,28 @@ func overlap(a, b Class) (string, bool) {
 	}
 	return "", false
 }
+
+// Match returns the class that covers a flow of protocol p to dst:port,
+// as the nftables rules classify it. Classes do not overlap (Validate), so
+// at most one does.
+func (s Set) Match(p Protocols, dst netip.Addr, port uint16) (Class, bool) {
+	dst = dst.Unmap()
+	for _, c := range s.Classes {
+		if c.Protocols&p == 0 {
+			continue
+		}
+		inAddr := false
+		for _, a := range c.Addrs {
+			inAddr = inAddr || a.Contains(dst)
+		}
+		if !inAddr {
+			continue
+		}
+		for _, r := range c.Ports {
+			if r.From <= port && port <= r.To {
+				return c, true
+			}
+		}
+	}
+	return Class{}, false
+}

@@ -93,3 +93,25 @@ func TestOtherProtocolDoesNotOverlap(t *testing.T) {
 		t.Errorf("tcp 443 and udp 443 are different claims: %v", errs)
 	}
 }
+
+func TestMatch(t *testing.T) {
+	s := Set{Classes: []Class{
+		class("web", 1, TCP, "198.18.0.10", PortRange{80, 80}, PortRange{443, 443}),
+		class("ftp", 2, TCP, "198.18.0.0/24", PortRange{21, 21}, PortRange{30000, 30099}),
+		class("quic", 3, UDP, "198.18.0.10", PortRange{443, 443}),
+	}}
+	for _, tc := range []struct {
+		p    Protocols
+		dst  string
+		port uint16
+		want uint32
+	}{
+		{TCP, "198.18.0.10", 443, 1}, {UDP, "198.18.0.10", 443, 3}, {TCP, "198.18.0.77", 30050, 2},
+		{TCP, "::ffff:198.18.0.10", 80, 1}, {TCP, "198.18.0.10", 8080, 0}, {TCP, "198.18.1.10", 21, 0},
+	} {
+		c, ok := s.Match(tc.p, netip.MustParseAddr(tc.dst), tc.port)
+		if (tc.want == 0) == ok || (ok && c.Mark != tc.want) {
+			t.Errorf("Match(%v, %s, %d) = %d, %v; want %d", tc.p, tc.dst, tc.port, c.Mark, ok, tc.want)
+		}
+	}
+}

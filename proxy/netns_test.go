@@ -56,3 +56,75 @@ func TestStickinessAcrossNamespaces(t *testing.T) {
 		t.Errorf("%d groups, spread %s; want 15 groups, 60 connections each", len(groups), s.Spread())
 	}
 }
+
+// markConfig is one mark over HTTP and HTTPS on the VIP; the servers have
+// no port, so each connection keeps the port the client dialled.
+func markConfig(persistent bool) string {
+	persistence := "    persistence: {timeout: 300s}\n"
+	if !persistent {
+		persistence = ""
+	}
+	return fmt.Sprintf(`marks:
+  - name: web
+    mark: 0x100
+    addresses: [%s]
+    ports: [80, 443]
+mark_mask: 0xff00
+services:
+  - name: web
+    fwmark: 0x100
+    scheduler: rr
+%s    servers:
+      - address: %s
+      - address: %s
+      - address: %s
+`, testenv.VIP, persistence, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
+}
+
+// 200 client addresses connect to 80, then 443, then 80 again through a
+// mark service: no client sees two backends. The same run without
+// persistence mixes clients, so the test can tell.
+func TestMarkServicePersistenceAcrossPorts(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 2, AddrsPerClient: 100, Backends: 3, Label: "mark"})
+	for _, b := range env.Backends {
+		for _, port := range []int{80, 443} {
+			if _, err := b.ServeName(port); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	run := func(persistent bool) testenv.Summary {
+		p := New(mustConfig(t, markConfig(persistent)), Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return env.LB.Dial(ctx, network, netip.Addr{}, addr)
+		}})
+		if err := env.LB.Do(p.Start); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := p.Shutdown(context.Background()); err != nil {
+				t.Errorf("shutdown: %v", err)
+			}
+		}()
+		var visits []testenv.Visit
+		for _, c := range env.Clients {
+			visits = append(visits, c.Drive(context.Background(), testenv.VIP, []int{80, 443, 80}, 1)...)
+		}
+		s := testenv.Summarize(visits)
+		if s.Failed != 0 {
+			t.Fatalf("%d of %d connections failed: %v", s.Failed, s.Visits, s.Errors)
+		}
+		return s
+	}
+	s := run(true)
+	if s.Visits != 600 || len(s.Mixed) != 0 {
+		t.Errorf("%d visits; %d clients saw two backends: %v", s.Visits, len(s.Mixed), s.Mixed)
+	}
+	if len(s.PerBackend) != 3 {
+		t.Errorf("spread %s: every backend should serve some clients", s.Spread())
+	}
+	control := run(false)
+	if len(control.Mixed) == 0 {
+		t.Errorf("without persistence no client saw two backends: the test cannot tell")
+	}
+	t.Logf("with persistence: 0 of 200 clients mixed, %s; without: %d mixed", s.Spread(), len(control.Mixed))
+}

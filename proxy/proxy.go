@@ -49,13 +49,15 @@ type Proxy struct {
 	cfg *config.File
 
 	svcMu    sync.RWMutex // guards services; connections read it
-	services map[netip.AddrPort]*service
+	services map[svcKey]*service
 	conns    conns
+
+	tp *transparent // the TPROXY listeners and nft table, with marks
 }
 
 // New prepares a proxy for cfg; Start opens its listeners.
 func New(cfg *config.File, o Options) *Proxy {
-	p := &Proxy{log: o.Logger, met: o.Metrics, table: o.Table, dial: o.Dial, cfg: cfg, services: map[netip.AddrPort]*service{}}
+	p := &Proxy{log: o.Logger, met: o.Metrics, table: o.Table, dial: o.Dial, cfg: cfg, services: map[svcKey]*service{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -130,12 +132,27 @@ func (p *Proxy) Reload(cfg *config.File) error {
 	return nil
 }
 
+// svcKey identifies a service: its listen address, or its mark.
+type svcKey struct {
+	listen netip.AddrPort
+	mark   uint32
+}
+
+func keyOf(sc config.Service) svcKey {
+	if sc.Fwmark != 0 {
+		return svcKey{mark: sc.Fwmark}
+	}
+	return svcKey{listen: netip.MustParseAddrPort(sc.Listen)}
+}
+
 // plan is a reload worked out but not yet applied: the listeners it needs
 // are already open, so applying it cannot fail for lack of one.
 type plan struct {
-	start []*planned // new services, with their listeners
-	keep  []*planned // services that stay, with their new config
-	stop  []*service // services that go
+	cfg   *config.File
+	start []*planned   // new services, with their listeners
+	keep  []*planned   // services that stay, with their new config
+	stop  []*service   // services that go
+	tp    *transparent // newly opened transparent listeners
 }
 
 type planned struct {
@@ -146,43 +163,56 @@ type planned struct {
 
 func (pl *plan) abort() {
 	for _, s := range pl.start {
-		s.ln.Close()
+		if s.ln != nil {
+			s.ln.Close()
+		}
+	}
+	if pl.tp != nil {
+		pl.tp.close()
 	}
 }
 
-// plan matches services by listen address, their identity (and their
-// templates' identity): a service whose address is unchanged keeps its
-// socket even if renamed.
+// plan matches services by listen address or mark, their identity (and
+// their templates' identity): a service whose address is unchanged keeps
+// its socket even if renamed.
 func (p *Proxy) plan(cfg *config.File) (*plan, error) {
-	pl := &plan{}
-	kept := map[netip.AddrPort]bool{}
+	pl := &plan{cfg: cfg}
+	kept := map[svcKey]bool{}
 	for _, sc := range cfg.Services {
-		if sc.Fwmark != 0 {
-			pl.abort()
-			return nil, fmt.Errorf("service %s: fwmark %d: firewall-mark services need the transparent data path (nftables marks + TPROXY), which this tether does not have yet", sc.Name, sc.Fwmark)
-		}
-		listen := netip.MustParseAddrPort(sc.Listen)
-		if old := p.services[listen]; old != nil {
+		k := keyOf(sc)
+		if old := p.services[k]; old != nil {
 			pl.keep = append(pl.keep, &planned{cfg: sc, svc: old})
-			kept[listen] = true
+			kept[k] = true
 			continue
 		}
-		if listen.Port() == 0 {
+		if sc.Fwmark != 0 {
+			pl.start = append(pl.start, &planned{cfg: sc})
+			continue
+		}
+		if k.listen.Port() == 0 {
 			pl.abort()
 			return nil, fmt.Errorf("service %s: listen %s: port 0 (every port of the VIP) needs a firewall-mark service; the socket proxy listens on one port", sc.Name, sc.Listen)
 		}
 		lc := net.ListenConfig{KeepAlive: -1} // see serviceState.dialer
-		l, err := lc.Listen(p.ctx, "tcp", listen.String())
+		l, err := lc.Listen(p.ctx, "tcp", k.listen.String())
 		if err != nil {
 			pl.abort()
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 		}
 		pl.start = append(pl.start, &planned{cfg: sc, ln: l.(*net.TCPListener)})
 	}
-	for listen, s := range p.services {
-		if !kept[listen] {
+	for k, s := range p.services {
+		if !kept[k] {
 			pl.stop = append(pl.stop, s)
 		}
+	}
+	if len(cfg.Marks) > 0 && (p.tp == nil || p.tp.port != cfg.TProxyPort) {
+		tp, err := p.openTransparent(cfg)
+		if err != nil {
+			pl.abort()
+			return nil, err
+		}
+		pl.tp = tp
 	}
 	return pl, nil
 }
@@ -207,6 +237,10 @@ func (p *Proxy) commit(pl *plan) error {
 		}
 		states = append(states, built{s, st})
 	}
+	if err := p.applyMarks(pl); err != nil {
+		pl.abort()
+		return err
+	}
 	for _, old := range pl.stop {
 		p.stopService(old)
 	}
@@ -215,11 +249,17 @@ func (p *Proxy) commit(pl *plan) error {
 			b.pl.svc.state.Store(b.st)
 			continue
 		}
-		svc := &service{name: b.pl.cfg.Name, listen: netip.MustParseAddrPort(b.pl.cfg.Listen), ln: b.pl.ln, done: make(chan struct{})}
+		k := keyOf(b.pl.cfg)
+		svc := &service{name: b.pl.cfg.Name, listen: k.listen, ln: b.pl.ln, done: make(chan struct{})}
 		svc.state.Store(b.st)
 		p.svcMu.Lock()
-		p.services[svc.listen] = svc
+		p.services[k] = svc
 		p.svcMu.Unlock()
+		if svc.ln == nil {
+			close(svc.done) // a mark service: the transparent listeners accept for it
+			p.log.Info("service on firewall mark", "service", svc.name, "fwmark", k.mark, "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
+			continue
+		}
 		go p.acceptLoop(svc)
 		p.log.Info("service listening", "service", svc.name, "listen", svc.ln.Addr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
 	}
@@ -229,10 +269,12 @@ func (p *Proxy) commit(pl *plan) error {
 // stopService closes a service's listener and drops its templates; its
 // open connections run on until they close.
 func (p *Proxy) stopService(s *service) {
-	s.ln.Close()
+	if s.ln != nil {
+		s.ln.Close()
+	}
 	<-s.done
 	p.svcMu.Lock()
-	delete(p.services, s.listen)
+	delete(p.services, keyOf(s.state.Load().cfg))
 	p.svcMu.Unlock()
 	if st := s.state.Load(); st.persistent {
 		p.table.RemoveService(st.ref)
@@ -244,7 +286,7 @@ func (p *Proxy) stopService(s *service) {
 func (p *Proxy) current(st *serviceState) *serviceState {
 	p.svcMu.RLock()
 	defer p.svcMu.RUnlock()
-	if s := p.services[netip.MustParseAddrPort(st.cfg.Listen)]; s != nil {
+	if s := p.services[keyOf(st.cfg)]; s != nil {
 		return s.state.Load()
 	}
 	return st
@@ -256,10 +298,15 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, s := range p.services {
-		s.ln.Close()
+		if s.ln != nil {
+			s.ln.Close()
+		}
 	}
 	for _, s := range p.services {
 		<-s.done
+	}
+	if p.tp != nil {
+		p.tp.close()
 	}
 	drained := make(chan struct{})
 	go func() { p.conns.wg.Wait(); close(drained) }()
@@ -272,9 +319,11 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		<-drained
 	}
 	p.cancel()
-	var err error
+	err := p.removeMarks()
 	if path := p.cfg.Snapshot; path != "" {
-		if err = p.table.SaveSnapshot(path); err == nil {
+		if serr := p.table.SaveSnapshot(path); serr != nil {
+			err = errors.Join(err, serr)
+		} else {
 			p.log.Info("persistence snapshot written", "path", path, "templates", p.table.Len())
 		}
 	}

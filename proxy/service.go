@@ -52,7 +52,10 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (
 	// (so_keepalive): it costs four setsockopt calls per connection.
 	st.dialer.KeepAlive = -1
 	for _, sc := range cfg.Servers {
-		addr := netip.MustParseAddrPort(sc.Address)
+		addr, err := netip.ParseAddrPort(sc.Address)
+		if err != nil { // a mark service's server without a port
+			addr = netip.AddrPortFrom(netip.MustParseAddr(sc.Address), 0)
+		}
 		var s *Server
 		if prev != nil {
 			s = prev.byAddr[addr]
@@ -74,7 +77,12 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (
 	if ps := cfg.Persistence; ps != nil {
 		st.persistent = true
 		st.mask = ps.Mask()
-		id := affinity.AddrService(affinity.ProtoTCP, netip.MustParseAddrPort(cfg.Listen))
+		// A mark service's templates are keyed by the mark alone, so they
+		// span every port and protocol the mark covers.
+		id := affinity.MarkService(cfg.Fwmark)
+		if cfg.Fwmark == 0 {
+			id = affinity.AddrService(affinity.ProtoTCP, netip.MustParseAddrPort(cfg.Listen))
+		}
 		st.ref = table.SetService(id, affinity.ServiceConfig{
 			Timeout: ps.Timeout.D(), Mask: st.mask, ExpireQuiescent: ps.ExpireQuiescent,
 		})

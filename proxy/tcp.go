@@ -33,12 +33,13 @@ func (p *Proxy) acceptLoop(svc *service) {
 		}
 		delay = 0
 		p.conns.wg.Add(1)
-		go p.serveTCP(svc, c)
+		go p.serveTCP(svc, c, 0)
 	}
 }
 
-// serveTCP handles one client connection from accept to close.
-func (p *Proxy) serveTCP(svc *service, client *net.TCPConn) {
+// serveTCP handles one client connection from accept to close. dport is
+// the client's original destination port for a mark service, else 0.
+func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	defer p.conns.wg.Done()
 	st := svc.state.Load()
 	labels := []metrics.Label{{Name: "service", Value: st.cfg.Name}}
@@ -54,7 +55,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn) {
 	defer p.conns.remove(client)
 
 	src := client.RemoteAddr().(*net.TCPAddr).AddrPort()
-	srv, lease, backend, err := p.connect(st, src.Addr())
+	srv, lease, backend, err := p.connect(st, src.Addr(), dport)
 	if err != nil {
 		p.met.IncrCounterWithLabels([]string{"connections", "failed"}, 1, labels)
 		p.log.Warn("no real server reached", "service", st.cfg.Name, "client", src, "err", err)
@@ -82,7 +83,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn) {
 // times out is taken out of scheduling, its templates dropped, and the
 // next choice is tried, up to connect_attempts servers: a dead server costs
 // no client a failure while another one is up.
-func (p *Proxy) connect(st *serviceState, client netip.Addr) (*Server, affinity.Lease, *net.TCPConn, error) {
+func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (*Server, affinity.Lease, *net.TCPConn, error) {
 	pk := &picker{p: p, st: st}
 	var lastErr error = errNoServer
 	for range max(st.cfg.Limits.ConnectAttempts, 1) {
@@ -111,7 +112,7 @@ func (p *Proxy) connect(st *serviceState, client netip.Addr) (*Server, affinity.
 			p.met.IncrCounterWithLabels([]string{"schedule", "scheduler"}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
 		}
 		srv.conns.Add(1)
-		c, err := p.dialServer(st, srv)
+		c, err := p.dialServer(st, srv, dport)
 		if err == nil {
 			return srv, lease, c, nil
 		}
@@ -129,9 +130,10 @@ func (p *Proxy) connect(st *serviceState, client netip.Addr) (*Server, affinity.
 	return nil, affinity.Lease{}, nil, lastErr
 }
 
-func (p *Proxy) dialServer(st *serviceState, srv *Server) (*net.TCPConn, error) {
+func (p *Proxy) dialServer(st *serviceState, srv *Server, dport uint16) (*net.TCPConn, error) {
+	addr := serverAddr(srv, dport).String()
 	if p.dial == nil {
-		c, err := st.dialer.DialContext(p.ctx, "tcp", srv.Addr.String())
+		c, err := st.dialer.DialContext(p.ctx, "tcp", addr)
 		if err != nil {
 			return nil, err
 		}
@@ -139,7 +141,7 @@ func (p *Proxy) dialServer(st *serviceState, srv *Server) (*net.TCPConn, error) 
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, st.dialer.Timeout)
 	defer cancel()
-	c, err := p.dial(ctx, "tcp", srv.Addr.String())
+	c, err := p.dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}

@@ -370,11 +370,3 @@ func TestShutdownDrainsThenCloses(t *testing.T) {
 		t.Errorf("Shutdown took %v with a 200ms drain deadline", d)
 	}
 }
-
-func TestMarkServiceIsRefusedClearly(t *testing.T) {
-	cfg := mustConfig(t, "marks:\n  - name: web\n    mark: 1\n    addresses: [198.18.0.10]\n    ports: [80, 443]\nservices:\n  - name: web\n    fwmark: 1\n    servers: [{address: 198.19.0.11}]\n")
-	err := New(cfg, Options{}).Start()
-	if err == nil || !strings.Contains(err.Error(), "firewall-mark services need the transparent data path") {
-		t.Fatalf("Start = %v", err)
-	}
-}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -137,6 +138,16 @@ func New(s Spec) (env *Env, err error) {
 	// Kernel NAT (the director) forwards between the two sides.
 	if err := e.LB.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
 		return nil, err
+	}
+	// With br_netfilter loaded, frames through the lb's bridges would run
+	// the IP hooks at bridge level, where TPROXY's socket is lost before
+	// the IP layer. The bridges here are plain switches: turn that off.
+	for _, k := range []string{"net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"} {
+		if _, err := os.Stat(filepath.Join("/proc/sys", strings.ReplaceAll(k, ".", "/"))); err == nil {
+			if err := e.LB.Sysctl(k, "0"); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return e, nil
 }

@@ -1,0 +1,224 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/google/nftables"
+	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/marks"
+	"github.com/tetherlb/tether/nft"
+	"golang.org/x/sys/unix"
+)
+
+// transparent is the data path of firewall-mark services: nftables marks
+// the classes' flows and TPROXYs them to these listeners, whose accepted
+// connections carry the client's original destination as local address.
+type transparent struct {
+	port uint16
+	lns  []*net.TCPListener
+	wg   sync.WaitGroup // accept loops
+	nft  *nftables.Conn // lasting: the table is owned by its socket
+	set  atomic.Pointer[marks.Set]
+}
+
+// openTransparent opens the IP_TRANSPARENT listeners (IPv4, and IPv6 when
+// a class has IPv6 addresses). It needs CAP_NET_ADMIN.
+func (p *Proxy) openTransparent(cfg *config.File) (*transparent, error) {
+	tp := &transparent{port: cfg.TProxyPort}
+	lc := net.ListenConfig{KeepAlive: -1, Control: func(network, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			if strings.HasSuffix(network, "6") {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+			} else {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+			}
+		})
+		if err == nil && serr != nil {
+			err = fmt.Errorf("IP_TRANSPARENT (needs CAP_NET_ADMIN): %w", serr)
+		}
+		return err
+	}}
+	nets := []string{"tcp4"}
+	for _, c := range cfg.MarkSet().Classes {
+		for _, a := range c.Addrs {
+			if a.Addr().Is6() && len(nets) == 1 {
+				nets = append(nets, "tcp6")
+			}
+		}
+	}
+	for _, n := range nets {
+		addr := fmt.Sprintf("0.0.0.0:%d", tp.port)
+		if n == "tcp6" {
+			addr = fmt.Sprintf("[::]:%d", tp.port)
+		}
+		l, err := lc.Listen(p.ctx, n, addr)
+		if err != nil {
+			tp.close()
+			return nil, fmt.Errorf("transparent listener for mark services: %w", err)
+		}
+		tp.lns = append(tp.lns, l.(*net.TCPListener))
+	}
+	return tp, nil
+}
+
+// close stops the listeners and waits for their accept loops.
+func (tp *transparent) close() {
+	for _, l := range tp.lns {
+		l.Close()
+	}
+	tp.wg.Wait()
+}
+
+// applyMarks puts the plan's mark classes in place: the nftables table
+// (replaced atomically on reload) and, when they were opened by this plan,
+// the transparent listeners. Without marks it removes both.
+func (p *Proxy) applyMarks(pl *plan) error {
+	if len(pl.cfg.Marks) == 0 {
+		return p.removeMarks()
+	}
+	tp := p.tp
+	if pl.tp != nil {
+		tp = pl.tp
+		if p.tp != nil {
+			tp.nft = p.tp.nft
+		}
+	}
+	if tp.nft == nil {
+		c, err := nftables.New(nftables.AsLasting())
+		if err != nil {
+			return fmt.Errorf("nftables: %w", err)
+		}
+		tp.nft = c
+	}
+	set := pl.cfg.MarkSet()
+	rs := nft.Ruleset{Marks: set, TProxyPort: tp.port}
+	if err := rs.Add(tp.nft, true); err != nil {
+		return err
+	}
+	if err := tp.nft.Flush(); err != nil {
+		return fmt.Errorf("apply nftables table inet %s (needs CAP_NET_ADMIN, nf_tables and nft_tproxy): %w", nft.TableName, err)
+	}
+	tp.set.Store(&set)
+	if pl.tp != nil {
+		pl.tp = nil // committed: abort must not close it now
+		if old := p.tp; old != nil {
+			old.nft = nil
+			old.close()
+		}
+		for _, l := range tp.lns {
+			tp.wg.Add(1)
+			go p.acceptTransparent(tp, l)
+		}
+		p.tp = tp
+		p.log.Info("firewall-mark services: nftables table applied, transparent listener open", "port", tp.port, "classes", len(set.Classes))
+		p.checkBridgeNetfilter()
+	}
+	return nil
+}
+
+// removeMarks deletes tether's table and closes the transparent listeners.
+func (p *Proxy) removeMarks() error {
+	tp := p.tp
+	if tp == nil {
+		return nil
+	}
+	p.tp = nil
+	tp.close()
+	var err error
+	if tp.nft != nil {
+		tp.nft.DelTable(&nftables.Table{Name: nft.TableName, Family: nftables.TableFamilyINet})
+		err = tp.nft.Flush()
+		err = errors.Join(err, tp.nft.CloseLasting())
+	}
+	return err
+}
+
+// checkBridgeNetfilter warns when br_netfilter would run the IP hooks for
+// bridged frames: TPROXY then assigns the socket at bridge level and the IP
+// layer drops it, so clients reaching the VIP through a bridge of this host
+// are refused.
+func (p *Proxy) checkBridgeNetfilter() {
+	// Read on this goroutine: /proc/sys/net follows the calling thread's
+	// namespace, which is the proxy's while Start or Reload runs.
+	b, _ := os.ReadFile("/proc/sys/net/bridge/bridge-nf-call-iptables")
+	if strings.TrimSpace(string(b)) == "1" {
+		p.log.Warn("net.bridge.bridge-nf-call-iptables=1: TPROXY fails for clients that reach the VIP through a bridge of this host; set it to 0 in this network namespace if the ingress is a bridge")
+	}
+}
+
+func (p *Proxy) acceptTransparent(tp *transparent, l *net.TCPListener) {
+	defer tp.wg.Done()
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			p.log.Error("transparent accept failed", "err", err)
+			continue
+		}
+		svc, dport := p.classify(tp, c)
+		if svc == nil {
+			p.met.IncrCounter([]string{"connections", "unclassified"}, 1)
+			c.Close()
+			continue
+		}
+		p.conns.wg.Add(1)
+		go p.serveTCP(svc, c, dport)
+	}
+}
+
+// classify finds the mark service of a TPROXYed connection: by the
+// socket's mark (set when net.ipv4.tcp_fwmark_accept=1), or else by its
+// original destination, which the classes match exactly as the nftables
+// rules did.
+func (p *Proxy) classify(tp *transparent, c *net.TCPConn) (*service, uint16) {
+	dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	set := tp.set.Load()
+	mark := soMark(c) & set.MarkMask()
+	if mark == 0 {
+		cl, ok := set.Match(marks.TCP, dst.Addr(), dst.Port())
+		if !ok {
+			p.log.Warn("transparent connection matches no mark class", "dst", dst, "src", c.RemoteAddr())
+			return nil, 0
+		}
+		mark = cl.Mark
+	}
+	p.svcMu.RLock()
+	svc := p.services[svcKey{mark: mark}]
+	p.svcMu.RUnlock()
+	if svc == nil {
+		p.log.Warn("no service for firewall mark", "fwmark", mark, "dst", dst)
+	}
+	return svc, dst.Port()
+}
+
+func soMark(c *net.TCPConn) uint32 {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var mark int
+	rc.Control(func(fd uintptr) {
+		mark, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK)
+	})
+	return uint32(mark)
+}
+
+// serverAddr is where to dial a server: a mark service's server without a
+// port takes the client's original destination port (IPVS's rule).
+func serverAddr(s *Server, dport uint16) netip.AddrPort {
+	if s.Addr.Port() == 0 && dport != 0 {
+		return netip.AddrPortFrom(s.Addr.Addr(), dport)
+	}
+	return s.Addr
+}
