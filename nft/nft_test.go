@@ -66,7 +66,7 @@ func TestAddBatchWithoutKernel(t *testing.T) {
 	// 7 sets (web v4+ports, ftp v4+v6+ports, dns v4+ports), 1 chain,
 	// 3 restore + 5 classify (web tcp4, ftp tcp4+tcp6, dns tcp4+udp4) +
 	// 4 tproxy (web 4, ftp 4+6, dns 4) = 12 rules.
-	want := "begin newtable deltable newtable(owner) newset+elem*7 newchain newrule*12 end"
+	want := "begin newtable(owner) deltable newtable(owner) newset+elem*7 newchain newrule*12 end"
 	if got != want {
 		t.Errorf("batch:\n got %s\nwant %s", got, want)
 	}
@@ -258,5 +258,30 @@ func TestFlush(t *testing.T) {
 	}
 	if out := run(t, env.LB, "nft", "list", "tables"); strings.Contains(out, TableName) {
 		t.Errorf("table still there after Flush: %q", out)
+	}
+}
+
+// An owned table is replaced by its owner (a reload) without error.
+func TestOwnedTableReplace(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Backends: 1, Label: "repl"})
+	needNft(t)
+	err := env.LB.Do(func() error {
+		c, err := nftables.New(nftables.AsLasting())
+		if err != nil {
+			return err
+		}
+		defer c.CloseLasting()
+		for range 2 {
+			if err := testRuleset(0xff00).Add(c, true); err != nil {
+				return err
+			}
+			if err := c.Flush(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("replacing an owned table: %v", err)
 	}
 }

@@ -49,11 +49,13 @@ func families(c marks.Class) (v4, v6 []netip.Prefix) {
 // (lasting) netlink socket, so that it goes when tether dies.
 func (r Ruleset) Add(c *nftables.Conn, owner bool) error {
 	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
-	c.AddTable(t)
-	c.DelTable(t)
 	if owner {
+		// Every step carries the flag: the kernel refuses to change an
+		// owned table's flags (EOPNOTSUPP), even in a create-if-missing.
 		t.Flags = nftables.TableFlagOwner
 	}
+	c.AddTable(t)
+	c.DelTable(t)
 	c.AddTable(t)
 	sets := map[uint32]classSets{}
 	for _, cl := range r.Marks.Classes {

@@ -1,12 +1,16 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/tetherlb/tether/testenv"
 )
@@ -127,4 +131,66 @@ func TestMarkServicePersistenceAcrossPorts(t *testing.T) {
 		t.Errorf("without persistence no client saw two backends: the test cannot tell")
 	}
 	t.Logf("with persistence: 0 of 200 clients mixed, %s; without: %d mixed", s.Spread(), len(control.Mixed))
+}
+
+// A reload that adds a port to a class: the open connection survives the
+// table's replacement, and the new port is marked, so the client reaches
+// the same backend on it (one template per mark).
+func TestReloadAddsPortToClass(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 3, Label: "addport"})
+	for _, b := range env.Backends {
+		for _, port := range []int{80, 8443} {
+			if _, err := b.ServeName(port); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cfgWith := func(ports string) string {
+		return fmt.Sprintf("marks:\n  - name: web\n    mark: 7\n    addresses: [%s]\n    ports: [%s]\nservices:\n  - name: web\n    fwmark: 7\n    scheduler: rr\n    persistence: {}\n    servers:\n      - address: %s\n      - address: %s\n      - address: %s\n",
+			testenv.VIP, ports, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
+	}
+	p := New(mustConfig(t, cfgWith("80")), Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return env.LB.Dial(ctx, network, netip.Addr{}, addr)
+	}})
+	if err := env.LB.Do(p.Start); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Shutdown(context.Background())
+	ctx := context.Background()
+	src := env.Clients[0].Addr(0)
+	open, err := env.Clients[0].Dial(ctx, "tcp", src, netip.AddrPortFrom(testenv.VIP, 80).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	open.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(open)
+	first, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := testenv.Summarize(env.Clients[0].Drive(ctx, testenv.VIP, []int{8443}, 1)); s.Failed == 0 {
+		t.Fatalf("port 8443 answered before it was in the class: %s", s.Spread())
+	}
+
+	if err := env.LB.Do(func() error { return p.Reload(mustConfig(t, cfgWith("80, 8443"))) }); err != nil {
+		t.Fatal(err)
+	}
+	// The open connection still works.
+	if _, err := io.WriteString(open, "still there?\n"); err != nil {
+		t.Fatal(err)
+	}
+	if echo, err := r.ReadString('\n'); err != nil || echo != "still there?\n" {
+		t.Fatalf("open connection after the reload: %q, %v", echo, err)
+	}
+	// The new port is marked, and the client keeps its backend on it.
+	visits := env.Clients[0].Drive(ctx, testenv.VIP, []int{8443}, 1)
+	for _, v := range visits {
+		if v.Err != nil {
+			t.Fatalf("port 8443 after the reload: %v", v.Err)
+		}
+		if v.Src == src && v.Backend+"\n" != first {
+			t.Errorf("client went to %s on 8443 but %s on 80", v.Backend, strings.TrimSpace(first))
+		}
+	}
 }
