@@ -2,13 +2,19 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/md5"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -192,5 +198,90 @@ func TestReloadAddsPortToClass(t *testing.T) {
 		if v.Src == src && v.Backend+"\n" != first {
 			t.Errorf("client went to %s on 8443 but %s on 80", v.Backend, strings.TrimSpace(first))
 		}
+	}
+}
+
+// FTP through one mark over port 21 and the passive range: vsftpd on three
+// backends announces the VIP for passive data; curl downloads from 40
+// source addresses. With persistence every data connection follows its
+// control connection and every download is intact; without, downloads
+// fail (the control that shows the test can).
+func TestFTPThroughMark(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 40, Backends: 3, Label: "ftp"})
+	for _, tool := range []string{"curl", "vsftpd"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s is missing in CI; .ci/run installs it", tool)
+			}
+			t.Skipf("%s is not installed", tool)
+		}
+	}
+	file := make([]byte, 256<<10)
+	rand.NewChaCha8([32]byte{9}).Read(file)
+	for _, b := range env.Backends {
+		if err := b.StartFTP(testenv.FTPOptions{PasvAddress: testenv.VIP, PasvMinPort: 30000, PasvMaxPort: 30099, Files: map[string][]byte{"data.bin": file}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := func(persistence string) string {
+		return fmt.Sprintf("marks:\n  - name: ftp\n    mark: 21\n    addresses: [%s]\n    ports: [21, 30000-30099]\nservices:\n  - name: ftp\n    fwmark: 21\n    scheduler: rr\n%s    servers:\n      - address: %s\n      - address: %s\n      - address: %s\n",
+			testenv.VIP, persistence, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
+	}
+	download := func(persistence string, clients int, maxTime string) (ok, bad int, why string) {
+		p := New(mustConfig(t, cfg(persistence)), Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return env.LB.Dial(ctx, network, netip.Addr{}, addr)
+		}})
+		if err := env.LB.Do(p.Start); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			// Drain with a deadline, as tether run does: after a failed
+			// download vsftpd holds its control connection until its own
+			// 60 s data timeout.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			p.Shutdown(ctx)
+		}()
+		dir := t.TempDir()
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 8)
+		for i, src := range env.Clients[0].Addrs[:clients] {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				out := filepath.Join(dir, fmt.Sprintf("%d.bin", i))
+				var stderr bytes.Buffer
+				cmd := exec.Command("curl", "-sS", "--ftp-pasv", "--max-time", maxTime, "--interface", src.String(), "-o", out, "ftp://"+testenv.VIP.String()+"/data.bin")
+				cmd.Stderr = &stderr
+				err := env.Clients[0].Start(cmd)
+				if err == nil {
+					err = cmd.Wait()
+				}
+				got, _ := os.ReadFile(out)
+				mu.Lock()
+				defer mu.Unlock()
+				if err == nil && md5.Sum(got) == md5.Sum(file) {
+					ok++
+					return
+				}
+				bad++
+				if why == "" {
+					why = fmt.Sprintf("%s: %v %s (%d bytes)", src, err, strings.TrimSpace(stderr.String()), len(got))
+				}
+			}()
+		}
+		wg.Wait()
+		return ok, bad, why
+	}
+	if ok, bad, why := download("    persistence: {timeout: 60s}\n", 40, "15"); bad != 0 || ok != 40 {
+		t.Errorf("with persistence %d of %d downloads failed; first: %s", bad, ok+bad, why)
+	}
+	// The control needs only a few clients: a failed download waits out
+	// curl's --max-time.
+	if ok, bad, _ := download("", 6, "4"); bad == 0 {
+		t.Errorf("without persistence all %d downloads succeeded: the test cannot tell", ok)
 	}
 }
