@@ -37,8 +37,16 @@ type File struct {
 	// TProxyPort is the port of the transparent listener that mark
 	// services' TCP flows are TPROXYed to (default 50080 when there are
 	// marks).
-	TProxyPort uint16    `yaml:"tproxy_port,omitempty"`
-	Services   []Service `yaml:"services"`
+	TProxyPort uint16 `yaml:"tproxy_port,omitempty"`
+	// TProxyIngress names the interfaces clients come in through, for the
+	// policy routing a VIP that is not a local address needs (ip rule iif
+	// IF fwmark M lookup TABLE). Empty: no policy routing (local VIPs).
+	TProxyIngress []string `yaml:"tproxy_ingress,omitempty"`
+	// TProxyRouteTable and TProxyRulePriority place that routing; default
+	// 100 and 1000.
+	TProxyRouteTable   int       `yaml:"tproxy_route_table,omitempty"`
+	TProxyRulePriority int       `yaml:"tproxy_rule_priority,omitempty"`
+	Services           []Service `yaml:"services"`
 }
 
 // MarkClass is one firewall-mark class.
@@ -313,6 +321,13 @@ func (v *validator) check(f *File) {
 	if f.DrainTimeout < 0 {
 		v.errf("drain_timeout", "%s is negative", f.DrainTimeout.D())
 	}
+	switch t := f.TProxyRouteTable; {
+	case t < 0 || t > 0 && t >= 253 && t <= 255:
+		v.errf("tproxy_route_table", "%d is not a free routing table (253 default, 254 main and 255 local are the kernel's)", t)
+	}
+	if f.TProxyRulePriority < 0 || f.TProxyRulePriority > 32765 {
+		v.errf("tproxy_rule_priority", "%d is outside 1..32765 (main is at 32766)", f.TProxyRulePriority)
+	}
 	set := v.checkMarks(f)
 	if len(f.Services) == 0 {
 		v.errf("services", "no services: nothing to balance")
@@ -516,6 +531,14 @@ func (f *File) normalize() {
 	}
 	if f.TProxyPort == 0 && len(f.Marks) > 0 {
 		f.TProxyPort = DefaultTProxyPort
+	}
+	if len(f.TProxyIngress) > 0 {
+		if f.TProxyRouteTable == 0 {
+			f.TProxyRouteTable = 100
+		}
+		if f.TProxyRulePriority == 0 {
+			f.TProxyRulePriority = 1000
+		}
 	}
 	for i := range f.Services {
 		s := &f.Services[i]

@@ -285,3 +285,46 @@ func TestFTPThroughMark(t *testing.T) {
 		t.Errorf("without persistence all %d downloads succeeded: the test cannot tell", ok)
 	}
 }
+
+// A VIP that is not an address of the load balancer needs policy routing
+// (ip rule iif br-c fwmark M lookup 100, local routes in 100): with
+// tproxy_ingress set, clients reach it; without, they do not (the control).
+func TestNonLocalVIPNeedsPolicyRouting(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 8, Backends: 2, Label: "route"})
+	for _, b := range env.Backends {
+		if _, err := b.ServeName(80); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vip := netip.MustParseAddr("198.19.128.10") // routed to the lb, not on it
+	run := func(ingress string) testenv.Summary {
+		cfg := fmt.Sprintf("%smarks:\n  - name: web\n    mark: 5\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 5\n    persistence: {}\n    servers: [{address: %s}, {address: %s}]\n",
+			ingress, vip, testenv.BackendAddr(0), testenv.BackendAddr(1))
+		p := New(mustConfig(t, cfg), Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return env.LB.Dial(ctx, network, netip.Addr{}, addr)
+		}})
+		if err := env.LB.Do(p.Start); err != nil {
+			t.Fatal(err)
+		}
+		defer env.LB.Do(func() error { return p.Shutdown(context.Background()) })
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		return testenv.Summarize(env.Clients[0].Drive(ctx, vip, []int{80}, 1))
+	}
+	if s := run("tproxy_ingress: [br-c]\n"); s.Failed != 0 || len(s.Mixed) != 0 {
+		t.Fatalf("with policy routing: %d of %d failed: %v", s.Failed, s.Visits, s.Errors)
+	}
+	if s := run(""); s.Failed == 0 {
+		t.Errorf("without policy routing a non-local VIP answered: the test cannot tell")
+	}
+	// Stop removed the rules.
+	var rules string
+	env.LB.Do(func() error {
+		out, err := exec.Command("ip", "rule").CombinedOutput()
+		rules = string(out)
+		return err
+	})
+	if strings.Contains(rules, "lookup 100") {
+		t.Errorf("rules left after stop:\n%s", rules)
+	}
+}

@@ -27,6 +27,8 @@ type transparent struct {
 	wg   sync.WaitGroup // accept loops
 	nft  *nftables.Conn // lasting: the table is owned by its socket
 	set  atomic.Pointer[marks.Set]
+	// routing is the policy routing of non-local VIPs, if any.
+	routing nft.Routing
 }
 
 // openTransparent opens the IP_TRANSPARENT listeners (IPv4, and IPv6 when
@@ -107,6 +109,10 @@ func (p *Proxy) applyMarks(pl *plan) error {
 	if err := tp.nft.Flush(); err != nil {
 		return fmt.Errorf("apply nftables table inet %s (needs CAP_NET_ADMIN, nf_tables and nft_tproxy): %w", nft.TableName, err)
 	}
+	tp.routing = nft.Routing{Ingress: pl.cfg.TProxyIngress, Table: pl.cfg.TProxyRouteTable, Priority: pl.cfg.TProxyRulePriority}
+	if err := tp.routing.Apply(set); err != nil {
+		return err
+	}
 	tp.set.Store(&set)
 	if pl.tp != nil {
 		pl.tp = nil // committed: abort must not close it now
@@ -133,11 +139,10 @@ func (p *Proxy) removeMarks() error {
 	}
 	p.tp = nil
 	tp.close()
-	var err error
+	err := tp.routing.Remove()
 	if tp.nft != nil {
 		tp.nft.DelTable(&nftables.Table{Name: nft.TableName, Family: nftables.TableFamilyINet})
-		err = tp.nft.Flush()
-		err = errors.Join(err, tp.nft.CloseLasting())
+		err = errors.Join(err, tp.nft.Flush(), tp.nft.CloseLasting())
 	}
 	return err
 }

@@ -1,0 +1,120 @@
+package nft
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/tetherlb/tether/marks"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Routing is the policy routing TPROXY needs for a VIP that is not a local
+// address: packets of a marked flow that enter through an ingress
+// interface are looked up in Table, where everything is local. The rule
+// names its ingress on purpose: a bare fwmark rule would also catch the
+// SYN-ACK tether sends, loop it back to lo, and leave the connection in
+// SYN-RECV.
+type Routing struct {
+	Ingress  []string // interfaces clients come in through
+	Table    int      // routing table for marked flows; default 100
+	Priority int      // rule priority; default 1000
+}
+
+func (r Routing) table() int {
+	if r.Table == 0 {
+		return 100
+	}
+	return r.Table
+}
+
+func (r Routing) priority() int {
+	if r.Priority == 0 {
+		return 1000
+	}
+	return r.Priority
+}
+
+// Apply replaces tether's rules (those at its priority and table) with one
+// per class mark and ingress, and puts the local default routes in the
+// table. It runs in the calling thread's network namespace.
+func (r Routing) Apply(set marks.Set) error {
+	if len(r.Ingress) == 0 {
+		return nil // no policy routing configured: touch nobody's rules
+	}
+	if err := r.Remove(); err != nil {
+		return err
+	}
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("policy routing: %w", err)
+	}
+	mask := set.MarkMask()
+	for _, fam := range []struct {
+		family int
+		dst    *net.IPNet
+	}{{unix.AF_INET, &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}}, {unix.AF_INET6, &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}}} {
+		err := h.RouteReplace(&netlink.Route{LinkIndex: lo.Attrs().Index, Dst: fam.dst, Table: r.table(), Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST, Family: fam.family})
+		if err != nil {
+			return fmt.Errorf("policy routing: local route in table %d: %w", r.table(), err)
+		}
+		for _, c := range set.Classes {
+			for _, in := range r.Ingress {
+				rule := netlink.NewRule()
+				rule.Family, rule.IifName, rule.Table, rule.Priority = fam.family, in, r.table(), r.priority()
+				rule.Mark, rule.Mask = c.Mark, &mask
+				if err := h.RuleAdd(rule); err != nil {
+					return fmt.Errorf("policy routing: ip rule iif %s fwmark %#x lookup %d: %w", in, c.Mark, r.table(), err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Remove deletes tether's rules (at its priority, for its table) and the
+// table's routes, including the ones a killed tether left: rules are not
+// owned by a socket, as the nftables table is. Without Ingress it touches
+// nothing.
+func (r Routing) Remove() error {
+	if len(r.Ingress) == 0 {
+		return nil // tether made none; the table may be someone else's
+	}
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	var errs []error
+	for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
+		rules, err := h.RuleList(family)
+		if err != nil {
+			return err
+		}
+		for _, rule := range rules {
+			if rule.Table == r.table() && rule.Priority == r.priority() {
+				rule := rule
+				if err := h.RuleDel(&rule); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		routes, err := h.RouteListFiltered(family, &netlink.Route{Table: r.table()}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return err
+		}
+		for _, rt := range routes {
+			rt := rt
+			if err := h.RouteDel(&rt); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
