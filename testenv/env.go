@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -342,6 +343,9 @@ func (e *Env) Close() error {
 		}
 		syscall.Kill(pgid, syscall.SIGKILL) // children that outlived it
 	}
+	// Processes that left their group (vsftpd's sessions call setsid) are
+	// still in the hosts' namespaces: anything there was started there.
+	killInNamespaces(hosts)
 	for _, h := range hosts {
 		if h.NS != "" {
 			if err := netns.DeleteNamed(h.NS); err != nil {
@@ -351,4 +355,30 @@ func (e *Env) Close() error {
 		h.ns.Close()
 	}
 	return errors.Join(errs...)
+}
+
+// killInNamespaces SIGKILLs every process whose network namespace is one
+// of the hosts'.
+func killInNamespaces(hosts []*Host) {
+	inodes := map[string]bool{}
+	for _, h := range hosts {
+		var st unix.Stat_t
+		if unix.Fstat(int(h.ns), &st) == nil {
+			inodes[fmt.Sprintf("net:[%d]", st.Ino)] = true
+		}
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	self := os.Getpid()
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		if link, err := os.Readlink(filepath.Join("/proc", e.Name(), "ns", "net")); err == nil && inodes[link] {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -174,7 +176,140 @@ func demo(ctx context.Context, w io.Writer) error {
 	tw.Flush()
 	fmt.Fprintf(w, "\n  %d groups moved off backend1 once and stayed on their new backend; the other groups never moved.\n", moved)
 	printTable(w, p.Table(), 4)
-	fmt.Fprintln(w, "\n  done: namespaces, links and servers removed.")
+	if err := p.Shutdown(ctx); err != nil {
+		return err
+	}
+	if err := demoMarks(ctx, w, env); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "\n  done: namespaces, links, rules and servers removed.")
+	return nil
+}
+
+// demoMarkConfig puts HTTP, HTTPS and FTP (control and passive range) of
+// the VIP under one firewall mark: one template per client for all four.
+const demoMarkConfig = `marks:
+  - name: site
+    mark: 0x10
+    addresses: [198.18.0.10]
+    ports: [80, 443, 21, 30000-30099]
+services:
+  - name: site
+    fwmark: 0x10
+    scheduler: rr
+    persistence: {timeout: 300s}
+    servers:
+      - address: 198.19.0.11
+      - address: 198.19.0.12
+      - address: 198.19.0.13
+`
+
+// demoMarks is the demo's second part: nftables marks, TPROXY, and
+// persistence across ports and protocols.
+func demoMarks(ctx context.Context, w io.Writer, env *testenv.Env) error {
+	fmt.Fprintln(w, "\n  part 2: one firewall mark over 80, 443, 21 and 30000-30099 (nftables + TPROXY)")
+	for _, b := range env.Backends {
+		if _, err := b.ServeName(80); err != nil {
+			return err
+		}
+		if _, err := b.ServeName(443); err != nil {
+			return err
+		}
+	}
+	ftp := ""
+	if _, err := exec.LookPath("curl"); err != nil {
+		ftp = "curl is not installed"
+	}
+	if _, err := exec.LookPath("vsftpd"); err != nil {
+		ftp = "vsftpd is not installed"
+	}
+	if ftp == "" {
+		for _, b := range env.Backends {
+			err := b.StartFTP(testenv.FTPOptions{PasvAddress: testenv.VIP, PasvMinPort: 30000, PasvMaxPort: 30099,
+				Files: map[string][]byte{"who": []byte(b.Name + "\n")}})
+			if err != nil {
+				return err
+			}
+		}
+	} else {
+		fmt.Fprintf(w, "  (the FTP column is skipped: %s; apt-get install vsftpd curl)\n", ftp)
+	}
+	cfg, err := config.Parse("demo-marks.yaml", []byte(demoMarkConfig))
+	if err != nil {
+		return err
+	}
+	p := proxy.New(cfg, proxy.Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return env.LB.Dial(ctx, network, netip.Addr{}, addr)
+	}})
+	if err := env.LB.Do(p.Start); err != nil {
+		return err
+	}
+	defer p.Shutdown(ctx)
+	fmt.Fprintln(w, "  nftables table inet tether applied in lb (tether nft show prints it); transparent listener on port", cfg.TProxyPort)
+
+	client := env.Clients[0]
+	type row struct{ seen []string }
+	rows := make([]row, len(client.Addrs))
+	steps := []string{"80", "443", "ftp", "80"}
+	for i, src := range client.Addrs {
+		for _, step := range steps {
+			name := "-"
+			switch step {
+			case "ftp":
+				if ftp != "" {
+					break
+				}
+				var out strings.Builder
+				cmd := exec.Command("curl", "-sS", "--ftp-pasv", "--max-time", "10", "--interface", src.String(), "ftp://"+testenv.VIP.String()+"/who")
+				cmd.Stdout = &out
+				if err := client.Start(cmd); err != nil {
+					return err
+				}
+				if err := cmd.Wait(); err != nil {
+					return fmt.Errorf("ftp from %s: %w", src, err)
+				}
+				name = strings.TrimSpace(out.String())
+			default:
+				port := 80
+				if step == "443" {
+					port = 443
+				}
+				c, err := client.Dial(ctx, "tcp", src, netip.AddrPortFrom(testenv.VIP, uint16(port)).String())
+				if err != nil {
+					return fmt.Errorf("%s from %s: %w", step, src, err)
+				}
+				line, err := bufio.NewReader(c).ReadString('\n')
+				c.Close()
+				if err != nil {
+					return fmt.Errorf("%s from %s: %w", step, src, err)
+				}
+				name = strings.TrimSpace(line)
+			}
+			rows[i].seen = append(rows[i].seen, name)
+		}
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  client\t:80\t:443\tftp\t:80 again")
+	mixed := 0
+	for i, r := range rows {
+		distinct := map[string]bool{}
+		for _, n := range r.seen {
+			if n != "-" {
+				distinct[n] = true
+			}
+		}
+		if len(distinct) != 1 {
+			mixed++
+		}
+		if i < 8 {
+			fmt.Fprintf(tw, "  %s\t%s\n", client.Addrs[i], strings.Join(r.seen, "\t"))
+		}
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "  ... (%d clients in all)\n  %d of %d clients saw two backends across 80, 443 and FTP: the mark is the service.\n", len(rows), mixed, len(rows))
+	if mixed != 0 {
+		return fmt.Errorf("%d clients saw two backends under one mark", mixed)
+	}
 	return nil
 }
 
