@@ -162,8 +162,10 @@ func TestLoad(t *testing.T) {
 
 // The example the README points at stays valid.
 func TestExampleConfigIsValid(t *testing.T) {
-	if _, err := Load("../examples/tether.yaml"); err != nil {
-		t.Fatal(err)
+	for _, f := range []string{"../examples/tether.yaml", "../examples/marks.yaml"} {
+		if _, err := Load(f); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
