@@ -248,3 +248,34 @@ func TestParseMarksErrors(t *testing.T) {
 		})
 	}
 }
+
+// A persistent port-0 service becomes a mark service over every port of
+// its VIP but those another service listens on.
+func TestPortZeroBecomesMarkClass(t *testing.T) {
+	in := `mark_mask: 0xff00
+services:
+  - name: all
+    listen: 198.18.0.10:0
+    persistence: {}
+    servers: [{address: 198.19.0.11}]
+  - name: admin
+    listen: 198.18.0.10:8080
+    servers: [{address: 198.19.0.12:8080}]
+`
+	f, err := Parse("p0.yaml", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []MarkClass{{Name: "port0-all", Mark: 0xff00, Protocol: "tcp", Addresses: []string{"198.18.0.10"}, Ports: []string{"1-8079", "8081-65535"}}}
+	if diff := cmp.Diff(want, f.Marks); diff != "" {
+		t.Errorf("marks (-want +got):\n%s", diff)
+	}
+	if s := f.Services[0]; s.Fwmark != 0xff00 || s.Listen != "" {
+		t.Errorf("the port-0 service is %+v, want fwmark 0xff00 and no listen", s)
+	}
+	// A class of the user's on that VIP overlaps it: an error naming both.
+	_, err = Parse("p0.yaml", []byte("marks:\n  - name: web\n    mark: 1\n    addresses: [198.18.0.10]\n    ports: [443]\n"+in[len("mark_mask: 0xff00\n"):]))
+	if err == nil || !strings.Contains(err.Error(), `classes "web" and "port0-all" both claim tcp 198.18.0.10/32 port 443`) {
+		t.Errorf("overlap with a port-0 service: %v", err)
+	}
+}

@@ -328,3 +328,34 @@ func TestNonLocalVIPNeedsPolicyRouting(t *testing.T) {
 		t.Errorf("rules left after stop:\n%s", rules)
 	}
 }
+
+// A persistent port-0 service (listen: VIP:0) serves every port of the VIP
+// through a mark class, with one template per client across ports; a
+// service on a specific port of the same VIP keeps that port.
+func TestPortZeroServiceSpansEveryPort(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 12, Backends: 3, Label: "port0"})
+	for _, b := range env.Backends {
+		for _, port := range []int{80, 5000, 8080} {
+			if _, err := b.ServeName(port); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cfg := fmt.Sprintf("services:\n  - name: all\n    listen: %s:0\n    scheduler: rr\n    persistence: {}\n    servers: [{address: %s}, {address: %s}]\n  - name: admin\n    listen: %s:8080\n    servers: [{address: %s:8080}]\n",
+		testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.VIP, testenv.BackendAddr(2))
+	p := New(mustConfig(t, cfg), Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return env.LB.Dial(ctx, network, netip.Addr{}, addr)
+	}})
+	if err := env.LB.Do(p.Start); err != nil {
+		t.Fatal(err)
+	}
+	defer env.LB.Do(func() error { return p.Shutdown(context.Background()) })
+	s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80, 5000, 80}, 1))
+	if s.Failed != 0 || len(s.Mixed) != 0 || s.PerBackend["backend2"] != 0 {
+		t.Fatalf("port-0 service: %d failed (%v), mixed %v, spread %s", s.Failed, s.Errors, s.Mixed, s.Spread())
+	}
+	// Port 8080 belongs to the admin service, whose only server is backend2.
+	if a := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{8080}, 1)); a.PerBackend["backend2"] != 12 {
+		t.Errorf("port 8080 went to %s, want the admin service's backend2", a.Spread())
+	}
+}

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -219,16 +218,6 @@ func TestServerKilledNoClientFails(t *testing.T) {
 		if tp.Server == b[1].addr {
 			t.Errorf("template %v still bound to the dead server", tp.Client)
 		}
-	}
-}
-
-func TestPortZeroNeedsMarkService(t *testing.T) {
-	b := startBackend(t, "a")
-	cfg := mustConfig(t, "services:\n"+serviceYAML("all", "127.0.0.1:0", "rr", "    persistence: {}\n", b))
-	p := New(cfg, Options{})
-	err := p.Start()
-	if err == nil || !strings.Contains(err.Error(), "needs a firewall-mark service") {
-		t.Fatalf("Start = %v, want an error saying port 0 needs a mark service", err)
 	}
 }
 
