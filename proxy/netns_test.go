@@ -7,6 +7,7 @@ import (
 	"crypto/md5"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -357,5 +358,80 @@ func TestPortZeroServiceSpansEveryPort(t *testing.T) {
 	// Port 8080 belongs to the admin service, whose only server is backend2.
 	if a := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{8080}, 1)); a.PerBackend["backend2"] != 12 {
 		t.Errorf("port 8080 went to %s, want the admin service's backend2", a.Spread())
+	}
+}
+
+// With SetSysctls the proxy turns on tcp_fwmark_accept in its namespace
+// (services then found by socket mark); without, it leaves it alone.
+func TestSetSysctls(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 1, Label: "sysctl"})
+	if _, err := env.Backends[0].ServeName(80); err != nil {
+		t.Fatal(err)
+	}
+	read := func() string {
+		var b []byte
+		env.LB.Do(func() (err error) { b, err = os.ReadFile(fwmarkAccept); return })
+		return strings.TrimSpace(string(b))
+	}
+	for _, set := range []bool{false, true} {
+		p := New(mustConfig(t, fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: %s}]\n", testenv.VIP, testenv.BackendAddr(0))),
+			Options{SetSysctls: set, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return env.LB.Dial(ctx, network, netip.Addr{}, addr)
+			}})
+		if err := env.LB.Do(p.Start); err != nil {
+			t.Fatal(err)
+		}
+		want := map[bool]string{false: "0", true: "1"}[set]
+		if got := read(); got != want {
+			t.Errorf("SetSysctls %v: tcp_fwmark_accept = %s, want %s", set, got, want)
+		}
+		// Either way the service is found (by mark, or by destination).
+		if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80}, 1)); s.Failed != 0 {
+			t.Errorf("SetSysctls %v: %d failed: %v", set, s.Failed, s.Errors)
+		}
+		env.LB.Do(func() error { return p.Shutdown(context.Background()) })
+	}
+}
+
+// Without the table owner flag (a kernel that lacks it; forced here), a
+// tether that dies leaves its table; the next start replaces it and serves.
+func TestStaleTableWithoutOwnerFlag(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 1, Label: "stale"})
+	if _, err := env.Backends[0].ServeName(80); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: %s}]\n", testenv.VIP, testenv.BackendAddr(0))
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return env.LB.Dial(ctx, network, netip.Addr{}, addr)
+	}
+	var logs bytes.Buffer
+	first := New(mustConfig(t, cfg), Options{Dial: dial})
+	first.noTableOwner = true
+	if err := env.LB.Do(first.Start); err != nil {
+		t.Fatal(err)
+	}
+	// "Dies": its sockets close, nothing is cleaned up.
+	first.tp.close()
+	first.tp.nft.CloseLasting()
+	var tables string
+	env.LB.Do(func() error {
+		out, _ := exec.Command("nft", "list", "tables").CombinedOutput()
+		tables = string(out)
+		return nil
+	})
+	if !strings.Contains(tables, "inet tether") {
+		t.Fatalf("without the owner flag the table should outlive its process: %q", tables)
+	}
+	second := New(mustConfig(t, cfg), Options{Dial: dial, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	second.noTableOwner = true
+	if err := env.LB.Do(second.Start); err != nil {
+		t.Fatal(err)
+	}
+	defer env.LB.Do(func() error { return second.Shutdown(context.Background()) })
+	if !strings.Contains(logs.String(), "removing the table inet tether an earlier tether left") {
+		t.Errorf("no log line about the stale table:\n%s", logs.String())
+	}
+	if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80}, 1)); s.Failed != 0 {
+		t.Errorf("after replacing the stale table: %v", s.Errors)
 	}
 }

@@ -31,16 +31,25 @@ type Options struct {
 	// network namespace. It must return a *net.TCPConn, so that the data
 	// path can splice.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// SetSysctls lets the proxy set the sysctls its data paths want in
+	// its network namespace (tether run --set-sysctls); otherwise it only
+	// says which to set.
+	SetSysctls bool
 }
 
 // Proxy runs the virtual services of one configuration and follows its
 // reloads.
 type Proxy struct {
-	log   *slog.Logger
-	met   *metrics.Metrics
-	dial  func(ctx context.Context, network, address string) (net.Conn, error)
-	table *affinity.Table
-	owned bool // table made here, closed here
+	log  *slog.Logger
+	met  *metrics.Metrics
+	dial func(ctx context.Context, network, address string) (net.Conn, error)
+
+	setSysctls bool
+	// noTableOwner is set once the kernel has refused the table owner
+	// flag (and by tests, to take that path on kernels that have it).
+	noTableOwner bool
+	table        *affinity.Table
+	owned        bool // table made here, closed here
 
 	ctx    context.Context // cancelled when a stop gives up draining
 	cancel context.CancelFunc
@@ -57,7 +66,7 @@ type Proxy struct {
 
 // New prepares a proxy for cfg; Start opens its listeners.
 func New(cfg *config.File, o Options) *Proxy {
-	p := &Proxy{log: o.Logger, met: o.Metrics, table: o.Table, dial: o.Dial, cfg: cfg, services: map[svcKey]*service{}}
+	p := &Proxy{log: o.Logger, met: o.Metrics, table: o.Table, dial: o.Dial, setSysctls: o.SetSysctls, cfg: cfg, services: map[svcKey]*service{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}

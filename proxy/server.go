@@ -12,7 +12,7 @@ type Server struct {
 	Addr netip.AddrPort
 
 	weight   atomic.Int32
-	maxConns int64 // 0: no limit
+	maxConns atomic.Int64 // 0: no limit; a reload changes it under load
 
 	conns       atomic.Int64 // open connections
 	failedUntil atomic.Int64 // unix ns; passive failure: not picked before
@@ -23,8 +23,9 @@ type Server struct {
 }
 
 func newServer(addr netip.AddrPort, weight int, maxConns int) *Server {
-	s := &Server{Addr: addr, maxConns: int64(maxConns)}
+	s := &Server{Addr: addr}
 	s.weight.Store(int32(weight))
+	s.maxConns.Store(int64(maxConns))
 	return s
 }
 
@@ -40,7 +41,7 @@ func (s *Server) available() bool {
 	if s.weight.Load() <= 0 || s.down.Load() {
 		return false
 	}
-	if s.maxConns > 0 && s.conns.Load() >= s.maxConns {
+	if m := s.maxConns.Load(); m > 0 && s.conns.Load() >= m {
 		return false
 	}
 	if f := s.failedUntil.Load(); f != 0 && time.Now().UnixNano() < f {

@@ -64,7 +64,7 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (
 			s = newServer(addr, *sc.Weight, cfg.Limits.MaxConnectionsPerServer)
 		} else {
 			s.weight.Store(int32(*sc.Weight))
-			s.maxConns = int64(cfg.Limits.MaxConnectionsPerServer)
+			s.maxConns.Store(int64(cfg.Limits.MaxConnectionsPerServer))
 		}
 		st.servers = append(st.servers, s)
 		st.byAddr[addr] = s

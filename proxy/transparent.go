@@ -103,10 +103,24 @@ func (p *Proxy) applyMarks(pl *plan) error {
 	}
 	set := pl.cfg.MarkSet()
 	rs := nft.Ruleset{Marks: set, TProxyPort: tp.port}
-	if err := rs.Add(tp.nft, true); err != nil {
-		return err
+	if p.tp == nil && p.tableExists(tp.nft) {
+		// A table no socket owns: a tether that died on a kernel without
+		// the owner flag, or one stopped uncleanly. The batch replaces it.
+		p.log.Warn("removing the table inet " + nft.TableName + " an earlier tether left")
 	}
-	if err := tp.nft.Flush(); err != nil {
+	apply := func(owner bool) error {
+		if err := rs.Add(tp.nft, owner); err != nil {
+			return err
+		}
+		return tp.nft.Flush()
+	}
+	err := apply(!p.noTableOwner)
+	if err != nil && !p.noTableOwner && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL)) {
+		p.log.Warn("this kernel refuses the nftables table owner flag: a killed tether will leave table inet " + nft.TableName + " (tether nft flush, or the next start, removes it)")
+		p.noTableOwner = true
+		err = apply(false)
+	}
+	if err != nil {
 		return fmt.Errorf("apply nftables table inet %s (needs CAP_NET_ADMIN, nf_tables and nft_tproxy): %w", nft.TableName, err)
 	}
 	tp.routing = nft.Routing{Ingress: pl.cfg.TProxyIngress, Table: pl.cfg.TProxyRouteTable, Priority: pl.cfg.TProxyRulePriority}
@@ -127,8 +141,25 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		p.tp = tp
 		p.log.Info("firewall-mark services: nftables table applied, transparent listener open", "port", tp.port, "classes", len(set.Classes))
 		p.checkBridgeNetfilter()
+		if err := p.checkFwmarkAccept(); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// tableExists reports whether the namespace has tether's table.
+func (p *Proxy) tableExists(c *nftables.Conn) bool {
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false
+	}
+	for _, t := range tables {
+		if t.Name == nft.TableName {
+			return true
+		}
+	}
+	return false
 }
 
 // removeMarks deletes tether's table and closes the transparent listeners.
@@ -158,6 +189,31 @@ func (p *Proxy) checkBridgeNetfilter() {
 	if strings.TrimSpace(string(b)) == "1" {
 		p.log.Warn("net.bridge.bridge-nf-call-iptables=1: TPROXY fails for clients that reach the VIP through a bridge of this host; set it to 0 in this network namespace if the ingress is a bridge")
 	}
+}
+
+// fwmarkAccept is the sysctl that gives an accepted socket the mark of
+// its SYN, so that SO_MARK names the service.
+const fwmarkAccept = "/proc/sys/net/ipv4/tcp_fwmark_accept"
+
+// checkFwmarkAccept sets net.ipv4.tcp_fwmark_accept=1 when allowed to, and
+// otherwise says that tether classifies by original destination and how
+// to change that. Like checkBridgeNetfilter it runs on the proxy's
+// namespace thread.
+func (p *Proxy) checkFwmarkAccept() error {
+	b, err := os.ReadFile(fwmarkAccept)
+	if err != nil || strings.TrimSpace(string(b)) == "1" {
+		return nil
+	}
+	if p.setSysctls {
+		if err := os.WriteFile(fwmarkAccept, []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("--set-sysctls: net.ipv4.tcp_fwmark_accept=1: %w", err)
+		}
+		p.log.Info("set net.ipv4.tcp_fwmark_accept=1 (--set-sysctls): services are found by socket mark")
+		return nil
+	}
+	p.log.Info("net.ipv4.tcp_fwmark_accept=0: mark services are found by original destination, as the rules classify; " +
+		"set it to 1 (sysctl -w net.ipv4.tcp_fwmark_accept=1, or tether run --set-sysctls) to use the socket mark")
+	return nil
 }
 
 func (p *Proxy) acceptTransparent(tp *transparent, l *net.TCPListener) {

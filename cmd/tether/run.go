@@ -58,6 +58,7 @@ func runCommand() *cli.Command {
 			"drain_timeout and write the persistence snapshot.",
 		Flags: []cli.Flag{configFlag,
 			&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a CPU profile of the run to this file"},
+			&cli.BoolFlag{Name: "set-sysctls", Usage: "set the sysctls the data paths want (net.ipv4.tcp_fwmark_accept=1 with marks) instead of only naming them"},
 		},
 		Action: func(c *cli.Context) error {
 			if path := c.String("cpuprofile"); path != "" {
@@ -80,7 +81,7 @@ func runCommand() *cli.Command {
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
-			return run(ctx, log, c.String("config"), hup)
+			return run(ctx, log, c.String("config"), hup, c.Bool("set-sysctls"))
 		},
 	}
 }
@@ -101,7 +102,7 @@ func runLogger(c *cli.Context) (*slog.Logger, error) {
 }
 
 // run is `tether run`: it returns when ctx ends, after draining.
-func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Signal) error {
+func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Signal, setSysctls bool) error {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
@@ -112,7 +113,7 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 	}
 	defer m.Shutdown()
 	defer stopMetrics()
-	p := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m})
+	p := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m, SetSysctls: setSysctls})
 	if err := p.Start(); err != nil {
 		return err
 	}

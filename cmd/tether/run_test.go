@@ -125,7 +125,7 @@ func TestRunServesReloadsAndStops(t *testing.T) {
 	defer cancel()
 	reload := make(chan os.Signal, 1)
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, reload) }()
+	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, reload, false) }()
 
 	eventually(t, "web serves", func() error {
 		n, err := ask(web)
@@ -185,7 +185,7 @@ func TestRunServesReloadsAndStops(t *testing.T) {
 func TestRunRefusesBadConfig(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "t.yaml")
 	os.WriteFile(path, []byte("services: []\n"), 0o600)
-	err := run(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), path, nil)
+	err := run(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), path, nil, false)
 	if err == nil || !strings.Contains(err.Error(), "t.yaml") {
 		t.Fatalf("run with a bad config: %v", err)
 	}
