@@ -80,7 +80,10 @@ func (t *Table) List(f Filter) []Template {
 			s := r.svcs[e.key.svc]
 			rem := time.Duration(s.timeout)
 			if e.active == 0 {
-				rem -= time.Duration(now - e.stamp)
+				// A release between reading the clock and taking this
+				// lock stamps after now: that is "just used", not more
+				// than the timeout.
+				rem -= time.Duration(max(now-e.stamp, 0))
 			}
 			if rem <= 0 || s.removed {
 				continue
