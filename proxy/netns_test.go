@@ -390,6 +390,16 @@ func TestSetSysctls(t *testing.T) {
 			t.Errorf("SetSysctls %v: %d failed: %v", set, s.Failed, s.Errors)
 		}
 		env.LB.Do(func() error { return p.Shutdown(context.Background()) })
+		// A stop removes tether's table.
+		var tables string
+		env.LB.Do(func() error {
+			out, _ := exec.Command("nft", "list", "tables").CombinedOutput()
+			tables = string(out)
+			return nil
+		})
+		if strings.Contains(tables, "tether") {
+			t.Errorf("after stop the lb still has %q", tables)
+		}
 	}
 }
 
