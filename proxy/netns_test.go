@@ -24,6 +24,30 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
+// startInLB runs a proxy for cfg on the env's load-balancer host (its
+// sockets and rules live there) and stops it, with a drain deadline, when
+// the test ends or when the returned stop is called.
+func startInLB(t *testing.T, env *testenv.Env, cfg string, o Options) (*Proxy, func()) {
+	t.Helper()
+	o.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return env.LB.Dial(ctx, network, netip.Addr{}, addr)
+	}
+	p := New(mustConfig(t, cfg), o)
+	if err := env.LB.Do(p.Start); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			env.LB.Do(func() error { return p.Shutdown(ctx) })
+		})
+	}
+	t.Cleanup(stop)
+	return p, stop
+}
+
 // The stickiness test across namespaces: 3 client hosts with 20 source
 // addresses each, the proxy on the load-balancer host's VIP, 3 backends.
 // With a /24 netmask every client and every /24 reaches one backend.
@@ -36,14 +60,7 @@ func TestStickinessAcrossNamespaces(t *testing.T) {
 		}
 		servers += fmt.Sprintf("      - address: %s:8080\n", testenv.BackendAddr(i))
 	}
-	cfg := mustConfig(t, fmt.Sprintf("services:\n  - name: web\n    listen: %s:80\n    scheduler: rr\n    persistence: {netmask: 255.255.255.0}\n    servers:\n%s", testenv.VIP, servers))
-	p := New(cfg, Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return env.LB.Dial(ctx, network, netip.Addr{}, addr)
-	}})
-	if err := env.LB.Do(p.Start); err != nil {
-		t.Fatal(err)
-	}
-	defer p.Shutdown(context.Background())
+	startInLB(t, env, fmt.Sprintf("services:\n  - name: web\n    listen: %s:80\n    scheduler: rr\n    persistence: {netmask: 255.255.255.0}\n    servers:\n%s", testenv.VIP, servers), Options{})
 
 	var visits []testenv.Visit
 	for _, c := range env.Clients {
@@ -105,17 +122,8 @@ func TestMarkServicePersistenceAcrossPorts(t *testing.T) {
 		}
 	}
 	run := func(persistent bool) testenv.Summary {
-		p := New(mustConfig(t, markConfig(persistent)), Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return env.LB.Dial(ctx, network, netip.Addr{}, addr)
-		}})
-		if err := env.LB.Do(p.Start); err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			if err := p.Shutdown(context.Background()); err != nil {
-				t.Errorf("shutdown: %v", err)
-			}
-		}()
+		_, stop := startInLB(t, env, markConfig(persistent), Options{})
+		defer stop()
 		var visits []testenv.Visit
 		for _, c := range env.Clients {
 			visits = append(visits, c.Drive(context.Background(), testenv.VIP, []int{80, 443, 80}, 1)...)
@@ -156,13 +164,7 @@ func TestReloadAddsPortToClass(t *testing.T) {
 		return fmt.Sprintf("marks:\n  - name: web\n    mark: 7\n    addresses: [%s]\n    ports: [%s]\nservices:\n  - name: web\n    fwmark: 7\n    scheduler: rr\n    persistence: {}\n    servers:\n      - address: %s\n      - address: %s\n      - address: %s\n",
 			testenv.VIP, ports, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
 	}
-	p := New(mustConfig(t, cfgWith("80")), Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return env.LB.Dial(ctx, network, netip.Addr{}, addr)
-	}})
-	if err := env.LB.Do(p.Start); err != nil {
-		t.Fatal(err)
-	}
-	defer p.Shutdown(context.Background())
+	p, _ := startInLB(t, env, cfgWith("80"), Options{})
 	ctx := context.Background()
 	src := env.Clients[0].Addr(0)
 	open, err := env.Clients[0].Dial(ctx, "tcp", src, netip.AddrPortFrom(testenv.VIP, 80).String())
@@ -229,20 +231,11 @@ func TestFTPThroughMark(t *testing.T) {
 			testenv.VIP, persistence, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
 	}
 	download := func(persistence string, clients int, maxTime string) (ok, bad int, why string) {
-		p := New(mustConfig(t, cfg(persistence)), Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return env.LB.Dial(ctx, network, netip.Addr{}, addr)
-		}})
-		if err := env.LB.Do(p.Start); err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			// Drain with a deadline, as tether run does: after a failed
-			// download vsftpd holds its control connection until its own
-			// 60 s data timeout.
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			p.Shutdown(ctx)
-		}()
+		// stop drains with a deadline, as tether run does: after a failed
+		// download vsftpd holds its control connection until its own 60 s
+		// data timeout.
+		_, stop := startInLB(t, env, cfg(persistence), Options{})
+		defer stop()
 		dir := t.TempDir()
 		var mu sync.Mutex
 		var wg sync.WaitGroup
@@ -301,13 +294,8 @@ func TestNonLocalVIPNeedsPolicyRouting(t *testing.T) {
 	run := func(ingress string) testenv.Summary {
 		cfg := fmt.Sprintf("%smarks:\n  - name: web\n    mark: 5\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 5\n    persistence: {}\n    servers: [{address: %s}, {address: %s}]\n",
 			ingress, vip, testenv.BackendAddr(0), testenv.BackendAddr(1))
-		p := New(mustConfig(t, cfg), Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return env.LB.Dial(ctx, network, netip.Addr{}, addr)
-		}})
-		if err := env.LB.Do(p.Start); err != nil {
-			t.Fatal(err)
-		}
-		defer env.LB.Do(func() error { return p.Shutdown(context.Background()) })
+		_, stop := startInLB(t, env, cfg, Options{})
+		defer stop()
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		return testenv.Summarize(env.Clients[0].Drive(ctx, vip, []int{80}, 1))
@@ -344,13 +332,7 @@ func TestPortZeroServiceSpansEveryPort(t *testing.T) {
 	}
 	cfg := fmt.Sprintf("services:\n  - name: all\n    listen: %s:0\n    scheduler: rr\n    persistence: {}\n    servers: [{address: %s}, {address: %s}]\n  - name: admin\n    listen: %s:8080\n    servers: [{address: %s:8080}]\n",
 		testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.VIP, testenv.BackendAddr(2))
-	p := New(mustConfig(t, cfg), Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return env.LB.Dial(ctx, network, netip.Addr{}, addr)
-	}})
-	if err := env.LB.Do(p.Start); err != nil {
-		t.Fatal(err)
-	}
-	defer env.LB.Do(func() error { return p.Shutdown(context.Background()) })
+	startInLB(t, env, cfg, Options{})
 	s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80, 5000, 80}, 1))
 	if s.Failed != 0 || len(s.Mixed) != 0 || s.PerBackend["backend2"] != 0 {
 		t.Fatalf("port-0 service: %d failed (%v), mixed %v, spread %s", s.Failed, s.Errors, s.Mixed, s.Spread())
@@ -374,13 +356,8 @@ func TestSetSysctls(t *testing.T) {
 		return strings.TrimSpace(string(b))
 	}
 	for _, set := range []bool{false, true} {
-		p := New(mustConfig(t, fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: %s}]\n", testenv.VIP, testenv.BackendAddr(0))),
-			Options{SetSysctls: set, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return env.LB.Dial(ctx, network, netip.Addr{}, addr)
-			}})
-		if err := env.LB.Do(p.Start); err != nil {
-			t.Fatal(err)
-		}
+		_, stop := startInLB(t, env, fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: %s}]\n", testenv.VIP, testenv.BackendAddr(0)),
+			Options{SetSysctls: set})
 		want := map[bool]string{false: "0", true: "1"}[set]
 		if got := read(); got != want {
 			t.Errorf("SetSysctls %v: tcp_fwmark_accept = %s, want %s", set, got, want)
@@ -389,7 +366,7 @@ func TestSetSysctls(t *testing.T) {
 		if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80}, 1)); s.Failed != 0 {
 			t.Errorf("SetSysctls %v: %d failed: %v", set, s.Failed, s.Errors)
 		}
-		env.LB.Do(func() error { return p.Shutdown(context.Background()) })
+		stop()
 		// A stop removes tether's table.
 		var tables string
 		env.LB.Do(func() error {
