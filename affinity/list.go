@@ -156,7 +156,7 @@ func (t *Table) Stats() Stats {
 		sh := &t.shards[i]
 		sh.mu.Lock()
 		c := sh.stats
-		s.Templates += len(sh.index)
+		s.Templates += sh.index.n
 		sh.mu.Unlock()
 		s.Hits += c.Hits
 		s.Misses += c.Misses

@@ -57,7 +57,7 @@ type list struct{ head, tail int32 }
 
 type shard struct {
 	mu     sync.Mutex
-	index  map[key]int32
+	index  index
 	ents   []entry
 	free   int32
 	idle   list
@@ -68,7 +68,6 @@ type shard struct {
 }
 
 func (sh *shard) init(capacity int) {
-	sh.index = map[key]int32{}
 	sh.free = none
 	sh.idle = list{none, none}
 	sh.cap = capacity
@@ -146,9 +145,10 @@ func (sh *shard) activeVictim() int32 {
 	return none
 }
 
-// insert adds an idle template, making room first when the shard is full.
-func (sh *shard) insert(k key, server uint32, now int64, r *registry) int32 {
-	if len(sh.index) >= sh.cap {
+// insert adds an idle template, making room first when the shard is full;
+// h is k's hash.
+func (sh *shard) insert(k key, h uint64, server uint32, now int64, r *registry) int32 {
+	if sh.index.n >= sh.cap {
 		victim := sh.idleTail()
 		if victim == none {
 			victim = sh.activeVictim()
@@ -171,14 +171,14 @@ func (sh *shard) insert(k key, server uint32, now int64, r *registry) int32 {
 	e := &sh.ents[i]
 	e.key, e.server, e.active, e.stamp = k, server, 0, now
 	sh.pushFront(i)
-	sh.index[k] = i
+	sh.index.put(h, i, sh.ents)
 	return i
 }
 
 func (sh *shard) remove(i int32) {
 	e := &sh.ents[i]
 	sh.unlink(i)
-	delete(sh.index, e.key)
+	sh.index.del(e.key, e.key.hash(), sh.ents)
 	e.gen++
 	e.active = none
 	e.next = sh.free

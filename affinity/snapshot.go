@@ -230,12 +230,13 @@ func (t *Table) restore(recs []record, down int64) RestoreStats {
 	// bound, the freshest templates are the ones kept.
 	slices.SortFunc(items, func(a, b item) int { return int(min(max(a.stamp-b.stamp, -1), 1)) })
 	for _, it := range items {
-		sh := &t.shards[it.k.hash()&t.mask]
+		h := it.k.hash()
+		sh := &t.shards[h&t.mask]
 		sh.mu.Lock()
-		if _, ok := sh.index[it.k]; ok {
+		if _, ok := sh.index.get(it.k, h, sh.ents); ok {
 			st.Existing++
 		} else {
-			sh.insert(it.k, it.server, it.stamp, r)
+			sh.insert(it.k, h, it.server, it.stamp, r)
 			st.Restored++
 		}
 		sh.mu.Unlock()

@@ -166,12 +166,13 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 		return Lease{}, err
 	}
 	k := makeKey(ref, svc.cfg.Mask.Apply(client))
-	si := k.hash() & t.mask
+	h := k.hash()
+	si := h & t.mask
 	sh := &t.shards[si]
 	now := t.stamp()
 
 	sh.mu.Lock()
-	if i, ok := sh.index[k]; ok {
+	if i, ok := sh.index.get(k, h, sh.ents); ok {
 		e := &sh.ents[i]
 		switch {
 		case e.active == 0 && now-e.stamp >= svc.timeout:
@@ -206,7 +207,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	i, ok := sh.index[k]
+	i, ok := sh.index.get(k, h, sh.ents)
 	if ok {
 		e := &sh.ents[i]
 		// Another connection of the same client group bound first: join it,
@@ -217,7 +218,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 			sh.stats.Binds++
 		}
 	} else {
-		i = sh.insert(k, sv, now, t.reg.Load())
+		i = sh.insert(k, h, sv, now, t.reg.Load())
 		sh.stats.Binds++
 	}
 	sh.open(i, now)
@@ -268,7 +269,7 @@ func (t *Table) Len() int {
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
-		n += len(sh.index)
+		n += sh.index.n
 		sh.mu.Unlock()
 	}
 	return n
