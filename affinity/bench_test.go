@@ -148,6 +148,32 @@ func BenchmarkHitRelease(b *testing.B) {
 	}
 }
 
+// BenchmarkHitReleaseCached is BenchmarkHitRelease on a table that holds
+// only the 16 K hot clients, so that it stays in the CPU caches: the cost of
+// the code path itself, without memory latency.
+func BenchmarkHitReleaseCached(b *testing.B) {
+	p := newPicker(8)
+	tb := New(Options{SweepInterval: -1})
+	defer tb.Close()
+	ref := tb.SetService(svcWeb, ServiceConfig{Timeout: time.Hour})
+	for _, s := range p.servers {
+		tb.SetServer(ref, s, ServerUp)
+	}
+	clients := make([]netip.Addr, hotClients)
+	for i := range clients {
+		clients[i] = client(i)
+		l, _ := tb.GetOrBind(ref, clients[i], p)
+		tb.Release(l)
+	}
+	rand.New(rand.NewPCG(1, 2)).Shuffle(len(clients), func(i, j int) { clients[i], clients[j] = clients[j], clients[i] })
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		l, _ := tb.GetOrBind(ref, clients[i%len(clients)], p)
+		tb.Release(l)
+	}
+}
+
 // BenchmarkHitReleaseParallel runs BenchmarkHitRelease's operation on all
 // cores (GOMAXPROCS goroutines). Throughput scaling is BenchmarkHitRelease's
 // ns/op divided by this one's.
