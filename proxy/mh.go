@@ -70,7 +70,7 @@ func (t *mh) Pick(client netip.Addr, skip []*Server) *Server {
 	// another seed (IPVS's mh-fallback), which spreads the displaced
 	// clients over the others instead of piling them on one neighbour.
 	for seed := range uint64(16) {
-		s := t.table[hashAddr(client, seed+hashSeedSecond)%mhSize]
+		s := t.table[hashAddr(client, seed+mhFallbackSeed)%mhSize]
 		if s.available() && !skipped(s, skip) {
 			return s
 		}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 )
@@ -28,13 +29,14 @@ const (
 	ShortestExpectedDelay   SchedulerName = "sed"
 	NeverQueue              SchedulerName = "nq"
 	DefaultScheduler                      = WeightedLeastConnection
-	errNoServer                           = schedError("no real server is available")
-	hashSeedSecond          uint64        = 0x9e3779b97f4a7c15
 )
 
-type schedError string
+// errNoServer: every server is down, quiescent, full or already tried.
+var errNoServer = errors.New("no real server is available")
 
-func (e schedError) Error() string { return string(e) }
+// mhFallbackSeed seeds the rehash of mh's fallback, apart from the
+// permutation seeds.
+const mhFallbackSeed uint64 = 0x9e3779b97f4a7c15
 
 // NewScheduler builds the named scheduler over servers.
 func NewScheduler(name SchedulerName, servers []*Server) (Scheduler, error) {

@@ -27,7 +27,7 @@ func (p *Proxy) acceptLoop(svc *service) {
 			}
 			// EMFILE and friends: back off as net/http does, keep serving.
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			p.log.Error("accept failed", "service", svc.name, "err", err, "retry_in", delay)
+			p.log.Error("accept failed", "service", svc.state.Load().cfg.Name, "err", err, "retry_in", delay)
 			time.Sleep(delay)
 			continue
 		}
