@@ -78,15 +78,18 @@ type Affinity struct {
 // Service is a virtual service.
 type Service struct {
 	Name     string `yaml:"name"`
-	Protocol string `yaml:"protocol,omitempty"` // tcp (default)
+	Protocol string `yaml:"protocol,omitempty"` // tcp (default) or udp
 	Listen   string `yaml:"listen,omitempty"`   // VIP:port; or Fwmark
 	// Fwmark makes this a firewall-mark service: the flows of the mark
 	// class with this mark, on every address, port and protocol it covers.
 	Fwmark      uint32       `yaml:"fwmark,omitempty"`
 	Scheduler   string       `yaml:"scheduler,omitempty"`
 	Persistence *Persistence `yaml:"persistence,omitempty"`
-	Limits      Limits       `yaml:"limits,omitempty"`
-	Servers     []Server     `yaml:"servers"`
+	// OnePacket schedules every datagram on its own and keeps no flow
+	// (ipvsadm's -o, for DNS-like traffic); udp only.
+	OnePacket bool     `yaml:"one_packet,omitempty"`
+	Limits    Limits   `yaml:"limits,omitempty"`
+	Servers   []Server `yaml:"servers"`
 }
 
 // Persistence makes a service persistent; absent, every connection is
@@ -105,7 +108,8 @@ type Limits struct {
 	MaxConnectionsPerServer int      `yaml:"max_connections_per_server,omitempty"`
 	ConnectTimeout          Duration `yaml:"connect_timeout,omitempty"`  // default 5s
 	ConnectAttempts         int      `yaml:"connect_attempts,omitempty"` // servers tried per connection, default 3
-	IdleTimeout             Duration `yaml:"idle_timeout,omitempty"`     // default 0: none
+	IdleTimeout             Duration `yaml:"idle_timeout,omitempty"`     // default 0: none for tcp, 300s for a udp flow
+	MaxFlows                int      `yaml:"max_flows,omitempty"`        // udp flows kept; default 65536
 }
 
 // Server is a real server.
@@ -121,6 +125,8 @@ const (
 	DefaultConnectAttempts = 3
 	DefaultDrainTimeout    = 30 * time.Second
 	DefaultTProxyPort      = 50080
+	DefaultUDPIdleTimeout  = 300 * time.Second
+	DefaultMaxFlows        = 65536
 )
 
 // Schedulers are the scheduler names a service may use (IPVS's).
@@ -402,10 +408,18 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 	}
 	switch s.Protocol {
 	case "", "tcp":
+		if s.OnePacket {
+			v.errf(p+".one_packet", "is for udp services")
+		}
 	case "udp":
-		v.errf(p+".protocol", "udp services are not supported yet")
+		if s.Fwmark != 0 {
+			v.errf(p+".protocol", "udp mark services are not supported yet (udp services take listen)")
+		}
 	default:
-		v.errf(p+".protocol", "%q is not tcp", s.Protocol)
+		v.errf(p+".protocol", "%q is not tcp or udp", s.Protocol)
+	}
+	if s.Limits.MaxFlows < 0 {
+		v.errf(p+".limits.max_flows", "is negative")
 	}
 	switch {
 	case s.Listen != "" && s.Fwmark != 0:
@@ -473,7 +487,11 @@ func (v *validator) checkListen(p string, s *Service, listens map[string]string)
 		v.errf(p+".listen", "%q is not an address:port such as 198.18.0.10:80 or [2001:db8::1]:443", s.Listen)
 		return
 	}
-	k := ap.String()
+	proto := s.Protocol
+	if proto == "" {
+		proto = "tcp"
+	}
+	k := proto + " " + ap.String()
 	if ap.Port() == 0 && s.Persistence == nil {
 		v.errf(p+".listen", "port 0 (every port of the VIP) needs persistence, as in ipvsadm")
 	}
@@ -569,6 +587,14 @@ func (f *File) normalize() {
 		}
 		if s.Limits.ConnectAttempts == 0 {
 			s.Limits.ConnectAttempts = DefaultConnectAttempts
+		}
+		if s.Protocol == "udp" {
+			if s.Limits.IdleTimeout == 0 {
+				s.Limits.IdleTimeout = Duration(DefaultUDPIdleTimeout)
+			}
+			if s.Limits.MaxFlows == 0 {
+				s.Limits.MaxFlows = DefaultMaxFlows
+			}
 		}
 		for j := range s.Servers {
 			sv := &s.Servers[j]

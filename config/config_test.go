@@ -111,7 +111,8 @@ func TestParseErrors(t *testing.T) {
 		{"bad netmask", svc("    persistence:\n      netmask: 255.0.255.0\n"), []string{"cfg.yaml:5: services[0].persistence.netmask:", `"255.0.255.0" is not contiguous`}},
 		{"bad netmask6", svc("    persistence:\n      netmask6: 129\n"), []string{"persistence.netmask6:", `"129"`}},
 		{"bad scheduler", svc("    scheduler: fastest\n"), []string{"cfg.yaml:4: services[0].scheduler: \"fastest\" is not one of rr, wrr"}},
-		{"udp not yet", svc("    protocol: udp\n"), []string{"services[0].protocol: udp services are not supported yet"}},
+		{"unknown protocol", svc("    protocol: sctp\n"), []string{`services[0].protocol: "sctp" is not tcp or udp`}},
+		{"one_packet on tcp", svc("    one_packet: true\n"), []string{"services[0].one_packet: is for udp services"}},
 		{"no services", "snapshot: /tmp/x\n", []string{"services: no services"}},
 		{"no servers", base("  - name: web\n    listen: 127.0.0.1:80\n    servers: []\n"), []string{"services[0].servers: no servers"}},
 		{"port 0 without persistence", base("  - name: web\n    listen: 127.0.0.1:0\n    servers: [{address: 127.0.0.2:80}]\n"), []string{"needs persistence"}},
@@ -277,5 +278,19 @@ services:
 	_, err = Parse("p0.yaml", []byte("marks:\n  - name: web\n    mark: 1\n    addresses: [198.18.0.10]\n    ports: [443]\n"+in[len("mark_mask: 0xff00\n"):]))
 	if err == nil || !strings.Contains(err.Error(), `classes "web" and "port0-all" both claim tcp 198.18.0.10/32 port 443`) {
 		t.Errorf("overlap with a port-0 service: %v", err)
+	}
+}
+
+func TestUDPDefaultsAndSharedAddress(t *testing.T) {
+	in := "services:\n  - name: dns\n    protocol: udp\n    listen: 127.0.0.1:53\n    servers: [{address: 127.0.0.2:53}]\n  - name: dns-tcp\n    listen: 127.0.0.1:53\n    servers: [{address: 127.0.0.2:53}]\n"
+	f, err := Parse("u.yaml", []byte(in))
+	if err != nil {
+		t.Fatalf("a udp and a tcp service on one address:port: %v", err)
+	}
+	if l := f.Services[0].Limits; l.IdleTimeout.D() != DefaultUDPIdleTimeout || l.MaxFlows != DefaultMaxFlows {
+		t.Errorf("udp limits %+v, want the flow defaults", l)
+	}
+	if l := f.Services[1].Limits; l.IdleTimeout != 0 || l.MaxFlows != 0 {
+		t.Errorf("tcp limits %+v got udp defaults", l)
 	}
 }

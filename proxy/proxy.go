@@ -141,9 +141,11 @@ func (p *Proxy) Reload(cfg *config.File) error {
 	return nil
 }
 
-// svcKey identifies a service: its listen address, or its mark.
+// svcKey identifies a service: its protocol and listen address, or its
+// mark.
 type svcKey struct {
 	listen netip.AddrPort
+	udp    bool
 	mark   uint32
 }
 
@@ -151,7 +153,7 @@ func keyOf(sc config.Service) svcKey {
 	if sc.Fwmark != 0 {
 		return svcKey{mark: sc.Fwmark}
 	}
-	return svcKey{listen: netip.MustParseAddrPort(sc.Listen)}
+	return svcKey{listen: netip.MustParseAddrPort(sc.Listen), udp: sc.Protocol == "udp"}
 }
 
 // plan is a reload worked out but not yet applied: the listeners it needs
@@ -168,12 +170,16 @@ type planned struct {
 	cfg config.Service
 	svc *service // existing one for keep
 	ln  *net.TCPListener
+	pc  *net.UDPConn
 }
 
 func (pl *plan) abort() {
 	for _, s := range pl.start {
 		if s.ln != nil {
 			s.ln.Close()
+		}
+		if s.pc != nil {
+			s.pc.Close()
 		}
 	}
 	if pl.tp != nil {
@@ -196,6 +202,16 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 		}
 		if sc.Fwmark != 0 {
 			pl.start = append(pl.start, &planned{cfg: sc})
+			continue
+		}
+		if k.udp {
+			var lc net.ListenConfig
+			c, err := lc.ListenPacket(p.ctx, "udp", k.listen.String())
+			if err != nil {
+				pl.abort()
+				return nil, fmt.Errorf("service %s: %w", sc.Name, err)
+			}
+			pl.start = append(pl.start, &planned{cfg: sc, pc: c.(*net.UDPConn)})
 			continue
 		}
 		if k.listen.Port() == 0 {
@@ -259,11 +275,17 @@ func (p *Proxy) commit(pl *plan) error {
 			continue
 		}
 		k := keyOf(b.pl.cfg)
-		svc := &service{name: b.pl.cfg.Name, listen: k.listen, ln: b.pl.ln, done: make(chan struct{})}
+		svc := &service{name: b.pl.cfg.Name, listen: k.listen, ln: b.pl.ln, pc: b.pl.pc, done: make(chan struct{})}
 		svc.state.Store(b.st)
 		p.svcMu.Lock()
 		p.services[k] = svc
 		p.svcMu.Unlock()
+		if svc.pc != nil {
+			svc.flows = newFlowTable(b.st.cfg.Limits.MaxFlows)
+			go p.serveUDP(svc)
+			p.log.Info("udp service listening", "service", svc.name, "listen", svc.pc.LocalAddr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers), "one_packet", b.st.cfg.OnePacket)
+			continue
+		}
 		if svc.ln == nil {
 			close(svc.done) // a mark service: the transparent listeners accept for it
 			p.log.Info("service on firewall mark", "service", svc.name, "fwmark", k.mark, "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
@@ -280,6 +302,9 @@ func (p *Proxy) commit(pl *plan) error {
 func (p *Proxy) stopService(s *service) {
 	if s.ln != nil {
 		s.ln.Close()
+	}
+	if s.pc != nil {
+		s.pc.Close()
 	}
 	<-s.done
 	p.svcMu.Lock()
@@ -309,6 +334,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for _, s := range p.services {
 		if s.ln != nil {
 			s.ln.Close()
+		}
+		if s.pc != nil {
+			s.pc.Close() // its read loop closes its flows
 		}
 	}
 	for _, s := range p.services {

@@ -25,6 +25,8 @@ type service struct {
 	name   string
 	listen netip.AddrPort
 	ln     *net.TCPListener
+	pc     *net.UDPConn // a udp service's socket
+	flows  *flowTable   // a udp service's flows
 	state  atomic.Pointer[serviceState]
 	active atomic.Int64  // open client connections
 	done   chan struct{} // closed when the accept loop has returned
@@ -81,7 +83,11 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (
 		// span every port and protocol the mark covers.
 		id := affinity.MarkService(cfg.Fwmark)
 		if cfg.Fwmark == 0 {
-			id = affinity.AddrService(affinity.ProtoTCP, netip.MustParseAddrPort(cfg.Listen))
+			proto := affinity.ProtoTCP
+			if cfg.Protocol == "udp" {
+				proto = affinity.ProtoUDP
+			}
+			id = affinity.AddrService(proto, netip.MustParseAddrPort(cfg.Listen))
 		}
 		st.ref = table.SetService(id, affinity.ServiceConfig{
 			Timeout: ps.Timeout.D(), Mask: st.mask, ExpireQuiescent: ps.ExpireQuiescent,

@@ -1,0 +1,282 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/tetherlb/tether/affinity"
+)
+
+// UDP has no connections, so a flow stands in for one: a client
+// address:port on a service. Each flow has its own connected socket to its
+// server; replies go back through the service's socket, so the client sees
+// them come from the VIP:port it sent to. A flow holds a lease on its
+// persistence template until it has been idle for the service's idle
+// timeout.
+type flow struct {
+	client netip.AddrPort
+	srv    *Server
+	st     *serviceState
+	lease  affinity.Lease
+	conn   *net.UDPConn
+	last   atomic.Int64 // unix ns of the last datagram either way
+	closed atomic.Bool
+}
+
+// flowTable is a service's flows, bounded: at the cap the least recently
+// used flow goes (a flood of spoofed sources cannot grow memory past it).
+type flowTable struct {
+	mu  sync.Mutex
+	lru *simplelru.LRU[netip.AddrPort, *flow]
+	// evicted collects the flows the LRU pushed out under mu; they are
+	// closed after mu is released.
+	evicted []*flow
+}
+
+func newFlowTable(size int) *flowTable {
+	ft := &flowTable{}
+	ft.lru, _ = simplelru.NewLRU[netip.AddrPort, *flow](max(size, 1), func(_ netip.AddrPort, f *flow) {
+		ft.evicted = append(ft.evicted, f)
+	})
+	return ft
+}
+
+// Len is the number of flows.
+func (ft *flowTable) Len() int {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	return ft.lru.Len()
+}
+
+// UDPFlows is the number of open flows of the UDP service listening on
+// listen (for tests and the admin listing).
+func (p *Proxy) UDPFlows(listen netip.AddrPort) int {
+	p.svcMu.RLock()
+	s := p.services[svcKey{listen: listen, udp: true}]
+	p.svcMu.RUnlock()
+	if s == nil || s.flows == nil {
+		return 0
+	}
+	return s.flows.Len()
+}
+
+// serveUDP reads the service's datagrams until its socket closes.
+func (p *Proxy) serveUDP(svc *service) {
+	defer close(svc.done)
+	var wg sync.WaitGroup // flow goroutines
+	defer wg.Wait()
+	defer p.closeFlows(svc)
+	buf := make([]byte, 64<<10)
+	for {
+		n, src, err := svc.pc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		st := svc.state.Load()
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		if st.cfg.OnePacket {
+			p.onePacket(svc, st, src, buf[:n], &wg)
+			continue
+		}
+		f, err := p.flowFor(svc, st, src, &wg)
+		if err != nil {
+			p.met.IncrCounterWithLabels([]string{"udp", "dropped"}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
+			continue
+		}
+		f.last.Store(time.Now().UnixNano())
+		if _, err := f.conn.Write(buf[:n]); err == nil {
+			f.srv.bytesIn.Add(uint64(n))
+		}
+	}
+}
+
+// flowFor returns the client's flow, making it (scheduled through the
+// persistence table) when there is none.
+func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *sync.WaitGroup) (*flow, error) {
+	ft := svc.flows
+	ft.mu.Lock()
+	f, ok := ft.lru.Get(src)
+	ft.mu.Unlock()
+	if ok && !f.closed.Load() {
+		return f, nil
+	}
+	srv, lease, err := p.chooseUDP(st, src.Addr())
+	if err != nil {
+		return nil, err
+	}
+	conn, err := p.dialUDP(st, srv)
+	if err != nil {
+		srv.conns.Add(-1)
+		if st.persistent {
+			p.table.Release(lease)
+		}
+		return nil, err
+	}
+	f = &flow{client: src, srv: srv, st: st, lease: lease, conn: conn}
+	f.last.Store(time.Now().UnixNano())
+	srv.accepted.Add(1)
+	ft.mu.Lock()
+	ft.lru.Add(src, f)
+	evicted := ft.evicted
+	ft.evicted = nil
+	ft.mu.Unlock()
+	for _, e := range evicted {
+		p.closeFlow(e)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.flowReplies(svc, f)
+	}()
+	return f, nil
+}
+
+// chooseUDP picks the server of a new flow or datagram and counts it.
+func (p *Proxy) chooseUDP(st *serviceState, client netip.Addr) (*Server, affinity.Lease, error) {
+	var lease affinity.Lease
+	var srv *Server
+	if st.persistent {
+		l, err := p.table.GetOrBind(st.ref, client, &picker{p: p, st: st})
+		if err != nil {
+			return nil, lease, err
+		}
+		if srv = st.byAddr[l.Server]; srv == nil {
+			p.table.Release(l)
+			return nil, lease, errNoServer
+		}
+		lease = l
+	} else if srv = st.sched.Pick(client, nil); srv == nil {
+		return nil, lease, errNoServer
+	}
+	srv.conns.Add(1)
+	return srv, lease, nil
+}
+
+func (p *Proxy) dialUDP(st *serviceState, srv *Server) (*net.UDPConn, error) {
+	ctx, cancel := context.WithTimeout(p.ctx, st.dialer.Timeout)
+	defer cancel()
+	var c net.Conn
+	var err error
+	if p.dial != nil {
+		c, err = p.dial(ctx, "udp", srv.Addr.String())
+	} else {
+		c, err = st.dialer.DialContext(ctx, "udp", srv.Addr.String())
+	}
+	if err != nil {
+		return nil, err
+	}
+	uc, ok := c.(*net.UDPConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("dial udp returned a %T", c)
+	}
+	return uc, nil
+}
+
+// flowReplies relays the server's replies to the client until the flow has
+// been idle for the idle timeout (or is closed).
+func (p *Proxy) flowReplies(svc *service, f *flow) {
+	idle := f.st.cfg.Limits.IdleTimeout.D()
+	buf := make([]byte, 64<<10)
+	for {
+		f.conn.SetReadDeadline(time.Unix(0, f.last.Load()).Add(idle))
+		n, err := f.conn.Read(buf)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && time.Since(time.Unix(0, f.last.Load())) < idle {
+				continue // the client sent meanwhile
+			}
+			if !errors.Is(err, os.ErrDeadlineExceeded) && !f.closed.Load() {
+				continue // ICMP refusal and the like: the server may come back
+			}
+			svc.flows.mu.Lock()
+			if cur, ok := svc.flows.lru.Peek(f.client); ok && cur == f {
+				svc.flows.lru.Remove(f.client) // our own callback appends it
+				svc.flows.evicted = nil
+			}
+			svc.flows.mu.Unlock()
+			p.closeFlow(f)
+			return
+		}
+		f.last.Store(time.Now().UnixNano())
+		if _, err := svc.pc.WriteToUDPAddrPort(buf[:n], f.client); err == nil {
+			f.srv.bytesOut.Add(uint64(n))
+		}
+	}
+}
+
+// closeFlow ends a flow once: its socket, its server count, its lease.
+func (p *Proxy) closeFlow(f *flow) {
+	if f.closed.Swap(true) {
+		return
+	}
+	f.conn.Close()
+	f.srv.conns.Add(-1)
+	if f.st.persistent {
+		p.table.Release(f.lease)
+	}
+}
+
+func (p *Proxy) closeFlows(svc *service) {
+	svc.flows.mu.Lock()
+	var all []*flow
+	for _, k := range svc.flows.lru.Keys() {
+		if f, ok := svc.flows.lru.Peek(k); ok {
+			all = append(all, f)
+		}
+	}
+	svc.flows.lru.Purge()
+	svc.flows.evicted = nil
+	svc.flows.mu.Unlock()
+	for _, f := range all {
+		p.closeFlow(f)
+	}
+}
+
+// onePacket schedules one datagram on its own (ipvsadm's -o): a socket of
+// its own to the chosen server, and the first reply, if one comes within
+// the idle timeout (at most 5 s), goes back to the client.
+func (p *Proxy) onePacket(svc *service, st *serviceState, src netip.AddrPort, b []byte, wg *sync.WaitGroup) {
+	srv, lease, err := p.chooseUDP(st, src.Addr())
+	if err != nil {
+		return
+	}
+	release := func() {
+		srv.conns.Add(-1)
+		if st.persistent {
+			p.table.Release(lease)
+		}
+	}
+	conn, err := p.dialUDP(st, srv)
+	if err != nil {
+		release()
+		return
+	}
+	if _, err := conn.Write(b); err != nil {
+		conn.Close()
+		release()
+		return
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer release()
+		defer conn.Close()
+		conn.SetReadDeadline(time.Now().Add(min(st.cfg.Limits.IdleTimeout.D(), 5*time.Second)))
+		reply := make([]byte, 64<<10)
+		if n, err := conn.Read(reply); err == nil {
+			svc.pc.WriteToUDPAddrPort(reply[:n], src)
+		}
+	}()
+}

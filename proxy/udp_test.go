@@ -1,0 +1,212 @@
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tetherlb/tether/affinity"
+)
+
+// udpBackend answers every datagram with its name.
+func udpBackend(t *testing.T, name string) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteToUDPAddrPort([]byte(name), from)
+		}
+	}()
+	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+func freeUDPAddr(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	return pc.LocalAddr().String()
+}
+
+func udpConfig(listen, scheduler, extra string, servers ...netip.AddrPort) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "services:\n  - name: dns\n    protocol: udp\n    listen: %s\n    scheduler: %s\n%s    servers:\n", listen, scheduler, extra)
+	for _, s := range servers {
+		fmt.Fprintf(&b, "      - address: %s\n", s)
+	}
+	return b.String()
+}
+
+// askUDP sends one datagram from c and returns the answer and where it
+// came from.
+func askUDP(c *net.UDPConn, to netip.AddrPort) (string, netip.AddrPort, error) {
+	if _, err := c.WriteToUDPAddrPort([]byte("who?"), to); err != nil {
+		return "", netip.AddrPort{}, err
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2048)
+	n, from, err := c.ReadFromUDPAddrPort(buf)
+	return string(buf[:n]), from, err
+}
+
+// 200 client addresses, each from 3 source ports: one server per client
+// and per /24, and every reply comes from the VIP:port the client used.
+func TestUDPStickinessAndReplySource(t *testing.T) {
+	b := []netip.AddrPort{udpBackend(t, "a"), udpBackend(t, "b"), udpBackend(t, "c")}
+	listen := freeUDPAddr(t)
+	startProxy(t, mustConfig(t, udpConfig(listen, "rr", "    persistence: {netmask: 255.255.255.0}\n", b...)), Options{})
+	vip := netip.MustParseAddrPort(listen)
+	byClient := map[netip.Addr]map[string]bool{}
+	byGroup := map[netip.Prefix]map[string]bool{}
+	for i := range 200 {
+		src := srcAddr(i)
+		for range 3 {
+			c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			name, from, err := askUDP(c, vip)
+			c.Close()
+			if err != nil {
+				t.Fatalf("client %s: %v", src, err)
+			}
+			if from != vip {
+				t.Fatalf("reply to %s came from %s, not the VIP %s", src, from, vip)
+			}
+			if byClient[src] == nil {
+				byClient[src] = map[string]bool{}
+			}
+			if byGroup[group(src)] == nil {
+				byGroup[group(src)] = map[string]bool{}
+			}
+			byClient[src][name], byGroup[group(src)][name] = true, true
+		}
+	}
+	for c, s := range byClient {
+		if len(s) != 1 {
+			t.Errorf("client %s reached %v", c, s)
+		}
+	}
+	per := map[string]int{}
+	for g, s := range byGroup {
+		if len(s) != 1 {
+			t.Errorf("group %s reached %v", g, s)
+		}
+		for n := range s {
+			per[n]++
+		}
+	}
+	if per["a"] < 16 || per["b"] < 16 || per["c"] < 16 {
+		t.Errorf("groups per server %v, want round robin's 16-17 each", per)
+	}
+}
+
+// A flow ends after its idle timeout and releases its template.
+func TestUDPFlowIdleTimeout(t *testing.T) {
+	b := udpBackend(t, "a")
+	listen := freeUDPAddr(t)
+	p := startProxy(t, mustConfig(t, udpConfig(listen, "rr", "    persistence: {}\n    limits: {idle_timeout: 300ms}\n", b)), Options{})
+	vip := netip.MustParseAddrPort(listen)
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 3, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, _, err := askUDP(c, vip); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.UDPFlows(vip); n != 1 {
+		t.Fatalf("%d flows after one datagram, want 1", n)
+	}
+	if tp := p.Table().List(affinity.Filter{}); len(tp) != 1 || tp[0].Active != 1 {
+		t.Fatalf("template while the flow lives: %+v", tp)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for p.UDPFlows(vip) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the flow outlived its 300ms idle timeout by 5 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if tp := p.Table().List(affinity.Filter{}); len(tp) != 1 || tp[0].Active != 0 {
+		t.Errorf("template after the flow ended: %+v, want idle (released)", tp)
+	}
+}
+
+// At the flow cap the oldest flow goes; memory never grows past it and
+// every client is still answered.
+func TestUDPFlowCap(t *testing.T) {
+	b := udpBackend(t, "a")
+	listen := freeUDPAddr(t)
+	p := startProxy(t, mustConfig(t, udpConfig(listen, "rr", "    limits: {max_flows: 10}\n", b)), Options{})
+	vip := netip.MustParseAddrPort(listen)
+	for i := range 50 {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 4, 0, byte(i+1))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _, err = askUDP(c, vip)
+		c.Close()
+		if err != nil {
+			t.Fatalf("client %d at the cap: %v", i, err)
+		}
+		if n := p.UDPFlows(vip); n > 10 {
+			t.Fatalf("%d flows, cap is 10", n)
+		}
+	}
+}
+
+// One-packet scheduling (ipvsadm -o) schedules each datagram alone: one
+// client socket's datagrams spread over the servers; with persistence they
+// stay on one.
+func TestUDPOnePacket(t *testing.T) {
+	b := []netip.AddrPort{udpBackend(t, "a"), udpBackend(t, "b"), udpBackend(t, "c")}
+	for _, tc := range []struct {
+		extra string
+		want  int
+	}{
+		{"    one_packet: true\n", 3},
+		{"    one_packet: true\n    persistence: {}\n", 1},
+	} {
+		listen := freeUDPAddr(t)
+		p := startProxy(t, mustConfig(t, udpConfig(listen, "rr", tc.extra, b...)), Options{})
+		vip := netip.MustParseAddrPort(listen)
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 5, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		var mu sync.Mutex
+		for range 30 {
+			name, _, err := askUDP(c, vip)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			seen[name] = true
+			mu.Unlock()
+		}
+		c.Close()
+		if len(seen) != tc.want {
+			t.Errorf("%q: one client's datagrams reached %v, want %d servers", strings.TrimSpace(tc.extra), seen, tc.want)
+		}
+		if n := p.UDPFlows(vip); n != 0 {
+			t.Errorf("one-packet mode kept %d flows", n)
+		}
+	}
+}
