@@ -413,7 +413,7 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 		}
 	case "udp":
 		if s.Fwmark != 0 {
-			v.errf(p+".protocol", "udp mark services are not supported yet (udp services take listen)")
+			v.errf(p+".protocol", "a mark service takes its protocols from its class: leave protocol out")
 		}
 	default:
 		v.errf(p+".protocol", "%q is not tcp or udp", s.Protocol)

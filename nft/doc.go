@@ -6,8 +6,8 @@
 //
 // The table restores the conntrack mark of established flows, marks new
 // flows by class (named interval sets of addresses and ports), saves the
-// mark into the conntrack mark, and TPROXYs marked TCP flows to tether's
-// transparent listener. Only the mark bits in the mark mask are touched.
+// mark into the conntrack mark, and TPROXYs marked TCP and UDP flows to
+// tether's transparent listeners. Only the mark bits in the mark mask are touched.
 //
 // Applying needs CAP_NET_ADMIN in the network namespace.
 package nft

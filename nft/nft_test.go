@@ -65,8 +65,8 @@ func TestAddBatchWithoutKernel(t *testing.T) {
 	got := strings.Join(compress(kinds), " ")
 	// 7 sets (web v4+ports, ftp v4+v6+ports, dns v4+ports), 1 chain,
 	// 3 restore + 5 classify (web tcp4, ftp tcp4+tcp6, dns tcp4+udp4) +
-	// 4 tproxy (web 4, ftp 4+6, dns 4) = 12 rules.
-	want := "begin newtable(owner) deltable newtable(owner) newset+elem*7 newchain newrule*12 end"
+	// 5 tproxy (web tcp4, ftp tcp4+tcp6, dns tcp4+udp4) = 13 rules.
+	want := "begin newtable(owner) deltable newtable(owner) newset+elem*7 newchain newrule*13 end"
 	if got != want {
 		t.Errorf("batch:\n got %s\nwant %s", got, want)
 	}

@@ -201,9 +201,6 @@ func (r Ruleset) rules(sets map[uint32]classSets) [][]expr.Any {
 		return out
 	}
 	for _, cl := range r.Marks.Classes {
-		if cl.Protocols&marks.TCP == 0 {
-			continue // UDP interception comes with the transparent UDP path
-		}
 		v4, v6 := families(cl)
 		for _, fam := range []struct {
 			has bool
@@ -212,14 +209,16 @@ func (r Ruleset) rules(sets map[uint32]classSets) [][]expr.Any {
 			if !fam.has {
 				continue
 			}
-			// No nfproto match: the kernel's tproxy breaks on a packet of
-			// the other family itself (and nft compiles it so too).
-			rule := append(r.loadMasked(loadMeta), cmpEq(u32(cl.Mark)),
-				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmpEq([]byte{unix.IPPROTO_TCP}),
-				&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(r.TProxyPort)},
-				&expr.TProxy{Family: fam.nfp, TableFamily: byte(nftables.TableFamilyINet), RegPort: 1},
-			)
-			out = append(out, rule)
+			for _, proto := range protos(cl.Protocols) {
+				// No nfproto match: the kernel's tproxy breaks on a packet
+				// of the other family itself (and nft compiles it so too).
+				rule := append(r.loadMasked(loadMeta), cmpEq(u32(cl.Mark)),
+					&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmpEq([]byte{proto}),
+					&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(r.TProxyPort)},
+					&expr.TProxy{Family: fam.nfp, TableFamily: byte(nftables.TableFamilyINet), RegPort: 1},
+				)
+				out = append(out, rule)
+			}
 		}
 	}
 	return out
@@ -290,16 +289,17 @@ func (r Ruleset) Show() string {
 	}
 	if r.TProxyPort != 0 {
 		for _, cl := range classes {
-			if cl.Protocols&marks.TCP == 0 {
-				continue
-			}
 			v4, v6 := families(cl)
 			for _, fam := range []struct {
 				has  bool
 				name string
 			}{{len(v4) > 0, "ip"}, {len(v6) > 0, "ip6"}} {
-				if fam.has {
-					fmt.Fprintf(&b, "\t\t%s == %#08x meta l4proto tcp tproxy %s to :%d\n", masked("meta mark"), cl.Mark, fam.name, r.TProxyPort)
+				if !fam.has {
+					continue
+				}
+				for _, p := range protos(cl.Protocols) {
+					name := map[byte]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp"}[p]
+					fmt.Fprintf(&b, "\t\t%s == %#08x meta l4proto %s tproxy %s to :%d\n", masked("meta mark"), cl.Mark, name, fam.name, r.TProxyPort)
 				}
 			}
 		}

@@ -422,3 +422,63 @@ func TestStaleTableWithoutOwnerFlag(t *testing.T) {
 		t.Errorf("after replacing the stale table: %v", s.Errors)
 	}
 }
+
+// One mark over TCP and UDP 443 (HTTPS and HTTP/3): each client connects
+// TCP, then sends UDP, then connects TCP again, and never sees two
+// servers; replies to UDP come from the VIP:443 it sent to. Without
+// persistence clients mix (the control).
+func TestPersistenceAcrossTCPAndUDP(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 60, Backends: 3, Label: "xproto"})
+	for _, b := range env.Backends {
+		if _, err := b.ServeName(443); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.ServeUDP(443); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := func(persistence string) string {
+		return fmt.Sprintf("marks:\n  - name: https\n    mark: 0x443\n    protocol: both\n    addresses: [%s]\n    ports: [443]\nservices:\n  - name: https\n    fwmark: 0x443\n    scheduler: rr\n%s    servers:\n      - address: %s\n      - address: %s\n      - address: %s\n",
+			testenv.VIP, persistence, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
+	}
+	vip := netip.AddrPortFrom(testenv.VIP, 443)
+	run := func(persistence string) (mixed int) {
+		_, stop := startInLB(t, env, cfg(persistence), Options{Do: env.LB.Do})
+		defer stop()
+		client := env.Clients[0]
+		for _, src := range client.Addrs {
+			var seen []string
+			for _, proto := range []string{"tcp", "udp", "tcp"} {
+				c, err := client.Dial(context.Background(), proto, src, vip.String())
+				if err != nil {
+					t.Fatalf("%s from %s: %v", proto, src, err)
+				}
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				if proto == "udp" {
+					if _, err := c.Write([]byte("who?")); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// The UDP socket is connected to VIP:443, so the kernel
+				// hands it only replies that come from VIP:443.
+				buf := make([]byte, 64)
+				n, err := c.Read(buf)
+				c.Close()
+				if err != nil {
+					t.Fatalf("%s from %s: %v", proto, src, err)
+				}
+				seen = append(seen, strings.TrimSpace(string(buf[:n])))
+			}
+			if seen[0] != seen[1] || seen[1] != seen[2] {
+				mixed++
+			}
+		}
+		return mixed
+	}
+	if m := run("    persistence: {timeout: 60s}\n"); m != 0 {
+		t.Errorf("%d of 60 clients saw two servers across TCP and UDP", m)
+	}
+	if m := run(""); m == 0 {
+		t.Errorf("without persistence no client mixed: the test cannot tell")
+	}
+}

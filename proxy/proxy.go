@@ -14,6 +14,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/marks"
 )
 
 // Options are what a Proxy needs besides its configuration. The zero value
@@ -31,6 +32,10 @@ type Options struct {
 	// network namespace. It must return a *net.TCPConn, so that the data
 	// path can splice.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// Do runs f in the proxy's network namespace, for sockets made outside
+	// Start and Reload (transparent UDP flows); nil runs f as is. testenv
+	// passes its host's Do.
+	Do func(f func() error) error
 	// SetSysctls lets the proxy set the sysctls its data paths want in
 	// its network namespace (tether run --set-sysctls); otherwise it only
 	// says which to set.
@@ -45,6 +50,7 @@ type Proxy struct {
 	dial func(ctx context.Context, network, address string) (net.Conn, error)
 
 	setSysctls bool
+	do         func(func() error) error
 	// noTableOwner is set once the kernel has refused the table owner
 	// flag (and by tests, to take that path on kernels that have it).
 	noTableOwner bool
@@ -66,7 +72,7 @@ type Proxy struct {
 
 // New prepares a proxy for cfg; Start opens its listeners.
 func New(cfg *config.File, o Options) *Proxy {
-	p := &Proxy{log: o.Logger, met: o.Metrics, table: o.Table, dial: o.Dial, setSysctls: o.SetSysctls, cfg: cfg, services: map[svcKey]*service{}}
+	p := &Proxy{log: o.Logger, met: o.Metrics, table: o.Table, dial: o.Dial, setSysctls: o.SetSysctls, do: o.Do, cfg: cfg, services: map[svcKey]*service{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -231,7 +237,7 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 			pl.stop = append(pl.stop, s)
 		}
 	}
-	if len(cfg.Marks) > 0 && (p.tp == nil || p.tp.port != cfg.TProxyPort) {
+	if len(cfg.Marks) > 0 && (p.tp == nil || p.tp.port != cfg.TProxyPort || (len(p.tp.ulns) > 0) != coversUDP(cfg)) {
 		tp, err := p.openTransparent(cfg)
 		if err != nil {
 			pl.abort()
@@ -368,4 +374,15 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		err = errors.Join(err, p.table.Close())
 	}
 	return err
+}
+
+// coversUDP reports whether a mark class of cfg covers UDP, so that the
+// transparent UDP listeners are needed.
+func coversUDP(cfg *config.File) bool {
+	for _, c := range cfg.MarkSet().Classes {
+		if c.Protocols&marks.UDP != 0 {
+			return true
+		}
+	}
+	return false
 }

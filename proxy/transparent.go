@@ -29,6 +29,12 @@ type transparent struct {
 	set  atomic.Pointer[marks.Set]
 	// routing is the policy routing of non-local VIPs, if any.
 	routing nft.Routing
+	// ulns and uflows are the transparent UDP listeners and flows, when a
+	// class covers UDP.
+	ulns   []*net.UDPConn
+	uflows *tflows
+	// closeFlows is the proxy's closeTFlows (flows release templates).
+	closeFlows func(*tflows)
 }
 
 // openTransparent opens the IP_TRANSPARENT listeners (IPv4, and IPv6 when
@@ -69,15 +75,27 @@ func (p *Proxy) openTransparent(cfg *config.File) (*transparent, error) {
 		}
 		tp.lns = append(tp.lns, l.(*net.TCPListener))
 	}
+	tp.closeFlows = p.closeTFlows
+	if err := p.openTransparentUDP(tp, cfg); err != nil {
+		tp.close()
+		return nil, err
+	}
 	return tp, nil
 }
 
-// close stops the listeners and waits for their accept loops.
+// close stops the listeners and waits for their loops; the transparent
+// UDP flows end with them.
 func (tp *transparent) close() {
 	for _, l := range tp.lns {
 		l.Close()
 	}
+	for _, l := range tp.ulns {
+		l.Close()
+	}
 	tp.wg.Wait()
+	if tp.uflows != nil && tp.closeFlows != nil {
+		tp.closeFlows(tp.uflows)
+	}
 }
 
 // applyMarks puts the plan's mark classes in place: the nftables table
@@ -137,6 +155,10 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		for _, l := range tp.lns {
 			tp.wg.Add(1)
 			go p.acceptTransparent(tp, l)
+		}
+		for _, l := range tp.ulns {
+			tp.wg.Add(1)
+			go p.serveTransparentUDP(tp, l)
 		}
 		p.tp = tp
 		p.log.Info("firewall-mark services: nftables table applied, transparent listener open", "port", tp.port, "classes", len(set.Classes))

@@ -1,0 +1,306 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/marks"
+	"golang.org/x/sys/unix"
+)
+
+// Transparent UDP, for the UDP flows of mark classes. nftables TPROXYs
+// them to a socket with IP_TRANSPARENT and IP_RECVORIGDSTADDR, which tells
+// each datagram's original destination. A flow (client, original
+// destination) gets a socket bound to that destination and connected to
+// the client: replies leave from the VIP:port the client sent to, and the
+// kernel's TPROXY lookup delivers the client's next datagrams straight to
+// it. Templates are keyed by the mark, as for TCP, so a mark that covers
+// both protocols keeps a client on one server over both.
+
+type tflowKey struct{ client, dst netip.AddrPort }
+
+type tflow struct {
+	key    tflowKey
+	srv    *Server
+	st     *serviceState
+	lease  affinity.Lease
+	client *net.UDPConn // bound to dst, connected to the client
+	server *net.UDPConn
+	last   atomic.Int64
+	closed atomic.Bool
+}
+
+type tflows struct {
+	mu      sync.Mutex
+	lru     *simplelru.LRU[tflowKey, *tflow]
+	evicted []*tflow
+	wg      sync.WaitGroup
+}
+
+func newTFlows() *tflows {
+	t := &tflows{}
+	t.lru, _ = simplelru.NewLRU[tflowKey, *tflow](config.DefaultMaxFlows, func(_ tflowKey, f *tflow) {
+		t.evicted = append(t.evicted, f)
+	})
+	return t
+}
+
+// transparentUDPControl makes a socket transparent (it may bind and send
+// from any address), reusable, and, for listeners, told each datagram's
+// original destination.
+func transparentUDPControl(recvOrigDst bool) func(network, address string, c syscall.RawConn) error {
+	return func(network, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			set := func(level, opt int) {
+				if serr == nil {
+					serr = unix.SetsockoptInt(int(fd), level, opt, 1)
+				}
+			}
+			set(unix.SOL_SOCKET, unix.SO_REUSEADDR)
+			if strings.HasSuffix(network, "6") {
+				set(unix.SOL_IPV6, unix.IPV6_TRANSPARENT)
+				if recvOrigDst {
+					set(unix.SOL_IPV6, unix.IPV6_RECVORIGDSTADDR)
+				}
+			} else {
+				set(unix.SOL_IP, unix.IP_TRANSPARENT)
+				if recvOrigDst {
+					set(unix.SOL_IP, unix.IP_RECVORIGDSTADDR)
+				}
+			}
+		})
+		if err == nil && serr != nil {
+			err = fmt.Errorf("transparent udp socket (needs CAP_NET_ADMIN): %w", serr)
+		}
+		return err
+	}
+}
+
+// openTransparentUDP opens the UDP listeners when a class covers UDP.
+func (p *Proxy) openTransparentUDP(tp *transparent, cfg *config.File) error {
+	nets := map[string]bool{}
+	for _, c := range cfg.MarkSet().Classes {
+		if c.Protocols&marks.UDP == 0 {
+			continue
+		}
+		for _, a := range c.Addrs {
+			nets[map[bool]string{true: "udp4", false: "udp6"}[a.Addr().Is4()]] = true
+		}
+	}
+	lc := net.ListenConfig{Control: transparentUDPControl(true)}
+	for _, n := range []string{"udp4", "udp6"} {
+		if !nets[n] {
+			continue
+		}
+		addr := fmt.Sprintf("0.0.0.0:%d", tp.port)
+		if n == "udp6" {
+			addr = fmt.Sprintf("[::]:%d", tp.port)
+		}
+		c, err := lc.ListenPacket(p.ctx, n, addr)
+		if err != nil {
+			return fmt.Errorf("transparent udp listener for mark services: %w", err)
+		}
+		tp.ulns = append(tp.ulns, c.(*net.UDPConn))
+	}
+	if len(tp.ulns) > 0 {
+		tp.uflows = newTFlows()
+	}
+	return nil
+}
+
+// origDst reads the original destination from IP_ORIGDSTADDR or
+// IPV6_ORIGDSTADDR control data.
+func origDst(oob []byte) (netip.AddrPort, bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	for _, m := range msgs {
+		d := m.Data
+		switch {
+		case m.Header.Level == unix.SOL_IP && m.Header.Type == unix.IP_ORIGDSTADDR && len(d) >= 8:
+			return netip.AddrPortFrom(netip.AddrFrom4([4]byte(d[4:8])), binary.BigEndian.Uint16(d[2:4])), true
+		case m.Header.Level == unix.SOL_IPV6 && m.Header.Type == unix.IPV6_ORIGDSTADDR && len(d) >= 24:
+			return netip.AddrPortFrom(netip.AddrFrom16([16]byte(d[8:24])).Unmap(), binary.BigEndian.Uint16(d[2:4])), true
+		}
+	}
+	return netip.AddrPort{}, false
+}
+
+// serveTransparentUDP reads the first datagrams of flows (later ones go to
+// the flows' own sockets) until the listener closes.
+func (p *Proxy) serveTransparentUDP(tp *transparent, l *net.UDPConn) {
+	defer tp.wg.Done()
+	buf, oob := make([]byte, 64<<10), make([]byte, 256)
+	for {
+		n, oobn, _, src, err := l.ReadMsgUDPAddrPort(buf, oob)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		dst, ok := origDst(oob[:oobn])
+		if !ok {
+			continue
+		}
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		f, err := p.tflowFor(tp, tflowKey{src, dst})
+		if err != nil {
+			p.log.Debug("transparent udp datagram dropped", "src", src, "dst", dst, "err", err)
+			continue
+		}
+		f.last.Store(time.Now().UnixNano())
+		f.server.Write(buf[:n])
+	}
+}
+
+func (p *Proxy) tflowFor(tp *transparent, k tflowKey) (*tflow, error) {
+	ft := tp.uflows
+	ft.mu.Lock()
+	f, ok := ft.lru.Get(k)
+	ft.mu.Unlock()
+	if ok && !f.closed.Load() {
+		return f, nil
+	}
+	cl, ok := tp.set.Load().Match(marks.UDP, k.dst.Addr(), k.dst.Port())
+	if !ok {
+		return nil, errors.New("no mark class")
+	}
+	p.svcMu.RLock()
+	svc := p.services[svcKey{mark: cl.Mark}]
+	p.svcMu.RUnlock()
+	if svc == nil {
+		return nil, fmt.Errorf("no service for mark %d", cl.Mark)
+	}
+	st := svc.state.Load()
+	srv, lease, err := p.chooseUDP(st, k.client.Addr())
+	if err != nil {
+		return nil, err
+	}
+	f = &tflow{key: k, srv: srv, st: st, lease: lease}
+	err = p.inNamespace(func() error {
+		d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(k.dst), Control: transparentUDPControl(false)}
+		c, err := d.DialContext(p.ctx, "udp", k.client.String())
+		if err != nil {
+			return err
+		}
+		f.client = c.(*net.UDPConn)
+		return nil
+	})
+	if err == nil {
+		f.server, err = p.dialUDPTo(st, serverAddr(srv, k.dst.Port()))
+	}
+	if err != nil {
+		if f.client != nil {
+			f.client.Close()
+		}
+		srv.conns.Add(-1)
+		if st.persistent {
+			p.table.Release(lease)
+		}
+		return nil, err
+	}
+	f.last.Store(time.Now().UnixNano())
+	srv.accepted.Add(1)
+	ft.mu.Lock()
+	ft.lru.Add(k, f)
+	evicted := ft.evicted
+	ft.evicted = nil
+	ft.mu.Unlock()
+	for _, e := range evicted {
+		p.closeTFlow(e)
+	}
+	ft.wg.Add(2)
+	go func() { defer ft.wg.Done(); p.tflowCopy(ft, f, f.server, f.client) }()
+	go func() { defer ft.wg.Done(); p.tflowCopy(ft, f, f.client, f.server) }()
+	return f, nil
+}
+
+// tflowCopy relays one direction of a flow until it has been idle both
+// ways for the idle timeout, or is closed.
+func (p *Proxy) tflowCopy(ft *tflows, f *tflow, from, to *net.UDPConn) {
+	idle := f.st.cfg.Limits.IdleTimeout.D()
+	if idle <= 0 {
+		idle = config.DefaultUDPIdleTimeout
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		from.SetReadDeadline(time.Unix(0, f.last.Load()).Add(idle))
+		n, err := from.Read(buf)
+		if err != nil {
+			if f.closed.Load() {
+				return
+			}
+			if !errors.Is(err, os.ErrDeadlineExceeded) || time.Since(time.Unix(0, f.last.Load())) < idle {
+				continue
+			}
+			ft.mu.Lock()
+			if cur, ok := ft.lru.Peek(f.key); ok && cur == f {
+				ft.lru.Remove(f.key)
+				ft.evicted = nil
+			}
+			ft.mu.Unlock()
+			p.closeTFlow(f)
+			return
+		}
+		f.last.Store(time.Now().UnixNano())
+		to.Write(buf[:n])
+	}
+}
+
+func (p *Proxy) closeTFlow(f *tflow) {
+	if f.closed.Swap(true) {
+		return
+	}
+	f.client.Close()
+	f.server.Close()
+	f.srv.conns.Add(-1)
+	if f.st.persistent {
+		p.table.Release(f.lease)
+	}
+}
+
+// closeTFlows ends every transparent flow and waits for their goroutines.
+func (p *Proxy) closeTFlows(ft *tflows) {
+	ft.mu.Lock()
+	var all []*tflow
+	for _, k := range ft.lru.Keys() {
+		if f, ok := ft.lru.Peek(k); ok {
+			all = append(all, f)
+		}
+	}
+	ft.lru.Purge()
+	ft.evicted = nil
+	ft.mu.Unlock()
+	for _, f := range all {
+		p.closeTFlow(f)
+	}
+	ft.wg.Wait()
+}
+
+// inNamespace runs f in the proxy's network namespace: directly, unless a
+// test put the proxy in a testenv host (Options.Do).
+func (p *Proxy) inNamespace(f func() error) error {
+	if p.do != nil {
+		return p.do(f)
+	}
+	return f()
+}
+
+func (p *Proxy) dialUDPTo(st *serviceState, addr netip.AddrPort) (*net.UDPConn, error) {
+	return p.dialUDP(st, &Server{Addr: addr})
+}
