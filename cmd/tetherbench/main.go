@@ -98,6 +98,16 @@ func bench(dur time.Duration) error {
 	if err != nil {
 		return err
 	}
+	echo, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return err
+	}
+	defer echo.Close()
+	go serveUDPEcho(echo)
+	udpListen, err := freeUDPAddr()
+	if err != nil {
+		return err
+	}
 	cfg := filepath.Join(dir, "bench.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`services:
   - name: bench
@@ -105,7 +115,12 @@ func bench(dur time.Duration) error {
     scheduler: wlc
     persistence: {timeout: 300s}
     servers: [{address: %s}]
-`, listen, ln.Addr())), 0o600)
+  - name: bench-udp
+    protocol: udp
+    listen: %s
+    persistence: {timeout: 300s}
+    servers: [{address: %s}]
+`, listen, ln.Addr(), udpListen, echo.LocalAddr())), 0o600)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	tether := exec.CommandContext(ctx, bin, "--log-level", "warn", "run", "--config", cfg)
@@ -136,7 +151,81 @@ func bench(dur time.Duration) error {
 		fmt.Fprintln(os.Stderr, "tetherbench: no HAProxy column:", err)
 	}
 	printTable(cols)
+
+	fmt.Printf("\n| UDP request/response, 8 clients | direct | tether |\n|---|---|---|\n")
+	for _, size := range []int{64, 1400} {
+		d, err := udpRate(echo.LocalAddr().String(), size, 8, dur)
+		if err != nil {
+			return fmt.Errorf("udp direct: %w", err)
+		}
+		t, err := udpRate(udpListen, size, 8, dur)
+		if err != nil {
+			return fmt.Errorf("udp through tether: %w", err)
+		}
+		fmt.Printf("| datagrams/s, %d B | %.0f | %.0f (%.2fx) |\n", size, d, t, t/d)
+	}
 	return nil
+}
+
+func serveUDPEcho(c *net.UDPConn) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		c.WriteToUDPAddrPort(buf[:n], from)
+	}
+}
+
+func freeUDPAddr() (string, error) {
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return c.LocalAddr().String(), nil
+}
+
+// udpRate counts datagrams (requests and replies) per second over clients
+// that each send one datagram of size bytes and wait for its echo, for
+// dur. A lost datagram costs its client a 100 ms wait, not the run.
+func udpRate(addr string, size, clients int, dur time.Duration) (float64, error) {
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	deadline := time.Now().Add(dur)
+	for w := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 11, 0, byte(w+1))}}
+			c, err := d.Dial("udp", addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			msg, got := make([]byte, size), make([]byte, 64<<10)
+			for time.Now().Before(deadline) {
+				if _, err := c.Write(msg); err != nil {
+					errs <- err
+					return
+				}
+				c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+				if _, err := c.Read(got); err == nil {
+					total.Add(2)
+				}
+			}
+		}()
+	}
+	start := time.Now()
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	return float64(total.Load()) / time.Since(start).Seconds(), nil
 }
 
 type column struct {
