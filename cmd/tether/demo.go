@@ -191,6 +191,7 @@ func demo(ctx context.Context, w io.Writer) error {
 const demoMarkConfig = `marks:
   - name: site
     mark: 0x10
+    protocol: both
     addresses: [198.18.0.10]
     ports: [80, 443, 21, 30000-30099]
 services:
@@ -207,12 +208,15 @@ services:
 // demoMarks is the demo's second part: nftables marks, TPROXY, and
 // persistence across ports and protocols.
 func demoMarks(ctx context.Context, w io.Writer, env *testenv.Env) error {
-	fmt.Fprintln(w, "\n  part 2: one firewall mark over 80, 443, 21 and 30000-30099 (nftables + TPROXY)")
+	fmt.Fprintln(w, "\n  part 2: one firewall mark over TCP and UDP 80, 443, 21 and 30000-30099 (nftables + TPROXY)")
 	for _, b := range env.Backends {
 		if _, err := b.ServeName(80); err != nil {
 			return err
 		}
 		if _, err := b.ServeName(443); err != nil {
+			return err
+		}
+		if _, err := b.ServeUDP(443); err != nil {
 			return err
 		}
 	}
@@ -238,7 +242,7 @@ func demoMarks(ctx context.Context, w io.Writer, env *testenv.Env) error {
 	if err != nil {
 		return err
 	}
-	p := proxy.New(cfg, proxy.Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+	p := proxy.New(cfg, proxy.Options{Do: env.LB.Do, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return env.LB.Dial(ctx, network, netip.Addr{}, addr)
 	}})
 	if err := env.LB.Do(p.Start); err != nil {
@@ -250,7 +254,7 @@ func demoMarks(ctx context.Context, w io.Writer, env *testenv.Env) error {
 	client := env.Clients[0]
 	type row struct{ seen []string }
 	rows := make([]row, len(client.Addrs))
-	steps := []string{"80", "443", "ftp", "80"}
+	steps := []string{"80", "443", "udp443", "ftp", "80"}
 	for i, src := range client.Addrs {
 		for _, step := range steps {
 			name := "-"
@@ -270,13 +274,20 @@ func demoMarks(ctx context.Context, w io.Writer, env *testenv.Env) error {
 				}
 				name = strings.TrimSpace(out.String())
 			default:
-				port := 80
-				if step == "443" {
+				port, network := 80, "tcp"
+				switch step {
+				case "443":
 					port = 443
+				case "udp443":
+					port, network = 443, "udp"
 				}
-				c, err := client.Dial(ctx, "tcp", src, netip.AddrPortFrom(testenv.VIP, uint16(port)).String())
+				c, err := client.Dial(ctx, network, src, netip.AddrPortFrom(testenv.VIP, uint16(port)).String())
 				if err != nil {
 					return fmt.Errorf("%s from %s: %w", step, src, err)
+				}
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				if network == "udp" {
+					c.Write([]byte("who?"))
 				}
 				line, err := bufio.NewReader(c).ReadString('\n')
 				c.Close()
@@ -289,7 +300,7 @@ func demoMarks(ctx context.Context, w io.Writer, env *testenv.Env) error {
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  client\t:80\t:443\tftp\t:80 again")
+	fmt.Fprintln(tw, "  client\t:80\t:443\tudp :443\tftp\t:80 again")
 	mixed := 0
 	for i, r := range rows {
 		distinct := map[string]bool{}
@@ -306,7 +317,7 @@ func demoMarks(ctx context.Context, w io.Writer, env *testenv.Env) error {
 		}
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "  ... (%d clients in all)\n  %d of %d clients saw two backends across 80, 443 and FTP: the mark is the service.\n", len(rows), mixed, len(rows))
+	fmt.Fprintf(w, "  ... (%d clients in all)\n  %d of %d clients saw two backends across TCP 80, 443, UDP 443 and FTP: the mark is the service.\n", len(rows), mixed, len(rows))
 	if mixed != 0 {
 		return fmt.Errorf("%d clients saw two backends under one mark", mixed)
 	}

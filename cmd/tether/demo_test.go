@@ -80,8 +80,8 @@ func TestDemo(t *testing.T) {
 		"no client saw two backends",
 		"persistence table (6 of 13 templates)",
 		"groups moved off backend1 once and stayed on their new backend",
-		"part 2: one firewall mark over 80, 443, 21 and 30000-30099",
-		"0 of 50 clients saw two backends across 80, 443 and FTP",
+		"part 2: one firewall mark over TCP and UDP 80, 443, 21 and 30000-30099",
+		"0 of 50 clients saw two backends across TCP 80, 443, UDP 443 and FTP",
 		"done: namespaces, links, rules and servers removed.",
 	} {
 		if !strings.Contains(out.String(), want) {
