@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/marks"
@@ -42,19 +41,14 @@ type tflow struct {
 	closed atomic.Bool
 }
 
+// tflows are the transparent UDP flows, and the goroutines that relay them.
 type tflows struct {
-	mu      sync.Mutex
-	lru     *simplelru.LRU[tflowKey, *tflow]
-	evicted []*tflow
-	wg      sync.WaitGroup
+	*lruSet[tflowKey, *tflow]
+	wg sync.WaitGroup
 }
 
 func newTFlows() *tflows {
-	t := &tflows{}
-	t.lru, _ = simplelru.NewLRU[tflowKey, *tflow](config.DefaultMaxFlows, func(_ tflowKey, f *tflow) {
-		t.evicted = append(t.evicted, f)
-	})
-	return t
+	return &tflows{lruSet: newLRUSet[tflowKey, *tflow](config.DefaultMaxFlows)}
 }
 
 // transparentUDPControl makes a socket transparent (it may bind and send
@@ -170,9 +164,7 @@ func (p *Proxy) serveTransparentUDP(tp *transparent, l *net.UDPConn) {
 
 func (p *Proxy) tflowFor(tp *transparent, k tflowKey) (*tflow, error) {
 	ft := tp.uflows
-	ft.mu.Lock()
-	f, ok := ft.lru.Get(k)
-	ft.mu.Unlock()
+	f, ok := ft.get(k)
 	if ok && !f.closed.Load() {
 		return f, nil
 	}
@@ -216,12 +208,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey) (*tflow, error) {
 	}
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
-	ft.mu.Lock()
-	ft.lru.Add(k, f)
-	evicted := ft.evicted
-	ft.evicted = nil
-	ft.mu.Unlock()
-	for _, e := range evicted {
+	for _, e := range ft.add(k, f) {
 		p.closeTFlow(e)
 	}
 	ft.wg.Add(2)
@@ -248,12 +235,7 @@ func (p *Proxy) tflowCopy(ft *tflows, f *tflow, from, to *net.UDPConn) {
 			if !errors.Is(err, os.ErrDeadlineExceeded) || time.Since(time.Unix(0, f.last.Load())) < idle {
 				continue
 			}
-			ft.mu.Lock()
-			if cur, ok := ft.lru.Peek(f.key); ok && cur == f {
-				ft.lru.Remove(f.key)
-				ft.evicted = nil
-			}
-			ft.mu.Unlock()
+			ft.remove(f.key, f)
 			p.closeTFlow(f)
 			return
 		}
@@ -276,17 +258,7 @@ func (p *Proxy) closeTFlow(f *tflow) {
 
 // closeTFlows ends every transparent flow and waits for their goroutines.
 func (p *Proxy) closeTFlows(ft *tflows) {
-	ft.mu.Lock()
-	var all []*tflow
-	for _, k := range ft.lru.Keys() {
-		if f, ok := ft.lru.Peek(k); ok {
-			all = append(all, f)
-		}
-	}
-	ft.lru.Purge()
-	ft.evicted = nil
-	ft.mu.Unlock()
-	for _, f := range all {
+	for _, f := range ft.drain() {
 		p.closeTFlow(f)
 	}
 	ft.wg.Wait()

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
-	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/tetherlb/tether/affinity"
 )
 
@@ -32,30 +31,10 @@ type flow struct {
 	closed atomic.Bool
 }
 
-// flowTable is a service's flows, bounded: at the cap the least recently
-// used flow goes (a flood of spoofed sources cannot grow memory past it).
-type flowTable struct {
-	mu  sync.Mutex
-	lru *simplelru.LRU[netip.AddrPort, *flow]
-	// evicted collects the flows the LRU pushed out under mu; they are
-	// closed after mu is released.
-	evicted []*flow
-}
+// flowTable is a service's flows, by client address:port.
+type flowTable = lruSet[netip.AddrPort, *flow]
 
-func newFlowTable(size int) *flowTable {
-	ft := &flowTable{}
-	ft.lru, _ = simplelru.NewLRU[netip.AddrPort, *flow](max(size, 1), func(_ netip.AddrPort, f *flow) {
-		ft.evicted = append(ft.evicted, f)
-	})
-	return ft
-}
-
-// Len is the number of flows.
-func (ft *flowTable) Len() int {
-	ft.mu.Lock()
-	defer ft.mu.Unlock()
-	return ft.lru.Len()
-}
+func newFlowTable(size int) *flowTable { return newLRUSet[netip.AddrPort, *flow](size) }
 
 // UDPFlows is the number of open flows of the UDP service listening on
 // listen (for tests and the admin listing).
@@ -105,10 +84,7 @@ func (p *Proxy) serveUDP(svc *service) {
 // flowFor returns the client's flow, making it (scheduled through the
 // persistence table) when there is none.
 func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *sync.WaitGroup) (*flow, error) {
-	ft := svc.flows
-	ft.mu.Lock()
-	f, ok := ft.lru.Get(src)
-	ft.mu.Unlock()
+	f, ok := svc.flows.get(src)
 	if ok && !f.closed.Load() {
 		return f, nil
 	}
@@ -127,12 +103,7 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 	f = &flow{client: src, srv: srv, st: st, lease: lease, conn: conn}
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
-	ft.mu.Lock()
-	ft.lru.Add(src, f)
-	evicted := ft.evicted
-	ft.evicted = nil
-	ft.mu.Unlock()
-	for _, e := range evicted {
+	for _, e := range svc.flows.add(src, f) {
 		p.closeFlow(e)
 	}
 	wg.Add(1)
@@ -200,12 +171,7 @@ func (p *Proxy) flowReplies(svc *service, f *flow) {
 			if !errors.Is(err, os.ErrDeadlineExceeded) && !f.closed.Load() {
 				continue // ICMP refusal and the like: the server may come back
 			}
-			svc.flows.mu.Lock()
-			if cur, ok := svc.flows.lru.Peek(f.client); ok && cur == f {
-				svc.flows.lru.Remove(f.client) // our own callback appends it
-				svc.flows.evicted = nil
-			}
-			svc.flows.mu.Unlock()
+			svc.flows.remove(f.client, f)
 			p.closeFlow(f)
 			return
 		}
@@ -229,17 +195,7 @@ func (p *Proxy) closeFlow(f *flow) {
 }
 
 func (p *Proxy) closeFlows(svc *service) {
-	svc.flows.mu.Lock()
-	var all []*flow
-	for _, k := range svc.flows.lru.Keys() {
-		if f, ok := svc.flows.lru.Peek(k); ok {
-			all = append(all, f)
-		}
-	}
-	svc.flows.lru.Purge()
-	svc.flows.evicted = nil
-	svc.flows.mu.Unlock()
-	for _, f := range all {
+	for _, f := range svc.flows.drain() {
 		p.closeFlow(f)
 	}
 }
