@@ -45,9 +45,12 @@ type File struct {
 	TProxyIngress []string `yaml:"tproxy_ingress,omitempty"`
 	// TProxyRouteTable and TProxyRulePriority place that routing; default
 	// 100 and 1000.
-	TProxyRouteTable   int       `yaml:"tproxy_route_table,omitempty"`
-	TProxyRulePriority int       `yaml:"tproxy_rule_priority,omitempty"`
-	Services           []Service `yaml:"services"`
+	TProxyRouteTable   int `yaml:"tproxy_route_table,omitempty"`
+	TProxyRulePriority int `yaml:"tproxy_rule_priority,omitempty"`
+	// UDPMaxFlows bounds the UDP flows of all services together (default
+	// 262144); each service has its own limits.max_flows too.
+	UDPMaxFlows int       `yaml:"udp_max_flows,omitempty"`
+	Services    []Service `yaml:"services"`
 }
 
 // MarkClass is one firewall-mark class.
@@ -127,6 +130,7 @@ const (
 	DefaultTProxyPort      = 50080
 	DefaultUDPIdleTimeout  = 300 * time.Second
 	DefaultMaxFlows        = 65536
+	DefaultUDPMaxFlows     = 262144
 )
 
 // Schedulers are the scheduler names a service may use (IPVS's).
@@ -331,6 +335,9 @@ func (v *validator) check(f *File) {
 	switch t := f.TProxyRouteTable; {
 	case t < 0 || t > 0 && t >= 253 && t <= 255:
 		v.errf("tproxy_route_table", "%d is not a free routing table (253 default, 254 main and 255 local are the kernel's)", t)
+	}
+	if f.UDPMaxFlows < 0 {
+		v.errf("udp_max_flows", "%d is negative", f.UDPMaxFlows)
 	}
 	if f.TProxyRulePriority < 0 || f.TProxyRulePriority > 32765 {
 		v.errf("tproxy_rule_priority", "%d is outside 1..32765 (main is at 32766)", f.TProxyRulePriority)
@@ -550,6 +557,9 @@ func (f *File) normalize() {
 	}
 	if f.DrainTimeout == 0 {
 		f.DrainTimeout = Duration(DefaultDrainTimeout)
+	}
+	if f.UDPMaxFlows == 0 {
+		f.UDPMaxFlows = DefaultUDPMaxFlows
 	}
 	if f.TProxyPort == 0 && len(f.Marks) > 0 {
 		f.TProxyPort = DefaultTProxyPort

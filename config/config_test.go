@@ -48,6 +48,7 @@ func TestParseNormalizes(t *testing.T) {
 		Metrics:      Metrics{Listen: "127.0.0.1:9105"},
 		Affinity:     Affinity{Capacity: 1 << 20},
 		DrainTimeout: Duration(30 * time.Second),
+		UDPMaxFlows:  262144,
 		Services: []Service{{
 			Name: "web", Protocol: "tcp", Listen: "198.18.0.10:80", Scheduler: "mh",
 			Persistence: &Persistence{Timeout: Duration(600 * time.Second), Netmask: "255.255.255.0", Netmask6: "128"},

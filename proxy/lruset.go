@@ -49,6 +49,15 @@ func (s *lruSet[K, V]) remove(k K, v V) {
 	s.evicted = nil
 }
 
+// removeOldest drops the least recently used entry and returns it.
+func (s *lruSet[K, V]) removeOldest() (V, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, v, ok := s.lru.RemoveOldest()
+	s.evicted = nil
+	return v, ok
+}
+
 // drain empties the set and returns what it held.
 func (s *lruSet[K, V]) drain() []V {
 	s.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/tetherlb/tether/affinity"
@@ -68,6 +69,9 @@ type Proxy struct {
 	conns    conns
 
 	tp *transparent // the TPROXY listeners and nft table, with marks
+
+	flowsTotal atomic.Int64 // UDP flows of all services, against udp_max_flows
+	cfgNow     atomic.Pointer[config.File]
 }
 
 // New prepares a proxy for cfg; Start opens its listeners.
@@ -84,6 +88,7 @@ func New(cfg *config.File, o Options) *Proxy {
 		p.owned = true
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.cfgNow.Store(cfg)
 	return p
 }
 
@@ -144,6 +149,7 @@ func (p *Proxy) Reload(cfg *config.File) error {
 		return err
 	}
 	p.cfg = cfg
+	p.cfgNow.Store(cfg)
 	return nil
 }
 
@@ -386,3 +392,21 @@ func coversUDP(cfg *config.File) bool {
 	}
 	return false
 }
+
+// roomForFlow makes room for one more UDP flow under udp_max_flows by
+// closing the oldest flow of set, and reports whether there is room.
+func roomForFlow[K comparable, V comparable](p *Proxy, set *lruSet[K, V], closeV func(V)) bool {
+	limit := int64(p.currentCfg().UDPMaxFlows)
+	if limit <= 0 || p.flowsTotal.Load() < limit {
+		return true
+	}
+	if v, ok := set.removeOldest(); ok {
+		closeV(v)
+		return true
+	}
+	return false
+}
+
+// currentCfg is the configuration in force; the data path reads it
+// without taking p.mu, which Reload holds.
+func (p *Proxy) currentCfg() *config.File { return p.cfgNow.Load() }

@@ -64,6 +64,11 @@ func transparentUDPControl(recvOrigDst bool) func(network, address string, c sys
 				}
 			}
 			set(unix.SOL_SOCKET, unix.SO_REUSEADDR)
+			if recvOrigDst {
+				// Each datagram's mark as control data (Linux 5.19+;
+				// without it tether classifies by destination).
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVMARK, 1)
+			}
 			if strings.HasSuffix(network, "6") {
 				set(unix.SOL_IPV6, unix.IPV6_TRANSPARENT)
 				if recvOrigDst {
@@ -115,23 +120,26 @@ func (p *Proxy) openTransparentUDP(tp *transparent, cfg *config.File) error {
 	return nil
 }
 
-// origDst reads the original destination from IP_ORIGDSTADDR or
-// IPV6_ORIGDSTADDR control data.
-func origDst(oob []byte) (netip.AddrPort, bool) {
+// origDst reads a datagram's original destination (IP_ORIGDSTADDR or
+// IPV6_ORIGDSTADDR) and its mark (SO_MARK, with SO_RCVMARK; 0 if absent)
+// from its control data.
+func origDst(oob []byte) (dst netip.AddrPort, mark uint32, ok bool) {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return netip.AddrPort{}, false
+		return netip.AddrPort{}, 0, false
 	}
 	for _, m := range msgs {
 		d := m.Data
 		switch {
 		case m.Header.Level == unix.SOL_IP && m.Header.Type == unix.IP_ORIGDSTADDR && len(d) >= 8:
-			return netip.AddrPortFrom(netip.AddrFrom4([4]byte(d[4:8])), binary.BigEndian.Uint16(d[2:4])), true
+			dst, ok = netip.AddrPortFrom(netip.AddrFrom4([4]byte(d[4:8])), binary.BigEndian.Uint16(d[2:4])), true
 		case m.Header.Level == unix.SOL_IPV6 && m.Header.Type == unix.IPV6_ORIGDSTADDR && len(d) >= 24:
-			return netip.AddrPortFrom(netip.AddrFrom16([16]byte(d[8:24])).Unmap(), binary.BigEndian.Uint16(d[2:4])), true
+			dst, ok = netip.AddrPortFrom(netip.AddrFrom16([16]byte(d[8:24])).Unmap(), binary.BigEndian.Uint16(d[2:4])), true
+		case m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SO_MARK && len(d) >= 4:
+			mark = binary.NativeEndian.Uint32(d)
 		}
 	}
-	return netip.AddrPort{}, false
+	return dst, mark, ok
 }
 
 // serveTransparentUDP reads the first datagrams of flows (later ones go to
@@ -147,12 +155,12 @@ func (p *Proxy) serveTransparentUDP(tp *transparent, l *net.UDPConn) {
 			}
 			continue
 		}
-		dst, ok := origDst(oob[:oobn])
+		dst, mark, ok := origDst(oob[:oobn])
 		if !ok {
 			continue
 		}
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-		f, err := p.tflowFor(tp, tflowKey{src, dst})
+		f, err := p.tflowFor(tp, tflowKey{src, dst}, mark)
 		if err != nil {
 			p.log.Debug("transparent udp datagram dropped", "src", src, "dst", dst, "err", err)
 			continue
@@ -162,23 +170,33 @@ func (p *Proxy) serveTransparentUDP(tp *transparent, l *net.UDPConn) {
 	}
 }
 
-func (p *Proxy) tflowFor(tp *transparent, k tflowKey) (*tflow, error) {
+// tflowFor returns the flow of k, making it when there is none: its
+// service is the datagram's mark, or else the class its destination
+// matches.
+func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, error) {
 	ft := tp.uflows
 	f, ok := ft.get(k)
 	if ok && !f.closed.Load() {
 		return f, nil
 	}
-	cl, ok := tp.set.Load().Match(marks.UDP, k.dst.Addr(), k.dst.Port())
-	if !ok {
-		return nil, errors.New("no mark class")
+	set := tp.set.Load()
+	if mark &= set.MarkMask(); mark == 0 {
+		cl, ok := set.Match(marks.UDP, k.dst.Addr(), k.dst.Port())
+		if !ok {
+			return nil, errors.New("no mark class")
+		}
+		mark = cl.Mark
 	}
 	p.svcMu.RLock()
-	svc := p.services[svcKey{mark: cl.Mark}]
+	svc := p.services[svcKey{mark: mark}]
 	p.svcMu.RUnlock()
 	if svc == nil {
-		return nil, fmt.Errorf("no service for mark %d", cl.Mark)
+		return nil, fmt.Errorf("no service for mark %d", mark)
 	}
 	st := svc.state.Load()
+	if !roomForFlow(p, ft.lruSet, p.closeTFlow) {
+		return nil, errors.New("udp_max_flows reached")
+	}
 	srv, lease, err := p.chooseUDP(st, k.client.Addr())
 	if err != nil {
 		return nil, err
@@ -206,6 +224,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey) (*tflow, error) {
 		}
 		return nil, err
 	}
+	p.flowsTotal.Add(1)
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
 	for _, e := range ft.add(k, f) {
@@ -248,6 +267,7 @@ func (p *Proxy) closeTFlow(f *tflow) {
 	if f.closed.Swap(true) {
 		return
 	}
+	p.flowsTotal.Add(-1)
 	f.client.Close()
 	f.server.Close()
 	f.srv.conns.Add(-1)

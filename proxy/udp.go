@@ -88,6 +88,9 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 	if ok && !f.closed.Load() {
 		return f, nil
 	}
+	if !roomForFlow(p, svc.flows, p.closeFlow) {
+		return nil, errors.New("udp_max_flows reached")
+	}
 	srv, lease, err := p.chooseUDP(st, src.Addr())
 	if err != nil {
 		return nil, err
@@ -101,6 +104,7 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 		return nil, err
 	}
 	f = &flow{client: src, srv: srv, st: st, lease: lease, conn: conn}
+	p.flowsTotal.Add(1)
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
 	for _, e := range svc.flows.add(src, f) {
@@ -187,6 +191,7 @@ func (p *Proxy) closeFlow(f *flow) {
 	if f.closed.Swap(true) {
 		return
 	}
+	p.flowsTotal.Add(-1)
 	f.conn.Close()
 	f.srv.conns.Add(-1)
 	if f.st.persistent {

@@ -237,3 +237,33 @@ func TestUDPNoAllocationPerDatagram(t *testing.T) {
 		t.Errorf("%.2f allocations per datagram round trip through an established flow, want 0", allocs)
 	}
 }
+
+// udp_max_flows bounds the flows of all services together: at the total
+// cap a new flow pushes out the oldest flow of its own service, and every
+// client is still answered.
+func TestUDPTotalFlowCap(t *testing.T) {
+	b := udpBackend(t, "a")
+	l1, l2 := freeUDPAddr(t), freeUDPAddr(t)
+	cfg := fmt.Sprintf(`udp_max_flows: 10
+services:
+  - {name: one, protocol: udp, listen: "%s", limits: {max_flows: 100}, servers: [{address: "%s"}]}
+  - {name: two, protocol: udp, listen: "%s", limits: {max_flows: 100}, servers: [{address: "%s"}]}
+`, l1, b, l2, b)
+	p := startProxy(t, mustConfig(t, cfg), Options{})
+	v1, v2 := netip.MustParseAddrPort(l1), netip.MustParseAddrPort(l2)
+	for i := range 30 {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 7, 0, byte(i+1))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, vip := range []netip.AddrPort{v1, v2} {
+			if _, _, err := askUDP(c, vip); err != nil {
+				t.Fatalf("client %d at the total cap: %v", i, err)
+			}
+		}
+		c.Close()
+		if n := p.UDPFlows(v1) + p.UDPFlows(v2); n > 10 {
+			t.Fatalf("%d flows in all, udp_max_flows is 10", n)
+		}
+	}
+}
