@@ -191,41 +191,25 @@ func freeUDPAddr() (string, error) {
 // that each send one datagram of size bytes and wait for its echo, for
 // dur. A lost datagram costs its client a 100 ms wait, not the run.
 func udpRate(addr string, size, clients int, dur time.Duration) (float64, error) {
-	var total atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	deadline := time.Now().Add(dur)
-	for w := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d := net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 11, 0, byte(w+1))}}
-			c, err := d.Dial("udp", addr)
-			if err != nil {
-				errs <- err
-				return
+	return forWorkers(clients, dur, func(w int, deadline time.Time, count func(int64)) error {
+		d := net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 11, 0, byte(w+1))}}
+		c, err := d.Dial("udp", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		msg, got := make([]byte, size), make([]byte, 64<<10)
+		for time.Now().Before(deadline) {
+			if _, err := c.Write(msg); err != nil {
+				return err
 			}
-			defer c.Close()
-			msg, got := make([]byte, size), make([]byte, 64<<10)
-			for time.Now().Before(deadline) {
-				if _, err := c.Write(msg); err != nil {
-					errs <- err
-					return
-				}
-				c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-				if _, err := c.Read(got); err == nil {
-					total.Add(2)
-				}
+			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			if _, err := c.Read(got); err == nil {
+				count(2)
 			}
-		}()
-	}
-	start := time.Now()
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		return 0, err
-	}
-	return float64(total.Load()) / time.Since(start).Seconds(), nil
+		}
+		return nil
+	})
 }
 
 type column struct {
@@ -336,35 +320,23 @@ func measure(addr string, dur time.Duration) (result, error) {
 	return r, err
 }
 
-// throughput sends to the sink over n connections for dur.
-func throughput(addr string, n int, dur time.Duration) (float64, error) {
+// forWorkers runs work in n goroutines until dur passes and returns the
+// events per second they counted; the first error ends the measurement.
+func forWorkers(n int, dur time.Duration, work func(w int, deadline time.Time, count func(int64)) error) (float64, error) {
 	var total atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	deadline := time.Now().Add(dur)
-	for range n {
+	start := time.Now()
+	for w := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
+			if err := work(w, deadline, func(k int64) { total.Add(k) }); err != nil {
 				errs <- err
-				return
-			}
-			defer c.Close()
-			buf := make([]byte, 256<<10)
-			buf[0] = modeSink
-			for time.Now().Before(deadline) {
-				k, err := c.Write(buf)
-				total.Add(int64(k))
-				if err != nil {
-					errs <- err
-					return
-				}
 			}
 		}()
 	}
-	start := time.Now()
 	wg.Wait()
 	close(errs)
 	if err := <-errs; err != nil {
@@ -373,48 +345,51 @@ func throughput(addr string, n int, dur time.Duration) (float64, error) {
 	return float64(total.Load()) / time.Since(start).Seconds(), nil
 }
 
+// throughput sends to the sink over n connections for dur: bytes/s.
+func throughput(addr string, n int, dur time.Duration) (float64, error) {
+	return forWorkers(n, dur, func(_ int, deadline time.Time, count func(int64)) error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		buf := make([]byte, 256<<10)
+		buf[0] = modeSink
+		for time.Now().Before(deadline) {
+			k, err := c.Write(buf)
+			count(int64(k))
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // connRate opens, uses and closes connections from n clients for dur. The
 // clients take source addresses across 127.0.0.0/8 so that no port range
 // runs out.
 func connRate(addr string, n int, dur time.Duration) (float64, error) {
-	var total atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	deadline := time.Now().Add(dur)
-	for w := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; time.Now().Before(deadline); i++ {
-				src := &net.TCPAddr{IP: net.IPv4(127, 10, byte(w), byte(i%250+1))}
-				d := net.Dialer{LocalAddr: src, Timeout: 5 * time.Second}
-				c, err := d.Dial("tcp", addr)
-				if err != nil {
-					errs <- err
-					return
-				}
-				var b [1]byte
-				b[0] = modeClose
-				_, err = c.Write(b[:])
-				if err == nil {
-					_, err = io.ReadFull(c, b[:])
-				}
-				c.Close()
-				if err != nil {
-					errs <- err
-					return
-				}
-				total.Add(1)
+	return forWorkers(n, dur, func(w int, deadline time.Time, count func(int64)) error {
+		for i := 0; time.Now().Before(deadline); i++ {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 10, byte(w), byte(i%250+1))}, Timeout: 5 * time.Second}
+			c, err := d.Dial("tcp", addr)
+			if err != nil {
+				return err
 			}
-		}()
-	}
-	start := time.Now()
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		return 0, err
-	}
-	return float64(total.Load()) / time.Since(start).Seconds(), nil
+			b := [1]byte{modeClose}
+			_, err = c.Write(b[:])
+			if err == nil {
+				_, err = io.ReadFull(c, b[:])
+			}
+			c.Close()
+			if err != nil {
+				return err
+			}
+			count(1)
+		}
+		return nil
+	})
 }
 
 // latency ping-pongs 64 bytes on one connection for dur.
