@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -29,9 +28,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 // the test ends or when the returned stop is called.
 func startInLB(t *testing.T, env *testenv.Env, cfg string, o Options) (*Proxy, func()) {
 	t.Helper()
-	o.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return env.LB.Dial(ctx, network, netip.Addr{}, addr)
-	}
+	o.Do = env.LB.Do
 	p := New(mustConfig(t, cfg), o)
 	if err := env.LB.Do(p.Start); err != nil {
 		t.Fatal(err)
@@ -388,11 +385,8 @@ func TestStaleTableWithoutOwnerFlag(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: %s}]\n", testenv.VIP, testenv.BackendAddr(0))
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return env.LB.Dial(ctx, network, netip.Addr{}, addr)
-	}
 	var logs bytes.Buffer
-	first := New(mustConfig(t, cfg), Options{Dial: dial})
+	first := New(mustConfig(t, cfg), Options{Do: env.LB.Do})
 	first.noTableOwner = true
 	if err := env.LB.Do(first.Start); err != nil {
 		t.Fatal(err)
@@ -409,7 +403,7 @@ func TestStaleTableWithoutOwnerFlag(t *testing.T) {
 	if !strings.Contains(tables, "inet tether") {
 		t.Fatalf("without the owner flag the table should outlive its process: %q", tables)
 	}
-	second := New(mustConfig(t, cfg), Options{Dial: dial, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	second := New(mustConfig(t, cfg), Options{Do: env.LB.Do, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	second.noTableOwner = true
 	if err := env.LB.Do(second.Start); err != nil {
 		t.Fatal(err)
@@ -443,7 +437,7 @@ func TestPersistenceAcrossTCPAndUDP(t *testing.T) {
 	}
 	vip := netip.AddrPortFrom(testenv.VIP, 443)
 	run := func(persistence string) (mixed int) {
-		_, stop := startInLB(t, env, cfg(persistence), Options{Do: env.LB.Do})
+		_, stop := startInLB(t, env, cfg(persistence), Options{})
 		defer stop()
 		client := env.Clients[0]
 		for _, src := range client.Addrs {

@@ -28,14 +28,10 @@ type Options struct {
 	// Table is the persistence table to use; nil makes one sized by the
 	// config. Tests pass one with an injected clock.
 	Table *affinity.Table
-	// Dial connects to real servers; nil uses a net.Dialer with the
-	// service's connect timeout. testenv passes one that dials from a
-	// network namespace. It must return a *net.TCPConn, so that the data
-	// path can splice.
-	Dial func(ctx context.Context, network, address string) (net.Conn, error)
-	// Do runs f in the proxy's network namespace, for sockets made outside
-	// Start and Reload (transparent UDP flows); nil runs f as is. testenv
-	// passes its host's Do.
+	// Do runs f in the proxy's network namespace: every socket the proxy
+	// makes after Start (dials to real servers, transparent UDP flows) is
+	// made through it. nil runs f as is, in the namespace the process is
+	// in; tests that put the proxy in a testenv host pass the host's Do.
 	Do func(f func() error) error
 	// SetSysctls lets the proxy set the sysctls its data paths want in
 	// its network namespace (tether run --set-sysctls); otherwise it only
@@ -46,37 +42,34 @@ type Options struct {
 // Proxy runs the virtual services of one configuration and follows its
 // reloads.
 type Proxy struct {
-	log  *slog.Logger
-	met  *metrics.Metrics
-	dial func(ctx context.Context, network, address string) (net.Conn, error)
-
-	setSysctls bool
+	log        *slog.Logger
+	met        *metrics.Metrics
 	do         func(func() error) error
-	// noTableOwner is set once the kernel has refused the table owner
-	// flag (and by tests, to take that path on kernels that have it).
-	noTableOwner bool
-	table        *affinity.Table
-	owned        bool // table made here, closed here
+	setSysctls bool
+	table      *affinity.Table
+	owned      bool // table made here, closed here
 
 	ctx    context.Context // cancelled when a stop gives up draining
 	cancel context.CancelFunc
 
-	mu  sync.Mutex // serialises Start, Reload, Shutdown
-	cfg *config.File
+	mu  sync.Mutex                  // serialises Start, Reload, Shutdown
+	cfg atomic.Pointer[config.File] // in force; the data path reads it too
 
 	svcMu    sync.RWMutex // guards services; connections read it
 	services map[svcKey]*service
 	conns    conns
 
 	tp *transparent // the TPROXY listeners and nft table, with marks
+	// noTableOwner is set once the kernel has refused the table owner
+	// flag (and by tests, to take that path on kernels that have it).
+	noTableOwner bool
 
 	flowsTotal atomic.Int64 // UDP flows of all services, against udp_max_flows
-	cfgNow     atomic.Pointer[config.File]
 }
 
 // New prepares a proxy for cfg; Start opens its listeners.
 func New(cfg *config.File, o Options) *Proxy {
-	p := &Proxy{log: o.Logger, met: o.Metrics, table: o.Table, dial: o.Dial, setSysctls: o.SetSysctls, do: o.Do, cfg: cfg, services: map[svcKey]*service{}}
+	p := &Proxy{log: o.Logger, met: o.Metrics, table: o.Table, setSysctls: o.SetSysctls, do: o.Do, services: map[svcKey]*service{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -88,7 +81,7 @@ func New(cfg *config.File, o Options) *Proxy {
 		p.owned = true
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
-	p.cfgNow.Store(cfg)
+	p.cfg.Store(cfg)
 	return p
 }
 
@@ -109,11 +102,11 @@ func (p *Proxy) Table() *affinity.Table { return p.table }
 func (p *Proxy) Start() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	plan, err := p.plan(p.cfg)
+	plan, err := p.plan(p.currentCfg())
 	if err != nil {
 		return err
 	}
-	if path := p.cfg.Snapshot; path != "" {
+	if path := p.currentCfg().Snapshot; path != "" {
 		// Register services and servers first: restore keeps only the
 		// templates whose service and server still exist.
 		for _, s := range plan.start {
@@ -148,8 +141,7 @@ func (p *Proxy) Reload(cfg *config.File) error {
 	if err := p.commit(plan); err != nil {
 		return err
 	}
-	p.cfg = cfg
-	p.cfgNow.Store(cfg)
+	p.cfg.Store(cfg)
 	return nil
 }
 
@@ -369,7 +361,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	}
 	p.cancel()
 	err := p.removeMarks()
-	if path := p.cfg.Snapshot; path != "" {
+	if path := p.currentCfg().Snapshot; path != "" {
 		if serr := p.table.SaveSnapshot(path); serr != nil {
 			err = errors.Join(err, serr)
 		} else {
@@ -407,6 +399,26 @@ func roomForFlow[K comparable, V comparable](p *Proxy, set *lruSet[K, V], closeV
 	return false
 }
 
-// currentCfg is the configuration in force; the data path reads it
-// without taking p.mu, which Reload holds.
-func (p *Proxy) currentCfg() *config.File { return p.cfgNow.Load() }
+// currentCfg is the configuration in force.
+func (p *Proxy) currentCfg() *config.File { return p.cfg.Load() }
+
+// inNamespace runs f in the proxy's network namespace (Options.Do).
+func (p *Proxy) inNamespace(f func() error) error {
+	if p.do != nil {
+		return p.do(f)
+	}
+	return f()
+}
+
+// dialNet connects to a real server within the service's connect timeout,
+// from the proxy's namespace.
+func (p *Proxy) dialNet(st *serviceState, network string, addr netip.AddrPort) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(p.ctx, st.dialer.Timeout)
+	defer cancel()
+	var c net.Conn
+	err := p.inNamespace(func() (err error) {
+		c, err = st.dialer.DialContext(ctx, network, addr.String())
+		return err
+	})
+	return c, err
+}

@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -131,26 +129,11 @@ func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (*Ser
 }
 
 func (p *Proxy) dialServer(st *serviceState, srv *Server, dport uint16) (*net.TCPConn, error) {
-	addr := serverAddr(srv, dport).String()
-	if p.dial == nil {
-		c, err := st.dialer.DialContext(p.ctx, "tcp", addr)
-		if err != nil {
-			return nil, err
-		}
-		return c.(*net.TCPConn), nil
-	}
-	ctx, cancel := context.WithTimeout(p.ctx, st.dialer.Timeout)
-	defer cancel()
-	c, err := p.dial(ctx, "tcp", addr)
+	c, err := p.dialNet(st, "tcp", serverAddr(srv, dport))
 	if err != nil {
 		return nil, err
 	}
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		c.Close()
-		return nil, fmt.Errorf("Options.Dial returned a %T, not a *net.TCPConn", c)
-	}
-	return tc, nil
+	return c.(*net.TCPConn), nil
 }
 
 func decision(hit bool) string {

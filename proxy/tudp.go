@@ -212,7 +212,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 		return nil
 	})
 	if err == nil {
-		f.server, err = p.dialUDPTo(st, serverAddr(srv, k.dst.Port()))
+		f.server, err = p.dialUDP(st, serverAddr(srv, k.dst.Port()))
 	}
 	if err != nil {
 		if f.client != nil {
@@ -282,17 +282,4 @@ func (p *Proxy) closeTFlows(ft *tflows) {
 		p.closeTFlow(f)
 	}
 	ft.wg.Wait()
-}
-
-// inNamespace runs f in the proxy's network namespace: directly, unless a
-// test put the proxy in a testenv host (Options.Do).
-func (p *Proxy) inNamespace(f func() error) error {
-	if p.do != nil {
-		return p.do(f)
-	}
-	return f()
-}
-
-func (p *Proxy) dialUDPTo(st *serviceState, addr netip.AddrPort) (*net.UDPConn, error) {
-	return p.dialUDP(st, &Server{Addr: addr})
 }

@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -95,7 +93,7 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 	if err != nil {
 		return nil, err
 	}
-	conn, err := p.dialUDP(st, srv)
+	conn, err := p.dialUDP(st, srv.Addr)
 	if err != nil {
 		srv.conns.Add(-1)
 		if st.persistent {
@@ -139,25 +137,12 @@ func (p *Proxy) chooseUDP(st *serviceState, client netip.Addr) (*Server, affinit
 	return srv, lease, nil
 }
 
-func (p *Proxy) dialUDP(st *serviceState, srv *Server) (*net.UDPConn, error) {
-	ctx, cancel := context.WithTimeout(p.ctx, st.dialer.Timeout)
-	defer cancel()
-	var c net.Conn
-	var err error
-	if p.dial != nil {
-		c, err = p.dial(ctx, "udp", srv.Addr.String())
-	} else {
-		c, err = st.dialer.DialContext(ctx, "udp", srv.Addr.String())
-	}
+func (p *Proxy) dialUDP(st *serviceState, addr netip.AddrPort) (*net.UDPConn, error) {
+	c, err := p.dialNet(st, "udp", addr)
 	if err != nil {
 		return nil, err
 	}
-	uc, ok := c.(*net.UDPConn)
-	if !ok {
-		c.Close()
-		return nil, fmt.Errorf("dial udp returned a %T", c)
-	}
-	return uc, nil
+	return c.(*net.UDPConn), nil
 }
 
 // flowReplies relays the server's replies to the client until the flow has
@@ -219,7 +204,7 @@ func (p *Proxy) onePacket(svc *service, st *serviceState, src netip.AddrPort, b 
 			p.table.Release(lease)
 		}
 	}
-	conn, err := p.dialUDP(st, srv)
+	conn, err := p.dialUDP(st, srv.Addr)
 	if err != nil {
 		release()
 		return

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -79,9 +78,7 @@ func demo(ctx context.Context, w io.Writer) error {
 		}
 		servers[b.Name] = s
 	}
-	p := proxy.New(cfg, proxy.Options{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return env.LB.Dial(ctx, network, netip.Addr{}, addr)
-	}})
+	p := proxy.New(cfg, proxy.Options{Do: env.LB.Do})
 	if err := env.LB.Do(p.Start); err != nil {
 		return err
 	}
@@ -242,9 +239,7 @@ func demoMarks(ctx context.Context, w io.Writer, env *testenv.Env) error {
 	if err != nil {
 		return err
 	}
-	p := proxy.New(cfg, proxy.Options{Do: env.LB.Do, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return env.LB.Dial(ctx, network, netip.Addr{}, addr)
-	}})
+	p := proxy.New(cfg, proxy.Options{Do: env.LB.Do})
 	if err := env.LB.Do(p.Start); err != nil {
 		return err
 	}
