@@ -14,7 +14,7 @@ const mhSize = 65537
 // server without sharing state.
 type mh struct {
 	table []*Server
-	live  int
+	live  []*Server // weight above 0, in the table
 }
 
 func newMH(servers []*Server) *mh {
@@ -26,7 +26,7 @@ func newMH(servers []*Server) *mh {
 			g = gcd(g, w)
 		}
 	}
-	t := &mh{table: make([]*Server, mhSize), live: len(live)}
+	t := &mh{table: make([]*Server, mhSize), live: live}
 	if len(live) == 0 {
 		return t
 	}
@@ -63,7 +63,7 @@ func newMH(servers []*Server) *mh {
 }
 
 func (t *mh) Pick(client netip.Addr, skip []*Server) *Server {
-	if t.live == 0 {
+	if len(t.live) == 0 {
 		return nil
 	}
 	// The client's entry; if its server is unavailable, rehash with
@@ -75,7 +75,8 @@ func (t *mh) Pick(client netip.Addr, skip []*Server) *Server {
 			return s
 		}
 	}
-	for _, s := range t.table[:min(len(t.table), 4096)] {
+	// Still none: any available server.
+	for _, s := range t.live {
 		if s.available() && !skipped(s, skip) {
 			return s
 		}

@@ -279,7 +279,7 @@ func (p *Proxy) commit(pl *plan) error {
 			continue
 		}
 		k := keyOf(b.pl.cfg)
-		svc := &service{name: b.pl.cfg.Name, listen: k.listen, ln: b.pl.ln, pc: b.pl.pc, done: make(chan struct{})}
+		svc := &service{ln: b.pl.ln, pc: b.pl.pc, done: make(chan struct{})}
 		svc.state.Store(b.st)
 		p.svcMu.Lock()
 		p.services[k] = svc
@@ -287,16 +287,16 @@ func (p *Proxy) commit(pl *plan) error {
 		if svc.pc != nil {
 			svc.flows = newFlowTable(b.st.cfg.Limits.MaxFlows)
 			go p.serveUDP(svc)
-			p.log.Info("udp service listening", "service", svc.name, "listen", svc.pc.LocalAddr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers), "one_packet", b.st.cfg.OnePacket)
+			p.log.Info("udp service listening", "service", b.pl.cfg.Name, "listen", svc.pc.LocalAddr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers), "one_packet", b.st.cfg.OnePacket)
 			continue
 		}
 		if svc.ln == nil {
 			close(svc.done) // a mark service: the transparent listeners accept for it
-			p.log.Info("service on firewall mark", "service", svc.name, "fwmark", k.mark, "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
+			p.log.Info("service on firewall mark", "service", b.pl.cfg.Name, "fwmark", k.mark, "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
 			continue
 		}
 		go p.acceptLoop(svc)
-		p.log.Info("service listening", "service", svc.name, "listen", svc.ln.Addr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
+		p.log.Info("service listening", "service", b.pl.cfg.Name, "listen", svc.ln.Addr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
 	}
 	return nil
 }
@@ -347,7 +347,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		<-s.done
 	}
 	if p.tp != nil {
-		p.tp.close()
+		p.stopTransparent(p.tp)
 	}
 	drained := make(chan struct{})
 	go func() { p.conns.wg.Wait(); close(drained) }()

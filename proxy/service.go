@@ -22,8 +22,6 @@ const failTimeout = 10 * time.Second
 // read. The state is replaced whole on reload; connections keep the state
 // they started with.
 type service struct {
-	name   string
-	listen netip.AddrPort
 	ln     *net.TCPListener
 	pc     *net.UDPConn // a udp service's socket
 	flows  *flowTable   // a udp service's flows

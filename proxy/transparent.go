@@ -33,8 +33,6 @@ type transparent struct {
 	// class covers UDP.
 	ulns   []*net.UDPConn
 	uflows *tflows
-	// closeFlows is the proxy's closeTFlows (flows release templates).
-	closeFlows func(*tflows)
 }
 
 // openTransparent opens the IP_TRANSPARENT listeners (IPv4, and IPv6 when
@@ -75,7 +73,6 @@ func (p *Proxy) openTransparent(cfg *config.File) (*transparent, error) {
 		}
 		tp.lns = append(tp.lns, l.(*net.TCPListener))
 	}
-	tp.closeFlows = p.closeTFlows
 	if err := p.openTransparentUDP(tp, cfg); err != nil {
 		tp.close()
 		return nil, err
@@ -83,8 +80,7 @@ func (p *Proxy) openTransparent(cfg *config.File) (*transparent, error) {
 	return tp, nil
 }
 
-// close stops the listeners and waits for their loops; the transparent
-// UDP flows end with them.
+// close stops the listeners and waits for their loops.
 func (tp *transparent) close() {
 	for _, l := range tp.lns {
 		l.Close()
@@ -93,8 +89,14 @@ func (tp *transparent) close() {
 		l.Close()
 	}
 	tp.wg.Wait()
-	if tp.uflows != nil && tp.closeFlows != nil {
-		tp.closeFlows(tp.uflows)
+}
+
+// stopTransparent closes tp's listeners, then its UDP flows, which give
+// their templates back.
+func (p *Proxy) stopTransparent(tp *transparent) {
+	tp.close()
+	if tp.uflows != nil {
+		p.closeTFlows(tp.uflows)
 	}
 }
 
@@ -150,7 +152,7 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		pl.tp = nil // committed: abort must not close it now
 		if old := p.tp; old != nil {
 			old.nft = nil
-			old.close()
+			p.stopTransparent(old)
 		}
 		for _, l := range tp.lns {
 			tp.wg.Add(1)
@@ -191,7 +193,7 @@ func (p *Proxy) removeMarks() error {
 		return nil
 	}
 	p.tp = nil
-	tp.close()
+	p.stopTransparent(tp)
 	err := tp.routing.Remove()
 	if tp.nft != nil {
 		tp.nft.DelTable(&nftables.Table{Name: nft.TableName, Family: nftables.TableFamilyINet})
