@@ -31,10 +31,10 @@ var patterns = []struct {
 	n    int
 }{{"hot", hotClients}, {"uniform", benchEntries}}
 
-// benchTable is a table holding benchEntries idle templates, and the clients
-// in a random order. Capacity has headroom: at exactly full, a cyclic access
+// benchTable is a table holding n idle templates, and their clients in a
+// random order. Capacity has headroom: at exactly full, a cyclic access
 // pattern is LRU's worst case and would measure misses, not hits.
-func benchTable(b *testing.B, capacity int) (*Table, ServiceRef, *rrPicker, []netip.Addr) {
+func benchTable(b *testing.B, capacity, n int) (*Table, ServiceRef, *rrPicker, []netip.Addr) {
 	b.Helper()
 	p := newPicker(8)
 	tb := New(Options{Capacity: capacity, SweepInterval: -1})
@@ -42,7 +42,7 @@ func benchTable(b *testing.B, capacity int) (*Table, ServiceRef, *rrPicker, []ne
 	for _, s := range p.servers {
 		tb.SetServer(ref, s, ServerUp)
 	}
-	clients := make([]netip.Addr, benchEntries)
+	clients := make([]netip.Addr, n)
 	for i := range clients {
 		clients[i] = client(i)
 		l, err := tb.GetOrBind(ref, clients[i], p)
@@ -60,7 +60,7 @@ func benchTable(b *testing.B, capacity int) (*Table, ServiceRef, *rrPicker, []ne
 func BenchmarkHit(b *testing.B) {
 	for _, pat := range patterns {
 		b.Run(pat.name, func(b *testing.B) {
-			tb, ref, p, clients := benchTable(b, 2*benchEntries)
+			tb, ref, p, clients := benchTable(b, 2*benchEntries, benchEntries)
 			defer tb.Close()
 			clients = clients[:pat.n]
 			leases := make([]Lease, 0, len(clients))
@@ -92,7 +92,7 @@ func BenchmarkHit(b *testing.B) {
 func BenchmarkRelease(b *testing.B) {
 	for _, pat := range patterns {
 		b.Run(pat.name, func(b *testing.B) {
-			tb, ref, p, clients := benchTable(b, 2*benchEntries)
+			tb, ref, p, clients := benchTable(b, 2*benchEntries, benchEntries)
 			defer tb.Close()
 			clients = clients[:pat.n]
 			leases := make([]Lease, len(clients))
@@ -116,7 +116,7 @@ func BenchmarkRelease(b *testing.B) {
 // BenchmarkMissBind: a new client at the bound: the scheduler runs, the
 // least recently used idle template is evicted, a template is bound.
 func BenchmarkMissBind(b *testing.B) {
-	tb, ref, p, _ := benchTable(b, benchEntries)
+	tb, ref, p, _ := benchTable(b, benchEntries, benchEntries)
 	defer tb.Close()
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -135,7 +135,7 @@ func BenchmarkMissBind(b *testing.B) {
 func BenchmarkHitRelease(b *testing.B) {
 	for _, pat := range patterns {
 		b.Run(pat.name, func(b *testing.B) {
-			tb, ref, p, clients := benchTable(b, 2*benchEntries)
+			tb, ref, p, clients := benchTable(b, 2*benchEntries, benchEntries)
 			defer tb.Close()
 			clients = clients[:pat.n]
 			b.ReportAllocs()
@@ -152,20 +152,8 @@ func BenchmarkHitRelease(b *testing.B) {
 // only the 16 K hot clients, so that it stays in the CPU caches: the cost of
 // the code path itself, without memory latency.
 func BenchmarkHitReleaseCached(b *testing.B) {
-	p := newPicker(8)
-	tb := New(Options{SweepInterval: -1})
+	tb, ref, p, clients := benchTable(b, 0, hotClients)
 	defer tb.Close()
-	ref := tb.SetService(svcWeb, ServiceConfig{Timeout: time.Hour})
-	for _, s := range p.servers {
-		tb.SetServer(ref, s, ServerUp)
-	}
-	clients := make([]netip.Addr, hotClients)
-	for i := range clients {
-		clients[i] = client(i)
-		l, _ := tb.GetOrBind(ref, clients[i], p)
-		tb.Release(l)
-	}
-	rand.New(rand.NewPCG(1, 2)).Shuffle(len(clients), func(i, j int) { clients[i], clients[j] = clients[j], clients[i] })
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -180,7 +168,7 @@ func BenchmarkHitReleaseCached(b *testing.B) {
 func BenchmarkHitReleaseParallel(b *testing.B) {
 	for _, pat := range patterns {
 		b.Run(pat.name, func(b *testing.B) {
-			tb, ref, p, clients := benchTable(b, 2*benchEntries)
+			tb, ref, p, clients := benchTable(b, 2*benchEntries, benchEntries)
 			defer tb.Close()
 			clients = clients[:pat.n]
 			var seed atomic.Int64
@@ -238,7 +226,7 @@ func BenchmarkBytesPerEntry(b *testing.B) {
 	var per, ref float64
 	{
 		before := heapInUse()
-		tb, _, _, _ := benchTable(b, benchEntries)
+		tb, _, _, _ := benchTable(b, benchEntries, benchEntries)
 		per = float64(heapInUse()-before) / benchEntries
 		tb.Close()
 		runtime.KeepAlive(tb)
