@@ -49,8 +49,42 @@ type File struct {
 	TProxyRulePriority int `yaml:"tproxy_rule_priority,omitempty"`
 	// UDPMaxFlows bounds the UDP flows of all services together (default
 	// 262144); each service has its own limits.max_flows too.
-	UDPMaxFlows int       `yaml:"udp_max_flows,omitempty"`
-	Services    []Service `yaml:"services"`
+	UDPMaxFlows int `yaml:"udp_max_flows,omitempty"`
+	// Mode is the data path of services that name none: proxy (default)
+	// or director.
+	Mode string `yaml:"mode,omitempty"`
+	// Director sets up the NFQUEUE director, for services in mode director.
+	Director Director  `yaml:"director,omitempty"`
+	Services []Service `yaml:"services"`
+}
+
+// Director settings: how new flows reach tether and what the kernel does
+// with the rest.
+type Director struct {
+	// Queue is the first NFQUEUE number (default 0) and Queues how many
+	// (default 1); the kernel spreads flows over them by hash, or by CPU
+	// with CPUFanout. tether reads each on its own goroutine.
+	Queue     uint16 `yaml:"queue,omitempty"`
+	Queues    uint16 `yaml:"queues,omitempty"`
+	CPUFanout bool   `yaml:"cpu_fanout,omitempty"`
+	// QueueLength is the packets a queue holds before the kernel drops (or,
+	// fail-open, accepts) new flows (default 4096).
+	QueueLength uint32 `yaml:"queue_length,omitempty"`
+	// FailOpen: when no tether reads the queue or it is full, new flows go
+	// to a server the kernel picks by hashing the masked client address;
+	// otherwise they are dropped (the client retries its SYN).
+	FailOpen bool `yaml:"fail_open,omitempty"`
+	// Masquerade rewrites the source of director flows to the balancer's
+	// address, for servers that do not route back through it (one arm).
+	Masquerade bool `yaml:"masquerade,omitempty"`
+	// MarkBase is the first packet mark that names a server choice
+	// (default 0x7e000000); one mark per server of each director service
+	// follows it.
+	MarkBase uint32 `yaml:"mark_base,omitempty"`
+	// ExpireNodest is what happens to open flows of a server removed on
+	// reload: keep (default: they run on) or reset (their conntrack
+	// entries are deleted, as IPVS's expire_nodest_conn).
+	ExpireNodest string `yaml:"expire_nodest,omitempty"`
 }
 
 // MarkClass is one firewall-mark class.
@@ -90,9 +124,13 @@ type Service struct {
 	Persistence *Persistence `yaml:"persistence,omitempty"`
 	// OnePacket schedules every datagram on its own and keeps no flow
 	// (ipvsadm's -o, for DNS-like traffic); udp only.
-	OnePacket bool     `yaml:"one_packet,omitempty"`
-	Limits    Limits   `yaml:"limits,omitempty"`
-	Servers   []Server `yaml:"servers"`
+	OnePacket bool `yaml:"one_packet,omitempty"`
+	// Mode is the data path: proxy (socket proxy, default) or director
+	// (NFQUEUE: tether picks the server of a new flow, the kernel
+	// forwards it).
+	Mode    string   `yaml:"mode,omitempty"`
+	Limits  Limits   `yaml:"limits,omitempty"`
+	Servers []Server `yaml:"servers"`
 }
 
 // Persistence makes a service persistent; absent, every connection is
@@ -131,6 +169,14 @@ const (
 	DefaultUDPIdleTimeout  = 300 * time.Second
 	DefaultMaxFlows        = 65536
 	DefaultUDPMaxFlows     = 262144
+	DefaultQueueLength     = 4096
+	DefaultMarkBase        = 0x7e000000
+)
+
+// Data path modes.
+const (
+	ModeProxy    = "proxy"
+	ModeDirector = "director"
 )
 
 // Schedulers are the scheduler names a service may use (IPVS's).
@@ -342,6 +388,7 @@ func (v *validator) check(f *File) {
 	if f.TProxyRulePriority < 0 || f.TProxyRulePriority > 32765 {
 		v.errf("tproxy_rule_priority", "%d is outside 1..32765 (main is at 32766)", f.TProxyRulePriority)
 	}
+	v.checkDirector(f)
 	if len(v.errs) == 0 {
 		portZeroToMarks(f)
 	}
@@ -365,6 +412,58 @@ func (v *validator) check(f *File) {
 			fwmarks[m] = p
 		}
 	}
+	v.checkChoiceMarks(f, set)
+}
+
+func (v *validator) checkDirector(f *File) {
+	if f.Mode != "" && f.Mode != ModeProxy && f.Mode != ModeDirector {
+		v.errf("mode", "%q is not proxy or director", f.Mode)
+	}
+	d := f.Director
+	if d.ExpireNodest != "" && d.ExpireNodest != "keep" && d.ExpireNodest != "reset" {
+		v.errf("director.expire_nodest", "%q is not keep or reset", d.ExpireNodest)
+	}
+	if int(d.Queue)+int(max(d.Queues, 1)) > 65536 {
+		v.errf("director.queues", "queues %d..%d go past 65535", d.Queue, int(d.Queue)+int(d.Queues)-1)
+	}
+}
+
+// checkChoiceMarks: the marks that name director servers must not be
+// class marks, or a class's flows would be taken for server choices.
+func (v *validator) checkChoiceMarks(f *File, set marks.Set) {
+	base := f.Director.MarkBase
+	if base == 0 {
+		base = DefaultMarkBase
+	}
+	n := uint32(0)
+	for _, s := range f.Services {
+		if s.Mode == ModeDirector || s.Mode == "" && f.Mode == ModeDirector {
+			n += uint32(len(s.Servers))
+		}
+	}
+	if n == 0 {
+		return
+	}
+	if base+n < base {
+		v.errf("director.mark_base", "%#x + %d server choices passes 0xffffffff", base, n)
+		return
+	}
+	for i, c := range set.Classes {
+		if c.Mark >= base && c.Mark < base+n {
+			v.errf(fmt.Sprintf("marks[%d].mark", i), "%#x is one of the director's server-choice marks %#x..%#x (director.mark_base)", c.Mark, base, base+n-1)
+		}
+	}
+}
+
+// ServiceMode is s's data path in f: its own mode, else the file's.
+func (f *File) ServiceMode(s Service) string {
+	switch {
+	case s.Mode != "":
+		return s.Mode
+	case f.Mode != "":
+		return f.Mode
+	}
+	return ModeProxy
 }
 
 // checkMarks parses the mark classes and validates them as a set.
@@ -427,6 +526,15 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 	}
 	if s.Limits.MaxFlows < 0 {
 		v.errf(p+".limits.max_flows", "is negative")
+	}
+	switch s.Mode {
+	case "", ModeProxy:
+	case ModeDirector:
+		if s.OnePacket {
+			v.errf(p+".one_packet", "is for the socket proxy: the director keeps each flow in conntrack")
+		}
+	default:
+		v.errf(p+".mode", "%q is not proxy or director", s.Mode)
 	}
 	switch {
 	case s.Listen != "" && s.Fwmark != 0:
@@ -572,8 +680,16 @@ func (f *File) normalize() {
 			f.TProxyRulePriority = 1000
 		}
 	}
+	if f.Mode == "" {
+		f.Mode = ModeProxy
+	}
+	director := false
 	for i := range f.Services {
 		s := &f.Services[i]
+		if s.Mode == "" {
+			s.Mode = f.Mode
+		}
+		director = director || s.Mode == ModeDirector
 		if s.Protocol == "" {
 			s.Protocol = "tcp"
 		}
@@ -617,6 +733,19 @@ func (f *File) normalize() {
 			} else {
 				sv.Address = netip.MustParseAddr(sv.Address).Unmap().String()
 			}
+		}
+	}
+	if director {
+		d := &f.Director
+		d.Queues = max(d.Queues, 1)
+		if d.QueueLength == 0 {
+			d.QueueLength = DefaultQueueLength
+		}
+		if d.MarkBase == 0 {
+			d.MarkBase = DefaultMarkBase
+		}
+		if d.ExpireNodest == "" {
+			d.ExpireNodest = "keep"
 		}
 	}
 }

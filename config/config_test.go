@@ -49,8 +49,9 @@ func TestParseNormalizes(t *testing.T) {
 		Affinity:     Affinity{Capacity: 1 << 20},
 		DrainTimeout: Duration(30 * time.Second),
 		UDPMaxFlows:  262144,
+		Mode:         "proxy",
 		Services: []Service{{
-			Name: "web", Protocol: "tcp", Listen: "198.18.0.10:80", Scheduler: "mh",
+			Name: "web", Protocol: "tcp", Listen: "198.18.0.10:80", Scheduler: "mh", Mode: "proxy",
 			Persistence: &Persistence{Timeout: Duration(600 * time.Second), Netmask: "255.255.255.0", Netmask6: "128"},
 			Limits:      Limits{ConnectTimeout: Duration(5 * time.Second), ConnectAttempts: 3},
 			Servers: []Server{
@@ -59,7 +60,7 @@ func TestParseNormalizes(t *testing.T) {
 				{Address: "198.18.1.3:8080", Weight: &zero},
 			},
 		}, {
-			Name: "api6", Protocol: "tcp", Listen: "[2001:db8::10]:443", Scheduler: "wlc",
+			Name: "api6", Protocol: "tcp", Listen: "[2001:db8::10]:443", Scheduler: "wlc", Mode: "proxy",
 			Persistence: &Persistence{Timeout: Duration(300 * time.Second), Netmask: "255.255.255.255", Netmask6: "64"},
 			Limits:      Limits{MaxConnections: 100, ConnectTimeout: Duration(2 * time.Second), ConnectAttempts: 3},
 			Servers:     []Server{{Address: "[2001:db8::1:1]:443", Weight: &one}},
@@ -120,6 +121,14 @@ func TestParseErrors(t *testing.T) {
 		{"negative limit", svc("    limits: {max_connections_per_server: -2}\n"), []string{"services[0].limits.max_connections_per_server: is negative"}},
 		{"not yaml", "services: [\n", []string{"cfg.yaml:"}},
 		{"bad metrics listen", "metrics: {listen: 9105}\n" + svc(""), []string{"cfg.yaml:1: metrics.listen:"}},
+		{"bad mode", svc("    mode: kernel\n"), []string{`cfg.yaml:4: services[0].mode: "kernel" is not proxy or director`}},
+		{"bad global mode", "mode: dsr\n" + svc(""), []string{`cfg.yaml:1: mode: "dsr" is not proxy or director`}},
+		{"bad expire_nodest", "director: {expire_nodest: drop}\n" + svc(""), []string{`cfg.yaml:1: director.expire_nodest: "drop" is not keep or reset`}},
+		{"one_packet in director", "services:\n  - name: dns\n    protocol: udp\n    mode: director\n    one_packet: true\n    listen: 127.0.0.1:53\n    servers: [{address: 127.0.0.2:53}]\n",
+			[]string{"cfg.yaml:5: services[0].one_packet: is for the socket proxy"}},
+		{"class mark is a choice mark", "mode: director\ndirector: {mark_base: 0x100}\nmarks:\n  - {name: web, mark: 0x101, addresses: [198.18.0.10], ports: [80, 443]}\n" +
+			"services:\n  - name: web\n    fwmark: 0x101\n    servers: [{address: 198.19.0.11}, {address: 198.19.0.12}]\n",
+			[]string{"cfg.yaml:4: marks[0].mark: 0x101 is one of the director's server-choice marks 0x100..0x101 (director.mark_base)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse("cfg.yaml", []byte(tc.in))
@@ -132,6 +141,30 @@ func TestParseErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Director mode: the file's mode is every service's default, and the
+// director's settings get their defaults only when a service uses it.
+func TestDirectorDefaults(t *testing.T) {
+	f, err := Parse("d.yaml", []byte("mode: director\nservices:\n  - name: web\n    listen: 198.18.0.10:80\n    servers: [{address: 198.19.0.11:80}]\n"+
+		"  - name: api\n    mode: proxy\n    listen: 198.18.0.10:81\n    servers: [{address: 198.19.0.11:81}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := []string{f.Services[0].Mode, f.Services[1].Mode}; got[0] != "director" || got[1] != "proxy" {
+		t.Errorf("modes %v, want [director proxy]", got)
+	}
+	want := Director{Queues: 1, QueueLength: DefaultQueueLength, MarkBase: DefaultMarkBase, ExpireNodest: "keep"}
+	if f.Director != want {
+		t.Errorf("director %+v, want %+v", f.Director, want)
+	}
+	g, err := Parse("p.yaml", []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Director != (Director{}) {
+		t.Errorf("a file without director services got director settings %+v", g.Director)
 	}
 }
 
