@@ -533,6 +533,13 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 		if s.OnePacket {
 			v.errf(p+".one_packet", "is for the socket proxy: the director keeps each flow in conntrack")
 		}
+		if vip, err := netip.ParseAddrPort(s.Listen); err == nil {
+			for j, sv := range s.Servers {
+				if a, err := netip.ParseAddrPort(sv.Address); err == nil && a.Addr().Unmap().Is4() != vip.Addr().Unmap().Is4() {
+					v.errf(fmt.Sprintf("%s.servers[%d].address", p, j), "%s: the director rewrites addresses and cannot cross from an %s VIP to an %s server (the socket proxy can)", sv.Address, family(vip.Addr()), family(a.Addr()))
+				}
+			}
+		}
 	default:
 		v.errf(p+".mode", "%q is not proxy or director", s.Mode)
 	}
@@ -640,6 +647,13 @@ func (v *validator) checkServer(q, addr string, portOptional bool) (string, bool
 		v.errf(q+".address", "%q is not an address:port", addr)
 	}
 	return "", false
+}
+
+func family(a netip.Addr) string {
+	if a.Unmap().Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 func contains(list []string, s string) bool {

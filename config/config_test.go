@@ -126,6 +126,8 @@ func TestParseErrors(t *testing.T) {
 		{"bad expire_nodest", "director: {expire_nodest: drop}\n" + svc(""), []string{`cfg.yaml:1: director.expire_nodest: "drop" is not keep or reset`}},
 		{"one_packet in director", "services:\n  - name: dns\n    protocol: udp\n    mode: director\n    one_packet: true\n    listen: 127.0.0.1:53\n    servers: [{address: 127.0.0.2:53}]\n",
 			[]string{"cfg.yaml:5: services[0].one_packet: is for the socket proxy"}},
+		{"director across families", "services:\n  - name: web\n    mode: director\n    listen: 198.18.0.10:80\n    servers: [{address: \"[2001:db8::1]:80\"}]\n",
+			[]string{"cfg.yaml:5: services[0].servers[0].address: [2001:db8::1]:80: the director rewrites addresses and cannot cross from an IPv4 VIP to an IPv6 server"}},
 		{"class mark is a choice mark", "mode: director\ndirector: {mark_base: 0x100}\nmarks:\n  - {name: web, mark: 0x101, addresses: [198.18.0.10], ports: [80, 443]}\n" +
 			"services:\n  - name: web\n    fwmark: 0x101\n    servers: [{address: 198.19.0.11}, {address: 198.19.0.12}]\n",
 			[]string{"cfg.yaml:4: marks[0].mark: 0x101 is one of the director's server-choice marks 0x100..0x101 (director.mark_base)"}},
