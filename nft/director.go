@@ -365,16 +365,38 @@ func ProbeQueue(c *nftables.Conn, fam nftables.TableFamily) (native bool, err er
 // KeepTableName is the table of the NAT anchor (see AddNATAnchor).
 const KeepTableName = "tether_nat_anchor"
 
-// AddNATAnchor queues an unowned table holding one empty nat chain. The
-// kernel runs NAT for established flows only while some nat chain exists
-// in the namespace; the anchor keeps director flows translated after tether
-// exits or is killed (when its own table goes), and across a restart.
-// tether nft flush removes it.
+// AddNATAnchor queues an unowned table of nat chains, one a counter of new
+// flows. The kernel tracks and translates established flows only while
+// some rule holds conntrack and some nat chain holds the NAT hooks in the
+// namespace; the anchor keeps director flows translated after tether exits
+// or is killed (when its own table goes), and across a restart. tether nft
+// flush removes it.
 func AddNATAnchor(c *nftables.Conn, fam nftables.TableFamily) {
 	t := &nftables.Table{Name: KeepTableName, Family: fam}
 	c.AddTable(t)
-	c.AddChain(&nftables.Chain{Name: "keep", Table: t, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+	for _, h := range []struct {
+		name string
+		hook *nftables.ChainHook
+		prio *nftables.ChainPriority
+	}{
+		{"prerouting", nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest},
+		{"input", nftables.ChainHookInput, nftables.ChainPriorityNATSource},
+		{"output", nftables.ChainHookOutput, nftables.ChainPriorityNATDest},
+		{"postrouting", nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource},
+	} {
+		ch := c.AddChain(&nftables.Chain{Name: h.name, Table: t, Type: nftables.ChainTypeNAT, Hooknum: h.hook, Priority: h.prio})
+		if h.name == "prerouting" {
+			// A ct expression holds conntrack in the namespace: the nat
+			// chains alone do not, and without conntrack no NAT is undone.
+			c.FlushChain(ch)
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
+				&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(expr.CtStateBitNEW), Xor: u32(0)},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: u32(0)},
+				&expr.Counter{},
+			}})
+		}
+	}
 }
 
 // Show renders the director table in nft syntax (the queue as nft's queue

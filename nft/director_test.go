@@ -1,9 +1,13 @@
 package nft
 
 import (
+	"context"
+	"errors"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/tetherlb/tether/testenv"
@@ -71,5 +75,61 @@ func TestDirectorApplies(t *testing.T) {
 	}
 	if tables := run(t, env.LB, "nft", "list", "tables"); strings.Contains(tables, "tether_probe") {
 		t.Errorf("the queue probe left its table: %s", tables)
+	}
+}
+
+// With no tether reading the queue, fail-open (bypass) sends a new flow to
+// the kernel's fallback choice, a hash of the masked client over the
+// servers, and fail-closed drops it; this is what a queue overrun does too.
+func TestDirectorFailOpenWithoutReader(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 8, Backends: 2, Label: "fopen"})
+	needNft(t)
+	for _, b := range env.Backends {
+		if _, err := b.ServeName(8080); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply := func(bypass bool) {
+		t.Helper()
+		d := Director{Family: nftables.TableFamilyIPv4, Queue: Queue{Num: 7, Bypass: bypass}, Services: []DirectorService{{
+			Proto: unix.IPPROTO_TCP, VIP: netip.AddrPortFrom(testenv.VIP, 80), FallbackBits: 32,
+			Choices: []Choice{
+				{Mark: 0x7e000000, Server: netip.AddrPortFrom(testenv.BackendAddr(0), 8080), Weight: 1},
+				{Mark: 0x7e000001, Server: netip.AddrPortFrom(testenv.BackendAddr(1), 8080), Weight: 1},
+			},
+		}}}
+		err := env.LB.Do(func() error {
+			c, err := nftables.New()
+			if err != nil {
+				return err
+			}
+			native, err := ProbeQueue(c, nftables.TableFamilyIPv4)
+			if err != nil {
+				return err
+			}
+			d.Queue.Native = native
+			if err := d.Add(c, false); err != nil {
+				return err
+			}
+			return c.Flush()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(true)
+	visits := env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80}, 2)
+	s := testenv.Summarize(visits)
+	if s.Failed != 0 || len(s.Mixed) != 0 || len(s.PerBackend) != 2 {
+		t.Errorf("fail-open without a reader: %d of %d failed, %d clients mixed, spread %s: %v", s.Failed, s.Visits, len(s.Mixed), s.Spread(), s.Errors)
+	}
+	apply(false)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if c, err := env.Clients[0].Dial(ctx, "tcp", env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80).String()); err == nil {
+		c.Close()
+		t.Errorf("fail-closed without a reader: a new flow got through")
+	} else if !errors.Is(err, context.DeadlineExceeded) && !os.IsTimeout(err) {
+		t.Errorf("fail-closed: %v, want the SYN dropped (a timeout)", err)
 	}
 }

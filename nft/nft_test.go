@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -234,13 +235,15 @@ func TestOwnedTableGoesWithTheConnection(t *testing.T) {
 func TestFlush(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Backends: 1, Label: "flush"})
 	needNft(t)
-	var first, second bool
+	var first, second []string
 	err := env.LB.Do(func() error {
 		c, err := nftables.New()
 		if err != nil {
 			return err
 		}
 		testRuleset(0).Add(c, false)
+		testDirector(false).Add(c, false)
+		AddNATAnchor(c, nftables.TableFamilyIPv4)
 		if err := c.Flush(); err != nil {
 			return err
 		}
@@ -253,8 +256,10 @@ func TestFlush(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !first || second {
-		t.Errorf("Flush reported %v then %v, want true then false", first, second)
+	want := []string{"inet tether", "ip tether", "ip tether_nat_anchor"}
+	slices.Sort(first)
+	if !slices.Equal(first, want) || len(second) != 0 {
+		t.Errorf("Flush removed %q then %q, want %q then none", first, second, want)
 	}
 	if out := run(t, env.LB, "nft", "list", "tables"); strings.Contains(out, TableName) {
 		t.Errorf("table still there after Flush: %q", out)

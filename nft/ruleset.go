@@ -22,6 +22,9 @@ type Ruleset struct {
 	// TProxyPort is the port of the transparent TCP listener (both
 	// families); zero: flows are marked but not intercepted.
 	TProxyPort uint16
+	// Direct are the marks of classes the director serves: marked, not
+	// TPROXYed.
+	Direct []uint32
 }
 
 // class sets: addresses per family and ports, named by mark so that any
@@ -201,6 +204,9 @@ func (r Ruleset) rules(sets map[uint32]classSets) [][]expr.Any {
 		return out
 	}
 	for _, cl := range r.Marks.Classes {
+		if slices.Contains(r.Direct, cl.Mark) {
+			continue
+		}
 		v4, v6 := families(cl)
 		for _, fam := range []struct {
 			has bool
@@ -289,6 +295,9 @@ func (r Ruleset) Show() string {
 	}
 	if r.TProxyPort != 0 {
 		for _, cl := range classes {
+			if slices.Contains(r.Direct, cl.Mark) {
+				continue
+			}
 			v4, v6 := families(cl)
 			for _, fam := range []struct {
 				has  bool
