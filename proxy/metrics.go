@@ -25,5 +25,6 @@ func (p *Proxy) EmitMetrics() {
 			p.met.SetGaugeWithLabels([]string{"server", "weight"}, float32(srv.Weight()), sl)
 		}
 	}
+	p.emitDirectorMetrics()
 	p.table.EmitMetrics(p.met)
 }

@@ -59,7 +59,8 @@ type Proxy struct {
 	services map[svcKey]*service
 	conns    conns
 
-	tp *transparent // the TPROXY listeners and nft table, with marks
+	tp  *transparent             // the TPROXY listeners and nft table, with marks
+	dir atomic.Pointer[director] // the NFQUEUE director, with director services
 	// noTableOwner is set once the kernel has refused the table owner
 	// flag (and by tests, to take that path on kernels that have it).
 	noTableOwner bool
@@ -168,6 +169,7 @@ type plan struct {
 	keep  []*planned   // services that stay, with their new config
 	stop  []*service   // services that go
 	tp    *transparent // newly opened transparent listeners
+	dir   *director    // newly opened director
 }
 
 type planned struct {
@@ -189,6 +191,10 @@ func (pl *plan) abort() {
 	if pl.tp != nil {
 		pl.tp.close()
 	}
+	if pl.dir != nil {
+		pl.dir.close()
+		pl.dir.nft.CloseLasting()
+	}
 }
 
 // plan matches services by listen address or mark, their identity (and
@@ -204,7 +210,7 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 			kept[k] = true
 			continue
 		}
-		if sc.Fwmark != 0 {
+		if sc.Fwmark != 0 || sc.Mode == config.ModeDirector {
 			pl.start = append(pl.start, &planned{cfg: sc})
 			continue
 		}
@@ -234,6 +240,14 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 		if !kept[k] {
 			pl.stop = append(pl.stop, s)
 		}
+	}
+	if p.dir.Load() == nil && hasDirector(cfg) {
+		d, err := p.openDirector(cfg)
+		if err != nil {
+			pl.abort()
+			return nil, err
+		}
+		pl.dir = d
 	}
 	if len(cfg.Marks) > 0 && (p.tp == nil || p.tp.port != cfg.TProxyPort || (len(p.tp.ulns) > 0) != coversUDP(cfg)) {
 		tp, err := p.openTransparent(cfg)
@@ -279,7 +293,7 @@ func (p *Proxy) commit(pl *plan) error {
 			continue
 		}
 		k := keyOf(b.pl.cfg)
-		svc := &service{ln: b.pl.ln, pc: b.pl.pc, done: make(chan struct{})}
+		svc := &service{key: k, director: b.pl.cfg.Mode == config.ModeDirector, ln: b.pl.ln, pc: b.pl.pc, done: make(chan struct{})}
 		svc.state.Store(b.st)
 		p.svcMu.Lock()
 		p.services[k] = svc
@@ -290,6 +304,11 @@ func (p *Proxy) commit(pl *plan) error {
 			p.log.Info("udp service listening", "service", b.pl.cfg.Name, "listen", svc.pc.LocalAddr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers), "one_packet", b.st.cfg.OnePacket)
 			continue
 		}
+		if svc.director {
+			close(svc.done) // the director's queues take its flows
+			p.log.Info("director service", "service", b.pl.cfg.Name, "listen", b.pl.cfg.Listen, "fwmark", k.mark, "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
+			continue
+		}
 		if svc.ln == nil {
 			close(svc.done) // a mark service: the transparent listeners accept for it
 			p.log.Info("service on firewall mark", "service", b.pl.cfg.Name, "fwmark", k.mark, "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
@@ -298,7 +317,33 @@ func (p *Proxy) commit(pl *plan) error {
 		go p.acceptLoop(svc)
 		p.log.Info("service listening", "service", b.pl.cfg.Name, "listen", svc.ln.Addr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
 	}
-	return nil
+	return p.commitDirector(pl)
+}
+
+// commitDirector puts the director in place after the services it serves,
+// or stops it when no service needs it.
+func (p *Proxy) commitDirector(pl *plan) error {
+	if pl.dir != nil {
+		p.dir.Store(pl.dir)
+		pl.dir = nil
+	}
+	if !hasDirector(pl.cfg) {
+		return p.stopDirector()
+	}
+	if d := p.dir.Load(); d.set.Queue != pl.cfg.Director.Queue || d.set.Queues != pl.cfg.Director.Queues ||
+		d.set.QueueLength != pl.cfg.Director.QueueLength || d.set.FailOpen != pl.cfg.Director.FailOpen || d.set.CPUFanout != pl.cfg.Director.CPUFanout {
+		p.log.Warn("director: changed queue settings take effect at the next start; the running queues stay as they are")
+	}
+	return p.applyDirector(pl.cfg)
+}
+
+func hasDirector(cfg *config.File) bool {
+	for _, s := range cfg.Services {
+		if cfg.ServiceMode(s) == config.ModeDirector {
+			return true
+		}
+	}
+	return false
 }
 
 // stopService closes a service's listener and drops its templates; its
@@ -360,7 +405,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		<-drained
 	}
 	p.cancel()
-	err := p.removeMarks()
+	err := errors.Join(p.stopDirector(), p.removeMarks())
 	if path := p.currentCfg().Snapshot; path != "" {
 		if serr := p.table.SaveSnapshot(path); serr != nil {
 			err = errors.Join(err, serr)

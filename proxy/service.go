@@ -22,12 +22,15 @@ const failTimeout = 10 * time.Second
 // read. The state is replaced whole on reload; connections keep the state
 // they started with.
 type service struct {
-	ln     *net.TCPListener
-	pc     *net.UDPConn // a udp service's socket
-	flows  *flowTable   // a udp service's flows
-	state  atomic.Pointer[serviceState]
-	active atomic.Int64  // open client connections
-	done   chan struct{} // closed when the accept loop has returned
+	key svcKey
+	// director: the NFQUEUE director serves it (no socket of its own).
+	director bool
+	ln       *net.TCPListener
+	pc       *net.UDPConn // a udp service's socket
+	flows    *flowTable   // a udp service's flows
+	state    atomic.Pointer[serviceState]
+	active   atomic.Int64  // open client connections
+	done     chan struct{} // closed when the accept loop has returned
 }
 
 // serviceState is everything a new connection needs, immutable once built.

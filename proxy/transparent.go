@@ -122,7 +122,7 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		tp.nft = c
 	}
 	set := pl.cfg.MarkSet()
-	rs := nft.Ruleset{Marks: set, TProxyPort: tp.port}
+	rs := nft.Ruleset{Marks: set, TProxyPort: tp.port, Direct: DirectorMarks(pl.cfg)}
 	if p.tp == nil && p.tableExists(tp.nft) {
 		// A table no socket owns: a tether that died on a kernel without
 		// the owner flag, or one stopped uncleanly. The batch replaces it.
@@ -170,6 +170,18 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		}
 	}
 	return nil
+}
+
+// DirectorMarks are the marks of the director's firewall-mark services:
+// their classes are marked but not TPROXYed.
+func DirectorMarks(cfg *config.File) []uint32 {
+	var out []uint32
+	for _, s := range cfg.Services {
+		if s.Fwmark != 0 && cfg.ServiceMode(s) == config.ModeDirector {
+			out = append(out, s.Fwmark)
+		}
+	}
+	return out
 }
 
 // tableExists reports whether the namespace has tether's table.

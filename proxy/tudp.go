@@ -197,7 +197,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 	if !roomForFlow(p, ft.lruSet, p.closeTFlow) {
 		return nil, errors.New("udp_max_flows reached")
 	}
-	srv, lease, err := p.chooseUDP(st, k.client.Addr())
+	srv, lease, err := p.choose(st, k.client.Addr())
 	if err != nil {
 		return nil, err
 	}

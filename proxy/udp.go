@@ -89,7 +89,7 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 	if !roomForFlow(p, svc.flows, p.closeFlow) {
 		return nil, errors.New("udp_max_flows reached")
 	}
-	srv, lease, err := p.chooseUDP(st, src.Addr())
+	srv, lease, err := p.choose(st, src.Addr())
 	if err != nil {
 		return nil, err
 	}
@@ -116,8 +116,9 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 	return f, nil
 }
 
-// chooseUDP picks the server of a new flow or datagram and counts it.
-func (p *Proxy) chooseUDP(st *serviceState, client netip.Addr) (*Server, affinity.Lease, error) {
+// choose picks the server of a new flow (a UDP flow or datagram, a director
+// flow) and counts it.
+func (p *Proxy) choose(st *serviceState, client netip.Addr) (*Server, affinity.Lease, error) {
 	var lease affinity.Lease
 	var srv *Server
 	if st.persistent {
@@ -194,7 +195,7 @@ func (p *Proxy) closeFlows(svc *service) {
 // its own to the chosen server, and the first reply, if one comes within
 // the idle timeout (at most 5 s), goes back to the client.
 func (p *Proxy) onePacket(svc *service, st *serviceState, src netip.AddrPort, b []byte, wg *sync.WaitGroup) {
-	srv, lease, err := p.chooseUDP(st, src.Addr())
+	srv, lease, err := p.choose(st, src.Addr())
 	if err != nil {
 		return
 	}

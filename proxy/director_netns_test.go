@@ -1,0 +1,234 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/md5"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/testenv"
+	"github.com/ti-mo/conntrack"
+)
+
+// The marks test of the socket path, in director mode: 200 clients go to
+// 80, 443 and 80 again under one mark, and none sees two backends; without
+// persistence clients mix, so the test can tell.
+func TestDirectorPersistenceAcrossPorts(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 2, AddrsPerClient: 100, Backends: 3, Label: "dmark"})
+	for _, b := range env.Backends {
+		for _, port := range []int{80, 443} {
+			if _, err := b.ServeName(port); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	run := func(persistent bool) testenv.Summary {
+		p, stop := startInLB(t, env, "mode: director\n"+markConfig(persistent), Options{})
+		defer stop()
+		var visits []testenv.Visit
+		for _, c := range env.Clients {
+			visits = append(visits, c.Drive(context.Background(), testenv.VIP, []int{80, 443, 80}, 1)...)
+		}
+		s := testenv.Summarize(visits)
+		if s.Failed != 0 {
+			t.Fatalf("%d of %d connections failed: %v", s.Failed, s.Visits, s.Errors)
+		}
+		if n := p.DirectorFlows(); n != 600 {
+			t.Errorf("director holds %d flows, want the 600 it chose (conntrack keeps closed TCP flows in TIME_WAIT)", n)
+		}
+		return s
+	}
+	s := run(true)
+	if s.Visits != 600 || len(s.Mixed) != 0 {
+		t.Errorf("%d visits; %d clients saw two backends: %v", s.Visits, len(s.Mixed), s.Mixed)
+	}
+	if len(s.PerBackend) != 3 {
+		t.Errorf("spread %s: every backend should serve some clients", s.Spread())
+	}
+	control := run(false)
+	if len(control.Mixed) == 0 {
+		t.Errorf("without persistence no client saw two backends: the test cannot tell")
+	}
+	t.Logf("director with persistence: 0 of 200 clients mixed, %s; without: %d mixed", s.Spread(), len(control.Mixed))
+}
+
+// The same config in socket-proxy and director mode sends each client to
+// the same server: the same templates and the same scheduler decide.
+func TestDirectorAgreesWithSocketProxy(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 2, AddrsPerClient: 40, Backends: 3, Label: "agree"})
+	var servers string
+	for i, b := range env.Backends {
+		if _, err := b.ServeName(8080); err != nil {
+			t.Fatal(err)
+		}
+		servers += fmt.Sprintf("      - address: %s:8080\n", testenv.BackendAddr(i))
+	}
+	cfg := fmt.Sprintf("services:\n  - name: web\n    listen: %s:80\n    scheduler: mh\n    persistence: {netmask: 255.255.255.0}\n    servers:\n%s", testenv.VIP, servers)
+	served := func(mode string) map[netip.Addr][]string {
+		_, stop := startInLB(t, env, "mode: "+mode+"\n"+cfg, Options{})
+		defer stop()
+		var visits []testenv.Visit
+		for _, c := range env.Clients {
+			visits = append(visits, c.Drive(context.Background(), testenv.VIP, []int{80}, 2)...)
+		}
+		s := testenv.Summarize(visits)
+		if s.Failed != 0 || len(s.Mixed) != 0 {
+			t.Fatalf("%s: %d failed, %d mixed: %v", mode, s.Failed, len(s.Mixed), s.Errors)
+		}
+		return s.Seen
+	}
+	proxy, director := served("proxy"), served("director")
+	if len(proxy) != 80 || len(director) != 80 {
+		t.Fatalf("clients seen: proxy %d, director %d, want 80", len(proxy), len(director))
+	}
+	backends := map[string]bool{}
+	for c, b := range proxy {
+		backends[b[0]] = true
+		if director[c][0] != b[0] {
+			t.Errorf("client %s: proxy sent it to %s, director to %s", c, b[0], director[c][0])
+		}
+	}
+	if len(backends) < 2 {
+		t.Errorf("every client went to %v: agreement proves nothing", backends)
+	}
+}
+
+// A flow's template is held until conntrack forgets the flow: flushing
+// conntrack (as its timeouts would) releases every template.
+func TestDirectorReleasesOnConntrackDestroy(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 10, Backends: 2, Label: "dstroy"})
+	for _, b := range env.Backends {
+		if _, err := b.ServeName(8080); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := fmt.Sprintf("mode: director\nservices:\n  - name: web\n    listen: %s:80\n    persistence: {timeout: 300s}\n    servers:\n      - address: %s:8080\n      - address: %s:8080\n",
+		testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1))
+	p, _ := startInLB(t, env, cfg, Options{})
+	if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80}, 3)); s.Failed != 0 {
+		t.Fatalf("%d failed: %v", s.Failed, s.Errors)
+	}
+	active := func() (n int) {
+		for _, tp := range p.Table().List(affinity.Filter{}) {
+			n += tp.Active
+		}
+		return n
+	}
+	if got := active(); got != 30 || p.DirectorFlows() != 30 {
+		t.Fatalf("templates hold %d flows, director %d; want 30 each", got, p.DirectorFlows())
+	}
+	err := env.LB.Do(func() error {
+		c, err := conntrack.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return c.Flush()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for p.DirectorFlows() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := active(); got != 0 || p.DirectorFlows() != 0 {
+		t.Errorf("after conntrack forgot the flows: templates hold %d, director %d", got, p.DirectorFlows())
+	}
+	if n := len(p.Table().List(affinity.Filter{})); n != 10 {
+		t.Errorf("%d templates, want the 10 clients' (released, not removed)", n)
+	}
+}
+
+// FTP through the director: the kernel's FTP helper rewrites the servers'
+// PASV replies and steers the data connections, so vsftpd announces its own
+// address (no pasv_address) and clients still cannot reach the servers but
+// through the director's NAT (the lb forwards nothing else to them).
+func TestDirectorFTP(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 30, Backends: 3, Label: "dftp"})
+	for _, tool := range []string{"curl", "vsftpd", "nft"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s is missing in CI; .ci/run installs it", tool)
+			}
+			t.Skipf("%s is not installed", tool)
+		}
+	}
+	file := make([]byte, 256<<10)
+	rand.NewChaCha8([32]byte{7}).Read(file)
+	for _, b := range env.Backends {
+		if err := b.StartFTP(testenv.FTPOptions{Files: map[string][]byte{"data.bin": file}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fw := filepath.Join(t.TempDir(), "fw.nft")
+	os.WriteFile(fw, []byte("table inet testfw {\n\tchain gate {\n\t\ttype filter hook forward priority 0;\n\t\tct state new ip daddr 198.19.0.0/24 ct status & dnat == 0 drop\n\t}\n}\n"), 0o644)
+	if out, err := execIn(env.LB, "nft", "-f", fw); err != nil {
+		t.Fatalf("nft: %v %s", err, out)
+	}
+	cfg := fmt.Sprintf("mode: director\nmarks:\n  - name: ftp\n    mark: 21\n    addresses: [%s]\n    ports: [21, 30000-30099]\nservices:\n  - name: ftp\n    fwmark: 21\n    scheduler: rr\n    persistence: {timeout: 60s}\n    servers:\n      - address: %s\n      - address: %s\n      - address: %s\n",
+		testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
+	_, stop := startInLB(t, env, cfg, Options{})
+	defer stop()
+	dir := t.TempDir()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var ok int
+	var why []string
+	sem := make(chan struct{}, 8)
+	for i, src := range env.Clients[0].Addrs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			out := filepath.Join(dir, fmt.Sprintf("%d.bin", i))
+			var stderr bytes.Buffer
+			cmd := exec.Command("curl", "-sS", "--ftp-pasv", "--max-time", "15", "--interface", src.String(), "-o", out, "ftp://"+testenv.VIP.String()+"/data.bin")
+			cmd.Stderr = &stderr
+			err := env.Clients[0].Start(cmd)
+			if err == nil {
+				err = cmd.Wait()
+			}
+			got, _ := os.ReadFile(out)
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil && md5.Sum(got) == md5.Sum(file) {
+				ok++
+			} else if len(why) < 3 {
+				why = append(why, fmt.Sprintf("%s: %v %s (%d bytes)", src, err, strings.TrimSpace(stderr.String()), len(got)))
+			}
+		}()
+	}
+	wg.Wait()
+	if ok != len(env.Clients[0].Addrs) {
+		t.Errorf("%d of %d downloads intact; first failures: %v", ok, len(env.Clients[0].Addrs), why)
+	}
+	// The control: straight to a server's own address the forward rule
+	// refuses, so the downloads above did go through the director's NAT.
+	if out, err := execIn(env.Clients[0], "curl", "-sS", "--max-time", "2", "-o", "/dev/null", "ftp://"+testenv.BackendAddr(0).String()+"/data.bin"); err == nil {
+		t.Errorf("a client reached a server directly (%s): the test cannot tell", out)
+	}
+}
+
+// execIn runs a command in a host and returns its combined output.
+func execIn(h *testenv.Host, name string, args ...string) (string, error) {
+	var out bytes.Buffer
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := h.Start(cmd); err != nil {
+		return "", err
+	}
+	err := cmd.Wait()
+	return out.String(), err
+}
