@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,5 +62,96 @@ func TestKilledTetherLeavesNoRules(t *testing.T) {
 	cmd.Wait()
 	if out := nftIn(t, env.LB, "list", "ruleset"); strings.Contains(out, "tether") {
 		t.Fatalf("after SIGKILL the lb still has:\n%s", out)
+	}
+}
+
+// SIGKILL of tether in director mode: the director's tables go with it,
+// an established flow keeps working (conntrack and the NAT anchor carry
+// it), and a new flow is answered at once rather than black-holed.
+func TestKilledDirectorKeepsFlows(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, Backends: 1, Label: "dkill"})
+	if _, err := exec.LookPath("nft"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("nft is missing in CI")
+		}
+		t.Skip("nft is not installed")
+	}
+	ln, err := env.Backends[0].Listen("tcp", ":8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { // a line echo server
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					c.Write([]byte("echo " + line))
+				}
+			}()
+		}
+	}()
+	cfg := filepath.Join(t.TempDir(), "d.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("mode: director\ndirector: {fail_open: true}\nservices:\n  - name: echo\n    listen: %s:80\n    persistence: {}\n    servers: [{address: %s:8080}]\n",
+		testenv.VIP, testenv.BackendAddr(0))), 0o600)
+	var logs bytes.Buffer
+	cmd := exec.Command(os.Args[0], "run", "--config", cfg)
+	cmd.Env = append(os.Environ(), "TETHER_TEST_MAIN=1")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := env.LB.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(nftIn(t, env.LB, "list", "tables"), "table ip tether") {
+		if time.Now().After(deadline) {
+			t.Fatalf("tether never applied its table:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	vip := netip.AddrPortFrom(testenv.VIP, 80).String()
+	c, err := env.Clients[0].Dial(ctx, "tcp", env.Clients[0].Addr(0), vip)
+	if err != nil {
+		t.Fatalf("dial through the director: %v\n%s", err, logs.String())
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(c)
+	say := func(s string) error {
+		if _, err := c.Write([]byte(s + "\n")); err != nil {
+			return err
+		}
+		got, err := r.ReadString('\n')
+		if err == nil && got != "echo "+s+"\n" {
+			err = fmt.Errorf("got %q", got)
+		}
+		return err
+	}
+	if err := say("before"); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if out := nftIn(t, env.LB, "list", "tables"); strings.Contains(out, "table ip tether\n") || strings.Contains(out, "table inet tether") {
+		t.Fatalf("after SIGKILL the lb still has:\n%s", out)
+	}
+	if err := say("after"); err != nil {
+		t.Errorf("the established flow broke with tether: %v", err)
+	}
+	start := time.Now()
+	nc, err := env.Clients[0].Dial(ctx, "tcp", env.Clients[0].Addr(0), vip)
+	if err == nil {
+		nc.Close()
+	} else if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("a new flow after the kill: %v after %s, want an answer (connection refused), not silence", err, time.Since(start).Round(time.Millisecond))
 	}
 }

@@ -242,4 +242,20 @@ func TestNftShowAndFlush(t *testing.T) {
 	if _, _, err := runCLI(t, "nft", "show", "--config", noMarks); err == nil || !strings.Contains(err.Error(), "no marks") {
 		t.Errorf("nft show without marks: %v", err)
 	}
+	// The same mark served by the director: marked, not TPROXYed, and the
+	// director's table with the servers' choice marks.
+	director := filepath.Join(t.TempDir(), "d.yaml")
+	os.WriteFile(director, []byte("mode: director\nmarks:\n  - name: web\n    mark: 1\n    addresses: [198.18.0.10]\n    ports: [80, 443]\nservices:\n  - name: web\n    fwmark: 1\n    servers: [{address: 198.19.0.11}, {address: 198.19.0.12}]\n"), 0o600)
+	out, _, err = runCLI(t, "nft", "show", "--config", director)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"table inet tether {", "table ip tether {", "0x7e000001 : 198.19.0.12", "ct state new meta mark 0x00000001 meta mark != @choices queue num 0", "dnat ip to meta mark map @dnat_addr"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("nft show (director) lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "tproxy") {
+		t.Errorf("a director class is TPROXYed:\n%s", out)
+	}
 }
