@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +28,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/proxy"
+	"github.com/tetherlb/tether/testenv"
 )
 
 func main() {
@@ -135,11 +140,11 @@ func bench(dur time.Duration) error {
 	}
 
 	fmt.Printf("tetherbench: %s per measurement, loopback, GOMAXPROCS %s\n\n", dur, os.Getenv("GOMAXPROCS"))
-	direct, err := measure(ln.Addr().String(), dur)
+	direct, err := measure(loopback(ln.Addr().String()), dur)
 	if err != nil {
 		return fmt.Errorf("direct: %w", err)
 	}
-	through, err := measure(listen, dur)
+	through, err := measure(loopback(listen), dur)
 	if err != nil {
 		return fmt.Errorf("through tether: %w", err)
 	}
@@ -164,6 +169,94 @@ func bench(dur time.Duration) error {
 		}
 		fmt.Printf("| datagrams/s, %d B | %.0f | %.0f (%.2fx) |\n", size, d, t, t/d)
 	}
+	return benchNamespaces(dur)
+}
+
+// nftIn loads rules with nft -f in host h.
+func nftIn(h *testenv.Host, rules string) error {
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := h.Start(cmd); err != nil {
+		return err
+	}
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("nft: %w: %s", err, out.String())
+	}
+	return nil
+}
+
+// benchNamespaces measures the director where it works: a client host
+// reaching servers through the load-balancer host, in network namespaces.
+// Direct is the same client reaching the server's own address through the
+// same host, forwarded by the kernel; the socket proxy runs there too.
+func benchNamespaces(dur time.Duration) error {
+	if why := testenv.Missing(); why != "" {
+		fmt.Printf("\n(no director figures: %s)\n", why)
+		return nil
+	}
+	env, err := testenv.New(testenv.Spec{Clients: 1, AddrsPerClient: 32, Backends: 1, Label: "bench"})
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	ln, err := env.Backends[0].Listen("tcp", ":8080")
+	if err != nil {
+		return err
+	}
+	go serveBackend(ln)
+	client := env.Clients[0]
+	inHost := func(addr string) dialer {
+		return func(w, i int) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return client.Dial(ctx, "tcp", client.Addrs[(w*5+i)%len(client.Addrs)], addr)
+		}
+	}
+	server := netip.AddrPortFrom(testenv.BackendAddr(0), 8080).String()
+	vip := netip.AddrPortFrom(testenv.VIP, 80).String()
+	fmt.Printf("\nnetwork namespaces: client -> load balancer -> server (veth and bridges), %s per measurement\n\n", dur)
+	direct, err := measure(inHost(server), dur)
+	if err != nil {
+		return fmt.Errorf("direct: %w", err)
+	}
+	cols := []column{{"direct (forwarded)", direct, 0}}
+	// The kernel's own cost of a NATed flow, with no decision in userspace:
+	// the floor the director can reach.
+	rules := fmt.Sprintf("table ip benchnat {\n\tchain pre {\n\t\ttype nat hook prerouting priority dstnat;\n\t\tip daddr %s tcp dport 80 dnat to %s\n\t}\n}\n", testenv.VIP, server)
+	if err := nftIn(env.LB, rules); err != nil {
+		fmt.Fprintln(os.Stderr, "tetherbench: no static DNAT column:", err)
+	} else {
+		r, err := measure(inHost(vip), dur)
+		if err := errors.Join(err, nftIn(env.LB, "delete table ip benchnat\n")); err != nil {
+			return fmt.Errorf("static dnat: %w", err)
+		}
+		cols = append(cols, column{"kernel DNAT rule", r, 0})
+	}
+	for _, mode := range []string{"director", "proxy"} {
+		cfg, err := config.Parse("bench", []byte(fmt.Sprintf("mode: %s\ndirector: {queues: 2}\nservices:\n  - name: bench\n    listen: %s\n    persistence: {timeout: 300s}\n    servers: [{address: %s}]\n", mode, vip, server)))
+		if err != nil {
+			return err
+		}
+		p := proxy.New(cfg, proxy.Options{Do: env.LB.Do})
+		if err := env.LB.Do(p.Start); err != nil {
+			return fmt.Errorf("%s: %w", mode, err)
+		}
+		r, err := measure(inHost(vip), dur)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		env.LB.Do(func() error { return p.Shutdown(ctx) })
+		cancel()
+		if err != nil {
+			return fmt.Errorf("%s: %w", mode, err)
+		}
+		name := "tether director"
+		if mode == "proxy" {
+			name = "tether socket proxy"
+		}
+		cols = append(cols, column{name, r, 0})
+	}
+	printTable(cols)
 	return nil
 }
 
@@ -245,6 +338,9 @@ func printTable(cols []column) {
 	row("new connections/s, 8 clients", func(r result) float64 { return r.connsPerSec }, func(v float64) string { return fmt.Sprintf("%.0f", v) })
 	row("request/response p50, 64 B", func(r result) float64 { return float64(r.p50) }, dur)
 	row("request/response p99, 64 B", func(r result) float64 { return float64(r.p99) }, dur)
+	if cols[len(cols)-1].rss == 0 {
+		return // measured in this process: no RSS of its own
+	}
 	fmt.Print("| peak RSS | |")
 	for _, c := range cols[1:] {
 		fmt.Printf(" %.1f MiB |", float64(c.rss)/(1<<20))
@@ -288,7 +384,7 @@ listen bench
 	if err := waitListening(listen); err != nil {
 		return column{}, fmt.Errorf("%w: %s", err, stderr.String())
 	}
-	r, err := measure(listen, dur)
+	r, err := measure(loopback(listen), dur)
 	if err != nil {
 		return column{}, err
 	}
@@ -304,19 +400,32 @@ func haproxyVersion(bin string) string {
 	return ""
 }
 
-func measure(addr string, dur time.Duration) (result, error) {
+// dialer opens the i-th connection of worker w. Each measurement dials
+// the same way for direct and for tether, so the ratios compare paths.
+type dialer func(w, i int) (net.Conn, error)
+
+// loopback dials addr from source addresses across 127.10.0.0/16, so that
+// no port range runs out.
+func loopback(addr string) dialer {
+	return func(w, i int) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 10, byte(w), byte(i%250+1))}, Timeout: 5 * time.Second}
+		return d.Dial("tcp", addr)
+	}
+}
+
+func measure(dial dialer, dur time.Duration) (result, error) {
 	var r result
 	var err error
-	if r.stream, err = throughput(addr, 1, dur); err != nil {
+	if r.stream, err = throughput(dial, 1, dur); err != nil {
 		return r, err
 	}
-	if r.streams8, err = throughput(addr, 8, dur); err != nil {
+	if r.streams8, err = throughput(dial, 8, dur); err != nil {
 		return r, err
 	}
-	if r.connsPerSec, err = connRate(addr, 8, dur); err != nil {
+	if r.connsPerSec, err = connRate(dial, 8, dur); err != nil {
 		return r, err
 	}
-	r.p50, r.p99, err = latency(addr, dur)
+	r.p50, r.p99, err = latency(dial, dur)
 	return r, err
 }
 
@@ -346,9 +455,9 @@ func forWorkers(n int, dur time.Duration, work func(w int, deadline time.Time, c
 }
 
 // throughput sends to the sink over n connections for dur: bytes/s.
-func throughput(addr string, n int, dur time.Duration) (float64, error) {
-	return forWorkers(n, dur, func(_ int, deadline time.Time, count func(int64)) error {
-		c, err := net.Dial("tcp", addr)
+func throughput(dial dialer, n int, dur time.Duration) (float64, error) {
+	return forWorkers(n, dur, func(w int, deadline time.Time, count func(int64)) error {
+		c, err := dial(w, 0)
 		if err != nil {
 			return err
 		}
@@ -366,14 +475,11 @@ func throughput(addr string, n int, dur time.Duration) (float64, error) {
 	})
 }
 
-// connRate opens, uses and closes connections from n clients for dur. The
-// clients take source addresses across 127.0.0.0/8 so that no port range
-// runs out.
-func connRate(addr string, n int, dur time.Duration) (float64, error) {
+// connRate opens, uses and closes connections from n clients for dur.
+func connRate(dial dialer, n int, dur time.Duration) (float64, error) {
 	return forWorkers(n, dur, func(w int, deadline time.Time, count func(int64)) error {
 		for i := 0; time.Now().Before(deadline); i++ {
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 10, byte(w), byte(i%250+1))}, Timeout: 5 * time.Second}
-			c, err := d.Dial("tcp", addr)
+			c, err := dial(w, i)
 			if err != nil {
 				return err
 			}
@@ -393,8 +499,8 @@ func connRate(addr string, n int, dur time.Duration) (float64, error) {
 }
 
 // latency ping-pongs 64 bytes on one connection for dur.
-func latency(addr string, dur time.Duration) (p50, p99 time.Duration, err error) {
-	c, err := net.Dial("tcp", addr)
+func latency(dial dialer, dur time.Duration) (p50, p99 time.Duration, err error) {
+	c, err := dial(0, 0)
 	if err != nil {
 		return 0, 0, err
 	}
