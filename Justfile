@@ -20,3 +20,4 @@ lint:
 fuzz time="30s":
     go test -run '^$' -fuzz FuzzParseMask -fuzztime {{time}} ./affinity
     go test -run '^$' -fuzz FuzzReadSnapshot -fuzztime {{time}} ./affinity
+    go test -run '^$' -fuzz FuzzParseFlow -fuzztime {{time}} ./proxy

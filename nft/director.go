@@ -235,10 +235,7 @@ func (d Director) addFallback(c *nftables.Conn, t *nftables.Table, ch *nftables.
 		return fmt.Errorf("nft: map %s: %w", m.Name, err)
 	}
 	off, n := d.saddr()
-	mask := make([]byte, n)
-	for b := 0; b < s.FallbackBits && b < int(n)*8; b++ {
-		mask[b/8] |= 0x80 >> (b % 8)
-	}
+	mask := netmask(d.Family, s.FallbackBits).AsSlice()
 	r := append(d.match(s), loadMeta, &expr.Lookup{SourceRegister: 1, SetName: choices.Name, SetID: choices.ID, Invert: true},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: n, Mask: mask, Xor: make([]byte, n)},
@@ -435,6 +432,25 @@ func (d Director) Show() string {
 	fmt.Fprintf(&b, "\tset choices {\n\t\ttype mark%s\n\t}\n\n", elems(choices))
 	fmt.Fprintf(&b, "\tmap dnat_port {\n\t\ttype mark : %s . inet_service%s\n\t}\n\n", typ, elems(withPort))
 	fmt.Fprintf(&b, "\tmap dnat_addr {\n\t\ttype mark : %s%s\n\t}\n\n", typ, elems(noPort))
+	if d.Queue.Bypass {
+		for i, s := range d.Services {
+			servers := fallbackServers(s)
+			if len(servers) == 0 {
+				continue
+			}
+			var es []string
+			vt := typ
+			for j, a := range servers {
+				if a.Port() == 0 {
+					es = append(es, fmt.Sprintf("%d : %s", j, a.Addr()))
+				} else {
+					vt = typ + " . inet_service"
+					es = append(es, fmt.Sprintf("%d : %s . %d", j, a.Addr(), a.Port()))
+				}
+			}
+			fmt.Fprintf(&b, "\tmap fallback%d {\n\t\ttype mark : %s%s\n\t}\n\n", i, vt, elems(es))
+		}
+	}
 	q := d.Queue
 	queue := fmt.Sprintf("queue num %d", q.Num)
 	if total := max(q.Total, 1); total > 1 {
@@ -476,8 +492,8 @@ func (d Director) Show() string {
 	if q.Bypass {
 		for i, s := range d.Services {
 			if servers := fallbackServers(s); len(servers) > 0 {
-				fmt.Fprintf(&b, "\t\t%s meta mark != @choices dnat %s to jhash %s saddr & /%d mod %d map @fallback%d\n",
-					match(s), addr, addr, s.FallbackBits, len(servers), i)
+				fmt.Fprintf(&b, "\t\t%s meta mark != @choices dnat %s to jhash %s saddr & %s mod %d map @fallback%d\n",
+					match(s), addr, addr, netmask(d.Family, s.FallbackBits), len(servers), i)
 			}
 		}
 	}
@@ -487,6 +503,20 @@ func (d Director) Show() string {
 	}
 	b.WriteString("}\n")
 	return b.String()
+}
+
+// netmask is a prefix length as the address mask nft prints.
+func netmask(fam nftables.TableFamily, bits int) netip.Addr {
+	n := 4
+	if fam == nftables.TableFamilyIPv6 {
+		n = 16
+	}
+	b := make([]byte, n)
+	for i := 0; i < bits && i < n*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
 
 func protoName(p byte) string {
