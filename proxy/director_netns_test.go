@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/md5"
@@ -231,4 +232,60 @@ func execIn(h *testenv.Host, name string, args ...string) (string, error) {
 	}
 	err := cmd.Wait()
 	return out.String(), err
+}
+
+// A reload that removes a flow's server: with expire_nodest keep the open
+// flow runs on to it (conntrack holds its NAT); with reset its conntrack
+// entry is deleted, and the flow breaks, as IPVS's expire_nodest_conn.
+func TestDirectorExpireNodest(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, Backends: 2, Label: "nodest"})
+	for _, b := range env.Backends {
+		if _, err := b.ServeName(8080); err != nil { // its name, then an echo
+			t.Fatal(err)
+		}
+	}
+	cfg := func(mode string, server int) string {
+		return fmt.Sprintf("mode: director\ndirector: {expire_nodest: %s}\nservices:\n  - name: echo\n    listen: %s:80\n    servers: [{address: %s:8080}]\n",
+			mode, testenv.VIP, testenv.BackendAddr(server))
+	}
+	for _, mode := range []string{"keep", "reset"} {
+		t.Run(mode, func(t *testing.T) {
+			p, stop := startInLB(t, env, cfg(mode, 0), Options{})
+			defer stop()
+			c, err := env.Clients[0].Dial(context.Background(), "tcp", env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80).String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			r := bufio.NewReader(c)
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			if name, err := r.ReadString('\n'); err != nil || name != "backend0\n" {
+				t.Fatalf("served by %q (%v), want backend0", name, err)
+			}
+			say := func(s string) error {
+				c.SetDeadline(time.Now().Add(2 * time.Second))
+				if _, err := c.Write([]byte(s + "\n")); err != nil {
+					return err
+				}
+				got, err := r.ReadString('\n')
+				if err == nil && got != s+"\n" {
+					err = fmt.Errorf("got %q", got)
+				}
+				return err
+			}
+			if err := say("before"); err != nil {
+				t.Fatal(err)
+			}
+			if err := env.LB.Do(func() error { return p.Reload(mustConfig(t, cfg(mode, 1))) }); err != nil {
+				t.Fatal(err)
+			}
+			err = say("after")
+			if mode == "keep" && err != nil {
+				t.Errorf("keep: the open flow to the removed server broke: %v", err)
+			}
+			if mode == "reset" && err == nil {
+				t.Errorf("reset: the open flow to the removed server still works")
+			}
+		})
+	}
 }
