@@ -25,42 +25,7 @@ import (
 // 80, 443 and 80 again under one mark, and none sees two backends; without
 // persistence clients mix, so the test can tell.
 func TestDirectorPersistenceAcrossPorts(t *testing.T) {
-	env := testenv.Start(t, testenv.Spec{Clients: 2, AddrsPerClient: 100, Backends: 3, Label: "dmark"})
-	for _, b := range env.Backends {
-		for _, port := range []int{80, 443} {
-			if _, err := b.ServeName(port); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	run := func(persistent bool) testenv.Summary {
-		p, stop := startInLB(t, env, "mode: director\n"+markConfig(persistent), Options{})
-		defer stop()
-		var visits []testenv.Visit
-		for _, c := range env.Clients {
-			visits = append(visits, c.Drive(context.Background(), testenv.VIP, []int{80, 443, 80}, 1)...)
-		}
-		s := testenv.Summarize(visits)
-		if s.Failed != 0 {
-			t.Fatalf("%d of %d connections failed: %v", s.Failed, s.Visits, s.Errors)
-		}
-		if n := p.DirectorFlows(); n != 600 {
-			t.Errorf("director holds %d flows, want the 600 it chose (conntrack keeps closed TCP flows in TIME_WAIT)", n)
-		}
-		return s
-	}
-	s := run(true)
-	if s.Visits != 600 || len(s.Mixed) != 0 {
-		t.Errorf("%d visits; %d clients saw two backends: %v", s.Visits, len(s.Mixed), s.Mixed)
-	}
-	if len(s.PerBackend) != 3 {
-		t.Errorf("spread %s: every backend should serve some clients", s.Spread())
-	}
-	control := run(false)
-	if len(control.Mixed) == 0 {
-		t.Errorf("without persistence no client saw two backends: the test cannot tell")
-	}
-	t.Logf("director with persistence: 0 of 200 clients mixed, %s; without: %d mixed", s.Spread(), len(control.Mixed))
+	markPersistenceAcrossPorts(t, "director", "dmark")
 }
 
 // The same config in socket-proxy and director mode sends each client to

@@ -31,33 +31,41 @@ func nftIn(t *testing.T, h *testenv.Host, args ...string) string {
 	return out.String()
 }
 
-// SIGKILL of tether leaves no tether table in the load-balancer host: the
-// table is owned by tether's netlink socket.
-func TestKilledTetherLeavesNoRules(t *testing.T) {
-	env := testenv.Start(t, testenv.Spec{Backends: 1, Label: "kill"})
+// runInLB starts tether run on cfg in the load-balancer host and waits
+// until `nft list tables` shows table (it skips without nft, but in CI).
+func runInLB(t *testing.T, env *testenv.Env, cfg, table string) *exec.Cmd {
+	t.Helper()
 	if _, err := exec.LookPath("nft"); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("nft is missing in CI")
 		}
 		t.Skip("nft is not installed")
 	}
-	cfg := filepath.Join(t.TempDir(), "m.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("marks:\n  - name: web\n    mark: 1\n    addresses: [%s]\n    ports: [80, 443]\nservices:\n  - name: web\n    fwmark: 1\n    persistence: {}\n    servers: [{address: %s}]\n",
-		testenv.VIP, testenv.BackendAddr(0))), 0o600)
+	path := filepath.Join(t.TempDir(), "tether.yaml")
+	os.WriteFile(path, []byte(cfg), 0o600)
 	var logs bytes.Buffer
-	cmd := exec.Command(os.Args[0], "run", "--config", cfg)
+	cmd := exec.Command(os.Args[0], "run", "--config", path)
 	cmd.Env = append(os.Environ(), "TETHER_TEST_MAIN=1")
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := env.LB.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(nftIn(t, env.LB, "list", "tables"), "table inet tether") {
+	for !strings.Contains(nftIn(t, env.LB, "list", "tables"), table) {
 		if time.Now().After(deadline) {
-			t.Fatalf("tether never applied its table:\n%s", logs.String())
+			t.Fatalf("tether never applied %s:\n%s", table, logs.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return cmd
+}
+
+// SIGKILL of tether leaves no tether table in the load-balancer host: the
+// table is owned by tether's netlink socket.
+func TestKilledTetherLeavesNoRules(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Backends: 1, Label: "kill"})
+	cmd := runInLB(t, env, fmt.Sprintf("marks:\n  - name: web\n    mark: 1\n    addresses: [%s]\n    ports: [80, 443]\nservices:\n  - name: web\n    fwmark: 1\n    persistence: {}\n    servers: [{address: %s}]\n",
+		testenv.VIP, testenv.BackendAddr(0)), "table inet tether")
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	if out := nftIn(t, env.LB, "list", "ruleset"); strings.Contains(out, "tether") {
@@ -70,38 +78,17 @@ func TestKilledTetherLeavesNoRules(t *testing.T) {
 // it), and a new flow is answered at once rather than black-holed.
 func TestKilledDirectorKeepsFlows(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, Backends: 1, Label: "dkill"})
-	if _, err := exec.LookPath("nft"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("nft is missing in CI")
-		}
-		t.Skip("nft is not installed")
-	}
 	if _, err := env.Backends[0].ServeName(8080); err != nil { // its name, then an echo
 		t.Fatal(err)
 	}
-	cfg := filepath.Join(t.TempDir(), "d.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("mode: director\ndirector: {fail_open: true}\nservices:\n  - name: echo\n    listen: %s:80\n    persistence: {}\n    servers: [{address: %s:8080}]\n",
-		testenv.VIP, testenv.BackendAddr(0))), 0o600)
-	var logs bytes.Buffer
-	cmd := exec.Command(os.Args[0], "run", "--config", cfg)
-	cmd.Env = append(os.Environ(), "TETHER_TEST_MAIN=1")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := env.LB.Start(cmd); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(nftIn(t, env.LB, "list", "tables"), "table ip tether") {
-		if time.Now().After(deadline) {
-			t.Fatalf("tether never applied its table:\n%s", logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	cmd := runInLB(t, env, fmt.Sprintf("mode: director\ndirector: {fail_open: true}\nservices:\n  - name: echo\n    listen: %s:80\n    persistence: {}\n    servers: [{address: %s:8080}]\n",
+		testenv.VIP, testenv.BackendAddr(0)), "table ip tether")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	vip := netip.AddrPortFrom(testenv.VIP, 80).String()
 	c, err := env.Clients[0].Dial(ctx, "tcp", env.Clients[0].Addr(0), vip)
 	if err != nil {
-		t.Fatalf("dial through the director: %v\n%s", err, logs.String())
+		t.Fatalf("dial through the director: %v", err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
