@@ -153,7 +153,7 @@ type Lease struct {
 
 	shard uint32
 	slot  int32
-	gen   uint32
+	gen   uint32 // the slot's generation + 1: the zero Lease holds nothing
 }
 
 // GetOrBind finds the template of (service, masked client) and counts a new
@@ -181,7 +181,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 		case svc.usable(e.server):
 			sh.open(i, now)
 			sh.stats.Hits++
-			l := Lease{Server: svc.servers[e.server], Hit: true, shard: uint32(si), slot: i, gen: e.gen}
+			l := Lease{Server: svc.servers[e.server], Hit: true, shard: uint32(si), slot: i, gen: e.gen + 1}
 			sh.mu.Unlock()
 			return l, nil
 		}
@@ -223,7 +223,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 	}
 	sh.open(i, now)
 	e := &sh.ents[i]
-	return Lease{Server: svc.servers[e.server], shard: uint32(si), slot: i, gen: e.gen}, nil
+	return Lease{Server: svc.servers[e.server], shard: uint32(si), slot: i, gen: e.gen + 1}, nil
 }
 
 // Release gives back a lease when its connection closes; call it once per
@@ -238,7 +238,7 @@ func (t *Table) Release(l Lease) {
 	now := t.stamp()
 	sh.mu.Lock()
 	if int(l.slot) < len(sh.ents) {
-		if e := &sh.ents[l.slot]; e.gen == l.gen && e.active > 0 {
+		if e := &sh.ents[l.slot]; l.gen != 0 && e.gen+1 == l.gen && e.active > 0 {
 			sh.close(l.slot, now)
 		}
 	}

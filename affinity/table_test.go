@@ -385,3 +385,22 @@ func TestSweeperGoroutineStopsOnClose(t *testing.T) {
 		t.Fatal("Close returned before the sweeper stopped")
 	}
 }
+
+// The zero Lease (a connection that went to a sorry server, not through a
+// template) must not close the template in the table's first slot.
+func TestReleaseZeroLeaseIsNoop(t *testing.T) {
+	p := newPicker(1)
+	tb, ref, _ := newTestTable(Options{Capacity: 16, Shards: 1}, ServiceConfig{Timeout: time.Minute}, p)
+	l, err := tb.GetOrBind(ref, netip.MustParseAddr("198.18.1.1"), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.Release(Lease{})
+	if got := tb.List(Filter{}); len(got) != 1 || got[0].Active != 1 {
+		t.Fatalf("after Release(Lease{}): %+v, want one template with 1 open connection", got)
+	}
+	tb.Release(l)
+	if got := tb.List(Filter{}); len(got) != 1 || got[0].Active != 0 {
+		t.Fatalf("after the real release: %+v, want 0 open connections", got)
+	}
+}
