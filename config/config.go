@@ -128,9 +128,51 @@ type Service struct {
 	// Mode is the data path: proxy (socket proxy, default) or director
 	// (NFQUEUE: tether picks the server of a new flow, the kernel
 	// forwards it).
-	Mode    string   `yaml:"mode,omitempty"`
-	Limits  Limits   `yaml:"limits,omitempty"`
+	Mode   string `yaml:"mode,omitempty"`
+	Limits Limits `yaml:"limits,omitempty"`
+	// HealthCheck probes every server that has none of its own.
+	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
+	// InhibitOnFailure: a server that fails its check gets weight 0
+	// (quiescent: its templates and connections stay, it takes no new
+	// clients) instead of going down (its templates are dropped and its
+	// clients rescheduled). keepalived's inhibit_on_failure.
+	InhibitOnFailure bool `yaml:"inhibit_on_failure,omitempty"`
+	// SorryServer takes the service's new clients while no server is
+	// available or the service is below quorum; it gets no templates.
+	SorryServer string `yaml:"sorry_server,omitempty"`
+	// Quorum is the least total weight of available servers the service
+	// runs on; below it new clients go to the sorry server, or are refused
+	// without one. 0: no quorum.
+	Quorum  int      `yaml:"quorum,omitempty"`
 	Servers []Server `yaml:"servers"`
+}
+
+// HealthCheck probes a real server every Interval; Fall failures in a row
+// take it down, Rise successes in a row bring it back.
+type HealthCheck struct {
+	// Type is tcp (connect), http (GET Path, status in ExpectStatus, body
+	// containing ExpectBody), udp (send Send, a reply containing Expect)
+	// or exec (Command exits 0).
+	Type     string   `yaml:"type"`
+	Interval Duration `yaml:"interval,omitempty"` // default 5s
+	Timeout  Duration `yaml:"timeout,omitempty"`  // default 2s
+	Rise     int      `yaml:"rise,omitempty"`     // default 2
+	Fall     int      `yaml:"fall,omitempty"`     // default 3
+	// Start is the state before the first verdict: up (default) or down
+	// (keepalived's alpha: no client until Rise checks pass).
+	Start string `yaml:"start,omitempty"`
+	// Port probes this port instead of the server's (keepalived's
+	// connect_port); needed for a mark service's server without a port.
+	Port         uint16 `yaml:"port,omitempty"`
+	Path         string `yaml:"path,omitempty"`          // http; default /
+	Host         string `yaml:"host,omitempty"`          // http Host header; default the server's address
+	ExpectStatus string `yaml:"expect_status,omitempty"` // http; 200-399 (default), or one code
+	ExpectBody   string `yaml:"expect_body,omitempty"`   // http; a substring of the body
+	Send         string `yaml:"send,omitempty"`          // udp payload
+	Expect       string `yaml:"expect,omitempty"`        // udp; a substring of the reply (empty: any reply)
+	// Command is exec's argv; it runs with TETHER_SERVER (address:port),
+	// TETHER_SERVER_ADDR and TETHER_SERVER_PORT in its environment.
+	Command []string `yaml:"command,omitempty"`
 }
 
 // Persistence makes a service persistent; absent, every connection is
@@ -157,6 +199,8 @@ type Limits struct {
 type Server struct {
 	Address string `yaml:"address"`
 	Weight  *int   `yaml:"weight,omitempty"` // 0..65535, default 1; 0 is quiescent
+	// HealthCheck replaces the service's for this server.
+	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
 }
 
 // Defaults.
@@ -171,7 +215,14 @@ const (
 	DefaultUDPMaxFlows     = 262144
 	DefaultQueueLength     = 4096
 	DefaultMarkBase        = 0x7e000000
+	DefaultCheckInterval   = 5 * time.Second
+	DefaultCheckTimeout    = 2 * time.Second
+	DefaultRise            = 2
+	DefaultFall            = 3
 )
+
+// CheckTypes are the health check types.
+var CheckTypes = []string{"tcp", "http", "udp", "exec"}
 
 // Data path modes.
 const (
@@ -439,6 +490,9 @@ func (v *validator) checkChoiceMarks(f *File, set marks.Set) {
 	for _, s := range f.Services {
 		if s.Mode == ModeDirector || s.Mode == "" && f.Mode == ModeDirector {
 			n += uint32(len(s.Servers))
+			if s.SorryServer != "" {
+				n++
+			}
 		}
 	}
 	if n == 0 {
@@ -539,6 +593,9 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 					v.errf(fmt.Sprintf("%s.servers[%d].address", p, j), "%s: the director rewrites addresses and cannot cross from an %s VIP to an %s server (the socket proxy can)", sv.Address, family(vip.Addr()), family(a.Addr()))
 				}
 			}
+			if a, err := netip.ParseAddrPort(s.SorryServer); err == nil && a.Addr().Unmap().Is4() != vip.Addr().Unmap().Is4() {
+				v.errf(p+".sorry_server", "%s: the director cannot cross from an %s VIP to an %s server", s.SorryServer, family(vip.Addr()), family(a.Addr()))
+			}
 		}
 	default:
 		v.errf(p+".mode", "%q is not proxy or director", s.Mode)
@@ -590,7 +647,7 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 	seen := map[string]string{}
 	for j, sv := range s.Servers {
 		q := fmt.Sprintf("%s.servers[%d]", p, j)
-		k, ok := v.checkServer(q, sv.Address, s.Fwmark != 0)
+		k, ok := v.checkServer(q+".address", sv.Address, s.Fwmark != 0)
 		if ok {
 			if other := seen[k]; other != "" {
 				v.errf(q+".address", "server %s is listed twice (also %s)", k, other)
@@ -600,7 +657,121 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 		if sv.Weight != nil && (*sv.Weight < 0 || *sv.Weight > 65535) {
 			v.errf(q+".weight", "%d is outside 0..65535", *sv.Weight)
 		}
+		hc, at := s.HealthCheck, p+".health_check"
+		if sv.HealthCheck != nil {
+			hc, at = sv.HealthCheck, q+".health_check"
+			v.checkHealth(at, sv.HealthCheck)
+		}
+		if hc != nil && hc.Type != "exec" && hc.Port == 0 {
+			if _, err := netip.ParseAddrPort(sv.Address); err != nil && ok {
+				v.errf(at+".port", "missing: server %s has no port, so a %s check needs one", sv.Address, hc.Type)
+			}
+		}
 	}
+	if s.HealthCheck != nil {
+		v.checkHealth(p+".health_check", s.HealthCheck)
+	}
+	v.checkSorry(p, s)
+}
+
+// checkSorry validates the sorry server and the quorum.
+func (v *validator) checkSorry(p string, s *Service) {
+	if s.SorryServer != "" {
+		if k, ok := v.checkServer(p+".sorry_server", s.SorryServer, s.Fwmark != 0); ok {
+			for _, sv := range s.Servers {
+				if a, err := netip.ParseAddrPort(sv.Address); err == nil && a.String() == k || sv.Address == k {
+					v.errf(p+".sorry_server", "%s is also one of the service's servers", k)
+				}
+			}
+		}
+	}
+	total := 0
+	for _, sv := range s.Servers {
+		if sv.Weight == nil {
+			total++
+		} else {
+			total += *sv.Weight
+		}
+	}
+	switch {
+	case s.Quorum < 0:
+		v.errf(p+".quorum", "%d is negative", s.Quorum)
+	case s.Quorum > total && len(s.Servers) > 0:
+		v.errf(p+".quorum", "%d is more than the servers' total weight %d: the service could never run", s.Quorum, total)
+	}
+}
+
+// checkHealth validates one health check, including fields that do not
+// belong to its type.
+func (v *validator) checkHealth(p string, hc *HealthCheck) {
+	if !contains(CheckTypes, hc.Type) {
+		if hc.Type == "" {
+			v.errf(p+".type", "missing: one of %s", strings.Join(CheckTypes, ", "))
+		} else {
+			v.errf(p+".type", "%q is not one of %s", hc.Type, strings.Join(CheckTypes, ", "))
+		}
+		return
+	}
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{{"interval", hc.Interval}, {"timeout", hc.Timeout}} {
+		if d.v < 0 {
+			v.errf(p+"."+d.key, "%s is negative", d.v.D())
+		}
+	}
+	if hc.Rise < 0 {
+		v.errf(p+".rise", "%d is negative", hc.Rise)
+	}
+	if hc.Fall < 0 {
+		v.errf(p+".fall", "%d is negative", hc.Fall)
+	}
+	if hc.Start != "" && hc.Start != "up" && hc.Start != "down" {
+		v.errf(p+".start", "%q is not up or down", hc.Start)
+	}
+	only := func(key, typ string, set bool) {
+		if set && hc.Type != typ {
+			v.errf(p+"."+key, "is for %s checks, and this one is %s", typ, hc.Type)
+		}
+	}
+	only("path", "http", hc.Path != "")
+	only("host", "http", hc.Host != "")
+	only("expect_status", "http", hc.ExpectStatus != "")
+	only("expect_body", "http", hc.ExpectBody != "")
+	only("send", "udp", hc.Send != "")
+	only("expect", "udp", hc.Expect != "")
+	only("command", "exec", len(hc.Command) > 0)
+	if hc.Type == "exec" {
+		if len(hc.Command) == 0 || hc.Command[0] == "" {
+			v.errf(p+".command", "missing: the program to run and its arguments")
+		}
+		if hc.Port != 0 {
+			v.errf(p+".port", "is for tcp, http and udp checks")
+		}
+	}
+	if hc.Path != "" && !strings.HasPrefix(hc.Path, "/") {
+		v.errf(p+".path", "%q does not start with /", hc.Path)
+	}
+	if hc.ExpectStatus != "" {
+		if _, _, err := ParseStatusRange(hc.ExpectStatus); err != nil {
+			v.errf(p+".expect_status", "%v", err)
+		}
+	}
+}
+
+// ParseStatusRange reads an HTTP status range: "200" or "200-399".
+func ParseStatusRange(s string) (lo, hi int, err error) {
+	a, b, isRange := strings.Cut(s, "-")
+	lo, err1 := strconv.Atoi(strings.TrimSpace(a))
+	hi = lo
+	var err2 error
+	if isRange {
+		hi, err2 = strconv.Atoi(strings.TrimSpace(b))
+	}
+	if err1 != nil || err2 != nil || lo < 100 || hi > 599 || lo > hi {
+		return 0, 0, fmt.Errorf("%q is not a status code or range such as 200 or 200-399", s)
+	}
+	return lo, hi, nil
 }
 
 func (v *validator) checkListen(p string, s *Service, listens map[string]string) {
@@ -628,12 +799,12 @@ func (v *validator) checkListen(p string, s *Service, listens map[string]string)
 // destination port is kept (IPVS's rule for mark services).
 func (v *validator) checkServer(q, addr string, portOptional bool) (string, bool) {
 	if addr == "" {
-		v.errf(q+".address", "missing")
+		v.errf(q, "missing")
 		return "", false
 	}
 	if ap, err := netip.ParseAddrPort(addr); err == nil {
 		if ap.Port() == 0 {
-			v.errf(q+".address", "%q has port 0; give the server's port%s", addr, map[bool]string{true: " or none", false: ""}[portOptional])
+			v.errf(q, "%q has port 0; give the server's port%s", addr, map[bool]string{true: " or none", false: ""}[portOptional])
 			return "", false
 		}
 		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String(), true
@@ -642,9 +813,9 @@ func (v *validator) checkServer(q, addr string, portOptional bool) (string, bool
 		return a.Unmap().String(), true
 	}
 	if portOptional {
-		v.errf(q+".address", "%q is not an address or address:port", addr)
+		v.errf(q, "%q is not an address or address:port", addr)
 	} else {
-		v.errf(q+".address", "%q is not an address:port", addr)
+		v.errf(q, "%q is not an address:port", addr)
 	}
 	return "", false
 }
@@ -736,17 +907,18 @@ func (f *File) normalize() {
 				s.Limits.MaxFlows = DefaultMaxFlows
 			}
 		}
+		s.HealthCheck.normalize()
+		if s.SorryServer != "" {
+			s.SorryServer = serverKeyString(s.SorryServer)
+		}
 		for j := range s.Servers {
 			sv := &s.Servers[j]
+			sv.HealthCheck.normalize()
 			if sv.Weight == nil {
 				w := 1
 				sv.Weight = &w
 			}
-			if ap, err := netip.ParseAddrPort(sv.Address); err == nil {
-				sv.Address = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
-			} else {
-				sv.Address = netip.MustParseAddr(sv.Address).Unmap().String()
-			}
+			sv.Address = serverKeyString(sv.Address)
 		}
 	}
 	if director {
@@ -762,6 +934,54 @@ func (f *File) normalize() {
 			d.ExpireNodest = "keep"
 		}
 	}
+}
+
+// normalize fills in a health check's defaults; nil stays nil.
+func (hc *HealthCheck) normalize() {
+	if hc == nil {
+		return
+	}
+	if hc.Interval == 0 {
+		hc.Interval = Duration(DefaultCheckInterval)
+	}
+	if hc.Timeout == 0 {
+		hc.Timeout = Duration(DefaultCheckTimeout)
+	}
+	if hc.Rise == 0 {
+		hc.Rise = DefaultRise
+	}
+	if hc.Fall == 0 {
+		hc.Fall = DefaultFall
+	}
+	if hc.Start == "" {
+		hc.Start = "up"
+	}
+	if hc.Type == "http" {
+		if hc.Path == "" {
+			hc.Path = "/"
+		}
+		if hc.ExpectStatus == "" {
+			hc.ExpectStatus = "200-399"
+		}
+	}
+}
+
+// serverKeyString is a server address in normal form: IPv4-mapped
+// addresses unmapped, with or without a port.
+func serverKeyString(addr string) string {
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+	}
+	return netip.MustParseAddr(addr).Unmap().String()
+}
+
+// Check is the health check of server sv of s: its own, else the
+// service's; nil when neither has one.
+func (s *Service) Check(sv Server) *HealthCheck {
+	if sv.HealthCheck != nil {
+		return sv.HealthCheck
+	}
+	return s.HealthCheck
 }
 
 // Mask is the service's persistence mask; the zero Mask when not

@@ -131,6 +131,20 @@ func TestParseErrors(t *testing.T) {
 		{"class mark is a choice mark", "mode: director\ndirector: {mark_base: 0x100}\nmarks:\n  - {name: web, mark: 0x101, addresses: [198.18.0.10], ports: [80, 443]}\n" +
 			"services:\n  - name: web\n    fwmark: 0x101\n    servers: [{address: 198.19.0.11}, {address: 198.19.0.12}]\n",
 			[]string{"cfg.yaml:4: marks[0].mark: 0x101 is one of the director's server-choice marks 0x100..0x101 (director.mark_base)"}},
+		{"check without type", svc("    health_check: {interval: 1s}\n"), []string{"cfg.yaml:4: services[0].health_check.type: missing: one of tcp, http, udp, exec"}},
+		{"unknown check type", svc("    health_check: {type: ping}\n"), []string{`services[0].health_check.type: "ping" is not one of tcp, http, udp, exec`}},
+		{"field of another check type", svc("    health_check:\n      type: tcp\n      path: /health\n"), []string{"cfg.yaml:6: services[0].health_check.path: is for http checks, and this one is tcp"}},
+		{"bad status range", svc("    health_check: {type: http, expect_status: 200-99}\n"), []string{`services[0].health_check.expect_status: "200-99" is not a status code or range`}},
+		{"exec without command", svc("    health_check: {type: exec}\n"), []string{"services[0].health_check.command: missing"}},
+		{"bad start", svc("    health_check: {type: tcp, start: maybe}\n"), []string{`health_check.start: "maybe" is not up or down`}},
+		{"negative rise", svc("    health_check: {type: tcp, rise: -1}\n"), []string{"health_check.rise: -1 is negative"}},
+		{"bad server check", base("  - name: web\n    listen: 127.0.0.1:80\n    servers:\n      - address: 127.0.0.2:80\n        health_check: {type: udp, command: [true]}\n"),
+			[]string{"cfg.yaml:6: services[0].servers[0].health_check.command: is for exec checks, and this one is udp"}},
+		{"mark server check without port", "marks:\n  - {name: web, mark: 1, addresses: [198.18.0.10], ports: [80, 443]}\nservices:\n  - name: web\n    fwmark: 1\n    health_check: {type: tcp}\n    servers: [{address: 198.19.0.11}]\n",
+			[]string{"services[0].health_check.port: missing: server 198.19.0.11 has no port, so a tcp check needs one"}},
+		{"quorum above total weight", svc("    quorum: 5\n"), []string{"cfg.yaml:4: services[0].quorum: 5 is more than the servers' total weight 1"}},
+		{"sorry server is a server", svc("    sorry_server: 127.0.0.2:80\n"), []string{"services[0].sorry_server: 127.0.0.2:80 is also one of the service's servers"}},
+		{"bad sorry server", svc("    sorry_server: elsewhere\n"), []string{`cfg.yaml:4: services[0].sorry_server: "elsewhere" is not an address:port`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse("cfg.yaml", []byte(tc.in))
@@ -328,5 +342,41 @@ func TestUDPDefaultsAndSharedAddress(t *testing.T) {
 	}
 	if l := f.Services[1].Limits; l.IdleTimeout != 0 || l.MaxFlows != 0 {
 		t.Errorf("tcp limits %+v got udp defaults", l)
+	}
+}
+
+// A check's defaults are filled in, a server's own check replaces the
+// service's, and the normalized file parses back to itself.
+func TestHealthCheckDefaults(t *testing.T) {
+	f, err := Parse("h.yaml", []byte(`services:
+  - name: web
+    listen: 198.18.0.10:80
+    health_check: {type: http}
+    inhibit_on_failure: true
+    sorry_server: 198.19.0.99:80
+    quorum: 2
+    servers:
+      - address: 198.19.0.11:80
+      - address: 198.19.0.12:80
+        health_check: {type: exec, command: [/bin/true], start: down}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := f.Services[0]
+	want := &HealthCheck{Type: "http", Interval: Duration(5 * time.Second), Timeout: Duration(2 * time.Second), Rise: 2, Fall: 3, Start: "up", Path: "/", ExpectStatus: "200-399"}
+	if diff := cmp.Diff(want, s.Check(s.Servers[0])); diff != "" {
+		t.Errorf("service check (-want +got):\n%s", diff)
+	}
+	if got := s.Check(s.Servers[1]); got.Type != "exec" || got.Start != "down" || got.Rise != 2 {
+		t.Errorf("server check %+v, want the server's exec check, starting down, with defaults", got)
+	}
+	out, _ := f.Marshal()
+	again, err := Parse("normalized", out)
+	if err != nil {
+		t.Fatalf("normalized config does not parse: %v\n%s", err, out)
+	}
+	if diff := cmp.Diff(f, again); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
 	}
 }

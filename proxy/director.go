@@ -459,6 +459,12 @@ func directorTables(cfg *config.File, assigned map[choiceKey]uint32, q nft.Queue
 				}
 				ds.Choices = append(ds.Choices, nft.Choice{Mark: assigned[choiceKey{k, a}], Server: a, Weight: *s.Weight})
 			}
+			if sc.SorryServer != "" {
+				// Weight 0: the fail-open fallback never picks it.
+				if a := serverKey(sc.SorryServer); a.Addr().Is4() == is4 {
+					ds.Choices = append(ds.Choices, nft.Choice{Mark: assigned[choiceKey{k, a}], Server: a})
+				}
+			}
 			if len(ds.Choices) > 0 {
 				tables[fam].Services = append(tables[fam].Services, ds)
 			}
@@ -476,6 +482,9 @@ func choicesOf(cfg *config.File) []choiceKey {
 		}
 		for _, s := range sc.Servers {
 			want = append(want, choiceKey{keyOf(sc), serverKey(s.Address)})
+		}
+		if sc.SorryServer != "" {
+			want = append(want, choiceKey{keyOf(sc), serverKey(sc.SorryServer)})
 		}
 	}
 	return want

@@ -23,7 +23,17 @@ func (p *Proxy) EmitMetrics() {
 			sl := append(l[:1:1], metrics.Label{Name: "server", Value: srv.Addr.String()})
 			p.met.SetGaugeWithLabels([]string{"server", "active"}, float32(srv.Conns()), sl)
 			p.met.SetGaugeWithLabels([]string{"server", "weight"}, float32(srv.Weight()), sl)
+			up := float32(1)
+			if srv.isDown() || srv.inhibited.Load() {
+				up = 0
+			}
+			p.met.SetGaugeWithLabels([]string{"server", "up"}, up, sl)
 		}
+		q := float32(0)
+		if st.quorate() {
+			q = 1
+		}
+		p.met.SetGaugeWithLabels([]string{"service", "quorum"}, q, l)
 	}
 	p.emitDirectorMetrics()
 	p.table.EmitMetrics(p.met)

@@ -15,6 +15,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/health"
 	"github.com/tetherlb/tether/marks"
 )
 
@@ -66,6 +67,8 @@ type Proxy struct {
 	noTableOwner bool
 
 	flowsTotal atomic.Int64 // UDP flows of all services, against udp_max_flows
+
+	health *health.Monitor[checkKey] // the servers' health checks
 }
 
 // New prepares a proxy for cfg; Start opens its listeners.
@@ -83,6 +86,7 @@ func New(cfg *config.File, o Options) *Proxy {
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.cfg.Store(cfg)
+	p.health = health.NewMonitor(p.healthChanged)
 	return p
 }
 
@@ -317,6 +321,7 @@ func (p *Proxy) commit(pl *plan) error {
 		go p.acceptLoop(svc)
 		p.log.Info("service listening", "service", b.pl.cfg.Name, "listen", svc.ln.Addr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
 	}
+	p.setChecks()
 	return p.commitDirector(pl)
 }
 
@@ -378,6 +383,7 @@ func (p *Proxy) current(st *serviceState) *serviceState {
 // Shutdown stops accepting, waits for open connections until ctx ends,
 // closes the ones left, and writes the persistence snapshot.
 func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.health.Close() // before p.mu: a reported change takes p.mu
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, s := range p.services {

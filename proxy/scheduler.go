@@ -34,6 +34,9 @@ const (
 // errNoServer: every server is down, quiescent, full or already tried.
 var errNoServer = errors.New("no real server is available")
 
+// errBelowQuorum: the available servers' weights are below the quorum.
+var errBelowQuorum = errors.New("the service is below its quorum")
+
 // mhFallbackSeed seeds the rehash of mh's fallback, apart from the
 // permutation seeds.
 const mhFallbackSeed uint64 = 0x9e3779b97f4a7c15

@@ -11,12 +11,15 @@ import (
 type Server struct {
 	Addr netip.AddrPort
 
-	weight   atomic.Int32
+	weight   atomic.Int32 // configured, or set by `tether server set`
 	maxConns atomic.Int64 // 0: no limit; a reload changes it under load
 
 	conns       atomic.Int64 // open connections
 	failedUntil atomic.Int64 // unix ns; passive failure: not picked before
-	down        atomic.Bool  // reported down (health check, issue 8)
+	down        atomic.Bool  // failed its health check
+	inhibited   atomic.Bool  // failed its health check, inhibit_on_failure: weight 0
+	adminDown   atomic.Bool  // tether server set --down
+	drained     atomic.Bool  // tether server set --drain: weight 0
 
 	accepted, failed  atomic.Uint64
 	bytesIn, bytesOut atomic.Uint64 // from and to the client
@@ -29,16 +32,25 @@ func newServer(addr netip.AddrPort, weight int, maxConns int) *Server {
 	return s
 }
 
-// Weight is the server's weight; 0 is quiescent.
-func (s *Server) Weight() int { return int(s.weight.Load()) }
+// Weight is the server's weight in force: 0 (quiescent) while drained or
+// inhibited by a failed check.
+func (s *Server) Weight() int {
+	if s.drained.Load() || s.inhibited.Load() {
+		return 0
+	}
+	return int(s.weight.Load())
+}
 
 // Conns is the number of connections open to the server.
 func (s *Server) Conns() int { return int(s.conns.Load()) }
 
+// isDown: the server takes no clients and holds no templates.
+func (s *Server) isDown() bool { return s.down.Load() || s.adminDown.Load() }
+
 // available says the server may take a new client: weight above 0, not
 // down, not failed recently, not at its connection limit.
 func (s *Server) available() bool {
-	if s.weight.Load() <= 0 || s.down.Load() {
+	if s.Weight() <= 0 || s.isDown() {
 		return false
 	}
 	if m := s.maxConns.Load(); m > 0 && s.conns.Load() >= m {
@@ -48,6 +60,23 @@ func (s *Server) available() bool {
 		return false
 	}
 	return true
+}
+
+// State is the server's state as `tether ls` shows it.
+func (s *Server) State() string {
+	switch {
+	case s.adminDown.Load():
+		return "maint"
+	case s.down.Load():
+		return "down"
+	case s.inhibited.Load():
+		return "inhibited"
+	case s.drained.Load():
+		return "drain"
+	case s.failedUntil.Load() > time.Now().UnixNano():
+		return "failed"
+	}
+	return "up"
 }
 
 // skipped reports whether s is in skip: servers already tried for this

@@ -43,6 +43,7 @@ type serviceState struct {
 	ref        affinity.ServiceRef
 	mask       affinity.Mask
 	dialer     net.Dialer
+	sorry      *Server // sorry_server; nil without one
 }
 
 // buildState makes a service's state from its config, reusing the Server
@@ -65,12 +66,28 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (
 		}
 		if s == nil {
 			s = newServer(addr, *sc.Weight, cfg.Limits.MaxConnectionsPerServer)
+			// keepalived's alpha: no client before the first checks pass.
+			if hc := cfg.Check(sc); hc != nil && hc.Start == "down" {
+				s.down.Store(!cfg.InhibitOnFailure)
+				s.inhibited.Store(cfg.InhibitOnFailure)
+			}
 		} else {
 			s.weight.Store(int32(*sc.Weight))
 			s.maxConns.Store(int64(cfg.Limits.MaxConnectionsPerServer))
+			// What `tether server set` changed lasts until a reload.
+			s.adminDown.Store(false)
+			s.drained.Store(false)
 		}
 		st.servers = append(st.servers, s)
 		st.byAddr[addr] = s
+	}
+	if cfg.SorryServer != "" {
+		addr := serverKey(cfg.SorryServer)
+		if prev != nil && prev.sorry != nil && prev.sorry.Addr == addr {
+			st.sorry = prev.sorry
+		} else {
+			st.sorry = newServer(addr, 1, 0)
+		}
 	}
 	sched, err := NewScheduler(SchedulerName(cfg.Scheduler), st.servers)
 	if err != nil {
@@ -80,17 +97,7 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (
 	if ps := cfg.Persistence; ps != nil {
 		st.persistent = true
 		st.mask = ps.Mask()
-		// A mark service's templates are keyed by the mark alone, so they
-		// span every port and protocol the mark covers.
-		id := affinity.MarkService(cfg.Fwmark)
-		if cfg.Fwmark == 0 {
-			proto := affinity.ProtoTCP
-			if cfg.Protocol == "udp" {
-				proto = affinity.ProtoUDP
-			}
-			id = affinity.AddrService(proto, netip.MustParseAddrPort(cfg.Listen))
-		}
-		st.ref = table.SetService(id, affinity.ServiceConfig{
+		st.ref = table.SetService(affinityID(cfg), affinity.ServiceConfig{
 			Timeout: ps.Timeout.D(), Mask: st.mask, ExpireQuiescent: ps.ExpireQuiescent,
 		})
 		for _, s := range st.servers {
@@ -107,9 +114,46 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (
 	return st, nil
 }
 
+// affinityID is the service's identity in the persistence table. A mark
+// service's templates are keyed by the mark alone, so they span every port
+// and protocol the mark covers.
+func affinityID(cfg config.Service) affinity.Service {
+	if cfg.Fwmark != 0 {
+		return affinity.MarkService(cfg.Fwmark)
+	}
+	proto := affinity.ProtoTCP
+	if cfg.Protocol == "udp" {
+		proto = affinity.ProtoUDP
+	}
+	return affinity.AddrService(proto, netip.MustParseAddrPort(cfg.Listen))
+}
+
+// quorate reports whether the available servers' weights add up to the
+// service's quorum (always, without one).
+func (st *serviceState) quorate() bool {
+	if st.cfg.Quorum == 0 {
+		return true
+	}
+	total := 0
+	for _, s := range st.servers {
+		if !s.isDown() {
+			total += s.Weight()
+		}
+	}
+	return total >= st.cfg.Quorum
+}
+
+// rescheduled is st with a scheduler built for its servers' weights in
+// force now, for when a weight changed without a reload.
+func (st *serviceState) rescheduled() *serviceState {
+	next := *st
+	next.sched, _ = NewScheduler(SchedulerName(st.cfg.Scheduler), st.servers) // the name was valid for st
+	return &next
+}
+
 func tableState(s *Server) affinity.ServerState {
 	switch {
-	case s.down.Load() || s.failedUntil.Load() != 0:
+	case s.isDown() || s.failedUntil.Load() != 0:
 		return affinity.ServerDown
 	case s.Weight() == 0:
 		return affinity.ServerQuiescent

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -82,6 +83,9 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 // next choice is tried, up to connect_attempts servers: a dead server costs
 // no client a failure while another one is up.
 func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (*Server, affinity.Lease, *net.TCPConn, error) {
+	if !st.quorate() {
+		return p.connectSorry(st, dport, errBelowQuorum)
+	}
 	pk := &picker{p: p, st: st}
 	var lastErr error = errNoServer
 	for range max(st.cfg.Limits.ConnectAttempts, 1) {
@@ -90,7 +94,7 @@ func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (*Ser
 		if st.persistent {
 			l, err := p.table.GetOrBind(st.ref, client, pk)
 			if err != nil {
-				return nil, lease, nil, err
+				return p.connectSorry(st, dport, err)
 			}
 			lease, srv = l, st.byAddr[l.Server]
 			if srv == nil {
@@ -105,7 +109,7 @@ func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (*Ser
 			p.met.IncrCounterWithLabels([]string{"schedule", decision(l.Hit)}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
 		} else {
 			if srv = st.sched.Pick(client, pk.tried); srv == nil {
-				return nil, lease, nil, lastErr
+				return p.connectSorry(st, dport, lastErr)
 			}
 			p.met.IncrCounterWithLabels([]string{"schedule", "scheduler"}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
 		}
@@ -126,6 +130,23 @@ func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (*Ser
 		lastErr = err
 	}
 	return nil, affinity.Lease{}, nil, lastErr
+}
+
+// connectSorry connects to the sorry server, if the service has one, when
+// none of its servers can take the client (cause); the connection holds
+// no template.
+func (p *Proxy) connectSorry(st *serviceState, dport uint16, cause error) (*Server, affinity.Lease, *net.TCPConn, error) {
+	if st.sorry == nil || !errors.Is(cause, errNoServer) && !errors.Is(cause, errBelowQuorum) {
+		return nil, affinity.Lease{}, nil, cause
+	}
+	p.met.IncrCounterWithLabels([]string{"schedule", "sorry"}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
+	st.sorry.conns.Add(1)
+	c, err := p.dialServer(st, st.sorry, dport)
+	if err != nil {
+		st.sorry.conns.Add(-1)
+		return nil, affinity.Lease{}, nil, fmt.Errorf("%w; the sorry server: %w", cause, err)
+	}
+	return st.sorry, affinity.Lease{}, c, nil
 }
 
 func (p *Proxy) dialServer(st *serviceState, srv *Server, dport uint16) (*net.TCPConn, error) {

@@ -121,18 +121,33 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 func (p *Proxy) choose(st *serviceState, client netip.Addr) (*Server, affinity.Lease, error) {
 	var lease affinity.Lease
 	var srv *Server
-	if st.persistent {
-		l, err := p.table.GetOrBind(st.ref, client, &picker{p: p, st: st})
-		if err != nil {
-			return nil, lease, err
+	var err error
+	switch {
+	case !st.quorate():
+		err = errBelowQuorum
+	case st.persistent:
+		var l affinity.Lease
+		if l, err = p.table.GetOrBind(st.ref, client, &picker{p: p, st: st}); err != nil {
+			break
 		}
 		if srv = st.byAddr[l.Server]; srv == nil {
 			p.table.Release(l)
-			return nil, lease, errNoServer
+			err = errNoServer
+			break
 		}
 		lease = l
-	} else if srv = st.sched.Pick(client, nil); srv == nil {
-		return nil, lease, errNoServer
+	default:
+		if srv = st.sched.Pick(client, nil); srv == nil {
+			err = errNoServer
+		}
+	}
+	if err != nil {
+		// A sorry server takes the client without a template.
+		if st.sorry == nil || !errors.Is(err, errNoServer) && !errors.Is(err, errBelowQuorum) {
+			return nil, lease, err
+		}
+		srv = st.sorry
+		p.met.IncrCounterWithLabels([]string{"schedule", "sorry"}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
 	}
 	srv.conns.Add(1)
 	return srv, lease, nil

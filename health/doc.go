@@ -1,0 +1,11 @@
+// Package health runs the health checks of real servers: tcp (a connect),
+// http (a GET whose status and body are checked), udp (a datagram that
+// must be answered) and exec (a command that must exit 0).
+//
+// A Monitor runs one goroutine per checked server and applies rise and
+// fall the way keepalived and HAProxy do: a server that is up goes down
+// after fall failures in a row, one that is down comes up after rise
+// successes in a row; a single flap changes nothing. It reports each
+// change once, to a callback; what a change does to scheduling and to the
+// persistence templates is the proxy's business.
+package health

@@ -1,0 +1,127 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/tetherlb/tether/testenv"
+)
+
+// A server stopped in testenv is marked down by its health check within
+// fall checks, its clients are rescheduled, no client whose server is up
+// fails or moves, and the server is back after rise checks; in both data
+// paths. In director mode the kernel forwards, so the check is the only
+// thing that notices a dead server.
+func TestHealthCheckStoppedServer(t *testing.T) {
+	const (
+		interval = 200 * time.Millisecond
+		timeout  = 300 * time.Millisecond
+		fall     = 3
+		rise     = 2
+	)
+	for _, mode := range []string{"proxy", "director"} {
+		t.Run(mode, func(t *testing.T) {
+			env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 40, Backends: 3, Label: "hc" + mode[:1]})
+			servers := make([]*testenv.Server, 3)
+			addrs := ""
+			for i, b := range env.Backends {
+				s, err := b.ServeName(8080)
+				if err != nil {
+					t.Fatal(err)
+				}
+				servers[i] = s
+				addrs += fmt.Sprintf("      - address: %s:8080\n", testenv.BackendAddr(i))
+			}
+			p, _ := startInLB(t, env, fmt.Sprintf(`services:
+  - name: web
+    mode: %s
+    listen: %s:80
+    scheduler: rr
+    persistence: {timeout: 600}
+    health_check: {type: tcp, interval: %s, timeout: %s, fall: %d, rise: %d}
+    servers:
+%s`, mode, testenv.VIP, interval, timeout, fall, rise, addrs), Options{})
+			ctx := context.Background()
+			client := env.Clients[0]
+			first := testenv.Summarize(client.Drive(ctx, testenv.VIP, []int{80}, 1))
+			if first.Failed != 0 || len(first.PerBackend) != 3 {
+				t.Fatalf("before the stop: %d failed, spread %s; want 0 and all three servers", first.Failed, first.Spread())
+			}
+			owner := map[netip.Addr]string{}
+			for a, seen := range first.Seen {
+				owner[a] = seen[0]
+			}
+
+			stopped := time.Now()
+			servers[1].Close()
+			downAfter := waitState(t, p, "web", testenv.BackendAddr(1).String()+":8080", "down", stopped)
+			// The first failing check runs at most one interval after the
+			// stop, and fall of them must fail: fall-1 intervals at least,
+			// fall intervals and a timeout at most.
+			if lo, hi := (fall-1)*interval, fall*interval+timeout+interval; downAfter < lo || downAfter > hi {
+				t.Errorf("marked down %v after the stop, want between %v and %v", downAfter, lo, hi)
+			}
+
+			again := client.Drive(ctx, testenv.VIP, []int{80}, 1)
+			moved, stayed := 0, 0
+			for _, v := range again {
+				switch was := owner[v.Src]; {
+				case v.Err != nil:
+					t.Errorf("client %s (was on %s) failed: %v", v.Src, was, v.Err)
+				case was == "backend1" && v.Backend == "backend1":
+					t.Errorf("client %s still reached the stopped server", v.Src)
+				case was == "backend1":
+					moved++
+				case v.Backend != was:
+					t.Errorf("client %s moved from %s to %s, though its server is up", v.Src, was, v.Backend)
+				default:
+					stayed++
+				}
+			}
+			if moved != first.PerBackend["backend1"] || stayed != first.Visits-moved {
+				t.Errorf("%d rescheduled and %d stayed, want %d and %d", moved, stayed, first.PerBackend["backend1"], first.Visits-first.PerBackend["backend1"])
+			}
+
+			if _, err := env.Backends[1].ServeName(8080); err != nil {
+				t.Fatal(err)
+			}
+			restarted := time.Now()
+			upAfter := waitState(t, p, "web", testenv.BackendAddr(1).String()+":8080", "up", restarted)
+			if hi := rise*interval + timeout + interval; upAfter > hi {
+				t.Errorf("back up %v after the restart, want at most %v", upAfter, hi)
+			}
+			// Templates made meanwhile stay; dropping them all puts
+			// backend1 back in the rotation.
+			if _, err := p.RemoveTemplates(TemplateFilter{Service: "web"}); err != nil {
+				t.Fatal(err)
+			}
+			if third := testenv.Summarize(client.Drive(ctx, testenv.VIP, []int{80}, 1)); third.Failed != 0 || third.PerBackend["backend1"] == 0 {
+				t.Errorf("after it came back: %d failed, spread %s; want 0 failed and clients on backend1", third.Failed, third.Spread())
+			}
+		})
+	}
+}
+
+// waitState waits until the server's state is want, and returns how long
+// after since that was seen. It polls: the state is in the proxy's
+// listing, which is what an operator sees too.
+func waitState(t *testing.T, p *Proxy, service, server, want string, since time.Time) time.Duration {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for _, s := range p.Status() {
+			for _, srv := range s.Servers {
+				if s.Name == service && srv.Address == server && srv.State == want {
+					return time.Since(since)
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s of %s not %s after 10s: %+v", server, service, want, p.Status())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

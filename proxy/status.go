@@ -1,0 +1,279 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/tetherlb/tether/affinity"
+)
+
+// ServiceStatus is one service as `tether ls` shows it.
+type ServiceStatus struct {
+	Name      string `json:"name"`
+	Protocol  string `json:"protocol"`         // tcp or udp; empty for a mark service
+	Listen    string `json:"listen,omitempty"` // VIP:port
+	Fwmark    uint32 `json:"fwmark,omitempty"`
+	Mode      string `json:"mode"`
+	Scheduler string `json:"scheduler"`
+	// Persistent services carry their timeout and masks.
+	Persistent bool          `json:"persistent"`
+	Timeout    time.Duration `json:"timeout,omitempty"`
+	Netmask    string        `json:"netmask,omitempty"`
+	Netmask6   int           `json:"netmask6,omitempty"`
+	Quorum     int           `json:"quorum,omitempty"`
+	Quorate    bool          `json:"quorate"`
+	// Templates is the number of live persistence templates.
+	Templates int            `json:"templates"`
+	Servers   []ServerStatus `json:"servers"`
+	Sorry     *ServerStatus  `json:"sorry_server,omitempty"`
+}
+
+// ServerStatus is one real server of a service. Its connection counts are
+// ipvsadm's: ActiveConns are open TCP connections (or director flows),
+// InactiveConns are UDP flows.
+type ServerStatus struct {
+	Address       string `json:"address"`
+	Weight        int    `json:"weight"`        // in force
+	ConfigWeight  int    `json:"config_weight"` // from the file, or server set --weight
+	State         string `json:"state"`         // up, down, inhibited, maint, drain, failed
+	Check         string `json:"check,omitempty"`
+	CheckError    string `json:"check_error,omitempty"` // the last failure, if the last check failed
+	ActiveConns   int64  `json:"active_conns"`
+	InactiveConns int64  `json:"inactive_conns"`
+	Conns         uint64 `json:"conns"` // connections and flows since start
+	ConnectFails  uint64 `json:"connect_fails"`
+	BytesIn       uint64 `json:"bytes_in"` // from clients; the director does not count bytes
+	BytesOut      uint64 `json:"bytes_out"`
+}
+
+// Status lists the services in config order.
+func (p *Proxy) Status() []ServiceStatus {
+	cfg := p.currentCfg()
+	p.svcMu.RLock()
+	svcs := make([]*service, 0, len(cfg.Services))
+	for _, sc := range cfg.Services {
+		if s := p.services[keyOf(sc)]; s != nil {
+			svcs = append(svcs, s)
+		}
+	}
+	p.svcMu.RUnlock()
+	counts := map[affinity.Service]int{}
+	for _, t := range p.table.List(affinity.Filter{}) {
+		counts[t.Service]++
+	}
+	out := make([]ServiceStatus, 0, len(svcs))
+	for _, svc := range svcs {
+		st := svc.state.Load()
+		c := st.cfg
+		ss := ServiceStatus{Name: c.Name, Listen: c.Listen, Fwmark: c.Fwmark, Mode: c.Mode, Scheduler: c.Scheduler,
+			Persistent: st.persistent, Quorum: c.Quorum, Quorate: st.quorate()}
+		if c.Fwmark == 0 {
+			ss.Protocol = c.Protocol
+		}
+		if st.persistent {
+			ss.Timeout = c.Persistence.Timeout.D()
+			ss.Netmask, ss.Netmask6 = c.Persistence.Netmask, st.mask.Bits6()
+			ss.Templates = counts[affinityID(c)]
+		}
+		for i, srv := range st.servers {
+			ss.Servers = append(ss.Servers, p.serverStatus(svc, srv, c.Check(c.Servers[i]) != nil))
+		}
+		if st.sorry != nil {
+			s := p.serverStatus(svc, st.sorry, false)
+			ss.Sorry = &s
+		}
+		out = append(out, ss)
+	}
+	return out
+}
+
+func (p *Proxy) serverStatus(svc *service, srv *Server, checked bool) ServerStatus {
+	s := ServerStatus{Address: srv.Addr.String(), Weight: srv.Weight(), ConfigWeight: int(srv.weight.Load()), State: srv.State(),
+		Conns: srv.accepted.Load(), ConnectFails: srv.failed.Load(), BytesIn: srv.bytesIn.Load(), BytesOut: srv.bytesOut.Load()}
+	if svc.key.udp {
+		s.InactiveConns = srv.conns.Load()
+	} else {
+		s.ActiveConns = srv.conns.Load()
+	}
+	if checked {
+		st := svc.state.Load()
+		for i, sv := range st.cfg.Servers {
+			if st.servers[i] == srv {
+				s.Check = st.cfg.Check(sv).Type
+			}
+		}
+		if hs, ok := p.health.Status(checkKey{svc.key, srv.Addr}); ok && hs.LastErr != nil {
+			s.CheckError = hs.LastErr.Error()
+		}
+	}
+	return s
+}
+
+// ServerChange is what `tether server set` asks of a server; exactly one
+// of its fields is set.
+type ServerChange struct {
+	Weight *int `json:"weight,omitempty"` // a new weight, 0..65535
+	Drain  bool `json:"drain,omitempty"`  // weight 0: no new clients, templates kept
+	Up     bool `json:"up,omitempty"`     // undo drain and down
+	Down   bool `json:"down,omitempty"`   // no clients, templates dropped
+}
+
+// ErrNotFound: no such service or server.
+var ErrNotFound = errors.New("not found")
+
+// SetServer changes a server of a running service at once; the change
+// lasts until the next reload, which goes back to the file. service is a
+// service's name, server its address as `tether ls` prints it.
+func (p *Proxy) SetServer(service, server string, ch ServerChange) error {
+	n := 0
+	for _, b := range []bool{ch.Weight != nil, ch.Drain, ch.Up, ch.Down} {
+		if b {
+			n++
+		}
+	}
+	if n != 1 {
+		return errors.New("say exactly one of weight, drain, up and down")
+	}
+	if ch.Weight != nil && (*ch.Weight < 0 || *ch.Weight > 65535) {
+		return fmt.Errorf("weight %d is outside 0..65535", *ch.Weight)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	svc, srv, err := p.findServer(service, server)
+	if err != nil {
+		return err
+	}
+	st := svc.state.Load()
+	was, oldWeight := st.quorate(), srv.Weight()
+	switch {
+	case ch.Weight != nil:
+		srv.weight.Store(int32(*ch.Weight))
+		srv.drained.Store(false)
+	case ch.Drain:
+		srv.drained.Store(true)
+	case ch.Up:
+		srv.drained.Store(false)
+		srv.adminDown.Store(false)
+	case ch.Down:
+		srv.adminDown.Store(true)
+	}
+	p.serverChanged(svc, srv, oldWeight)
+	p.log.Info("real server changed by the admin API", "service", st.cfg.Name, "server", srv.Addr, "state", srv.State(), "weight", srv.Weight())
+	p.quorumChanged(svc, was)
+	return nil
+}
+
+// findServer resolves a service name and a server address.
+func (p *Proxy) findServer(service, server string) (*service, *Server, error) {
+	svc := p.serviceByName(service)
+	if svc == nil {
+		return nil, nil, fmt.Errorf("service %q: %w", service, ErrNotFound)
+	}
+	st := svc.state.Load()
+	addr, err := parseServer(server)
+	if err != nil {
+		return nil, nil, err
+	}
+	srv := st.byAddr[addr]
+	if srv == nil {
+		return nil, nil, fmt.Errorf("server %s of service %s: %w", server, service, ErrNotFound)
+	}
+	return svc, srv, nil
+}
+
+func (p *Proxy) serviceByName(name string) *service {
+	for _, s := range p.serviceList() {
+		if s.state.Load().cfg.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+func parseServer(s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(a.Unmap(), 0), nil
+	}
+	return netip.AddrPort{}, fmt.Errorf("server %q is not an address or address:port", s)
+}
+
+// TemplateStatus is one persistence template as `tether affinity ls`
+// shows it.
+type TemplateStatus struct {
+	Service   string        `json:"service"`
+	Client    string        `json:"client"` // the masked client, as a prefix
+	Server    string        `json:"server"`
+	Active    int           `json:"active"` // open connections through it
+	Remaining time.Duration `json:"remaining"`
+}
+
+// TemplateFilter selects templates; each empty field selects all.
+type TemplateFilter struct {
+	Service string // a service name
+	Client  string // an address: the template it falls into
+	Server  string // a server address
+}
+
+// Templates lists the templates f selects.
+func (p *Proxy) Templates(f TemplateFilter) ([]TemplateStatus, error) {
+	af, err := p.affinityFilter(f)
+	if err != nil {
+		return nil, err
+	}
+	names := map[affinity.Service]string{}
+	for _, s := range p.serviceList() {
+		names[affinityID(s.state.Load().cfg)] = s.state.Load().cfg.Name
+	}
+	out := []TemplateStatus{}
+	for _, t := range p.table.List(af) {
+		out = append(out, TemplateStatus{Service: names[t.Service], Client: t.Client.String(), Server: t.Server.String(), Active: t.Active, Remaining: t.Remaining})
+	}
+	return out, nil
+}
+
+// RemoveTemplates drops the templates f selects, so their clients are
+// rescheduled on their next connection; open connections are not touched.
+func (p *Proxy) RemoveTemplates(f TemplateFilter) (int, error) {
+	af, err := p.affinityFilter(f)
+	if err != nil {
+		return 0, err
+	}
+	n := p.table.Invalidate(af)
+	p.log.Info("persistence templates removed by the admin API", "service", f.Service, "client", f.Client, "server", f.Server, "removed", n)
+	return n, nil
+}
+
+func (p *Proxy) affinityFilter(f TemplateFilter) (affinity.Filter, error) {
+	var af affinity.Filter
+	if f.Service != "" {
+		svc := p.serviceByName(f.Service)
+		if svc == nil {
+			return af, fmt.Errorf("service %q: %w", f.Service, ErrNotFound)
+		}
+		if !svc.state.Load().persistent {
+			return af, fmt.Errorf("service %q is not persistent: it has no templates", f.Service)
+		}
+		id := affinityID(svc.state.Load().cfg)
+		af.Service = &id
+	}
+	if f.Client != "" {
+		a, err := netip.ParseAddr(f.Client)
+		if err != nil {
+			return af, fmt.Errorf("client %q is not an address", f.Client)
+		}
+		af.Client = a.Unmap()
+	}
+	if f.Server != "" {
+		a, err := parseServer(f.Server)
+		if err != nil {
+			return af, err
+		}
+		af.Server = a
+	}
+	return af, nil
+}
