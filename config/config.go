@@ -26,6 +26,8 @@ type File struct {
 	Snapshot string `yaml:"snapshot,omitempty"`
 	// Metrics, when Listen is set, serves Prometheus text at /metrics.
 	Metrics Metrics `yaml:"metrics,omitempty"`
+	// Admin is the admin API: tether ls, affinity, server set, reload.
+	Admin Admin `yaml:"admin,omitempty"`
 	// Affinity sizes the persistence table.
 	Affinity Affinity `yaml:"affinity,omitempty"`
 	// DrainTimeout is how long a stop waits for open connections (default 30s).
@@ -102,10 +104,26 @@ type Log struct {
 	Format string `yaml:"format,omitempty"` // text (default) or json
 }
 
-// Metrics settings.
+// Metrics settings. Metrics are collected when Enabled or Listen is set,
+// and then served on the admin API's /metrics too.
 type Metrics struct {
-	Listen string `yaml:"listen,omitempty"` // host:port; empty: no metrics endpoint
+	Enabled bool   `yaml:"enabled,omitempty"`
+	Listen  string `yaml:"listen,omitempty"` // host:port; empty: no metrics endpoint of its own
 }
+
+// Admin settings.
+type Admin struct {
+	// Socket is the admin API's unix socket (default
+	// /run/tether/admin.sock, mode 0600); "off" turns it off.
+	Socket string `yaml:"socket,omitempty"`
+	// Listen serves the API on a TCP address too, to holders of the
+	// bearer token in TokenFile.
+	Listen    string `yaml:"listen,omitempty"`
+	TokenFile string `yaml:"token_file,omitempty"`
+}
+
+// DefaultAdminSocket is the admin socket's default path.
+const DefaultAdminSocket = "/run/tether/admin.sock"
 
 // Affinity settings.
 type Affinity struct {
@@ -422,6 +440,17 @@ func (v *validator) check(f *File) {
 		if _, err := netip.ParseAddrPort(f.Metrics.Listen); err != nil {
 			v.errf("metrics.listen", "%q is not an address:port (%v)", f.Metrics.Listen, err)
 		}
+	}
+	if a := f.Admin; a.Listen != "" {
+		if _, err := netip.ParseAddrPort(a.Listen); err != nil {
+			v.errf("admin.listen", "%q is not an address:port (%v)", a.Listen, err)
+		}
+		if a.TokenFile == "" {
+			v.errf("admin.listen", "needs admin.token_file: the TCP API takes a bearer token")
+		}
+	}
+	if f.Admin.Socket != "" && f.Admin.Socket != "off" && !strings.HasPrefix(f.Admin.Socket, "/") {
+		v.errf("admin.socket", "%q is not an absolute path (or off)", f.Admin.Socket)
 	}
 	if f.Affinity.Capacity < 0 {
 		v.errf("affinity.capacity", "%d is negative", f.Affinity.Capacity)
@@ -844,6 +873,9 @@ func (f *File) normalize() {
 	}
 	if f.Log.Format == "" {
 		f.Log.Format = "text"
+	}
+	if f.Admin.Socket == "" {
+		f.Admin.Socket = DefaultAdminSocket
 	}
 	if f.Affinity.Capacity == 0 {
 		f.Affinity.Capacity = affinity.DefaultCapacity

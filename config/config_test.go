@@ -46,6 +46,7 @@ func TestParseNormalizes(t *testing.T) {
 		Log:          Log{Level: "info", Format: "text"},
 		Snapshot:     "/var/lib/tether/affinity.snap",
 		Metrics:      Metrics{Listen: "127.0.0.1:9105"},
+		Admin:        Admin{Socket: DefaultAdminSocket},
 		Affinity:     Affinity{Capacity: 1 << 20},
 		DrainTimeout: Duration(30 * time.Second),
 		UDPMaxFlows:  262144,
@@ -131,6 +132,8 @@ func TestParseErrors(t *testing.T) {
 		{"class mark is a choice mark", "mode: director\ndirector: {mark_base: 0x100}\nmarks:\n  - {name: web, mark: 0x101, addresses: [198.18.0.10], ports: [80, 443]}\n" +
 			"services:\n  - name: web\n    fwmark: 0x101\n    servers: [{address: 198.19.0.11}, {address: 198.19.0.12}]\n",
 			[]string{"cfg.yaml:4: marks[0].mark: 0x101 is one of the director's server-choice marks 0x100..0x101 (director.mark_base)"}},
+		{"admin listen without token", "admin: {listen: 127.0.0.1:9106}\n" + svc(""), []string{"cfg.yaml:1: admin.listen: needs admin.token_file"}},
+		{"relative admin socket", "admin: {socket: tether.sock}\n" + svc(""), []string{`cfg.yaml:1: admin.socket: "tether.sock" is not an absolute path`}},
 		{"check without type", svc("    health_check: {interval: 1s}\n"), []string{"cfg.yaml:4: services[0].health_check.type: missing: one of tcp, http, udp, exec"}},
 		{"unknown check type", svc("    health_check: {type: ping}\n"), []string{`services[0].health_check.type: "ping" is not one of tcp, http, udp, exec`}},
 		{"field of another check type", svc("    health_check:\n      type: tcp\n      path: /health\n"), []string{"cfg.yaml:6: services[0].health_check.path: is for http checks, and this one is tcp"}},

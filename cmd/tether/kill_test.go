@@ -41,8 +41,9 @@ func runInLB(t *testing.T, env *testenv.Env, cfg, table string) *exec.Cmd {
 		}
 		t.Skip("nft is not installed")
 	}
-	path := filepath.Join(t.TempDir(), "tether.yaml")
-	os.WriteFile(path, []byte(cfg), 0o600)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tether.yaml")
+	os.WriteFile(path, []byte("admin: {socket: "+filepath.Join(dir, "admin.sock")+"}\n"+cfg), 0o600)
 	var logs bytes.Buffer
 	cmd := exec.Command(os.Args[0], "run", "--config", path)
 	cmd.Env = append(os.Environ(), "TETHER_TEST_MAIN=1")

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	prommetrics "github.com/hashicorp/go-metrics/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/tetherlb/tether/admin"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/proxy"
 	"github.com/urfave/cli/v2"
@@ -107,72 +109,132 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
-	m, stopMetrics, err := newMetrics(cfg.Metrics.Listen, log)
+	m, promHandler, stopMetrics, err := newMetrics(cfg.Metrics, log)
 	if err != nil {
 		return err
 	}
 	defer m.Shutdown()
 	defer stopMetrics()
 	p := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m, SetSysctls: setSysctls})
+
+	// The admin API's reloads are done by this loop, as SIGHUP's are.
+	reloads := make(chan chan reloadResult)
+	adm, err := startAdmin(cfg.Admin, admin.Options{Backend: p, Metrics: promHandler, Log: log,
+		Reload: func() (int, error) {
+			res := make(chan reloadResult, 1)
+			select {
+			case reloads <- res:
+			case <-ctx.Done():
+				return 0, errors.New("tether is stopping")
+			}
+			r := <-res
+			return r.services, r.err
+		}})
+	if err != nil {
+		return cli.Exit(err.Error(), 1)
+	}
+	defer adm.Close()
+
 	if err := p.Start(); err != nil {
 		return err
 	}
+	adm.SetReady(true)
 	p.EmitMetrics() // gauges from the first scrape on
 	log.Info("tether running", "config", path, "services", len(cfg.Services), "version", version)
 
+	doReload := func() (int, error) {
+		next, err := config.Load(path)
+		if err != nil {
+			log.Error("reload refused; the running configuration stays", "err", err)
+			return 0, err
+		}
+		if err := p.Reload(next); err != nil {
+			log.Error("reload failed; the running configuration stays", "err", err)
+			return 0, err
+		}
+		if next.Admin != cfg.Admin || next.Metrics != cfg.Metrics {
+			log.Warn("admin and metrics settings take effect at the next start")
+		}
+		cfg.DrainTimeout = next.DrainTimeout
+		log.Info("reloaded", "config", path, "services", len(next.Services))
+		return len(next.Services), nil
+	}
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			adm.SetReady(false)
 			log.Info("stopping: draining open connections", "deadline", cfg.DrainTimeout.D())
 			dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout.D())
 			defer cancel()
 			return p.Shutdown(dctx)
 		case <-reload:
-			next, err := config.Load(path)
-			if err != nil {
-				log.Error("reload refused; the running configuration stays", "err", err)
-				continue
-			}
-			if err := p.Reload(next); err != nil {
-				log.Error("reload failed; the running configuration stays", "err", err)
-				continue
-			}
-			cfg.DrainTimeout = next.DrainTimeout
-			log.Info("reloaded", "config", path, "services", len(next.Services))
+			doReload()
+		case res := <-reloads:
+			n, err := doReload()
+			res <- reloadResult{n, err}
 		case <-tick.C:
 			p.EmitMetrics()
 		}
 	}
 }
 
-// newMetrics returns the go-metrics sink tether reports to and, with a
-// listen address, starts serving it as Prometheus text at /metrics; stop
-// ends that. The address is bound before it returns, so a taken port is a
-// start-up error, not a log line.
-func newMetrics(listen string, log *slog.Logger) (m *metrics.Metrics, stop func(), err error) {
+type reloadResult struct {
+	services int
+	err      error
+}
+
+// startAdmin starts the admin API the config asks for.
+func startAdmin(c config.Admin, o admin.Options) (*admin.Server, error) {
+	if c.Socket != "off" {
+		o.Socket = c.Socket
+	}
+	if c.Listen != "" {
+		b, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("admin.token_file: %w", err)
+		}
+		if o.Token = strings.TrimSpace(string(b)); o.Token == "" {
+			return nil, fmt.Errorf("admin.token_file %s: empty", c.TokenFile)
+		}
+		o.Listen = c.Listen
+	}
+	return admin.Start(o)
+}
+
+// newMetrics returns the go-metrics sink tether reports to, the
+// Prometheus handler of what it collects (nil when metrics are off) and,
+// with a listen address, serves it at /metrics; stop ends that. The
+// address is bound before it returns, so a taken port is a start-up
+// error, not a log line.
+func newMetrics(mc config.Metrics, log *slog.Logger) (m *metrics.Metrics, h http.Handler, stop func(), err error) {
 	cfg := metrics.DefaultConfig("tether")
 	cfg.EnableHostname, cfg.EnableHostnameLabel, cfg.EnableServiceLabel = false, false, false
 	cfg.EnableRuntimeMetrics = false
-	if listen == "" {
+	if mc.Listen == "" && !mc.Enabled {
+		// Off: the data path's counters cost nothing.
 		m, err := metrics.New(cfg, &metrics.BlackholeSink{})
-		return m, func() {}, err
+		return m, nil, func() {}, err
 	}
 	reg := prometheus.NewRegistry()
 	sink, err := prommetrics.NewPrometheusSinkFrom(prommetrics.PrometheusOpts{Registerer: reg, Name: "tether"})
 	if err != nil {
-		return nil, nil, fmt.Errorf("metrics: %w", err)
+		return nil, nil, nil, fmt.Errorf("metrics: %w", err)
 	}
 	if m, err = metrics.New(cfg, sink); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	ln, err := net.Listen("tcp", listen)
+	h = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	if mc.Listen == "" {
+		return m, h, func() {}, nil
+	}
+	ln, err := net.Listen("tcp", mc.Listen)
 	if err != nil {
-		return nil, nil, fmt.Errorf("metrics.listen: %w", err)
+		return nil, nil, nil, fmt.Errorf("metrics.listen: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", h)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
 	go func() {
@@ -182,5 +244,5 @@ func newMetrics(listen string, log *slog.Logger) (m *metrics.Metrics, stop func(
 		}
 	}()
 	log.Info("metrics served", "url", "http://"+ln.Addr().String()+"/metrics")
-	return m, func() { srv.Close(); <-done }, nil
+	return m, h, func() { srv.Close(); <-done }, nil
 }

@@ -118,7 +118,7 @@ func TestRunServesReloadsAndStops(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	base := fmt.Sprintf("snapshot: %s\nmetrics: {listen: %s}\nservices:\n  - name: web\n    listen: %s\n    persistence: {}\n    servers: [{address: %s}]\n", snap, metricsAddr, web, a)
+	base := fmt.Sprintf("admin: {socket: %s}\nsnapshot: %s\nmetrics: {listen: %s}\nservices:\n  - name: web\n    listen: %s\n    persistence: {}\n    servers: [{address: %s}]\n", filepath.Join(dir, "admin.sock"), snap, metricsAddr, web, a)
 	write(base)
 
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,0 +1,284 @@
+package admin
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tetherlb/tether/proxy"
+)
+
+// DefaultSocket is where the admin socket is unless the config says
+// otherwise.
+const DefaultSocket = "/run/tether/admin.sock"
+
+// Backend is what the API reads and changes: a running proxy.
+type Backend interface {
+	Status() []proxy.ServiceStatus
+	SetServer(service, server string, ch proxy.ServerChange) error
+	Templates(f proxy.TemplateFilter) ([]proxy.TemplateStatus, error)
+	RemoveTemplates(f proxy.TemplateFilter) (int, error)
+}
+
+// Options configure a Server.
+type Options struct {
+	Backend Backend
+	// Reload reloads the configuration file as SIGHUP does and returns
+	// the number of services, or the error (config errors included).
+	Reload func() (int, error)
+	// Metrics serves /metrics; nil answers 404 (metrics are off).
+	Metrics http.Handler
+	Log     *slog.Logger
+	// Socket is the unix socket's path; empty: no socket.
+	Socket string
+	// Listen is a TCP address; Token must then be set.
+	Listen string
+	Token  string
+}
+
+// Server serves the admin API until Close.
+type Server struct {
+	o     Options
+	ready atomic.Bool
+	srvs  []*http.Server
+	wg    sync.WaitGroup
+	// Addr is the TCP listener's address, once listening.
+	Addr net.Addr
+}
+
+// Start listens on the socket and the TCP address and serves. A socket
+// file left by a dead tether is replaced; one a live process answers on
+// is an error, as is a TCP address without a token.
+func Start(o Options) (*Server, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s := &Server{o: o}
+	if o.Socket != "" {
+		ln, err := listenSocket(o.Socket)
+		if err != nil {
+			return nil, err
+		}
+		s.serve(&peerListener{UnixListener: ln, log: o.Log}, s.handler(false))
+		o.Log.Info("admin API on a unix socket", "path", o.Socket)
+	}
+	if o.Listen != "" {
+		if o.Token == "" {
+			s.Close()
+			return nil, errors.New("admin.listen needs a token (admin.token_file): the TCP API is not open to anyone")
+		}
+		ln, err := net.Listen("tcp", o.Listen)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("admin.listen: %w", err)
+		}
+		s.Addr = ln.Addr()
+		s.serve(ln, s.handler(true))
+		o.Log.Info("admin API on TCP, bearer token required", "addr", ln.Addr())
+	}
+	return s, nil
+}
+
+// SetReady marks the process ready (/readyz answers 200) or not.
+func (s *Server) SetReady(r bool) { s.ready.Store(r) }
+
+// Close stops serving and removes the socket file.
+func (s *Server) Close() {
+	for _, h := range s.srvs {
+		h.Close()
+	}
+	s.wg.Wait()
+	if s.o.Socket != "" {
+		os.Remove(s.o.Socket)
+	}
+}
+
+func (s *Server) serve(ln net.Listener, h http.Handler) {
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	s.srvs = append(s.srvs, hs)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.o.Log.Error("admin API stopped", "err", err)
+		}
+	}()
+}
+
+// listenSocket makes the socket's directory (0700) and the socket (0600).
+func listenSocket(path string) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("admin socket %s: another process (a running tether?) answers on it; give this one admin.socket", path)
+		}
+		os.Remove(path) // left by a tether that died
+	}
+	// Between bind and chmod another user could connect; the peer check
+	// of every connection refuses them anyway.
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false) // Close removes it, after the servers stop
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	return ln, nil
+}
+
+// peerListener accepts only root and tether's own user on the socket,
+// whatever its mode: a socket made group- or world-writable by hand does
+// not open the API.
+type peerListener struct {
+	*net.UnixListener
+	log *slog.Logger
+}
+
+func (l *peerListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			return nil, err
+		}
+		uid, err := peerUID(c)
+		if err == nil && (uid == 0 || uid == os.Geteuid()) {
+			return c, nil
+		}
+		l.log.Warn("admin socket: connection refused", "peer_uid", uid, "err", err)
+		c.Close()
+	}
+}
+
+// handler routes the API; tokened requires the bearer token on /v1.
+func (s *Server) handler(tokened bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !s.ready.Load() {
+			http.Error(w, "not ready: listeners, rules or snapshot not in place, or stopping", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		if s.o.Metrics == nil {
+			http.Error(w, "metrics are off: set metrics.enabled or metrics.listen", http.StatusNotFound)
+			return
+		}
+		s.o.Metrics.ServeHTTP(w, r)
+	})
+	api := http.NewServeMux()
+	api.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.o.Backend.Status())
+	})
+	api.HandleFunc("GET /v1/affinity", func(w http.ResponseWriter, r *http.Request) {
+		ts, err := s.o.Backend.Templates(filterOf(r))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, ts)
+	})
+	api.HandleFunc("DELETE /v1/affinity", func(w http.ResponseWriter, r *http.Request) {
+		f := filterOf(r)
+		if f == (proxy.TemplateFilter{}) && r.URL.Query().Get("all") != "true" {
+			writeJSON(w, http.StatusBadRequest, errorBody{"say which templates: service, client or server, or all=true for every one"})
+			return
+		}
+		n, err := s.o.Backend.RemoveTemplates(f)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]int{"removed": n})
+	})
+	api.HandleFunc("POST /v1/server", func(w http.ResponseWriter, r *http.Request) {
+		var req ServerRequest
+		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			writeJSON(w, http.StatusBadRequest, errorBody{"request body: " + err.Error()})
+			return
+		}
+		if err := s.o.Backend.SetServer(req.Service, req.Server, req.ServerChange); err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+	})
+	api.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
+		n, err := s.o.Reload()
+		if err != nil {
+			writeJSON(w, http.StatusUnprocessableEntity, errorBody{err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]int{"services": n})
+	})
+	var v1 http.Handler = api
+	if tokened {
+		v1 = s.bearer(api)
+	}
+	mux.Handle("/v1/", v1)
+	return mux
+}
+
+// bearer lets through requests with the token, in constant time.
+func (s *Server) bearer(next http.Handler) http.Handler {
+	want := []byte("Bearer " + s.o.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			s.o.Log.Warn("admin API: request without the right token refused", "remote", r.RemoteAddr, "path", r.URL.Path)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="tether"`)
+			writeJSON(w, http.StatusUnauthorized, errorBody{"missing or wrong bearer token"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// ServerRequest is the body of POST /v1/server.
+type ServerRequest struct {
+	Service string `json:"service"`
+	Server  string `json:"server"`
+	proxy.ServerChange
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+func filterOf(r *http.Request) proxy.TemplateFilter {
+	q := r.URL.Query()
+	return proxy.TemplateFilter{Service: q.Get("service"), Client: q.Get("client"), Server: q.Get("server")}
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	code := http.StatusBadRequest
+	if errors.Is(err, proxy.ErrNotFound) {
+		code = http.StatusNotFound
+	}
+	writeJSON(w, code, errorBody{err.Error()})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
