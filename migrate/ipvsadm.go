@@ -1,0 +1,414 @@
+package migrate
+
+import (
+	"bufio"
+	"io"
+	"iter"
+	"maps"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/tetherlb/tether/config"
+)
+
+// ipvsService is one -A line and the -a lines that follow it.
+type ipvsService struct {
+	line   int
+	key    string // "tcp 198.18.0.10:80" or "fwmark 1"
+	svc    config.Service
+	method string // the forwarding method of its servers: nat, dr, tun
+	v6     bool
+}
+
+// IPVSAdm reads the rules `ipvsadm -S -n` prints (ipvsadm-save -n) and
+// turns them into a tether configuration. mangle, if not nil, is
+// `iptables-save -t mangle` (or ip6tables-save) output: its MARK rules
+// give the firewall-mark services their classes.
+func IPVSAdm(rules io.Reader, mangle io.Reader) (*Result, error) {
+	r := &Result{Config: &config.File{}}
+	var order []*ipvsService
+	byKey := map[string]*ipvsService{}
+	sc := bufio.NewScanner(rules)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		switch f[0] {
+		case "-A", "--add-service", "-E", "--edit-service":
+			s := r.ipvsService(n, f[1:])
+			if s == nil {
+				continue
+			}
+			if old := byKey[s.key]; old != nil {
+				if f[0] == "-A" || f[0] == "--add-service" {
+					r.note(n, "%s is added a second time (first on line %d); the later settings win", s.key, old.line)
+				}
+				old.svc.Scheduler, old.svc.Persistence, old.svc.OnePacket = s.svc.Scheduler, s.svc.Persistence, s.svc.OnePacket
+				continue
+			}
+			byKey[s.key] = s
+			order = append(order, s)
+		case "-a", "--add-server", "-e", "--edit-server":
+			r.ipvsServer(n, f[1:], byKey)
+		case "-C", "--clear", "-Z", "--zero":
+			// ipvsadm -S starts with none; a hand-written file may.
+		default:
+			r.unreadable(n, "%q is not an ipvsadm -S rule (-A, -E, -a, -e); left out", truncate(sc.Text()))
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	for _, s := range order {
+		if len(s.svc.Servers) == 0 {
+			r.note(s.line, "%s has no real servers (-a); tether needs at least one, so it is left out", s.key)
+			continue
+		}
+		s.svc.Mode = r.modeFor(s.line, s.method, s.key)
+		if s.svc.OnePacket {
+			r.note(s.line, "%s: one-packet scheduling (-o) is the socket proxy's; the service runs in proxy mode", s.key)
+			s.svc.Mode = config.ModeProxy
+		}
+		if s.svc.Persistence != nil && s.v6 && s.svc.Persistence.Netmask != "" {
+			s.svc.Persistence.Netmask6, s.svc.Persistence.Netmask = s.svc.Persistence.Netmask, ""
+		}
+		r.Config.Services = append(r.Config.Services, s.svc)
+		r.lines = append(r.lines, s.line)
+	}
+	if err := r.markClasses(mangle); err != nil {
+		return nil, err
+	}
+	r.sortNotes()
+	return r, nil
+}
+
+func truncate(s string) string {
+	if len(s) > 60 {
+		return s[:60] + "…"
+	}
+	return s
+}
+
+// opts walks a rule's options; value takes an option's argument.
+type opts struct {
+	r    *Result
+	line int
+	f    []string
+	i    int
+	bad  bool
+}
+
+// all yields the options in turn, until the end or a bad value.
+func (o *opts) all() iter.Seq[string] {
+	return func(yield func(string) bool) {
+		for !o.bad && o.i < len(o.f) {
+			o.i++
+			if !yield(o.f[o.i-1]) {
+				return
+			}
+		}
+	}
+}
+
+func (o *opts) value(name string) string {
+	if o.i >= len(o.f) {
+		o.r.unreadable(o.line, "%s needs a value; rule left out", name)
+		o.bad = true
+		return ""
+	}
+	o.i++
+	return o.f[o.i-1]
+}
+
+// optional takes an option's argument if the next word is not an option.
+func (o *opts) optional() (string, bool) {
+	if o.i < len(o.f) && !strings.HasPrefix(o.f[o.i], "-") {
+		o.i++
+		return o.f[o.i-1], true
+	}
+	return "", false
+}
+
+// serviceKey reads -t/-u/-f's argument.
+func (o *opts) serviceKey(opt string) (key, proto, listen string, mark uint32, v6 bool) {
+	v := o.value(opt)
+	if o.bad {
+		return
+	}
+	switch opt {
+	case "-f", "--fwmark-service":
+		m, err := strconv.ParseUint(v, 0, 32)
+		if err != nil || m == 0 {
+			o.r.unreadable(o.line, "fwmark %q is not a mark 1..4294967295; rule left out", v)
+			o.bad = true
+			return
+		}
+		return "fwmark " + strconv.FormatUint(m, 10), "", "", uint32(m), false
+	}
+	proto = "tcp"
+	if opt == "-u" || opt == "--udp-service" {
+		proto = "udp"
+	}
+	ap, err := netip.ParseAddrPort(v)
+	if err != nil {
+		o.r.unreadable(o.line, "%q is not an address:port (save with ipvsadm -S -n, numeric); rule left out", v)
+		o.bad = true
+		return
+	}
+	return proto + " " + ap.String(), proto, ap.String(), 0, ap.Addr().Is6() && !ap.Addr().Is4In6()
+}
+
+func (r *Result) ipvsService(n int, f []string) *ipvsService {
+	o := &opts{r: r, line: n, f: f}
+	s := &ipvsService{line: n}
+	for opt := range o.all() {
+		switch opt {
+		case "-t", "--tcp-service", "-u", "--udp-service", "-f", "--fwmark-service":
+			var proto string
+			s.key, proto, s.svc.Listen, s.svc.Fwmark, s.v6 = o.serviceKey(opt)
+			if proto == "udp" {
+				s.svc.Protocol = "udp"
+			}
+		case "-s", "--scheduler":
+			s.svc.Scheduler = o.value(opt)
+		case "-p", "--persistent":
+			if s.svc.Persistence == nil {
+				s.svc.Persistence = &config.Persistence{}
+			}
+			if v, ok := o.optional(); ok {
+				t, err := strconv.Atoi(v)
+				if err != nil || t <= 0 {
+					r.unreadable(n, "persistent timeout %q is not a number of seconds; rule left out", v)
+					return nil
+				}
+				s.svc.Persistence.Timeout = config.Duration(t) * config.Duration(1e9)
+			}
+		case "-M", "--netmask":
+			v := o.value(opt)
+			if s.svc.Persistence == nil {
+				s.svc.Persistence = &config.Persistence{}
+			}
+			s.svc.Persistence.Netmask = v
+		case "-o", "--ops":
+			s.svc.OnePacket = true
+		case "-6", "--ipv6":
+			s.v6 = true
+		case "-b", "--sched-flags":
+			r.note(n, "scheduler flags %q are not supported and were left out (tether's mh and sh fall back to the next server by themselves)", o.value(opt))
+		case "--pe":
+			r.note(n, "persistence engine %q is not supported and was left out", o.value(opt))
+		default:
+			r.note(n, "option %q is not understood and was left out", opt)
+		}
+	}
+	if o.bad {
+		return nil
+	}
+	if s.key == "" {
+		r.unreadable(n, "a service rule without -t, -u or -f; left out")
+		return nil
+	}
+	if s.svc.Scheduler != "" {
+		s.svc.Scheduler = r.ipvsScheduler(n, s.svc.Scheduler, s.key)
+	}
+	s.svc.Name = serviceName(s.svc.Protocol, s.svc.Listen, s.svc.Fwmark)
+	if s.svc.Protocol == "" && s.svc.Fwmark == 0 {
+		s.svc.Name = serviceName("tcp", s.svc.Listen, 0)
+	}
+	if s.svc.OnePacket && s.svc.Protocol != "udp" {
+		r.note(n, "%s: -o (one-packet scheduling) is for UDP services; left out", s.key)
+		s.svc.OnePacket = false
+	}
+	return s
+}
+
+func (r *Result) ipvsServer(n int, f []string, services map[string]*ipvsService) {
+	o := &opts{r: r, line: n, f: f}
+	var key, server, method string
+	weight := 1
+	for opt := range o.all() {
+		switch opt {
+		case "-t", "--tcp-service", "-u", "--udp-service", "-f", "--fwmark-service":
+			key, _, _, _, _ = o.serviceKey(opt)
+		case "-r", "--real-server":
+			server = o.value(opt)
+		case "-g", "--gatewaying":
+			method = "dr"
+		case "-i", "--ipip":
+			method = "tun"
+		case "-m", "--masquerading":
+			method = "nat"
+		case "-w", "--weight":
+			v := o.value(opt)
+			w, err := strconv.Atoi(v)
+			if err != nil || w < 0 || w > 65535 {
+				r.unreadable(n, "weight %q is not 0..65535; rule left out", v)
+				return
+			}
+			weight = w
+		case "-x", "--u-threshold", "-y", "--l-threshold":
+			r.note(n, "connection thresholds (%s %s) are per service in tether (limits.max_connections_per_server); left out", opt, o.value(opt))
+		case "--tun-type", "--tun-port", "--tun-nocsum", "--tun-csum", "--tun-remcsum":
+			r.note(n, "tunnel option %s is not supported; left out", opt)
+			if opt == "--tun-type" || opt == "--tun-port" {
+				o.value(opt)
+			}
+		default:
+			r.note(n, "option %q is not understood and was left out", opt)
+		}
+	}
+	if o.bad {
+		return
+	}
+	s := services[key]
+	switch {
+	case key == "":
+		r.unreadable(n, "a server rule without -t, -u or -f; left out")
+		return
+	case s == nil:
+		r.unreadable(n, "server of %s, which no -A rule before it adds; left out", key)
+		return
+	case server == "":
+		r.unreadable(n, "a server rule without -r; left out")
+		return
+	}
+	addr, ok := serverAddr(server, s.svc.Fwmark != 0)
+	if !ok {
+		r.unreadable(n, "real server %q is not an address:port (save with ipvsadm -S -n); left out", server)
+		return
+	}
+	if s.method == "" || method == "dr" || method == "tun" {
+		s.method = method
+	}
+	w := weight
+	s.svc.Servers = append(s.svc.Servers, config.Server{Address: addr, Weight: &w})
+}
+
+// serverAddr normalizes a real server: a mark service's server keeps the
+// client's port when ipvsadm says port 0.
+func serverAddr(s string, mark bool) (string, bool) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		if ap.Port() == 0 && mark {
+			return ap.Addr().Unmap().String(), true
+		}
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String(), ap.Port() != 0
+	}
+	if a, err := netip.ParseAddr(s); err == nil && mark {
+		return a.Unmap().String(), true
+	}
+	return "", false
+}
+
+// markClasses gives every firewall-mark service its class, from the MARK
+// rules of mangle; a mark without rules gets an empty class and a note.
+func (r *Result) markClasses(mangle io.Reader) error {
+	classes := map[uint32]*config.MarkClass{}
+	if mangle != nil {
+		var err error
+		if classes, err = r.markRules(mangle); err != nil {
+			return err
+		}
+	}
+	for i, s := range r.Config.Services {
+		m := s.Fwmark
+		if m == 0 {
+			continue
+		}
+		c := classes[m]
+		if c == nil {
+			r.note(r.lines[i], "%s: the rules that set mark %d are not in this file; give them (--iptables, iptables-save -t mangle output) or fill in the addresses and ports of marks class %q by hand", s.Name, m, "fwmark-"+strconv.Itoa(int(m)))
+			c = &config.MarkClass{Name: "fwmark-" + strconv.Itoa(int(m)), Mark: m}
+		}
+		r.Config.Marks = append(r.Config.Marks, *c)
+	}
+	return nil
+}
+
+// markRules reads the MARK rules of iptables-save output into mark
+// classes: destination, protocol and ports per mark.
+func (r *Result) markRules(rd io.Reader) (map[uint32]*config.MarkClass, error) {
+	classes := map[uint32]*config.MarkClass{}
+	protos := map[uint32]map[string]bool{}
+	sc := bufio.NewScanner(rd)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 || f[0] != "-A" || !strings.Contains(sc.Text(), "-j MARK") {
+			continue
+		}
+		var dst, proto string
+		var ports []string
+		var mark uint64
+		var err error
+		for i := 2; i < len(f); i++ {
+			arg := func() string {
+				if i+1 < len(f) {
+					i++
+					return f[i]
+				}
+				return ""
+			}
+			switch f[i] {
+			case "-d", "--destination":
+				dst = arg()
+			case "-p", "--protocol":
+				proto = arg()
+			case "--dport", "--destination-port", "--dports", "--destination-ports":
+				for _, p := range strings.Split(arg(), ",") {
+					ports = append(ports, strings.Replace(p, ":", "-", 1))
+				}
+			case "--set-mark", "--set-xmark":
+				v, _, _ := strings.Cut(arg(), "/")
+				mark, err = strconv.ParseUint(v, 0, 32)
+			}
+		}
+		switch {
+		case err != nil || mark == 0:
+			r.note(n, "iptables: a MARK rule whose mark tether cannot read; left out")
+			continue
+		case dst == "" || len(ports) == 0:
+			r.note(n, "iptables: the MARK rule for mark %d has no destination address or port; tether's classes need both, so it is left out", mark)
+			continue
+		case proto != "tcp" && proto != "udp":
+			r.note(n, "iptables: the MARK rule for mark %d is for protocol %q; tether marks tcp and udp only; left out", mark, proto)
+			continue
+		}
+		m := uint32(mark)
+		c := classes[m]
+		if c == nil {
+			c = &config.MarkClass{Name: "fwmark-" + strconv.FormatUint(mark, 10), Mark: m}
+			classes[m], protos[m] = c, map[string]bool{}
+		}
+		if p, err := netip.ParsePrefix(dst); err == nil && p.IsSingleIP() {
+			dst = p.Addr().String()
+		}
+		c.Addresses = appendNew(c.Addresses, dst)
+		for _, p := range ports {
+			c.Ports = appendNew(c.Ports, p)
+		}
+		protos[m][proto] = true
+	}
+	for _, m := range slices.Sorted(maps.Keys(classes)) {
+		c := classes[m]
+		if len(protos[m]) == 2 {
+			c.Protocol = "both"
+			r.note(0, "mark %d covers tcp and udp rules; tether's class applies every port to both protocols", m)
+		} else if protos[m]["udp"] {
+			c.Protocol = "udp"
+		}
+	}
+	return classes, sc.Err()
+}
+
+func appendNew(list []string, s string) []string {
+	for _, x := range list {
+		if x == s {
+			return list
+		}
+	}
+	return append(list, s)
+}

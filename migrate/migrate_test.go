@@ -1,0 +1,191 @@
+package migrate
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/tetherlb/tether/config"
+)
+
+func open(t *testing.T, name string) *os.File {
+	t.Helper()
+	f, err := os.Open("testdata/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// roundTrip renders r and loads it back as `tether check` does.
+func roundTrip(t *testing.T, r *Result, source string) *config.File {
+	t.Helper()
+	out, err := r.YAML(source)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := config.Parse(source+".yaml", out)
+	if err != nil {
+		t.Fatalf("the imported config does not pass check: %v\n%s", err, out)
+	}
+	return f
+}
+
+func notes(r *Result) string {
+	var b strings.Builder
+	for _, n := range r.Notes {
+		b.WriteString(n.String() + "\n")
+	}
+	return b.String()
+}
+
+func TestIPVSAdm(t *testing.T) {
+	r, err := IPVSAdm(open(t, "ipvsadm.rules"), open(t, "mangle.rules"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Unreadable() {
+		t.Errorf("unreadable lines in a real ipvsadm -S file:\n%s", notes(r))
+	}
+	f := roundTrip(t, r, "ipvsadm")
+	type svc struct {
+		Name, Listen, Proto, Sched, Mode string
+		Mark                             uint32
+		Timeout, Mask                    string
+		Servers                          []string
+	}
+	var got []svc
+	for _, s := range f.Services {
+		g := svc{s.Name, s.Listen, s.Protocol, s.Scheduler, s.Mode, s.Fwmark, "", "", nil}
+		if p := s.Persistence; p != nil {
+			g.Timeout, g.Mask = p.Timeout.D().String(), p.Netmask+"/"+p.Netmask6
+		}
+		for _, sv := range s.Servers {
+			g.Servers = append(g.Servers, sv.Address+"*"+itoa(*sv.Weight))
+		}
+		got = append(got, g)
+	}
+	want := []svc{
+		{"tcp-198-18-0-10-80", "198.18.0.10:80", "tcp", "wlc", "director", 0, "10m0s", "255.255.255.0/128", []string{"198.19.0.11:8080*3", "198.19.0.12:8080*1", "198.19.0.13:8080*0"}},
+		{"tcp-198-18-0-10-443", "198.18.0.10:443", "tcp", "mh", "director", 0, "5m0s", "255.255.255.255/128", []string{"198.19.0.11:443*1", "198.19.0.12:443*1"}},
+		{"udp-198-18-0-10-53", "198.18.0.10:53", "udp", "rr", "proxy", 0, "", "", []string{"198.19.0.11:53*1", "198.19.0.12:53*1"}},
+		{"fwmark-1", "", "tcp", "rr", "director", 1, "30m0s", "255.255.255.255/128", []string{"198.19.0.21*1", "198.19.0.22*1"}},
+		{"tcp-2001-db8--10-443", "[2001:db8::10]:443", "tcp", "sh", "director", 0, "5m0s", "255.255.255.255/64", []string{"[2001:db8:1::11]:443*2", "[2001:db8:1::12]:443*1"}},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("services (-want +got):\n%s", diff)
+	}
+	if len(f.Marks) != 1 || f.Marks[0].Mark != 1 || strings.Join(f.Marks[0].Addresses, ",") != "198.18.0.20" || strings.Join(f.Marks[0].Ports, ",") != "21,10000-10100" {
+		t.Errorf("mark class %+v, want mark 1 on 198.18.0.20 ports 21,10000-10100", f.Marks)
+	}
+	if !f.Services[2].OnePacket {
+		t.Error("-o was lost")
+	}
+	for _, want := range []string{
+		"line 5: scheduler flags \"mh-fallback,mh-port\" are not supported",
+		"line 11: fwmark 1: DR forwarding is not supported",
+		"line 15: connection thresholds (-x 1000)",
+		"line 8: udp 198.18.0.10:53: one-packet scheduling (-o) is the socket proxy's; the service runs in proxy mode",
+	} {
+		if !strings.Contains(notes(r), want) {
+			t.Errorf("notes lack %q:\n%s", want, notes(r))
+		}
+	}
+}
+
+// Lines the importer cannot read are reported with their numbers, and the
+// rest is imported.
+func TestIPVSAdmBadLines(t *testing.T) {
+	in := "-A -t 198.18.0.10:80 -s wlc\n" +
+		"-a -t 198.18.0.10:80 -r web1.example.com:http -m\n" + // not saved with -n
+		"-a -t 198.18.0.10:81 -r 198.19.0.11:80 -m\n" + // no such service
+		"-X -t 198.18.0.10:80\n" +
+		"-a -t 198.18.0.10:80 -r 198.19.0.11:80 -m -w lots\n" +
+		"-a -t 198.18.0.10:80 -r 198.19.0.11:80 -m -w 1\n" +
+		"-A -f 7 -s rr\n-a -f 7 -r 198.19.0.11:0 -m\n"
+	r, err := IPVSAdm(strings.NewReader(in), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`line 2: real server "web1.example.com:http" is not an address:port (save with ipvsadm -S -n)`,
+		"line 3: server of tcp 198.18.0.10:81, which no -A rule before it adds",
+		`line 4: "-X -t 198.18.0.10:80" is not an ipvsadm -S rule`,
+		`line 5: weight "lots" is not 0..65535`,
+		"line 7: fwmark-7: the rules that set mark 7 are not in this file",
+	} {
+		if !strings.Contains(notes(r), want) {
+			t.Errorf("notes lack %q:\n%s", want, notes(r))
+		}
+	}
+	if !r.Unreadable() {
+		t.Error("Unreadable() is false with unreadable lines")
+	}
+	if len(r.Config.Services) != 2 || len(r.Config.Services[0].Servers) != 1 {
+		t.Errorf("services %+v, want the readable service with its one readable server, and the mark service", r.Config.Services)
+	}
+}
+
+func TestKeepalived(t *testing.T) {
+	r, err := Keepalived(open(t, "keepalived.conf"), open(t, "mangle.rules"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := roundTrip(t, r, "keepalived")
+	if len(f.Services) != 4 {
+		t.Fatalf("%d services, want 4:\n%s", len(f.Services), notes(r))
+	}
+	web := f.Services[0]
+	if web.Listen != "198.18.0.10:80" || web.Scheduler != "wrr" || web.Persistence.Timeout.D().Seconds() != 900 || web.Persistence.Netmask != "255.255.255.0" ||
+		web.SorryServer != "198.19.0.99:80" || web.Quorum != 2 || !web.InhibitOnFailure || web.Mode != "director" {
+		t.Errorf("web: %+v", web)
+	}
+	hc := web.Servers[0].HealthCheck
+	want := &config.HealthCheck{Type: "http", Interval: config.Duration(6e9), Timeout: config.Duration(3e9), Rise: 1, Fall: 3, Start: "down", Path: "/healthz", ExpectStatus: "200"}
+	if diff := cmp.Diff(want, hc); diff != "" {
+		t.Errorf("HTTP_GET (-want +got):\n%s", diff)
+	}
+	if hc := web.Servers[1].HealthCheck; hc.Type != "tcp" || hc.Port != 8080 || hc.Start != "down" || *web.Servers[0].Weight != 2 {
+		t.Errorf("TCP_CHECK %+v", hc)
+	}
+	ftp := f.Services[1]
+	if ftp.Fwmark != 1 || ftp.Servers[0].Address != "198.19.0.21" || ftp.Servers[0].HealthCheck.Port != 21 ||
+		strings.Join(ftp.Servers[1].HealthCheck.Command, " ") != "/usr/local/bin/check_ftp 198.19.0.22" || f.Marks[0].Ports[0] != "21" {
+		t.Errorf("fwmark 1: %+v, marks %+v", ftp, f.Marks)
+	}
+	v6 := f.Services[2]
+	if v6.Listen != "[2001:db8::10]:443" || v6.Persistence.Netmask6 != "64" || v6.Servers[0].HealthCheck != nil {
+		t.Errorf("v6: %+v", v6)
+	}
+	if dns := f.Services[3]; dns.Protocol != "udp" || dns.Scheduler != "wlc" {
+		t.Errorf("udp: %+v", dns)
+	}
+	for _, want := range []string{
+		"line 3: global_defs skipped",
+		"line 7: vrrp_instance skipped",
+		"line 51: fwmark 1: DR forwarding is not supported",
+		"SSL_GET is not supported; real_server 2001:db8:1::11 443",
+		`scheduler "lblc" is not one of tether's`,
+	} {
+		if !strings.Contains(notes(r), strings.Replace(want, "2001:db8:1::11 443", "[2001:db8:1::11]:443", 1)) {
+			t.Errorf("notes lack %q:\n%s", want, notes(r))
+		}
+	}
+}
+
+func TestKeepalivedSyntaxErrors(t *testing.T) {
+	for in, want := range map[string]string{
+		"virtual_server 198.18.0.10 80 {\n  lb_algo rr\n": "line 1: the block opened here is never closed",
+		"}\n":   "line 1: } without a { before it",
+		"\n{\n": "line 2: { without a statement before it",
+	} {
+		if _, err := Keepalived(strings.NewReader(in), nil); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", in, err, want)
+		}
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }

@@ -1,0 +1,117 @@
+package migrate
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/tetherlb/tether/config"
+)
+
+// Note is something of the input that was not taken as it stands.
+type Note struct {
+	Line int // 0: not tied to one line
+	Msg  string
+	// Unreadable: the line was not understood at all and is left out.
+	Unreadable bool
+}
+
+func (n Note) String() string {
+	if n.Line == 0 {
+		return n.Msg
+	}
+	return fmt.Sprintf("line %d: %s", n.Line, n.Msg)
+}
+
+// Result is an imported configuration and what the import says of it.
+type Result struct {
+	Config *config.File
+	Notes  []Note
+	lines  []int // the line of each service of Config
+}
+
+func (r *Result) note(line int, format string, a ...any) {
+	r.Notes = append(r.Notes, Note{Line: line, Msg: fmt.Sprintf(format, a...)})
+}
+
+func (r *Result) unreadable(line int, format string, a ...any) {
+	r.Notes = append(r.Notes, Note{Line: line, Msg: fmt.Sprintf(format, a...), Unreadable: true})
+}
+
+// sortNotes puts the notes in line order, the ones of no line first.
+func (r *Result) sortNotes() {
+	slices.SortStableFunc(r.Notes, func(a, b Note) int { return a.Line - b.Line })
+}
+
+// Unreadable reports whether some input was not understood at all.
+func (r *Result) Unreadable() bool {
+	for _, n := range r.Notes {
+		if n.Unreadable {
+			return true
+		}
+	}
+	return false
+}
+
+// YAML renders the imported configuration, with the notes as a comment
+// on top so that they travel with the file.
+func (r *Result) YAML(source string) ([]byte, error) {
+	out, err := r.Config.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# imported by tether from %s\n", source)
+	for _, n := range r.Notes {
+		fmt.Fprintf(&b, "# NOTE %s\n", printable(n.String()))
+	}
+	b.Write(out)
+	return []byte(b.String()), nil
+}
+
+// serviceName names an imported service after its address or mark, as
+// ipvsadm identifies it.
+func serviceName(proto, listen string, mark uint32) string {
+	if mark != 0 {
+		return "fwmark-" + strconv.FormatUint(uint64(mark), 10)
+	}
+	r := strings.NewReplacer("[", "", "]", "", ":", "-", ".", "-")
+	return proto + "-" + r.Replace(listen)
+}
+
+// modeFor maps an IPVS forwarding method to a tether data path: NAT is
+// what the director does; DR and TUN have no tether equivalent, so they
+// become the director too, with a warning.
+func (r *Result) modeFor(line int, method, service string) string {
+	switch method {
+	case "dr", "tun":
+		r.note(line, "%s: %s forwarding is not supported (tether does not route to servers that answer clients directly); mapped to director mode (NAT): the servers must route replies back through tether, or set director.masquerade", service, strings.ToUpper(method))
+	}
+	return config.ModeDirector
+}
+
+// ipvsScheduler maps a scheduler name; IPVS's that tether lacks are noted
+// and replaced by wlc.
+func (r *Result) ipvsScheduler(line int, s, service string) string {
+	for _, k := range config.Schedulers {
+		if s == k {
+			return s
+		}
+	}
+	r.note(line, "%s: scheduler %q is not one of tether's (%s); using wlc", service, s, strings.Join(config.Schedulers, ", "))
+	return "wlc"
+}
+
+// printable makes a note safe in a YAML comment: the input it quotes may
+// hold any bytes.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+}
