@@ -13,14 +13,25 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tetherlb/tether/proxy"
 )
 
 // DefaultSocket is where the admin socket is unless the config says
-// otherwise.
-const DefaultSocket = "/run/tether/admin.sock"
+// otherwise: /run/tether/admin.sock for root; for another user, who
+// cannot write /run, $XDG_RUNTIME_DIR/tether/admin.sock, or
+// /tmp/tether-UID/admin.sock without it.
+func DefaultSocket() string {
+	if os.Geteuid() == 0 {
+		return "/run/tether/admin.sock"
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "tether", "admin.sock")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("tether-%d", os.Geteuid()), "admin.sock")
+}
 
 // Backend is what the API reads and changes: a running proxy.
 type Backend interface {
@@ -117,8 +128,16 @@ func (s *Server) serve(ln net.Listener, h http.Handler) {
 
 // listenSocket makes the socket's directory (0700) and the socket (0600).
 func listenSocket(path string) (*net.UnixListener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	// A directory someone else owns or may write to (one planted in
+	// /tmp) could hold a socket that is not ours.
+	if st, err := os.Stat(dir); err == nil {
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && (int(sys.Uid) != os.Geteuid() && sys.Uid != 0 || st.Mode().Perm()&0o022 != 0 && st.Mode()&os.ModeSticky == 0) {
+			return nil, fmt.Errorf("admin socket: directory %s is owned or writable by another user; give admin.socket a directory of tether's own", dir)
+		}
 	}
 	if _, err := os.Stat(path); err == nil {
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {

@@ -113,17 +113,15 @@ type Metrics struct {
 
 // Admin settings.
 type Admin struct {
-	// Socket is the admin API's unix socket (default
-	// /run/tether/admin.sock, mode 0600); "off" turns it off.
+	// Socket is the admin API's unix socket (mode 0600); "off" turns it
+	// off. Default: /run/tether/admin.sock for root, else
+	// $XDG_RUNTIME_DIR/tether/admin.sock (or /tmp/tether-UID/admin.sock).
 	Socket string `yaml:"socket,omitempty"`
 	// Listen serves the API on a TCP address too, to holders of the
 	// bearer token in TokenFile.
 	Listen    string `yaml:"listen,omitempty"`
 	TokenFile string `yaml:"token_file,omitempty"`
 }
-
-// DefaultAdminSocket is the admin socket's default path.
-const DefaultAdminSocket = "/run/tether/admin.sock"
 
 // Affinity settings.
 type Affinity struct {
@@ -873,9 +871,6 @@ func (f *File) normalize() {
 	}
 	if f.Log.Format == "" {
 		f.Log.Format = "text"
-	}
-	if f.Admin.Socket == "" {
-		f.Admin.Socket = DefaultAdminSocket
 	}
 	if f.Affinity.Capacity == 0 {
 		f.Affinity.Capacity = affinity.DefaultCapacity

@@ -46,7 +46,6 @@ func TestParseNormalizes(t *testing.T) {
 		Log:          Log{Level: "info", Format: "text"},
 		Snapshot:     "/var/lib/tether/affinity.snap",
 		Metrics:      Metrics{Listen: "127.0.0.1:9105"},
-		Admin:        Admin{Socket: DefaultAdminSocket},
 		Affinity:     Affinity{Capacity: 1 << 20},
 		DrainTimeout: Duration(30 * time.Second),
 		UDPMaxFlows:  262144,

@@ -22,7 +22,7 @@ import (
 // adminFlags say where the admin API of the running tether is.
 func adminFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "admin", Value: config.DefaultAdminSocket, Usage: "the admin socket of the running tether (its admin.socket)", EnvVars: []string{"TETHER_ADMIN"}},
+		&cli.StringFlag{Name: "admin", Value: admin.DefaultSocket(), Usage: "the admin socket of the running tether (its admin.socket)", EnvVars: []string{"TETHER_ADMIN"}},
 		&cli.StringFlag{Name: "admin-url", Usage: "the admin API over TCP instead, http://HOST:PORT (its admin.listen); needs --token-file", EnvVars: []string{"TETHER_ADMIN_URL"}},
 		&cli.StringFlag{Name: "token-file", Usage: "file holding the bearer token of --admin-url", EnvVars: []string{"TETHER_TOKEN_FILE"}},
 		&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "give up after this long"},

@@ -187,7 +187,11 @@ type reloadResult struct {
 
 // startAdmin starts the admin API the config asks for.
 func startAdmin(c config.Admin, o admin.Options) (*admin.Server, error) {
-	if c.Socket != "off" {
+	switch c.Socket {
+	case "off":
+	case "":
+		o.Socket = admin.DefaultSocket()
+	default:
 		o.Socket = c.Socket
 	}
 	if c.Listen != "" {
