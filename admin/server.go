@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -80,7 +81,7 @@ func Start(o Options) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.serve(&peerListener{UnixListener: ln, log: o.Log}, s.handler(false))
+		s.serve(ln, s.peerCheck(s.handler(false)))
 		o.Log.Info("admin API on a unix socket", "path", o.Socket)
 	}
 	if o.Listen != "" {
@@ -115,7 +116,7 @@ func (s *Server) Close() {
 }
 
 func (s *Server) serve(ln net.Listener, h http.Handler) {
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ConnContext: peerContext}
 	s.srvs = append(s.srvs, hs)
 	s.wg.Add(1)
 	go func() {
@@ -160,27 +161,32 @@ func listenSocket(path string) (*net.UnixListener, error) {
 	return ln, nil
 }
 
-// peerListener accepts only root and tether's own user on the socket,
-// whatever its mode: a socket made group- or world-writable by hand does
-// not open the API.
-type peerListener struct {
-	*net.UnixListener
-	log *slog.Logger
+type peerKey struct{}
+
+// peerContext records the uid of a unix socket's peer, for peerCheck.
+func peerContext(ctx context.Context, c net.Conn) context.Context {
+	uid := -1
+	if uc, ok := c.(*net.UnixConn); ok {
+		if u, err := peerUID(uc); err == nil {
+			uid = u
+		}
+	}
+	return context.WithValue(ctx, peerKey{}, uid)
 }
 
-func (l *peerListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.AcceptUnix()
-		if err != nil {
-			return nil, err
+// peerCheck lets through only root and tether's own user on the socket,
+// whatever its mode: a socket opened to others by hand does not open the
+// API.
+func (s *Server) peerCheck(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		uid, _ := r.Context().Value(peerKey{}).(int)
+		if uid != 0 && uid != os.Geteuid() {
+			s.o.Log.Warn("admin socket: request refused", "peer_uid", uid, "path", r.URL.Path)
+			writeJSON(w, http.StatusForbidden, errorBody{fmt.Sprintf("refused: the admin socket is for root, and uid %d is not", uid)})
+			return
 		}
-		uid, err := peerUID(c)
-		if err == nil && (uid == 0 || uid == os.Geteuid()) {
-			return c, nil
-		}
-		l.log.Warn("admin socket: connection refused", "peer_uid", uid, "err", err)
-		c.Close()
-	}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // handler routes the API; tokened requires the bearer token on /v1.

@@ -2,12 +2,32 @@ package proxy
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
+
+// syncBuffer is a log destination safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
 
 // flagCheck is an exec health check that fails while the file named after
 // the server's port exists in dir: the test decides each server's health.
@@ -37,7 +57,8 @@ func TestHealthInhibitOnFailure(t *testing.T) {
 			if inhibit {
 				extra += "    inhibit_on_failure: true\n"
 			}
-			p := startProxy(t, mustConfig(t, "services:\n"+serviceYAML("web", listen, "rr", extra, a, b)), Options{})
+			logs := &syncBuffer{}
+			p := startProxy(t, mustConfig(t, "services:\n"+serviceYAML("web", listen, "rr", extra, a, b)), Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
 			owner := map[int]string{}
 			for i := range 8 {
 				name, err := who(srcAddr(i), listen)
@@ -49,6 +70,19 @@ func TestHealthInhibitOnFailure(t *testing.T) {
 			setHealthy(t, dir, b, false)
 			want := map[bool]string{true: "inhibited", false: "down"}[inhibit]
 			waitState(t, p, "web", b.addr.String(), want, time.Now())
+			// More failed checks change nothing: the change is logged once.
+			k := checkKey{p.serviceByName("web").key, b.addr}
+			st, _ := p.health.Status(k)
+			deadline := time.Now().Add(5 * time.Second)
+			for s, _ := p.health.Status(k); s.Checks < st.Checks+3; s, _ = p.health.Status(k) {
+				if time.Now().After(deadline) {
+					t.Fatalf("checks stopped at %d", s.Checks)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if n := strings.Count(logs.String(), "real server down: failed its health check"); n != 1 {
+				t.Errorf("the change was logged %d times, want once:\n%s", n, logs.String())
+			}
 			for i := range 8 {
 				name, err := who(srcAddr(i), listen)
 				if err != nil {
