@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
@@ -25,7 +26,8 @@ type flow struct {
 	st     *serviceState
 	lease  affinity.Lease
 	conn   *net.UDPConn
-	last   atomic.Int64 // unix ns of the last datagram either way
+	rc     syscall.RawConn // conn's, for sendmmsg
+	last   atomic.Int64    // unix ns of the last datagram either way
 	closed atomic.Bool
 }
 
@@ -46,15 +48,43 @@ func (p *Proxy) UDPFlows(listen netip.AddrPort) int {
 	return s.flows.Len()
 }
 
-// serveUDP reads the service's datagrams until its socket closes.
+// udpBatch is how many datagrams one recvmmsg takes from a service's
+// socket, and one sendmmsg gives a flow's socket.
+const udpBatch = 16
+
+// serveUDP reads the service's datagrams until its socket closes, a batch
+// per system call, and hands each to its flow; a run of datagrams of one
+// flow goes to its server in one system call too.
 func (p *Proxy) serveUDP(svc *service) {
 	defer close(svc.done)
 	var wg sync.WaitGroup // flow goroutines
 	defer wg.Wait()
 	defer p.closeFlows(svc)
-	buf := make([]byte, 64<<10)
+	in, err := newBatchReader(svc.pc, udpBatch, 64<<10)
+	if err != nil {
+		p.log.Error("udp service cannot read", "service", svc.state.Load().cfg.Name, "err", err)
+		return
+	}
+	out := newBatchWriter(udpBatch)
+	run := make([][]byte, 0, udpBatch) // datagrams of one flow, in order
+	var runFlow *flow
+	flush := func() {
+		switch {
+		case len(run) == 1:
+			if _, err := runFlow.conn.Write(run[0]); err == nil {
+				runFlow.srv.bytesIn.Add(uint64(len(run[0])))
+			}
+		case len(run) > 1:
+			if err := out.write(runFlow.rc, run); err == nil {
+				for _, b := range run {
+					runFlow.srv.bytesIn.Add(uint64(len(b)))
+				}
+			}
+		}
+		run, runFlow = run[:0], nil
+	}
 	for {
-		n, src, err := svc.pc.ReadFromUDPAddrPort(buf)
+		n, err := in.read()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -62,20 +92,28 @@ func (p *Proxy) serveUDP(svc *service) {
 			continue
 		}
 		st := svc.state.Load()
-		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-		if st.cfg.OnePacket {
-			p.onePacket(svc, st, src, buf[:n], &wg)
-			continue
+		for i := range n {
+			b, src, ok := in.msg(i)
+			if !ok {
+				continue // truncated: larger than any UDP datagram
+			}
+			if st.cfg.OnePacket {
+				p.onePacket(svc, st, src, b, &wg)
+				continue
+			}
+			f, err := p.flowFor(svc, st, src, &wg)
+			if err != nil {
+				p.met.IncrCounterWithLabels([]string{"udp", "dropped"}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
+				continue
+			}
+			f.last.Store(time.Now().UnixNano())
+			if f != runFlow {
+				flush()
+				runFlow = f
+			}
+			run = append(run, b)
 		}
-		f, err := p.flowFor(svc, st, src, &wg)
-		if err != nil {
-			p.met.IncrCounterWithLabels([]string{"udp", "dropped"}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
-			continue
-		}
-		f.last.Store(time.Now().UnixNano())
-		if _, err := f.conn.Write(buf[:n]); err == nil {
-			f.srv.bytesIn.Add(uint64(n))
-		}
+		flush()
 	}
 }
 
@@ -94,6 +132,12 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 		return nil, err
 	}
 	conn, err := p.dialUDP(st, srv.Addr)
+	var rc syscall.RawConn
+	if err == nil {
+		if rc, err = conn.SyscallConn(); err != nil {
+			conn.Close()
+		}
+	}
 	if err != nil {
 		srv.conns.Add(-1)
 		if st.persistent {
@@ -101,7 +145,7 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 		}
 		return nil, err
 	}
-	f = &flow{client: src, srv: srv, st: st, lease: lease, conn: conn}
+	f = &flow{client: src, srv: srv, st: st, lease: lease, conn: conn, rc: rc}
 	p.flowsTotal.Add(1)
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)

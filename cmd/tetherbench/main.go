@@ -38,6 +38,7 @@ import (
 
 func main() {
 	dur := flag.Duration("duration", 3*time.Second, "how long each measurement runs")
+	flag.StringVar(&only, "only", "", "run one table: tcp, udp or ns (default: all)")
 	flag.Parse()
 	if err := bench(*dur); err != nil {
 		fmt.Fprintln(os.Stderr, "tetherbench:", err)
@@ -142,7 +143,28 @@ func bench(dur time.Duration) error {
 	}
 
 	fmt.Printf("tetherbench: %s per measurement, loopback, GOMAXPROCS %s\n\n", dur, os.Getenv("GOMAXPROCS"))
-	direct, err := measure(loopback(ln.Addr().String()), dur)
+	if only == "" || only == "tcp" {
+		if err := benchTCP(ctx, dir, ln.Addr().String(), listen, tether.Process.Pid, dur); err != nil {
+			return err
+		}
+	}
+	if only == "" || only == "udp" {
+		if err := benchUDP(echo.LocalAddr().String(), udpListen, dur); err != nil {
+			return err
+		}
+	}
+	if only == "" || only == "ns" {
+		return benchNamespaces(dur)
+	}
+	return nil
+}
+
+// only is the -only flag: the one table to run.
+var only string
+
+// benchTCP is the loopback TCP table: direct, tether and HAProxy.
+func benchTCP(ctx context.Context, dir, backend, listen string, pid int, dur time.Duration) error {
+	direct, err := measure(loopback(backend), dur)
 	if err != nil {
 		return fmt.Errorf("direct: %w", err)
 	}
@@ -150,28 +172,37 @@ func bench(dur time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("through tether: %w", err)
 	}
-	rss, _ := peakRSS(tether.Process.Pid)
+	rss, _ := peakRSS(pid)
 	cols := []column{{"direct", direct, 0}, {"tether", through, rss}}
-	if peer, err := runHAProxy(ctx, dir, ln.Addr().String(), dur); err == nil {
+	if peer, err := runHAProxy(ctx, dir, backend, dur); err == nil {
 		cols = append(cols, peer)
 	} else {
 		fmt.Fprintln(os.Stderr, "tetherbench: no HAProxy column:", err)
 	}
 	printTable(cols)
+	fmt.Println()
+	return nil
+}
 
-	fmt.Printf("\n| UDP request/response, 8 clients | direct | tether |\n|---|---|---|\n")
-	for _, size := range []int{64, 1400} {
-		d, err := udpRate(echo.LocalAddr().String(), size, 8, dur)
+// benchUDP is the loopback UDP table.
+func benchUDP(echo, udpListen string, dur time.Duration) error {
+	fmt.Printf("| UDP, 8 clients | direct | tether |\n|---|---|---|\n")
+	for _, m := range []struct {
+		name         string
+		size, window int
+	}{{"request/response, 64 B", 64, 1}, {"request/response, 1400 B", 1400, 1}, {"16 in flight, 64 B", 64, 16}, {"16 in flight, 1400 B", 1400, 16}} {
+		d, err := udpRate(echo, m.size, m.window, 8, dur)
 		if err != nil {
 			return fmt.Errorf("udp direct: %w", err)
 		}
-		t, err := udpRate(udpListen, size, 8, dur)
+		t, err := udpRate(udpListen, m.size, m.window, 8, dur)
 		if err != nil {
 			return fmt.Errorf("udp through tether: %w", err)
 		}
-		fmt.Printf("| datagrams/s, %d B | %.0f | %.0f (%.2fx) |\n", size, d, t, t/d)
+		fmt.Printf("| datagrams/s, %s | %.0f | %.0f (%.2fx) |\n", m.name, d, t, t/d)
 	}
-	return benchNamespaces(dur)
+	fmt.Println()
+	return nil
 }
 
 // nftIn loads rules with nft -f in host h.
@@ -283,9 +314,11 @@ func freeUDPAddr() (string, error) {
 }
 
 // udpRate counts datagrams (requests and replies) per second over clients
-// that each send one datagram of size bytes and wait for its echo, for
-// dur. A lost datagram costs its client a 100 ms wait, not the run.
-func udpRate(addr string, size, clients int, dur time.Duration) (float64, error) {
+// that each send window datagrams of size bytes and wait for their echoes,
+// for dur: window 1 is request/response, more is a pipelined stream, where
+// batched reads and writes pay. A lost datagram costs its client a 100 ms
+// wait, not the run.
+func udpRate(addr string, size, window, clients int, dur time.Duration) (float64, error) {
 	return forWorkers(clients, dur, func(w int, deadline time.Time, count func(int64)) error {
 		d := net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 11, 0, byte(w+1))}}
 		c, err := d.Dial("udp", addr)
@@ -295,11 +328,16 @@ func udpRate(addr string, size, clients int, dur time.Duration) (float64, error)
 		defer c.Close()
 		msg, got := make([]byte, size), make([]byte, 64<<10)
 		for time.Now().Before(deadline) {
-			if _, err := c.Write(msg); err != nil {
-				return err
+			for range window {
+				if _, err := c.Write(msg); err != nil {
+					return err
+				}
 			}
 			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-			if _, err := c.Read(got); err == nil {
+			for range window {
+				if _, err := c.Read(got); err != nil {
+					break
+				}
 				count(2)
 			}
 		}
