@@ -58,7 +58,7 @@ func hasKey(m map[key]int32, k key) bool { _, ok := m[k]; return ok }
 // build one cluster that wraps to the front; deleting from its middle must
 // keep every other key reachable.
 func TestIndexClustersWrap(t *testing.T) {
-	x := index{slots: make([]uint32, 16)}
+	x := index{slots: make([]uint64, 16)}
 	var ents []entry
 	for i := 0; len(ents) < 7; i++ {
 		k := makeKey(0, client(i))

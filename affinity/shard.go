@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // key is a template's identity: the service's registry index and the masked
@@ -64,13 +66,32 @@ type shard struct {
 	cursor int // where the search for an active victim resumes
 	cap    int
 	stats  Stats
-	_      [64]byte // keep the next shard's lock off this cache line
+	// slabMap is ents' mapping when it is off the heap (hugeSlice).
+	slabMap []byte
+	_       [64]byte // keep the next shard's lock off this cache line
 }
 
+// init sets up an empty shard for capacity templates. Its slab takes its
+// final size at once, off the heap when it is large (hugeSlice), and never
+// moves; the index grows as templates come.
 func (sh *shard) init(capacity int) {
 	sh.free = none
 	sh.idle = list{none, none}
 	sh.cap = capacity
+	if ents, m := hugeSlice[entry](capacity); m != nil {
+		sh.ents, sh.slabMap = ents, m
+	} else {
+		sh.ents = make([]entry, 0, capacity)
+	}
+}
+
+// release unmaps what init and the index mapped.
+func (sh *shard) release() {
+	if sh.slabMap != nil {
+		unix.Munmap(sh.slabMap)
+		sh.ents, sh.slabMap = nil, nil
+	}
+	sh.index.free()
 }
 
 func (sh *shard) unlink(i int32) {

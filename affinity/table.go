@@ -94,6 +94,13 @@ func New(o Options) *Table {
 	for i := range t.shards {
 		t.shards[i].init(per)
 	}
+	// The shards' off-heap memory goes with the table. The cleanup holds
+	// the shards, not the table, so the table can be collected.
+	runtime.AddCleanup(t, func(shards []shard) {
+		for i := range shards {
+			shards[i].release()
+		}
+	}, t.shards)
 	t.reg.Store((&registry{byID: map[Service]ServiceRef{}}).finish())
 	ctx, cancel := context.WithCancel(context.Background())
 	t.cancel = cancel
