@@ -20,7 +20,7 @@ import (
 // entries in the same cache sets.
 const hugeMin = 1 << 20
 
-func hugeSlice[T any](n int) ([]T, []byte) {
+func hugeSlice[T any](n int, advise bool) ([]T, []byte) {
 	var zero T
 	size := n * int(unsafe.Sizeof(zero))
 	if size < hugeMin {
@@ -32,8 +32,22 @@ func hugeSlice[T any](n int) ([]T, []byte) {
 	if err != nil {
 		return nil, nil
 	}
-	unix.Madvise(m, unix.MADV_HUGEPAGE) // advice: refused without THP, and then 4 KB pages serve
+	if advise {
+		adviseHuge(m, 0)
+	}
 	return unsafe.Slice((*T)(unsafe.Pointer(&m[0])), n)[:0], m
+}
+
+// adviseHuge asks for 2 MB pages in m: advice, refused without THP, and
+// then 4 KB pages serve. The first used bytes of m, already in 4 KB pages,
+// are collapsed into huge pages at once (MADV_COLLAPSE, Linux 6.1) rather
+// than left to khugepaged.
+func adviseHuge(m []byte, used int) {
+	unix.Madvise(m, unix.MADV_HUGEPAGE)
+	const huge = 2 << 20
+	if used = (used + huge - 1) &^ (huge - 1); used > 0 {
+		unix.Madvise(m[:min(used, len(m))], unix.MADV_COLLAPSE)
+	}
 }
 
 // residentMapped is how many bytes of the table's off-heap slabs and

@@ -83,7 +83,7 @@ func (x *index) del(k key, h uint64, ents []entry) {
 func (x *index) grow(ents []entry) {
 	old, oldMap := x.slots, x.mapped
 	n := max(16, 2*len(old))
-	if slots, m := hugeSlice[uint64](n); m != nil {
+	if slots, m := hugeSlice[uint64](n, true); m != nil {
 		x.slots, x.mapped = slots[:n], m
 	} else {
 		x.slots, x.mapped = make([]uint64, n), nil

@@ -4,9 +4,13 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
+
+// hugeAdvise is the slab size from which a shard asks for huge pages.
+const hugeAdvise = 2 << 20
 
 // key is a template's identity: the service's registry index and the masked
 // client address in 16-byte form (IPv4 as IPv4-mapped). 20 bytes with no
@@ -73,12 +77,14 @@ type shard struct {
 
 // init sets up an empty shard for capacity templates. Its slab takes its
 // final size at once, off the heap when it is large (hugeSlice), and never
-// moves; the index grows as templates come.
+// moves; the index grows as templates come. The slab asks for huge pages
+// only once it holds hugeAdvise bytes of templates, so that a nearly empty
+// table does not hold a 2 MB page per shard.
 func (sh *shard) init(capacity int) {
 	sh.free = none
 	sh.idle = list{none, none}
 	sh.cap = capacity
-	if ents, m := hugeSlice[entry](capacity); m != nil {
+	if ents, m := hugeSlice[entry](capacity, false); m != nil {
 		sh.ents, sh.slabMap = ents, m
 	} else {
 		sh.ents = make([]entry, 0, capacity)
@@ -188,6 +194,9 @@ func (sh *shard) insert(k key, h uint64, server uint32, now int64, r *registry) 
 	} else {
 		sh.ents = append(sh.ents, entry{})
 		i = int32(len(sh.ents) - 1)
+		if sh.slabMap != nil && len(sh.ents) == hugeAdvise/int(unsafe.Sizeof(entry{})) {
+			adviseHuge(sh.slabMap, hugeAdvise)
+		}
 	}
 	e := &sh.ents[i]
 	e.key, e.server, e.active, e.stamp = k, server, 0, now

@@ -404,3 +404,21 @@ func TestReleaseZeroLeaseIsNoop(t *testing.T) {
 		t.Fatalf("after the real release: %+v, want 0 open connections", got)
 	}
 }
+
+// A table sized for a million templates that holds a few costs little:
+// its slabs are reserved, not backed, and ask for huge pages only once
+// they are in use.
+func TestNearlyEmptyTableIsSmall(t *testing.T) {
+	p := newPicker(2)
+	tb, ref, _ := newTestTable(Options{Capacity: 1 << 20, Shards: 8}, ServiceConfig{Timeout: time.Minute}, p)
+	for i := range 100 {
+		l, err := tb.GetOrBind(ref, client(i), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb.Release(l)
+	}
+	if r := tb.residentMapped(); r < 0 || r > 1<<20 {
+		t.Errorf("100 templates hold %d bytes of mapped memory, want under 1 MiB", r)
+	}
+}
