@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -39,8 +40,21 @@ import (
 func main() {
 	dur := flag.Duration("duration", 3*time.Second, "how long each measurement runs")
 	flag.StringVar(&only, "only", "", "run one table: tcp, udp or ns (default: all)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (clients and the in-process director) to this file")
 	flag.Parse()
-	if err := bench(*dur); err != nil {
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tetherbench:", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+	}
+	err := bench(*dur)
+	if *cpuprofile != "" {
+		pprof.StopCPUProfile()
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "tetherbench:", err)
 		os.Exit(1)
 	}
