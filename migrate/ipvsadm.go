@@ -198,7 +198,7 @@ func (r *Result) ipvsService(n int, f []string) *ipvsService {
 		case "-6", "--ipv6":
 			s.v6 = true
 		case "-b", "--sched-flags":
-			r.note(n, "scheduler flags %q are not supported and were left out (tether's mh and sh fall back to the next server by themselves)", o.value(opt))
+			r.note(n, "scheduler flags %q left out: tether's sh and mh always fall back to the next available server (the -fallback flags), and hashing the source port too (-port) is not supported", o.value(opt))
 		case "--pe":
 			r.note(n, "persistence engine %q is not supported and was left out", o.value(opt))
 		default:

@@ -85,7 +85,7 @@ func TestIPVSAdm(t *testing.T) {
 		t.Error("-o was lost")
 	}
 	for _, want := range []string{
-		"line 5: scheduler flags \"mh-fallback,mh-port\" are not supported",
+		"line 5: scheduler flags \"mh-fallback,mh-port\" left out: tether's sh and mh always fall back",
 		"line 11: fwmark 1: DR forwarding is not supported",
 		"line 15: connection thresholds (-x 1000)",
 		"line 8: udp 198.18.0.10:53: one-packet scheduling (-o) is the socket proxy's; the service runs in proxy mode",
