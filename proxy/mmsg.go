@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"net"
 	"net/netip"
 	"syscall"
 	"unsafe"
@@ -20,22 +19,17 @@ type mmsghdr struct {
 // their sources, without allocating. x/net's ReadBatch would allocate a
 // net.Addr per datagram.
 type batchReader struct {
-	rc    syscall.RawConn
 	msgs  []mmsghdr
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet6
 	bufs  [][]byte
 	got   int
 	errno syscall.Errno
-	recv  func(fd uintptr) bool // made once: a closure per read would allocate
+	recvF func(fd uintptr) bool // b.recv, made once: a method value per read would allocate
 }
 
-func newBatchReader(c *net.UDPConn, n, size int) (*batchReader, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	b := &batchReader{rc: rc, msgs: make([]mmsghdr, n), iovs: make([]unix.Iovec, n), names: make([]unix.RawSockaddrInet6, n), bufs: make([][]byte, n)}
+func newBatchReader(n, size int) *batchReader {
+	b := &batchReader{msgs: make([]mmsghdr, n), iovs: make([]unix.Iovec, n), names: make([]unix.RawSockaddrInet6, n), bufs: make([][]byte, n)}
 	for i := range n {
 		b.bufs[i] = make([]byte, size)
 		b.iovs[i].Base = &b.bufs[i][0]
@@ -44,26 +38,35 @@ func newBatchReader(c *net.UDPConn, n, size int) (*batchReader, error) {
 		b.msgs[i].hdr.SetIovlen(1)
 		b.msgs[i].hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
 	}
-	b.recv = func(fd uintptr) bool {
-		for i := range b.msgs {
-			b.msgs[i].hdr.Namelen = unix.SizeofSockaddrInet6
-			b.msgs[i].hdr.Flags = 0
-		}
-		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(len(b.msgs)), unix.MSG_DONTWAIT, 0, 0)
-		if e == unix.EAGAIN || e == unix.EINTR {
-			return false // wait for the socket to be readable
-		}
-		b.got, b.errno = int(r), e
-		return true
-	}
-	return b, nil
+	b.recvF = b.recv
+	return b
 }
 
-// read waits for datagrams and returns how many it took (at least one).
-func (b *batchReader) read() (int, error) {
-	if err := b.rc.Read(b.recv); err != nil {
+// recv is one non-blocking recvmmsg on fd; false means nothing was there
+// (wait for the socket to be readable), as syscall.RawConn.Read wants.
+func (b *batchReader) recv(fd uintptr) bool {
+	for i := range b.msgs {
+		b.msgs[i].hdr.Namelen = unix.SizeofSockaddrInet6
+		b.msgs[i].hdr.Flags = 0
+	}
+	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(len(b.msgs)), unix.MSG_DONTWAIT, 0, 0)
+	if e == unix.EAGAIN || e == unix.EINTR {
+		return false
+	}
+	b.got, b.errno = int(r), e
+	return true
+}
+
+// read waits for datagrams on rc and returns how many it took (at least
+// one). The socket's read deadline applies.
+func (b *batchReader) read(rc syscall.RawConn) (int, error) {
+	if err := rc.Read(b.recvF); err != nil {
 		return 0, err // net.ErrClosed once the socket is closed
 	}
+	return b.result()
+}
+
+func (b *batchReader) result() (int, error) {
 	if b.errno != 0 {
 		return 0, b.errno
 	}
@@ -131,9 +134,16 @@ func newBatchWriter(n int) *batchWriter {
 
 // write sends bufs (at most len(w.msgs)) on rc, a connected socket.
 func (w *batchWriter) write(rc syscall.RawConn, bufs [][]byte) error {
+	return w.writeTo(rc, bufs, nil, 0)
+}
+
+// writeTo sends bufs on rc to the address in name (namelen bytes of it);
+// nil for a connected socket.
+func (w *batchWriter) writeTo(rc syscall.RawConn, bufs [][]byte, name *unix.RawSockaddrInet6, namelen uint32) error {
 	for i, b := range bufs {
 		w.iovs[i].Base = unsafe.SliceData(b) // nil for an empty datagram: length 0
 		w.iovs[i].SetLen(len(b))
+		w.msgs[i].hdr.Name, w.msgs[i].hdr.Namelen = (*byte)(unsafe.Pointer(name)), namelen
 	}
 	w.todo, w.errno = w.msgs[:len(bufs)], 0
 	if err := rc.Write(w.send); err != nil {
@@ -143,4 +153,48 @@ func (w *batchWriter) write(rc syscall.RawConn, bufs [][]byte) error {
 		return w.errno
 	}
 	return nil
+}
+
+// sockaddr writes ap as the sockaddr a socket of family takes (an IPv4
+// client of a dual-stack socket as an IPv4-mapped address) and returns its
+// length.
+func sockaddr(ap netip.AddrPort, family int, sa *unix.RawSockaddrInet6) uint32 {
+	*sa = unix.RawSockaddrInet6{}
+	port := (*[2]byte)(unsafe.Pointer(&sa.Port)) // same offset in both
+	if family == unix.AF_INET {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		sa4.Family = unix.AF_INET
+		sa4.Addr = ap.Addr().Unmap().As4()
+		port[0], port[1] = byte(ap.Port()>>8), byte(ap.Port())
+		return unix.SizeofSockaddrInet4
+	}
+	sa.Family = unix.AF_INET6
+	sa.Addr = ap.Addr().As16()
+	port[0], port[1] = byte(ap.Port()>>8), byte(ap.Port())
+	return unix.SizeofSockaddrInet6
+}
+
+// socketFamily is the address family of c's socket: a wildcard listener
+// is AF_INET6 (dual stack) even for "0.0.0.0".
+func socketFamily(rc syscall.RawConn) (int, error) {
+	var fam int
+	var serr error
+	if err := rc.Control(func(fd uintptr) { fam, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN) }); err != nil {
+		return 0, err
+	}
+	return fam, serr
+}
+
+// replyBatch is what a flow borrows from the proxy's pool while it moves
+// replies: buffers for one recvmmsg from its server's socket, headers for
+// one sendmmsg to its client. A flow holds one only while replies are
+// there to read, so a million idle flows hold no buffers.
+type replyBatch struct {
+	in   *batchReader
+	out  *batchWriter
+	bufs [][]byte
+}
+
+func newReplyBatch() *replyBatch {
+	return &replyBatch{in: newBatchReader(udpBatch, 64<<10), out: newBatchWriter(udpBatch), bufs: make([][]byte, 0, udpBatch)}
 }

@@ -42,12 +42,10 @@ func TestBatchReadAndWrite(t *testing.T) {
 			if err := w.write(rc, out); err != nil {
 				t.Fatal(err)
 			}
-			r, err := newBatchReader(a, udpBatch, 64<<10)
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := newBatchReader(udpBatch, 64<<10)
+			arc, _ := a.SyscallConn()
 			// Loopback delivers on send: all ten are queued before the read.
-			n, err := r.read()
+			n, err := r.read(arc)
 			if err != nil || n != 10 {
 				t.Fatalf("read %d datagrams (%v), want all 10 queued ones in one call", n, err)
 			}

@@ -69,6 +69,8 @@ type Proxy struct {
 	flowsTotal atomic.Int64 // UDP flows of all services, against udp_max_flows
 
 	health *health.Monitor[checkKey] // the servers' health checks
+
+	replies sync.Pool // *replyBatch: UDP flows borrow one while replies are queued
 }
 
 // New prepares a proxy for cfg; Start opens its listeners.
@@ -87,6 +89,7 @@ func New(cfg *config.File, o Options) *Proxy {
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.cfg.Store(cfg)
 	p.health = health.NewMonitor(p.healthChanged)
+	p.replies.New = func() any { return newReplyBatch() }
 	return p
 }
 

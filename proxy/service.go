@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tetherlb/tether/affinity"
@@ -26,8 +27,10 @@ type service struct {
 	// director: the NFQUEUE director serves it (no socket of its own).
 	director bool
 	ln       *net.TCPListener
-	pc       *net.UDPConn // a udp service's socket
-	flows    *flowTable   // a udp service's flows
+	pc       *net.UDPConn    // a udp service's socket
+	rc       syscall.RawConn // pc's, for recvmmsg and sendmmsg; set by serveUDP
+	family   int             // pc's address family
+	flows    *flowTable      // a udp service's flows
 	state    atomic.Pointer[serviceState]
 	active   atomic.Int64  // open client connections
 	done     chan struct{} // closed when the accept loop has returned

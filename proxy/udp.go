@@ -12,6 +12,7 @@ import (
 
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/tetherlb/tether/affinity"
+	"golang.org/x/sys/unix"
 )
 
 // UDP has no connections, so a flow stands in for one: a client
@@ -26,8 +27,11 @@ type flow struct {
 	st     *serviceState
 	lease  affinity.Lease
 	conn   *net.UDPConn
-	rc     syscall.RawConn // conn's, for sendmmsg
-	last   atomic.Int64    // unix ns of the last datagram either way
+	rc     syscall.RawConn // conn's, for recvmmsg and sendmmsg
+	// dst is the client as the service socket's sendmmsg takes it.
+	dst    unix.RawSockaddrInet6
+	dstLen uint32
+	last   atomic.Int64 // unix ns of the last datagram either way
 	closed atomic.Bool
 }
 
@@ -60,12 +64,16 @@ func (p *Proxy) serveUDP(svc *service) {
 	var wg sync.WaitGroup // flow goroutines
 	defer wg.Wait()
 	defer p.closeFlows(svc)
-	in, err := newBatchReader(svc.pc, udpBatch, 64<<10)
+	rc, err := svc.pc.SyscallConn()
+	if err == nil {
+		svc.family, err = socketFamily(rc)
+	}
 	if err != nil {
 		p.log.Error("udp service cannot read", "service", svc.state.Load().cfg.Name, "err", err)
 		return
 	}
-	out := newBatchWriter(udpBatch)
+	svc.rc = rc // before any flow goroutine, which writes replies on it
+	in, out := newBatchReader(udpBatch, 64<<10), newBatchWriter(udpBatch)
 	run := make([][]byte, 0, udpBatch) // datagrams of one flow, in order
 	var runFlow *flow
 	flush := func() {
@@ -84,7 +92,7 @@ func (p *Proxy) serveUDP(svc *service) {
 		run, runFlow = run[:0], nil
 	}
 	for {
-		n, err := in.read()
+		n, err := in.read(rc)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -146,6 +154,7 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 		return nil, err
 	}
 	f = &flow{client: src, srv: srv, st: st, lease: lease, conn: conn, rc: rc}
+	f.dstLen = sockaddr(src, svc.family, &f.dst)
 	p.flowsTotal.Add(1)
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
@@ -206,14 +215,36 @@ func (p *Proxy) dialUDP(st *serviceState, addr netip.AddrPort) (*net.UDPConn, er
 }
 
 // flowReplies relays the server's replies to the client until the flow has
-// been idle for the idle timeout (or is closed).
+// been idle for the idle timeout (or is closed): what is queued on the
+// flow's socket is read with one recvmmsg and sent to the client with one
+// sendmmsg, with buffers borrowed from the proxy's pool only while there
+// is something to read.
 func (p *Proxy) flowReplies(svc *service, f *flow) {
 	idle := f.st.cfg.Limits.IdleTimeout.D()
-	buf := make([]byte, 64<<10)
+	var rb *replyBatch
+	recv := func(fd uintptr) bool {
+		if rb == nil {
+			rb = p.replies.Get().(*replyBatch)
+		}
+		if !rb.in.recv(fd) {
+			p.replies.Put(rb) // nothing there: wait without the buffers
+			rb = nil
+			return false
+		}
+		return true
+	}
 	for {
 		f.conn.SetReadDeadline(time.Unix(0, f.last.Load()).Add(idle))
-		n, err := f.conn.Read(buf)
+		err := f.rc.Read(recv)
+		n := 0
+		if err == nil {
+			n, err = rb.in.result()
+		}
 		if err != nil {
+			if rb != nil {
+				p.replies.Put(rb)
+				rb = nil
+			}
 			if errors.Is(err, os.ErrDeadlineExceeded) && time.Since(time.Unix(0, f.last.Load())) < idle {
 				continue // the client sent meanwhile
 			}
@@ -225,9 +256,17 @@ func (p *Proxy) flowReplies(svc *service, f *flow) {
 			return
 		}
 		f.last.Store(time.Now().UnixNano())
-		if _, err := svc.pc.WriteToUDPAddrPort(buf[:n], f.client); err == nil {
-			f.srv.bytesOut.Add(uint64(n))
+		bufs, total := rb.bufs[:0], 0
+		for i := range n {
+			if b, _, ok := rb.in.msg(i); ok {
+				bufs, total = append(bufs, b), total+len(b)
+			}
 		}
+		if err := rb.out.writeTo(svc.rc, bufs, &f.dst, f.dstLen); err == nil {
+			f.srv.bytesOut.Add(uint64(total))
+		}
+		p.replies.Put(rb)
+		rb = nil
 	}
 }
 
