@@ -30,7 +30,12 @@ func TestStickinessByNetmask(t *testing.T) {
 			}
 		}},
 		{"mh", func(t *testing.T, spread []int) {
-			if spread[0] < 8 {
+			// Maglev gives each server a third of its table, so a server's
+			// share of 50 groups is about Binomial(50, 1/3): mean 16.7,
+			// deviation 3.3. The servers' ports are random, so the spread
+			// is too; 3 or fewer is 4 deviations off (once in 10^5 runs),
+			// where 7 happened in CI.
+			if spread[0] <= 3 {
 				t.Errorf("mh spread of 50 groups = %v: a server got almost none", spread)
 			}
 		}},
