@@ -137,8 +137,11 @@ func TestHealthStartDownQuorumAndSorry(t *testing.T) {
 		}
 	}
 	setHealthy(t, dir, b, true)
-	waitState(t, p, "web", b.addr.String(), "up", time.Now())
-	waitState(t, p, "bare", b.addr.String(), "up", time.Now())
+	for _, svc := range []string{"web", "bare"} {
+		for _, srv := range []*backend{a, b} {
+			waitState(t, p, svc, srv.addr.String(), "up", time.Now())
+		}
+	}
 	seen := map[string]int{}
 	for i := range 8 {
 		for _, l := range []string{listen, bare} {
