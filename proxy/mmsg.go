@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/netip"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -197,4 +198,59 @@ type replyBatch struct {
 
 func newReplyBatch() *replyBatch {
 	return &replyBatch{in: newBatchReader(udpBatch, 64<<10), out: newBatchWriter(udpBatch), bufs: make([][]byte, 0, udpBatch)}
+}
+
+// batchRelay reads what is queued on a connected socket, a batch a call,
+// in a replyBatch borrowed from the proxy's pool only while there is
+// something to read: a flow waiting for datagrams holds no buffer.
+type batchRelay struct {
+	pool *sync.Pool
+	rb   *replyBatch
+	recv func(fd uintptr) bool // made once per relay
+}
+
+func newBatchRelay(pool *sync.Pool) *batchRelay {
+	r := &batchRelay{pool: pool}
+	r.recv = func(fd uintptr) bool {
+		if r.rb == nil {
+			r.rb = r.pool.Get().(*replyBatch)
+		}
+		if !r.rb.in.recv(fd) {
+			r.pool.Put(r.rb) // nothing there: wait without the buffers
+			r.rb = nil
+			return false
+		}
+		return true
+	}
+	return r
+}
+
+// next waits for datagrams on from (its read deadline applies) and returns
+// them, their total size, and the batch to send them with; done gives the
+// batch back. On an error nothing is held.
+func (r *batchRelay) next(from syscall.RawConn) (bufs [][]byte, total int, out *batchWriter, err error) {
+	err = from.Read(r.recv)
+	n := 0
+	if err == nil {
+		n, err = r.rb.in.result()
+	}
+	if err != nil {
+		r.done()
+		return nil, 0, nil, err
+	}
+	bufs = r.rb.bufs[:0]
+	for i := range n {
+		if b, _, ok := r.rb.in.msg(i); ok {
+			bufs, total = append(bufs, b), total+len(b)
+		}
+	}
+	return bufs, total, r.rb.out, nil
+}
+
+// done gives the borrowed batch back.
+func (r *batchRelay) done() {
+	if r.rb != nil {
+		r.pool.Put(r.rb)
+		r.rb = nil
+	}
 }

@@ -37,8 +37,11 @@ type tflow struct {
 	lease  affinity.Lease
 	client *net.UDPConn // bound to dst, connected to the client
 	server *net.UDPConn
-	last   atomic.Int64
-	closed atomic.Bool
+	// clientRC and serverRC are their raw sockets, for recvmmsg and
+	// sendmmsg.
+	clientRC, serverRC syscall.RawConn
+	last               atomic.Int64
+	closed             atomic.Bool
 }
 
 // tflows are the transparent UDP flows, and the goroutines that relay them.
@@ -214,6 +217,14 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 	if err == nil {
 		f.server, err = p.dialUDP(st, serverAddr(srv, k.dst.Port()))
 	}
+	if err == nil {
+		if f.clientRC, err = f.client.SyscallConn(); err == nil {
+			f.serverRC, err = f.server.SyscallConn()
+		}
+		if err != nil {
+			f.server.Close()
+		}
+	}
 	if err != nil {
 		if f.client != nil {
 			f.client.Close()
@@ -231,22 +242,22 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 		p.closeTFlow(e)
 	}
 	ft.wg.Add(2)
-	go func() { defer ft.wg.Done(); p.tflowCopy(ft, f, f.server, f.client) }()
-	go func() { defer ft.wg.Done(); p.tflowCopy(ft, f, f.client, f.server) }()
+	go func() { defer ft.wg.Done(); p.tflowCopy(ft, f, f.server, f.serverRC, f.clientRC) }()
+	go func() { defer ft.wg.Done(); p.tflowCopy(ft, f, f.client, f.clientRC, f.serverRC) }()
 	return f, nil
 }
 
-// tflowCopy relays one direction of a flow until it has been idle both
-// ways for the idle timeout, or is closed.
-func (p *Proxy) tflowCopy(ft *tflows, f *tflow, from, to *net.UDPConn) {
+// tflowCopy relays one direction of a flow, a batch a call (batchRelay),
+// until it has been idle both ways for the idle timeout, or is closed.
+func (p *Proxy) tflowCopy(ft *tflows, f *tflow, from *net.UDPConn, fromRC, toRC syscall.RawConn) {
 	idle := f.st.cfg.Limits.IdleTimeout.D()
 	if idle <= 0 {
 		idle = config.DefaultUDPIdleTimeout
 	}
-	buf := make([]byte, 64<<10)
+	rel := newBatchRelay(&p.replies)
 	for {
 		from.SetReadDeadline(time.Unix(0, f.last.Load()).Add(idle))
-		n, err := from.Read(buf)
+		bufs, _, out, err := rel.next(fromRC)
 		if err != nil {
 			if f.closed.Load() {
 				return
@@ -259,7 +270,8 @@ func (p *Proxy) tflowCopy(ft *tflows, f *tflow, from, to *net.UDPConn) {
 			return
 		}
 		f.last.Store(time.Now().UnixNano())
-		to.Write(buf[:n])
+		out.write(toRC, bufs)
+		rel.done()
 	}
 }
 

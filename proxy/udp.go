@@ -217,34 +217,14 @@ func (p *Proxy) dialUDP(st *serviceState, addr netip.AddrPort) (*net.UDPConn, er
 // flowReplies relays the server's replies to the client until the flow has
 // been idle for the idle timeout (or is closed): what is queued on the
 // flow's socket is read with one recvmmsg and sent to the client with one
-// sendmmsg, with buffers borrowed from the proxy's pool only while there
-// is something to read.
+// sendmmsg (batchRelay).
 func (p *Proxy) flowReplies(svc *service, f *flow) {
 	idle := f.st.cfg.Limits.IdleTimeout.D()
-	var rb *replyBatch
-	recv := func(fd uintptr) bool {
-		if rb == nil {
-			rb = p.replies.Get().(*replyBatch)
-		}
-		if !rb.in.recv(fd) {
-			p.replies.Put(rb) // nothing there: wait without the buffers
-			rb = nil
-			return false
-		}
-		return true
-	}
+	rel := newBatchRelay(&p.replies)
 	for {
 		f.conn.SetReadDeadline(time.Unix(0, f.last.Load()).Add(idle))
-		err := f.rc.Read(recv)
-		n := 0
-		if err == nil {
-			n, err = rb.in.result()
-		}
+		bufs, total, out, err := rel.next(f.rc)
 		if err != nil {
-			if rb != nil {
-				p.replies.Put(rb)
-				rb = nil
-			}
 			if errors.Is(err, os.ErrDeadlineExceeded) && time.Since(time.Unix(0, f.last.Load())) < idle {
 				continue // the client sent meanwhile
 			}
@@ -256,17 +236,10 @@ func (p *Proxy) flowReplies(svc *service, f *flow) {
 			return
 		}
 		f.last.Store(time.Now().UnixNano())
-		bufs, total := rb.bufs[:0], 0
-		for i := range n {
-			if b, _, ok := rb.in.msg(i); ok {
-				bufs, total = append(bufs, b), total+len(b)
-			}
-		}
-		if err := rb.out.writeTo(svc.rc, bufs, &f.dst, f.dstLen); err == nil {
+		if err := out.writeTo(svc.rc, bufs, &f.dst, f.dstLen); err == nil {
 			f.srv.bytesOut.Add(uint64(total))
 		}
-		p.replies.Put(rb)
-		rb = nil
+		rel.done()
 	}
 }
 
