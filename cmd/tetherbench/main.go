@@ -41,6 +41,7 @@ func main() {
 	dur := flag.Duration("duration", 3*time.Second, "how long each measurement runs")
 	flag.StringVar(&only, "only", "", "run one table: tcp, udp or ns (default: all)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (clients and the in-process director) to this file")
+	flag.StringVar(&tetherProfile, "tether-cpuprofile", "", "write a CPU profile of the loopback tether process to this file")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -145,7 +146,11 @@ func bench(dur time.Duration) error {
 `, listen, ln.Addr(), udpListen, echo.LocalAddr())), 0o600)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	tether := exec.CommandContext(ctx, bin, "--log-level", "warn", "run", "--config", cfg)
+	args := []string{"--log-level", "warn", "run", "--config", cfg}
+	if tetherProfile != "" {
+		args = append(args, "--cpuprofile", tetherProfile)
+	}
+	tether := exec.CommandContext(ctx, bin, args...)
 	tether.Stderr = os.Stderr
 	if err := tether.Start(); err != nil {
 		return err
@@ -173,8 +178,9 @@ func bench(dur time.Duration) error {
 	return nil
 }
 
-// only is the -only flag: the one table to run.
-var only string
+// only is the -only flag: the one table to run; tetherProfile is
+// -tether-cpuprofile.
+var only, tetherProfile string
 
 // benchTCP is the loopback TCP table: direct, tether and HAProxy.
 func benchTCP(ctx context.Context, dir, backend, listen string, pid int, dur time.Duration) error {
