@@ -125,3 +125,33 @@ func waitState(t *testing.T, p *Proxy, service, server, want string, since time.
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// In director mode too, while no server is up new flows go to the sorry
+// server (it has a choice mark of its own), and back to the server once
+// it passes its checks.
+func TestDirectorSorryServer(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 8, Backends: 2, Label: "sorry"})
+	if _, err := env.Backends[1].ServeName(8080); err != nil { // the sorry server
+		t.Fatal(err)
+	}
+	p, _ := startInLB(t, env, fmt.Sprintf(`services:
+  - name: web
+    mode: director
+    listen: %s:80
+    health_check: {type: tcp, interval: 100ms, timeout: 300ms, fall: 1, rise: 1}
+    sorry_server: %s:8080
+    servers: [{address: "%s:8080"}]
+`, testenv.VIP, testenv.BackendAddr(1), testenv.BackendAddr(0)), Options{})
+	waitState(t, p, "web", testenv.BackendAddr(0).String()+":8080", "down", time.Now())
+	ctx := context.Background()
+	if s := testenv.Summarize(env.Clients[0].Drive(ctx, testenv.VIP, []int{80}, 1)); s.Failed != 0 || s.PerBackend["backend1"] != s.Visits {
+		t.Errorf("with the server down: %d failed, spread %s; want every client on the sorry server backend1", s.Failed, s.Spread())
+	}
+	if _, err := env.Backends[0].ServeName(8080); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, p, "web", testenv.BackendAddr(0).String()+":8080", "up", time.Now())
+	if s := testenv.Summarize(env.Clients[0].Drive(ctx, testenv.VIP, []int{80}, 1)); s.Failed != 0 || s.PerBackend["backend0"] != s.Visits {
+		t.Errorf("with the server up: %d failed, spread %s; want every client on backend0", s.Failed, s.Spread())
+	}
+}
