@@ -116,7 +116,7 @@ func (s *Server) Close() {
 }
 
 func (s *Server) serve(ln net.Listener, h http.Handler) {
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ConnContext: peerContext}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute, ConnContext: peerContext}
 	s.srvs = append(s.srvs, hs)
 	s.wg.Add(1)
 	go func() {

@@ -199,6 +199,9 @@ func startAdmin(c config.Admin, o admin.Options) (*admin.Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("admin.token_file: %w", err)
 		}
+		if st, err := os.Stat(c.TokenFile); err == nil && st.Mode().Perm()&0o044 != 0 {
+			o.Log.Warn("admin.token_file can be read by other users; chmod 600 it", "path", c.TokenFile, "mode", st.Mode().Perm())
+		}
 		if o.Token = strings.TrimSpace(string(b)); o.Token == "" {
 			return nil, fmt.Errorf("admin.token_file %s: empty", c.TokenFile)
 		}
