@@ -124,6 +124,10 @@ services:
 	}
 	servers := map[string]string{"a": a, "b": b}
 
+	// --config finds the socket in the file tether runs with.
+	if out, _, err := runCLI(t, "ls", "--config", path); err != nil || !strings.Contains(out, "name web") {
+		t.Errorf("ls --config: %v\n%s", err, out)
+	}
 	out := ls("ls")
 	for _, want := range []string{
 		"Prot LocalAddress:Port Scheduler Flags",

@@ -26,6 +26,7 @@ func adminFlags() []cli.Flag {
 		&cli.StringFlag{Name: "admin-url", Usage: "the admin API over TCP instead, http://HOST:PORT (its admin.listen); needs --token-file", EnvVars: []string{"TETHER_ADMIN_URL"}},
 		&cli.StringFlag{Name: "token-file", Usage: "file holding the bearer token of --admin-url", EnvVars: []string{"TETHER_TOKEN_FILE"}},
 		&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "give up after this long"},
+		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "take the admin socket (admin.socket) from this configuration file", EnvVars: []string{"TETHER_CONFIG"}},
 	}
 }
 
@@ -41,8 +42,22 @@ func adminClient(c *cli.Context) (*admin.Client, context.Context, context.Cancel
 		}
 		token = strings.TrimSpace(string(b))
 	}
+	socket := c.String("admin")
+	if path := c.String("config"); path != "" && !c.IsSet("admin") {
+		cfg, err := config.Load(path)
+		if err != nil {
+			return nil, nil, nil, cli.Exit(err.Error(), 2)
+		}
+		switch cfg.Admin.Socket {
+		case "off":
+			return nil, nil, nil, cli.Exit(path+": admin.socket is off; use --admin-url", 2)
+		case "":
+		default:
+			socket = cfg.Admin.Socket
+		}
+	}
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
-	return admin.NewClient(c.String("admin"), c.String("admin-url"), token), ctx, cancel, nil
+	return admin.NewClient(socket, c.String("admin-url"), token), ctx, cancel, nil
 }
 
 func lsCommand() *cli.Command {
