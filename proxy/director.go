@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -45,7 +47,8 @@ const reconcileGrace = 10 * time.Second
 type director struct {
 	set    config.Director // queue settings: fixed until restart
 	native bool            // nft's own queue statement
-	nft    *nftables.Conn  // lasting: owns table ip/ip6 tether
+	log    *slog.Logger
+	nft    *nftables.Conn // lasting: owns table ip/ip6 tether
 	queues []*nfqueue.Nfqueue
 
 	ctx    context.Context
@@ -58,7 +61,7 @@ type director struct {
 	mu    sync.Mutex
 	flows map[flowKey]*dflow
 
-	verdicts, unparsed, unknown, noServer, verdictErrs, overruns, ended, reconciled atomic.Uint64
+	verdicts, unparsed, unknown, noServer, verdictErrs, overruns, queueErrs, ended, reconciled atomic.Uint64
 }
 
 // directorView is what the verdict path reads: replaced whole on reload.
@@ -86,7 +89,7 @@ type dflow struct {
 // openDirector probes the kernel's queue statement and binds the queues.
 // It needs CAP_NET_ADMIN.
 func (p *Proxy) openDirector(cfg *config.File) (*director, error) {
-	d := &director{set: cfg.Director, flows: map[flowKey]*dflow{}, markFor: map[choiceKey]uint32{}}
+	d := &director{set: cfg.Director, log: p.log, flows: map[flowKey]*dflow{}, markFor: map[choiceKey]uint32{}}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	err := p.inNamespace(func() error {
 		c, err := nftables.New(nftables.AsLasting())
@@ -133,10 +136,13 @@ func (p *Proxy) openDirector(cfg *config.File) (*director, error) {
 }
 
 // queueError keeps reading after an overrun (the kernel dropped or, fail
-// open, accepted packets the queue had no room for) and stops on anything
-// else, which includes the close at stop.
+// open, accepted packets the queue had no room for) and after an error
+// answer to a verdict (ENOENT: the kernel flushed the packet, as it does
+// with every queued packet when any netfilter hook of the namespace goes,
+// a table replaced by tether or by anyone's nft). It stops at stop, or
+// when the socket is gone.
 func (d *director) queueError(err error) int {
-	if d.ctx.Err() != nil {
+	if d.ctx.Err() != nil || errors.Is(err, net.ErrClosed) || errors.Is(err, unix.EBADF) {
 		return 1
 	}
 	var oe *netlink.OpError
@@ -144,7 +150,13 @@ func (d *director) queueError(err error) int {
 		d.overruns.Add(1)
 		return 0
 	}
-	return 1
+	if d.queueErrs.Add(1) == 1 {
+		d.log.Warn("director: an error reading the queue; reading on (tether_director_queue_errors counts them)", "err", err)
+	}
+	// An error that repeats at once (a socket broken in a way not seen
+	// here) must not spin a core: at most a thousand a second.
+	time.Sleep(time.Millisecond)
+	return 0
 }
 
 // close unbinds the queues and stops following conntrack; the flows stay
@@ -168,6 +180,9 @@ func (p *Proxy) verdictFunc(d *director, q *nfqueue.Nfqueue) nfqueue.HookFunc {
 			mark = *a.Mark
 		}
 		v, m, set := p.decide(d, *a.Payload, mark)
+		if p.verdictHook != nil {
+			p.verdictHook()
+		}
 		var err error
 		if set {
 			err = q.SetVerdictWithOption(*a.PacketID, v, nfqueue.WithMark(m))
@@ -393,7 +408,7 @@ func (p *Proxy) applyDirector(cfg *config.File) error {
 	old := d.markFor
 	assigned := assignMarks(old, choicesOf(cfg), cfg.Director.MarkBase)
 	q := nft.Queue{Num: d.set.Queue, Total: d.set.Queues, CPUFanout: d.set.CPUFanout, Bypass: d.set.FailOpen, Native: d.native}
-	tables := directorTables(cfg, assigned, q)
+	tables := directorTables(cfg, assigned, q, p.liveWeights(cfg))
 	err := p.inNamespace(func() error {
 		for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
 			if err := tables[fam].Add(d.nft, !p.noTableOwner); err != nil {
@@ -414,9 +429,54 @@ func (p *Proxy) applyDirector(cfg *config.File) error {
 	return nil
 }
 
+// liveWeights are the weights the fail-open fallback spreads new flows by
+// while no tether reads the queue: each server's weight in force, 0 while
+// it is down (health check or server set --down), so that the kernel
+// does not send flows to a dead server; the sorry server, when no server
+// has weight.
+func (p *Proxy) liveWeights(cfg *config.File) map[choiceKey]int {
+	w := map[choiceKey]int{}
+	for _, sc := range cfg.Services {
+		if cfg.ServiceMode(sc) != config.ModeDirector {
+			continue
+		}
+		k := keyOf(sc)
+		p.svcMu.RLock()
+		svc := p.services[k]
+		p.svcMu.RUnlock()
+		if svc == nil {
+			continue
+		}
+		st := svc.state.Load()
+		total := 0
+		for _, srv := range st.servers {
+			if !srv.isDown() {
+				w[choiceKey{k, srv.Addr}] = srv.Weight()
+				total += srv.Weight()
+			}
+		}
+		if total == 0 && st.sorry != nil {
+			w[choiceKey{k, st.sorry.Addr}] = 1
+		}
+	}
+	return w
+}
+
+// directorFollow re-applies the director's tables after a server of svc
+// changed at run time, so that the fail-open fallback follows it.
+func (p *Proxy) directorFollow(svc *service) {
+	if !svc.director || p.dir.Load() == nil {
+		return
+	}
+	if err := p.applyDirector(p.currentCfg()); err != nil {
+		p.log.Error("director: the fail-open fallback could not follow a server change", "service", svc.state.Load().cfg.Name, "err", err)
+	}
+}
+
 // directorTables renders cfg's director services into one table per
-// family, with the given choice marks.
-func directorTables(cfg *config.File, assigned map[choiceKey]uint32, q nft.Queue) map[nftables.TableFamily]*nft.Director {
+// family, with the given choice marks. weights, when not nil, replaces the
+// configured weights of the fail-open fallback (liveWeights).
+func directorTables(cfg *config.File, assigned map[choiceKey]uint32, q nft.Queue, weights map[choiceKey]int) map[nftables.TableFamily]*nft.Director {
 	set := cfg.MarkSet()
 	tables := map[nftables.TableFamily]*nft.Director{}
 	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
@@ -457,12 +517,17 @@ func directorTables(cfg *config.File, assigned map[choiceKey]uint32, q nft.Queue
 				if a.Addr().Is4() != is4 {
 					continue
 				}
-				ds.Choices = append(ds.Choices, nft.Choice{Mark: assigned[choiceKey{k, a}], Server: a, Weight: *s.Weight})
+				w := *s.Weight
+				if weights != nil {
+					w = weights[choiceKey{k, a}]
+				}
+				ds.Choices = append(ds.Choices, nft.Choice{Mark: assigned[choiceKey{k, a}], Server: a, Weight: w})
 			}
 			if sc.SorryServer != "" {
-				// Weight 0: the fail-open fallback never picks it.
+				// Weight 0 unless no server has any: the fail-open
+				// fallback picks it only then.
 				if a := serverKey(sc.SorryServer); a.Addr().Is4() == is4 {
-					ds.Choices = append(ds.Choices, nft.Choice{Mark: assigned[choiceKey{k, a}], Server: a})
+					ds.Choices = append(ds.Choices, nft.Choice{Mark: assigned[choiceKey{k, a}], Server: a, Weight: weights[choiceKey{k, a}]})
 				}
 			}
 			if len(ds.Choices) > 0 {
@@ -497,7 +562,7 @@ func ShowDirector(cfg *config.File) string {
 		return ""
 	}
 	d := cfg.Director
-	tables := directorTables(cfg, assignMarks(nil, choicesOf(cfg), d.MarkBase), nft.Queue{Num: d.Queue, Total: d.Queues, CPUFanout: d.CPUFanout, Bypass: d.FailOpen})
+	tables := directorTables(cfg, assignMarks(nil, choicesOf(cfg), d.MarkBase), nft.Queue{Num: d.Queue, Total: d.Queues, CPUFanout: d.CPUFanout, Bypass: d.FailOpen}, nil)
 	var out []string
 	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
 		if len(tables[fam].Services) > 0 {
@@ -611,7 +676,7 @@ func (p *Proxy) emitDirectorMetrics() {
 		name string
 		v    *atomic.Uint64
 	}{
-		{"verdicts", &d.verdicts}, {"unparsed", &d.unparsed}, {"unknown", &d.unknown}, {"no_server", &d.noServer},
+		{"verdicts", &d.verdicts}, {"queue_errors", &d.queueErrs}, {"unparsed", &d.unparsed}, {"unknown", &d.unknown}, {"no_server", &d.noServer},
 		{"verdict_errors", &d.verdictErrs}, {"overruns", &d.overruns}, {"flows_ended", &d.ended}, {"flows_reconciled", &d.reconciled},
 	} {
 		p.met.SetGauge([]string{"director", c.name}, float32(c.v.Load()))

@@ -217,7 +217,9 @@ func TestDirectorExpireNodest(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			p, stop := startInLB(t, env, cfg(mode, 0), Options{})
 			defer stop()
-			c, err := env.Clients[0].Dial(context.Background(), "tcp", env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80).String())
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := env.Clients[0].Dial(ctx, "tcp", env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80).String())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -252,5 +254,56 @@ func TestDirectorExpireNodest(t *testing.T) {
 				t.Errorf("reset: the open flow to the removed server still works")
 			}
 		})
+	}
+}
+
+// When a netfilter hook of the namespace goes (tether replacing its
+// table on a reload or a server change, or anyone's nft), the kernel drops
+// every queued packet, and the verdict tether then sends for one is
+// answered with ENOENT. The queue reader must read on: it used to stop,
+// and from then on every new flow was dropped.
+func TestDirectorSurvivesFlushedQueue(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 1, Label: "flush"})
+	if _, err := env.Backends[0].ServeName(8080); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("mode: director\nservices:\n  - name: web\n    listen: %s:80\n    servers: [{address: \"%s:8080\"}]\n", testenv.VIP, testenv.BackendAddr(0))
+	p := New(mustConfig(t, cfg), Options{Do: env.LB.Do})
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	p.verdictHook = func() { once.Do(func() { close(held); <-release }) }
+	if err := env.LB.Do(p.Start); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		env.LB.Do(func() error { return p.Shutdown(ctx) })
+	})
+	first := make(chan error, 1)
+	go func() {
+		// Its first SYN is held in the queue and flushed; the client's
+		// retransmission a second later gets through.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := env.Clients[0].Dial(ctx, "tcp", env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80).String())
+		if err == nil {
+			c.Close()
+		}
+		first <- err
+	}()
+	<-held
+	if err := env.LB.Do(func() error { return p.Reload(mustConfig(t, cfg)) }); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatalf("the connection whose SYN was flushed: %v", err)
+	}
+	if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80}, 1)); s.Failed != 0 {
+		t.Errorf("after a flushed queue %d of %d new flows failed (%v): the queue reader stopped", s.Failed, s.Visits, s.Errors)
+	}
+	if n := p.dir.Load().queueErrs.Load(); n == 0 {
+		t.Errorf("no queue error was seen: the test did not flush the held packet")
 	}
 }

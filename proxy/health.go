@@ -69,6 +69,7 @@ func (p *Proxy) healthChanged(c health.Change[checkKey]) {
 	}
 	quorate := st.quorate()
 	p.applyHealth(svc, srv, c.Up)
+	p.directorFollow(svc)
 	to := "up"
 	if c.Up {
 		p.log.Info("real server up: passed its health check", "service", st.cfg.Name, "server", srv.Addr)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -156,6 +157,59 @@ func TestDirectorSorryServer(t *testing.T) {
 	}
 	waitState(t, p, "web", testenv.BackendAddr(0).String()+":8080", "up", time.Now())
 	if s := testenv.Summarize(env.Clients[0].Drive(ctx, testenv.VIP, []int{80}, 1)); s.Failed != 0 || s.PerBackend["backend0"] != s.Visits {
-		t.Errorf("with the server up: %d failed, spread %s; want every client on backend0", s.Failed, s.Spread())
+		t.Errorf("with the server up: %d failed, spread %s; want every client on backend0: %v", s.Failed, s.Spread(), s.Errors)
+	}
+}
+
+// The fail-open fallback (the kernel's own choice while no tether reads
+// the queue) follows the servers' state: a server taken down leaves it,
+// and comes back with the server; with no server up the sorry server
+// takes it.
+func TestDirectorFallbackFollowsServers(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Backends: 3, Label: "fallb"})
+	a, b, sorry := testenv.BackendAddr(0).String()+":8080", testenv.BackendAddr(1).String()+":8080", testenv.BackendAddr(2).String()+":8080"
+	p, _ := startInLB(t, env, fmt.Sprintf(`mode: director
+director: {fail_open: true}
+services:
+  - name: web
+    listen: %s:80
+    sorry_server: %s
+    servers: [{address: "%s"}, {address: "%s"}]
+`, testenv.VIP, sorry, a, b), Options{})
+	fallback := func() string {
+		t.Helper()
+		out, err := execIn(env.LB, "nft", "list", "map", "ip", "tether", "fallback0")
+		if err != nil {
+			t.Fatalf("nft list map: %v\n%s", err, out)
+		}
+		return out
+	}
+	in := func(out, server string) bool {
+		ap := netip.MustParseAddrPort(server)
+		return strings.Contains(out, ap.Addr().String()+" . "+fmt.Sprint(ap.Port()))
+	}
+	t.Logf("the fallback map at start:\n%s", fallback())
+	if out := fallback(); !in(out, a) || !in(out, b) || in(out, sorry) {
+		t.Fatalf("at start the fallback should hold both servers and not the sorry one:\n%s", out)
+	}
+	if err := env.LB.Do(func() error { return p.SetServer("web", b, ServerChange{Down: true}) }); err != nil {
+		t.Fatal(err)
+	}
+	if out := fallback(); !in(out, a) || in(out, b) {
+		t.Errorf("with %s down the fallback should hold only %s:\n%s", b, a, out)
+	}
+	if err := env.LB.Do(func() error { return p.SetServer("web", a, ServerChange{Down: true}) }); err != nil {
+		t.Fatal(err)
+	}
+	if out := fallback(); in(out, a) || in(out, b) || !in(out, sorry) {
+		t.Errorf("with both servers down the fallback should hold the sorry server only:\n%s", out)
+	}
+	for _, s := range []string{a, b} {
+		if err := env.LB.Do(func() error { return p.SetServer("web", s, ServerChange{Up: true}) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out := fallback(); !in(out, a) || !in(out, b) || in(out, sorry) {
+		t.Errorf("back up, the fallback should hold both servers again:\n%s", out)
 	}
 }

@@ -71,6 +71,10 @@ type Proxy struct {
 	health *health.Monitor[checkKey] // the servers' health checks
 
 	replies sync.Pool // *replyBatch: UDP flows borrow one while replies are queued
+
+	// verdictHook, set by tests before Start, runs before each director
+	// verdict: it can hold a packet in the queue.
+	verdictHook func()
 }
 
 // New prepares a proxy for cfg; Start opens its listeners.

@@ -160,6 +160,7 @@ func (p *Proxy) SetServer(service, server string, ch ServerChange) error {
 		srv.adminDown.Store(true)
 	}
 	p.serverChanged(svc, srv, oldWeight)
+	p.directorFollow(svc)
 	p.log.Info("real server changed by the admin API", "service", st.cfg.Name, "server", srv.Addr, "state", srv.State(), "weight", srv.Weight())
 	p.quorumChanged(svc, was)
 	return nil
