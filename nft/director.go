@@ -102,12 +102,62 @@ func (d Director) table(owner bool) *nftables.Table {
 }
 
 // Add queues the director table on c, replacing any earlier one atomically
-// (as Ruleset.Add does).
+// (as Ruleset.Add does). Use it when what is there is unknown (the first
+// apply); afterwards Update keeps the hooks.
 func (d Director) Add(c *nftables.Conn, owner bool) error {
 	t := d.table(owner)
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
+	return d.fill(c, t)
+}
+
+// Update queues, on the socket that applied prev, the change from prev to
+// d in one transaction that keeps the table and its prerouting chains:
+// their rules are flushed and written again, and every set, map and
+// object is made anew. Deleting a table deletes its chains' netfilter
+// hooks, and when any hook of the namespace goes the kernel drops every
+// packet waiting in a queue: a replaced table would cost the flows whose
+// first packet was in the queue a retransmission.
+func (d Director) Update(c *nftables.Conn, prev Director, owner bool) error {
+	t := d.table(owner)
+	c.AddTable(t)
+	c.FlushChain(&nftables.Chain{Name: chainSteer, Table: t})
+	c.FlushChain(&nftables.Chain{Name: chainRewrite, Table: t})
+	if prev.Masquerade {
+		onearm := &nftables.Chain{Name: chainOneArm, Table: t}
+		if d.Masquerade {
+			c.FlushChain(onearm)
+		} else {
+			c.DelChain(onearm) // a postrouting hook goes: rare, on a reload that turns masquerade off
+		}
+	}
+	// The rules that referred to them are flushed above.
+	for _, name := range prev.setNames() {
+		c.DelSet(&nftables.Set{Table: t, Name: name})
+	}
+	if prev.hasFTP() {
+		c.DeleteObject(&nftables.NamedObj{Table: t, Name: helperFTP, Type: nftables.ObjTypeCtHelper})
+	}
+	return d.fill(c, t)
+}
+
+// setNames are the sets and maps fill makes for d.
+func (d Director) setNames() []string {
+	names := []string{"choices", "dnat_port", "dnat_addr"}
+	if d.Queue.Bypass {
+		for i, s := range d.Services {
+			if len(fallbackServers(s)) > 0 {
+				names = append(names, fmt.Sprintf("fallback%d", i))
+			}
+		}
+	}
+	return names
+}
+
+// fill queues everything inside table t: sets, maps, objects, chains
+// (created if missing) and rules.
+func (d Director) fill(c *nftables.Conn, t *nftables.Table) error {
 	addrType := nftables.TypeIPAddr
 	if d.Family == nftables.TableFamilyIPv6 {
 		addrType = nftables.TypeIP6Addr

@@ -57,6 +57,9 @@ type director struct {
 
 	view    atomic.Pointer[directorView]
 	markFor map[choiceKey]uint32 // stable across reloads; under Proxy.mu
+	// applied are the tables last applied, which the next apply updates
+	// in place (nft.Director.Update); under Proxy.mu.
+	applied map[nftables.TableFamily]*nft.Director
 
 	mu    sync.Mutex
 	flows map[flowKey]*dflow
@@ -411,10 +414,16 @@ func (p *Proxy) applyDirector(cfg *config.File) error {
 	tables := directorTables(cfg, assigned, q, p.liveWeights(cfg))
 	err := p.inNamespace(func() error {
 		for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
-			if err := tables[fam].Add(d.nft, !p.noTableOwner); err != nil {
+			var err error
+			if prev := d.applied[fam]; prev != nil {
+				err = tables[fam].Update(d.nft, *prev, !p.noTableOwner)
+			} else {
+				err = tables[fam].Add(d.nft, !p.noTableOwner)
+				nft.AddNATAnchor(d.nft, fam)
+			}
+			if err != nil {
 				return err
 			}
-			nft.AddNATAnchor(d.nft, fam)
 		}
 		return d.nft.Flush()
 	})
@@ -422,6 +431,7 @@ func (p *Proxy) applyDirector(cfg *config.File) error {
 		return fmt.Errorf("director: apply nftables tables ip/ip6 %s (needs CAP_NET_ADMIN, nf_tables, nft_nat and the queue): %w", nft.TableName, err)
 	}
 	d.markFor = assigned
+	d.applied = tables
 	d.view.Store(&directorView{marks: assigned, markMask: cfg.MarkSet().MarkMask()})
 	if cfg.Director.ExpireNodest == "reset" {
 		p.resetRemoved(old, assigned)

@@ -257,53 +257,136 @@ func TestDirectorExpireNodest(t *testing.T) {
 	}
 }
 
-// When a netfilter hook of the namespace goes (tether replacing its
-// table on a reload or a server change, or anyone's nft), the kernel drops
-// every queued packet, and the verdict tether then sends for one is
-// answered with ENOENT. The queue reader must read on: it used to stop,
-// and from then on every new flow was dropped.
-func TestDirectorSurvivesFlushedQueue(t *testing.T) {
+// When a netfilter hook of the namespace goes (anyone's nft deleting a
+// base chain), the kernel drops every queued packet, and the verdict
+// tether then sends for one is answered with ENOENT. The queue reader must
+// read on: it used to stop, and from then on every new flow was dropped.
+// A reload, by contrast, updates tether's table in place, keeps its hooks,
+// and flushes nothing: the held packet's verdict is taken.
+func TestDirectorQueueAcrossHookChanges(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 1, Label: "flush"})
 	if _, err := env.Backends[0].ServeName(8080); err != nil {
 		t.Fatal(err)
 	}
 	cfg := fmt.Sprintf("mode: director\nservices:\n  - name: web\n    listen: %s:80\n    servers: [{address: \"%s:8080\"}]\n", testenv.VIP, testenv.BackendAddr(0))
-	p := New(mustConfig(t, cfg), Options{Do: env.LB.Do})
-	held, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	p.verdictHook = func() { once.Do(func() { close(held); <-release }) }
-	if err := env.LB.Do(p.Start); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name      string
+		change    func(p *Proxy) error
+		wantFlush bool
+	}{
+		{"foreign nft", func(*Proxy) error {
+			// A base chain that comes and goes: its hook is registered
+			// and unregistered.
+			out, err := execIn(env.LB, "nft", "add table ip other; add chain ip other c { type filter hook prerouting priority 0; }; delete table ip other")
+			if err != nil {
+				err = fmt.Errorf("%v: %s", err, out)
+			}
+			return err
+		}, true},
+		{"reload", func(p *Proxy) error {
+			return env.LB.Do(func() error { return p.Reload(mustConfig(t, cfg)) })
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := New(mustConfig(t, cfg), Options{Do: env.LB.Do})
+			held, release := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			p.verdictHook = func() { once.Do(func() { close(held); <-release }) }
+			if err := env.LB.Do(p.Start); err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				env.LB.Do(func() error { return p.Shutdown(ctx) })
+			}()
+			first := make(chan error, 1)
+			go func() {
+				// A flushed first SYN is retransmitted a second later.
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				c, err := env.Clients[0].Dial(ctx, "tcp", env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80).String())
+				if err == nil {
+					c.Close()
+				}
+				first <- err
+			}()
+			<-held
+			if err := tc.change(p); err != nil {
+				t.Fatal(err)
+			}
+			close(release)
+			if err := <-first; err != nil {
+				t.Fatalf("the connection whose SYN was held: %v", err)
+			}
+			if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80}, 1)); s.Failed != 0 {
+				t.Errorf("afterwards %d of %d new flows failed (%v): the queue reader stopped", s.Failed, s.Visits, s.Errors)
+			}
+			d := p.dir.Load()
+			if flushed := d.queueErrs.Load() > 0; flushed != tc.wantFlush {
+				t.Errorf("queue errors %d (the held packet flushed: %v), want flushed %v", d.queueErrs.Load(), flushed, tc.wantFlush)
+			}
+		})
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		env.LB.Do(func() error { return p.Shutdown(ctx) })
-	})
-	first := make(chan error, 1)
-	go func() {
-		// Its first SYN is held in the queue and flushed; the client's
-		// retransmission a second later gets through.
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		c, err := env.Clients[0].Dial(ctx, "tcp", env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80).String())
-		if err == nil {
-			c.Close()
+}
+
+// Reloads that change the table's shape (a second service with an FTP
+// class, masquerade on, then both gone) update it in place: each state
+// serves, and the table holds what the config asks for and nothing left
+// from before.
+func TestDirectorReloadReshapesTable(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 2, Label: "shape"})
+	for _, b := range env.Backends {
+		if _, err := b.ServeName(8080); err != nil {
+			t.Fatal(err)
 		}
-		first <- err
-	}()
-	<-held
-	if err := env.LB.Do(func() error { return p.Reload(mustConfig(t, cfg)) }); err != nil {
-		t.Fatal(err)
 	}
-	close(release)
-	if err := <-first; err != nil {
-		t.Fatalf("the connection whose SYN was flushed: %v", err)
-	}
-	if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80}, 1)); s.Failed != 0 {
-		t.Errorf("after a flushed queue %d of %d new flows failed (%v): the queue reader stopped", s.Failed, s.Visits, s.Errors)
-	}
-	if n := p.dir.Load().queueErrs.Load(); n == 0 {
-		t.Errorf("no queue error was seen: the test did not flush the held packet")
+	one := fmt.Sprintf(`mode: director
+director: {fail_open: true}
+services:
+  - name: web
+    listen: %s:80
+    servers: [{address: "%s:8080"}, {address: "%s:8080"}]
+`, testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1))
+	two := fmt.Sprintf(`mode: director
+director: {fail_open: true, masquerade: true}
+marks:
+  - {name: ftp, mark: 21, addresses: [%s], ports: [21, 30000-30099]}
+services:
+  - name: web
+    listen: %s:80
+    servers: [{address: "%s:8080"}, {address: "%s:8080"}]
+  - name: ftp
+    fwmark: 21
+    servers: [{address: "%s"}]
+`, testenv.VIP, testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(1))
+	p, _ := startInLB(t, env, one, Options{})
+	for i, step := range []struct {
+		cfg        string
+		want, gone []string
+	}{
+		{two, []string{"chain onearm", "ct helper ftp", "map fallback0", "map fallback1", "masquerade"}, nil},
+		{one, []string{"map fallback0"}, []string{"chain onearm", "ct helper", "fallback1", "masquerade"}},
+	} {
+		if err := env.LB.Do(func() error { return p.Reload(mustConfig(t, step.cfg)) }); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		out, err := execIn(env.LB, "nft", "list", "table", "ip", "tether")
+		if err != nil {
+			t.Fatalf("step %d: %v\n%s", i, err, out)
+		}
+		for _, w := range step.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("step %d: the table lacks %q:\n%s", i, w, out)
+			}
+		}
+		for _, g := range step.gone {
+			if strings.Contains(out, g) {
+				t.Errorf("step %d: the table still has %q:\n%s", i, g, out)
+			}
+		}
+		if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80}, 1)); s.Failed != 0 {
+			t.Errorf("step %d: %d of %d flows failed: %v", i, s.Failed, s.Visits, s.Errors)
+		}
 	}
 }
