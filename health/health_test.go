@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -202,4 +204,35 @@ func closedPort(t *testing.T) netip.AddrPort {
 	ap := netip.MustParseAddrPort(ln.Addr().String())
 	ln.Close()
 	return ap
+}
+
+// The first checks of targets started together are spread over the
+// interval (HAProxy does the same at start), not all at the same instant.
+func TestFirstChecksSpread(t *testing.T) {
+	m := NewMonitor(func(Change[int]) {})
+	defer m.Close()
+	const n, interval = 4, 800 * time.Millisecond
+	first := make(chan time.Duration, n)
+	start := time.Now()
+	ts := map[int]Target{}
+	for i := range n {
+		var once sync.Once
+		hc := check("tcp")
+		hc.Interval = config.Duration(interval)
+		ts[i] = Target{Check: hc, Probe: func(ctx context.Context) error {
+			once.Do(func() { first <- time.Since(start) })
+			return nil
+		}}
+	}
+	m.Set(ts)
+	var got []time.Duration
+	for range n {
+		got = append(got, <-first)
+	}
+	slices.Sort(got)
+	// Offsets 0, 1/4, 1/2 and 3/4 of the interval: the earliest at once,
+	// the latest well after a quarter of it.
+	if got[0] > interval/4 || got[n-1] < interval/2 {
+		t.Errorf("first checks at %v over an interval of %v, want them spread over it", got, interval)
+	}
 }

@@ -84,6 +84,13 @@ func (m *Monitor[K]) Set(ts map[K]Target) (started []K) {
 			delete(m.targets, k)
 		}
 	}
+	n := 0
+	for k := range ts {
+		if _, ok := m.targets[k]; !ok {
+			n++
+		}
+	}
+	i := 0
 	for k, t := range ts {
 		if _, ok := m.targets[k]; ok {
 			continue
@@ -93,8 +100,13 @@ func (m *Monitor[K]) Set(ts map[K]Target) (started []K) {
 		r := &running{check: t.Check, gen: m.gen, cancel: cancel, status: Status{Up: t.Check.Start != "down", Since: time.Now()}}
 		m.targets[k] = r
 		started = append(started, k)
+		// The new targets' first checks are spread over their interval,
+		// as HAProxy spreads its checks at start, so that a hundred
+		// servers are not all probed at the same instant.
+		delay := t.Check.Interval.D() * time.Duration(i) / time.Duration(n)
+		i++
 		m.wg.Add(1)
-		go m.run(ctx, k, r, t.Probe)
+		go m.run(ctx, k, r, t.Probe, delay)
 	}
 	return started
 }
@@ -129,10 +141,19 @@ func (m *Monitor[K]) Close() {
 	m.wg.Wait()
 }
 
-// run checks one target every interval, the first time at once, and
+// run checks one target every interval, the first time after delay, and
 // applies rise and fall.
-func (m *Monitor[K]) run(ctx context.Context, k K, r *running, probe Probe) {
+func (m *Monitor[K]) run(ctx context.Context, k K, r *running, probe Probe, delay time.Duration) {
 	defer m.wg.Done()
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
 	hc := r.check
 	up := hc.Start != "down"
 	streak := 0 // failures while up, successes while down
