@@ -60,6 +60,50 @@ func (r Ruleset) Add(c *nftables.Conn, owner bool) error {
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
+	return r.fill(c, t)
+}
+
+// Update queues, on the socket that applied prev, the change from prev to
+// r in one transaction that keeps the table and its chain: the rules are
+// flushed and written again and the sets made anew, so the chain's
+// netfilter hook stays registered (when a hook goes, the kernel drops
+// every packet waiting in a queue, the director's included).
+func (r Ruleset) Update(c *nftables.Conn, prev Ruleset, owner bool) error {
+	t := ruleTable(owner)
+	c.AddTable(t)
+	c.FlushChain(&nftables.Chain{Name: "prerouting", Table: t})
+	for _, name := range prev.setNames() {
+		c.DelSet(&nftables.Set{Table: t, Name: name})
+	}
+	return r.fill(c, t)
+}
+
+func ruleTable(owner bool) *nftables.Table {
+	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+	if owner {
+		t.Flags = nftables.TableFlagOwner
+	}
+	return t
+}
+
+// setNames are the sets fill makes for r.
+func (r Ruleset) setNames() []string {
+	var names []string
+	for _, cl := range r.Marks.Classes {
+		v4, v6 := families(cl)
+		if len(v4) > 0 {
+			names = append(names, setName(cl, "v4"))
+		}
+		if len(v6) > 0 {
+			names = append(names, setName(cl, "v6"))
+		}
+		names = append(names, setName(cl, "ports"))
+	}
+	return names
+}
+
+// fill queues the sets, the chain (created if missing) and the rules in t.
+func (r Ruleset) fill(c *nftables.Conn, t *nftables.Table) error {
 	sets := map[uint32]classSets{}
 	for _, cl := range r.Marks.Classes {
 		var cs classSets

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/testenv"
 	"github.com/ti-mo/conntrack"
 )
@@ -269,12 +270,17 @@ func TestDirectorQueueAcrossHookChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := fmt.Sprintf("mode: director\nservices:\n  - name: web\n    listen: %s:80\n    servers: [{address: \"%s:8080\"}]\n", testenv.VIP, testenv.BackendAddr(0))
+	// With a mark service in the socket proxy too, a reload updates the
+	// table inet tether as well: in place, or its hook would go.
+	withMarks := fmt.Sprintf("marks:\n  - {name: alt, mark: 7, addresses: [%s], ports: [8443]}\n", testenv.VIP) + cfg +
+		fmt.Sprintf("  - name: alt\n    mode: proxy\n    fwmark: 7\n    servers: [{address: \"%s:8080\"}]\n", testenv.BackendAddr(0))
 	for _, tc := range []struct {
 		name      string
-		change    func(p *Proxy) error
+		cfg       string
+		change    func(p *Proxy, cfg string) error
 		wantFlush bool
 	}{
-		{"foreign nft", func(*Proxy) error {
+		{"foreign nft", cfg, func(*Proxy, string) error {
 			// A base chain that comes and goes: its hook is registered
 			// and unregistered.
 			out, err := execIn(env.LB, "nft", "add table ip other; add chain ip other c { type filter hook prerouting priority 0; }; delete table ip other")
@@ -283,12 +289,11 @@ func TestDirectorQueueAcrossHookChanges(t *testing.T) {
 			}
 			return err
 		}, true},
-		{"reload", func(p *Proxy) error {
-			return env.LB.Do(func() error { return p.Reload(mustConfig(t, cfg)) })
-		}, false},
+		{"reload", cfg, reloadWith, false},
+		{"reload with marks", withMarks, reloadWith, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := New(mustConfig(t, cfg), Options{Do: env.LB.Do})
+			p := New(mustConfig(t, tc.cfg), Options{Do: env.LB.Do})
 			held, release := make(chan struct{}), make(chan struct{})
 			var once sync.Once
 			p.verdictHook = func() { once.Do(func() { close(held); <-release }) }
@@ -312,7 +317,7 @@ func TestDirectorQueueAcrossHookChanges(t *testing.T) {
 				first <- err
 			}()
 			<-held
-			if err := tc.change(p); err != nil {
+			if err := tc.change(p, tc.cfg); err != nil {
 				t.Fatal(err)
 			}
 			close(release)
@@ -328,6 +333,15 @@ func TestDirectorQueueAcrossHookChanges(t *testing.T) {
 			}
 		})
 	}
+}
+
+// reloadWith reloads p, in its host, with cfg.
+func reloadWith(p *Proxy, cfg string) error {
+	c, err := config.Parse("reload.yaml", []byte(cfg))
+	if err != nil {
+		return err
+	}
+	return p.do(func() error { return p.Reload(c) })
 }
 
 // Reloads that change the table's shape (a second service with an FTP

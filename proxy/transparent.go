@@ -33,6 +33,9 @@ type transparent struct {
 	// class covers UDP.
 	ulns   []*net.UDPConn
 	uflows *tflows
+	// applied is the ruleset last applied, which the next apply updates
+	// in place (nft.Ruleset.Update); nil: the table is not there.
+	applied *nft.Ruleset
 }
 
 // openTransparent opens the IP_TRANSPARENT listeners (IPv4, and IPv6 when
@@ -129,7 +132,13 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		p.log.Warn("removing the table inet " + nft.TableName + " an earlier tether left")
 	}
 	apply := func(owner bool) error {
-		if err := rs.Add(tp.nft, owner); err != nil {
+		var err error
+		if p.tp != nil && p.tp.applied != nil {
+			err = rs.Update(tp.nft, *p.tp.applied, owner)
+		} else {
+			err = rs.Add(tp.nft, owner)
+		}
+		if err != nil {
 			return err
 		}
 		return tp.nft.Flush()
@@ -143,6 +152,7 @@ func (p *Proxy) applyMarks(pl *plan) error {
 	if err != nil {
 		return fmt.Errorf("apply nftables table inet %s (needs CAP_NET_ADMIN, nf_tables and nft_tproxy): %w", nft.TableName, err)
 	}
+	tp.applied = &rs
 	tp.routing = nft.Routing{Ingress: pl.cfg.TProxyIngress, Table: pl.cfg.TProxyRouteTable, Priority: pl.cfg.TProxyRulePriority}
 	if err := tp.routing.Apply(set); err != nil {
 		return err
