@@ -36,15 +36,14 @@ func (r Routing) priority() int {
 	return r.Priority
 }
 
-// Apply replaces tether's rules (those at its priority and table) with one
+// Apply makes tether's rules (those at its priority, for its table) one
 // per class mark and ingress, and puts the local default routes in the
-// table. It runs in the calling thread's network namespace.
+// table. It adds the missing rules before it deletes the ones no longer
+// wanted, and leaves the rest alone, so that a reload leaves no moment
+// without them. It runs in the calling thread's network namespace.
 func (r Routing) Apply(set marks.Set) error {
 	if len(r.Ingress) == 0 {
 		return nil // no policy routing configured: touch nobody's rules
-	}
-	if err := r.Remove(); err != nil {
-		return err
 	}
 	h, err := netlink.NewHandle()
 	if err != nil {
@@ -56,6 +55,11 @@ func (r Routing) Apply(set marks.Set) error {
 		return fmt.Errorf("policy routing: %w", err)
 	}
 	mask := set.MarkMask()
+	type ruleKey struct {
+		family int
+		iif    string
+		mark   uint32
+	}
 	for _, fam := range []struct {
 		family int
 		dst    *net.IPNet
@@ -64,14 +68,49 @@ func (r Routing) Apply(set marks.Set) error {
 		if err != nil {
 			return fmt.Errorf("policy routing: local route in table %d: %w", r.table(), err)
 		}
+		have := map[ruleKey]netlink.Rule{}
+		var stale []netlink.Rule // another mask: goes after the new ones are in
+		rules, err := h.RuleList(fam.family)
+		if err != nil {
+			return err
+		}
+		for _, rule := range rules {
+			if rule.Table == r.table() && rule.Priority == r.priority() {
+				m := uint32(0)
+				if rule.Mask != nil {
+					m = *rule.Mask
+				}
+				if m == mask {
+					have[ruleKey{fam.family, rule.IifName, rule.Mark}] = rule
+					continue
+				}
+				stale = append(stale, rule)
+			}
+		}
+		want := map[ruleKey]bool{}
 		for _, c := range set.Classes {
 			for _, in := range r.Ingress {
+				k := ruleKey{fam.family, in, c.Mark}
+				want[k] = true
+				if _, ok := have[k]; ok {
+					continue
+				}
 				rule := netlink.NewRule()
 				rule.Family, rule.IifName, rule.Table, rule.Priority = fam.family, in, r.table(), r.priority()
 				rule.Mark, rule.Mask = c.Mark, &mask
 				if err := h.RuleAdd(rule); err != nil {
 					return fmt.Errorf("policy routing: ip rule iif %s fwmark %#x lookup %d: %w", in, c.Mark, r.table(), err)
 				}
+			}
+		}
+		for k, rule := range have {
+			if !want[k] {
+				stale = append(stale, rule)
+			}
+		}
+		for _, rule := range stale {
+			if err := h.RuleDel(&rule); err != nil {
+				return fmt.Errorf("policy routing: removing ip rule iif %s fwmark %#x: %w", rule.IifName, rule.Mark, err)
 			}
 		}
 	}

@@ -490,3 +490,61 @@ func TestPersistenceAcrossTCPAndUDP(t *testing.T) {
 		t.Errorf("without persistence no client mixed: the test cannot tell")
 	}
 }
+
+// Reloads of the policy routing: a second class adds its rule and keeps
+// the first; a new priority moves every rule; dropping tproxy_ingress
+// removes them; the non-local VIP answers whenever rules are wanted.
+func TestPolicyRoutingReloads(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 1, Label: "rrel"})
+	if _, err := env.Backends[0].ServeName(80); err != nil {
+		t.Fatal(err)
+	}
+	vip := netip.MustParseAddr("198.19.128.10") // routed to the lb, not on it
+	cfg := func(routing string, marks ...int) string {
+		var b strings.Builder
+		b.WriteString(routing + "marks:\n")
+		for _, m := range marks {
+			fmt.Fprintf(&b, "  - {name: m%d, mark: %d, addresses: [%s], ports: [%d]}\n", m, m, vip, 80+m)
+		}
+		b.WriteString("services:\n")
+		for _, m := range marks {
+			fmt.Fprintf(&b, "  - {name: s%d, fwmark: %d, servers: [{address: \"%s:80\"}]}\n", m, m, testenv.BackendAddr(0))
+		}
+		return b.String()
+	}
+	rules := func() string {
+		out, _ := execIn(env.LB, "ip", "rule")
+		return out
+	}
+	p, _ := startInLB(t, env, cfg("tproxy_ingress: [br-c]\n", 1), Options{})
+	for i, step := range []struct {
+		cfg        string
+		want, gone []string
+		answers    bool
+	}{
+		{cfg("tproxy_ingress: [br-c]\n", 1, 2), []string{"1000:\tfrom all fwmark 0x1 iif br-c lookup 100", "1000:\tfrom all fwmark 0x2 iif br-c lookup 100"}, nil, true},
+		{cfg("tproxy_ingress: [br-c]\ntproxy_rule_priority: 900\n", 1, 2), []string{"900:\tfrom all fwmark 0x1 iif br-c lookup 100", "900:\tfrom all fwmark 0x2 iif br-c lookup 100"}, []string{"1000:"}, true},
+		{cfg("", 1, 2), nil, []string{"lookup 100"}, false},
+	} {
+		if err := env.LB.Do(func() error { return p.Reload(mustConfig(t, step.cfg)) }); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		r := rules()
+		for _, w := range step.want {
+			if !strings.Contains(r, w) {
+				t.Errorf("step %d: ip rule lacks %q:\n%s", i, w, r)
+			}
+		}
+		for _, g := range step.gone {
+			if strings.Contains(r, g) {
+				t.Errorf("step %d: ip rule still has %q:\n%s", i, g, r)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		s := testenv.Summarize(env.Clients[0].Drive(ctx, vip, []int{81, 82}, 1))
+		cancel()
+		if answers := s.Failed == 0; answers != step.answers {
+			t.Errorf("step %d: %d of %d connections failed; want the VIP answering: %v", i, s.Failed, s.Visits, step.answers)
+		}
+	}
+}

@@ -153,7 +153,18 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		return fmt.Errorf("apply nftables table inet %s (needs CAP_NET_ADMIN, nf_tables and nft_tproxy): %w", nft.TableName, err)
 	}
 	tp.applied = &rs
-	tp.routing = nft.Routing{Ingress: pl.cfg.TProxyIngress, Table: pl.cfg.TProxyRouteTable, Priority: pl.cfg.TProxyRulePriority}
+	routing := nft.Routing{Ingress: pl.cfg.TProxyIngress, Table: pl.cfg.TProxyRouteTable, Priority: pl.cfg.TProxyRulePriority}
+	old := tp.routing
+	if pl.tp != nil && p.tp != nil {
+		old = p.tp.routing // tp is new listeners: the rules are the old ones'
+	}
+	if len(old.Ingress) > 0 && (old.Table != routing.Table || old.Priority != routing.Priority || len(routing.Ingress) == 0) {
+		// Another table or priority: Apply would not see the old rules.
+		if err := old.Remove(); err != nil {
+			return err
+		}
+	}
+	tp.routing = routing
 	if err := tp.routing.Apply(set); err != nil {
 		return err
 	}
