@@ -99,7 +99,10 @@ func (p *Proxy) applyHealth(svc *service, srv *Server, up bool) {
 }
 
 // serverChanged tells the persistence table a server's new state and
-// rebuilds the service's scheduler if its weight changed.
+// rebuilds the service's scheduler if its weight changed. A server that
+// is down also loses its UDP flows: a flow has no end a server's death
+// would show, and its client would go on sending into the void until it
+// fell silent for the idle timeout; its next datagram is rescheduled.
 func (p *Proxy) serverChanged(svc *service, srv *Server, oldWeight int) {
 	st := svc.state.Load()
 	if st.persistent {
@@ -107,6 +110,30 @@ func (p *Proxy) serverChanged(svc *service, srv *Server, oldWeight int) {
 	}
 	if srv.Weight() != oldWeight {
 		svc.state.Store(st.rescheduled())
+	}
+	if srv.isDown() {
+		p.closeServerFlows(svc, srv)
+	}
+}
+
+// closeServerFlows closes the UDP flows (socket-proxy and transparent) of
+// svc that go to srv.
+func (p *Proxy) closeServerFlows(svc *service, srv *Server) {
+	n := 0
+	if svc.flows != nil {
+		for _, f := range svc.flows.removeIf(func(f *flow) bool { return f.srv == srv }) {
+			p.closeFlow(f)
+			n++
+		}
+	}
+	if svc.key.mark != 0 && p.tp != nil && p.tp.uflows != nil {
+		for _, f := range p.tp.uflows.removeIf(func(f *tflow) bool { return f.srv == srv }) {
+			p.closeTFlow(f)
+			n++
+		}
+	}
+	if n > 0 {
+		p.log.Info("udp flows to a server that is down closed; their clients are rescheduled", "service", svc.state.Load().cfg.Name, "server", srv.Addr, "flows", n)
 	}
 }
 

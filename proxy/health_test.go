@@ -3,6 +3,8 @@ package proxy
 import (
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -231,5 +233,36 @@ func TestSetServer(t *testing.T) {
 		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
 			t.Errorf("SetServer(%s, %s, %+v) = %v, want %q", tc.service, tc.server, tc.ch, err, tc.want)
 		}
+	}
+}
+
+// A UDP flow whose server goes down is closed, so the client's next
+// datagram, on the same flow, is rescheduled: a flow has no end of its
+// own to show the server's death.
+func TestHealthDownClosesUDPFlows(t *testing.T) {
+	dir := t.TempDir()
+	a, b := udpBackend(t, "a"), udpBackend(t, "b")
+	listen := freeUDPAddr(t)
+	p := startProxy(t, mustConfig(t, udpConfig(listen, "rr", flagCheck(dir, "")+"    persistence: {}\n", a, b)), Options{})
+	waitState(t, p, "dns", a.String(), "up", time.Now())
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 9, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	vip := netip.MustParseAddrPort(listen)
+	first, _, err := askUDP(c, vip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := map[string]uint16{"a": a.Port(), "b": b.Port()}[first]
+	other := map[string]string{"a": "b", "b": "a"}[first]
+	if err := os.WriteFile(filepath.Join(dir, fmt.Sprint(port)), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, p, "dns", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String(), "down", time.Now())
+	// The server still answers: only the flow's closing can move the client.
+	if got, _, err := askUDP(c, vip); err != nil || got != other {
+		t.Errorf("after %s went down the same flow got %q (%v), want %s", first, got, err, other)
 	}
 }

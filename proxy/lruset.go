@@ -58,6 +58,21 @@ func (s *lruSet[K, V]) removeOldest() (V, bool) {
 	return v, ok
 }
 
+// removeIf drops every entry match selects and returns them.
+func (s *lruSet[K, V]) removeIf(match func(V) bool) []V {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []V
+	for _, k := range s.lru.Keys() {
+		if v, ok := s.lru.Peek(k); ok && match(v) {
+			s.lru.Remove(k)
+			out = append(out, v)
+		}
+	}
+	s.evicted = nil
+	return out
+}
+
 // drain empties the set and returns what it held.
 func (s *lruSet[K, V]) drain() []V {
 	s.mu.Lock()
