@@ -9,6 +9,7 @@ test:
 bench:
     go run ./cmd/tetherbench
     go test -run '^$' -bench . -benchtime 2000000x -count 3 ./affinity
+    go test -run '^$' -bench Connection -benchtime 3000x -count 3 ./proxy
 
 # gofmt check, go vet, staticcheck.
 lint:

@@ -73,7 +73,7 @@ func (b *backend) kill() {
 }
 
 // freeAddr returns a loopback address:port nobody listens on right now.
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -93,7 +93,7 @@ func serviceYAML(name, listen, scheduler, extra string, servers ...*backend) str
 	return b.String()
 }
 
-func mustConfig(t *testing.T, yaml string) *config.File {
+func mustConfig(t testing.TB, yaml string) *config.File {
 	t.Helper()
 	f, err := config.Parse("test.yaml", []byte(yaml))
 	if err != nil {
@@ -103,7 +103,7 @@ func mustConfig(t *testing.T, yaml string) *config.File {
 }
 
 // startProxy runs a proxy for cfg and stops it when the test ends.
-func startProxy(t *testing.T, cfg *config.File, o Options) *Proxy {
+func startProxy(t testing.TB, cfg *config.File, o Options) *Proxy {
 	t.Helper()
 	p := New(cfg, o)
 	if err := p.Start(); err != nil {

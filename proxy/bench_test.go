@@ -1,0 +1,60 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"testing"
+)
+
+// BenchmarkConnection is one short connection through the socket proxy on
+// loopback, the server answering a byte and closing: the per-connection
+// cost tether adds (accept, schedule, dial, splice, close), against
+// BenchmarkConnectionDirect in the same run. Both include the kernel's
+// loopback TCP work, which dominates.
+func BenchmarkConnection(b *testing.B) {
+	backend := oneByteServer(b)
+	listen := freeAddr(b)
+	startProxy(b, mustConfig(b, "services:\n  - name: s\n    listen: "+listen+"\n    servers: [{address: "+backend+"}]\n"), Options{})
+	benchConnect(b, listen)
+}
+
+// BenchmarkConnectionDirect is the same connection straight to the server.
+func BenchmarkConnectionDirect(b *testing.B) {
+	benchConnect(b, oneByteServer(b))
+}
+
+func benchConnect(b *testing.B, addr string) {
+	buf := make([]byte, 1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+	}
+}
+
+// oneByteServer writes one byte to each connection and closes it.
+func oneByteServer(b *testing.B) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte{1})
+			c.Close()
+		}
+	}()
+	return ln.Addr().String()
+}
