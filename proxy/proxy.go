@@ -24,7 +24,9 @@ import (
 type Options struct {
 	// Logger receives the proxy's logs; nil discards them.
 	Logger *slog.Logger
-	// Metrics receives counters; nil discards them.
+	// Metrics receives counters; nil discards them, and the data path
+	// then skips them altogether (go-metrics allocates per call even into
+	// its blackhole sink).
 	Metrics *metrics.Metrics
 	// Table is the persistence table to use; nil makes one sized by the
 	// config. Tests pass one with an injected clock.
@@ -45,6 +47,7 @@ type Options struct {
 type Proxy struct {
 	log        *slog.Logger
 	met        *metrics.Metrics
+	metricsOn  bool // Options.Metrics was given: the data path counts
 	do         func(func() error) error
 	setSysctls bool
 	table      *affinity.Table
@@ -79,7 +82,7 @@ type Proxy struct {
 
 // New prepares a proxy for cfg; Start opens its listeners.
 func New(cfg *config.File, o Options) *Proxy {
-	p := &Proxy{log: o.Logger, met: o.Metrics, table: o.Table, setSysctls: o.SetSysctls, do: o.Do, services: map[svcKey]*service{}}
+	p := &Proxy{log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, setSysctls: o.SetSysctls, do: o.Do, services: map[svcKey]*service{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}

@@ -47,13 +47,25 @@ type serviceState struct {
 	mask       affinity.Mask
 	dialer     net.Dialer
 	sorry      *Server // sorry_server; nil without one
+	// labels are the service's metric labels, and srvLabels each
+	// server's: built once here, not per connection.
+	labels    []metrics.Label
+	srvLabels map[*Server][]metrics.Label
+}
+
+// serverLabels are srv's metric labels (service and server).
+func (st *serviceState) serverLabels(srv *Server) []metrics.Label {
+	if l, ok := st.srvLabels[srv]; ok {
+		return l
+	}
+	return append(st.labels[:1:1], metrics.Label{Name: "server", Value: srv.Addr.String()})
 }
 
 // buildState makes a service's state from its config, reusing the Server
 // objects of prev (so open-connection counts survive a reload) and
 // registering the service and its servers with the table.
 func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (*serviceState, error) {
-	st := &serviceState{cfg: cfg, byAddr: map[netip.AddrPort]*Server{}}
+	st := &serviceState{cfg: cfg, byAddr: map[netip.AddrPort]*Server{}, labels: []metrics.Label{{Name: "service", Value: cfg.Name}}, srvLabels: map[*Server][]metrics.Label{}}
 	st.dialer.Timeout = cfg.Limits.ConnectTimeout.D()
 	// No TCP keepalive by default, as HAProxy (option tcpka) and nginx
 	// (so_keepalive): it costs four setsockopt calls per connection.
@@ -83,6 +95,7 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (
 		}
 		st.servers = append(st.servers, s)
 		st.byAddr[addr] = s
+		st.srvLabels[s] = []metrics.Label{st.labels[0], {Name: "server", Value: addr.String()}}
 	}
 	if cfg.SorryServer != "" {
 		addr := serverKey(cfg.SorryServer)
@@ -187,8 +200,7 @@ func (pk *picker) Pick(client netip.Addr) (netip.AddrPort, error) {
 // scheduling for failTimeout and drops its templates.
 func (p *Proxy) failed(st *serviceState, s *Server) {
 	s.failed.Add(1)
-	p.met.IncrCounterWithLabels([]string{"server", "connect_failures"}, 1,
-		[]metrics.Label{{Name: "service", Value: st.cfg.Name}, {Name: "server", Value: s.Addr.String()}})
+	p.count("server", "connect_failures", 1, st.serverLabels(s))
 	s.failedUntil.Store(time.Now().Add(failTimeout).UnixNano())
 	if st.persistent {
 		p.table.SetServer(st.ref, s.Addr, affinity.ServerDown)

@@ -41,12 +41,11 @@ func (p *Proxy) acceptLoop(svc *service) {
 func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	defer p.conns.wg.Done()
 	st := svc.state.Load()
-	labels := []metrics.Label{{Name: "service", Value: st.cfg.Name}}
-	p.met.IncrCounterWithLabels([]string{"connections", "accepted"}, 1, labels)
+	p.count("connections", "accepted", 1, st.labels)
 	n := svc.active.Add(1)
 	defer svc.active.Add(-1)
 	if max := st.cfg.Limits.MaxConnections; max > 0 && n > int64(max) {
-		p.met.IncrCounterWithLabels([]string{"connections", "rejected"}, 1, labels)
+		p.count("connections", "rejected", 1, st.labels)
 		client.Close()
 		return
 	}
@@ -56,7 +55,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	src := client.RemoteAddr().(*net.TCPAddr).AddrPort()
 	srv, lease, backend, err := p.connect(st, src.Addr(), dport)
 	if err != nil {
-		p.met.IncrCounterWithLabels([]string{"connections", "failed"}, 1, labels)
+		p.count("connections", "failed", 1, st.labels)
 		p.log.Warn("no real server reached", "service", st.cfg.Name, "client", src, "err", err)
 		client.Close()
 		return
@@ -68,14 +67,22 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	p.conns.add(backend)
 	defer p.conns.remove(backend)
 	srv.accepted.Add(1)
-	slabels := append(labels, metrics.Label{Name: "server", Value: srv.Addr.String()})
-	p.met.IncrCounterWithLabels([]string{"server", "connections"}, 1, slabels)
+	slabels := st.serverLabels(srv)
+	p.count("server", "connections", 1, slabels)
 
 	in, out := pipe(client, backend, st.cfg.Limits.IdleTimeout.D())
 	srv.bytesIn.Add(uint64(in))
 	srv.bytesOut.Add(uint64(out))
-	p.met.IncrCounterWithLabels([]string{"server", "bytes_in"}, float32(in), slabels)
-	p.met.IncrCounterWithLabels([]string{"server", "bytes_out"}, float32(out), slabels)
+	p.count("server", "bytes_in", float32(in), slabels)
+	p.count("server", "bytes_out", float32(out), slabels)
+}
+
+// count adds v to the counter a.b with labels, when metrics are on; off,
+// it costs nothing (the key is built only here).
+func (p *Proxy) count(a, b string, v float32, labels []metrics.Label) {
+	if p.metricsOn {
+		p.met.IncrCounterWithLabels([]string{a, b}, v, labels)
+	}
 }
 
 // connect chooses a real server and dials it. A server that refuses or
@@ -106,12 +113,12 @@ func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (*Ser
 				pk.st = st
 				continue
 			}
-			p.met.IncrCounterWithLabels([]string{"schedule", decision(l.Hit)}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
+			p.count("schedule", decision(l.Hit), 1, st.labels)
 		} else {
 			if srv = st.sched.Pick(client, pk.tried); srv == nil {
 				return p.connectSorry(st, dport, lastErr)
 			}
-			p.met.IncrCounterWithLabels([]string{"schedule", "scheduler"}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
+			p.count("schedule", "scheduler", 1, st.labels)
 		}
 		srv.conns.Add(1)
 		c, err := p.dialServer(st, srv, dport)
@@ -139,7 +146,7 @@ func (p *Proxy) connectSorry(st *serviceState, dport uint16, cause error) (*Serv
 	if st.sorry == nil || !errors.Is(cause, errNoServer) && !errors.Is(cause, errBelowQuorum) {
 		return nil, affinity.Lease{}, nil, cause
 	}
-	p.met.IncrCounterWithLabels([]string{"schedule", "sorry"}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
+	p.count("schedule", "sorry", 1, st.labels)
 	st.sorry.conns.Add(1)
 	c, err := p.dialServer(st, st.sorry, dport)
 	if err != nil {

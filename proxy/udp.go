@@ -10,7 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
 	"github.com/tetherlb/tether/affinity"
 	"golang.org/x/sys/unix"
 )
@@ -111,7 +110,7 @@ func (p *Proxy) serveUDP(svc *service) {
 			}
 			f, err := p.flowFor(svc, st, src, &wg)
 			if err != nil {
-				p.met.IncrCounterWithLabels([]string{"udp", "dropped"}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
+				p.count("udp", "dropped", 1, st.labels)
 				continue
 			}
 			f.last.Store(time.Now().UnixNano())
@@ -200,7 +199,7 @@ func (p *Proxy) choose(st *serviceState, client netip.Addr) (*Server, affinity.L
 			return nil, lease, err
 		}
 		srv = st.sorry
-		p.met.IncrCounterWithLabels([]string{"schedule", "sorry"}, 1, []metrics.Label{{Name: "service", Value: st.cfg.Name}})
+		p.count("schedule", "sorry", 1, st.labels)
 	}
 	srv.conns.Add(1)
 	return srv, lease, nil

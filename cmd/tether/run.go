@@ -115,7 +115,11 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 	}
 	defer m.Shutdown()
 	defer stopMetrics()
-	p := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m, SetSysctls: setSysctls})
+	opts := proxy.Options{Logger: log, SetSysctls: setSysctls}
+	if promHandler != nil {
+		opts.Metrics = m // off, the data path skips counting altogether
+	}
+	p := proxy.New(cfg, opts)
 
 	// The admin API's reloads are done by this loop, as SIGHUP's are.
 	reloads := make(chan chan reloadResult)
