@@ -10,4 +10,10 @@
 //
 // The schedulers are IPVS's, with IPVS's definitions: rr, wrr, lc, wlc, sh,
 // mh, sed and nq, one file each.
+//
+// UDP flows are read and written in batches (recvmmsg, sendmmsg: mmsg.go).
+// The NFQUEUE director (director.go) decides a flow's first packet and
+// leaves the rest to the kernel. Health checks (package health) set the
+// servers' state (health.go); Status, SetServer and the template calls
+// (status.go) are what the admin API serves.
 package proxy
