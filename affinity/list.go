@@ -62,13 +62,12 @@ func (f Filter) matcher(r *registry) func(*entry) bool {
 	}
 }
 
-// List returns the live templates that f selects, sorted by service, then
-// client.
-func (t *Table) List(f Filter) []Template {
+// live calls fn, under each shard's lock, for every live template that f
+// selects, with its service and the time it has left.
+func (t *Table) live(f Filter, fn func(s *serviceInfo, e *entry, rem time.Duration)) {
 	r := t.reg.Load()
 	match := f.matcher(r)
 	now := t.stamp()
-	var out []Template
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
@@ -85,27 +84,47 @@ func (t *Table) List(f Filter) []Template {
 				// than the timeout.
 				rem -= time.Duration(max(now-e.stamp, 0))
 			}
-			if rem <= 0 || s.removed {
-				continue
+			if rem > 0 && !s.removed {
+				fn(s, e, rem)
 			}
-			c := e.key.client()
-			bits := s.cfg.Mask.Bits6()
-			if c.Is4() {
-				bits = s.cfg.Mask.Bits4()
-			}
-			out = append(out, Template{
-				Service: s.id, Client: netip.PrefixFrom(c, bits),
-				Server: s.servers[e.server], Active: int(e.active), Remaining: rem,
-			})
 		}
 		sh.mu.Unlock()
 	}
+}
+
+// List returns the live templates that f selects, sorted by service, then
+// client.
+func (t *Table) List(f Filter) []Template {
+	var out []Template
+	t.live(f, func(s *serviceInfo, e *entry, rem time.Duration) {
+		c := e.key.client()
+		bits := s.cfg.Mask.Bits6()
+		if c.Is4() {
+			bits = s.cfg.Mask.Bits4()
+		}
+		out = append(out, Template{
+			Service: s.id, Client: netip.PrefixFrom(c, bits),
+			Server: s.servers[e.server], Active: int(e.active), Remaining: rem,
+		})
+	})
 	slices.SortFunc(out, func(a, b Template) int {
 		if c := compareService(a.Service, b.Service); c != 0 {
 			return c
 		}
 		return a.Client.Addr().Compare(b.Client.Addr())
 	})
+	return out
+}
+
+// Counts is the number of live templates of each service, without
+// building the list (tether ls asks for it on a table of millions).
+func (t *Table) Counts() map[Service]int {
+	n := map[*serviceInfo]int{}
+	t.live(Filter{}, func(s *serviceInfo, _ *entry, _ time.Duration) { n[s]++ })
+	out := make(map[Service]int, len(n))
+	for s, c := range n {
+		out[s.id] += c
+	}
 	return out
 }
 

@@ -236,10 +236,11 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 // Release gives back a lease when its connection closes; call it once per
 // lease. The template's timer starts when its last connection is released.
 // Releasing a lease whose template has since been evicted or invalidated
-// does nothing.
+// does nothing, and so does releasing the zero Lease (a connection that
+// held no template), so callers need not remember which they have.
 func (t *Table) Release(l Lease) {
-	if int(l.shard) >= len(t.shards) {
-		return
+	if l.gen == 0 || int(l.shard) >= len(t.shards) {
+		return // the zero Lease: nothing was held, no lock is taken
 	}
 	sh := &t.shards[l.shard]
 	now := t.stamp()

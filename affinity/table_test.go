@@ -69,6 +69,9 @@ func TestMaskGroupsClients(t *testing.T) {
 	if len(ls) != 2 || ls[0].Client != netip.MustParsePrefix("127.0.5.0/24") {
 		t.Errorf("List = %+v", ls)
 	}
+	if n := tb.Counts(); len(n) != 1 || n[svcWeb] != 2 {
+		t.Errorf("Counts = %v, want the service's 2 templates", n)
+	}
 }
 
 // The expiry rule: timeout after the later of the last new connection and

@@ -866,73 +866,40 @@ func contains(list []string, s string) bool {
 // normalize fills in every default, so that what `tether check` prints is
 // what runs. It runs only on a valid File.
 func (f *File) normalize() {
-	if f.Log.Level == "" {
-		f.Log.Level = "info"
-	}
-	if f.Log.Format == "" {
-		f.Log.Format = "text"
-	}
-	if f.Affinity.Capacity == 0 {
-		f.Affinity.Capacity = affinity.DefaultCapacity
-	}
-	if f.DrainTimeout == 0 {
-		f.DrainTimeout = Duration(DefaultDrainTimeout)
-	}
-	if f.UDPMaxFlows == 0 {
-		f.UDPMaxFlows = DefaultUDPMaxFlows
-	}
-	if f.TProxyPort == 0 && len(f.Marks) > 0 {
-		f.TProxyPort = DefaultTProxyPort
+	def(&f.Log.Level, "info")
+	def(&f.Log.Format, "text")
+	def(&f.Affinity.Capacity, affinity.DefaultCapacity)
+	def(&f.DrainTimeout, Duration(DefaultDrainTimeout))
+	def(&f.UDPMaxFlows, DefaultUDPMaxFlows)
+	if len(f.Marks) > 0 {
+		def(&f.TProxyPort, DefaultTProxyPort)
 	}
 	if len(f.TProxyIngress) > 0 {
-		if f.TProxyRouteTable == 0 {
-			f.TProxyRouteTable = 100
-		}
-		if f.TProxyRulePriority == 0 {
-			f.TProxyRulePriority = 1000
-		}
+		def(&f.TProxyRouteTable, 100)
+		def(&f.TProxyRulePriority, 1000)
 	}
-	if f.Mode == "" {
-		f.Mode = ModeProxy
-	}
+	def(&f.Mode, ModeProxy)
 	director := false
 	for i := range f.Services {
 		s := &f.Services[i]
-		if s.Mode == "" {
-			s.Mode = f.Mode
-		}
+		def(&s.Mode, f.Mode)
 		director = director || s.Mode == ModeDirector
-		if s.Protocol == "" {
-			s.Protocol = "tcp"
-		}
-		if s.Scheduler == "" {
-			s.Scheduler = DefaultScheduler
-		}
+		def(&s.Protocol, "tcp")
+		def(&s.Scheduler, DefaultScheduler)
 		if s.Listen != "" {
-			ap := netip.MustParseAddrPort(s.Listen)
-			s.Listen = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+			s.Listen = serverKeyString(s.Listen)
 		}
 		if ps := s.Persistence; ps != nil {
-			if ps.Timeout == 0 {
-				ps.Timeout = Duration(affinity.DefaultTimeout)
-			}
+			def(&ps.Timeout, Duration(affinity.DefaultTimeout))
 			m, _ := affinity.ParseMask(ps.Netmask, ps.Netmask6)
 			ps.Netmask = strings.Split(m.String(), "/")[0]
 			ps.Netmask6 = strconv.Itoa(m.Bits6())
 		}
-		if s.Limits.ConnectTimeout == 0 {
-			s.Limits.ConnectTimeout = Duration(DefaultConnectTimeout)
-		}
-		if s.Limits.ConnectAttempts == 0 {
-			s.Limits.ConnectAttempts = DefaultConnectAttempts
-		}
+		def(&s.Limits.ConnectTimeout, Duration(DefaultConnectTimeout))
+		def(&s.Limits.ConnectAttempts, DefaultConnectAttempts)
 		if s.Protocol == "udp" {
-			if s.Limits.IdleTimeout == 0 {
-				s.Limits.IdleTimeout = Duration(DefaultUDPIdleTimeout)
-			}
-			if s.Limits.MaxFlows == 0 {
-				s.Limits.MaxFlows = DefaultMaxFlows
-			}
+			def(&s.Limits.IdleTimeout, Duration(DefaultUDPIdleTimeout))
+			def(&s.Limits.MaxFlows, DefaultMaxFlows)
 		}
 		s.HealthCheck.normalize()
 		if s.SorryServer != "" {
@@ -950,16 +917,18 @@ func (f *File) normalize() {
 	}
 	if director {
 		d := &f.Director
-		d.Queues = max(d.Queues, 1)
-		if d.QueueLength == 0 {
-			d.QueueLength = DefaultQueueLength
-		}
-		if d.MarkBase == 0 {
-			d.MarkBase = DefaultMarkBase
-		}
-		if d.ExpireNodest == "" {
-			d.ExpireNodest = "keep"
-		}
+		def(&d.Queues, 1)
+		def(&d.QueueLength, DefaultQueueLength)
+		def(&d.MarkBase, DefaultMarkBase)
+		def(&d.ExpireNodest, "keep")
+	}
+}
+
+// def sets *p to v when it is the zero value (unset in the file).
+func def[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
 	}
 }
 
@@ -968,28 +937,14 @@ func (hc *HealthCheck) normalize() {
 	if hc == nil {
 		return
 	}
-	if hc.Interval == 0 {
-		hc.Interval = Duration(DefaultCheckInterval)
-	}
-	if hc.Timeout == 0 {
-		hc.Timeout = Duration(DefaultCheckTimeout)
-	}
-	if hc.Rise == 0 {
-		hc.Rise = DefaultRise
-	}
-	if hc.Fall == 0 {
-		hc.Fall = DefaultFall
-	}
-	if hc.Start == "" {
-		hc.Start = "up"
-	}
+	def(&hc.Interval, Duration(DefaultCheckInterval))
+	def(&hc.Timeout, Duration(DefaultCheckTimeout))
+	def(&hc.Rise, DefaultRise)
+	def(&hc.Fall, DefaultFall)
+	def(&hc.Start, "up")
 	if hc.Type == "http" {
-		if hc.Path == "" {
-			hc.Path = "/"
-		}
-		if hc.ExpectStatus == "" {
-			hc.ExpectStatus = "200-399"
-		}
+		def(&hc.Path, "/")
+		def(&hc.ExpectStatus, "200-399")
 	}
 }
 

@@ -216,9 +216,6 @@ func (r *Result) ipvsService(n int, f []string) *ipvsService {
 		s.svc.Scheduler = r.ipvsScheduler(n, s.svc.Scheduler, s.key)
 	}
 	s.svc.Name = serviceName(s.svc.Protocol, s.svc.Listen, s.svc.Fwmark)
-	if s.svc.Protocol == "" && s.svc.Fwmark == 0 {
-		s.svc.Name = serviceName("tcp", s.svc.Listen, 0)
-	}
 	if s.svc.OnePacket && s.svc.Protocol != "udp" {
 		r.note(n, "%s: -o (one-packet scheduling) is for UDP services; left out", s.key)
 		s.svc.OnePacket = false

@@ -159,7 +159,7 @@ func (r *Result) virtualServer(b *block) (config.Service, bool) {
 		}
 		s.Listen, key = ap.String(), "virtual_server "+ap.String()
 	}
-	method, delay := "nat", time.Duration(0)
+	method, delay, alpha := "nat", time.Duration(0), false
 	var inhibit []bool
 	for _, k := range b.kids {
 		switch k.name() {
@@ -217,21 +217,15 @@ func (r *Result) virtualServer(b *block) (config.Service, bool) {
 				s.Servers = append(s.Servers, sv)
 				inhibit = append(inhibit, inh)
 			}
-		case "alpha", "omega", "ha_suspend", "virtualhost", "quorum_up", "quorum_down", "hysteresis", "ops":
-			if k.name() == "ops" {
-				s.OnePacket = true
-				continue
-			}
-			if k.name() != "alpha" { // alpha is applied to the checks below
-				r.note(k.line, "%s: %s is not supported; left out", key, k.name())
-			}
+		case "alpha": // applied to the checks below
+			alpha = true
+		case "ops":
+			s.OnePacket = true
+		case "omega", "ha_suspend", "virtualhost", "quorum_up", "quorum_down", "hysteresis":
+			r.note(k.line, "%s: %s is not supported; left out", key, k.name())
 		default:
 			r.note(k.line, "%s: %s is not understood; left out", key, k.name())
 		}
-	}
-	alpha := false
-	for _, k := range b.kids {
-		alpha = alpha || k.name() == "alpha"
 	}
 	for i := range s.Servers {
 		if hc := s.Servers[i].HealthCheck; hc != nil {
@@ -269,7 +263,7 @@ func (r *Result) virtualServer(b *block) (config.Service, bool) {
 			s.Quorum = total
 		}
 	}
-	s.Name = serviceName(map[bool]string{true: "udp", false: "tcp"}[s.Protocol == "udp"], s.Listen, s.Fwmark)
+	s.Name = serviceName(s.Protocol, s.Listen, s.Fwmark)
 	s.Mode = r.modeFor(b.line, method, key)
 	if s.OnePacket {
 		r.note(b.line, "%s: one-packet scheduling (ops) is the socket proxy's; the service runs in proxy mode", key)

@@ -73,10 +73,13 @@ func (r *Result) YAML(source string) ([]byte, error) {
 }
 
 // serviceName names an imported service after its address or mark, as
-// ipvsadm identifies it.
+// ipvsadm identifies it; protocol "" is tcp.
 func serviceName(proto, listen string, mark uint32) string {
 	if mark != 0 {
 		return "fwmark-" + strconv.FormatUint(uint64(mark), 10)
+	}
+	if proto == "" {
+		proto = "tcp"
 	}
 	r := strings.NewReplacer("[", "", "]", "", ":", "-", ".", "-")
 	return proto + "-" + r.Replace(listen)

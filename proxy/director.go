@@ -264,10 +264,7 @@ func (p *Proxy) directorService(view *directorView, k flowKey, mark uint32) *ser
 
 // endFlow gives back what a flow held.
 func (p *Proxy) endFlow(f *dflow) {
-	f.srv.conns.Add(-1)
-	if f.st.persistent {
-		p.table.Release(f.lease)
-	}
+	p.release(f.srv, f.lease)
 }
 
 // followConntrack releases flows as conntrack destroys them, and
@@ -637,11 +634,10 @@ func assignMarks(old map[choiceKey]uint32, want []choiceKey, base uint32) map[ch
 }
 
 // serverKey is a configured server address as the service state keys it.
+// A mark service's server may have no port (port 0: the client's).
 func serverKey(addr string) netip.AddrPort {
-	if ap, err := netip.ParseAddrPort(addr); err == nil {
-		return ap
-	}
-	return netip.AddrPortFrom(netip.MustParseAddr(addr), 0)
+	ap, _ := parseServer(addr) // the config validated it
+	return ap
 }
 
 // stopDirector unbinds the queues, removes tables ip/ip6 tether (the NAT

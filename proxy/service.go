@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	metrics "github.com/hashicorp/go-metrics"
 	"net"
@@ -71,10 +72,7 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (
 	// (so_keepalive): it costs four setsockopt calls per connection.
 	st.dialer.KeepAlive = -1
 	for _, sc := range cfg.Servers {
-		addr, err := netip.ParseAddrPort(sc.Address)
-		if err != nil { // a mark service's server without a port
-			addr = netip.AddrPortFrom(netip.MustParseAddr(sc.Address), 0)
-		}
+		addr := serverKey(sc.Address)
 		var s *Server
 		if prev != nil {
 			s = prev.byAddr[addr]
@@ -194,6 +192,24 @@ func (pk *picker) Pick(client netip.Addr) (netip.AddrPort, error) {
 	}
 	pk.p.recovered(pk.st, s)
 	return s.Addr, nil
+}
+
+// sorryFor is the sorry server that takes a client no server could (err
+// says why), counted; nil when the service has none or err is another
+// failure. It holds no template.
+func (p *Proxy) sorryFor(st *serviceState, err error) *Server {
+	if st.sorry == nil || !errors.Is(err, errNoServer) && !errors.Is(err, errBelowQuorum) {
+		return nil
+	}
+	p.count("schedule", "sorry", 1, st.labels)
+	return st.sorry
+}
+
+// release gives back what a connection or flow held: its count on srv and
+// its lease (the zero Lease for none).
+func (p *Proxy) release(srv *Server, lease affinity.Lease) {
+	srv.conns.Add(-1)
+	p.table.Release(lease)
 }
 
 // failed takes a server that refused or timed out a connect out of

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/config"
 )
 
 // ServiceStatus is one service as `tether ls` shows it.
@@ -59,10 +60,7 @@ func (p *Proxy) Status() []ServiceStatus {
 		}
 	}
 	p.svcMu.RUnlock()
-	counts := map[affinity.Service]int{}
-	for _, t := range p.table.List(affinity.Filter{}) {
-		counts[t.Service]++
-	}
+	counts := p.table.Counts()
 	out := make([]ServiceStatus, 0, len(svcs))
 	for _, svc := range svcs {
 		st := svc.state.Load()
@@ -78,10 +76,10 @@ func (p *Proxy) Status() []ServiceStatus {
 			ss.Templates = counts[affinityID(c)]
 		}
 		for i, srv := range st.servers {
-			ss.Servers = append(ss.Servers, p.serverStatus(svc, srv, c.Check(c.Servers[i]) != nil))
+			ss.Servers = append(ss.Servers, p.serverStatus(svc, srv, c.Check(c.Servers[i])))
 		}
 		if st.sorry != nil {
-			s := p.serverStatus(svc, st.sorry, false)
+			s := p.serverStatus(svc, st.sorry, nil)
 			ss.Sorry = &s
 		}
 		out = append(out, ss)
@@ -89,7 +87,8 @@ func (p *Proxy) Status() []ServiceStatus {
 	return out
 }
 
-func (p *Proxy) serverStatus(svc *service, srv *Server, checked bool) ServerStatus {
+// serverStatus is srv's line; hc is its health check, nil for none.
+func (p *Proxy) serverStatus(svc *service, srv *Server, hc *config.HealthCheck) ServerStatus {
 	s := ServerStatus{Address: srv.Addr.String(), Weight: srv.Weight(), ConfigWeight: int(srv.weight.Load()), State: srv.State(),
 		Conns: srv.accepted.Load(), ConnectFails: srv.failed.Load(), BytesIn: srv.bytesIn.Load(), BytesOut: srv.bytesOut.Load()}
 	if svc.key.udp {
@@ -97,13 +96,8 @@ func (p *Proxy) serverStatus(svc *service, srv *Server, checked bool) ServerStat
 	} else {
 		s.ActiveConns = srv.conns.Load()
 	}
-	if checked {
-		st := svc.state.Load()
-		for i, sv := range st.cfg.Servers {
-			if st.servers[i] == srv {
-				s.Check = st.cfg.Check(sv).Type
-			}
-		}
+	if hc != nil {
+		s.Check = hc.Type
 		if hs, ok := p.health.Status(checkKey{svc.key, srv.Addr}); ok && hs.LastErr != nil {
 			s.CheckError = hs.LastErr.Error()
 		}

@@ -60,10 +60,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 		client.Close()
 		return
 	}
-	if st.persistent {
-		defer p.table.Release(lease)
-	}
-	defer srv.conns.Add(-1)
+	defer p.release(srv, lease)
 	p.conns.add(backend)
 	defer p.conns.remove(backend)
 	srv.accepted.Add(1)
@@ -125,10 +122,7 @@ func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (*Ser
 		if err == nil {
 			return srv, lease, c, nil
 		}
-		srv.conns.Add(-1)
-		if st.persistent {
-			p.table.Release(lease)
-		}
+		p.release(srv, lease)
 		if p.ctx.Err() != nil {
 			return nil, lease, nil, err
 		}
@@ -143,17 +137,17 @@ func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (*Ser
 // none of its servers can take the client (cause); the connection holds
 // no template.
 func (p *Proxy) connectSorry(st *serviceState, dport uint16, cause error) (*Server, affinity.Lease, *net.TCPConn, error) {
-	if st.sorry == nil || !errors.Is(cause, errNoServer) && !errors.Is(cause, errBelowQuorum) {
+	sorry := p.sorryFor(st, cause)
+	if sorry == nil {
 		return nil, affinity.Lease{}, nil, cause
 	}
-	p.count("schedule", "sorry", 1, st.labels)
-	st.sorry.conns.Add(1)
-	c, err := p.dialServer(st, st.sorry, dport)
+	sorry.conns.Add(1)
+	c, err := p.dialServer(st, sorry, dport)
 	if err != nil {
-		st.sorry.conns.Add(-1)
+		sorry.conns.Add(-1)
 		return nil, affinity.Lease{}, nil, fmt.Errorf("%w; the sorry server: %w", cause, err)
 	}
-	return st.sorry, affinity.Lease{}, c, nil
+	return sorry, affinity.Lease{}, c, nil
 }
 
 func (p *Proxy) dialServer(st *serviceState, srv *Server, dport uint16) (*net.TCPConn, error) {

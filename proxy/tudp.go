@@ -229,10 +229,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 		if f.client != nil {
 			f.client.Close()
 		}
-		srv.conns.Add(-1)
-		if st.persistent {
-			p.table.Release(lease)
-		}
+		p.release(srv, lease)
 		return nil, err
 	}
 	p.flowsTotal.Add(1)
@@ -282,10 +279,7 @@ func (p *Proxy) closeTFlow(f *tflow) {
 	p.flowsTotal.Add(-1)
 	f.client.Close()
 	f.server.Close()
-	f.srv.conns.Add(-1)
-	if f.st.persistent {
-		p.table.Release(f.lease)
-	}
+	p.release(f.srv, f.lease)
 }
 
 // closeTFlows ends every transparent flow and waits for their goroutines.

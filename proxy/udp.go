@@ -99,6 +99,7 @@ func (p *Proxy) serveUDP(svc *service) {
 			continue
 		}
 		st := svc.state.Load()
+		now := time.Now().UnixNano() // one clock read a batch
 		for i := range n {
 			b, src, ok := in.msg(i)
 			if !ok {
@@ -108,16 +109,18 @@ func (p *Proxy) serveUDP(svc *service) {
 				p.onePacket(svc, st, src, b, &wg)
 				continue
 			}
+			if runFlow != nil && runFlow.client == src {
+				run = append(run, b) // the run's flow again: no lookup
+				continue
+			}
 			f, err := p.flowFor(svc, st, src, &wg)
 			if err != nil {
 				p.count("udp", "dropped", 1, st.labels)
 				continue
 			}
-			f.last.Store(time.Now().UnixNano())
-			if f != runFlow {
-				flush()
-				runFlow = f
-			}
+			f.last.Store(now)
+			flush()
+			runFlow = f
 			run = append(run, b)
 		}
 		flush()
@@ -146,10 +149,7 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 		}
 	}
 	if err != nil {
-		srv.conns.Add(-1)
-		if st.persistent {
-			p.table.Release(lease)
-		}
+		p.release(srv, lease)
 		return nil, err
 	}
 	f = &flow{client: src, srv: srv, st: st, lease: lease, conn: conn, rc: rc}
@@ -194,12 +194,9 @@ func (p *Proxy) choose(st *serviceState, client netip.Addr) (*Server, affinity.L
 		}
 	}
 	if err != nil {
-		// A sorry server takes the client without a template.
-		if st.sorry == nil || !errors.Is(err, errNoServer) && !errors.Is(err, errBelowQuorum) {
+		if srv = p.sorryFor(st, err); srv == nil {
 			return nil, lease, err
 		}
-		srv = st.sorry
-		p.count("schedule", "sorry", 1, st.labels)
 	}
 	srv.conns.Add(1)
 	return srv, lease, nil
@@ -249,10 +246,7 @@ func (p *Proxy) closeFlow(f *flow) {
 	}
 	p.flowsTotal.Add(-1)
 	f.conn.Close()
-	f.srv.conns.Add(-1)
-	if f.st.persistent {
-		p.table.Release(f.lease)
-	}
+	p.release(f.srv, f.lease)
 }
 
 func (p *Proxy) closeFlows(svc *service) {
@@ -269,12 +263,7 @@ func (p *Proxy) onePacket(svc *service, st *serviceState, src netip.AddrPort, b 
 	if err != nil {
 		return
 	}
-	release := func() {
-		srv.conns.Add(-1)
-		if st.persistent {
-			p.table.Release(lease)
-		}
-	}
+	release := func() { p.release(srv, lease) }
 	conn, err := p.dialUDP(st, srv.Addr)
 	if err != nil {
 		release()
