@@ -1,15 +1,11 @@
 package proxy
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"crypto/md5"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -33,13 +29,8 @@ func TestDirectorPersistenceAcrossPorts(t *testing.T) {
 // the same server: the same templates and the same scheduler decide.
 func TestDirectorAgreesWithSocketProxy(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 2, AddrsPerClient: 40, Backends: 3, Label: "agree"})
-	var servers string
-	for i, b := range env.Backends {
-		if _, err := b.ServeName(8080); err != nil {
-			t.Fatal(err)
-		}
-		servers += fmt.Sprintf("      - address: %s:8080\n", testenv.BackendAddr(i))
-	}
+	serveNames(t, env, 8080)
+	servers := serverLines(env, 8080)
 	cfg := fmt.Sprintf("services:\n  - name: web\n    listen: %s:80\n    scheduler: mh\n    persistence: {netmask: 255.255.255.0}\n    servers:\n%s", testenv.VIP, servers)
 	served := func(mode string) map[netip.Addr][]string {
 		_, stop := startInLB(t, env, "mode: "+mode+"\n"+cfg, Options{})
@@ -74,11 +65,7 @@ func TestDirectorAgreesWithSocketProxy(t *testing.T) {
 // conntrack (as its timeouts would) releases every template.
 func TestDirectorReleasesOnConntrackDestroy(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 10, Backends: 2, Label: "dstroy"})
-	for _, b := range env.Backends {
-		if _, err := b.ServeName(8080); err != nil {
-			t.Fatal(err)
-		}
-	}
+	serveNames(t, env, 8080)
 	cfg := fmt.Sprintf("mode: director\nservices:\n  - name: web\n    listen: %s:80\n    persistence: {timeout: 300s}\n    servers:\n      - address: %s:8080\n      - address: %s:8080\n",
 		testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1))
 	p, _ := startInLB(t, env, cfg, Options{})
@@ -123,14 +110,7 @@ func TestDirectorReleasesOnConntrackDestroy(t *testing.T) {
 // through the director's NAT (the lb forwards nothing else to them).
 func TestDirectorFTP(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 30, Backends: 3, Label: "dftp"})
-	for _, tool := range []string{"curl", "vsftpd", "nft"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s is missing in CI; .ci/run installs it", tool)
-			}
-			t.Skipf("%s is not installed", tool)
-		}
-	}
+	needTools(t, "curl", "vsftpd", "nft")
 	file := make([]byte, 256<<10)
 	rand.NewChaCha8([32]byte{7}).Read(file)
 	for _, b := range env.Backends {
@@ -147,37 +127,7 @@ func TestDirectorFTP(t *testing.T) {
 		testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
 	_, stop := startInLB(t, env, cfg, Options{})
 	defer stop()
-	dir := t.TempDir()
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	var ok int
-	var why []string
-	sem := make(chan struct{}, 8)
-	for i, src := range env.Clients[0].Addrs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			out := filepath.Join(dir, fmt.Sprintf("%d.bin", i))
-			var stderr bytes.Buffer
-			cmd := exec.Command("curl", "-sS", "--ftp-pasv", "--max-time", "15", "--interface", src.String(), "-o", out, "ftp://"+testenv.VIP.String()+"/data.bin")
-			cmd.Stderr = &stderr
-			err := env.Clients[0].Start(cmd)
-			if err == nil {
-				err = cmd.Wait()
-			}
-			got, _ := os.ReadFile(out)
-			mu.Lock()
-			defer mu.Unlock()
-			if err == nil && md5.Sum(got) == md5.Sum(file) {
-				ok++
-			} else if len(why) < 3 {
-				why = append(why, fmt.Sprintf("%s: %v %s (%d bytes)", src, err, strings.TrimSpace(stderr.String()), len(got)))
-			}
-		}()
-	}
-	wg.Wait()
+	ok, why := ftpDownloads(t, env, env.Clients[0].Addrs, "15", file)
 	if ok != len(env.Clients[0].Addrs) {
 		t.Errorf("%d of %d downloads intact; first failures: %v", ok, len(env.Clients[0].Addrs), why)
 	}
@@ -188,28 +138,12 @@ func TestDirectorFTP(t *testing.T) {
 	}
 }
 
-// execIn runs a command in a host and returns its combined output.
-func execIn(h *testenv.Host, name string, args ...string) (string, error) {
-	var out bytes.Buffer
-	cmd := exec.Command(name, args...)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := h.Start(cmd); err != nil {
-		return "", err
-	}
-	err := cmd.Wait()
-	return out.String(), err
-}
-
 // A reload that removes a flow's server: with expire_nodest keep the open
 // flow runs on to it (conntrack holds its NAT); with reset its conntrack
 // entry is deleted, and the flow breaks, as IPVS's expire_nodest_conn.
 func TestDirectorExpireNodest(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, Backends: 2, Label: "nodest"})
-	for _, b := range env.Backends {
-		if _, err := b.ServeName(8080); err != nil { // its name, then an echo
-			t.Fatal(err)
-		}
-	}
+	serveNames(t, env, 8080)
 	cfg := func(mode string, server int) string {
 		return fmt.Sprintf("mode: director\ndirector: {expire_nodest: %s}\nservices:\n  - name: echo\n    listen: %s:80\n    servers: [{address: %s:8080}]\n",
 			mode, testenv.VIP, testenv.BackendAddr(server))
@@ -218,36 +152,21 @@ func TestDirectorExpireNodest(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			p, stop := startInLB(t, env, cfg(mode, 0), Options{})
 			defer stop()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			c, err := env.Clients[0].Dial(ctx, "tcp", env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80).String())
+			c, err := env.Clients[0].DialEcho(context.Background(), env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80))
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			r := bufio.NewReader(c)
-			c.SetDeadline(time.Now().Add(2 * time.Second))
-			if name, err := r.ReadString('\n'); err != nil || name != "backend0\n" {
-				t.Fatalf("served by %q (%v), want backend0", name, err)
+			if c.Name != "backend0" {
+				t.Fatalf("served by %q, want backend0", c.Name)
 			}
-			say := func(s string) error {
-				c.SetDeadline(time.Now().Add(2 * time.Second))
-				if _, err := c.Write([]byte(s + "\n")); err != nil {
-					return err
-				}
-				got, err := r.ReadString('\n')
-				if err == nil && got != s+"\n" {
-					err = fmt.Errorf("got %q", got)
-				}
-				return err
-			}
-			if err := say("before"); err != nil {
+			if err := c.Say("before"); err != nil {
 				t.Fatal(err)
 			}
 			if err := env.LB.Do(func() error { return p.Reload(mustConfig(t, cfg(mode, 1))) }); err != nil {
 				t.Fatal(err)
 			}
-			err = say("after")
+			err = c.Say("after")
 			if mode == "keep" && err != nil {
 				t.Errorf("keep: the open flow to the removed server broke: %v", err)
 			}
@@ -350,11 +269,7 @@ func reloadWith(p *Proxy, cfg string) error {
 // from before.
 func TestDirectorReloadReshapesTable(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 2, Label: "shape"})
-	for _, b := range env.Backends {
-		if _, err := b.ServeName(8080); err != nil {
-			t.Fatal(err)
-		}
-	}
+	serveNames(t, env, 8080)
 	one := fmt.Sprintf(`mode: director
 director: {fail_open: true}
 services:

@@ -26,16 +26,7 @@ func TestHealthCheckStoppedServer(t *testing.T) {
 	for _, mode := range []string{"proxy", "director"} {
 		t.Run(mode, func(t *testing.T) {
 			env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 40, Backends: 3, Label: "hc" + mode[:1]})
-			servers := make([]*testenv.Server, 3)
-			addrs := ""
-			for i, b := range env.Backends {
-				s, err := b.ServeName(8080)
-				if err != nil {
-					t.Fatal(err)
-				}
-				servers[i] = s
-				addrs += fmt.Sprintf("      - address: %s:8080\n", testenv.BackendAddr(i))
-			}
+			servers, addrs := serveNames(t, env, 8080), serverLines(env, 8080)
 			p, _ := startInLB(t, env, fmt.Sprintf(`services:
   - name: web
     mode: %s

@@ -45,18 +45,102 @@ func startInLB(t *testing.T, env *testenv.Env, cfg string, o Options) (*Proxy, f
 	return p, stop
 }
 
+// serveNames starts testenv's name-and-echo server on each port of every
+// backend of env, and returns them backend by backend.
+func serveNames(t *testing.T, env *testenv.Env, ports ...int) []*testenv.Server {
+	t.Helper()
+	var out []*testenv.Server
+	for _, b := range env.Backends {
+		for _, port := range ports {
+			s, err := b.ServeName(port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// serverLines are env's backends on port as the servers of a service,
+// one YAML list line each.
+func serverLines(env *testenv.Env, port int) string {
+	var b strings.Builder
+	for i := range env.Backends {
+		fmt.Fprintf(&b, "      - address: %s:%d\n", testenv.BackendAddr(i), port)
+	}
+	return b.String()
+}
+
+// needTools skips the test without these programs, and fails it in CI,
+// where .ci/run installs them.
+func needTools(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s is missing in CI; .ci/run installs it", tool)
+			}
+			t.Skipf("%s is not installed", tool)
+		}
+	}
+}
+
+// ftpDownloads fetches ftp://VIP/data.bin with curl (passive mode) from
+// each of the client host's srcs, 8 at a time, and counts the downloads
+// that came out equal to file; why holds the first failures.
+func ftpDownloads(t *testing.T, env *testenv.Env, srcs []netip.Addr, maxTime string, file []byte) (ok int, why []string) {
+	dir := t.TempDir()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, src := range srcs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			out := filepath.Join(dir, fmt.Sprintf("%d.bin", i))
+			var stderr bytes.Buffer
+			cmd := exec.Command("curl", "-sS", "--ftp-pasv", "--max-time", maxTime, "--interface", src.String(), "-o", out, "ftp://"+testenv.VIP.String()+"/data.bin")
+			cmd.Stderr = &stderr
+			err := env.Clients[0].Start(cmd)
+			if err == nil {
+				err = cmd.Wait()
+			}
+			got, _ := os.ReadFile(out)
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil && md5.Sum(got) == md5.Sum(file) {
+				ok++
+			} else if len(why) < 3 {
+				why = append(why, fmt.Sprintf("%s: %v %s (%d bytes)", src, err, strings.TrimSpace(stderr.String()), len(got)))
+			}
+		}()
+	}
+	wg.Wait()
+	return ok, why
+}
+
+// execIn runs a command in host h and returns its combined output.
+func execIn(h *testenv.Host, name string, args ...string) (string, error) {
+	var out bytes.Buffer
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := h.Start(cmd); err != nil {
+		return "", err
+	}
+	err := cmd.Wait()
+	return out.String(), err
+}
+
 // The stickiness test across namespaces: 3 client hosts with 20 source
 // addresses each, the proxy on the load-balancer host's VIP, 3 backends.
 // With a /24 netmask every client and every /24 reaches one backend.
 func TestStickinessAcrossNamespaces(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 3, AddrsPerClient: 20, Backends: 3, Label: "sticky"})
-	var servers string
-	for i, b := range env.Backends {
-		if _, err := b.ServeName(8080); err != nil {
-			t.Fatal(err)
-		}
-		servers += fmt.Sprintf("      - address: %s:8080\n", testenv.BackendAddr(i))
-	}
+	serveNames(t, env, 8080)
+	servers := serverLines(env, 8080)
 	startInLB(t, env, fmt.Sprintf("services:\n  - name: web\n    listen: %s:80\n    scheduler: rr\n    persistence: {netmask: 255.255.255.0}\n    servers:\n%s", testenv.VIP, servers), Options{})
 
 	var visits []testenv.Visit
@@ -117,13 +201,7 @@ func TestMarkServicePersistenceAcrossPorts(t *testing.T) {
 // director also holds one flow per connection it chose.
 func markPersistenceAcrossPorts(t *testing.T, mode, label string) {
 	env := testenv.Start(t, testenv.Spec{Clients: 2, AddrsPerClient: 100, Backends: 3, Label: label})
-	for _, b := range env.Backends {
-		for _, port := range []int{80, 443} {
-			if _, err := b.ServeName(port); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	serveNames(t, env, 80, 443)
 	run := func(persistent bool) testenv.Summary {
 		p, stop := startInLB(t, env, "mode: "+mode+"\n"+markConfig(persistent), Options{})
 		defer stop()
@@ -159,13 +237,7 @@ func markPersistenceAcrossPorts(t *testing.T, mode, label string) {
 // the same backend on it (one template per mark).
 func TestReloadAddsPortToClass(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 3, Label: "addport"})
-	for _, b := range env.Backends {
-		for _, port := range []int{80, 8443} {
-			if _, err := b.ServeName(port); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	serveNames(t, env, 80, 8443)
 	cfgWith := func(ports string) string {
 		return fmt.Sprintf("marks:\n  - name: web\n    mark: 7\n    addresses: [%s]\n    ports: [%s]\nservices:\n  - name: web\n    fwmark: 7\n    scheduler: rr\n    persistence: {}\n    servers:\n      - address: %s\n      - address: %s\n      - address: %s\n",
 			testenv.VIP, ports, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
@@ -217,14 +289,7 @@ func TestReloadAddsPortToClass(t *testing.T) {
 // fail (the control that shows the test can).
 func TestFTPThroughMark(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 40, Backends: 3, Label: "ftp"})
-	for _, tool := range []string{"curl", "vsftpd"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s is missing in CI; .ci/run installs it", tool)
-			}
-			t.Skipf("%s is not installed", tool)
-		}
-	}
+	needTools(t, "curl", "vsftpd")
 	file := make([]byte, 256<<10)
 	rand.NewChaCha8([32]byte{9}).Read(file)
 	for _, b := range env.Backends {
@@ -236,48 +301,17 @@ func TestFTPThroughMark(t *testing.T) {
 		return fmt.Sprintf("marks:\n  - name: ftp\n    mark: 21\n    addresses: [%s]\n    ports: [21, 30000-30099]\nservices:\n  - name: ftp\n    fwmark: 21\n    scheduler: rr\n%s    servers:\n      - address: %s\n      - address: %s\n      - address: %s\n",
 			testenv.VIP, persistence, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
 	}
-	download := func(persistence string, clients int, maxTime string) (ok, bad int, why string) {
+	download := func(persistence string, clients int, maxTime string) (ok, bad int, why []string) {
 		// stop drains with a deadline, as tether run does: after a failed
 		// download vsftpd holds its control connection until its own 60 s
 		// data timeout.
 		_, stop := startInLB(t, env, cfg(persistence), Options{})
 		defer stop()
-		dir := t.TempDir()
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		sem := make(chan struct{}, 8)
-		for i, src := range env.Clients[0].Addrs[:clients] {
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				out := filepath.Join(dir, fmt.Sprintf("%d.bin", i))
-				var stderr bytes.Buffer
-				cmd := exec.Command("curl", "-sS", "--ftp-pasv", "--max-time", maxTime, "--interface", src.String(), "-o", out, "ftp://"+testenv.VIP.String()+"/data.bin")
-				cmd.Stderr = &stderr
-				err := env.Clients[0].Start(cmd)
-				if err == nil {
-					err = cmd.Wait()
-				}
-				got, _ := os.ReadFile(out)
-				mu.Lock()
-				defer mu.Unlock()
-				if err == nil && md5.Sum(got) == md5.Sum(file) {
-					ok++
-					return
-				}
-				bad++
-				if why == "" {
-					why = fmt.Sprintf("%s: %v %s (%d bytes)", src, err, strings.TrimSpace(stderr.String()), len(got))
-				}
-			}()
-		}
-		wg.Wait()
-		return ok, bad, why
+		ok, why = ftpDownloads(t, env, env.Clients[0].Addrs[:clients], maxTime, file)
+		return ok, clients - ok, why
 	}
 	if ok, bad, why := download("    persistence: {timeout: 60s}\n", 40, "15"); bad != 0 || ok != 40 {
-		t.Errorf("with persistence %d of %d downloads failed; first: %s", bad, ok+bad, why)
+		t.Errorf("with persistence %d of %d downloads failed; first: %v", bad, ok+bad, why)
 	}
 	// The control needs only a few clients: a failed download waits out
 	// curl's --max-time. One connect attempt: otherwise a data connection
@@ -296,11 +330,7 @@ func TestFTPThroughMark(t *testing.T) {
 // tproxy_ingress set, clients reach it; without, they do not (the control).
 func TestNonLocalVIPNeedsPolicyRouting(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 8, Backends: 2, Label: "route"})
-	for _, b := range env.Backends {
-		if _, err := b.ServeName(80); err != nil {
-			t.Fatal(err)
-		}
-	}
+	serveNames(t, env, 80)
 	vip := netip.MustParseAddr("198.19.128.10") // routed to the lb, not on it
 	run := func(ingress string) testenv.Summary {
 		cfg := fmt.Sprintf("%smarks:\n  - name: web\n    mark: 5\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 5\n    persistence: {}\n    servers: [{address: %s}, {address: %s}]\n",
@@ -318,12 +348,7 @@ func TestNonLocalVIPNeedsPolicyRouting(t *testing.T) {
 		t.Errorf("without policy routing a non-local VIP answered: the test cannot tell")
 	}
 	// Stop removed the rules.
-	var rules string
-	env.LB.Do(func() error {
-		out, err := exec.Command("ip", "rule").CombinedOutput()
-		rules = string(out)
-		return err
-	})
+	rules, _ := execIn(env.LB, "ip", "rule")
 	if strings.Contains(rules, "lookup 100") {
 		t.Errorf("rules left after stop:\n%s", rules)
 	}
@@ -334,13 +359,7 @@ func TestNonLocalVIPNeedsPolicyRouting(t *testing.T) {
 // service on a specific port of the same VIP keeps that port.
 func TestPortZeroServiceSpansEveryPort(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 12, Backends: 3, Label: "port0"})
-	for _, b := range env.Backends {
-		for _, port := range []int{80, 5000, 8080} {
-			if _, err := b.ServeName(port); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	serveNames(t, env, 80, 5000, 8080)
 	cfg := fmt.Sprintf("services:\n  - name: all\n    listen: %s:0\n    scheduler: rr\n    persistence: {}\n    servers: [{address: %s}, {address: %s}]\n  - name: admin\n    listen: %s:8080\n    servers: [{address: %s:8080}]\n",
 		testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.VIP, testenv.BackendAddr(2))
 	startInLB(t, env, cfg, Options{})
@@ -379,12 +398,7 @@ func TestSetSysctls(t *testing.T) {
 		}
 		stop()
 		// A stop removes tether's table.
-		var tables string
-		env.LB.Do(func() error {
-			out, _ := exec.Command("nft", "list", "tables").CombinedOutput()
-			tables = string(out)
-			return nil
-		})
+		tables, _ := execIn(env.LB, "nft", "list", "tables")
 		if strings.Contains(tables, "tether") {
 			t.Errorf("after stop the lb still has %q", tables)
 		}
@@ -408,12 +422,7 @@ func TestStaleTableWithoutOwnerFlag(t *testing.T) {
 	// "Dies": its sockets close, nothing is cleaned up.
 	first.tp.close()
 	first.tp.nft.CloseLasting()
-	var tables string
-	env.LB.Do(func() error {
-		out, _ := exec.Command("nft", "list", "tables").CombinedOutput()
-		tables = string(out)
-		return nil
-	})
+	tables, _ := execIn(env.LB, "nft", "list", "tables")
 	if !strings.Contains(tables, "inet tether") {
 		t.Fatalf("without the owner flag the table should outlive its process: %q", tables)
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -53,19 +54,54 @@ func (h *Host) Drive(ctx context.Context, target netip.Addr, ports []int, rounds
 }
 
 func (h *Host) ask(ctx context.Context, src netip.Addr, to netip.AddrPort) (string, error) {
+	e, err := h.DialEcho(ctx, src, to)
+	if err != nil {
+		return "", err
+	}
+	e.Close()
+	return e.Name, nil
+}
+
+// Echo is a connection to a ServeName server: Name is the host that
+// answered, and Say checks that the connection still carries data both
+// ways.
+type Echo struct {
+	net.Conn
+	r    *bufio.Reader
+	Name string
+}
+
+// DialEcho connects from src to a ServeName server at to (or a VIP in
+// front of some) and reads who answered, within 10 s.
+func (h *Host) DialEcho(ctx context.Context, src netip.Addr, to netip.AddrPort) (*Echo, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	c, err := h.Dial(ctx, "tcp", src, to.String())
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	defer c.Close()
+	e := &Echo{Conn: c, r: bufio.NewReader(c)}
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
+	line, err := e.r.ReadString('\n')
 	if err != nil {
-		return "", fmt.Errorf("%s -> %s: %w", src, to, err)
+		c.Close()
+		return nil, fmt.Errorf("%s -> %s: %w", src, to, err)
 	}
-	return strings.TrimSpace(line), nil
+	e.Name = strings.TrimSpace(line)
+	return e, nil
+}
+
+// Say sends s and a newline and reads them back, within 5 s.
+func (e *Echo) Say(s string) error {
+	e.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := e.Write([]byte(s + "\n")); err != nil {
+		return err
+	}
+	got, err := e.r.ReadString('\n')
+	if err == nil && got != s+"\n" {
+		err = fmt.Errorf("sent %q, got %q back", s, got)
+	}
+	return err
 }
 
 // Summary sums up a client run.

@@ -21,31 +21,6 @@ import (
 	"github.com/tetherlb/tether/proxy"
 )
 
-// holdServer answers each connection with its name, then echoes: a
-// connection stays open until the client closes it.
-func holdServer(t *testing.T, name string) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.WriteString(c, name+"\n")
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 // dialFrom connects from src and reads the server's name; the connection
 // is left open.
 func dialFrom(t *testing.T, src, addr string) (net.Conn, string) {
@@ -69,7 +44,7 @@ func TestAdminCommands(t *testing.T) {
 	dir := t.TempDir()
 	path, sock, tokenFile := filepath.Join(dir, "tether.yaml"), filepath.Join(dir, "admin.sock"), filepath.Join(dir, "token")
 	os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600)
-	a, b := holdServer(t, "a"), holdServer(t, "b")
+	a, b := nameServer(t, "a"), nameServer(t, "b")
 	web, adminTCP := freeAddr(t), freeAddr(t)
 	write := func(s string) {
 		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {

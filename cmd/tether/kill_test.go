@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -86,28 +85,16 @@ func TestKilledDirectorKeepsFlows(t *testing.T) {
 		testenv.VIP, testenv.BackendAddr(0)), "table ip tether")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	vip := netip.AddrPortFrom(testenv.VIP, 80).String()
-	c, err := env.Clients[0].Dial(ctx, "tcp", env.Clients[0].Addr(0), vip)
+	vip := netip.AddrPortFrom(testenv.VIP, 80)
+	c, err := env.Clients[0].DialEcho(ctx, env.Clients[0].Addr(0), vip)
 	if err != nil {
 		t.Fatalf("dial through the director: %v", err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	r := bufio.NewReader(c)
-	if name, err := r.ReadString('\n'); err != nil || name != "backend0\n" {
-		t.Fatalf("served by %q (%v), want backend0", name, err)
+	if c.Name != "backend0" {
+		t.Fatalf("served by %q, want backend0", c.Name)
 	}
-	say := func(s string) error {
-		if _, err := c.Write([]byte(s + "\n")); err != nil {
-			return err
-		}
-		got, err := r.ReadString('\n')
-		if err == nil && got != s+"\n" {
-			err = fmt.Errorf("got %q", got)
-		}
-		return err
-	}
-	if err := say("before"); err != nil {
+	if err := c.Say("before"); err != nil {
 		t.Fatal(err)
 	}
 	cmd.Process.Signal(syscall.SIGKILL)
@@ -115,11 +102,11 @@ func TestKilledDirectorKeepsFlows(t *testing.T) {
 	if out := nftIn(t, env.LB, "list", "tables"); strings.Contains(out, "table ip tether\n") || strings.Contains(out, "table inet tether") {
 		t.Fatalf("after SIGKILL the lb still has:\n%s", out)
 	}
-	if err := say("after"); err != nil {
+	if err := c.Say("after"); err != nil {
 		t.Errorf("the established flow broke with tether: %v", err)
 	}
 	start := time.Now()
-	nc, err := env.Clients[0].Dial(ctx, "tcp", env.Clients[0].Addr(0), vip)
+	nc, err := env.Clients[0].Dial(ctx, "tcp", env.Clients[0].Addr(0), vip.String())
 	if err == nil {
 		nc.Close()
 	} else if !errors.Is(err, syscall.ECONNREFUSED) {

@@ -28,7 +28,8 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// nameServer answers each connection with its name.
+// nameServer answers each connection with its name, then echoes until
+// the client closes: a connection can be held open.
 func nameServer(t *testing.T, name string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -42,8 +43,11 @@ func nameServer(t *testing.T, name string) string {
 			if err != nil {
 				return
 			}
-			io.WriteString(c, name+"\n")
-			c.Close()
+			go func() {
+				defer c.Close()
+				io.WriteString(c, name+"\n")
+				io.Copy(c, c)
+			}()
 		}
 	}()
 	return ln.Addr().String()
