@@ -951,10 +951,24 @@ func (hc *HealthCheck) normalize() {
 // serverKeyString is a server address in normal form: IPv4-mapped
 // addresses unmapped, with or without a port.
 func serverKeyString(addr string) string {
-	if ap, err := netip.ParseAddrPort(addr); err == nil {
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+	ap, _ := ParseServer(addr) // validated
+	if ap.Port() == 0 {
+		return ap.Addr().String()
 	}
-	return netip.MustParseAddr(addr).Unmap().String()
+	return ap.String()
+}
+
+// ParseServer reads a server address: address:port, or an address alone
+// (port 0: a mark service's server, which keeps the client's port).
+// IPv4-mapped addresses are unmapped, so that a server has one form.
+func ParseServer(s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(a.Unmap(), 0), nil
+	}
+	return netip.AddrPort{}, fmt.Errorf("server %q is not an address or address:port", s)
 }
 
 // Check is the health check of server sv of s: its own, else the

@@ -636,7 +636,7 @@ func assignMarks(old map[choiceKey]uint32, want []choiceKey, base uint32) map[ch
 // serverKey is a configured server address as the service state keys it.
 // A mark service's server may have no port (port 0: the client's).
 func serverKey(addr string) netip.AddrPort {
-	ap, _ := parseServer(addr) // the config validated it
+	ap, _ := config.ParseServer(addr) // the config validated it
 	return ap
 }
 

@@ -167,7 +167,7 @@ func (p *Proxy) findServer(service, server string) (*service, *Server, error) {
 		return nil, nil, fmt.Errorf("service %q: %w", service, ErrNotFound)
 	}
 	st := svc.state.Load()
-	addr, err := parseServer(server)
+	addr, err := config.ParseServer(server)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -185,16 +185,6 @@ func (p *Proxy) serviceByName(name string) *service {
 		}
 	}
 	return nil
-}
-
-func parseServer(s string) (netip.AddrPort, error) {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
-	}
-	if a, err := netip.ParseAddr(s); err == nil {
-		return netip.AddrPortFrom(a.Unmap(), 0), nil
-	}
-	return netip.AddrPort{}, fmt.Errorf("server %q is not an address or address:port", s)
 }
 
 // TemplateStatus is one persistence template as `tether affinity ls`
@@ -264,7 +254,7 @@ func (p *Proxy) affinityFilter(f TemplateFilter) (affinity.Filter, error) {
 		af.Client = a.Unmap()
 	}
 	if f.Server != "" {
-		a, err := parseServer(f.Server)
+		a, err := config.ParseServer(f.Server)
 		if err != nil {
 			return af, err
 		}
