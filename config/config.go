@@ -38,8 +38,9 @@ type File struct {
 	// Marks are the firewall-mark classes: which flows get which mark.
 	Marks []MarkClass `yaml:"marks,omitempty"`
 	// TProxyPort is the port of the transparent listener that mark
-	// services' TCP flows are TPROXYed to (default 50080 when there are
-	// marks).
+	// services' TCP flows are TPROXYed to (default 20080 when there are
+	// marks: below Linux's ephemeral range, 32768-60999, where an
+	// outgoing connection could already hold it).
 	TProxyPort uint16 `yaml:"tproxy_port,omitempty"`
 	// TProxyIngress names the interfaces clients come in through, for the
 	// policy routing a VIP that is not a local address needs (ip rule iif
@@ -225,7 +226,7 @@ const (
 	DefaultConnectTimeout  = 5 * time.Second
 	DefaultConnectAttempts = 3
 	DefaultDrainTimeout    = 30 * time.Second
-	DefaultTProxyPort      = 50080
+	DefaultTProxyPort      = 20080
 	DefaultUDPIdleTimeout  = 300 * time.Second
 	DefaultMaxFlows        = 65536
 	DefaultUDPMaxFlows     = 262144

@@ -557,3 +557,26 @@ func TestPolicyRoutingReloads(t *testing.T) {
 		}
 	}
 }
+
+// A tproxy_port someone already holds is an error that says so; inside
+// the ephemeral port range it also says why that can happen by chance.
+func TestTProxyPortInUse(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Backends: 1, Label: "tpuse"})
+	ln, err := env.LB.Listen("tcp4", "0.0.0.0:50080") // in 32768-60999
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	p := New(mustConfig(t, fmt.Sprintf("tproxy_port: 50080\nmarks:\n  - {name: web, mark: 1, addresses: [%s], ports: [80]}\nservices:\n  - {name: web, fwmark: 1, servers: [{address: %s}]}\n",
+		testenv.VIP, testenv.BackendAddr(0))), Options{Do: env.LB.Do})
+	err = env.LB.Do(p.Start)
+	if err == nil {
+		env.LB.Do(func() error { return p.Shutdown(context.Background()) })
+		t.Fatal("started on a port in use")
+	}
+	for _, want := range []string{"address already in use", "tproxy_port 50080 is in net.ipv4.ip_local_port_range"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+}

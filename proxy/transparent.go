@@ -72,6 +72,9 @@ func (p *Proxy) openTransparent(cfg *config.File) (*transparent, error) {
 		l, err := lc.Listen(p.ctx, n, addr)
 		if err != nil {
 			tp.close()
+			if lo, hi, ok := localPortRange(); ok && errors.Is(err, unix.EADDRINUSE) && int(tp.port) >= lo && int(tp.port) <= hi {
+				err = fmt.Errorf("%w (tproxy_port %d is in net.ipv4.ip_local_port_range %d-%d, where outgoing connections take their ports: choose one outside it)", err, tp.port, lo, hi)
+			}
 			return nil, fmt.Errorf("transparent listener for mark services: %w", err)
 		}
 		tp.lns = append(tp.lns, l.(*net.TCPListener))
@@ -246,6 +249,19 @@ func (p *Proxy) checkBridgeNetfilter() {
 	if strings.TrimSpace(string(b)) == "1" {
 		p.log.Warn("net.bridge.bridge-nf-call-iptables=1: TPROXY fails for clients that reach the VIP through a bridge of this host; set it to 0 in this network namespace if the ingress is a bridge")
 	}
+}
+
+// localPortRange is the ephemeral port range of the calling thread's
+// network namespace.
+func localPortRange() (lo, hi int, ok bool) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0, false
+	}
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil {
+		return 0, 0, false
+	}
+	return lo, hi, true
 }
 
 // fwmarkAccept is the sysctl that gives an accepted socket the mark of

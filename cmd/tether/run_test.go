@@ -236,7 +236,7 @@ func TestNftShowAndFlush(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"table inet tether {", "elements = { 80, 443 }", "tproxy ip to :50080"} {
+	for _, want := range []string{"table inet tether {", "elements = { 80, 443 }", "tproxy ip to :20080"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("nft show lacks %q:\n%s", want, out)
 		}
