@@ -2,107 +2,121 @@ package affinity
 
 import "golang.org/x/sys/unix"
 
-// index maps template keys to their slab slots: open addressing with
-// linear probing over uint64 slots, kept at most half full. A slot holds
-// slab slot+1 in its low half (0 is empty) and 32 bits of the key's hash
-// in its high half, so that a probe past another key's slot is decided in
-// the slot line, without touching that key's entry (a cache miss each).
-// Against a Go map it costs half the memory per template, and a lookup
-// touches one slot line and then the entry, which the lookup needs
-// anyway. Deletion shifts the following cluster back (no tombstones), so
-// lookups never slow down with churn.
-type index struct {
-	slots  []uint64
-	n      int
-	mapped []byte // slots' mapping when they are off the heap (hugeSlice)
-}
-
-// tagged is a slot's value for slab slot i of a key hashing to h.
-func tagged(h uint64, i int32) uint64 { return uint64(uint32(h))<<32 | uint64(uint32(i)+1) }
-
-// slabSlot is the slab slot a non-empty index slot names.
-func slabSlot(s uint64) int32 { return int32(uint32(s) - 1) }
+// A shard's templates live in its slot array itself: open addressing with
+// linear probing, kept at most three quarters full. A lookup reads the
+// key's home slot and usually nothing past it, so a hit costs one random
+// cache line (two when the 48-byte entry straddles a line boundary, fetched
+// together), where a separate index and slab cost two dependent ones.
+// Deletion shifts the following cluster back (no tombstones), so lookups
+// never slow down with churn; a template that moves takes its idle-list
+// links with it (move), and a lease finds it again by key.
 
 // home is a key's first slot. The low bits of the hash choose the shard,
-// so the index takes the high half.
-func (x *index) home(h uint64) uint64 { return (h >> 32) & uint64(len(x.slots)-1) }
+// so the slot array takes the high half.
+func (sh *shard) home(h uint64) int { return int(h>>32) & (len(sh.ents) - 1) }
 
-func (x *index) get(k key, h uint64, ents []entry) (int32, bool) {
-	if x.n == 0 {
+// get finds k's slot; h is k's hash.
+func (sh *shard) get(k key, h uint64) (int32, bool) {
+	if sh.n == 0 {
 		return 0, false
 	}
-	m := uint64(len(x.slots) - 1)
-	tag := uint64(uint32(h))
-	for i := x.home(h); ; i = (i + 1) & m {
-		s := x.slots[i]
-		if s == 0 {
+	m := len(sh.ents) - 1
+	for i := sh.home(h); ; i = (i + 1) & m {
+		e := &sh.ents[i]
+		if e.gen == 0 {
 			return 0, false
 		}
-		if s>>32 == tag && ents[slabSlot(s)].key == k {
-			return slabSlot(s), true
+		if e.key == k {
+			return int32(i), true
 		}
 	}
 }
 
-// put adds slot for k, which must not be in the index.
-func (x *index) put(h uint64, slot int32, ents []entry) {
-	if 2*(x.n+1) > len(x.slots) {
-		x.grow(ents)
-	}
-	m := uint64(len(x.slots) - 1)
-	for i := x.home(h); ; i = (i + 1) & m {
-		if x.slots[i] == 0 {
-			x.slots[i] = tagged(h, slot)
-			x.n++
-			return
-		}
-	}
-}
-
-// del removes k, which must be in the index, and closes the gap.
-func (x *index) del(k key, h uint64, ents []entry) {
-	m := uint64(len(x.slots) - 1)
-	i := x.home(h)
-	for ents[slabSlot(x.slots[i])].key != k {
+// place returns the empty slot a new key hashing to h goes to. The caller
+// has made room (grow).
+func (sh *shard) place(h uint64) int32 {
+	m := len(sh.ents) - 1
+	i := sh.home(h)
+	for sh.ents[i].gen != 0 {
 		i = (i + 1) & m
 	}
-	x.slots[i] = 0
-	x.n--
-	for j := (i + 1) & m; x.slots[j] != 0; j = (j + 1) & m {
-		s := x.slots[j]
-		home := x.home(ents[slabSlot(s)].key.hash())
-		// The entry at j may move to the gap at i unless its home lies
-		// cyclically in (i, j].
+	return int32(i)
+}
+
+// full says one more template needs a larger slot array.
+func (sh *shard) full() bool { return 4*(sh.n+1) > 3*len(sh.ents) }
+
+// vacate empties slot i, already unlinked from the idle list, and closes
+// the gap: each following template of the cluster whose home does not lie
+// cyclically in (gap, its slot] moves back into the gap.
+func (sh *shard) vacate(i int) {
+	sh.ents[i] = entry{}
+	sh.n--
+	m := len(sh.ents) - 1
+	for j := (i + 1) & m; sh.ents[j].gen != 0; j = (j + 1) & m {
+		home := sh.home(sh.ents[j].key.hash())
 		if (i < j && (home <= i || home > j)) || (i > j && home <= i && home > j) {
-			x.slots[i], x.slots[j] = s, 0
+			sh.move(j, i)
 			i = j
 		}
 	}
 }
 
-func (x *index) grow(ents []entry) {
-	old, oldMap := x.slots, x.mapped
-	n := max(16, 2*len(old))
-	if slots, m := hugeSlice[uint64](n, true); m != nil {
-		x.slots, x.mapped = slots[:n], m
-	} else {
-		x.slots, x.mapped = make([]uint64, n), nil
-	}
-	x.n = 0
-	for _, s := range old {
-		if s != 0 {
-			x.put(ents[slabSlot(s)].key.hash(), slabSlot(s), ents)
+// move puts the template at slot from into the empty slot to, and points
+// its idle-list neighbours (and the tracked cursor) at its new place.
+func (sh *shard) move(from, to int) {
+	e := sh.ents[from]
+	sh.ents[to], sh.ents[from] = e, entry{}
+	t := int32(to)
+	if e.prev != unlinked {
+		if e.prev != none {
+			sh.ents[e.prev].next = t
+		} else {
+			sh.idle.head = t
+		}
+		if e.next != none {
+			sh.ents[e.next].prev = t
+		} else {
+			sh.idle.tail = t
 		}
 	}
-	if oldMap != nil {
-		unix.Munmap(oldMap)
+	if sh.track == int32(from) {
+		sh.track = t
 	}
 }
 
-// free unmaps the slots' mapping, if any.
-func (x *index) free() {
-	if x.mapped != nil {
-		unix.Munmap(x.mapped)
-		x.slots, x.mapped = nil, nil
+// grow doubles the slot array and rehashes every template into it,
+// keeping the idle list's order. Each old slot's stamp field, no longer
+// needed once its template is copied, records where the template went.
+func (sh *shard) grow() {
+	old, oldMap := sh.ents, sh.mapped
+	n := max(16, 2*len(old))
+	if ents, m := hugeSlice[entry](n); m != nil {
+		sh.ents, sh.mapped = ents[:n], m
+	} else {
+		sh.ents, sh.mapped = make([]entry, n), nil
+	}
+	for j := range old {
+		if old[j].gen != 0 {
+			i := sh.place(old[j].key.hash())
+			sh.ents[i] = old[j]
+			old[j].stamp = int64(i)
+		}
+	}
+	at := func(s int32) int32 {
+		if s < 0 {
+			return s // none or unlinked
+		}
+		return int32(old[s].stamp)
+	}
+	for i := range sh.ents {
+		if e := &sh.ents[i]; e.gen != 0 && e.prev != unlinked {
+			e.prev, e.next = at(e.prev), at(e.next)
+		}
+	}
+	sh.idle.head, sh.idle.tail, sh.track = at(sh.idle.head), at(sh.idle.tail), at(sh.track)
+	sh.cursor = 0
+	if oldMap != nil {
+		unix.Munmap(oldMap)
 	}
 }

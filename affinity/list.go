@@ -73,7 +73,7 @@ func (t *Table) live(f Filter, fn func(s *serviceInfo, e *entry, rem time.Durati
 		sh.mu.Lock()
 		for j := range sh.ents {
 			e := &sh.ents[j]
-			if e.active < 0 || !match(e) {
+			if e.gen == 0 || !match(e) {
 				continue
 			}
 			s := r.svcs[e.key.svc]
@@ -175,7 +175,7 @@ func (t *Table) Stats() Stats {
 		sh := &t.shards[i]
 		sh.mu.Lock()
 		c := sh.stats
-		s.Templates += sh.index.n
+		s.Templates += sh.n
 		sh.mu.Unlock()
 		s.Hits += c.Hits
 		s.Misses += c.Misses

@@ -4,17 +4,13 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"sync"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// hugeAdvise is the slab size from which a shard asks for huge pages.
-const hugeAdvise = 2 << 20
-
 // key is a template's identity: the service's registry index and the masked
 // client address in 16-byte form (IPv4 as IPv4-mapped). 20 bytes with no
-// pointers, so the index map and the slab are invisible to the GC.
+// pointers, so the slot array is invisible to the GC.
 type key struct {
 	addr [16]byte
 	svc  uint32
@@ -38,19 +34,19 @@ func (k key) hash() uint64 {
 	return h
 }
 
-// entry is one template in a shard's slab: 48 bytes.
+// entry is one template, in its shard's slot array: 48 bytes.
 //
 // Idle templates (no open connection) are linked into the shard's idle list
-// by slab index, in stamp order: the tail is the least recently used and is
+// by slot, in stamp order: the tail is the least recently used and is
 // evicted first. A template that becomes active stays where it is, so a hit
 // writes only its own entry; the evictor and the sweeper unlink active
 // templates they walk past, and a release relinks at the head.
 type entry struct {
 	key        key
-	gen        uint32 // bumped when the slot is freed, so stale leases miss
+	gen        uint32 // 0: an empty slot; else the template's generation
 	prev, next int32  // idle list links; prev == unlinked when not in it
 	server     uint32 // index into the service's servers
-	active     int32  // open connections; -1 marks a free slot
+	active     int32  // open connections
 	stamp      int64  // later of last new connection and last release
 }
 
@@ -63,41 +59,33 @@ type list struct{ head, tail int32 }
 
 type shard struct {
 	mu     sync.Mutex
-	index  index
-	ents   []entry
-	free   int32
+	ents   []entry // the slot array (index.go); its length is a power of two
+	n      int     // templates held
+	gen    uint32  // the last generation given to a template
 	idle   list
-	cursor int // where the search for an active victim resumes
+	cursor int   // where the search for an active victim resumes
+	track  int32 // a slot that move follows, for a walk that removes
 	cap    int
 	stats  Stats
-	// slabMap is ents' mapping when it is off the heap (hugeSlice).
-	slabMap []byte
-	_       [64]byte // keep the next shard's lock off this cache line
+	// mapped is ents' mapping when it is off the heap (hugeSlice).
+	mapped []byte
+	_      [64]byte // keep the next shard's lock off this cache line
 }
 
-// init sets up an empty shard for capacity templates. Its slab takes its
-// final size at once, off the heap when it is large (hugeSlice), and never
-// moves; the index grows as templates come. The slab asks for huge pages
-// only once it holds hugeAdvise bytes of templates, so that a nearly empty
-// table does not hold a 2 MB page per shard.
+// init sets up an empty shard bounded at capacity templates. The slot
+// array grows as templates come, so an idle table costs little.
 func (sh *shard) init(capacity int) {
-	sh.free = none
 	sh.idle = list{none, none}
+	sh.track = none
 	sh.cap = capacity
-	if ents, m := hugeSlice[entry](capacity, false); m != nil {
-		sh.ents, sh.slabMap = ents, m
-	} else {
-		sh.ents = make([]entry, 0, capacity)
-	}
 }
 
-// release unmaps what init and the index mapped.
+// release unmaps the slot array if it is off the heap.
 func (sh *shard) release() {
-	if sh.slabMap != nil {
-		unix.Munmap(sh.slabMap)
-		sh.ents, sh.slabMap = nil, nil
+	if sh.mapped != nil {
+		unix.Munmap(sh.mapped)
+		sh.ents, sh.mapped = nil, nil
 	}
-	sh.index.free()
 }
 
 func (sh *shard) unlink(i int32) {
@@ -160,12 +148,12 @@ func (sh *shard) idleTail() int32 {
 	return none
 }
 
-// activeVictim finds a template to evict when none is idle: every live slot
-// is active then, so the search from the cursor is short.
+// activeVictim finds a template to evict when none is idle: every
+// template is active then, so the search from the cursor is short.
 func (sh *shard) activeVictim() int32 {
 	for range len(sh.ents) {
 		sh.cursor = (sh.cursor + 1) % len(sh.ents)
-		if sh.ents[sh.cursor].active > 0 {
+		if e := &sh.ents[sh.cursor]; e.gen != 0 && e.active > 0 {
 			return int32(sh.cursor)
 		}
 	}
@@ -175,7 +163,7 @@ func (sh *shard) activeVictim() int32 {
 // insert adds an idle template, making room first when the shard is full;
 // h is k's hash.
 func (sh *shard) insert(k key, h uint64, server uint32, now int64, r *registry) int32 {
-	if sh.index.n >= sh.cap {
+	if sh.n >= sh.cap {
 		victim := sh.idleTail()
 		if victim == none {
 			victim = sh.activeVictim()
@@ -188,31 +176,24 @@ func (sh *shard) insert(k key, h uint64, server uint32, now int64, r *registry) 
 		}
 		sh.remove(victim)
 	}
-	i := sh.free
-	if i != none {
-		sh.free = sh.ents[i].next
-	} else {
-		sh.ents = append(sh.ents, entry{})
-		i = int32(len(sh.ents) - 1)
-		if sh.slabMap != nil && len(sh.ents) == hugeAdvise/int(unsafe.Sizeof(entry{})) {
-			adviseHuge(sh.slabMap, hugeAdvise)
-		}
+	if sh.full() {
+		sh.grow()
 	}
-	e := &sh.ents[i]
-	e.key, e.server, e.active, e.stamp = k, server, 0, now
+	i := sh.place(h)
+	if sh.gen++; sh.gen == 0 {
+		sh.gen = 1
+	}
+	sh.ents[i] = entry{key: k, gen: sh.gen, server: server, stamp: now}
+	sh.n++
 	sh.pushFront(i)
-	sh.index.put(h, i, sh.ents)
 	return i
 }
 
+// remove drops template i. Others may move to close the gap; a walk that
+// goes on from some slot puts it in sh.track first.
 func (sh *shard) remove(i int32) {
-	e := &sh.ents[i]
 	sh.unlink(i)
-	sh.index.del(e.key, e.key.hash(), sh.ents)
-	e.gen++
-	e.active = none
-	e.next = sh.free
-	sh.free = i
+	sh.vacate(int(i))
 }
 
 // sweep frees expired idle templates, oldest first, looking at no more than
@@ -233,7 +214,9 @@ func (sh *shard) sweep(r *registry, now int64, budget int) int {
 			break
 		}
 		if s := r.svcs[e.key.svc]; s.removed || age >= s.timeout {
+			sh.track = prev
 			sh.remove(i)
+			prev, sh.track = sh.track, none
 			sh.stats.Expirations++
 			n++
 		}

@@ -64,7 +64,7 @@ func (t *Table) WriteSnapshot(w io.Writer) error {
 		sh.mu.Lock()
 		for j := range sh.ents {
 			e := &sh.ents[j]
-			if e.active < 0 {
+			if e.gen == 0 {
 				continue
 			}
 			s := r.svcs[e.key.svc]
@@ -233,7 +233,7 @@ func (t *Table) restore(recs []record, down int64) RestoreStats {
 		h := it.k.hash()
 		sh := &t.shards[h&t.mask]
 		sh.mu.Lock()
-		if _, ok := sh.index.get(it.k, h, sh.ents); ok {
+		if _, ok := sh.get(it.k, h); ok {
 			st.Existing++
 		} else {
 			sh.insert(it.k, h, it.server, it.stamp, r)

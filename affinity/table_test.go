@@ -425,3 +425,57 @@ func TestNearlyEmptyTableIsSmall(t *testing.T) {
 		t.Errorf("100 templates hold %d bytes of mapped memory, want under 1 MiB", r)
 	}
 }
+
+// Templates move in their shard's slot array when others are removed and
+// when it grows. A lease taken before the move must still release its own
+// template, and no other.
+func TestLeaseFollowsMovedTemplate(t *testing.T) {
+	p := newPicker(3)
+	tb, ref, _ := newTestTable(Options{Capacity: 1 << 16, Shards: 1}, ServiceConfig{Timeout: time.Minute}, p)
+	const n = 3000 // the array grows from 16 slots eight times on the way
+	leases := make([]Lease, n)
+	for i := range n {
+		l, err := tb.GetOrBind(ref, client(i), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leases[i] = l
+	}
+	// Every third client's template goes; the gaps pull others back.
+	for i := 0; i < n; i += 3 {
+		tb.Invalidate(Filter{Client: client(i)})
+	}
+	for i := 1; i < n; i += 3 {
+		tb.Release(leases[i])
+	}
+	open := 0
+	for _, tp := range tb.List(Filter{}) {
+		i := int(tp.Client.Addr().As4()[2])<<8 | int(tp.Client.Addr().As4()[3])
+		want := 1
+		if i%3 == 1 {
+			want = 0
+		}
+		if tp.Active != want {
+			t.Fatalf("client %d: %d open connections, want %d", i, tp.Active, want)
+		}
+		open += tp.Active
+	}
+	if open != n/3 {
+		t.Fatalf("%d open connections left, want %d", open, n/3)
+	}
+	// A lease of an invalidated template releases nothing, also when
+	// another template now sits in its slot.
+	for i := 0; i < n; i += 3 {
+		tb.Release(leases[i])
+	}
+	if got := tb.List(Filter{}); len(got) != 2*n/3 {
+		t.Fatalf("%d templates, want %d", len(got), 2*n/3)
+	} else {
+		for _, tp := range got {
+			open -= tp.Active
+		}
+		if open != 0 {
+			t.Fatalf("stale leases closed %d connections of other templates", open)
+		}
+	}
+}
