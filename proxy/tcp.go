@@ -173,9 +173,10 @@ func decision(hit bool) string {
 // direction aborts both.
 func pipe(client, backend *net.TCPConn, idle time.Duration) (in, out int64) {
 	var idleA, idleB atomic.Bool
+	var ended atomic.Int32
 	done := make(chan int64, 1)
-	go func() { done <- copyHalf(backend, client, idle, &idleA, &idleB) }()
-	out = copyHalf(client, backend, idle, &idleB, &idleA)
+	go func() { done <- copyHalf(backend, client, idle, &idleA, &idleB, &ended) }()
+	out = copyHalf(client, backend, idle, &idleB, &idleA, &ended)
 	in = <-done
 	client.Close()
 	backend.Close()
@@ -187,13 +188,14 @@ func pipe(client, backend *net.TCPConn, idle time.Duration) (in, out int64) {
 // runtime splices from an *io.LimitedReader of a *net.TCPConn).
 const idleChunk = 256 << 10
 
-// copyHalf copies src to dst, then half-closes dst. With an idle timeout,
+// copyHalf copies src to dst, then half-closes dst; ended counts the
+// directions done. With an idle timeout,
 // a direction that saw no byte for the timeout marks itself idle, and the
 // connection is closed when the other direction is idle too.
-func copyHalf(dst, src *net.TCPConn, idle time.Duration, self, other *atomic.Bool) int64 {
+func copyHalf(dst, src *net.TCPConn, idle time.Duration, self, other *atomic.Bool, ended *atomic.Int32) int64 {
 	if idle <= 0 {
 		n, err := io.Copy(dst, src)
-		finish(dst, src, err)
+		finish(dst, src, err, ended)
 		return n
 	}
 	var total int64
@@ -218,7 +220,7 @@ func copyHalf(dst, src *net.TCPConn, idle time.Duration, self, other *atomic.Boo
 		case errors.Is(err, io.EOF):
 			err = nil
 		}
-		finish(dst, src, err)
+		finish(dst, src, err, ended)
 		return total
 	}
 }
@@ -226,9 +228,15 @@ func copyHalf(dst, src *net.TCPConn, idle time.Duration, self, other *atomic.Boo
 var errIdle = errors.New("idle timeout")
 
 // finish ends one direction: a clean EOF half-closes, an error aborts both.
-func finish(dst, src *net.TCPConn, err error) {
+// The second direction to end skips the half-close: pipe closes both
+// sockets next, and the close sends the FIN (a system call less for every
+// connection; both receive queues are drained, so it is a FIN, not a RST).
+func finish(dst, src *net.TCPConn, err error, ended *atomic.Int32) {
+	last := ended.Add(1) == 2
 	if err == nil {
-		dst.CloseWrite()
+		if !last {
+			dst.CloseWrite()
+		}
 		return
 	}
 	dst.Close()
