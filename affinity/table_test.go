@@ -409,8 +409,7 @@ func TestReleaseZeroLeaseIsNoop(t *testing.T) {
 }
 
 // A table sized for a million templates that holds a few costs little:
-// its slabs are reserved, not backed, and ask for huge pages only once
-// they are in use.
+// its shards' slot arrays grow with what they hold.
 func TestNearlyEmptyTableIsSmall(t *testing.T) {
 	p := newPicker(2)
 	tb, ref, _ := newTestTable(Options{Capacity: 1 << 20, Shards: 8}, ServiceConfig{Timeout: time.Minute}, p)
