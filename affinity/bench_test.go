@@ -219,8 +219,8 @@ func heapInUse() uint64 {
 }
 
 // BenchmarkBytesPerEntry reports the memory a table of 1 M templates costs
-// per template (its heap, and the resident part of its off-heap slabs and
-// indexes), and, measured the same way in the same run, what a golang-lru
+// per template (its heap, and the resident part of its off-heap slot
+// arrays), and, measured the same way in the same run, what a golang-lru
 // simplelru holding the same key and entry costs (B/entry-simplelru). It
 // measures once, whatever b.N is: a heap measurement is not a loop.
 func BenchmarkBytesPerEntry(b *testing.B) {
