@@ -217,12 +217,16 @@ func (p *Proxy) dialUDP(st *serviceState, addr netip.AddrPort) (*net.UDPConn, er
 func (p *Proxy) flowReplies(svc *service, f *flow) {
 	idle := f.st.cfg.Limits.IdleTimeout.D()
 	rel := newBatchRelay(&p.replies)
+	// The deadline is armed lazily: traffic only moves f.last, and when the
+	// deadline fires on a flow that was used meanwhile it is re-armed from
+	// there. No timer is reset per batch.
+	f.conn.SetReadDeadline(time.Unix(0, f.last.Load()).Add(idle))
 	for {
-		f.conn.SetReadDeadline(time.Unix(0, f.last.Load()).Add(idle))
 		bufs, total, out, err := rel.next(f.rc)
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && time.Since(time.Unix(0, f.last.Load())) < idle {
-				continue // the client sent meanwhile
+			if last := time.Unix(0, f.last.Load()); errors.Is(err, os.ErrDeadlineExceeded) && time.Since(last) < idle {
+				f.conn.SetReadDeadline(last.Add(idle))
+				continue // used meanwhile
 			}
 			if !errors.Is(err, os.ErrDeadlineExceeded) && !f.closed.Load() {
 				continue // ICMP refusal and the like: the server may come back

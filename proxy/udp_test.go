@@ -148,6 +148,32 @@ func TestUDPFlowIdleTimeout(t *testing.T) {
 	}
 }
 
+// A flow in use lives on past its idle timeout: the reply side's deadline,
+// armed once, is moved on when it fires on a flow that saw traffic, so a
+// client that keeps talking keeps its one flow (and its source port at the
+// server). Datagrams come every 50 ms against a 500 ms timeout, for four
+// timeouts.
+func TestUDPFlowInUseOutlivesIdleTimeout(t *testing.T) {
+	b := udpBackend(t, "a")
+	listen := freeUDPAddr(t)
+	p := startProxy(t, mustConfig(t, udpConfig(listen, "rr", "    limits: {idle_timeout: 500ms}\n", b)), Options{})
+	vip := netip.MustParseAddrPort(listen)
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 3, 0, 2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 40 {
+		if _, _, err := askUDP(c, vip); err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := p.Status()[0].Servers[0].Conns; n != 1 {
+		t.Fatalf("the client's datagrams made %d flows over 2 s, want 1", n)
+	}
+}
+
 // At the flow cap the oldest flow goes; memory never grows past it and
 // every client is still answered.
 func TestUDPFlowCap(t *testing.T) {
