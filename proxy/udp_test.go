@@ -33,6 +33,27 @@ func udpBackend(t *testing.T, name string) netip.AddrPort {
 	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
+// oneServerUDP starts a round-robin UDP service with one server (which
+// answers "a") and the extra service lines given.
+func oneServerUDP(t *testing.T, extra string) (*Proxy, netip.AddrPort) {
+	t.Helper()
+	b := udpBackend(t, "a")
+	listen := freeUDPAddr(t)
+	p := startProxy(t, mustConfig(t, udpConfig(listen, "rr", extra, b)), Options{})
+	return p, netip.MustParseAddrPort(listen)
+}
+
+// udpClient is a UDP socket at a loopback address, closed with the test.
+func udpClient(t *testing.T, a, b, c, d byte) *net.UDPConn {
+	t.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(a, b, c, d)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 func freeUDPAddr(t *testing.T) string {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -118,15 +139,8 @@ func TestUDPStickinessAndReplySource(t *testing.T) {
 
 // A flow ends after its idle timeout and releases its template.
 func TestUDPFlowIdleTimeout(t *testing.T) {
-	b := udpBackend(t, "a")
-	listen := freeUDPAddr(t)
-	p := startProxy(t, mustConfig(t, udpConfig(listen, "rr", "    persistence: {}\n    limits: {idle_timeout: 300ms}\n", b)), Options{})
-	vip := netip.MustParseAddrPort(listen)
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 3, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	p, vip := oneServerUDP(t, "    persistence: {}\n    limits: {idle_timeout: 300ms}\n")
+	c := udpClient(t, 127, 3, 0, 1)
 	if _, _, err := askUDP(c, vip); err != nil {
 		t.Fatal(err)
 	}
@@ -154,15 +168,8 @@ func TestUDPFlowIdleTimeout(t *testing.T) {
 // server). Datagrams come every 50 ms against a 500 ms timeout, for four
 // timeouts.
 func TestUDPFlowInUseOutlivesIdleTimeout(t *testing.T) {
-	b := udpBackend(t, "a")
-	listen := freeUDPAddr(t)
-	p := startProxy(t, mustConfig(t, udpConfig(listen, "rr", "    limits: {idle_timeout: 500ms}\n", b)), Options{})
-	vip := netip.MustParseAddrPort(listen)
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 3, 0, 2)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	p, vip := oneServerUDP(t, "    limits: {idle_timeout: 500ms}\n")
+	c := udpClient(t, 127, 3, 0, 2)
 	for i := range 40 {
 		if _, _, err := askUDP(c, vip); err != nil {
 			t.Fatalf("datagram %d: %v", i, err)
