@@ -11,7 +11,7 @@ import (
 // A lookup in a 1 M-template table touches a random cache line; on 4 KB
 // pages it is also a TLB miss and a page walk, which costs more than the
 // lookup itself. T must hold no pointers: the GC does not see this memory.
-// It returns a zero-length slice of capacity n and the mapping, to be
+// It returns a slice of n zero values and the mapping, to be
 // unmapped when the table is gone; nil, nil for less than hugeMin bytes or
 // when the mapping fails (the caller then uses the heap). Small arrays stay
 // on the heap: a 2 MB page for each would waste memory, and mappings that
@@ -33,7 +33,7 @@ func hugeSlice[T any](n int) ([]T, []byte) {
 	}
 	// Advice: refused without THP, and then 4 KB pages serve.
 	unix.Madvise(m, unix.MADV_HUGEPAGE)
-	return unsafe.Slice((*T)(unsafe.Pointer(&m[0])), n)[:0], m
+	return unsafe.Slice((*T)(unsafe.Pointer(&m[0])), n), m
 }
 
 // residentMapped is how many bytes of the table's off-heap slot arrays are

@@ -92,7 +92,7 @@ func (sh *shard) grow() {
 	old, oldMap := sh.ents, sh.mapped
 	n := max(16, 2*len(old))
 	if ents, m := hugeSlice[entry](n); m != nil {
-		sh.ents, sh.mapped = ents[:n], m
+		sh.ents, sh.mapped = ents, m
 	} else {
 		sh.ents, sh.mapped = make([]entry, n), nil
 	}

@@ -158,10 +158,9 @@ type Lease struct {
 	// Hit says the template existed and was honoured.
 	Hit bool
 
-	key   key
-	shard uint32
-	slot  int32  // where the template was; it may have moved since
-	gen   uint32 // the template's generation: 0 in the zero Lease
+	key  key    // its hash gives the shard
+	slot int32  // where the template was; it may have moved since
+	gen  uint32 // the template's generation: 0 in the zero Lease
 }
 
 // GetOrBind finds the template of (service, masked client) and counts a new
@@ -175,8 +174,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 	}
 	k := makeKey(ref, svc.cfg.Mask.Apply(client))
 	h := k.hash()
-	si := h & t.mask
-	sh := &t.shards[si]
+	sh := &t.shards[h&t.mask]
 	now := t.stamp()
 
 	sh.mu.Lock()
@@ -189,7 +187,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 		case svc.usable(e.server):
 			sh.open(i, now)
 			sh.stats.Hits++
-			l := Lease{Server: svc.servers[e.server], Hit: true, key: k, shard: uint32(si), slot: i, gen: e.gen}
+			l := Lease{Server: svc.servers[e.server], Hit: true, key: k, slot: i, gen: e.gen}
 			sh.mu.Unlock()
 			return l, nil
 		}
@@ -231,7 +229,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 	}
 	sh.open(i, now)
 	e := &sh.ents[i]
-	return Lease{Server: svc.servers[e.server], key: k, shard: uint32(si), slot: i, gen: e.gen}, nil
+	return Lease{Server: svc.servers[e.server], key: k, slot: i, gen: e.gen}, nil
 }
 
 // Release gives back a lease when its connection closes; call it once per
@@ -240,15 +238,16 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 // does nothing, and so does releasing the zero Lease (a connection that
 // held no template), so callers need not remember which they have.
 func (t *Table) Release(l Lease) {
-	if l.gen == 0 || int(l.shard) >= len(t.shards) {
+	if l.gen == 0 {
 		return // the zero Lease: nothing was held, no lock is taken
 	}
-	sh := &t.shards[l.shard]
+	h := l.key.hash()
+	sh := &t.shards[h&t.mask]
 	now := t.stamp()
 	sh.mu.Lock()
 	i, ok := l.slot, int(l.slot) < len(sh.ents) && sh.ents[l.slot].gen == l.gen && sh.ents[l.slot].key == l.key
 	if !ok { // moved by a removal or a growth, or gone
-		i, ok = sh.get(l.key, l.key.hash())
+		i, ok = sh.get(l.key, h)
 		ok = ok && sh.ents[i].gen == l.gen
 	}
 	if ok && sh.ents[i].active > 0 {
