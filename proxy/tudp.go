@@ -252,20 +252,14 @@ func (p *Proxy) tflowCopy(ft *tflows, f *tflow, from *net.UDPConn, fromRC, toRC 
 		idle = config.DefaultUDPIdleTimeout
 	}
 	rel := newBatchRelay(&p.replies)
-	// Armed lazily, as flowReplies does: re-armed only when it fires on a
-	// flow that was used meanwhile (either way: f.last is shared).
-	from.SetReadDeadline(time.Unix(0, f.last.Load()).Add(idle))
+	armIdle(from, &f.last, idle) // f.last is shared: traffic either way counts
 	for {
 		bufs, _, out, err := rel.next(fromRC)
 		if err != nil {
 			if f.closed.Load() {
 				return
 			}
-			if !errors.Is(err, os.ErrDeadlineExceeded) {
-				continue
-			}
-			if last := time.Unix(0, f.last.Load()); time.Since(last) < idle {
-				from.SetReadDeadline(last.Add(idle))
+			if !errors.Is(err, os.ErrDeadlineExceeded) || armIdle(from, &f.last, idle) {
 				continue
 			}
 			ft.remove(f.key, f)

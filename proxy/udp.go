@@ -76,12 +76,7 @@ func (p *Proxy) serveUDP(svc *service) {
 	run := make([][]byte, 0, udpBatch) // datagrams of one flow, in order
 	var runFlow *flow
 	flush := func() {
-		switch {
-		case len(run) == 1:
-			if _, err := runFlow.conn.Write(run[0]); err == nil {
-				runFlow.srv.bytesIn.Add(uint64(len(run[0])))
-			}
-		case len(run) > 1:
+		if len(run) > 0 {
 			if err := out.write(runFlow.rc, run); err == nil {
 				for _, b := range run {
 					runFlow.srv.bytesIn.Add(uint64(len(b)))
@@ -217,15 +212,11 @@ func (p *Proxy) dialUDP(st *serviceState, addr netip.AddrPort) (*net.UDPConn, er
 func (p *Proxy) flowReplies(svc *service, f *flow) {
 	idle := f.st.cfg.Limits.IdleTimeout.D()
 	rel := newBatchRelay(&p.replies)
-	// The deadline is armed lazily: traffic only moves f.last, and when the
-	// deadline fires on a flow that was used meanwhile it is re-armed from
-	// there. No timer is reset per batch.
-	f.conn.SetReadDeadline(time.Unix(0, f.last.Load()).Add(idle))
+	armIdle(f.conn, &f.last, idle)
 	for {
 		bufs, total, out, err := rel.next(f.rc)
 		if err != nil {
-			if last := time.Unix(0, f.last.Load()); errors.Is(err, os.ErrDeadlineExceeded) && time.Since(last) < idle {
-				f.conn.SetReadDeadline(last.Add(idle))
+			if errors.Is(err, os.ErrDeadlineExceeded) && armIdle(f.conn, &f.last, idle) {
 				continue // used meanwhile
 			}
 			if !errors.Is(err, os.ErrDeadlineExceeded) && !f.closed.Load() {
@@ -241,6 +232,19 @@ func (p *Proxy) flowReplies(svc *service, f *flow) {
 		}
 		rel.done()
 	}
+}
+
+// armIdle sets c's read deadline to idle after the flow's last datagram
+// (last, unix ns), and says whether that is still ahead: false means the
+// flow has been idle for idle. Traffic only moves last; the deadline is
+// moved on when it fires on a flow used meanwhile, not reset per batch.
+func armIdle(c *net.UDPConn, last *atomic.Int64, idle time.Duration) bool {
+	l := time.Unix(0, last.Load())
+	if time.Since(l) >= idle {
+		return false
+	}
+	c.SetReadDeadline(l.Add(idle))
+	return true
 }
 
 // closeFlow ends a flow once: its socket, its server count, its lease.
