@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -304,16 +303,7 @@ services:
 		if err != nil {
 			t.Fatalf("step %d: %v\n%s", i, err, out)
 		}
-		for _, w := range step.want {
-			if !strings.Contains(out, w) {
-				t.Errorf("step %d: the table lacks %q:\n%s", i, w, out)
-			}
-		}
-		for _, g := range step.gone {
-			if strings.Contains(out, g) {
-				t.Errorf("step %d: the table still has %q:\n%s", i, g, out)
-			}
-		}
+		checkHas(t, fmt.Sprintf("step %d: the table", i), out, step.want, step.gone)
 		if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80}, 1)); s.Failed != 0 {
 			t.Errorf("step %d: %d of %d flows failed: %v", i, s.Failed, s.Visits, s.Errors)
 		}

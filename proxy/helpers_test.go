@@ -145,3 +145,19 @@ func group(a netip.Addr) netip.Prefix {
 }
 
 var affinityFilterAll = affinity.Filter{}
+
+// checkHas reports each of want that out (what, in the messages) lacks and
+// each of gone that it still has.
+func checkHas(t *testing.T, what, out string, want, gone []string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("%s lacks %q:\n%s", what, w, out)
+		}
+	}
+	for _, g := range gone {
+		if strings.Contains(out, g) {
+			t.Errorf("%s still has %q:\n%s", what, g, out)
+		}
+	}
+}

@@ -539,16 +539,7 @@ func TestPolicyRoutingReloads(t *testing.T) {
 			t.Fatalf("step %d: %v", i, err)
 		}
 		r := rules()
-		for _, w := range step.want {
-			if !strings.Contains(r, w) {
-				t.Errorf("step %d: ip rule lacks %q:\n%s", i, w, r)
-			}
-		}
-		for _, g := range step.gone {
-			if strings.Contains(r, g) {
-				t.Errorf("step %d: ip rule still has %q:\n%s", i, g, r)
-			}
-		}
+		checkHas(t, fmt.Sprintf("step %d: ip rule", i), r, step.want, step.gone)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		s := testenv.Summarize(env.Clients[0].Drive(ctx, vip, []int{81, 82}, 1))
 		cancel()
