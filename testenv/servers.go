@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -79,9 +78,7 @@ func (h *Host) ServeHTTP(port int) (*Server, error) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return
-		}
+		s.http.Serve(ln) // until Close
 	}()
 	h.env.closeWith(s)
 	return s, nil
