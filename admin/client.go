@@ -13,7 +13,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/tetherlb/tether/proxy"
+	"github.com/tetherlb/tether/api"
 )
 
 // Client talks to a running tether's admin API.
@@ -38,27 +38,27 @@ func NewClient(socket, baseURL, token string) *Client {
 }
 
 // Services lists the services and their servers.
-func (c *Client) Services(ctx context.Context) ([]proxy.ServiceStatus, error) {
-	var out []proxy.ServiceStatus
+func (c *Client) Services(ctx context.Context) ([]api.ServiceStatus, error) {
+	var out []api.ServiceStatus
 	return out, c.do(ctx, http.MethodGet, "/v1/services", nil, &out)
 }
 
 // Templates lists the persistence templates f selects.
-func (c *Client) Templates(ctx context.Context, f proxy.TemplateFilter) ([]proxy.TemplateStatus, error) {
-	var out []proxy.TemplateStatus
+func (c *Client) Templates(ctx context.Context, f api.TemplateFilter) ([]api.TemplateStatus, error) {
+	var out []api.TemplateStatus
 	return out, c.do(ctx, http.MethodGet, "/v1/affinity?"+query(f, false).Encode(), nil, &out)
 }
 
 // RemoveTemplates removes the templates f selects (every one with all)
 // and returns how many went.
-func (c *Client) RemoveTemplates(ctx context.Context, f proxy.TemplateFilter, all bool) (int, error) {
+func (c *Client) RemoveTemplates(ctx context.Context, f api.TemplateFilter, all bool) (int, error) {
 	var out struct{ Removed int }
 	err := c.do(ctx, http.MethodDelete, "/v1/affinity?"+query(f, all).Encode(), nil, &out)
 	return out.Removed, err
 }
 
 // SetServer changes a server at once.
-func (c *Client) SetServer(ctx context.Context, req ServerRequest) error {
+func (c *Client) SetServer(ctx context.Context, req api.ServerRequest) error {
 	return c.do(ctx, http.MethodPost, "/v1/server", req, nil)
 }
 
@@ -70,7 +70,7 @@ func (c *Client) Reload(ctx context.Context) (int, error) {
 	return out.Services, err
 }
 
-func query(f proxy.TemplateFilter, all bool) url.Values {
+func query(f api.TemplateFilter, all bool) url.Values {
 	q := url.Values{}
 	for k, v := range map[string]string{"service": f.Service, "client": f.Client, "server": f.Server} {
 		if v != "" {
@@ -109,7 +109,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return fmt.Errorf("%s: %w", c.where, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var e errorBody
+		var e api.ErrorBody
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
 			return &APIError{Status: resp.StatusCode, Msg: e.Error}
 		}

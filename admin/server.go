@@ -17,7 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/tetherlb/tether/proxy"
+	"github.com/tetherlb/tether/api"
 )
 
 // DefaultSocket is where the admin socket is unless the config says
@@ -36,10 +36,10 @@ func DefaultSocket() string {
 
 // Backend is what the API reads and changes: a running proxy.
 type Backend interface {
-	Status() []proxy.ServiceStatus
-	SetServer(service, server string, ch proxy.ServerChange) error
-	Templates(f proxy.TemplateFilter) ([]proxy.TemplateStatus, error)
-	RemoveTemplates(f proxy.TemplateFilter) (int, error)
+	Status() []api.ServiceStatus
+	SetServer(service, server string, ch api.ServerChange) error
+	Templates(f api.TemplateFilter) ([]api.TemplateStatus, error)
+	RemoveTemplates(f api.TemplateFilter) (int, error)
 }
 
 // Options configure a Server.
@@ -182,7 +182,7 @@ func (s *Server) peerCheck(next http.Handler) http.Handler {
 		uid, _ := r.Context().Value(peerKey{}).(int)
 		if uid != 0 && uid != os.Geteuid() {
 			s.o.Log.Warn("admin socket: request refused", "peer_uid", uid, "path", r.URL.Path)
-			writeJSON(w, http.StatusForbidden, errorBody{fmt.Sprintf("refused: the admin socket is for root, and uid %d is not", uid)})
+			writeJSON(w, http.StatusForbidden, api.ErrorBody{Error: fmt.Sprintf("refused: the admin socket is for root, and uid %d is not", uid)})
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -207,11 +207,11 @@ func (s *Server) handler(tokened bool) http.Handler {
 		}
 		s.o.Metrics.ServeHTTP(w, r)
 	})
-	api := http.NewServeMux()
-	api.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
+	v1mux := http.NewServeMux()
+	v1mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.o.Backend.Status())
 	})
-	api.HandleFunc("GET /v1/affinity", func(w http.ResponseWriter, r *http.Request) {
+	v1mux.HandleFunc("GET /v1/affinity", func(w http.ResponseWriter, r *http.Request) {
 		ts, err := s.o.Backend.Templates(filterOf(r))
 		if err != nil {
 			writeError(w, err)
@@ -219,10 +219,10 @@ func (s *Server) handler(tokened bool) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, ts)
 	})
-	api.HandleFunc("DELETE /v1/affinity", func(w http.ResponseWriter, r *http.Request) {
+	v1mux.HandleFunc("DELETE /v1/affinity", func(w http.ResponseWriter, r *http.Request) {
 		f := filterOf(r)
-		if f == (proxy.TemplateFilter{}) && r.URL.Query().Get("all") != "true" {
-			writeJSON(w, http.StatusBadRequest, errorBody{"say which templates: service, client or server, or all=true for every one"})
+		if f == (api.TemplateFilter{}) && r.URL.Query().Get("all") != "true" {
+			writeJSON(w, http.StatusBadRequest, api.ErrorBody{Error: "say which templates: service, client or server, or all=true for every one"})
 			return
 		}
 		n, err := s.o.Backend.RemoveTemplates(f)
@@ -232,12 +232,12 @@ func (s *Server) handler(tokened bool) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]int{"removed": n})
 	})
-	api.HandleFunc("POST /v1/server", func(w http.ResponseWriter, r *http.Request) {
-		var req ServerRequest
+	v1mux.HandleFunc("POST /v1/server", func(w http.ResponseWriter, r *http.Request) {
+		var req api.ServerRequest
 		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
-			writeJSON(w, http.StatusBadRequest, errorBody{"request body: " + err.Error()})
+			writeJSON(w, http.StatusBadRequest, api.ErrorBody{Error: "request body: " + err.Error()})
 			return
 		}
 		if err := s.o.Backend.SetServer(req.Service, req.Server, req.ServerChange); err != nil {
@@ -246,17 +246,17 @@ func (s *Server) handler(tokened bool) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 	})
-	api.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
+	v1mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
 		n, err := s.o.Reload()
 		if err != nil {
-			writeJSON(w, http.StatusUnprocessableEntity, errorBody{err.Error()})
+			writeJSON(w, http.StatusUnprocessableEntity, api.ErrorBody{Error: err.Error()})
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]int{"services": n})
 	})
-	var v1 http.Handler = api
+	var v1 http.Handler = v1mux
 	if tokened {
-		v1 = s.bearer(api)
+		v1 = s.bearer(v1mux)
 	}
 	mux.Handle("/v1/", v1)
 	return mux
@@ -269,35 +269,24 @@ func (s *Server) bearer(next http.Handler) http.Handler {
 		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
 			s.o.Log.Warn("admin API: request without the right token refused", "remote", r.RemoteAddr, "path", r.URL.Path)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tether"`)
-			writeJSON(w, http.StatusUnauthorized, errorBody{"missing or wrong bearer token"})
+			writeJSON(w, http.StatusUnauthorized, api.ErrorBody{Error: "missing or wrong bearer token"})
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
 }
 
-// ServerRequest is the body of POST /v1/server.
-type ServerRequest struct {
-	Service string `json:"service"`
-	Server  string `json:"server"`
-	proxy.ServerChange
-}
-
-type errorBody struct {
-	Error string `json:"error"`
-}
-
-func filterOf(r *http.Request) proxy.TemplateFilter {
+func filterOf(r *http.Request) api.TemplateFilter {
 	q := r.URL.Query()
-	return proxy.TemplateFilter{Service: q.Get("service"), Client: q.Get("client"), Server: q.Get("server")}
+	return api.TemplateFilter{Service: q.Get("service"), Client: q.Get("client"), Server: q.Get("server")}
 }
 
 func writeError(w http.ResponseWriter, err error) {
 	code := http.StatusBadRequest
-	if errors.Is(err, proxy.ErrNotFound) {
+	if errors.Is(err, api.ErrNotFound) {
 		code = http.StatusNotFound
 	}
-	writeJSON(w, code, errorBody{err.Error()})
+	writeJSON(w, code, api.ErrorBody{Error: err.Error()})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

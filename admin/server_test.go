@@ -8,21 +8,21 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tetherlb/tether/proxy"
+	"github.com/tetherlb/tether/api"
 )
 
 // fake is a Backend that records what it was asked.
-type fake struct{ removed []proxy.TemplateFilter }
+type fake struct{ removed []api.TemplateFilter }
 
-func (f *fake) Status() []proxy.ServiceStatus { return []proxy.ServiceStatus{{Name: "web"}} }
-func (f *fake) SetServer(service, server string, ch proxy.ServerChange) error {
+func (f *fake) Status() []api.ServiceStatus { return []api.ServiceStatus{{Name: "web"}} }
+func (f *fake) SetServer(service, server string, ch api.ServerChange) error {
 	if service != "web" {
-		return errors.New("service \"" + service + "\": " + proxy.ErrNotFound.Error())
+		return errors.New("service \"" + service + "\": " + api.ErrNotFound.Error())
 	}
 	return nil
 }
-func (f *fake) Templates(proxy.TemplateFilter) ([]proxy.TemplateStatus, error) { return nil, nil }
-func (f *fake) RemoveTemplates(fl proxy.TemplateFilter) (int, error) {
+func (f *fake) Templates(api.TemplateFilter) ([]api.TemplateStatus, error) { return nil, nil }
+func (f *fake) RemoveTemplates(fl api.TemplateFilter) (int, error) {
 	f.removed = append(f.removed, fl)
 	return 3, nil
 }
@@ -45,10 +45,10 @@ func TestAPIRefusals(t *testing.T) {
 	}
 	c := NewClient(sock, "", "")
 	ctx := context.Background()
-	if _, err := c.RemoveTemplates(ctx, proxy.TemplateFilter{}, false); err == nil || !strings.Contains(err.Error(), "say which templates") {
+	if _, err := c.RemoveTemplates(ctx, api.TemplateFilter{}, false); err == nil || !strings.Contains(err.Error(), "say which templates") {
 		t.Errorf("DELETE without a filter: %v", err)
 	}
-	if n, err := c.RemoveTemplates(ctx, proxy.TemplateFilter{}, true); err != nil || n != 3 || len(b.removed) != 1 {
+	if n, err := c.RemoveTemplates(ctx, api.TemplateFilter{}, true); err != nil || n != 3 || len(b.removed) != 1 {
 		t.Errorf("DELETE all=true: %d, %v", n, err)
 	}
 	if _, err := c.Reload(ctx); err == nil || !strings.Contains(err.Error(), "t.yaml:3: bad (HTTP 422)") {

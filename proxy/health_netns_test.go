@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetherlb/tether/api"
 	"github.com/tetherlb/tether/testenv"
 )
 
@@ -91,7 +92,7 @@ func TestHealthCheckStoppedServer(t *testing.T) {
 			}
 			// Templates made meanwhile stay; dropping them all puts
 			// backend1 back in the rotation.
-			if _, err := p.RemoveTemplates(TemplateFilter{Service: "web"}); err != nil {
+			if _, err := p.RemoveTemplates(api.TemplateFilter{Service: "web"}); err != nil {
 				t.Fatal(err)
 			}
 			if third := testenv.Summarize(client.Drive(ctx, testenv.VIP, []int{80}, 1)); third.Failed != 0 || third.PerBackend["backend1"] == 0 {
@@ -183,20 +184,20 @@ services:
 	if out := fallback(); !in(out, a) || !in(out, b) || in(out, sorry) {
 		t.Fatalf("at start the fallback should hold both servers and not the sorry one:\n%s", out)
 	}
-	if err := env.LB.Do(func() error { return p.SetServer("web", b, ServerChange{Down: true}) }); err != nil {
+	if err := env.LB.Do(func() error { return p.SetServer("web", b, api.ServerChange{Down: true}) }); err != nil {
 		t.Fatal(err)
 	}
 	if out := fallback(); !in(out, a) || in(out, b) {
 		t.Errorf("with %s down the fallback should hold only %s:\n%s", b, a, out)
 	}
-	if err := env.LB.Do(func() error { return p.SetServer("web", a, ServerChange{Down: true}) }); err != nil {
+	if err := env.LB.Do(func() error { return p.SetServer("web", a, api.ServerChange{Down: true}) }); err != nil {
 		t.Fatal(err)
 	}
 	if out := fallback(); in(out, a) || in(out, b) || !in(out, sorry) {
 		t.Errorf("with both servers down the fallback should hold the sorry server only:\n%s", out)
 	}
 	for _, s := range []string{a, b} {
-		if err := env.LB.Do(func() error { return p.SetServer("web", s, ServerChange{Up: true}) }); err != nil {
+		if err := env.LB.Do(func() error { return p.SetServer("web", s, api.ServerChange{Up: true}) }); err != nil {
 			t.Fatal(err)
 		}
 	}

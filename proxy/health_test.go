@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tetherlb/tether/api"
 )
 
 // syncBuffer is a log destination safe for concurrent writers.
@@ -171,7 +173,7 @@ func TestSetServer(t *testing.T) {
 	for i := range 8 {
 		owner[i], _ = who(srcAddr(i), listen)
 	}
-	if err := p.SetServer("web", b.addr.String(), ServerChange{Drain: true}); err != nil {
+	if err := p.SetServer("web", b.addr.String(), api.ServerChange{Drain: true}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 8 {
@@ -182,7 +184,7 @@ func TestSetServer(t *testing.T) {
 	if name, _ := who(srcAddr(20), listen); name != "a" {
 		t.Errorf("drain: a new client went to %s, want a", name)
 	}
-	if err := p.SetServer("web", b.addr.String(), ServerChange{Down: true}); err != nil {
+	if err := p.SetServer("web", b.addr.String(), api.ServerChange{Down: true}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 8 {
@@ -193,14 +195,14 @@ func TestSetServer(t *testing.T) {
 	if st := p.Status()[0].Servers[1].State; st != "maint" {
 		t.Errorf("state %s after --down, want maint", st)
 	}
-	if err := p.SetServer("web", b.addr.String(), ServerChange{Up: true}); err != nil {
+	if err := p.SetServer("web", b.addr.String(), api.ServerChange{Up: true}); err != nil {
 		t.Fatal(err)
 	}
 	three := 3
-	if err := p.SetServer("web", a.addr.String(), ServerChange{Weight: &three}); err != nil {
+	if err := p.SetServer("web", a.addr.String(), api.ServerChange{Weight: &three}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.RemoveTemplates(TemplateFilter{Service: "web"}); err != nil {
+	if _, err := p.RemoveTemplates(api.TemplateFilter{Service: "web"}); err != nil {
 		t.Fatal(err)
 	}
 	seen := map[string]int{}
@@ -219,15 +221,15 @@ func TestSetServer(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		service, server string
-		ch              ServerChange
+		ch              api.ServerChange
 		want            string
 	}{
-		{"shop", a.addr.String(), ServerChange{Up: true}, `service "shop": not found`},
-		{"web", "127.0.0.9:1", ServerChange{Up: true}, "server 127.0.0.9:1 of service web: not found"},
-		{"web", "backend-a", ServerChange{Up: true}, `server "backend-a" is not an address`},
-		{"web", a.addr.String(), ServerChange{Up: true, Down: true}, "exactly one of"},
-		{"web", a.addr.String(), ServerChange{Weight: new(int)}, ""},
-		{"web", a.addr.String(), ServerChange{Weight: func() *int { w := 70000; return &w }()}, "weight 70000 is outside 0..65535"},
+		{"shop", a.addr.String(), api.ServerChange{Up: true}, `service "shop": not found`},
+		{"web", "127.0.0.9:1", api.ServerChange{Up: true}, "server 127.0.0.9:1 of service web: not found"},
+		{"web", "backend-a", api.ServerChange{Up: true}, `server "backend-a" is not an address`},
+		{"web", a.addr.String(), api.ServerChange{Up: true, Down: true}, "exactly one of"},
+		{"web", a.addr.String(), api.ServerChange{Weight: new(int)}, ""},
+		{"web", a.addr.String(), api.ServerChange{Weight: func() *int { w := 70000; return &w }()}, "weight 70000 is outside 0..65535"},
 	} {
 		err := p.SetServer(tc.service, tc.server, tc.ch)
 		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {

@@ -1,56 +1,17 @@
 package proxy
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
-	"time"
+
+	"github.com/tetherlb/tether/api"
 
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
 )
 
-// ServiceStatus is one service as `tether ls` shows it.
-type ServiceStatus struct {
-	Name      string `json:"name"`
-	Protocol  string `json:"protocol"`         // tcp or udp; empty for a mark service
-	Listen    string `json:"listen,omitempty"` // VIP:port
-	Fwmark    uint32 `json:"fwmark,omitempty"`
-	Mode      string `json:"mode"`
-	Scheduler string `json:"scheduler"`
-	// Persistent services carry their timeout and masks.
-	Persistent bool          `json:"persistent"`
-	Timeout    time.Duration `json:"timeout,omitempty"`
-	Netmask    string        `json:"netmask,omitempty"`
-	Netmask6   int           `json:"netmask6,omitempty"`
-	Quorum     int           `json:"quorum,omitempty"`
-	Quorate    bool          `json:"quorate"`
-	// Templates is the number of live persistence templates.
-	Templates int            `json:"templates"`
-	Servers   []ServerStatus `json:"servers"`
-	Sorry     *ServerStatus  `json:"sorry_server,omitempty"`
-}
-
-// ServerStatus is one real server of a service. Its connection counts are
-// ipvsadm's: ActiveConns are open TCP connections (or director flows),
-// InactiveConns are UDP flows.
-type ServerStatus struct {
-	Address       string `json:"address"`
-	Weight        int    `json:"weight"`        // in force
-	ConfigWeight  int    `json:"config_weight"` // from the file, or server set --weight
-	State         string `json:"state"`         // up, down, inhibited, maint, drain, failed
-	Check         string `json:"check,omitempty"`
-	CheckError    string `json:"check_error,omitempty"` // the last failure, if the last check failed
-	ActiveConns   int64  `json:"active_conns"`
-	InactiveConns int64  `json:"inactive_conns"`
-	Conns         uint64 `json:"conns"` // connections and flows since start
-	ConnectFails  uint64 `json:"connect_fails"`
-	BytesIn       uint64 `json:"bytes_in"` // from clients; the director does not count bytes
-	BytesOut      uint64 `json:"bytes_out"`
-}
-
 // Status lists the services in config order.
-func (p *Proxy) Status() []ServiceStatus {
+func (p *Proxy) Status() []api.ServiceStatus {
 	cfg := p.currentCfg()
 	p.svcMu.RLock()
 	svcs := make([]*service, 0, len(cfg.Services))
@@ -61,11 +22,11 @@ func (p *Proxy) Status() []ServiceStatus {
 	}
 	p.svcMu.RUnlock()
 	counts := p.table.Counts()
-	out := make([]ServiceStatus, 0, len(svcs))
+	out := make([]api.ServiceStatus, 0, len(svcs))
 	for _, svc := range svcs {
 		st := svc.state.Load()
 		c := st.cfg
-		ss := ServiceStatus{Name: c.Name, Listen: c.Listen, Fwmark: c.Fwmark, Mode: c.Mode, Scheduler: c.Scheduler,
+		ss := api.ServiceStatus{Name: c.Name, Listen: c.Listen, Fwmark: c.Fwmark, Mode: c.Mode, Scheduler: c.Scheduler,
 			Persistent: st.persistent, Quorum: c.Quorum, Quorate: st.quorate()}
 		if c.Fwmark == 0 {
 			ss.Protocol = c.Protocol
@@ -88,8 +49,8 @@ func (p *Proxy) Status() []ServiceStatus {
 }
 
 // serverStatus is srv's line; hc is its health check, nil for none.
-func (p *Proxy) serverStatus(svc *service, srv *Server, hc *config.HealthCheck) ServerStatus {
-	s := ServerStatus{Address: srv.Addr.String(), Weight: srv.Weight(), ConfigWeight: int(srv.weight.Load()), State: srv.State(),
+func (p *Proxy) serverStatus(svc *service, srv *Server, hc *config.HealthCheck) api.ServerStatus {
+	s := api.ServerStatus{Address: srv.Addr.String(), Weight: srv.Weight(), ConfigWeight: int(srv.weight.Load()), State: srv.State(),
 		Conns: srv.accepted.Load(), ConnectFails: srv.failed.Load(), BytesIn: srv.bytesIn.Load(), BytesOut: srv.bytesOut.Load()}
 	if svc.key.udp {
 		s.InactiveConns = srv.conns.Load()
@@ -105,33 +66,12 @@ func (p *Proxy) serverStatus(svc *service, srv *Server, hc *config.HealthCheck) 
 	return s
 }
 
-// ServerChange is what `tether server set` asks of a server; exactly one
-// of its fields is set.
-type ServerChange struct {
-	Weight *int `json:"weight,omitempty"` // a new weight, 0..65535
-	Drain  bool `json:"drain,omitempty"`  // weight 0: no new clients, templates kept
-	Up     bool `json:"up,omitempty"`     // undo drain and down
-	Down   bool `json:"down,omitempty"`   // no clients, templates dropped
-}
-
-// ErrNotFound: no such service or server.
-var ErrNotFound = errors.New("not found")
-
 // SetServer changes a server of a running service at once; the change
 // lasts until the next reload, which goes back to the file. service is a
 // service's name, server its address as `tether ls` prints it.
-func (p *Proxy) SetServer(service, server string, ch ServerChange) error {
-	n := 0
-	for _, b := range []bool{ch.Weight != nil, ch.Drain, ch.Up, ch.Down} {
-		if b {
-			n++
-		}
-	}
-	if n != 1 {
-		return errors.New("say exactly one of weight, drain, up and down")
-	}
-	if ch.Weight != nil && (*ch.Weight < 0 || *ch.Weight > 65535) {
-		return fmt.Errorf("weight %d is outside 0..65535", *ch.Weight)
+func (p *Proxy) SetServer(service, server string, ch api.ServerChange) error {
+	if err := ch.Check(); err != nil {
+		return err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -164,7 +104,7 @@ func (p *Proxy) SetServer(service, server string, ch ServerChange) error {
 func (p *Proxy) findServer(service, server string) (*service, *Server, error) {
 	svc := p.serviceByName(service)
 	if svc == nil {
-		return nil, nil, fmt.Errorf("service %q: %w", service, ErrNotFound)
+		return nil, nil, fmt.Errorf("service %q: %w", service, api.ErrNotFound)
 	}
 	st := svc.state.Load()
 	addr, err := config.ParseServer(server)
@@ -173,7 +113,7 @@ func (p *Proxy) findServer(service, server string) (*service, *Server, error) {
 	}
 	srv := st.byAddr[addr]
 	if srv == nil {
-		return nil, nil, fmt.Errorf("server %s of service %s: %w", server, service, ErrNotFound)
+		return nil, nil, fmt.Errorf("server %s of service %s: %w", server, service, api.ErrNotFound)
 	}
 	return svc, srv, nil
 }
@@ -187,25 +127,8 @@ func (p *Proxy) serviceByName(name string) *service {
 	return nil
 }
 
-// TemplateStatus is one persistence template as `tether affinity ls`
-// shows it.
-type TemplateStatus struct {
-	Service   string        `json:"service"`
-	Client    string        `json:"client"` // the masked client, as a prefix
-	Server    string        `json:"server"`
-	Active    int           `json:"active"` // open connections through it
-	Remaining time.Duration `json:"remaining"`
-}
-
-// TemplateFilter selects templates; each empty field selects all.
-type TemplateFilter struct {
-	Service string // a service name
-	Client  string // an address: the template it falls into
-	Server  string // a server address
-}
-
 // Templates lists the templates f selects.
-func (p *Proxy) Templates(f TemplateFilter) ([]TemplateStatus, error) {
+func (p *Proxy) Templates(f api.TemplateFilter) ([]api.TemplateStatus, error) {
 	af, err := p.affinityFilter(f)
 	if err != nil {
 		return nil, err
@@ -214,16 +137,16 @@ func (p *Proxy) Templates(f TemplateFilter) ([]TemplateStatus, error) {
 	for _, s := range p.serviceList() {
 		names[affinityID(s.state.Load().cfg)] = s.state.Load().cfg.Name
 	}
-	out := []TemplateStatus{}
+	out := []api.TemplateStatus{}
 	for _, t := range p.table.List(af) {
-		out = append(out, TemplateStatus{Service: names[t.Service], Client: t.Client.String(), Server: t.Server.String(), Active: t.Active, Remaining: t.Remaining})
+		out = append(out, api.TemplateStatus{Service: names[t.Service], Client: t.Client.String(), Server: t.Server.String(), Active: t.Active, Remaining: t.Remaining})
 	}
 	return out, nil
 }
 
 // RemoveTemplates drops the templates f selects, so their clients are
 // rescheduled on their next connection; open connections are not touched.
-func (p *Proxy) RemoveTemplates(f TemplateFilter) (int, error) {
+func (p *Proxy) RemoveTemplates(f api.TemplateFilter) (int, error) {
 	af, err := p.affinityFilter(f)
 	if err != nil {
 		return 0, err
@@ -233,12 +156,12 @@ func (p *Proxy) RemoveTemplates(f TemplateFilter) (int, error) {
 	return n, nil
 }
 
-func (p *Proxy) affinityFilter(f TemplateFilter) (affinity.Filter, error) {
+func (p *Proxy) affinityFilter(f api.TemplateFilter) (affinity.Filter, error) {
 	var af affinity.Filter
 	if f.Service != "" {
 		svc := p.serviceByName(f.Service)
 		if svc == nil {
-			return af, fmt.Errorf("service %q: %w", f.Service, ErrNotFound)
+			return af, fmt.Errorf("service %q: %w", f.Service, api.ErrNotFound)
 		}
 		if !svc.state.Load().persistent {
 			return af, fmt.Errorf("service %q is not persistent: it has no templates", f.Service)

@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
-	"testing"
 )
 
 // required says a skip must be a failure: in CI, namespace tests must run.
@@ -36,9 +35,24 @@ func Missing() string {
 		"user.max_user_namespaces above 0), where tether re-runs itself in one", os.Geteuid())
 }
 
+// TB is the part of testing.TB that testenv uses. testenv takes it rather
+// than testing.TB so that the tether binary, which builds hosts for its
+// demo, does not link the testing package.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Error(args ...any)
+	Skip(args ...any)
+	Cleanup(func())
+}
+
+// M is the part of *testing.M that Main uses.
+type M interface{ Run() int }
+
 // Require skips t when hosts cannot be built here, and fails it instead
 // when CI=true or TETHER_REQUIRE_NETNS=1.
-func Require(t testing.TB) {
+func Require(t TB) {
 	t.Helper()
 	if m := Missing(); m != "" {
 		if required() {
@@ -50,7 +64,7 @@ func Require(t testing.TB) {
 
 // Start builds the topology of s for t and removes it when t ends, also
 // when t fails or panics.
-func Start(t testing.TB, s Spec) *Env {
+func Start(t TB, s Spec) *Env {
 	t.Helper()
 	Require(t)
 	e, err := New(s)
@@ -72,7 +86,7 @@ const reexecEnv = "TETHER_TESTENV_USERNS"
 // the test binary in a new user + network + mount namespace where it is
 // root, if the kernel allows; otherwise it runs the tests as they are
 // (namespace tests then skip, or fail in CI, through Require).
-func Main(m *testing.M) int {
+func Main(m M) int {
 	if os.Geteuid() == 0 || os.Getenv(reexecEnv) == "1" {
 		return m.Run()
 	}

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tetherlb/tether/proxy"
+	"github.com/tetherlb/tether/api"
 )
 
 // dialFrom connects from src and reads the server's name; the connection
@@ -118,7 +118,7 @@ services:
 			t.Errorf("ls lacks %s with weight 1, 2 active, 0 inactive, up:\n%s", srv, out)
 		}
 	}
-	var svcs []proxy.ServiceStatus
+	var svcs []api.ServiceStatus
 	if err := json.Unmarshal([]byte(ls("ls", "--json")), &svcs); err != nil {
 		t.Fatal(err)
 	}
@@ -270,11 +270,11 @@ func TestAdminSocketRefusesOtherUsers(t *testing.T) {
 // --rate: the difference of two listings over the window, per server and
 // summed per service; a server that appeared meanwhile is left out.
 func TestRateOf(t *testing.T) {
-	svc := func(servers ...proxy.ServerStatus) []proxy.ServiceStatus {
-		return []proxy.ServiceStatus{{Name: "web", Protocol: "tcp", Listen: "198.18.0.10:80", Servers: servers}}
+	svc := func(servers ...api.ServerStatus) []api.ServiceStatus {
+		return []api.ServiceStatus{{Name: "web", Protocol: "tcp", Listen: "198.18.0.10:80", Servers: servers}}
 	}
-	before := svc(proxy.ServerStatus{Address: "a", Conns: 10, BytesIn: 1000, BytesOut: 5000})
-	after := svc(proxy.ServerStatus{Address: "a", Conns: 30, BytesIn: 3000, BytesOut: 9000}, proxy.ServerStatus{Address: "new", Conns: 7})
+	before := svc(api.ServerStatus{Address: "a", Conns: 10, BytesIn: 1000, BytesOut: 5000})
+	after := svc(api.ServerStatus{Address: "a", Conns: 30, BytesIn: 3000, BytesOut: 9000}, api.ServerStatus{Address: "new", Conns: 7})
 	got := rateOf(before, after, 2*time.Second)
 	want := Rate{Name: "web", Address: "198.18.0.10:80", Prot: "TCP", CPS: 10, InBPS: 1000, OutBPS: 2000,
 		Servers: []Rate{{Address: "a", Prot: "TCP", CPS: 10, InBPS: 1000, OutBPS: 2000}}}

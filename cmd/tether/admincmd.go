@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/tetherlb/tether/admin"
+	"github.com/tetherlb/tether/api"
 	"github.com/tetherlb/tether/config"
-	"github.com/tetherlb/tether/proxy"
 	"github.com/urfave/cli/v2"
 )
 
@@ -117,7 +117,7 @@ func printJSON(w io.Writer, v any) error {
 }
 
 // serviceAddr is the service's LocalAddress:Port column and its protocol.
-func serviceAddr(s proxy.ServiceStatus) (prot, addr string) {
+func serviceAddr(s api.ServiceStatus) (prot, addr string) {
 	if s.Fwmark != 0 {
 		return "FWM", strconv.FormatUint(uint64(s.Fwmark), 10)
 	}
@@ -125,7 +125,7 @@ func serviceAddr(s proxy.ServiceStatus) (prot, addr string) {
 }
 
 // flags is the Flags column: ipvsadm's, then tether's own.
-func flags(s proxy.ServiceStatus) string {
+func flags(s api.ServiceStatus) string {
 	var f []string
 	if s.Persistent {
 		f = append(f, "persistent", strconv.Itoa(int(s.Timeout/time.Second)))
@@ -147,21 +147,21 @@ func flags(s proxy.ServiceStatus) string {
 	return strings.Join(f, " ")
 }
 
-func forward(s proxy.ServiceStatus) string {
+func forward(s api.ServiceStatus) string {
 	if s.Mode == config.ModeDirector {
 		return "Masq" // the director forwards with NAT, as IPVS's -m
 	}
 	return "Proxy"
 }
 
-func printList(w io.Writer, svcs []proxy.ServiceStatus) {
+func printList(w io.Writer, svcs []api.ServiceStatus) {
 	fmt.Fprintf(w, "tether %s\n", version)
 	fmt.Fprintln(w, "Prot LocalAddress:Port Scheduler Flags")
 	fmt.Fprintln(w, "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn State")
 	for _, s := range svcs {
 		prot, addr := serviceAddr(s)
 		fmt.Fprintf(w, "%-4s %s %s %s\n", prot, addr, s.Scheduler, flags(s))
-		row := func(srv proxy.ServerStatus, state string) {
+		row := func(srv api.ServerStatus, state string) {
 			fmt.Fprintf(w, "  -> %-28s %-7s %-6d %-10d %-9d %s\n", srv.Address, forward(s), srv.Weight, srv.ActiveConns, srv.InactiveConns, state)
 		}
 		for _, srv := range s.Servers {
@@ -177,7 +177,7 @@ func printList(w io.Writer, svcs []proxy.ServiceStatus) {
 	}
 }
 
-func printStats(w io.Writer, svcs []proxy.ServiceStatus) {
+func printStats(w io.Writer, svcs []api.ServiceStatus) {
 	fmt.Fprintln(w, "Prot LocalAddress:Port               Conns  InBytes OutBytes")
 	fmt.Fprintln(w, "  -> RemoteAddress:Port")
 	for _, s := range svcs {
@@ -194,7 +194,7 @@ func printStats(w io.Writer, svcs []proxy.ServiceStatus) {
 }
 
 // all is the service's servers, with the sorry server last.
-func all(s proxy.ServiceStatus) []proxy.ServerStatus {
+func all(s api.ServiceStatus) []api.ServerStatus {
 	if s.Sorry == nil {
 		return s.Servers
 	}
@@ -214,9 +214,9 @@ type Rate struct {
 
 // rateOf works out the rates between two listings taken d apart; a
 // service or server missing from either is left out.
-func rateOf(before, after []proxy.ServiceStatus, d time.Duration) []Rate {
+func rateOf(before, after []api.ServiceStatus, d time.Duration) []Rate {
 	sec := d.Seconds()
-	prev := map[string]proxy.ServerStatus{}
+	prev := map[string]api.ServerStatus{}
 	for _, s := range before {
 		for _, srv := range all(s) {
 			prev[s.Name+" "+srv.Address] = srv
@@ -273,8 +273,8 @@ func affinityCommand() *cli.Command {
 		&cli.StringFlag{Name: "client", Usage: "the template this client address falls into"},
 		&cli.StringFlag{Name: "server", Usage: "the templates bound to this real server"},
 	}
-	filterOf := func(c *cli.Context) proxy.TemplateFilter {
-		return proxy.TemplateFilter{Service: c.String("service"), Client: c.String("client"), Server: c.String("server")}
+	filterOf := func(c *cli.Context) api.TemplateFilter {
+		return api.TemplateFilter{Service: c.String("service"), Client: c.String("client"), Server: c.String("server")}
 	}
 	return &cli.Command{
 		Name:  "affinity",
@@ -309,7 +309,7 @@ func affinityCommand() *cli.Command {
 			Flags: append(append(adminFlags(), filter...), &cli.BoolFlag{Name: "all", Usage: "every template of every service"}),
 			Action: func(c *cli.Context) error {
 				f := filterOf(c)
-				if f == (proxy.TemplateFilter{}) && !c.Bool("all") {
+				if f == (api.TemplateFilter{}) && !c.Bool("all") {
 					return cli.Exit("say which templates: --service, --client, --server, or --all", 2)
 				}
 				cl, ctx, cancel, err := adminClient(c)
@@ -357,7 +357,7 @@ func serverCommand() *cli.Command {
 				if err := flagsAfterArgs(c, 2); err != nil {
 					return cli.Exit(fmt.Sprintf("%s (%v)", usage, err), 2)
 				}
-				req := admin.ServerRequest{Service: c.Args().Get(0), Server: c.Args().Get(1)}
+				req := api.ServerRequest{Service: c.Args().Get(0), Server: c.Args().Get(1)}
 				req.Drain, req.Down, req.Up = c.Bool("drain"), c.Bool("down"), c.Bool("up")
 				if c.IsSet("weight") {
 					w := c.Int("weight")

@@ -1,0 +1,104 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ServiceStatus is one service as `tether ls` shows it.
+type ServiceStatus struct {
+	Name      string `json:"name"`
+	Protocol  string `json:"protocol"`         // tcp or udp; empty for a mark service
+	Listen    string `json:"listen,omitempty"` // VIP:port
+	Fwmark    uint32 `json:"fwmark,omitempty"`
+	Mode      string `json:"mode"`
+	Scheduler string `json:"scheduler"`
+	// Persistent services carry their timeout and masks.
+	Persistent bool          `json:"persistent"`
+	Timeout    time.Duration `json:"timeout,omitempty"`
+	Netmask    string        `json:"netmask,omitempty"`
+	Netmask6   int           `json:"netmask6,omitempty"`
+	Quorum     int           `json:"quorum,omitempty"`
+	Quorate    bool          `json:"quorate"`
+	// Templates is the number of live persistence templates.
+	Templates int            `json:"templates"`
+	Servers   []ServerStatus `json:"servers"`
+	Sorry     *ServerStatus  `json:"sorry_server,omitempty"`
+}
+
+// ServerStatus is one real server of a service. Its connection counts are
+// ipvsadm's: ActiveConns are open TCP connections (or director flows),
+// InactiveConns are UDP flows.
+type ServerStatus struct {
+	Address       string `json:"address"`
+	Weight        int    `json:"weight"`        // in force
+	ConfigWeight  int    `json:"config_weight"` // from the file, or server set --weight
+	State         string `json:"state"`         // up, down, inhibited, maint, drain, failed
+	Check         string `json:"check,omitempty"`
+	CheckError    string `json:"check_error,omitempty"` // the last failure, if the last check failed
+	ActiveConns   int64  `json:"active_conns"`
+	InactiveConns int64  `json:"inactive_conns"`
+	Conns         uint64 `json:"conns"` // connections and flows since start
+	ConnectFails  uint64 `json:"connect_fails"`
+	BytesIn       uint64 `json:"bytes_in"` // from clients; the director does not count bytes
+	BytesOut      uint64 `json:"bytes_out"`
+}
+
+// ServerChange is what `tether server set` asks of a server; exactly one
+// of its fields is set.
+type ServerChange struct {
+	Weight *int `json:"weight,omitempty"` // a new weight, 0..65535
+	Drain  bool `json:"drain,omitempty"`  // weight 0: no new clients, templates kept
+	Up     bool `json:"up,omitempty"`     // undo drain and down
+	Down   bool `json:"down,omitempty"`   // no clients, templates dropped
+}
+
+// Check says what is wrong with a change, or nil.
+func (ch ServerChange) Check() error {
+	n := 0
+	for _, b := range []bool{ch.Weight != nil, ch.Drain, ch.Up, ch.Down} {
+		if b {
+			n++
+		}
+	}
+	if n != 1 {
+		return errors.New("say exactly one of weight, drain, up and down")
+	}
+	if ch.Weight != nil && (*ch.Weight < 0 || *ch.Weight > 65535) {
+		return fmt.Errorf("weight %d is outside 0..65535", *ch.Weight)
+	}
+	return nil
+}
+
+// ServerRequest is the body of POST /v1/server.
+type ServerRequest struct {
+	Service string `json:"service"`
+	Server  string `json:"server"`
+	ServerChange
+}
+
+// TemplateStatus is one persistence template as `tether affinity ls`
+// shows it.
+type TemplateStatus struct {
+	Service   string        `json:"service"`
+	Client    string        `json:"client"` // the masked client, as a prefix
+	Server    string        `json:"server"`
+	Active    int           `json:"active"` // open connections through it
+	Remaining time.Duration `json:"remaining"`
+}
+
+// TemplateFilter selects templates; each empty field selects all.
+type TemplateFilter struct {
+	Service string // a service name
+	Client  string // an address: the template it falls into
+	Server  string // a server address
+}
+
+// ErrNotFound: no such service or server. The API answers it with 404.
+var ErrNotFound = errors.New("not found")
+
+// ErrorBody is the body of every error answer.
+type ErrorBody struct {
+	Error string `json:"error"`
+}
