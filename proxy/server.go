@@ -47,9 +47,12 @@ func (s *Server) Conns() int { return int(s.conns.Load()) }
 // isDown: the server takes no clients and holds no templates.
 func (s *Server) isDown() bool { return s.down.Load() || s.adminDown.Load() }
 
-// available says the server may take a new client: weight above 0, not
+// Address is the server's address (sched.Server).
+func (s *Server) Address() netip.AddrPort { return s.Addr }
+
+// Available says the server may take a new client: weight above 0, not
 // down, not failed recently, not at its connection limit.
-func (s *Server) available() bool {
+func (s *Server) Available() bool {
 	if s.Weight() <= 0 || s.isDown() {
 		return false
 	}
@@ -77,15 +80,4 @@ func (s *Server) State() string {
 		return "failed"
 	}
 	return "up"
-}
-
-// skipped reports whether s is in skip: servers already tried for this
-// connection.
-func skipped(s *Server, skip []*Server) bool {
-	for _, k := range skip {
-		if k == s {
-			return true
-		}
-	}
-	return false
 }

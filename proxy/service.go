@@ -13,7 +13,14 @@ import (
 
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/sched"
 )
+
+// errNoServer: every server is down, quiescent, full or already tried.
+var errNoServer = errors.New("no real server is available")
+
+// errBelowQuorum: the available servers' weights are below the quorum.
+var errBelowQuorum = errors.New("the service is below its quorum")
 
 // failTimeout is how long a server that refused or timed out a connect is
 // skipped for new clients (nginx's fail_timeout, with max_fails=1). Its
@@ -42,7 +49,7 @@ type serviceState struct {
 	cfg        config.Service
 	servers    []*Server
 	byAddr     map[netip.AddrPort]*Server
-	sched      Scheduler
+	sched      sched.Scheduler[*Server]
 	persistent bool
 	ref        affinity.ServiceRef
 	mask       affinity.Mask
@@ -103,11 +110,11 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (
 			st.sorry = newServer(addr, 1, 0)
 		}
 	}
-	sched, err := NewScheduler(SchedulerName(cfg.Scheduler), st.servers)
+	sc, err := sched.New(sched.Name(cfg.Scheduler), st.servers)
 	if err != nil {
 		return nil, fmt.Errorf("service %s: %w", cfg.Name, err)
 	}
-	st.sched = sched
+	st.sched = sc
 	if ps := cfg.Persistence; ps != nil {
 		st.persistent = true
 		st.mask = ps.Mask()
@@ -161,7 +168,7 @@ func (st *serviceState) quorate() bool {
 // force now, for when a weight changed without a reload.
 func (st *serviceState) rescheduled() *serviceState {
 	next := *st
-	next.sched, _ = NewScheduler(SchedulerName(st.cfg.Scheduler), st.servers) // the name was valid for st
+	next.sched, _ = sched.New(sched.Name(st.cfg.Scheduler), st.servers) // the name was valid for st
 	return &next
 }
 

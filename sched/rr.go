@@ -1,4 +1,4 @@
-package proxy
+package sched
 
 import (
 	"net/netip"
@@ -7,21 +7,21 @@ import (
 
 // rr is round robin: each available server in turn, weights ignored
 // except that weight 0 takes no new clients.
-type rr struct {
-	servers []*Server
+type rr[S Server] struct {
+	servers []S
 	next    atomic.Uint64
 }
 
-func newRR(servers []*Server) *rr { return &rr{servers: servers} }
+func newRR[S Server](servers []S) *rr[S] { return &rr[S]{servers: servers} }
 
-func (r *rr) Pick(_ netip.Addr, skip []*Server) *Server {
+func (r *rr[S]) Pick(_ netip.Addr, skip []S) S {
 	n := uint64(len(r.servers))
 	start := r.next.Add(1)
 	for i := range n {
-		s := r.servers[(start+i)%n]
-		if s.available() && !skipped(s, skip) {
+		if s := r.servers[(start+i)%n]; usable(s, skip) {
 			return s
 		}
 	}
-	return nil
+	var none S
+	return none
 }

@@ -1,4 +1,4 @@
-package proxy
+package sched
 
 import "net/netip"
 
@@ -12,13 +12,13 @@ const mhSize = 65537
 // depend only on the servers' addresses, so every tether instance with the
 // same servers builds the same table and sends a client to the same
 // server without sharing state.
-type mh struct {
-	table []*Server
-	live  []*Server // weight above 0, in the table
+type mh[S Server] struct {
+	table []int32 // index into live
+	live  []S     // weight above 0, in the table
 }
 
-func newMH(servers []*Server) *mh {
-	var live []*Server
+func newMH[S Server](servers []S) *mh[S] {
+	var live []S
 	g := 0
 	for _, s := range servers {
 		if w := s.Weight(); w > 0 {
@@ -26,17 +26,20 @@ func newMH(servers []*Server) *mh {
 			g = gcd(g, w)
 		}
 	}
-	t := &mh{table: make([]*Server, mhSize), live: live}
+	t := &mh[S]{table: make([]int32, mhSize), live: live}
 	if len(live) == 0 {
 		return t
+	}
+	for i := range t.table {
+		t.table[i] = -1
 	}
 	offset := make([]uint64, len(live))
 	skip := make([]uint64, len(live))
 	next := make([]uint64, len(live))
 	turns := make([]int, len(live))
 	for i, s := range live {
-		offset[i] = hashAddrPort(s.Addr, 1) % mhSize
-		skip[i] = hashAddrPort(s.Addr, 2)%(mhSize-1) + 1
+		offset[i] = hashAddrPort(s.Address(), 1) % mhSize
+		skip[i] = hashAddrPort(s.Address(), 2)%(mhSize-1) + 1
 		turns[i] = s.Weight() / g
 	}
 	filled := 0
@@ -47,8 +50,8 @@ func newMH(servers []*Server) *mh {
 				for {
 					c := (offset[i] + next[i]*skip[i]) % mhSize
 					next[i]++
-					if t.table[c] == nil {
-						t.table[c] = live[i]
+					if t.table[c] < 0 {
+						t.table[c] = int32(i)
 						filled++
 						break
 					}
@@ -62,24 +65,24 @@ func newMH(servers []*Server) *mh {
 	return t
 }
 
-func (t *mh) Pick(client netip.Addr, skip []*Server) *Server {
+func (t *mh[S]) Pick(client netip.Addr, skip []S) S {
+	var none S
 	if len(t.live) == 0 {
-		return nil
+		return none
 	}
 	// The client's entry; if its server is unavailable, rehash with
 	// another seed (IPVS's mh-fallback), which spreads the displaced
 	// clients over the others instead of piling them on one neighbour.
 	for seed := range uint64(16) {
-		s := t.table[hashAddr(client, seed+mhFallbackSeed)%mhSize]
-		if s.available() && !skipped(s, skip) {
+		if s := t.live[t.table[hashAddr(client, seed+mhFallbackSeed)%mhSize]]; usable(s, skip) {
 			return s
 		}
 	}
 	// Still none: any available server.
 	for _, s := range t.live {
-		if s.available() && !skipped(s, skip) {
+		if usable(s, skip) {
 			return s
 		}
 	}
-	return nil
+	return none
 }

@@ -1,20 +1,21 @@
-package proxy
+package sched
 
 import "net/netip"
 
 // lc is least connection: the available server with the fewest open
 // connections; weights only matter as 0 = no new clients.
-type lc []*Server
+type lc[S Server] []S
 
-func (l lc) Pick(_ netip.Addr, skip []*Server) *Server {
-	var best *Server
+func (l lc[S]) Pick(_ netip.Addr, skip []S) S {
+	var best S
 	var bestConns int
+	found := false
 	for _, s := range l {
-		if !s.available() || skipped(s, skip) {
+		if !usable(s, skip) {
 			continue
 		}
-		if c := s.Conns(); best == nil || c < bestConns {
-			best, bestConns = s, c
+		if c := s.Conns(); !found || c < bestConns {
+			best, bestConns, found = s, c, true
 		}
 	}
 	return best

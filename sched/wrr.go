@@ -1,4 +1,4 @@
-package proxy
+package sched
 
 import (
 	"net/netip"
@@ -7,15 +7,15 @@ import (
 
 // wrr is IPVS's weighted round robin: servers in turn, each as often as its
 // weight, interleaved (weights 4,3,2 give a a b a b c a b c).
-type wrr struct {
+type wrr[S Server] struct {
 	mu      sync.Mutex
-	servers []*Server
+	servers []S
 	i, cw   int // current index and current weight
 	mw, di  int // max weight and gcd of the weights
 }
 
-func newWRR(servers []*Server) *wrr {
-	w := &wrr{servers: servers, i: -1}
+func newWRR[S Server](servers []S) *wrr[S] {
+	w := &wrr[S]{servers: servers, i: -1}
 	for _, s := range servers {
 		if wt := s.Weight(); wt > 0 {
 			w.mw = max(w.mw, wt)
@@ -25,12 +25,13 @@ func newWRR(servers []*Server) *wrr {
 	return w
 }
 
-func (w *wrr) Pick(_ netip.Addr, skip []*Server) *Server {
+func (w *wrr[S]) Pick(_ netip.Addr, skip []S) S {
+	var none S
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	n := len(w.servers)
 	if n == 0 || w.mw == 0 {
-		return nil
+		return none
 	}
 	// One full cycle of the sequence is n × mw/di steps; past it every
 	// server was looked at and none fits.
@@ -42,10 +43,9 @@ func (w *wrr) Pick(_ netip.Addr, skip []*Server) *Server {
 				w.cw = w.mw
 			}
 		}
-		s := w.servers[w.i]
-		if s.Weight() >= w.cw && s.available() && !skipped(s, skip) {
+		if s := w.servers[w.i]; s.Weight() >= w.cw && usable(s, skip) {
 			return s
 		}
 	}
-	return nil
+	return none
 }

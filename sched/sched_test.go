@@ -1,19 +1,40 @@
-package proxy
+package sched
 
 import (
 	"fmt"
 	"math"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 )
 
-var allSchedulers = []SchedulerName{RoundRobin, WeightedRoundRobin, LeastConnection, WeightedLeastConnection, SourceHashing, MaglevHashing, ShortestExpectedDelay, NeverQueue}
+var allSchedulers = Names
 
-func servers(weights ...int) []*Server {
-	var out []*Server
+// server is a real server as the schedulers see it.
+type server struct {
+	Addr     netip.AddrPort
+	weight   int
+	maxConns int
+	conns    atomic.Int64
+	down     atomic.Bool
+}
+
+func (s *server) Weight() int             { return s.weight }
+func (s *server) Conns() int              { return int(s.conns.Load()) }
+func (s *server) Address() netip.AddrPort { return s.Addr }
+func (s *server) Available() bool {
+	return s.weight > 0 && !s.down.Load() && (s.maxConns == 0 || s.Conns() < s.maxConns)
+}
+
+func newServer(addr netip.AddrPort, weight, maxConns int) *server {
+	return &server{Addr: addr, weight: weight, maxConns: maxConns}
+}
+
+func servers(weights ...int) []*server {
+	var out []*server
 	for i, w := range weights {
 		out = append(out, newServer(netip.MustParseAddrPort(fmt.Sprintf("198.18.1.%d:80", i+1)), w, 0))
 	}
@@ -26,7 +47,7 @@ func clientN(i int) netip.Addr {
 
 // counts picks n times, opening a connection on each pick when hold is set
 // (so the connection-counting schedulers see their own choices).
-func counts(t *testing.T, s Scheduler, srv []*Server, n int, hold bool) []int {
+func counts(t *testing.T, s Scheduler[*server], srv []*server, n int, hold bool) []int {
 	t.Helper()
 	got := make([]int, len(srv))
 	for i := range n {
@@ -48,7 +69,7 @@ func counts(t *testing.T, s Scheduler, srv []*Server, n int, hold bool) []int {
 
 func TestSchedulerDistribution(t *testing.T) {
 	for _, tc := range []struct {
-		name    SchedulerName
+		name    Name
 		weights []int
 		hold    bool
 		want    []int
@@ -62,7 +83,7 @@ func TestSchedulerDistribution(t *testing.T) {
 	} {
 		t.Run(string(tc.name), func(t *testing.T) {
 			srv := servers(tc.weights...)
-			s, err := NewScheduler(tc.name, srv)
+			s, err := New(tc.name, srv)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -96,22 +117,22 @@ func TestNQPrefersIdle(t *testing.T) {
 	srv := servers(5, 1, 1)
 	srv[0].conns.Store(1)
 	srv[1].conns.Store(1)
-	if got := nq(srv).Pick(clientN(1), nil); got != srv[2] {
+	if got := nq[*server](srv).Pick(clientN(1), nil); got != srv[2] {
 		t.Errorf("nq picked %s, want the idle %s despite its weight", got.Addr, srv[2].Addr)
 	}
 	// sed picks by (conns+1)/weight instead: 2/5 < 1/1.
-	if got := sed(srv).Pick(clientN(1), nil); got != srv[0] {
+	if got := sed[*server](srv).Pick(clientN(1), nil); got != srv[0] {
 		t.Errorf("sed picked %s, want %s", got.Addr, srv[0].Addr)
 	}
 }
 
 func TestHashSchedulersAreStableAndWeighted(t *testing.T) {
-	for _, name := range []SchedulerName{SourceHashing, MaglevHashing} {
+	for _, name := range []Name{SourceHashing, MaglevHashing} {
 		t.Run(string(name), func(t *testing.T) {
 			srv := servers(1, 1, 2)
-			a, _ := NewScheduler(name, srv)
+			a, _ := New(name, srv)
 			// Another instance, built from equal servers, agrees.
-			b, _ := NewScheduler(name, servers(1, 1, 2))
+			b, _ := New(name, servers(1, 1, 2))
 			got := make([]int, 3)
 			const n = 40000
 			for i := range n {
@@ -168,7 +189,7 @@ func TestSchedulersHonourWeightZeroSkipAndAvailability(t *testing.T) {
 	for _, name := range allSchedulers {
 		t.Run(string(name), func(t *testing.T) {
 			srv := servers(1, 0, 1)
-			s, err := NewScheduler(name, srv)
+			s, err := New(name, srv)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -178,7 +199,7 @@ func TestSchedulersHonourWeightZeroSkipAndAvailability(t *testing.T) {
 				}
 			}
 			for i := range 50 {
-				if p := s.Pick(clientN(i), []*Server{srv[0]}); p != srv[2] {
+				if p := s.Pick(clientN(i), []*server{srv[0]}); p != srv[2] {
 					t.Fatalf("with server 1 skipped, picked %v", p)
 				}
 			}
@@ -188,7 +209,7 @@ func TestSchedulersHonourWeightZeroSkipAndAvailability(t *testing.T) {
 					t.Fatalf("with server 3 down, picked %v", p)
 				}
 			}
-			if p := s.Pick(clientN(1), []*Server{srv[0]}); p != nil {
+			if p := s.Pick(clientN(1), []*server{srv[0]}); p != nil {
 				t.Fatalf("nothing available, picked %s", p.Addr)
 			}
 		})
@@ -196,7 +217,7 @@ func TestSchedulersHonourWeightZeroSkipAndAvailability(t *testing.T) {
 }
 
 func TestSchedulerPerServerLimit(t *testing.T) {
-	srv := []*Server{newServer(netip.MustParseAddrPort("198.18.1.1:80"), 1, 2), newServer(netip.MustParseAddrPort("198.18.1.2:80"), 1, 0)}
+	srv := []*server{newServer(netip.MustParseAddrPort("198.18.1.1:80"), 1, 2), newServer(netip.MustParseAddrPort("198.18.1.2:80"), 1, 0)}
 	s := newRR(srv)
 	srv[0].conns.Store(2)
 	for i := range 10 {
@@ -207,7 +228,7 @@ func TestSchedulerPerServerLimit(t *testing.T) {
 }
 
 func TestUnknownScheduler(t *testing.T) {
-	_, err := NewScheduler("fastest", servers(1))
+	_, err := New("fastest", servers(1))
 	if diff := cmp.Diff(`unknown scheduler "fastest"`, fmt.Sprint(err)); diff != "" {
 		t.Error(diff)
 	}

@@ -1,4 +1,4 @@
-package proxy
+package sched
 
 import "net/netip"
 
@@ -9,17 +9,21 @@ const shBuckets = 256
 // servers in proportion to their weights; a client's address hashes to a
 // bucket. When the bucket's server is unavailable the following buckets
 // are tried (IPVS's sh-fallback).
-type sh struct{ buckets [shBuckets]*Server }
+type sh[S Server] struct {
+	buckets [shBuckets]S
+	empty   bool // no server has weight
+}
 
-func newSH(servers []*Server) *sh {
-	t := &sh{}
-	var live []*Server
+func newSH[S Server](servers []S) *sh[S] {
+	t := &sh[S]{}
+	var live []S
 	for _, s := range servers {
 		if s.Weight() > 0 {
 			live = append(live, s)
 		}
 	}
 	if len(live) == 0 {
+		t.empty = true
 		return t
 	}
 	// As IPVS: each server takes as many consecutive buckets as its weight,
@@ -35,16 +39,16 @@ func newSH(servers []*Server) *sh {
 	return t
 }
 
-func (t *sh) Pick(client netip.Addr, skip []*Server) *Server {
-	if t.buckets[0] == nil {
-		return nil
+func (t *sh[S]) Pick(client netip.Addr, skip []S) S {
+	var none S
+	if t.empty {
+		return none
 	}
 	h := hashAddr(client, 0)
 	for off := range uint64(shBuckets) {
-		s := t.buckets[(h+off)%shBuckets]
-		if s.available() && !skipped(s, skip) {
+		if s := t.buckets[(h+off)%shBuckets]; usable(s, skip) {
 			return s
 		}
 	}
-	return nil
+	return none
 }
