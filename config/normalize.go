@@ -1,0 +1,118 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/tetherlb/tether/affinity"
+)
+
+// normalize fills in every default, so that what `tether check` prints is
+// what runs. It runs only on a valid File.
+func (f *File) normalize() {
+	def(&f.Log.Level, "info")
+	def(&f.Log.Format, "text")
+	def(&f.Affinity.Capacity, affinity.DefaultCapacity)
+	def(&f.DrainTimeout, Duration(DefaultDrainTimeout))
+	def(&f.UDPMaxFlows, DefaultUDPMaxFlows)
+	if len(f.Marks) > 0 {
+		def(&f.TProxyPort, DefaultTProxyPort)
+	}
+	if len(f.TProxyIngress) > 0 {
+		def(&f.TProxyRouteTable, 100)
+		def(&f.TProxyRulePriority, 1000)
+	}
+	def(&f.Mode, ModeProxy)
+	director := false
+	for i := range f.Services {
+		s := &f.Services[i]
+		def(&s.Mode, f.Mode)
+		director = director || s.Mode == ModeDirector
+		def(&s.Protocol, "tcp")
+		def(&s.Scheduler, DefaultScheduler)
+		if s.Listen != "" {
+			s.Listen = serverKeyString(s.Listen)
+		}
+		if ps := s.Persistence; ps != nil {
+			def(&ps.Timeout, Duration(affinity.DefaultTimeout))
+			m, _ := affinity.ParseMask(ps.Netmask, ps.Netmask6)
+			ps.Netmask = strings.Split(m.String(), "/")[0]
+			ps.Netmask6 = strconv.Itoa(m.Bits6())
+		}
+		def(&s.Limits.ConnectTimeout, Duration(DefaultConnectTimeout))
+		def(&s.Limits.ConnectAttempts, DefaultConnectAttempts)
+		if s.Protocol == "udp" {
+			def(&s.Limits.IdleTimeout, Duration(DefaultUDPIdleTimeout))
+			def(&s.Limits.MaxFlows, DefaultMaxFlows)
+		}
+		s.HealthCheck.normalize()
+		if s.SorryServer != "" {
+			s.SorryServer = serverKeyString(s.SorryServer)
+		}
+		for j := range s.Servers {
+			sv := &s.Servers[j]
+			sv.HealthCheck.normalize()
+			if sv.Weight == nil {
+				w := 1
+				sv.Weight = &w
+			}
+			sv.Address = serverKeyString(sv.Address)
+		}
+	}
+	if director {
+		d := &f.Director
+		def(&d.Queues, 1)
+		def(&d.QueueLength, DefaultQueueLength)
+		def(&d.MarkBase, DefaultMarkBase)
+		def(&d.ExpireNodest, "keep")
+	}
+}
+
+// def sets *p to v when it is the zero value (unset in the file).
+func def[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
+}
+
+// normalize fills in a health check's defaults; nil stays nil.
+func (hc *HealthCheck) normalize() {
+	if hc == nil {
+		return
+	}
+	def(&hc.Interval, Duration(DefaultCheckInterval))
+	def(&hc.Timeout, Duration(DefaultCheckTimeout))
+	def(&hc.Rise, DefaultRise)
+	def(&hc.Fall, DefaultFall)
+	def(&hc.Start, "up")
+	if hc.Type == "http" {
+		def(&hc.Path, "/")
+		def(&hc.ExpectStatus, "200-399")
+	}
+}
+
+// serverKeyString is a server address in normal form: IPv4-mapped
+// addresses unmapped, with or without a port.
+func serverKeyString(addr string) string {
+	ap, _ := ParseServer(addr) // validated
+	if ap.Port() == 0 {
+		return ap.Addr().String()
+	}
+	return ap.String()
+}
+
+// ParseServer reads a server address: address:port, or an address alone
+// (port 0: a mark service's server, which keeps the client's port).
+// IPv4-mapped addresses are unmapped, so that a server has one form.
+func ParseServer(s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(a.Unmap(), 0), nil
+	}
+	return netip.AddrPort{}, fmt.Errorf("server %q is not an address or address:port", s)
+}

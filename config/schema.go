@@ -1,0 +1,267 @@
+package config
+
+import (
+	"time"
+
+	"github.com/tetherlb/tether/affinity"
+)
+
+// File is the whole configuration file.
+type File struct {
+	// Log holds the log settings; the command-line flags override them.
+	Log Log `yaml:"log,omitempty"`
+	// Snapshot is where persistence templates are saved on stop and
+	// restored from on start. Empty: no snapshot.
+	Snapshot string `yaml:"snapshot,omitempty"`
+	// Metrics, when Listen is set, serves Prometheus text at /metrics.
+	Metrics Metrics `yaml:"metrics,omitempty"`
+	// Admin is the admin API: tether ls, affinity, server set, reload.
+	Admin Admin `yaml:"admin,omitempty"`
+	// Affinity sizes the persistence table.
+	Affinity Affinity `yaml:"affinity,omitempty"`
+	// DrainTimeout is how long a stop waits for open connections (default 30s).
+	DrainTimeout Duration `yaml:"drain_timeout,omitempty"`
+	// MarkMask is the part of the packet mark tether owns (default all 32
+	// bits); the rest stays with other users of the host.
+	MarkMask uint32 `yaml:"mark_mask,omitempty"`
+	// Marks are the firewall-mark classes: which flows get which mark.
+	Marks []MarkClass `yaml:"marks,omitempty"`
+	// TProxyPort is the port of the transparent listener that mark
+	// services' TCP flows are TPROXYed to (default 20080 when there are
+	// marks: below Linux's ephemeral range, 32768-60999, where an
+	// outgoing connection could already hold it).
+	TProxyPort uint16 `yaml:"tproxy_port,omitempty"`
+	// TProxyIngress names the interfaces clients come in through, for the
+	// policy routing a VIP that is not a local address needs (ip rule iif
+	// IF fwmark M lookup TABLE). Empty: no policy routing (local VIPs).
+	TProxyIngress []string `yaml:"tproxy_ingress,omitempty"`
+	// TProxyRouteTable and TProxyRulePriority place that routing; default
+	// 100 and 1000.
+	TProxyRouteTable   int `yaml:"tproxy_route_table,omitempty"`
+	TProxyRulePriority int `yaml:"tproxy_rule_priority,omitempty"`
+	// UDPMaxFlows bounds the UDP flows of all services together (default
+	// 262144); each service has its own limits.max_flows too.
+	UDPMaxFlows int `yaml:"udp_max_flows,omitempty"`
+	// Mode is the data path of services that name none: proxy (default)
+	// or director.
+	Mode string `yaml:"mode,omitempty"`
+	// Director sets up the NFQUEUE director, for services in mode director.
+	Director Director  `yaml:"director,omitempty"`
+	Services []Service `yaml:"services"`
+}
+
+// Director settings: how new flows reach tether and what the kernel does
+// with the rest.
+type Director struct {
+	// Queue is the first NFQUEUE number (default 0) and Queues how many
+	// (default 1); the kernel spreads flows over them by hash, or by CPU
+	// with CPUFanout. tether reads each on its own goroutine.
+	Queue     uint16 `yaml:"queue,omitempty"`
+	Queues    uint16 `yaml:"queues,omitempty"`
+	CPUFanout bool   `yaml:"cpu_fanout,omitempty"`
+	// QueueLength is the packets a queue holds before the kernel drops (or,
+	// fail-open, accepts) new flows (default 4096).
+	QueueLength uint32 `yaml:"queue_length,omitempty"`
+	// FailOpen: when no tether reads the queue or it is full, new flows go
+	// to a server the kernel picks by hashing the masked client address;
+	// otherwise they are dropped (the client retries its SYN).
+	FailOpen bool `yaml:"fail_open,omitempty"`
+	// Masquerade rewrites the source of director flows to the balancer's
+	// address, for servers that do not route back through it (one arm).
+	Masquerade bool `yaml:"masquerade,omitempty"`
+	// MarkBase is the first packet mark that names a server choice
+	// (default 0x7e000000); one mark per server of each director service
+	// follows it.
+	MarkBase uint32 `yaml:"mark_base,omitempty"`
+	// ExpireNodest is what happens to open flows of a server removed on
+	// reload: keep (default: they run on) or reset (their conntrack
+	// entries are deleted, as IPVS's expire_nodest_conn).
+	ExpireNodest string `yaml:"expire_nodest,omitempty"`
+}
+
+// MarkClass is one firewall-mark class.
+type MarkClass struct {
+	Name      string   `yaml:"name"`
+	Mark      uint32   `yaml:"mark"`
+	Protocol  string   `yaml:"protocol,omitempty"` // tcp (default), udp or both
+	Addresses []string `yaml:"addresses"`          // destination addresses or prefixes
+	Ports     []string `yaml:"ports"`              // 80, 30000-30099, or all
+}
+
+// Log settings.
+type Log struct {
+	Level  string `yaml:"level,omitempty"`  // debug, info (default), warn, error
+	Format string `yaml:"format,omitempty"` // text (default) or json
+}
+
+// Metrics settings. Metrics are collected when Enabled or Listen is set,
+// and then served on the admin API's /metrics too.
+type Metrics struct {
+	Enabled bool   `yaml:"enabled,omitempty"`
+	Listen  string `yaml:"listen,omitempty"` // host:port; empty: no metrics endpoint of its own
+}
+
+// Admin settings.
+type Admin struct {
+	// Socket is the admin API's unix socket (mode 0600); "off" turns it
+	// off. Default: /run/tether/admin.sock for root, else
+	// $XDG_RUNTIME_DIR/tether/admin.sock (or /tmp/tether-UID/admin.sock).
+	Socket string `yaml:"socket,omitempty"`
+	// Listen serves the API on a TCP address too, to holders of the
+	// bearer token in TokenFile.
+	Listen    string `yaml:"listen,omitempty"`
+	TokenFile string `yaml:"token_file,omitempty"`
+}
+
+// Affinity settings.
+type Affinity struct {
+	Capacity int `yaml:"capacity,omitempty"` // templates; default 1048576
+}
+
+// Service is a virtual service.
+type Service struct {
+	Name     string `yaml:"name"`
+	Protocol string `yaml:"protocol,omitempty"` // tcp (default) or udp
+	Listen   string `yaml:"listen,omitempty"`   // VIP:port; or Fwmark
+	// Fwmark makes this a firewall-mark service: the flows of the mark
+	// class with this mark, on every address, port and protocol it covers.
+	Fwmark      uint32       `yaml:"fwmark,omitempty"`
+	Scheduler   string       `yaml:"scheduler,omitempty"`
+	Persistence *Persistence `yaml:"persistence,omitempty"`
+	// OnePacket schedules every datagram on its own and keeps no flow
+	// (ipvsadm's -o, for DNS-like traffic); udp only.
+	OnePacket bool `yaml:"one_packet,omitempty"`
+	// Mode is the data path: proxy (socket proxy, default) or director
+	// (NFQUEUE: tether picks the server of a new flow, the kernel
+	// forwards it).
+	Mode   string `yaml:"mode,omitempty"`
+	Limits Limits `yaml:"limits,omitempty"`
+	// HealthCheck probes every server that has none of its own.
+	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
+	// InhibitOnFailure: a server that fails its check gets weight 0
+	// (quiescent: its templates and connections stay, it takes no new
+	// clients) instead of going down (its templates are dropped and its
+	// clients rescheduled). keepalived's inhibit_on_failure.
+	InhibitOnFailure bool `yaml:"inhibit_on_failure,omitempty"`
+	// SorryServer takes the service's new clients while no server is
+	// available or the service is below quorum; it gets no templates.
+	SorryServer string `yaml:"sorry_server,omitempty"`
+	// Quorum is the least total weight of available servers the service
+	// runs on; below it new clients go to the sorry server, or are refused
+	// without one. 0: no quorum.
+	Quorum  int      `yaml:"quorum,omitempty"`
+	Servers []Server `yaml:"servers"`
+}
+
+// HealthCheck probes a real server every Interval; Fall failures in a row
+// take it down, Rise successes in a row bring it back.
+type HealthCheck struct {
+	// Type is tcp (connect), http (GET Path, status in ExpectStatus, body
+	// containing ExpectBody), udp (send Send, a reply containing Expect)
+	// or exec (Command exits 0).
+	Type     string   `yaml:"type"`
+	Interval Duration `yaml:"interval,omitempty"` // default 5s
+	Timeout  Duration `yaml:"timeout,omitempty"`  // default 2s
+	Rise     int      `yaml:"rise,omitempty"`     // default 2
+	Fall     int      `yaml:"fall,omitempty"`     // default 3
+	// Start is the state before the first verdict: up (default) or down
+	// (keepalived's alpha: no client until Rise checks pass).
+	Start string `yaml:"start,omitempty"`
+	// Port probes this port instead of the server's (keepalived's
+	// connect_port); needed for a mark service's server without a port.
+	Port         uint16 `yaml:"port,omitempty"`
+	Path         string `yaml:"path,omitempty"`          // http; default /
+	Host         string `yaml:"host,omitempty"`          // http Host header; default the server's address
+	ExpectStatus string `yaml:"expect_status,omitempty"` // http; 200-399 (default), or one code
+	ExpectBody   string `yaml:"expect_body,omitempty"`   // http; a substring of the body
+	Send         string `yaml:"send,omitempty"`          // udp payload
+	Expect       string `yaml:"expect,omitempty"`        // udp; a substring of the reply (empty: any reply)
+	// Command is exec's argv; it runs with TETHER_SERVER (address:port),
+	// TETHER_SERVER_ADDR and TETHER_SERVER_PORT in its environment.
+	Command []string `yaml:"command,omitempty"`
+}
+
+// Persistence makes a service persistent; absent, every connection is
+// scheduled on its own.
+type Persistence struct {
+	Timeout         Duration `yaml:"timeout,omitempty"`  // default 300s
+	Netmask         string   `yaml:"netmask,omitempty"`  // IPv4: dotted mask or prefix length; default 255.255.255.255
+	Netmask6        string   `yaml:"netmask6,omitempty"` // IPv6 prefix length 1..128; default 128
+	ExpireQuiescent bool     `yaml:"expire_quiescent,omitempty"`
+}
+
+// Limits bound a service. Zero means no limit, except for the timeouts and
+// attempts, which have defaults.
+type Limits struct {
+	MaxConnections          int      `yaml:"max_connections,omitempty"`
+	MaxConnectionsPerServer int      `yaml:"max_connections_per_server,omitempty"`
+	ConnectTimeout          Duration `yaml:"connect_timeout,omitempty"`  // default 5s
+	ConnectAttempts         int      `yaml:"connect_attempts,omitempty"` // servers tried per connection, default 3
+	IdleTimeout             Duration `yaml:"idle_timeout,omitempty"`     // default 0: none for tcp, 300s for a udp flow
+	MaxFlows                int      `yaml:"max_flows,omitempty"`        // udp flows kept; default 65536
+}
+
+// Server is a real server.
+type Server struct {
+	Address string `yaml:"address"`
+	Weight  *int   `yaml:"weight,omitempty"` // 0..65535, default 1; 0 is quiescent
+	// HealthCheck replaces the service's for this server.
+	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
+}
+
+// Defaults.
+const (
+	DefaultScheduler       = "wlc"
+	DefaultConnectTimeout  = 5 * time.Second
+	DefaultConnectAttempts = 3
+	DefaultDrainTimeout    = 30 * time.Second
+	DefaultTProxyPort      = 20080
+	DefaultUDPIdleTimeout  = 300 * time.Second
+	DefaultMaxFlows        = 65536
+	DefaultUDPMaxFlows     = 262144
+	DefaultQueueLength     = 4096
+	DefaultMarkBase        = 0x7e000000
+	DefaultCheckInterval   = 5 * time.Second
+	DefaultCheckTimeout    = 2 * time.Second
+	DefaultRise            = 2
+	DefaultFall            = 3
+)
+
+// CheckTypes are the health check types.
+var CheckTypes = []string{"tcp", "http", "udp", "exec"}
+
+// Data path modes.
+const (
+	ModeProxy    = "proxy"
+	ModeDirector = "director"
+)
+
+// Schedulers are the scheduler names a service may use (IPVS's).
+var Schedulers = []string{"rr", "wrr", "lc", "wlc", "sh", "mh", "sed", "nq"}
+
+// ServiceMode is s's data path in f: its own mode, else the file's.
+func (f *File) ServiceMode(s Service) string {
+	switch {
+	case s.Mode != "":
+		return s.Mode
+	case f.Mode != "":
+		return f.Mode
+	}
+	return ModeProxy
+}
+
+// Check is the health check of server sv of s: its own, else the
+// service's; nil when neither has one.
+func (s *Service) Check(sv Server) *HealthCheck {
+	if sv.HealthCheck != nil {
+		return sv.HealthCheck
+	}
+	return s.HealthCheck
+}
+
+// Mask is the service's persistence mask; the zero Mask when not
+// persistent.
+func (p *Persistence) Mask() affinity.Mask {
+	m, _ := affinity.ParseMask(p.Netmask, p.Netmask6)
+	return m
+}

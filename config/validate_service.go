@@ -1,0 +1,227 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/tetherlb/tether/affinity"
+)
+
+func (v *validator) checkService(p string, s *Service, names, listens map[string]string) {
+	switch {
+	case s.Name == "":
+		v.errf(p+".name", "missing: every service needs a name")
+	case names[s.Name] != "":
+		v.errf(p+".name", "duplicate service name %q (also %s)", s.Name, names[s.Name])
+	default:
+		names[s.Name] = p
+	}
+	switch s.Protocol {
+	case "", "tcp":
+		if s.OnePacket {
+			v.errf(p+".one_packet", "is for udp services")
+		}
+	case "udp":
+		if s.Fwmark != 0 {
+			v.errf(p+".protocol", "a mark service takes its protocols from its class: leave protocol out")
+		}
+	default:
+		v.errf(p+".protocol", "%q is not tcp or udp", s.Protocol)
+	}
+	if s.Limits.MaxFlows < 0 {
+		v.errf(p+".limits.max_flows", "is negative")
+	}
+	switch s.Mode {
+	case "", ModeProxy:
+	case ModeDirector:
+		if s.OnePacket {
+			v.errf(p+".one_packet", "is for the socket proxy: the director keeps each flow in conntrack")
+		}
+		if vip, err := netip.ParseAddrPort(s.Listen); err == nil {
+			for j, sv := range s.Servers {
+				if a, err := netip.ParseAddrPort(sv.Address); err == nil && a.Addr().Unmap().Is4() != vip.Addr().Unmap().Is4() {
+					v.errf(fmt.Sprintf("%s.servers[%d].address", p, j), "%s: the director rewrites addresses and cannot cross from an %s VIP to an %s server (the socket proxy can)", sv.Address, family(vip.Addr()), family(a.Addr()))
+				}
+			}
+			if a, err := netip.ParseAddrPort(s.SorryServer); err == nil && a.Addr().Unmap().Is4() != vip.Addr().Unmap().Is4() {
+				v.errf(p+".sorry_server", "%s: the director cannot cross from an %s VIP to an %s server", s.SorryServer, family(vip.Addr()), family(a.Addr()))
+			}
+		}
+	default:
+		v.errf(p+".mode", "%q is not proxy or director", s.Mode)
+	}
+	switch {
+	case s.Listen != "" && s.Fwmark != 0:
+		v.errf(p+".fwmark", "a service has either listen or fwmark, not both")
+	case s.Listen == "" && s.Fwmark == 0:
+		v.errf(p+".listen", "missing: the VIP:port clients connect to (or fwmark: the mark of a class)")
+	case s.Listen != "":
+		v.checkListen(p, s, listens)
+	}
+	if s.Scheduler != "" && !contains(Schedulers, s.Scheduler) {
+		v.errf(p+".scheduler", "%q is not one of %s", s.Scheduler, strings.Join(Schedulers, ", "))
+	}
+	if ps := s.Persistence; ps != nil {
+		if ps.Timeout < 0 {
+			v.errf(p+".persistence.timeout", "%s is negative", ps.Timeout.D())
+		}
+		if ps.Netmask != "" {
+			if _, err := affinity.ParseMask4(ps.Netmask); err != nil {
+				v.errf(p+".persistence.netmask", "%v", err)
+			}
+		}
+		if ps.Netmask6 != "" {
+			if _, err := affinity.ParseMask6(ps.Netmask6); err != nil {
+				v.errf(p+".persistence.netmask6", "%v", err)
+			}
+		}
+	}
+	l := s.Limits
+	for _, c := range []struct {
+		key string
+		neg bool
+	}{
+		{"max_connections", l.MaxConnections < 0},
+		{"max_connections_per_server", l.MaxConnectionsPerServer < 0},
+		{"connect_timeout", l.ConnectTimeout < 0},
+		{"connect_attempts", l.ConnectAttempts < 0},
+		{"idle_timeout", l.IdleTimeout < 0},
+	} {
+		if c.neg {
+			v.errf(p+".limits."+c.key, "is negative")
+		}
+	}
+	if len(s.Servers) == 0 {
+		v.errf(p+".servers", "no servers")
+	}
+	seen := map[string]string{}
+	for j, sv := range s.Servers {
+		q := fmt.Sprintf("%s.servers[%d]", p, j)
+		k, ok := v.checkServer(q+".address", sv.Address, s.Fwmark != 0)
+		if ok {
+			if other := seen[k]; other != "" {
+				v.errf(q+".address", "server %s is listed twice (also %s)", k, other)
+			}
+			seen[k] = q
+		}
+		if sv.Weight != nil && (*sv.Weight < 0 || *sv.Weight > 65535) {
+			v.errf(q+".weight", "%d is outside 0..65535", *sv.Weight)
+		}
+		hc, at := s.HealthCheck, p+".health_check"
+		if sv.HealthCheck != nil {
+			hc, at = sv.HealthCheck, q+".health_check"
+			v.checkHealth(at, sv.HealthCheck)
+		}
+		if hc != nil && hc.Type != "exec" && hc.Port == 0 {
+			if _, err := netip.ParseAddrPort(sv.Address); err != nil && ok {
+				v.errf(at+".port", "missing: server %s has no port, so a %s check needs one", sv.Address, hc.Type)
+			}
+		}
+	}
+	if s.HealthCheck != nil {
+		v.checkHealth(p+".health_check", s.HealthCheck)
+	}
+	v.checkSorry(p, s)
+}
+
+// checkSorry validates the sorry server and the quorum.
+func (v *validator) checkSorry(p string, s *Service) {
+	if s.SorryServer != "" {
+		if k, ok := v.checkServer(p+".sorry_server", s.SorryServer, s.Fwmark != 0); ok {
+			for _, sv := range s.Servers {
+				if a, err := netip.ParseAddrPort(sv.Address); err == nil && a.String() == k || sv.Address == k {
+					v.errf(p+".sorry_server", "%s is also one of the service's servers", k)
+				}
+			}
+		}
+	}
+	total := 0
+	for _, sv := range s.Servers {
+		if sv.Weight == nil {
+			total++
+		} else {
+			total += *sv.Weight
+		}
+	}
+	switch {
+	case s.Quorum < 0:
+		v.errf(p+".quorum", "%d is negative", s.Quorum)
+	case s.Quorum > total && len(s.Servers) > 0:
+		v.errf(p+".quorum", "%d is more than the servers' total weight %d: the service could never run", s.Quorum, total)
+	}
+}
+
+// checkHealth validates one health check, including fields that do not
+// belong to its type.
+func (v *validator) checkHealth(p string, hc *HealthCheck) {
+	if !contains(CheckTypes, hc.Type) {
+		if hc.Type == "" {
+			v.errf(p+".type", "missing: one of %s", strings.Join(CheckTypes, ", "))
+		} else {
+			v.errf(p+".type", "%q is not one of %s", hc.Type, strings.Join(CheckTypes, ", "))
+		}
+		return
+	}
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{{"interval", hc.Interval}, {"timeout", hc.Timeout}} {
+		if d.v < 0 {
+			v.errf(p+"."+d.key, "%s is negative", d.v.D())
+		}
+	}
+	if hc.Rise < 0 {
+		v.errf(p+".rise", "%d is negative", hc.Rise)
+	}
+	if hc.Fall < 0 {
+		v.errf(p+".fall", "%d is negative", hc.Fall)
+	}
+	if hc.Start != "" && hc.Start != "up" && hc.Start != "down" {
+		v.errf(p+".start", "%q is not up or down", hc.Start)
+	}
+	only := func(key, typ string, set bool) {
+		if set && hc.Type != typ {
+			v.errf(p+"."+key, "is for %s checks, and this one is %s", typ, hc.Type)
+		}
+	}
+	only("path", "http", hc.Path != "")
+	only("host", "http", hc.Host != "")
+	only("expect_status", "http", hc.ExpectStatus != "")
+	only("expect_body", "http", hc.ExpectBody != "")
+	only("send", "udp", hc.Send != "")
+	only("expect", "udp", hc.Expect != "")
+	only("command", "exec", len(hc.Command) > 0)
+	if hc.Type == "exec" {
+		if len(hc.Command) == 0 || hc.Command[0] == "" {
+			v.errf(p+".command", "missing: the program to run and its arguments")
+		}
+		if hc.Port != 0 {
+			v.errf(p+".port", "is for tcp, http and udp checks")
+		}
+	}
+	if hc.Path != "" && !strings.HasPrefix(hc.Path, "/") {
+		v.errf(p+".path", "%q does not start with /", hc.Path)
+	}
+	if hc.ExpectStatus != "" {
+		if _, _, err := ParseStatusRange(hc.ExpectStatus); err != nil {
+			v.errf(p+".expect_status", "%v", err)
+		}
+	}
+}
+
+// ParseStatusRange reads an HTTP status range: "200" or "200-399".
+func ParseStatusRange(s string) (lo, hi int, err error) {
+	a, b, isRange := strings.Cut(s, "-")
+	lo, err1 := strconv.Atoi(strings.TrimSpace(a))
+	hi = lo
+	var err2 error
+	if isRange {
+		hi, err2 = strconv.Atoi(strings.TrimSpace(b))
+	}
+	if err1 != nil || err2 != nil || lo < 100 || hi > 599 || lo > hi {
+		return 0, 0, fmt.Errorf("%q is not a status code or range such as 200 or 200-399", s)
+	}
+	return lo, hi, nil
+}
