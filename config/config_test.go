@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/tetherlb/tether/affinity"
 )
 
 const good = `
@@ -36,6 +39,9 @@ services:
       - address: "[2001:db8::1:1]:443"
 `
 
+// parsed compares the values Parse parses (addresses, masks) by ==.
+var parsed = cmpopts.EquateComparable(netip.AddrPort{}, netip.Addr{}, netip.Prefix{}, affinity.Mask{})
+
 func TestParseNormalizes(t *testing.T) {
 	f, err := Parse("tether.yaml", []byte(good))
 	if err != nil {
@@ -51,22 +57,22 @@ func TestParseNormalizes(t *testing.T) {
 		UDPMaxFlows:  262144,
 		Mode:         "proxy",
 		Services: []Service{{
-			Name: "web", Protocol: "tcp", Listen: "198.18.0.10:80", Scheduler: "mh", Mode: "proxy",
-			Persistence: &Persistence{Timeout: Duration(600 * time.Second), Netmask: "255.255.255.0", Netmask6: "128"},
+			Name: "web", Protocol: "tcp", Listen: "198.18.0.10:80", VIP: netip.MustParseAddrPort("198.18.0.10:80"), Scheduler: "mh", Mode: "proxy",
+			Persistence: &Persistence{Timeout: Duration(600 * time.Second), Netmask: "255.255.255.0", Netmask6: "128", Mask: mask("255.255.255.0", "")},
 			Limits:      Limits{ConnectTimeout: Duration(5 * time.Second), ConnectAttempts: 3},
 			Servers: []Server{
-				{Address: "198.18.1.1:8080", Weight: &three},
-				{Address: "198.18.1.2:8080", Weight: &one},
-				{Address: "198.18.1.3:8080", Weight: &zero},
+				{Address: "198.18.1.1:8080", Addr: netip.MustParseAddrPort("198.18.1.1:8080"), Weight: &three},
+				{Address: "198.18.1.2:8080", Addr: netip.MustParseAddrPort("198.18.1.2:8080"), Weight: &one},
+				{Address: "198.18.1.3:8080", Addr: netip.MustParseAddrPort("198.18.1.3:8080"), Weight: &zero},
 			},
 		}, {
-			Name: "api6", Protocol: "tcp", Listen: "[2001:db8::10]:443", Scheduler: "wlc", Mode: "proxy",
-			Persistence: &Persistence{Timeout: Duration(300 * time.Second), Netmask: "255.255.255.255", Netmask6: "64"},
+			Name: "api6", Protocol: "tcp", Listen: "[2001:db8::10]:443", VIP: netip.MustParseAddrPort("[2001:db8::10]:443"), Scheduler: "wlc", Mode: "proxy",
+			Persistence: &Persistence{Timeout: Duration(300 * time.Second), Netmask: "255.255.255.255", Netmask6: "64", Mask: mask("", "64")},
 			Limits:      Limits{MaxConnections: 100, ConnectTimeout: Duration(2 * time.Second), ConnectAttempts: 3},
-			Servers:     []Server{{Address: "[2001:db8::1:1]:443", Weight: &one}},
+			Servers:     []Server{{Address: "[2001:db8::1:1]:443", Addr: netip.MustParseAddrPort("[2001:db8::1:1]:443"), Weight: &one}},
 		}},
 	}
-	if diff := cmp.Diff(want, f); diff != "" {
+	if diff := cmp.Diff(want, f, parsed); diff != "" {
 		t.Errorf("Parse (-want +got):\n%s", diff)
 	}
 	// The normalized form parses back to itself.
@@ -78,7 +84,7 @@ func TestParseNormalizes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("normalized config does not parse: %v\n%s", err, out)
 	}
-	if diff := cmp.Diff(f, again); diff != "" {
+	if diff := cmp.Diff(f, again, parsed); diff != "" {
 		t.Errorf("round trip (-want +got):\n%s", diff)
 	}
 }
@@ -170,7 +176,7 @@ func TestDirectorDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := []string{f.Services[0].Mode, f.Services[1].Mode}; got[0] != "director" || got[1] != "proxy" {
+	if got := []Mode{f.Services[0].Mode, f.Services[1].Mode}; got[0] != "director" || got[1] != "proxy" {
 		t.Errorf("modes %v, want [director proxy]", got)
 	}
 	want := Director{Queues: 1, QueueLength: DefaultQueueLength, MarkBase: DefaultMarkBase, ExpireNodest: "keep"}
@@ -252,7 +258,7 @@ func TestParseMarks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set := f.MarkSet()
+	set := f.MarkSet
 	if len(set.Classes) != 2 || set.MarkMask() != 0xff00 {
 		t.Fatalf("MarkSet = %+v", set)
 	}
@@ -378,7 +384,15 @@ func TestHealthCheckDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatalf("normalized config does not parse: %v\n%s", err, out)
 	}
-	if diff := cmp.Diff(f, again); diff != "" {
+	if diff := cmp.Diff(f, again, parsed); diff != "" {
 		t.Errorf("round trip (-want +got):\n%s", diff)
 	}
+}
+
+func mask(v4, v6 string) affinity.Mask {
+	m, err := affinity.ParseMask(v4, v6)
+	if err != nil {
+		panic(err)
+	}
+	return m
 }

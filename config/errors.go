@@ -14,7 +14,13 @@ type Error struct {
 	Line int    // 0 when unknown
 	Key  string // e.g. services[1].servers[0].weight
 	Msg  string
+	// Err is the underlying error the message was made from, if any
+	// (a mask or port parser's), for errors.Is and errors.As.
+	Err error
 }
+
+// Unwrap is the underlying error, if any.
+func (e *Error) Unwrap() error { return e.Err }
 
 func (e *Error) Error() string {
 	var b strings.Builder

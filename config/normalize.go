@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/sched"
 )
 
 // normalize fills in every default, so that what `tether check` prints is
@@ -21,8 +22,8 @@ func (f *File) normalize() {
 		def(&f.TProxyPort, DefaultTProxyPort)
 	}
 	if len(f.TProxyIngress) > 0 {
-		def(&f.TProxyRouteTable, 100)
-		def(&f.TProxyRulePriority, 1000)
+		def(&f.TProxyRouteTable, DefaultTProxyRouteTable)
+		def(&f.TProxyRulePriority, DefaultTProxyRulePriority)
 	}
 	def(&f.Mode, ModeProxy)
 	director := false
@@ -30,26 +31,28 @@ func (f *File) normalize() {
 		s := &f.Services[i]
 		def(&s.Mode, f.Mode)
 		director = director || s.Mode == ModeDirector
-		def(&s.Protocol, "tcp")
-		def(&s.Scheduler, DefaultScheduler)
+		def(&s.Protocol, TCP)
+		def(&s.Scheduler, sched.Default)
 		if s.Listen != "" {
-			s.Listen = serverKeyString(s.Listen)
+			s.VIP = parsedServer(s.Listen)
+			s.Listen = s.VIP.String()
 		}
 		if ps := s.Persistence; ps != nil {
 			def(&ps.Timeout, Duration(affinity.DefaultTimeout))
-			m, _ := affinity.ParseMask(ps.Netmask, ps.Netmask6)
-			ps.Netmask = strings.Split(m.String(), "/")[0]
-			ps.Netmask6 = strconv.Itoa(m.Bits6())
+			ps.Mask, _ = affinity.ParseMask(ps.Netmask, ps.Netmask6) // validated
+			ps.Netmask = strings.Split(ps.Mask.String(), "/")[0]
+			ps.Netmask6 = strconv.Itoa(ps.Mask.Bits6())
 		}
 		def(&s.Limits.ConnectTimeout, Duration(DefaultConnectTimeout))
 		def(&s.Limits.ConnectAttempts, DefaultConnectAttempts)
-		if s.Protocol == "udp" {
+		if s.Protocol == UDP {
 			def(&s.Limits.IdleTimeout, Duration(DefaultUDPIdleTimeout))
 			def(&s.Limits.MaxFlows, DefaultMaxFlows)
 		}
 		s.HealthCheck.normalize()
 		if s.SorryServer != "" {
-			s.SorryServer = serverKeyString(s.SorryServer)
+			s.Sorry = parsedServer(s.SorryServer)
+			s.SorryServer = serverString(s.Sorry)
 		}
 		for j := range s.Servers {
 			sv := &s.Servers[j]
@@ -58,7 +61,8 @@ func (f *File) normalize() {
 				w := 1
 				sv.Weight = &w
 			}
-			sv.Address = serverKeyString(sv.Address)
+			sv.Addr = parsedServer(sv.Address)
+			sv.Address = serverString(sv.Addr)
 		}
 	}
 	if director {
@@ -66,7 +70,7 @@ func (f *File) normalize() {
 		def(&d.Queues, 1)
 		def(&d.QueueLength, DefaultQueueLength)
 		def(&d.MarkBase, DefaultMarkBase)
-		def(&d.ExpireNodest, "keep")
+		def(&d.ExpireNodest, ExpireKeep)
 	}
 }
 
@@ -87,17 +91,22 @@ func (hc *HealthCheck) normalize() {
 	def(&hc.Timeout, Duration(DefaultCheckTimeout))
 	def(&hc.Rise, DefaultRise)
 	def(&hc.Fall, DefaultFall)
-	def(&hc.Start, "up")
-	if hc.Type == "http" {
+	def(&hc.Start, StartUp)
+	if hc.Type == CheckHTTP {
 		def(&hc.Path, "/")
 		def(&hc.ExpectStatus, "200-399")
 	}
 }
 
-// serverKeyString is a server address in normal form: IPv4-mapped
-// addresses unmapped, with or without a port.
-func serverKeyString(addr string) string {
+// parsedServer is a validated address, parsed.
+func parsedServer(addr string) netip.AddrPort {
 	ap, _ := ParseServer(addr) // validated
+	return ap
+}
+
+// serverString is a server address in normal form: IPv4-mapped addresses
+// unmapped, without a port when it has none.
+func serverString(ap netip.AddrPort) string {
 	if ap.Port() == 0 {
 		return ap.Addr().String()
 	}

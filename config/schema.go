@@ -1,9 +1,12 @@
 package config
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/marks"
+	"github.com/tetherlb/tether/sched"
 )
 
 // File is the whole configuration file.
@@ -44,10 +47,13 @@ type File struct {
 	UDPMaxFlows int `yaml:"udp_max_flows,omitempty"`
 	// Mode is the data path of services that name none: proxy (default)
 	// or director.
-	Mode string `yaml:"mode,omitempty"`
+	Mode Mode `yaml:"mode,omitempty"`
 	// Director sets up the NFQUEUE director, for services in mode director.
 	Director Director  `yaml:"director,omitempty"`
 	Services []Service `yaml:"services"`
+	// MarkSet is Marks parsed, with MarkMask: the classes as the nft
+	// rules and the transparent proxy match them.
+	MarkSet marks.Set `yaml:"-"`
 }
 
 // Director settings: how new flows reach tether and what the kernel does
@@ -76,7 +82,7 @@ type Director struct {
 	// ExpireNodest is what happens to open flows of a server removed on
 	// reload: keep (default: they run on) or reset (their conntrack
 	// entries are deleted, as IPVS's expire_nodest_conn).
-	ExpireNodest string `yaml:"expire_nodest,omitempty"`
+	ExpireNodest ExpireNodest `yaml:"expire_nodest,omitempty"`
 }
 
 // MarkClass is one firewall-mark class.
@@ -120,13 +126,15 @@ type Affinity struct {
 
 // Service is a virtual service.
 type Service struct {
-	Name     string `yaml:"name"`
-	Protocol string `yaml:"protocol,omitempty"` // tcp (default) or udp
-	Listen   string `yaml:"listen,omitempty"`   // VIP:port; or Fwmark
+	Name     string   `yaml:"name"`
+	Protocol Protocol `yaml:"protocol,omitempty"` // tcp (default) or udp
+	Listen   string   `yaml:"listen,omitempty"`   // VIP:port; or Fwmark
+	// VIP is Listen parsed (the zero AddrPort for a mark service).
+	VIP netip.AddrPort `yaml:"-"`
 	// Fwmark makes this a firewall-mark service: the flows of the mark
 	// class with this mark, on every address, port and protocol it covers.
 	Fwmark      uint32       `yaml:"fwmark,omitempty"`
-	Scheduler   string       `yaml:"scheduler,omitempty"`
+	Scheduler   sched.Name   `yaml:"scheduler,omitempty"`
 	Persistence *Persistence `yaml:"persistence,omitempty"`
 	// OnePacket schedules every datagram on its own and keeps no flow
 	// (ipvsadm's -o, for DNS-like traffic); udp only.
@@ -134,7 +142,7 @@ type Service struct {
 	// Mode is the data path: proxy (socket proxy, default) or director
 	// (NFQUEUE: tether picks the server of a new flow, the kernel
 	// forwards it).
-	Mode   string `yaml:"mode,omitempty"`
+	Mode   Mode   `yaml:"mode,omitempty"`
 	Limits Limits `yaml:"limits,omitempty"`
 	// HealthCheck probes every server that has none of its own.
 	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
@@ -146,6 +154,8 @@ type Service struct {
 	// SorryServer takes the service's new clients while no server is
 	// available or the service is below quorum; it gets no templates.
 	SorryServer string `yaml:"sorry_server,omitempty"`
+	// Sorry is SorryServer parsed; valid when SorryServer is set.
+	Sorry netip.AddrPort `yaml:"-"`
 	// Quorum is the least total weight of available servers the service
 	// runs on; below it new clients go to the sorry server, or are refused
 	// without one. 0: no quorum.
@@ -159,14 +169,14 @@ type HealthCheck struct {
 	// Type is tcp (connect), http (GET Path, status in ExpectStatus, body
 	// containing ExpectBody), udp (send Send, a reply containing Expect)
 	// or exec (Command exits 0).
-	Type     string   `yaml:"type"`
-	Interval Duration `yaml:"interval,omitempty"` // default 5s
-	Timeout  Duration `yaml:"timeout,omitempty"`  // default 2s
-	Rise     int      `yaml:"rise,omitempty"`     // default 2
-	Fall     int      `yaml:"fall,omitempty"`     // default 3
+	Type     CheckType `yaml:"type"`
+	Interval Duration  `yaml:"interval,omitempty"` // default 5s
+	Timeout  Duration  `yaml:"timeout,omitempty"`  // default 2s
+	Rise     int       `yaml:"rise,omitempty"`     // default 2
+	Fall     int       `yaml:"fall,omitempty"`     // default 3
 	// Start is the state before the first verdict: up (default) or down
 	// (keepalived's alpha: no client until Rise checks pass).
-	Start string `yaml:"start,omitempty"`
+	Start CheckStart `yaml:"start,omitempty"`
 	// Port probes this port instead of the server's (keepalived's
 	// connect_port); needed for a mark service's server without a port.
 	Port         uint16 `yaml:"port,omitempty"`
@@ -188,6 +198,8 @@ type Persistence struct {
 	Netmask         string   `yaml:"netmask,omitempty"`  // IPv4: dotted mask or prefix length; default 255.255.255.255
 	Netmask6        string   `yaml:"netmask6,omitempty"` // IPv6 prefix length 1..128; default 128
 	ExpireQuiescent bool     `yaml:"expire_quiescent,omitempty"`
+	// Mask is Netmask and Netmask6 parsed.
+	Mask affinity.Mask `yaml:"-"`
 }
 
 // Limits bound a service. Zero means no limit, except for the timeouts and
@@ -204,43 +216,37 @@ type Limits struct {
 // Server is a real server.
 type Server struct {
 	Address string `yaml:"address"`
-	Weight  *int   `yaml:"weight,omitempty"` // 0..65535, default 1; 0 is quiescent
+	// Addr is Address parsed; port 0 for a mark service's server that
+	// keeps the client's port.
+	Addr   netip.AddrPort `yaml:"-"`
+	Weight *int           `yaml:"weight,omitempty"` // 0..65535, default 1; 0 is quiescent
 	// HealthCheck replaces the service's for this server.
 	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
 }
 
 // Defaults.
 const (
-	DefaultScheduler       = "wlc"
 	DefaultConnectTimeout  = 5 * time.Second
 	DefaultConnectAttempts = 3
 	DefaultDrainTimeout    = 30 * time.Second
 	DefaultTProxyPort      = 20080
-	DefaultUDPIdleTimeout  = 300 * time.Second
-	DefaultMaxFlows        = 65536
-	DefaultUDPMaxFlows     = 262144
-	DefaultQueueLength     = 4096
-	DefaultMarkBase        = 0x7e000000
-	DefaultCheckInterval   = 5 * time.Second
-	DefaultCheckTimeout    = 2 * time.Second
-	DefaultRise            = 2
-	DefaultFall            = 3
+	// DefaultTProxyRouteTable and DefaultTProxyRulePriority place the
+	// policy routing of non-local VIPs.
+	DefaultTProxyRouteTable   = 100
+	DefaultTProxyRulePriority = 1000
+	DefaultUDPIdleTimeout     = 300 * time.Second
+	DefaultMaxFlows           = 65536
+	DefaultUDPMaxFlows        = 262144
+	DefaultQueueLength        = 4096
+	DefaultMarkBase           = 0x7e000000
+	DefaultCheckInterval      = 5 * time.Second
+	DefaultCheckTimeout       = 2 * time.Second
+	DefaultRise               = 2
+	DefaultFall               = 3
 )
-
-// CheckTypes are the health check types.
-var CheckTypes = []string{"tcp", "http", "udp", "exec"}
-
-// Data path modes.
-const (
-	ModeProxy    = "proxy"
-	ModeDirector = "director"
-)
-
-// Schedulers are the scheduler names a service may use (IPVS's).
-var Schedulers = []string{"rr", "wrr", "lc", "wlc", "sh", "mh", "sed", "nq"}
 
 // ServiceMode is s's data path in f: its own mode, else the file's.
-func (f *File) ServiceMode(s Service) string {
+func (f *File) ServiceMode(s Service) Mode {
 	switch {
 	case s.Mode != "":
 		return s.Mode
@@ -257,11 +263,4 @@ func (s *Service) Check(sv Server) *HealthCheck {
 		return sv.HealthCheck
 	}
 	return s.HealthCheck
-}
-
-// Mask is the service's persistence mask; the zero Mask when not
-// persistent.
-func (p *Persistence) Mask() affinity.Mask {
-	m, _ := affinity.ParseMask(p.Netmask, p.Netmask6)
-	return m
 }

@@ -51,7 +51,13 @@ func (v *validator) errf(key, format string, a ...any) {
 		k = k[:i]
 		line = v.lines[k]
 	}
-	v.errs = append(v.errs, &Error{File: v.file, Line: line, Key: key, Msg: fmt.Sprintf(format, a...)})
+	var cause error
+	for _, x := range a {
+		if e, ok := x.(error); ok {
+			cause = e
+		}
+	}
+	v.errs = append(v.errs, &Error{File: v.file, Line: line, Key: key, Msg: fmt.Sprintf(format, a...), Err: cause})
 }
 
 func (v *validator) check(f *File) {
@@ -102,6 +108,7 @@ func (v *validator) check(f *File) {
 		portZeroToMarks(f)
 	}
 	set := v.checkMarks(f)
+	f.MarkSet = set // parsed once; used only when the file is valid
 	if len(f.Services) == 0 {
 		v.errf("services", "no services: nothing to balance")
 	}
@@ -129,7 +136,7 @@ func (v *validator) checkDirector(f *File) {
 		v.errf("mode", "%q is not proxy or director", f.Mode)
 	}
 	d := f.Director
-	if d.ExpireNodest != "" && d.ExpireNodest != "keep" && d.ExpireNodest != "reset" {
+	if d.ExpireNodest != "" && d.ExpireNodest != ExpireKeep && d.ExpireNodest != ExpireReset {
 		v.errf("director.expire_nodest", "%q is not keep or reset", d.ExpireNodest)
 	}
 	if int(d.Queue)+int(max(d.Queues, 1)) > 65536 {
@@ -192,18 +199,6 @@ func (v *validator) checkMarks(f *File) marks.Set {
 	return set
 }
 
-// MarkSet is the file's mark classes; valid after Parse.
-func (f *File) MarkSet() marks.Set {
-	set := marks.Set{Mask: f.MarkMask}
-	for _, mc := range f.Marks {
-		p, _ := marks.ParseProtocols(mc.Protocol)
-		a, _ := marks.ParseAddrs(mc.Addresses)
-		r, _ := marks.ParsePorts(mc.Ports)
-		set.Classes = append(set.Classes, marks.Class{Name: mc.Name, Mark: mc.Mark, Protocols: p, Addrs: a, Ports: r})
-	}
-	return set
-}
-
 func (v *validator) checkListen(p string, s *Service, listens map[string]string) {
 	ap, err := netip.ParseAddrPort(s.Listen)
 	if err != nil {
@@ -212,9 +207,9 @@ func (v *validator) checkListen(p string, s *Service, listens map[string]string)
 	}
 	proto := s.Protocol
 	if proto == "" {
-		proto = "tcp"
+		proto = TCP
 	}
-	k := proto + " " + ap.String()
+	k := string(proto) + " " + ap.String()
 	if ap.Port() == 0 && s.Persistence == nil {
 		v.errf(p+".listen", "port 0 (every port of the VIP) needs persistence, as in ipvsadm")
 	}
@@ -257,7 +252,7 @@ func family(a netip.Addr) string {
 	return "IPv6"
 }
 
-func contains(list []string, s string) bool {
+func contains[T comparable](list []T, s T) bool {
 	for _, x := range list {
 		if x == s {
 			return true

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/sched"
 )
 
 func (v *validator) checkService(p string, s *Service, names, listens map[string]string) {
@@ -19,11 +20,11 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 		names[s.Name] = p
 	}
 	switch s.Protocol {
-	case "", "tcp":
+	case "", TCP:
 		if s.OnePacket {
 			v.errf(p+".one_packet", "is for udp services")
 		}
-	case "udp":
+	case UDP:
 		if s.Fwmark != 0 {
 			v.errf(p+".protocol", "a mark service takes its protocols from its class: leave protocol out")
 		}
@@ -60,8 +61,8 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 	case s.Listen != "":
 		v.checkListen(p, s, listens)
 	}
-	if s.Scheduler != "" && !contains(Schedulers, s.Scheduler) {
-		v.errf(p+".scheduler", "%q is not one of %s", s.Scheduler, strings.Join(Schedulers, ", "))
+	if s.Scheduler != "" && !s.Scheduler.Valid() {
+		v.errf(p+".scheduler", "%q is not one of %s", s.Scheduler, join(sched.Names))
 	}
 	if ps := s.Persistence; ps != nil {
 		if ps.Timeout < 0 {
@@ -114,7 +115,7 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 			hc, at = sv.HealthCheck, q+".health_check"
 			v.checkHealth(at, sv.HealthCheck)
 		}
-		if hc != nil && hc.Type != "exec" && hc.Port == 0 {
+		if hc != nil && hc.Type != CheckExec && hc.Port == 0 {
 			if _, err := netip.ParseAddrPort(sv.Address); err != nil && ok {
 				v.errf(at+".port", "missing: server %s has no port, so a %s check needs one", sv.Address, hc.Type)
 			}
@@ -158,9 +159,9 @@ func (v *validator) checkSorry(p string, s *Service) {
 func (v *validator) checkHealth(p string, hc *HealthCheck) {
 	if !contains(CheckTypes, hc.Type) {
 		if hc.Type == "" {
-			v.errf(p+".type", "missing: one of %s", strings.Join(CheckTypes, ", "))
+			v.errf(p+".type", "missing: one of %s", join(CheckTypes))
 		} else {
-			v.errf(p+".type", "%q is not one of %s", hc.Type, strings.Join(CheckTypes, ", "))
+			v.errf(p+".type", "%q is not one of %s", hc.Type, join(CheckTypes))
 		}
 		return
 	}
@@ -178,10 +179,10 @@ func (v *validator) checkHealth(p string, hc *HealthCheck) {
 	if hc.Fall < 0 {
 		v.errf(p+".fall", "%d is negative", hc.Fall)
 	}
-	if hc.Start != "" && hc.Start != "up" && hc.Start != "down" {
+	if hc.Start != "" && hc.Start != StartUp && hc.Start != StartDown {
 		v.errf(p+".start", "%q is not up or down", hc.Start)
 	}
-	only := func(key, typ string, set bool) {
+	only := func(key string, typ CheckType, set bool) {
 		if set && hc.Type != typ {
 			v.errf(p+"."+key, "is for %s checks, and this one is %s", typ, hc.Type)
 		}
@@ -193,7 +194,7 @@ func (v *validator) checkHealth(p string, hc *HealthCheck) {
 	only("send", "udp", hc.Send != "")
 	only("expect", "udp", hc.Expect != "")
 	only("command", "exec", len(hc.Command) > 0)
-	if hc.Type == "exec" {
+	if hc.Type == CheckExec {
 		if len(hc.Command) == 0 || hc.Command[0] == "" {
 			v.errf(p+".command", "missing: the program to run and its arguments")
 		}

@@ -29,7 +29,7 @@ func (s scripted) probe(ctx context.Context) error {
 	}
 }
 
-func check(typ string) config.HealthCheck {
+func check(typ config.CheckType) config.HealthCheck {
 	return config.HealthCheck{Type: typ, Interval: config.Duration(time.Millisecond), Timeout: config.Duration(time.Minute), Rise: 2, Fall: 3, Start: "up"}
 }
 
@@ -144,7 +144,7 @@ func TestProbes(t *testing.T) {
 	}()
 	echo := netip.MustParseAddrPort(uc.LocalAddr().String())
 
-	with := func(typ string, f func(*config.HealthCheck)) config.HealthCheck {
+	with := func(typ config.CheckType, f func(*config.HealthCheck)) config.HealthCheck {
 		hc := check(typ)
 		hc.Timeout = config.Duration(time.Second)
 		f(&hc)

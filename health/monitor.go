@@ -97,7 +97,7 @@ func (m *Monitor[K]) Set(ts map[K]Target) (started []K) {
 		}
 		m.gen++
 		ctx, cancel := context.WithCancel(m.ctx)
-		r := &running{check: t.Check, gen: m.gen, cancel: cancel, status: Status{Up: t.Check.Start != "down", Since: time.Now()}}
+		r := &running{check: t.Check, gen: m.gen, cancel: cancel, status: Status{Up: t.Check.Start != config.StartDown, Since: time.Now()}}
 		m.targets[k] = r
 		started = append(started, k)
 		// The new targets' first checks are spread over their interval,
@@ -155,7 +155,7 @@ func (m *Monitor[K]) run(ctx context.Context, k K, r *running, probe Probe, dela
 		}
 	}
 	hc := r.check
-	up := hc.Start != "down"
+	up := hc.Start != config.StartDown
 	streak := 0 // failures while up, successes while down
 	tick := time.NewTicker(hc.Interval.D())
 	defer tick.Stop()

@@ -48,7 +48,7 @@ func NewProbe(hc config.HealthCheck, server netip.AddrPort, do Do) (Probe, error
 		return c, err
 	}
 	switch hc.Type {
-	case "tcp":
+	case config.CheckTCP:
 		return func(ctx context.Context) error {
 			c, err := dial(ctx, "tcp")
 			if err != nil {
@@ -56,14 +56,14 @@ func NewProbe(hc config.HealthCheck, server netip.AddrPort, do Do) (Probe, error
 			}
 			return c.Close()
 		}, nil
-	case "http":
+	case config.CheckHTTP:
 		return httpProbe(hc, target, dial)
-	case "udp":
+	case config.CheckUDP:
 		return func(ctx context.Context) error { return udpProbe(ctx, hc, dial) }, nil
-	case "exec":
+	case config.CheckExec:
 		return func(ctx context.Context) error { return execProbe(ctx, hc, server, do) }, nil
 	}
-	return nil, fmt.Errorf("health check type %q: want one of %s", hc.Type, strings.Join(config.CheckTypes, ", "))
+	return nil, fmt.Errorf("health check type %q: want one of %v", hc.Type, config.CheckTypes)
 }
 
 func httpProbe(hc config.HealthCheck, target netip.AddrPort, dial func(context.Context, string) (net.Conn, error)) (Probe, error) {

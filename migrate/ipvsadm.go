@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/sched"
 )
 
 // ipvsService is one -A line and the -a lines that follow it.
@@ -174,7 +175,7 @@ func (r *Result) ipvsService(n int, f []string) *ipvsService {
 				s.svc.Protocol = "udp"
 			}
 		case "-s", "--scheduler":
-			s.svc.Scheduler = o.value(opt)
+			s.svc.Scheduler = sched.Name(o.value(opt))
 		case "-p", "--persistent":
 			if s.svc.Persistence == nil {
 				s.svc.Persistence = &config.Persistence{}
@@ -213,7 +214,7 @@ func (r *Result) ipvsService(n int, f []string) *ipvsService {
 		return nil
 	}
 	if s.svc.Scheduler != "" {
-		s.svc.Scheduler = r.ipvsScheduler(n, s.svc.Scheduler, s.key)
+		s.svc.Scheduler = r.ipvsScheduler(n, string(s.svc.Scheduler), s.key)
 	}
 	s.svc.Name = serviceName(s.svc.Protocol, s.svc.Listen, s.svc.Fwmark)
 	if s.svc.OnePacket && s.svc.Protocol != "udp" {

@@ -59,7 +59,7 @@ func TestIPVSAdm(t *testing.T) {
 	}
 	var got []svc
 	for _, s := range f.Services {
-		g := svc{s.Name, s.Listen, s.Protocol, s.Scheduler, s.Mode, s.Fwmark, "", "", nil}
+		g := svc{s.Name, s.Listen, string(s.Protocol), string(s.Scheduler), string(s.Mode), s.Fwmark, "", "", nil}
 		if p := s.Persistence; p != nil {
 			g.Timeout, g.Mask = p.Timeout.D().String(), p.Netmask+"/"+p.Netmask6
 		}

@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/sched"
 )
 
 // Note is something of the input that was not taken as it stands.
@@ -74,7 +75,7 @@ func (r *Result) YAML(source string) ([]byte, error) {
 
 // serviceName names an imported service after its address or mark, as
 // ipvsadm identifies it; protocol "" is tcp.
-func serviceName(proto, listen string, mark uint32) string {
+func serviceName(proto config.Protocol, listen string, mark uint32) string {
 	if mark != 0 {
 		return "fwmark-" + strconv.FormatUint(uint64(mark), 10)
 	}
@@ -82,13 +83,13 @@ func serviceName(proto, listen string, mark uint32) string {
 		proto = "tcp"
 	}
 	r := strings.NewReplacer("[", "", "]", "", ":", "-", ".", "-")
-	return proto + "-" + r.Replace(listen)
+	return string(proto) + "-" + r.Replace(listen)
 }
 
 // modeFor maps an IPVS forwarding method to a tether data path: NAT is
 // what the director does; DR and TUN have no tether equivalent, so they
 // become the director too, with a warning.
-func (r *Result) modeFor(line int, method, service string) string {
+func (r *Result) modeFor(line int, method, service string) config.Mode {
 	switch method {
 	case "dr", "tun":
 		r.note(line, "%s: %s forwarding is not supported (tether does not route to servers that answer clients directly); mapped to director mode (NAT): the servers must route replies back through tether, or set director.masquerade", service, strings.ToUpper(method))
@@ -98,14 +99,16 @@ func (r *Result) modeFor(line int, method, service string) string {
 
 // ipvsScheduler maps a scheduler name; IPVS's that tether lacks are noted
 // and replaced by wlc.
-func (r *Result) ipvsScheduler(line int, s, service string) string {
-	for _, k := range config.Schedulers {
-		if s == k {
-			return s
-		}
+func (r *Result) ipvsScheduler(line int, s, service string) sched.Name {
+	if n := sched.Name(s); n.Valid() {
+		return n
 	}
-	r.note(line, "%s: scheduler %q is not one of tether's (%s); using wlc", service, s, strings.Join(config.Schedulers, ", "))
-	return "wlc"
+	names := make([]string, len(sched.Names))
+	for i, n := range sched.Names {
+		names[i] = string(n)
+	}
+	r.note(line, "%s: scheduler %q is not one of tether's (%s); using %s", service, s, strings.Join(names, ", "), sched.Default)
+	return sched.Default
 }
 
 // printable makes a note safe in a YAML comment: the input it quotes may

@@ -429,8 +429,8 @@ func (p *Proxy) applyDirector(cfg *config.File) error {
 	}
 	d.markFor = assigned
 	d.applied = tables
-	d.view.Store(&directorView{marks: assigned, markMask: cfg.MarkSet().MarkMask()})
-	if cfg.Director.ExpireNodest == "reset" {
+	d.view.Store(&directorView{marks: assigned, markMask: cfg.MarkSet.MarkMask()})
+	if cfg.Director.ExpireNodest == config.ExpireReset {
 		p.resetRemoved(old, assigned)
 	}
 	return nil
@@ -484,7 +484,7 @@ func (p *Proxy) directorFollow(svc *service) {
 // family, with the given choice marks. weights, when not nil, replaces the
 // configured weights of the fail-open fallback (liveWeights).
 func directorTables(cfg *config.File, assigned map[choiceKey]uint32, q nft.Queue, weights map[choiceKey]int) map[nftables.TableFamily]*nft.Director {
-	set := cfg.MarkSet()
+	set := cfg.MarkSet
 	tables := map[nftables.TableFamily]*nft.Director{}
 	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
 		tables[fam] = &nft.Director{Family: fam, MarkMask: set.MarkMask(), Masquerade: cfg.Director.Masquerade, Queue: q}
@@ -514,13 +514,13 @@ func directorTables(cfg *config.File, assigned map[choiceKey]uint32, q nft.Queue
 				ds.FallbackBits = 128
 			}
 			if ps := sc.Persistence; ps != nil {
-				ds.FallbackBits = ps.Mask().Bits4()
+				ds.FallbackBits = ps.Mask.Bits4()
 				if !is4 {
-					ds.FallbackBits = ps.Mask().Bits6()
+					ds.FallbackBits = ps.Mask.Bits6()
 				}
 			}
 			for _, s := range sc.Servers {
-				a := serverKey(s.Address)
+				a := s.Addr
 				if a.Addr().Is4() != is4 {
 					continue
 				}
@@ -533,7 +533,7 @@ func directorTables(cfg *config.File, assigned map[choiceKey]uint32, q nft.Queue
 			if sc.SorryServer != "" {
 				// Weight 0 unless no server has any: the fail-open
 				// fallback picks it only then.
-				if a := serverKey(sc.SorryServer); a.Addr().Is4() == is4 {
+				if a := sc.Sorry; a.Addr().Is4() == is4 {
 					ds.Choices = append(ds.Choices, nft.Choice{Mark: assigned[choiceKey{k, a}], Server: a, Weight: weights[choiceKey{k, a}]})
 				}
 			}
@@ -553,10 +553,10 @@ func choicesOf(cfg *config.File) []choiceKey {
 			continue
 		}
 		for _, s := range sc.Servers {
-			want = append(want, choiceKey{keyOf(sc), serverKey(s.Address)})
+			want = append(want, choiceKey{keyOf(sc), s.Addr})
 		}
 		if sc.SorryServer != "" {
-			want = append(want, choiceKey{keyOf(sc), serverKey(sc.SorryServer)})
+			want = append(want, choiceKey{keyOf(sc), sc.Sorry})
 		}
 	}
 	return want
@@ -631,13 +631,6 @@ func assignMarks(old map[choiceKey]uint32, want []choiceKey, base uint32) map[ch
 		out[k], used[next] = next, true
 	}
 	return out
-}
-
-// serverKey is a configured server address as the service state keys it.
-// A mark service's server may have no port (port 0: the client's).
-func serverKey(addr string) netip.AddrPort {
-	ap, _ := config.ParseServer(addr) // the config validated it
-	return ap
 }
 
 // stopDirector unbinds the queues, removes tables ip/ip6 tether (the NAT

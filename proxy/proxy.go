@@ -172,7 +172,7 @@ func keyOf(sc config.Service) svcKey {
 	if sc.Fwmark != 0 {
 		return svcKey{mark: sc.Fwmark}
 	}
-	return svcKey{listen: netip.MustParseAddrPort(sc.Listen), udp: sc.Protocol == "udp"}
+	return svcKey{listen: sc.VIP, udp: sc.Protocol == config.UDP}
 }
 
 // plan is a reload worked out but not yet applied: the listeners it needs
@@ -438,7 +438,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 // coversUDP reports whether a mark class of cfg covers UDP, so that the
 // transparent UDP listeners are needed.
 func coversUDP(cfg *config.File) bool {
-	for _, c := range cfg.MarkSet().Classes {
+	for _, c := range cfg.MarkSet.Classes {
 		if c.Protocols&marks.UDP != 0 {
 			return true
 		}

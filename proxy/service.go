@@ -3,13 +3,14 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	metrics "github.com/hashicorp/go-metrics"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
 
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
@@ -79,7 +80,7 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (
 	// (so_keepalive): it costs four setsockopt calls per connection.
 	st.dialer.KeepAlive = -1
 	for _, sc := range cfg.Servers {
-		addr := serverKey(sc.Address)
+		addr := sc.Addr
 		var s *Server
 		if prev != nil {
 			s = prev.byAddr[addr]
@@ -87,7 +88,7 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (
 		if s == nil {
 			s = newServer(addr, *sc.Weight, cfg.Limits.MaxConnectionsPerServer)
 			// keepalived's alpha: no client before the first checks pass.
-			if hc := cfg.Check(sc); hc != nil && hc.Start == "down" {
+			if hc := cfg.Check(sc); hc != nil && hc.Start == config.StartDown {
 				s.down.Store(!cfg.InhibitOnFailure)
 				s.inhibited.Store(cfg.InhibitOnFailure)
 			}
@@ -103,7 +104,7 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (
 		st.srvLabels[s] = []metrics.Label{st.labels[0], {Name: "server", Value: addr.String()}}
 	}
 	if cfg.SorryServer != "" {
-		addr := serverKey(cfg.SorryServer)
+		addr := cfg.Sorry
 		if prev != nil && prev.sorry != nil && prev.sorry.Addr == addr {
 			st.sorry = prev.sorry
 		} else {
@@ -117,7 +118,7 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (
 	st.sched = sc
 	if ps := cfg.Persistence; ps != nil {
 		st.persistent = true
-		st.mask = ps.Mask()
+		st.mask = ps.Mask
 		st.ref = table.SetService(affinityID(cfg), affinity.ServiceConfig{
 			Timeout: ps.Timeout.D(), Mask: st.mask, ExpireQuiescent: ps.ExpireQuiescent,
 		})
@@ -143,10 +144,10 @@ func affinityID(cfg config.Service) affinity.Service {
 		return affinity.MarkService(cfg.Fwmark)
 	}
 	proto := affinity.ProtoTCP
-	if cfg.Protocol == "udp" {
+	if cfg.Protocol == config.UDP {
 		proto = affinity.ProtoUDP
 	}
-	return affinity.AddrService(proto, netip.MustParseAddrPort(cfg.Listen))
+	return affinity.AddrService(proto, cfg.VIP)
 }
 
 // quorate reports whether the available servers' weights add up to the

@@ -26,10 +26,10 @@ func (p *Proxy) Status() []api.ServiceStatus {
 	for _, svc := range svcs {
 		st := svc.state.Load()
 		c := st.cfg
-		ss := api.ServiceStatus{Name: c.Name, Listen: c.Listen, Fwmark: c.Fwmark, Mode: c.Mode, Scheduler: c.Scheduler,
+		ss := api.ServiceStatus{Name: c.Name, Listen: c.Listen, Fwmark: c.Fwmark, Mode: string(c.Mode), Scheduler: string(c.Scheduler),
 			Persistent: st.persistent, Quorum: c.Quorum, Quorate: st.quorate()}
 		if c.Fwmark == 0 {
-			ss.Protocol = c.Protocol
+			ss.Protocol = string(c.Protocol)
 		}
 		if st.persistent {
 			ss.Timeout = c.Persistence.Timeout.D()
@@ -58,7 +58,7 @@ func (p *Proxy) serverStatus(svc *service, srv *Server, hc *config.HealthCheck) 
 		s.ActiveConns = srv.conns.Load()
 	}
 	if hc != nil {
-		s.Check = hc.Type
+		s.Check = string(hc.Type)
 		if hs, ok := p.health.Status(checkKey{svc.key, srv.Addr}); ok && hs.LastErr != nil {
 			s.CheckError = hs.LastErr.Error()
 		}

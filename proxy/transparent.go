@@ -57,7 +57,7 @@ func (p *Proxy) openTransparent(cfg *config.File) (*transparent, error) {
 		return err
 	}}
 	nets := []string{"tcp4"}
-	for _, c := range cfg.MarkSet().Classes {
+	for _, c := range cfg.MarkSet.Classes {
 		for _, a := range c.Addrs {
 			if a.Addr().Is6() && len(nets) == 1 {
 				nets = append(nets, "tcp6")
@@ -127,7 +127,7 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		}
 		tp.nft = c
 	}
-	set := pl.cfg.MarkSet()
+	set := pl.cfg.MarkSet
 	rs := nft.Ruleset{Marks: set, TProxyPort: tp.port, Direct: DirectorMarks(pl.cfg)}
 	if p.tp == nil && p.tableExists(tp.nft) {
 		// A table no socket owns: a tether that died on a kernel without

@@ -94,7 +94,7 @@ func transparentUDPControl(recvOrigDst bool) func(network, address string, c sys
 // openTransparentUDP opens the UDP listeners when a class covers UDP.
 func (p *Proxy) openTransparentUDP(tp *transparent, cfg *config.File) error {
 	nets := map[string]bool{}
-	for _, c := range cfg.MarkSet().Classes {
+	for _, c := range cfg.MarkSet.Classes {
 		if c.Protocols&marks.UDP == 0 {
 			continue
 		}

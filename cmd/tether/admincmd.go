@@ -148,7 +148,7 @@ func flags(s api.ServiceStatus) string {
 }
 
 func forward(s api.ServiceStatus) string {
-	if s.Mode == config.ModeDirector {
+	if s.Mode == string(config.ModeDirector) {
 		return "Masq" // the director forwards with NAT, as IPVS's -m
 	}
 	return "Proxy"

@@ -39,7 +39,7 @@ func importCommand() *cli.Command {
 				defer f.Close()
 				mangle = f
 			}
-			mode := c.String("mode")
+			mode := config.Mode(c.String("mode"))
 			if mode != "" && mode != config.ModeProxy && mode != config.ModeDirector {
 				return cli.Exit(fmt.Sprintf("--mode %q: want proxy or director", mode), 2)
 			}

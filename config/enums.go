@@ -1,0 +1,69 @@
+package config
+
+import "strings"
+
+// The config's closed sets of words are typed, so that a mode is never
+// compared with a protocol and every valid value is listed in one place.
+
+// Mode is a data path.
+type Mode string
+
+// The data paths.
+const (
+	ModeProxy    Mode = "proxy"    // the socket proxy (transparent for mark services)
+	ModeDirector Mode = "director" // NFQUEUE: tether picks, the kernel forwards
+)
+
+// Modes are the valid modes.
+var Modes = []Mode{ModeProxy, ModeDirector}
+
+// Protocol is a service's transport protocol.
+type Protocol string
+
+// The protocols.
+const (
+	TCP Protocol = "tcp"
+	UDP Protocol = "udp"
+)
+
+// CheckType is a health check's kind.
+type CheckType string
+
+// The health check types.
+const (
+	CheckTCP  CheckType = "tcp"
+	CheckHTTP CheckType = "http"
+	CheckUDP  CheckType = "udp"
+	CheckExec CheckType = "exec"
+)
+
+// CheckTypes are the health check types.
+var CheckTypes = []CheckType{CheckTCP, CheckHTTP, CheckUDP, CheckExec}
+
+// CheckStart is a server's health before its first verdict.
+type CheckStart string
+
+// The start states.
+const (
+	StartUp   CheckStart = "up"
+	StartDown CheckStart = "down" // keepalived's alpha
+)
+
+// ExpireNodest is what the director does with the open flows of a server
+// that leaves.
+type ExpireNodest string
+
+// The choices, IPVS's expire_nodest_conn off and on.
+const (
+	ExpireKeep  ExpireNodest = "keep"
+	ExpireReset ExpireNodest = "reset"
+)
+
+// join joins typed words for an error message.
+func join[T ~string](ws []T) string {
+	s := make([]string, len(ws))
+	for i, w := range ws {
+		s[i] = string(w)
+	}
+	return strings.Join(s, ", ")
+}
