@@ -264,3 +264,30 @@ func (s *Service) Check(sv Server) *HealthCheck {
 	}
 	return s.HealthCheck
 }
+
+// ServiceKey identifies a service across reloads, as IPVS does: its
+// protocol and listen address, or its mark. A renamed service with the
+// same key keeps its socket and its templates.
+type ServiceKey struct {
+	VIP  netip.AddrPort // the zero AddrPort for a mark service
+	UDP  bool
+	Mark uint32
+}
+
+// Key is the service's identity.
+func (s *Service) Key() ServiceKey {
+	if s.Fwmark != 0 {
+		return ServiceKey{Mark: s.Fwmark}
+	}
+	return ServiceKey{VIP: s.VIP, UDP: s.Protocol == UDP}
+}
+
+// HasDirector reports whether a service of f runs in director mode.
+func (f *File) HasDirector() bool {
+	for _, s := range f.Services {
+		if f.ServiceMode(s) == ModeDirector {
+			return true
+		}
+	}
+	return false
+}

@@ -213,12 +213,15 @@ func TestDirectorQueueAcrossHookChanges(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p := New(mustConfig(t, tc.cfg), Options{Do: env.LB.Do})
 			held, release := make(chan struct{}), make(chan struct{})
-			var once sync.Once
+			var once, released sync.Once
 			p.verdictHook = func() { once.Do(func() { close(held); <-release }) }
 			if err := env.LB.Do(p.Start); err != nil {
 				t.Fatal(err)
 			}
 			defer func() {
+				// A failure while the packet is held must not leave the
+				// hook waiting: Shutdown waits for it.
+				released.Do(func() { close(release) })
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 				defer cancel()
 				env.LB.Do(func() error { return p.Shutdown(ctx) })
@@ -238,16 +241,16 @@ func TestDirectorQueueAcrossHookChanges(t *testing.T) {
 			if err := tc.change(p, tc.cfg); err != nil {
 				t.Fatal(err)
 			}
-			close(release)
+			released.Do(func() { close(release) })
 			if err := <-first; err != nil {
 				t.Fatalf("the connection whose SYN was held: %v", err)
 			}
 			if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80}, 1)); s.Failed != 0 {
 				t.Errorf("afterwards %d of %d new flows failed (%v): the queue reader stopped", s.Failed, s.Visits, s.Errors)
 			}
-			d := p.dir.Load()
-			if flushed := d.queueErrs.Load() > 0; flushed != tc.wantFlush {
-				t.Errorf("queue errors %d (the held packet flushed: %v), want flushed %v", d.queueErrs.Load(), flushed, tc.wantFlush)
+			errs := p.dir.Load().d.Stats().QueueErrors
+			if flushed := errs > 0; flushed != tc.wantFlush {
+				t.Errorf("queue errors %d (the held packet flushed: %v), want flushed %v", errs, flushed, tc.wantFlush)
 			}
 		})
 	}

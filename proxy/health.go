@@ -4,13 +4,14 @@ import (
 	"net/netip"
 
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/health"
 )
 
 // checkKey names one health-checked server of one service: a server in
 // two services is checked for each, with each one's check.
 type checkKey struct {
-	svc    svcKey
+	svc    config.ServiceKey
 	server netip.AddrPort
 }
 
@@ -126,7 +127,7 @@ func (p *Proxy) closeServerFlows(svc *service, srv *Server) {
 			n++
 		}
 	}
-	if svc.key.mark != 0 && p.tp != nil && p.tp.uflows != nil {
+	if svc.key.Mark != 0 && p.tp != nil && p.tp.uflows != nil {
 		for _, f := range p.tp.uflows.removeIf(func(f *tflow) bool { return f.srv == srv }) {
 			p.closeTFlow(f)
 			n++

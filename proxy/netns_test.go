@@ -382,7 +382,7 @@ func TestSetSysctls(t *testing.T) {
 	}
 	read := func() string {
 		var b []byte
-		env.LB.Do(func() (err error) { b, err = os.ReadFile(fwmarkAccept); return })
+		env.LB.Do(func() (err error) { b, err = os.ReadFile("/proc/sys/net/ipv4/tcp_fwmark_accept"); return })
 		return strings.TrimSpace(string(b))
 	}
 	for _, set := range []bool{false, true} {

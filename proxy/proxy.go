@@ -60,11 +60,11 @@ type Proxy struct {
 	cfg atomic.Pointer[config.File] // in force; the data path reads it too
 
 	svcMu    sync.RWMutex // guards services; connections read it
-	services map[svcKey]*service
+	services map[config.ServiceKey]*service
 	conns    conns
 
-	tp  *transparent             // the TPROXY listeners and nft table, with marks
-	dir atomic.Pointer[director] // the NFQUEUE director, with director services
+	tp  *transparent            // the TPROXY listeners and nft table, with marks
+	dir atomic.Pointer[dirPath] // the NFQUEUE director, with director services
 	// noTableOwner is set once the kernel has refused the table owner
 	// flag (and by tests, to take that path on kernels that have it).
 	noTableOwner bool
@@ -82,7 +82,7 @@ type Proxy struct {
 
 // New prepares a proxy for cfg; Start opens its listeners.
 func New(cfg *config.File, o Options) *Proxy {
-	p := &Proxy{log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, setSysctls: o.SetSysctls, do: o.Do, services: map[svcKey]*service{}}
+	p := &Proxy{log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, setSysctls: o.SetSysctls, do: o.Do, services: map[config.ServiceKey]*service{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -160,21 +160,6 @@ func (p *Proxy) Reload(cfg *config.File) error {
 	return nil
 }
 
-// svcKey identifies a service: its protocol and listen address, or its
-// mark.
-type svcKey struct {
-	listen netip.AddrPort
-	udp    bool
-	mark   uint32
-}
-
-func keyOf(sc config.Service) svcKey {
-	if sc.Fwmark != 0 {
-		return svcKey{mark: sc.Fwmark}
-	}
-	return svcKey{listen: sc.VIP, udp: sc.Protocol == config.UDP}
-}
-
 // plan is a reload worked out but not yet applied: the listeners it needs
 // are already open, so applying it cannot fail for lack of one.
 type plan struct {
@@ -183,7 +168,7 @@ type plan struct {
 	keep  []*planned   // services that stay, with their new config
 	stop  []*service   // services that go
 	tp    *transparent // newly opened transparent listeners
-	dir   *director    // newly opened director
+	dir   *dirPath     // newly opened director
 }
 
 type planned struct {
@@ -207,7 +192,6 @@ func (pl *plan) abort() {
 	}
 	if pl.dir != nil {
 		pl.dir.close()
-		pl.dir.nft.CloseLasting()
 	}
 }
 
@@ -216,9 +200,9 @@ func (pl *plan) abort() {
 // its socket even if renamed.
 func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 	pl := &plan{cfg: cfg}
-	kept := map[svcKey]bool{}
+	kept := map[config.ServiceKey]bool{}
 	for _, sc := range cfg.Services {
-		k := keyOf(sc)
+		k := sc.Key()
 		if old := p.services[k]; old != nil {
 			pl.keep = append(pl.keep, &planned{cfg: sc, svc: old})
 			kept[k] = true
@@ -228,9 +212,9 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 			pl.start = append(pl.start, &planned{cfg: sc})
 			continue
 		}
-		if k.udp {
+		if k.UDP {
 			var lc net.ListenConfig
-			c, err := lc.ListenPacket(p.ctx, "udp", k.listen.String())
+			c, err := lc.ListenPacket(p.ctx, "udp", k.VIP.String())
 			if err != nil {
 				pl.abort()
 				return nil, fmt.Errorf("service %s: %w", sc.Name, err)
@@ -238,12 +222,12 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 			pl.start = append(pl.start, &planned{cfg: sc, pc: c.(*net.UDPConn)})
 			continue
 		}
-		if k.listen.Port() == 0 {
+		if k.VIP.Port() == 0 {
 			pl.abort()
 			return nil, fmt.Errorf("service %s: listen %s: port 0 (every port of the VIP) needs a firewall-mark service; the socket proxy listens on one port", sc.Name, sc.Listen)
 		}
 		lc := net.ListenConfig{KeepAlive: -1} // see serviceState.dialer
-		l, err := lc.Listen(p.ctx, "tcp", k.listen.String())
+		l, err := lc.Listen(p.ctx, "tcp", k.VIP.String())
 		if err != nil {
 			pl.abort()
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
@@ -255,7 +239,7 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 			pl.stop = append(pl.stop, s)
 		}
 	}
-	if p.dir.Load() == nil && hasDirector(cfg) {
+	if p.dir.Load() == nil && cfg.HasDirector() {
 		d, err := p.openDirector(cfg)
 		if err != nil {
 			pl.abort()
@@ -306,7 +290,7 @@ func (p *Proxy) commit(pl *plan) error {
 			b.pl.svc.state.Store(b.st)
 			continue
 		}
-		k := keyOf(b.pl.cfg)
+		k := b.pl.cfg.Key()
 		svc := &service{key: k, director: b.pl.cfg.Mode == config.ModeDirector, ln: b.pl.ln, pc: b.pl.pc, done: make(chan struct{})}
 		svc.state.Store(b.st)
 		p.svcMu.Lock()
@@ -320,12 +304,12 @@ func (p *Proxy) commit(pl *plan) error {
 		}
 		if svc.director {
 			close(svc.done) // the director's queues take its flows
-			p.log.Info("director service", "service", b.pl.cfg.Name, "listen", b.pl.cfg.Listen, "fwmark", k.mark, "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
+			p.log.Info("director service", "service", b.pl.cfg.Name, "listen", b.pl.cfg.Listen, "fwmark", k.Mark, "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
 			continue
 		}
 		if svc.ln == nil {
 			close(svc.done) // a mark service: the transparent listeners accept for it
-			p.log.Info("service on firewall mark", "service", b.pl.cfg.Name, "fwmark", k.mark, "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
+			p.log.Info("service on firewall mark", "service", b.pl.cfg.Name, "fwmark", k.Mark, "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
 			continue
 		}
 		go p.acceptLoop(svc)
@@ -342,7 +326,7 @@ func (p *Proxy) commitDirector(pl *plan) error {
 		p.dir.Store(pl.dir)
 		pl.dir = nil
 	}
-	if !hasDirector(pl.cfg) {
+	if !pl.cfg.HasDirector() {
 		return p.stopDirector()
 	}
 	if d := p.dir.Load(); d.set.Queue != pl.cfg.Director.Queue || d.set.Queues != pl.cfg.Director.Queues ||
@@ -350,15 +334,6 @@ func (p *Proxy) commitDirector(pl *plan) error {
 		p.log.Warn("director: changed queue settings take effect at the next start; the running queues stay as they are")
 	}
 	return p.applyDirector(pl.cfg)
-}
-
-func hasDirector(cfg *config.File) bool {
-	for _, s := range cfg.Services {
-		if cfg.ServiceMode(s) == config.ModeDirector {
-			return true
-		}
-	}
-	return false
 }
 
 // stopService closes a service's listener and drops its templates; its
@@ -372,7 +347,7 @@ func (p *Proxy) stopService(s *service) {
 	}
 	<-s.done
 	p.svcMu.Lock()
-	delete(p.services, keyOf(s.state.Load().cfg))
+	delete(p.services, s.key)
 	p.svcMu.Unlock()
 	if st := s.state.Load(); st.persistent {
 		p.table.RemoveService(st.ref)
@@ -384,7 +359,7 @@ func (p *Proxy) stopService(s *service) {
 func (p *Proxy) current(st *serviceState) *serviceState {
 	p.svcMu.RLock()
 	defer p.svcMu.RUnlock()
-	if s := p.services[keyOf(st.cfg)]; s != nil {
+	if s := p.services[st.cfg.Key()]; s != nil {
 		return s.state.Load()
 	}
 	return st

@@ -32,7 +32,7 @@ const failTimeout = 10 * time.Second
 // read. The state is replaced whole on reload; connections keep the state
 // they started with.
 type service struct {
-	key svcKey
+	key config.ServiceKey
 	// director: the NFQUEUE director serves it (no socket of its own).
 	director bool
 	ln       *net.TCPListener
@@ -181,63 +181,6 @@ func tableState(s *Server) affinity.ServerState {
 		return affinity.ServerQuiescent
 	}
 	return affinity.ServerUp
-}
-
-// picker adapts a service's scheduler to affinity.Picker for one
-// connection: it hashes the masked client (so that sh and mh put a whole
-// client group on one server in every instance) and skips the servers this
-// connection already failed to reach.
-type picker struct {
-	p     *Proxy
-	st    *serviceState
-	tried []*Server
-}
-
-func (pk *picker) Pick(client netip.Addr) (netip.AddrPort, error) {
-	s := pk.st.sched.Pick(pk.st.mask.Apply(client), pk.tried)
-	if s == nil {
-		return netip.AddrPort{}, errNoServer
-	}
-	pk.p.recovered(pk.st, s)
-	return s.Addr, nil
-}
-
-// sorryFor is the sorry server that takes a client no server could (err
-// says why), counted; nil when the service has none or err is another
-// failure. It holds no template.
-func (p *Proxy) sorryFor(st *serviceState, err error) *Server {
-	if st.sorry == nil || !errors.Is(err, errNoServer) && !errors.Is(err, errBelowQuorum) {
-		return nil
-	}
-	p.count("schedule", "sorry", 1, st.labels)
-	return st.sorry
-}
-
-// release gives back what a connection or flow held: its count on srv and
-// its lease (the zero Lease for none).
-func (p *Proxy) release(srv *Server, lease affinity.Lease) {
-	srv.conns.Add(-1)
-	p.table.Release(lease)
-}
-
-// failed takes a server that refused or timed out a connect out of
-// scheduling for failTimeout and drops its templates.
-func (p *Proxy) failed(st *serviceState, s *Server) {
-	s.failed.Add(1)
-	p.count("server", "connect_failures", 1, st.serverLabels(s))
-	s.failedUntil.Store(time.Now().Add(failTimeout).UnixNano())
-	if st.persistent {
-		p.table.SetServer(st.ref, s.Addr, affinity.ServerDown)
-	}
-	p.log.Warn("real server failed a connect; skipped for new clients", "service", st.cfg.Name, "server", s.Addr, "for", failTimeout)
-}
-
-// recovered tells the table that a server whose failure period has passed
-// takes templates again, before the scheduler's choice of it is bound.
-func (p *Proxy) recovered(st *serviceState, s *Server) {
-	if f := s.failedUntil.Load(); f != 0 && s.failedUntil.CompareAndSwap(f, 0) && st.persistent {
-		p.table.SetServer(st.ref, s.Addr, tableState(s))
-	}
 }
 
 // conns tracks open connection pairs, so that a stop past its drain

@@ -16,7 +16,7 @@ func (p *Proxy) Status() []api.ServiceStatus {
 	p.svcMu.RLock()
 	svcs := make([]*service, 0, len(cfg.Services))
 	for _, sc := range cfg.Services {
-		if s := p.services[keyOf(sc)]; s != nil {
+		if s := p.services[sc.Key()]; s != nil {
 			svcs = append(svcs, s)
 		}
 	}
@@ -52,7 +52,7 @@ func (p *Proxy) Status() []api.ServiceStatus {
 func (p *Proxy) serverStatus(svc *service, srv *Server, hc *config.HealthCheck) api.ServerStatus {
 	s := api.ServerStatus{Address: srv.Addr.String(), Weight: srv.Weight(), ConfigWeight: int(srv.weight.Load()), State: srv.State(),
 		Conns: srv.accepted.Load(), ConnectFails: srv.failed.Load(), BytesIn: srv.bytesIn.Load(), BytesOut: srv.bytesOut.Load()}
-	if svc.key.udp {
+	if svc.key.UDP {
 		s.InactiveConns = srv.conns.Load()
 	} else {
 		s.ActiveConns = srv.conns.Load()

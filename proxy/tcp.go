@@ -3,15 +3,11 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
-	"os"
-	"sync/atomic"
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
-	"github.com/tetherlb/tether/affinity"
 )
 
 // acceptLoop runs until the listener is closed.
@@ -53,14 +49,15 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	defer p.conns.remove(client)
 
 	src := client.RemoteAddr().(*net.TCPAddr).AddrPort()
-	srv, lease, backend, err := p.connect(st, src.Addr(), dport)
+	ch, backend, err := p.connect(st, src.Addr(), dport)
 	if err != nil {
 		p.count("connections", "failed", 1, st.labels)
 		p.log.Warn("no real server reached", "service", st.cfg.Name, "client", src, "err", err)
 		client.Close()
 		return
 	}
-	defer p.release(srv, lease)
+	srv := ch.srv
+	defer p.release(srv, ch.lease)
 	p.conns.add(backend)
 	defer p.conns.remove(backend)
 	srv.accepted.Add(1)
@@ -82,72 +79,38 @@ func (p *Proxy) count(a, b string, v float32, labels []metrics.Label) {
 	}
 }
 
-// connect chooses a real server and dials it. A server that refuses or
-// times out is taken out of scheduling, its templates dropped, and the
-// next choice is tried, up to connect_attempts servers: a dead server costs
-// no client a failure while another one is up.
-func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (*Server, affinity.Lease, *net.TCPConn, error) {
-	if !st.quorate() {
-		return p.connectSorry(st, dport, errBelowQuorum)
-	}
-	pk := &picker{p: p, st: st}
-	var lastErr error = errNoServer
+// connect chooses a real server (choose) and dials it. A server that
+// refuses or times out is taken out of scheduling, its templates dropped,
+// and the next choice is tried, up to connect_attempts servers: a dead
+// server costs no client a failure while another one is up.
+func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (choice, *net.TCPConn, error) {
+	var tried []*Server
+	var lastErr error
 	for range max(st.cfg.Limits.ConnectAttempts, 1) {
-		var srv *Server
-		var lease affinity.Lease
-		if st.persistent {
-			l, err := p.table.GetOrBind(st.ref, client, pk)
-			if err != nil {
-				return p.connectSorry(st, dport, err)
+		ch, err := p.choose(st, client, tried)
+		if err != nil {
+			if lastErr != nil {
+				err = lastErr // the dial error says more than "none left"
 			}
-			lease, srv = l, st.byAddr[l.Server]
-			if srv == nil {
-				// Bound by a newer config than the one this connection
-				// started with; a retry sees the newer one.
-				p.table.Release(l)
-				lastErr = errNoServer
-				st = p.current(st)
-				pk.st = st
-				continue
-			}
-			p.count("schedule", decision(l.Hit), 1, st.labels)
-		} else {
-			if srv = st.sched.Pick(client, pk.tried); srv == nil {
-				return p.connectSorry(st, dport, lastErr)
-			}
-			p.count("schedule", "scheduler", 1, st.labels)
+			return ch, nil, err
 		}
-		srv.conns.Add(1)
-		c, err := p.dialServer(st, srv, dport)
+		st = ch.st
+		c, err := p.dialServer(st, ch.srv, dport)
 		if err == nil {
-			return srv, lease, c, nil
+			return ch, c, nil
 		}
-		p.release(srv, lease)
+		p.release(ch.srv, ch.lease)
+		if ch.srv == st.sorry {
+			return choice{}, nil, fmt.Errorf("no real server is available; the sorry server: %w", err)
+		}
 		if p.ctx.Err() != nil {
-			return nil, lease, nil, err
+			return choice{}, nil, err
 		}
-		p.failed(st, srv)
-		pk.tried = append(pk.tried, srv)
+		p.failed(st, ch.srv)
+		tried = append(tried, ch.srv)
 		lastErr = err
 	}
-	return nil, affinity.Lease{}, nil, lastErr
-}
-
-// connectSorry connects to the sorry server, if the service has one, when
-// none of its servers can take the client (cause); the connection holds
-// no template.
-func (p *Proxy) connectSorry(st *serviceState, dport uint16, cause error) (*Server, affinity.Lease, *net.TCPConn, error) {
-	sorry := p.sorryFor(st, cause)
-	if sorry == nil {
-		return nil, affinity.Lease{}, nil, cause
-	}
-	sorry.conns.Add(1)
-	c, err := p.dialServer(st, sorry, dport)
-	if err != nil {
-		sorry.conns.Add(-1)
-		return nil, affinity.Lease{}, nil, fmt.Errorf("%w; the sorry server: %w", cause, err)
-	}
-	return sorry, affinity.Lease{}, c, nil
+	return choice{}, nil, lastErr
 }
 
 func (p *Proxy) dialServer(st *serviceState, srv *Server, dport uint16) (*net.TCPConn, error) {
@@ -156,89 +119,4 @@ func (p *Proxy) dialServer(st *serviceState, srv *Server, dport uint16) (*net.TC
 		return nil, err
 	}
 	return c.(*net.TCPConn), nil
-}
-
-func decision(hit bool) string {
-	if hit {
-		return "template"
-	}
-	return "scheduler"
-}
-
-// pipe copies both ways until both directions are done and returns the
-// bytes from the client (in) and to it (out). Each direction is io.Copy
-// between two *net.TCPConn, which the runtime runs as splice(2); at EOF
-// the direction is half-closed with CloseWrite, so a client that shuts
-// down its sending side still gets the whole reply. An error in one
-// direction aborts both.
-func pipe(client, backend *net.TCPConn, idle time.Duration) (in, out int64) {
-	var idleA, idleB atomic.Bool
-	var ended atomic.Int32
-	done := make(chan int64, 1)
-	go func() { done <- copyHalf(backend, client, idle, &idleA, &idleB, &ended) }()
-	out = copyHalf(client, backend, idle, &idleB, &idleA, &ended)
-	in = <-done
-	client.Close()
-	backend.Close()
-	return in, out
-}
-
-// idleChunk bounds one splice run when an idle timeout is set, so that the
-// deadline is re-armed as long as bytes flow (io.CopyN keeps splice: the
-// runtime splices from an *io.LimitedReader of a *net.TCPConn).
-const idleChunk = 256 << 10
-
-// copyHalf copies src to dst, then half-closes dst; ended counts the
-// directions done. With an idle timeout,
-// a direction that saw no byte for the timeout marks itself idle, and the
-// connection is closed when the other direction is idle too.
-func copyHalf(dst, src *net.TCPConn, idle time.Duration, self, other *atomic.Bool, ended *atomic.Int32) int64 {
-	if idle <= 0 {
-		n, err := io.Copy(dst, src)
-		finish(dst, src, err, ended)
-		return n
-	}
-	var total int64
-	for {
-		src.SetReadDeadline(time.Now().Add(idle))
-		n, err := io.CopyN(dst, src, idleChunk)
-		total += n
-		if n > 0 {
-			self.Store(false)
-		}
-		switch {
-		case err == nil:
-			continue
-		case errors.Is(err, os.ErrDeadlineExceeded) && n == 0:
-			self.Store(true)
-			if !other.Load() {
-				continue
-			}
-			err = errIdle
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			continue
-		case errors.Is(err, io.EOF):
-			err = nil
-		}
-		finish(dst, src, err, ended)
-		return total
-	}
-}
-
-var errIdle = errors.New("idle timeout")
-
-// finish ends one direction: a clean EOF half-closes, an error aborts both.
-// The second direction to end skips the half-close: pipe closes both
-// sockets next, and the close sends the FIN (a system call less for every
-// connection; both receive queues are drained, so it is a FIN, not a RST).
-func finish(dst, src *net.TCPConn, err error, ended *atomic.Int32) {
-	last := ended.Add(1) == 2
-	if err == nil {
-		if !last {
-			dst.CloseWrite()
-		}
-		return
-	}
-	dst.Close()
-	src.Close()
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/hostnet"
 	"github.com/tetherlb/tether/marks"
 	"github.com/tetherlb/tether/nft"
 	"golang.org/x/sys/unix"
@@ -28,7 +28,7 @@ type transparent struct {
 	nft  *nftables.Conn // lasting: the table is owned by its socket
 	set  atomic.Pointer[marks.Set]
 	// routing is the policy routing of non-local VIPs, if any.
-	routing nft.Routing
+	routing hostnet.Routing
 	// ulns and uflows are the transparent UDP listeners and flows, when a
 	// class covers UDP.
 	ulns   []*net.UDPConn
@@ -72,7 +72,7 @@ func (p *Proxy) openTransparent(cfg *config.File) (*transparent, error) {
 		l, err := lc.Listen(p.ctx, n, addr)
 		if err != nil {
 			tp.close()
-			if lo, hi, ok := localPortRange(); ok && errors.Is(err, unix.EADDRINUSE) && int(tp.port) >= lo && int(tp.port) <= hi {
+			if lo, hi, ok := hostnet.LocalPortRange(); ok && errors.Is(err, unix.EADDRINUSE) && int(tp.port) >= lo && int(tp.port) <= hi {
 				err = fmt.Errorf("%w (tproxy_port %d is in net.ipv4.ip_local_port_range %d-%d, where outgoing connections take their ports: choose one outside it)", err, tp.port, lo, hi)
 			}
 			return nil, fmt.Errorf("transparent listener for mark services: %w", err)
@@ -156,7 +156,7 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		return fmt.Errorf("apply nftables table inet %s (needs CAP_NET_ADMIN, nf_tables and nft_tproxy): %w", nft.TableName, err)
 	}
 	tp.applied = &rs
-	routing := nft.Routing{Ingress: pl.cfg.TProxyIngress, Table: pl.cfg.TProxyRouteTable, Priority: pl.cfg.TProxyRulePriority}
+	routing := hostnet.Routing{Ingress: pl.cfg.TProxyIngress, Table: pl.cfg.TProxyRouteTable, Priority: pl.cfg.TProxyRulePriority}
 	old := tp.routing
 	if pl.tp != nil && p.tp != nil {
 		old = p.tp.routing // tp is new listeners: the rules are the old ones'
@@ -239,47 +239,26 @@ func (p *Proxy) removeMarks() error {
 }
 
 // checkBridgeNetfilter warns when br_netfilter would run the IP hooks for
-// bridged frames: TPROXY then assigns the socket at bridge level and the IP
-// layer drops it, so clients reaching the VIP through a bridge of this host
-// are refused.
+// bridged frames (hostnet.BridgeCallsIPTables). It reads the sysctl on
+// this goroutine, which runs in the proxy's namespace while Start or
+// Reload runs.
 func (p *Proxy) checkBridgeNetfilter() {
-	// Read on this goroutine: /proc/sys/net follows the calling thread's
-	// namespace, which is the proxy's while Start or Reload runs.
-	b, _ := os.ReadFile("/proc/sys/net/bridge/bridge-nf-call-iptables")
-	if strings.TrimSpace(string(b)) == "1" {
+	if hostnet.BridgeCallsIPTables() {
 		p.log.Warn("net.bridge.bridge-nf-call-iptables=1: TPROXY fails for clients that reach the VIP through a bridge of this host; set it to 0 in this network namespace if the ingress is a bridge")
 	}
 }
-
-// localPortRange is the ephemeral port range of the calling thread's
-// network namespace.
-func localPortRange() (lo, hi int, ok bool) {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return 0, 0, false
-	}
-	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil {
-		return 0, 0, false
-	}
-	return lo, hi, true
-}
-
-// fwmarkAccept is the sysctl that gives an accepted socket the mark of
-// its SYN, so that SO_MARK names the service.
-const fwmarkAccept = "/proc/sys/net/ipv4/tcp_fwmark_accept"
 
 // checkFwmarkAccept sets net.ipv4.tcp_fwmark_accept=1 when allowed to, and
 // otherwise says that tether classifies by original destination and how
 // to change that. Like checkBridgeNetfilter it runs on the proxy's
 // namespace thread.
 func (p *Proxy) checkFwmarkAccept() error {
-	b, err := os.ReadFile(fwmarkAccept)
-	if err != nil || strings.TrimSpace(string(b)) == "1" {
+	if hostnet.FwmarkAccept() {
 		return nil
 	}
 	if p.setSysctls {
-		if err := os.WriteFile(fwmarkAccept, []byte("1"), 0o644); err != nil {
-			return fmt.Errorf("--set-sysctls: net.ipv4.tcp_fwmark_accept=1: %w", err)
+		if err := hostnet.SetFwmarkAccept(); err != nil {
+			return fmt.Errorf("--set-sysctls: %w", err)
 		}
 		p.log.Info("set net.ipv4.tcp_fwmark_accept=1 (--set-sysctls): services are found by socket mark")
 		return nil
@@ -328,7 +307,7 @@ func (p *Proxy) classify(tp *transparent, c *net.TCPConn) (*service, uint16) {
 		mark = cl.Mark
 	}
 	p.svcMu.RLock()
-	svc := p.services[svcKey{mark: mark}]
+	svc := p.services[config.ServiceKey{Mark: mark}]
 	p.svcMu.RUnlock()
 	if svc == nil {
 		p.log.Warn("no service for firewall mark", "fwmark", mark, "dst", dst)

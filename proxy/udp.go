@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/config"
 	"golang.org/x/sys/unix"
 )
 
@@ -43,7 +44,7 @@ func newFlowTable(size int) *flowTable { return newLRUSet[netip.AddrPort, *flow]
 // listen (for tests and the admin listing).
 func (p *Proxy) UDPFlows(listen netip.AddrPort) int {
 	p.svcMu.RLock()
-	s := p.services[svcKey{listen: listen, udp: true}]
+	s := p.services[config.ServiceKey{VIP: listen, UDP: true}]
 	p.svcMu.RUnlock()
 	if s == nil || s.flows == nil {
 		return 0
@@ -132,11 +133,12 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 	if !roomForFlow(p, svc.flows, p.closeFlow) {
 		return nil, errors.New("udp_max_flows reached")
 	}
-	srv, lease, err := p.choose(st, src.Addr())
+	ch, err := p.choose(st, src.Addr(), nil)
 	if err != nil {
 		return nil, err
 	}
-	conn, err := p.dialUDP(st, srv.Addr)
+	srv, lease := ch.srv, ch.lease
+	conn, err := p.dialUDP(ch.st, srv.Addr)
 	var rc syscall.RawConn
 	if err == nil {
 		if rc, err = conn.SyscallConn(); err != nil {
@@ -147,7 +149,7 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 		p.release(srv, lease)
 		return nil, err
 	}
-	f = &flow{client: src, srv: srv, st: st, lease: lease, conn: conn, rc: rc}
+	f = &flow{client: src, srv: srv, st: ch.st, lease: lease, conn: conn, rc: rc}
 	f.dstLen = sockaddr(src, svc.family, &f.dst)
 	p.flowsTotal.Add(1)
 	f.last.Store(time.Now().UnixNano())
@@ -161,40 +163,6 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 		p.flowReplies(svc, f)
 	}()
 	return f, nil
-}
-
-// choose picks the server of a new flow (a UDP flow or datagram, a director
-// flow) and counts it.
-func (p *Proxy) choose(st *serviceState, client netip.Addr) (*Server, affinity.Lease, error) {
-	var lease affinity.Lease
-	var srv *Server
-	var err error
-	switch {
-	case !st.quorate():
-		err = errBelowQuorum
-	case st.persistent:
-		var l affinity.Lease
-		if l, err = p.table.GetOrBind(st.ref, client, &picker{p: p, st: st}); err != nil {
-			break
-		}
-		if srv = st.byAddr[l.Server]; srv == nil {
-			p.table.Release(l)
-			err = errNoServer
-			break
-		}
-		lease = l
-	default:
-		if srv = st.sched.Pick(client, nil); srv == nil {
-			err = errNoServer
-		}
-	}
-	if err != nil {
-		if srv = p.sorryFor(st, err); srv == nil {
-			return nil, lease, err
-		}
-	}
-	srv.conns.Add(1)
-	return srv, lease, nil
 }
 
 func (p *Proxy) dialUDP(st *serviceState, addr netip.AddrPort) (*net.UDPConn, error) {
@@ -267,11 +235,12 @@ func (p *Proxy) closeFlows(svc *service) {
 // its own to the chosen server, and the first reply, if one comes within
 // the idle timeout (at most 5 s), goes back to the client.
 func (p *Proxy) onePacket(svc *service, st *serviceState, src netip.AddrPort, b []byte, wg *sync.WaitGroup) {
-	srv, lease, err := p.choose(st, src.Addr())
+	ch, err := p.choose(st, src.Addr(), nil)
 	if err != nil {
 		return
 	}
-	release := func() { p.release(srv, lease) }
+	srv := ch.srv
+	release := func() { p.release(srv, ch.lease) }
 	conn, err := p.dialUDP(st, srv.Addr)
 	if err != nil {
 		release()

@@ -7,7 +7,6 @@ import (
 
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/nft"
-	"github.com/tetherlb/tether/proxy"
 	"github.com/urfave/cli/v2"
 )
 
@@ -24,12 +23,12 @@ func nftCommand() *cli.Command {
 				if err != nil {
 					return cli.Exit(err.Error(), 1)
 				}
-				director := proxy.ShowDirector(f)
+				director := nft.ShowDirector(f)
 				if len(f.Marks) == 0 && director == "" {
 					return cli.Exit(c.String("config")+": no marks and no director services, so tether applies no nftables rules", 1)
 				}
 				if len(f.Marks) > 0 {
-					fmt.Fprint(c.App.Writer, nft.Ruleset{Marks: f.MarkSet, TProxyPort: f.TProxyPort, Direct: proxy.DirectorMarks(f)}.Show())
+					fmt.Fprint(c.App.Writer, nft.Ruleset{Marks: f.MarkSet, TProxyPort: f.TProxyPort, Direct: nft.DirectorMarks(f)}.Show())
 				}
 				if director != "" {
 					if len(f.Marks) > 0 {

@@ -1,4 +1,4 @@
-package nft
+package hostnet
 
 import (
 	"errors"
@@ -17,23 +17,19 @@ import (
 // SYN-ACK tether sends, loop it back to lo, and leave the connection in
 // SYN-RECV.
 type Routing struct {
-	Ingress  []string // interfaces clients come in through
-	Table    int      // routing table for marked flows; default 100
-	Priority int      // rule priority; default 1000
+	Ingress []string // interfaces clients come in through
+	// Table is the routing table for marked flows and Priority the
+	// rules' priority; both are needed with Ingress (config fills in
+	// its defaults, 100 and 1000).
+	Table    int
+	Priority int
 }
 
-func (r Routing) table() int {
-	if r.Table == 0 {
-		return 100
+func (r Routing) check() error {
+	if r.Table <= 0 || r.Priority <= 0 {
+		return fmt.Errorf("policy routing: table %d and priority %d: both must be set", r.Table, r.Priority)
 	}
-	return r.Table
-}
-
-func (r Routing) priority() int {
-	if r.Priority == 0 {
-		return 1000
-	}
-	return r.Priority
+	return nil
 }
 
 // Apply makes tether's rules (those at its priority, for its table) one
@@ -44,6 +40,9 @@ func (r Routing) priority() int {
 func (r Routing) Apply(set marks.Set) error {
 	if len(r.Ingress) == 0 {
 		return nil // no policy routing configured: touch nobody's rules
+	}
+	if err := r.check(); err != nil {
+		return err
 	}
 	h, err := netlink.NewHandle()
 	if err != nil {
@@ -64,9 +63,9 @@ func (r Routing) Apply(set marks.Set) error {
 		family int
 		dst    *net.IPNet
 	}{{unix.AF_INET, &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}}, {unix.AF_INET6, &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}}} {
-		err := h.RouteReplace(&netlink.Route{LinkIndex: lo.Attrs().Index, Dst: fam.dst, Table: r.table(), Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST, Family: fam.family})
+		err := h.RouteReplace(&netlink.Route{LinkIndex: lo.Attrs().Index, Dst: fam.dst, Table: r.Table, Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST, Family: fam.family})
 		if err != nil {
-			return fmt.Errorf("policy routing: local route in table %d: %w", r.table(), err)
+			return fmt.Errorf("policy routing: local route in table %d: %w", r.Table, err)
 		}
 		have := map[ruleKey]netlink.Rule{}
 		var stale []netlink.Rule // another mask: goes after the new ones are in
@@ -75,7 +74,7 @@ func (r Routing) Apply(set marks.Set) error {
 			return err
 		}
 		for _, rule := range rules {
-			if rule.Table == r.table() && rule.Priority == r.priority() {
+			if rule.Table == r.Table && rule.Priority == r.Priority {
 				m := uint32(0)
 				if rule.Mask != nil {
 					m = *rule.Mask
@@ -96,10 +95,10 @@ func (r Routing) Apply(set marks.Set) error {
 					continue
 				}
 				rule := netlink.NewRule()
-				rule.Family, rule.IifName, rule.Table, rule.Priority = fam.family, in, r.table(), r.priority()
+				rule.Family, rule.IifName, rule.Table, rule.Priority = fam.family, in, r.Table, r.Priority
 				rule.Mark, rule.Mask = c.Mark, &mask
 				if err := h.RuleAdd(rule); err != nil {
-					return fmt.Errorf("policy routing: ip rule iif %s fwmark %#x lookup %d: %w", in, c.Mark, r.table(), err)
+					return fmt.Errorf("policy routing: ip rule iif %s fwmark %#x lookup %d: %w", in, c.Mark, r.Table, err)
 				}
 			}
 		}
@@ -125,6 +124,9 @@ func (r Routing) Remove() error {
 	if len(r.Ingress) == 0 {
 		return nil // tether made none; the table may be someone else's
 	}
+	if err := r.check(); err != nil {
+		return err
+	}
 	h, err := netlink.NewHandle()
 	if err != nil {
 		return err
@@ -137,14 +139,14 @@ func (r Routing) Remove() error {
 			return err
 		}
 		for _, rule := range rules {
-			if rule.Table == r.table() && rule.Priority == r.priority() {
+			if rule.Table == r.Table && rule.Priority == r.Priority {
 				rule := rule
 				if err := h.RuleDel(&rule); err != nil {
 					errs = append(errs, err)
 				}
 			}
 		}
-		routes, err := h.RouteListFiltered(family, &netlink.Route{Table: r.table()}, netlink.RT_FILTER_TABLE)
+		routes, err := h.RouteListFiltered(family, &netlink.Route{Table: r.Table}, netlink.RT_FILTER_TABLE)
 		if err != nil {
 			return err
 		}

@@ -191,7 +191,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 		mark = cl.Mark
 	}
 	p.svcMu.RLock()
-	svc := p.services[svcKey{mark: mark}]
+	svc := p.services[config.ServiceKey{Mark: mark}]
 	p.svcMu.RUnlock()
 	if svc == nil {
 		return nil, fmt.Errorf("no service for mark %d", mark)
@@ -200,11 +200,12 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 	if !roomForFlow(p, ft.lruSet, p.closeTFlow) {
 		return nil, errors.New("udp_max_flows reached")
 	}
-	srv, lease, err := p.choose(st, k.client.Addr())
+	ch, err := p.choose(st, k.client.Addr(), nil)
 	if err != nil {
 		return nil, err
 	}
-	f = &tflow{key: k, srv: srv, st: st, lease: lease}
+	srv, lease := ch.srv, ch.lease
+	f = &tflow{key: k, srv: srv, st: ch.st, lease: lease}
 	err = p.inNamespace(func() error {
 		d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(k.dst), Control: transparentUDPControl(false)}
 		c, err := d.DialContext(p.ctx, "udp", k.client.String())
@@ -215,7 +216,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 		return nil
 	})
 	if err == nil {
-		f.server, err = p.dialUDP(st, serverAddr(srv, k.dst.Port()))
+		f.server, err = p.dialUDP(ch.st, serverAddr(srv, k.dst.Port()))
 	}
 	if err == nil {
 		if f.clientRC, err = f.client.SyscallConn(); err == nil {

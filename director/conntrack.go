@@ -1,0 +1,165 @@
+package director
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/ti-mo/conntrack"
+	"github.com/ti-mo/netfilter"
+)
+
+// reconcileEvery is how often the director compares its open flows with
+// conntrack's, to give back what flows whose end it did not hear of held
+// (a first packet dropped after the verdict, lost events).
+const reconcileEvery = 60 * time.Second
+
+// reconcileGrace keeps a flow younger than this out of reconciliation: its
+// conntrack entry may not be confirmed yet.
+const reconcileGrace = 10 * time.Second
+
+// followConntrack releases flows as conntrack destroys them, and
+// reconciles with conntrack's table every reconcileEvery and after lost
+// events.
+func (d *Director[H]) followConntrack() {
+	defer d.wg.Done()
+	tick := time.NewTicker(reconcileEvery)
+	defer tick.Stop()
+	for d.ctx.Err() == nil {
+		err := d.listenDestroy(tick.C)
+		if d.ctx.Err() != nil {
+			return
+		}
+		d.stats.overruns.Add(1)
+		d.log.Warn("director: conntrack events lost; reconciling open flows with conntrack", "err", err)
+		d.reconcile()
+		select {
+		case <-d.ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// listenDestroy follows destroy events until the director stops (nil) or
+// the listener fails.
+func (d *Director[H]) listenDestroy(tick <-chan time.Time) error {
+	var ct *conntrack.Conn
+	err := d.do(func() (err error) {
+		ct, err = conntrack.Dial(nil)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	ct.SetReadBuffer(8 << 20)
+	evs := make(chan conntrack.Event, 1024)
+	errc, err := ct.Listen(evs, 1, []netfilter.NetlinkGroup{netfilter.GroupCTDestroy})
+	if err != nil {
+		ct.Close()
+		return err
+	}
+	for {
+		select {
+		case ev := <-evs:
+			if ev.Flow != nil {
+				d.destroyed(tupleKey(ev.Flow.TupleOrig))
+			}
+		case <-tick:
+			d.reconcile()
+		case err := <-errc:
+			ct.Close() // the worker has returned
+			return err
+		case <-d.ctx.Done():
+			// Close waits for the worker, which may be sending: drain.
+			closed := make(chan struct{})
+			go func() { ct.Close(); close(closed) }()
+			for {
+				select {
+				case <-evs:
+				case <-errc:
+				case <-closed:
+					return nil
+				}
+			}
+		}
+	}
+}
+
+func tupleKey(t conntrack.Tuple) FlowKey {
+	return FlowKey{Proto: t.Proto.Protocol,
+		Src: netip.AddrPortFrom(t.IP.SourceAddress.Unmap(), t.Proto.SourcePort),
+		Dst: netip.AddrPortFrom(t.IP.DestinationAddress.Unmap(), t.Proto.DestinationPort)}
+}
+
+// destroyed ends flow k, which conntrack forgot.
+func (d *Director[H]) destroyed(k FlowKey) {
+	d.mu.Lock()
+	f := d.flows[k]
+	delete(d.flows, k)
+	d.mu.Unlock()
+	if f != nil {
+		d.stats.ended.Add(1)
+		d.o.Release(f.hold)
+	}
+}
+
+// reconcile ends the flows conntrack no longer has.
+func (d *Director[H]) reconcile() {
+	var live []conntrack.Flow
+	err := d.do(func() error {
+		c, err := conntrack.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		live, err = c.Dump(nil)
+		return err
+	})
+	if err != nil {
+		d.log.Warn("director: conntrack dump failed; open flows not reconciled", "err", err)
+		return
+	}
+	have := make(map[FlowKey]bool, len(live))
+	for _, f := range live {
+		have[tupleKey(f.TupleOrig)] = true
+	}
+	var gone []*flow[H]
+	cutoff := time.Now().Add(-reconcileGrace)
+	d.mu.Lock()
+	for k, f := range d.flows {
+		if !have[k] && f.born.Before(cutoff) {
+			delete(d.flows, k)
+			gone = append(gone, f)
+		}
+	}
+	d.mu.Unlock()
+	for _, f := range gone {
+		d.o.Release(f.hold)
+	}
+	d.stats.reconciled.Add(uint64(len(gone)))
+}
+
+// ResetMarks deletes the conntrack entries of flows with the given marks
+// (IPVS's expire_nodest_conn): their clients' next packets start new
+// flows. do runs it in the right network namespace (nil: as is).
+func ResetMarks(do func(func() error) error, marks []uint32) error {
+	if len(marks) == 0 {
+		return nil
+	}
+	f := func() error {
+		c, err := conntrack.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for _, m := range marks {
+			if err := c.FlushFilter(conntrack.NewFilter().Mark(m)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if do != nil {
+		return do(f)
+	}
+	return f()
+}

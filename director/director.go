@@ -1,0 +1,279 @@
+package director
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	nfqueue "github.com/florianl/go-nfqueue/v2"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Verdict is what a decision makes of a flow's first packet.
+type Verdict int
+
+const (
+	// Chosen: a server was chosen; the packet is accepted with its
+	// choice mark, and the hold is kept until the flow ends.
+	Chosen Verdict = iota
+	// Unknown: no service of tether's (a config change raced the
+	// packet); the packet is accepted unmarked.
+	Unknown
+	// NoServer: no server can take the flow; the packet is dropped and
+	// the client retries.
+	NoServer
+	// Stale: the chosen server has no choice mark (a reload raced the
+	// packet); the packet is dropped and the client retries.
+	Stale
+)
+
+// Queues are the queue settings, fixed until the director is closed.
+type Queues struct {
+	First, Count uint16 // queue numbers First..First+Count-1
+	Length       uint32 // packets a queue holds
+	// FailOpen: a full queue, or one nobody reads, accepts new flows
+	// instead of dropping them (the nft rules then pick a server).
+	FailOpen bool
+}
+
+// Options configure a Director. H is what a flow holds while it is open
+// (a server's count, a template lease), given back through Release.
+type Options[H any] struct {
+	Queues Queues
+	Logger *slog.Logger // nil discards
+	// Do runs f in the director's network namespace (queues and
+	// conntrack sockets are made through it); nil runs f as is.
+	Do func(f func() error) error
+	// Decide picks the server of a new flow k whose first packet carries
+	// mark: the verdict, the choice mark and what the flow holds.
+	Decide func(k FlowKey, mark uint32) (Verdict, uint32, H)
+	// Release gives back what a flow held, once: when conntrack destroys
+	// the flow, when a duplicate decision loses, or at Close.
+	Release func(H)
+	// VerdictHook, when set, runs before each verdict is sent; tests use
+	// it to hold a packet in the queue.
+	VerdictHook func()
+}
+
+// Director reads the queues and keeps the open flows it decided.
+type Director[H any] struct {
+	o      Options[H]
+	log    *slog.Logger
+	queues []*nfqueue.Nfqueue
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the conntrack follower
+
+	mu    sync.Mutex
+	flows map[FlowKey]*flow[H]
+
+	stats counters
+}
+
+// flow is an open flow and what it holds.
+type flow[H any] struct {
+	mark uint32
+	born time.Time
+	hold H
+}
+
+// Open binds the queues and starts following conntrack. It needs
+// CAP_NET_ADMIN.
+func Open[H any](o Options[H]) (*Director[H], error) {
+	d := &Director[H]{o: o, log: o.Logger, flows: map[FlowKey]*flow[H]{}}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	flags := uint32(nfqueue.NfQaCfgFlagGSO)
+	if o.Queues.FailOpen {
+		flags |= nfqueue.NfQaCfgFlagFailOpen
+	}
+	err := d.do(func() error {
+		for i := range o.Queues.Count {
+			num := o.Queues.First + i
+			q, err := nfqueue.Open(&nfqueue.Config{
+				NfQueue: num, MaxPacketLen: 128, MaxQueueLen: o.Queues.Length,
+				Copymode: nfqueue.NfQnlCopyPacket, Flags: flags, AfFamily: unix.AF_UNSPEC,
+			})
+			if err != nil {
+				return fmt.Errorf("nfqueue %d: %w", num, err)
+			}
+			d.queues = append(d.queues, q)
+			if err := q.RegisterWithErrorFunc(d.ctx, d.verdictFunc(q), d.queueError); err != nil {
+				return fmt.Errorf("nfqueue %d (is another program bound to it?): %w", num, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		d.stop()
+		return nil, err
+	}
+	d.wg.Add(1)
+	go d.followConntrack()
+	return d, nil
+}
+
+func (d *Director[H]) do(f func() error) error {
+	if d.o.Do != nil {
+		return d.o.Do(f)
+	}
+	return f()
+}
+
+// stop unbinds the queues and stops following conntrack.
+func (d *Director[H]) stop() {
+	d.cancel()
+	for _, q := range d.queues {
+		q.Close()
+	}
+	d.wg.Wait()
+}
+
+// Close unbinds the queues, stops following conntrack and releases what
+// every open flow held; the flows themselves stay with the kernel.
+func (d *Director[H]) Close() {
+	d.stop()
+	d.mu.Lock()
+	flows := slices.Collect(maps.Values(d.flows))
+	d.flows = map[FlowKey]*flow[H]{}
+	d.mu.Unlock()
+	for _, f := range flows {
+		d.o.Release(f.hold)
+	}
+}
+
+// Flows is the number of open flows the director holds something for.
+func (d *Director[H]) Flows() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.flows)
+}
+
+// queueError keeps reading after an overrun (the kernel dropped or, fail
+// open, accepted packets the queue had no room for) and after an error
+// answer to a verdict (ENOENT: the kernel flushed the packet, as it does
+// with every queued packet when any netfilter hook of the namespace goes,
+// a table replaced by tether or by anyone's nft). It stops at Close, or
+// when the socket is gone.
+func (d *Director[H]) queueError(err error) int {
+	if d.ctx.Err() != nil || errors.Is(err, net.ErrClosed) || errors.Is(err, unix.EBADF) {
+		return 1
+	}
+	var oe *netlink.OpError
+	if errors.As(err, &oe) && (errors.Is(oe.Err, unix.ENOBUFS) || oe.Timeout()) {
+		d.stats.overruns.Add(1)
+		return 0
+	}
+	if d.stats.queueErrs.Add(1) == 1 {
+		d.log.Warn("director: an error reading the queue; reading on (tether_director_queue_errors counts them)", "err", err)
+	}
+	// An error that repeats at once (a socket broken in a way not seen
+	// here) must not spin a core: at most a thousand a second.
+	time.Sleep(time.Millisecond)
+	return 0
+}
+
+// verdictFunc answers each queued packet of queue q.
+func (d *Director[H]) verdictFunc(q *nfqueue.Nfqueue) nfqueue.HookFunc {
+	return func(a nfqueue.Attribute) int {
+		if a.PacketID == nil || a.Payload == nil {
+			return 0
+		}
+		var mark uint32
+		if a.Mark != nil {
+			mark = *a.Mark
+		}
+		v, m, set := d.decide(*a.Payload, mark)
+		if d.o.VerdictHook != nil {
+			d.o.VerdictHook()
+		}
+		var err error
+		if set {
+			err = q.SetVerdictWithOption(*a.PacketID, v, nfqueue.WithMark(m))
+		} else {
+			err = q.SetVerdict(*a.PacketID, v)
+		}
+		if err != nil {
+			d.stats.verdictErrs.Add(1)
+		}
+		return 0
+	}
+}
+
+// decide answers packet b: the nfqueue verdict, and the mark to give the
+// packet (set) or none.
+func (d *Director[H]) decide(b []byte, mark uint32) (verdict int, newMark uint32, set bool) {
+	k, err := ParseFlow(b)
+	if err != nil {
+		d.stats.unparsed.Add(1)
+		return nfqueue.NfAccept, 0, false
+	}
+	d.mu.Lock()
+	f := d.flows[k]
+	d.mu.Unlock()
+	if f != nil { // the first packet again, before conntrack kept the choice
+		return nfqueue.NfAccept, f.mark, true
+	}
+	v, m, hold := d.o.Decide(k, mark)
+	switch v {
+	case Unknown:
+		d.stats.unknown.Add(1)
+		return nfqueue.NfAccept, 0, false
+	case NoServer:
+		d.stats.noServer.Add(1)
+		return nfqueue.NfDrop, 0, false
+	case Stale:
+		d.stats.unknown.Add(1)
+		return nfqueue.NfDrop, 0, false
+	}
+	d.mu.Lock()
+	if old := d.flows[k]; old != nil {
+		d.mu.Unlock()
+		d.o.Release(hold)
+		return nfqueue.NfAccept, old.mark, true
+	}
+	d.flows[k] = &flow[H]{mark: m, born: time.Now(), hold: hold}
+	d.mu.Unlock()
+	d.stats.verdicts.Add(1)
+	return nfqueue.NfAccept, m, true
+}
+
+// counters are the director's own counts, reported through Stats.
+type counters struct {
+	verdicts, unparsed, unknown, noServer, verdictErrs, overruns, queueErrs, ended, reconciled atomic.Uint64
+}
+
+// Stats are the director's counts since Open.
+type Stats struct {
+	Verdicts      uint64 // new flows given a server
+	QueueErrors   uint64 // errors reading the queue, read on
+	Unparsed      uint64 // packets without a TCP or UDP flow
+	Unknown       uint64 // packets of no service (a reload raced them)
+	NoServer      uint64 // new flows dropped: no server could take them
+	VerdictErrors uint64 // verdicts the kernel refused (packet gone)
+	Overruns      uint64 // queue or conntrack event overruns
+	FlowsEnded    uint64 // flows conntrack reported destroyed
+	Reconciled    uint64 // flows ended because a dump no longer had them
+	Flows         int    // open flows now
+}
+
+// Stats reads the counters.
+func (d *Director[H]) Stats() Stats {
+	c := &d.stats
+	return Stats{
+		Verdicts: c.verdicts.Load(), QueueErrors: c.queueErrs.Load(), Unparsed: c.unparsed.Load(), Unknown: c.unknown.Load(),
+		NoServer: c.noServer.Load(), VerdictErrors: c.verdictErrs.Load(), Overruns: c.overruns.Load(),
+		FlowsEnded: c.ended.Load(), Reconciled: c.reconciled.Load(), Flows: d.Flows(),
+	}
+}
