@@ -31,4 +31,3 @@ func TestAssignMarks(t *testing.T) {
 		t.Errorf("single server got %d, want 100", third[k("198.19.0.13:80")])
 	}
 }
-
