@@ -18,8 +18,8 @@ type checkKey struct {
 // setChecks makes the health monitor check exactly the servers of the
 // services in force, and brings every server's health flags in line with
 // the monitor: a new or changed check starts in its start state, a server
-// without a check is healthy. It runs under p.mu, after the services are
-// in place.
+// without a check is healthy. It runs on the control loop, after the
+// services are in place.
 func (p *Proxy) setChecks() {
 	targets := map[checkKey]health.Target{}
 	for _, svc := range p.serviceList() {
@@ -52,8 +52,10 @@ func (p *Proxy) setChecks() {
 // healthChanged applies a server's health change reported by the monitor,
 // and logs and counts it once.
 func (p *Proxy) healthChanged(c health.Change[checkKey]) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.control(func() error { p.applyChange(c); return nil }) // errStopped: nothing to change
+}
+
+func (p *Proxy) applyChange(c health.Change[checkKey]) {
 	if !p.health.Current(c.Key, c.Gen) {
 		return // a check replaced by a reload
 	}

@@ -56,7 +56,7 @@ type Proxy struct {
 	ctx    context.Context // cancelled when a stop gives up draining
 	cancel context.CancelFunc
 
-	mu  sync.Mutex                  // serialises Start, Reload, Shutdown
+	ctl control                     // runs every change: Start, Reload, Shutdown, health, server set
 	cfg atomic.Pointer[config.File] // in force; the data path reads it too
 
 	svcMu    sync.RWMutex // guards services; connections read it
@@ -113,10 +113,17 @@ func quietMetricsConfig() *metrics.Config {
 func (p *Proxy) Table() *affinity.Table { return p.table }
 
 // Start restores the snapshot, if the config names one, and opens every
-// service's listener. If a listener cannot be opened, none stays open.
+// service's listener, in the namespace Options.Do enters. If a listener
+// cannot be opened, none stays open.
 func (p *Proxy) Start() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	err := p.control(p.start)
+	if err != nil {
+		p.stopControl()
+	}
+	return err
+}
+
+func (p *Proxy) start() error {
 	plan, err := p.plan(p.currentCfg())
 	if err != nil {
 		return err
@@ -147,8 +154,10 @@ func (p *Proxy) Start() error {
 // in cfg cannot be put in place (a listener cannot be opened), nothing
 // changes and the old configuration keeps running.
 func (p *Proxy) Reload(cfg *config.File) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	return p.control(func() error { return p.reload(cfg) })
+}
+
+func (p *Proxy) reload(cfg *config.File) error {
 	plan, err := p.plan(cfg)
 	if err != nil {
 		return err
@@ -368,9 +377,13 @@ func (p *Proxy) current(st *serviceState) *serviceState {
 // Shutdown stops accepting, waits for open connections until ctx ends,
 // closes the ones left, and writes the persistence snapshot.
 func (p *Proxy) Shutdown(ctx context.Context) error {
-	p.health.Close() // before p.mu: a reported change takes p.mu
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.health.Close() // first: a reported change waits for the control loop
+	err := p.control(func() error { return p.shutdown(ctx) })
+	p.stopControl()
+	return err
+}
+
+func (p *Proxy) shutdown(ctx context.Context) error {
 	for _, s := range p.services {
 		if s.ln != nil {
 			s.ln.Close()

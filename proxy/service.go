@@ -3,8 +3,10 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -206,10 +208,13 @@ func (c *conns) remove(conn *net.TCPConn) {
 	c.mu.Unlock()
 }
 
+// closeAll closes every tracked connection; the sockets are collected
+// under the lock and closed after it, so that no close waits on it.
 func (c *conns) closeAll() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	for conn := range c.set {
+	all := slices.Collect(maps.Keys(c.set))
+	c.mu.Unlock()
+	for _, conn := range all {
 		conn.Close()
 	}
 }

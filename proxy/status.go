@@ -73,8 +73,10 @@ func (p *Proxy) SetServer(service, server string, ch api.ServerChange) error {
 	if err := ch.Check(); err != nil {
 		return err
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	return p.control(func() error { return p.setServer(service, server, ch) })
+}
+
+func (p *Proxy) setServer(service, server string, ch api.ServerChange) error {
 	svc, srv, err := p.findServer(service, server)
 	if err != nil {
 		return err

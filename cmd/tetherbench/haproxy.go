@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// runHAProxy measures HAProxy in TCP mode with splice and source
+// balancing, the setup tether's users replace, when it is installed.
+func runHAProxy(ctx context.Context, dir, backend string, dur time.Duration) (column, error) {
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		return column{}, errors.New("haproxy is not installed (apt-get install haproxy)")
+	}
+	listen, err := freeAddr()
+	if err != nil {
+		return column{}, err
+	}
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`global
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1m
+  timeout server 1m
+  option splice-auto
+listen bench
+  bind %s
+  balance source
+  server s1 %s
+`, listen, backend)), 0o600)
+	cmd := exec.CommandContext(ctx, bin, "-db", "-f", cfg)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return column{}, err
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	if err := waitListening(listen); err != nil {
+		return column{}, fmt.Errorf("%w: %s", err, stderr.String())
+	}
+	r, err := measure(loopback(listen), dur)
+	if err != nil {
+		return column{}, err
+	}
+	rss, _ := peakRSS(cmd.Process.Pid)
+	return column{"HAProxy " + haproxyVersion(bin), r, rss}, nil
+}
+
+func haproxyVersion(bin string) string {
+	out, _ := exec.Command(bin, "-v").Output()
+	if f := strings.Fields(string(out)); len(f) > 2 {
+		return strings.SplitN(f[2], "-", 2)[0]
+	}
+	return ""
+}

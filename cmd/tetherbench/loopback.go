@@ -1,0 +1,36 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+)
+
+type result struct {
+	stream, streams8 float64 // bytes/s
+	connsPerSec      float64
+	p50, p99         time.Duration
+}
+
+// benchTCP is the loopback TCP table: direct, tether and HAProxy.
+func benchTCP(ctx context.Context, dir, backend, listen string, pid int, dur time.Duration) error {
+	direct, err := measure(loopback(backend), dur)
+	if err != nil {
+		return fmt.Errorf("direct: %w", err)
+	}
+	through, err := measure(loopback(listen), dur)
+	if err != nil {
+		return fmt.Errorf("through tether: %w", err)
+	}
+	rss, _ := peakRSS(pid)
+	cols := []column{{"direct", direct, 0}, {"tether", through, rss}}
+	if peer, err := runHAProxy(ctx, dir, backend, dur); err == nil {
+		cols = append(cols, peer)
+	} else {
+		fmt.Fprintln(os.Stderr, "tetherbench: no HAProxy column:", err)
+	}
+	printTable(cols)
+	fmt.Println()
+	return nil
+}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/proxy"
+	"github.com/tetherlb/tether/testenv"
+)
+
+// nftIn loads rules with nft -f in host h.
+func nftIn(h *testenv.Host, rules string) error {
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := h.Start(cmd); err != nil {
+		return err
+	}
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("nft: %w: %s", err, out.String())
+	}
+	return nil
+}
+
+// benchNamespaces measures the director where it works: a client host
+// reaching servers through the load-balancer host, in network namespaces.
+// Direct is the same client reaching the server's own address through the
+// same host, forwarded by the kernel; the socket proxy runs there too.
+func benchNamespaces(dur time.Duration) error {
+	if why := testenv.Missing(); why != "" {
+		fmt.Printf("\n(no director figures: %s)\n", why)
+		return nil
+	}
+	env, err := testenv.New(testenv.Spec{Clients: 1, AddrsPerClient: 32, Backends: 1, Label: "bench"})
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	ln, err := env.Backends[0].Listen("tcp", ":8080")
+	if err != nil {
+		return err
+	}
+	go serveBackend(ln)
+	client := env.Clients[0]
+	inHost := func(addr string) dialer {
+		return func(w, i int) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return client.Dial(ctx, "tcp", client.Addrs[(w*5+i)%len(client.Addrs)], addr)
+		}
+	}
+	server := netip.AddrPortFrom(testenv.BackendAddr(0), 8080).String()
+	vip := netip.AddrPortFrom(testenv.VIP, 80).String()
+	fmt.Printf("\nnetwork namespaces: client -> load balancer -> server (veth and bridges), %s per measurement\n\n", dur)
+	direct, err := measure(inHost(server), dur)
+	if err != nil {
+		return fmt.Errorf("direct: %w", err)
+	}
+	cols := []column{{"direct (forwarded)", direct, 0}}
+	// The kernel's own cost of a NATed flow, with no decision in userspace:
+	// the floor the director can reach.
+	rules := fmt.Sprintf("table ip benchnat {\n\tchain pre {\n\t\ttype nat hook prerouting priority dstnat;\n\t\tip daddr %s tcp dport 80 dnat to %s\n\t}\n}\n", testenv.VIP, server)
+	if err := nftIn(env.LB, rules); err != nil {
+		fmt.Fprintln(os.Stderr, "tetherbench: no static DNAT column:", err)
+	} else {
+		r, err := measure(inHost(vip), dur)
+		if err := errors.Join(err, nftIn(env.LB, "delete table ip benchnat\n")); err != nil {
+			return fmt.Errorf("static dnat: %w", err)
+		}
+		cols = append(cols, column{"kernel DNAT rule", r, 0})
+	}
+	for _, mode := range []string{"director", "proxy"} {
+		cfg, err := config.Parse("bench", []byte(fmt.Sprintf("mode: %s\ndirector: {queues: 2}\nservices:\n  - name: bench\n    listen: %s\n    persistence: {timeout: 300s}\n    servers: [{address: %s}]\n", mode, vip, server)))
+		if err != nil {
+			return err
+		}
+		p := proxy.New(cfg, proxy.Options{Do: env.LB.Do})
+		if err := env.LB.Do(p.Start); err != nil {
+			return fmt.Errorf("%s: %w", mode, err)
+		}
+		r, err := measure(inHost(vip), dur)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		env.LB.Do(func() error { return p.Shutdown(ctx) })
+		cancel()
+		if err != nil {
+			return fmt.Errorf("%s: %w", mode, err)
+		}
+		name := "tether director"
+		if mode == "proxy" {
+			name = "tether socket proxy"
+		}
+		cols = append(cols, column{name, r, 0})
+	}
+	printTable(cols)
+	return nil
+}

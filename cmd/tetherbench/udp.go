@@ -1,0 +1,80 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"time"
+)
+
+// benchUDP is the loopback UDP table.
+func benchUDP(echo, udpListen string, dur time.Duration) error {
+	fmt.Printf("| UDP, 8 clients | direct | tether |\n|---|---|---|\n")
+	for _, m := range []struct {
+		name         string
+		size, window int
+	}{{"request/response, 64 B", 64, 1}, {"request/response, 1400 B", 1400, 1}, {"16 in flight, 64 B", 64, 16}, {"16 in flight, 1400 B", 1400, 16}} {
+		d, err := udpRate(echo, m.size, m.window, 8, dur)
+		if err != nil {
+			return fmt.Errorf("udp direct: %w", err)
+		}
+		t, err := udpRate(udpListen, m.size, m.window, 8, dur)
+		if err != nil {
+			return fmt.Errorf("udp through tether: %w", err)
+		}
+		fmt.Printf("| datagrams/s, %s | %.0f | %.0f (%.2fx) |\n", m.name, d, t, t/d)
+	}
+	fmt.Println()
+	return nil
+}
+
+func serveUDPEcho(c *net.UDPConn) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		c.WriteToUDPAddrPort(buf[:n], from)
+	}
+}
+
+func freeUDPAddr() (string, error) {
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return c.LocalAddr().String(), nil
+}
+
+// udpRate counts datagrams (requests and replies) per second over clients
+// that each send window datagrams of size bytes and wait for their echoes,
+// for dur: window 1 is request/response, more is a pipelined stream, where
+// batched reads and writes pay. A lost datagram costs its client a 100 ms
+// wait, not the run.
+func udpRate(addr string, size, window, clients int, dur time.Duration) (float64, error) {
+	return forWorkers(clients, dur, func(w int, deadline time.Time, count func(int64)) error {
+		d := net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 11, 0, byte(w+1))}}
+		c, err := d.Dial("udp", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		msg, got := make([]byte, size), make([]byte, 64<<10)
+		for time.Now().Before(deadline) {
+			for range window {
+				if _, err := c.Write(msg); err != nil {
+					return err
+				}
+			}
+			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			for range window {
+				if _, err := c.Read(got); err != nil {
+					break
+				}
+				count(2)
+			}
+		}
+		return nil
+	})
+}
