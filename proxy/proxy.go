@@ -17,6 +17,7 @@ import (
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/health"
 	"github.com/tetherlb/tether/marks"
+	"github.com/tetherlb/tether/udpbatch"
 )
 
 // Options are what a Proxy needs besides its configuration. The zero value
@@ -73,7 +74,7 @@ type Proxy struct {
 
 	health *health.Monitor[checkKey] // the servers' health checks
 
-	replies sync.Pool // *replyBatch: UDP flows borrow one while replies are queued
+	replies *udpbatch.Pool // UDP flows borrow a batch while replies are queued
 
 	// verdictHook, set by tests before Start, runs before each director
 	// verdict: it can hold a packet in the queue.
@@ -96,7 +97,7 @@ func New(cfg *config.File, o Options) *Proxy {
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.cfg.Store(cfg)
 	p.health = health.NewMonitor(p.healthChanged)
-	p.replies.New = func() any { return newReplyBatch() }
+	p.replies = udpbatch.NewPool(udpBatch)
 	return p
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/marks"
+	"github.com/tetherlb/tether/udpbatch"
 	"golang.org/x/sys/unix"
 )
 
@@ -252,10 +253,10 @@ func (p *Proxy) tflowCopy(ft *tflows, f *tflow, from *net.UDPConn, fromRC, toRC 
 	if idle <= 0 {
 		idle = config.DefaultUDPIdleTimeout
 	}
-	rel := newBatchRelay(&p.replies)
+	rel := udpbatch.NewRelay(p.replies)
 	armIdle(from, &f.last, idle) // f.last is shared: traffic either way counts
 	for {
-		bufs, _, out, err := rel.next(fromRC)
+		bufs, _, out, err := rel.Next(fromRC)
 		if err != nil {
 			if f.closed.Load() {
 				return
@@ -268,8 +269,8 @@ func (p *Proxy) tflowCopy(ft *tflows, f *tflow, from *net.UDPConn, fromRC, toRC 
 			return
 		}
 		f.last.Store(time.Now().UnixNano())
-		out.write(toRC, bufs)
-		rel.done()
+		out.Write(toRC, bufs)
+		rel.Done()
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/udpbatch"
 	"golang.org/x/sys/unix"
 )
 
@@ -66,19 +67,19 @@ func (p *Proxy) serveUDP(svc *service) {
 	defer p.closeFlows(svc)
 	rc, err := svc.pc.SyscallConn()
 	if err == nil {
-		svc.family, err = socketFamily(rc)
+		svc.family, err = udpbatch.Family(rc)
 	}
 	if err != nil {
 		p.log.Error("udp service cannot read", "service", svc.state.Load().cfg.Name, "err", err)
 		return
 	}
 	svc.rc = rc // before any flow goroutine, which writes replies on it
-	in, out := newBatchReader(udpBatch, 64<<10), newBatchWriter(udpBatch)
+	in, out := udpbatch.NewReader(udpBatch, 64<<10), udpbatch.NewWriter(udpBatch)
 	run := make([][]byte, 0, udpBatch) // datagrams of one flow, in order
 	var runFlow *flow
 	flush := func() {
 		if len(run) > 0 {
-			if err := out.write(runFlow.rc, run); err == nil {
+			if err := out.Write(runFlow.rc, run); err == nil {
 				for _, b := range run {
 					runFlow.srv.bytesIn.Add(uint64(len(b)))
 				}
@@ -87,7 +88,7 @@ func (p *Proxy) serveUDP(svc *service) {
 		run, runFlow = run[:0], nil
 	}
 	for {
-		n, err := in.read(rc)
+		n, err := in.Read(rc)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -97,7 +98,7 @@ func (p *Proxy) serveUDP(svc *service) {
 		st := svc.state.Load()
 		now := time.Now().UnixNano() // one clock read a batch
 		for i := range n {
-			b, src, ok := in.msg(i)
+			b, src, ok := in.Msg(i)
 			if !ok {
 				continue // truncated: larger than any UDP datagram
 			}
@@ -150,7 +151,7 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 		return nil, err
 	}
 	f = &flow{client: src, srv: srv, st: ch.st, lease: lease, conn: conn, rc: rc}
-	f.dstLen = sockaddr(src, svc.family, &f.dst)
+	f.dstLen = udpbatch.Sockaddr(src, svc.family, &f.dst)
 	p.flowsTotal.Add(1)
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
@@ -179,10 +180,10 @@ func (p *Proxy) dialUDP(st *serviceState, addr netip.AddrPort) (*net.UDPConn, er
 // sendmmsg (batchRelay).
 func (p *Proxy) flowReplies(svc *service, f *flow) {
 	idle := f.st.cfg.Limits.IdleTimeout.D()
-	rel := newBatchRelay(&p.replies)
+	rel := udpbatch.NewRelay(p.replies)
 	armIdle(f.conn, &f.last, idle)
 	for {
-		bufs, total, out, err := rel.next(f.rc)
+		bufs, total, out, err := rel.Next(f.rc)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) && armIdle(f.conn, &f.last, idle) {
 				continue // used meanwhile
@@ -195,10 +196,10 @@ func (p *Proxy) flowReplies(svc *service, f *flow) {
 			return
 		}
 		f.last.Store(time.Now().UnixNano())
-		if err := out.writeTo(svc.rc, bufs, &f.dst, f.dstLen); err == nil {
+		if err := out.WriteTo(svc.rc, bufs, &f.dst, f.dstLen); err == nil {
 			f.srv.bytesOut.Add(uint64(total))
 		}
-		rel.done()
+		rel.Done()
 	}
 }
 

@@ -1,4 +1,4 @@
-package proxy
+package udpbatch
 
 import (
 	"net/netip"
@@ -16,10 +16,10 @@ type mmsghdr struct {
 	n   uint32
 }
 
-// batchReader reads up to len(bufs) datagrams with one recvmmsg(2), and
+// Reader reads up to len(bufs) datagrams with one recvmmsg(2), and
 // their sources, without allocating. x/net's ReadBatch would allocate a
 // net.Addr per datagram.
-type batchReader struct {
+type Reader struct {
 	msgs  []mmsghdr
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet6
@@ -29,8 +29,8 @@ type batchReader struct {
 	recvF func(fd uintptr) bool // b.recv, made once: a method value per read would allocate
 }
 
-func newBatchReader(n, size int) *batchReader {
-	b := &batchReader{msgs: make([]mmsghdr, n), iovs: make([]unix.Iovec, n), names: make([]unix.RawSockaddrInet6, n), bufs: make([][]byte, n)}
+func NewReader(n, size int) *Reader {
+	b := &Reader{msgs: make([]mmsghdr, n), iovs: make([]unix.Iovec, n), names: make([]unix.RawSockaddrInet6, n), bufs: make([][]byte, n)}
 	for i := range n {
 		b.bufs[i] = make([]byte, size)
 		b.iovs[i].Base = &b.bufs[i][0]
@@ -45,7 +45,7 @@ func newBatchReader(n, size int) *batchReader {
 
 // recv is one non-blocking recvmmsg on fd; false means nothing was there
 // (wait for the socket to be readable), as syscall.RawConn.Read wants.
-func (b *batchReader) recv(fd uintptr) bool {
+func (b *Reader) recv(fd uintptr) bool {
 	for i := range b.msgs {
 		b.msgs[i].hdr.Namelen = unix.SizeofSockaddrInet6
 		b.msgs[i].hdr.Flags = 0
@@ -58,25 +58,25 @@ func (b *batchReader) recv(fd uintptr) bool {
 	return true
 }
 
-// read waits for datagrams on rc and returns how many it took (at least
+// Read waits for datagrams on rc and returns how many it took (at least
 // one). The socket's read deadline applies.
-func (b *batchReader) read(rc syscall.RawConn) (int, error) {
+func (b *Reader) Read(rc syscall.RawConn) (int, error) {
 	if err := rc.Read(b.recvF); err != nil {
 		return 0, err // net.ErrClosed once the socket is closed
 	}
 	return b.result()
 }
 
-func (b *batchReader) result() (int, error) {
+func (b *Reader) result() (int, error) {
 	if b.errno != 0 {
 		return 0, b.errno
 	}
 	return b.got, nil
 }
 
-// msg is the i-th datagram of the last read and its source. A truncated
+// Msg is the i-th datagram of the last read and its source. A truncated
 // datagram (larger than the buffers) is reported as not ok.
-func (b *batchReader) msg(i int) (data []byte, src netip.AddrPort, ok bool) {
+func (b *Reader) Msg(i int) (data []byte, src netip.AddrPort, ok bool) {
 	m := &b.msgs[i]
 	if m.hdr.Flags&unix.MSG_TRUNC != 0 {
 		return nil, netip.AddrPort{}, false
@@ -98,9 +98,9 @@ func sockaddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// batchWriter sends several datagrams on a connected socket with one
+// Writer sends several datagrams on a connected socket with one
 // sendmmsg(2).
-type batchWriter struct {
+type Writer struct {
 	msgs  []mmsghdr
 	iovs  []unix.Iovec
 	todo  []mmsghdr // the part of msgs not sent yet
@@ -108,8 +108,8 @@ type batchWriter struct {
 	send  func(fd uintptr) bool
 }
 
-func newBatchWriter(n int) *batchWriter {
-	w := &batchWriter{msgs: make([]mmsghdr, n), iovs: make([]unix.Iovec, n)}
+func NewWriter(n int) *Writer {
+	w := &Writer{msgs: make([]mmsghdr, n), iovs: make([]unix.Iovec, n)}
 	for i := range n {
 		w.msgs[i].hdr.Iov = &w.iovs[i]
 		w.msgs[i].hdr.SetIovlen(1)
@@ -133,14 +133,14 @@ func newBatchWriter(n int) *batchWriter {
 	return w
 }
 
-// write sends bufs (at most len(w.msgs)) on rc, a connected socket.
-func (w *batchWriter) write(rc syscall.RawConn, bufs [][]byte) error {
-	return w.writeTo(rc, bufs, nil, 0)
+// Write sends bufs (at most len(w.msgs)) on rc, a connected socket.
+func (w *Writer) Write(rc syscall.RawConn, bufs [][]byte) error {
+	return w.WriteTo(rc, bufs, nil, 0)
 }
 
-// writeTo sends bufs on rc to the address in name (namelen bytes of it);
+// WriteTo sends bufs on rc to the address in name (namelen bytes of it);
 // nil for a connected socket.
-func (w *batchWriter) writeTo(rc syscall.RawConn, bufs [][]byte, name *unix.RawSockaddrInet6, namelen uint32) error {
+func (w *Writer) WriteTo(rc syscall.RawConn, bufs [][]byte, name *unix.RawSockaddrInet6, namelen uint32) error {
 	for i, b := range bufs {
 		w.iovs[i].Base = unsafe.SliceData(b) // nil for an empty datagram: length 0
 		w.iovs[i].SetLen(len(b))
@@ -156,10 +156,10 @@ func (w *batchWriter) writeTo(rc syscall.RawConn, bufs [][]byte, name *unix.RawS
 	return nil
 }
 
-// sockaddr writes ap as the sockaddr a socket of family takes (an IPv4
+// Sockaddr writes ap as the sockaddr a socket of family takes (an IPv4
 // client of a dual-stack socket as an IPv4-mapped address) and returns its
 // length.
-func sockaddr(ap netip.AddrPort, family int, sa *unix.RawSockaddrInet6) uint32 {
+func Sockaddr(ap netip.AddrPort, family int, sa *unix.RawSockaddrInet6) uint32 {
 	*sa = unix.RawSockaddrInet6{}
 	port := (*[2]byte)(unsafe.Pointer(&sa.Port)) // same offset in both
 	if family == unix.AF_INET {
@@ -175,9 +175,9 @@ func sockaddr(ap netip.AddrPort, family int, sa *unix.RawSockaddrInet6) uint32 {
 	return unix.SizeofSockaddrInet6
 }
 
-// socketFamily is the address family of c's socket: a wildcard listener
+// Family is the address family of c's socket: a wildcard listener
 // is AF_INET6 (dual stack) even for "0.0.0.0".
-func socketFamily(rc syscall.RawConn) (int, error) {
+func Family(rc syscall.RawConn) (int, error) {
 	var fam int
 	var serr error
 	if err := rc.Control(func(fd uintptr) { fam, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN) }); err != nil {
@@ -186,37 +186,46 @@ func socketFamily(rc syscall.RawConn) (int, error) {
 	return fam, serr
 }
 
-// replyBatch is what a flow borrows from the proxy's pool while it moves
+// batch is what a relay borrows from its pool while it moves
 // replies: buffers for one recvmmsg from its server's socket, headers for
 // one sendmmsg to its client. A flow holds one only while replies are
 // there to read, so a million idle flows hold no buffers.
-type replyBatch struct {
-	in   *batchReader
-	out  *batchWriter
+type batch struct {
+	in   *Reader
+	out  *Writer
 	bufs [][]byte
 }
 
-func newReplyBatch() *replyBatch {
-	return &replyBatch{in: newBatchReader(udpBatch, 64<<10), out: newBatchWriter(udpBatch), bufs: make([][]byte, 0, udpBatch)}
+// Pool lends batches to relays: a relay borrows one only while datagrams
+// are queued, so that many idle flows hold no buffers.
+type Pool struct{ p sync.Pool }
+
+// NewPool makes a pool of batches of n datagrams of up to 64 KiB.
+func NewPool(n int) *Pool {
+	pl := &Pool{}
+	pl.p.New = func() any {
+		return &batch{in: NewReader(n, 64<<10), out: NewWriter(n), bufs: make([][]byte, 0, n)}
+	}
+	return pl
 }
 
-// batchRelay reads what is queued on a connected socket, a batch a call,
-// in a replyBatch borrowed from the proxy's pool only while there is
+// Relay reads what is queued on a connected socket, a batch a call,
+// in a batch borrowed from its pool only while there is
 // something to read: a flow waiting for datagrams holds no buffer.
-type batchRelay struct {
-	pool *sync.Pool
-	rb   *replyBatch
+type Relay struct {
+	pool *Pool
+	rb   *batch
 	recv func(fd uintptr) bool // made once per relay
 }
 
-func newBatchRelay(pool *sync.Pool) *batchRelay {
-	r := &batchRelay{pool: pool}
+func NewRelay(pool *Pool) *Relay {
+	r := &Relay{pool: pool}
 	r.recv = func(fd uintptr) bool {
 		if r.rb == nil {
-			r.rb = r.pool.Get().(*replyBatch)
+			r.rb = r.pool.p.Get().(*batch)
 		}
 		if !r.rb.in.recv(fd) {
-			r.pool.Put(r.rb) // nothing there: wait without the buffers
+			r.pool.p.Put(r.rb) // nothing there: wait without the buffers
 			r.rb = nil
 			return false
 		}
@@ -228,19 +237,19 @@ func newBatchRelay(pool *sync.Pool) *batchRelay {
 // next waits for datagrams on from (its read deadline applies) and returns
 // them, their total size, and the batch to send them with; done gives the
 // batch back. On an error nothing is held.
-func (r *batchRelay) next(from syscall.RawConn) (bufs [][]byte, total int, out *batchWriter, err error) {
+func (r *Relay) Next(from syscall.RawConn) (bufs [][]byte, total int, out *Writer, err error) {
 	err = from.Read(r.recv)
 	n := 0
 	if err == nil {
 		n, err = r.rb.in.result()
 	}
 	if err != nil {
-		r.done()
+		r.Done()
 		return nil, 0, nil, err
 	}
 	bufs = r.rb.bufs[:0]
 	for i := range n {
-		if b, _, ok := r.rb.in.msg(i); ok {
+		if b, _, ok := r.rb.in.Msg(i); ok {
 			bufs, total = append(bufs, b), total+len(b)
 		}
 	}
@@ -248,9 +257,9 @@ func (r *batchRelay) next(from syscall.RawConn) (bufs [][]byte, total int, out *
 }
 
 // done gives the borrowed batch back.
-func (r *batchRelay) done() {
+func (r *Relay) Done() {
 	if r.rb != nil {
-		r.pool.Put(r.rb)
+		r.pool.p.Put(r.rb)
 		r.rb = nil
 	}
 }
