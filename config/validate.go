@@ -132,7 +132,7 @@ func (v *validator) check(f *File) {
 }
 
 func (v *validator) checkDirector(f *File) {
-	if f.Mode != "" && f.Mode != ModeProxy && f.Mode != ModeDirector {
+	if f.Mode != "" && !contains(Modes, f.Mode) {
 		v.errf("mode", "%q is not proxy or director", f.Mode)
 	}
 	d := f.Director

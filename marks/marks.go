@@ -55,8 +55,6 @@ func (r PortRange) String() string {
 
 func (r PortRange) overlaps(o PortRange) bool { return r.From <= o.To && o.From <= r.To }
 
-// AllPorts covers every port (a port-0 service).
-var AllPorts = PortRange{1, 65535}
 
 // ParsePorts reads port specs: "80", "30000-30099", or "all".
 func ParsePorts(specs []string) ([]PortRange, error) {
@@ -64,7 +62,7 @@ func ParsePorts(specs []string) ([]PortRange, error) {
 	for _, s := range specs {
 		s = strings.TrimSpace(s)
 		if s == "all" {
-			out = append(out, AllPorts)
+			out = append(out, PortRange{1, 65535}) // every port: a port-0 service
 			continue
 		}
 		lo, hi, isRange := strings.Cut(s, "-")

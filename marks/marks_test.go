@@ -62,7 +62,7 @@ func TestValidate(t *testing.T) {
 		{"empty class", Set{Classes: []Class{{Name: "empty", Mark: 4, Protocols: TCP}}}, []string{`class "empty": no destination addresses`, `class "empty": no destination ports`}},
 		{"reversed range", Set{Classes: []Class{class("rev", 5, TCP, "198.18.0.10", PortRange{99, 10})}}, []string{`class "rev": port range 99-10`}},
 		{"same mark", Set{Classes: []Class{web, class("web2", 1, TCP, "198.18.0.20", PortRange{80, 80})}}, []string{`class "web2": mark 1 is already class "web"'s`}},
-		{"overlap", Set{Classes: []Class{web, class("all", 9, Both, "198.18.0.0/24", AllPorts)}}, []string{`classes "web" and "all" both claim tcp 198.18.0.10/32 port 80`}},
+		{"overlap", Set{Classes: []Class{web, class("all", 9, Both, "198.18.0.0/24", PortRange{1, 65535})}}, []string{`classes "web" and "all" both claim tcp 198.18.0.10/32 port 80`}},
 		{"overlap in a range", Set{Classes: []Class{ftp, class("passive", 8, TCP, "198.18.0.10", PortRange{30050, 30050})}}, []string{`classes "ftp" and "passive" both claim tcp 198.18.0.10/32 port 30050`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -36,8 +36,8 @@ func ProbeQueue(c *nftables.Conn, fam nftables.TableFamily) (native bool, err er
 	return false, fmt.Errorf("%w (native: %v; xtables: %v)", ErrNoQueue, nativeErr, xtErr)
 }
 
-// KeepTableName is the table of the NAT anchor (see AddNATAnchor).
-const KeepTableName = "tether_nat_anchor"
+// keepTableName is the table of the NAT anchor (see AddNATAnchor).
+const keepTableName = "tether_nat_anchor"
 
 // AddNATAnchor queues an unowned table of nat chains, one a counter of new
 // flows. The kernel tracks and translates established flows only while
@@ -46,7 +46,7 @@ const KeepTableName = "tether_nat_anchor"
 // or is killed (when its own table goes), and across a restart. tether nft
 // flush removes it.
 func AddNATAnchor(c *nftables.Conn, fam nftables.TableFamily) {
-	t := &nftables.Table{Name: KeepTableName, Family: fam}
+	t := &nftables.Table{Name: keepTableName, Family: fam}
 	c.AddTable(t)
 	for _, h := range []struct {
 		name string

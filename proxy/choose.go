@@ -14,7 +14,7 @@ import (
 // belongs to, newer than the one asked for when a reload raced the choice.
 type choice struct {
 	st    *serviceState
-	srv   *Server
+	srv   *server
 	lease affinity.Lease
 }
 
@@ -25,7 +25,7 @@ type choice struct {
 // tried are the servers this connection already failed to reach. The
 // choice holds a count on its server (and its lease): p.release gives
 // them back.
-func (p *Proxy) choose(st *serviceState, client netip.Addr, tried []*Server) (choice, error) {
+func (p *Proxy) choose(st *serviceState, client netip.Addr, tried []*server) (choice, error) {
 	// A second round only when the template named a server that only a
 	// newer config has (bound by a connection that started after a reload).
 	for range 2 {
@@ -84,7 +84,7 @@ func decision(hit bool) string {
 type picker struct {
 	p     *Proxy
 	st    *serviceState
-	tried []*Server
+	tried []*server
 }
 
 func (pk *picker) Pick(client netip.Addr) (netip.AddrPort, error) {
@@ -98,14 +98,14 @@ func (pk *picker) Pick(client netip.Addr) (netip.AddrPort, error) {
 
 // release gives back what a connection or flow held: its count on srv and
 // its lease (the zero Lease for none).
-func (p *Proxy) release(srv *Server, lease affinity.Lease) {
+func (p *Proxy) release(srv *server, lease affinity.Lease) {
 	srv.conns.Add(-1)
 	p.table.Release(lease)
 }
 
 // failed takes a server that refused or timed out a connect out of
 // scheduling for failTimeout and drops its templates.
-func (p *Proxy) failed(st *serviceState, s *Server) {
+func (p *Proxy) failed(st *serviceState, s *server) {
 	s.failed.Add(1)
 	p.count("server", "connect_failures", 1, st.serverLabels(s))
 	s.failedUntil.Store(time.Now().Add(failTimeout).UnixNano())
@@ -117,7 +117,7 @@ func (p *Proxy) failed(st *serviceState, s *Server) {
 
 // recovered tells the table that a server whose failure period has passed
 // takes templates again, before the scheduler's choice of it is bound.
-func (p *Proxy) recovered(st *serviceState, s *Server) {
+func (p *Proxy) recovered(st *serviceState, s *server) {
 	if f := s.failedUntil.Load(); f != 0 && s.failedUntil.CompareAndSwap(f, 0) && st.persistent {
 		p.table.SetServer(st.ref, s.Addr, tableState(s))
 	}

@@ -92,7 +92,7 @@ func (p *Proxy) applyChange(c health.Change[checkKey]) {
 // applyHealth sets srv's health flags: down (no clients, templates
 // dropped) or, with inhibit_on_failure, inhibited (weight 0, templates
 // kept). A change of weight rebuilds the scheduler.
-func (p *Proxy) applyHealth(svc *service, srv *Server, up bool) {
+func (p *Proxy) applyHealth(svc *service, srv *server, up bool) {
 	st := svc.state.Load()
 	inhibit := st.cfg.InhibitOnFailure
 	oldWeight := srv.Weight()
@@ -106,7 +106,7 @@ func (p *Proxy) applyHealth(svc *service, srv *Server, up bool) {
 // is down also loses its UDP flows: a flow has no end a server's death
 // would show, and its client would go on sending into the void until it
 // fell silent for the idle timeout; its next datagram is rescheduled.
-func (p *Proxy) serverChanged(svc *service, srv *Server, oldWeight int) {
+func (p *Proxy) serverChanged(svc *service, srv *server, oldWeight int) {
 	st := svc.state.Load()
 	if st.persistent {
 		p.table.SetServer(st.ref, srv.Addr, tableState(srv))
@@ -121,7 +121,7 @@ func (p *Proxy) serverChanged(svc *service, srv *Server, oldWeight int) {
 
 // closeServerFlows closes the UDP flows (socket-proxy and transparent) of
 // svc that go to srv.
-func (p *Proxy) closeServerFlows(svc *service, srv *Server) {
+func (p *Proxy) closeServerFlows(svc *service, srv *server) {
 	n := 0
 	if svc.flows != nil {
 		for _, f := range svc.flows.removeIf(func(f *flow) bool { return f.srv == srv }) {

@@ -6,9 +6,9 @@ import (
 	"time"
 )
 
-// Server is a real server of one service, with the live counts that the
+// server is a real server of one service, with the live counts that the
 // connection-counting schedulers and the limits read.
-type Server struct {
+type server struct {
 	Addr netip.AddrPort
 
 	weight   atomic.Int32 // configured, or set by `tether server set`
@@ -25,8 +25,8 @@ type Server struct {
 	bytesIn, bytesOut atomic.Uint64 // from and to the client
 }
 
-func newServer(addr netip.AddrPort, weight int, maxConns int) *Server {
-	s := &Server{Addr: addr}
+func newServer(addr netip.AddrPort, weight int, maxConns int) *server {
+	s := &server{Addr: addr}
 	s.weight.Store(int32(weight))
 	s.maxConns.Store(int64(maxConns))
 	return s
@@ -34,7 +34,7 @@ func newServer(addr netip.AddrPort, weight int, maxConns int) *Server {
 
 // Weight is the server's weight in force: 0 (quiescent) while drained or
 // inhibited by a failed check.
-func (s *Server) Weight() int {
+func (s *server) Weight() int {
 	if s.drained.Load() || s.inhibited.Load() {
 		return 0
 	}
@@ -42,17 +42,17 @@ func (s *Server) Weight() int {
 }
 
 // Conns is the number of connections open to the server.
-func (s *Server) Conns() int { return int(s.conns.Load()) }
+func (s *server) Conns() int { return int(s.conns.Load()) }
 
 // isDown: the server takes no clients and holds no templates.
-func (s *Server) isDown() bool { return s.down.Load() || s.adminDown.Load() }
+func (s *server) isDown() bool { return s.down.Load() || s.adminDown.Load() }
 
 // Address is the server's address (sched.Server).
-func (s *Server) Address() netip.AddrPort { return s.Addr }
+func (s *server) Address() netip.AddrPort { return s.Addr }
 
 // Available says the server may take a new client: weight above 0, not
 // down, not failed recently, not at its connection limit.
-func (s *Server) Available() bool {
+func (s *server) Available() bool {
 	if s.Weight() <= 0 || s.isDown() {
 		return false
 	}
@@ -66,7 +66,7 @@ func (s *Server) Available() bool {
 }
 
 // State is the server's state as `tether ls` shows it.
-func (s *Server) State() string {
+func (s *server) State() string {
 	switch {
 	case s.adminDown.Load():
 		return "maint"

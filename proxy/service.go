@@ -50,40 +50,40 @@ type service struct {
 // serviceState is everything a new connection needs, immutable once built.
 type serviceState struct {
 	cfg        config.Service
-	servers    []*Server
-	byAddr     map[netip.AddrPort]*Server
-	sched      sched.Scheduler[*Server]
+	servers    []*server
+	byAddr     map[netip.AddrPort]*server
+	sched      sched.Scheduler[*server]
 	persistent bool
 	ref        affinity.ServiceRef
 	mask       affinity.Mask
 	dialer     net.Dialer
-	sorry      *Server // sorry_server; nil without one
+	sorry      *server // sorry_server; nil without one
 	// labels are the service's metric labels, and srvLabels each
 	// server's: built once here, not per connection.
 	labels    []metrics.Label
-	srvLabels map[*Server][]metrics.Label
+	srvLabels map[*server][]metrics.Label
 }
 
 // serverLabels are srv's metric labels (service and server).
-func (st *serviceState) serverLabels(srv *Server) []metrics.Label {
+func (st *serviceState) serverLabels(srv *server) []metrics.Label {
 	if l, ok := st.srvLabels[srv]; ok {
 		return l
 	}
 	return append(st.labels[:1:1], metrics.Label{Name: "server", Value: srv.Addr.String()})
 }
 
-// buildState makes a service's state from its config, reusing the Server
+// buildState makes a service's state from its config, reusing the server
 // objects of prev (so open-connection counts survive a reload) and
 // registering the service and its servers with the table.
 func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (*serviceState, error) {
-	st := &serviceState{cfg: cfg, byAddr: map[netip.AddrPort]*Server{}, labels: []metrics.Label{{Name: "service", Value: cfg.Name}}, srvLabels: map[*Server][]metrics.Label{}}
+	st := &serviceState{cfg: cfg, byAddr: map[netip.AddrPort]*server{}, labels: []metrics.Label{{Name: "service", Value: cfg.Name}}, srvLabels: map[*server][]metrics.Label{}}
 	st.dialer.Timeout = cfg.Limits.ConnectTimeout.D()
 	// No TCP keepalive by default, as HAProxy (option tcpka) and nginx
 	// (so_keepalive): it costs four setsockopt calls per connection.
 	st.dialer.KeepAlive = -1
 	for _, sc := range cfg.Servers {
 		addr := sc.Addr
-		var s *Server
+		var s *server
 		if prev != nil {
 			s = prev.byAddr[addr]
 		}
@@ -175,7 +175,7 @@ func (st *serviceState) rescheduled() *serviceState {
 	return &next
 }
 
-func tableState(s *Server) affinity.ServerState {
+func tableState(s *server) affinity.ServerState {
 	switch {
 	case s.isDown() || s.failedUntil.Load() != 0:
 		return affinity.ServerDown

@@ -49,7 +49,7 @@ func (p *Proxy) Status() []api.ServiceStatus {
 }
 
 // serverStatus is srv's line; hc is its health check, nil for none.
-func (p *Proxy) serverStatus(svc *service, srv *Server, hc *config.HealthCheck) api.ServerStatus {
+func (p *Proxy) serverStatus(svc *service, srv *server, hc *config.HealthCheck) api.ServerStatus {
 	s := api.ServerStatus{Address: srv.Addr.String(), Weight: srv.Weight(), ConfigWeight: int(srv.weight.Load()), State: srv.State(),
 		Conns: srv.accepted.Load(), ConnectFails: srv.failed.Load(), BytesIn: srv.bytesIn.Load(), BytesOut: srv.bytesOut.Load()}
 	if svc.key.UDP {
@@ -103,7 +103,7 @@ func (p *Proxy) setServer(service, server string, ch api.ServerChange) error {
 }
 
 // findServer resolves a service name and a server address.
-func (p *Proxy) findServer(service, server string) (*service, *Server, error) {
+func (p *Proxy) findServer(service, server string) (*service, *server, error) {
 	svc := p.serviceByName(service)
 	if svc == nil {
 		return nil, nil, fmt.Errorf("service %q: %w", service, api.ErrNotFound)

@@ -84,7 +84,7 @@ func (p *Proxy) count(a, b string, v float32, labels []metrics.Label) {
 // and the next choice is tried, up to connect_attempts servers: a dead
 // server costs no client a failure while another one is up.
 func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (choice, *net.TCPConn, error) {
-	var tried []*Server
+	var tried []*server
 	var lastErr error
 	for range max(st.cfg.Limits.ConnectAttempts, 1) {
 		ch, err := p.choose(st, client, tried)
@@ -113,7 +113,7 @@ func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (choi
 	return choice{}, nil, lastErr
 }
 
-func (p *Proxy) dialServer(st *serviceState, srv *Server, dport uint16) (*net.TCPConn, error) {
+func (p *Proxy) dialServer(st *serviceState, srv *server, dport uint16) (*net.TCPConn, error) {
 	c, err := p.dialNet(st, "tcp", serverAddr(srv, dport))
 	if err != nil {
 		return nil, err

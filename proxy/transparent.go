@@ -128,7 +128,7 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		tp.nft = c
 	}
 	set := pl.cfg.MarkSet
-	rs := nft.Ruleset{Marks: set, TProxyPort: tp.port, Direct: DirectorMarks(pl.cfg)}
+	rs := nft.Ruleset{Marks: set, TProxyPort: tp.port, Direct: nft.DirectorMarks(pl.cfg)}
 	if p.tp == nil && p.tableExists(tp.nft) {
 		// A table no socket owns: a tether that died on a kernel without
 		// the owner flag, or one stopped uncleanly. The batch replaces it.
@@ -194,18 +194,6 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		}
 	}
 	return nil
-}
-
-// DirectorMarks are the marks of the director's firewall-mark services:
-// their classes are marked but not TPROXYed.
-func DirectorMarks(cfg *config.File) []uint32 {
-	var out []uint32
-	for _, s := range cfg.Services {
-		if s.Fwmark != 0 && cfg.ServiceMode(s) == config.ModeDirector {
-			out = append(out, s.Fwmark)
-		}
-	}
-	return out
 }
 
 // tableExists reports whether the namespace has tether's table.
@@ -329,7 +317,7 @@ func soMark(c *net.TCPConn) uint32 {
 
 // serverAddr is where to dial a server: a mark service's server without a
 // port takes the client's original destination port (IPVS's rule).
-func serverAddr(s *Server, dport uint16) netip.AddrPort {
+func serverAddr(s *server, dport uint16) netip.AddrPort {
 	if s.Addr.Port() == 0 && dport != 0 {
 		return netip.AddrPortFrom(s.Addr.Addr(), dport)
 	}

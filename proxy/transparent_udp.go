@@ -33,7 +33,7 @@ type tflowKey struct{ client, dst netip.AddrPort }
 
 type tflow struct {
 	key    tflowKey
-	srv    *Server
+	srv    *server
 	st     *serviceState
 	lease  affinity.Lease
 	client *net.UDPConn // bound to dst, connected to the client

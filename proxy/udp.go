@@ -24,7 +24,7 @@ import (
 // timeout.
 type flow struct {
 	client netip.AddrPort
-	srv    *Server
+	srv    *server
 	st     *serviceState
 	lease  affinity.Lease
 	conn   *net.UDPConn
