@@ -55,7 +55,6 @@ func (r PortRange) String() string {
 
 func (r PortRange) overlaps(o PortRange) bool { return r.From <= o.To && o.From <= r.To }
 
-
 // ParsePorts reads port specs: "80", "30000-30099", or "all".
 func ParsePorts(specs []string) ([]PortRange, error) {
 	var out []PortRange
