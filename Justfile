@@ -21,6 +21,6 @@ lint:
 fuzz time="30s":
     go test -run '^$' -fuzz FuzzParseMask -fuzztime {{time}} ./affinity
     go test -run '^$' -fuzz FuzzReadSnapshot -fuzztime {{time}} ./affinity
-    go test -run '^$' -fuzz FuzzParseFlow -fuzztime {{time}} ./proxy
+    go test -run '^$' -fuzz FuzzParseFlow -fuzztime {{time}} ./director
     go test -run '^$' -fuzz FuzzIPVSAdm -fuzztime {{time}} ./migrate
     go test -run '^$' -fuzz FuzzKeepalived -fuzztime {{time}} ./migrate
