@@ -2,7 +2,6 @@ package affinity
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -13,6 +12,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/tetherlb/tether/internal/bounded"
 )
 
 // Snapshot file format, version 1, little endian:
@@ -280,15 +281,21 @@ func (t *Table) SaveSnapshot(path string) error {
 
 // LoadSnapshot restores from the file at path. A missing file is not an
 // error (first start): it restores nothing.
+//
+// The file is refused before it is read when it is not a regular file or
+// is larger than a snapshot of this table's capacity can be (a snapshot
+// written with a larger affinity.capacity says so: raise it to restore).
 func (t *Table) LoadSnapshot(path string) (RestoreStats, error) {
-	b, err := os.ReadFile(path)
+	max := int64(snapHeader + t.capacity()*snapRecord + snapTrailer)
+	f, _, err := bounded.Open(path, max)
 	if errors.Is(err, os.ErrNotExist) {
 		return RestoreStats{}, nil
 	}
 	if err != nil {
-		return RestoreStats{}, fmt.Errorf("load affinity snapshot: %w", err)
+		return RestoreStats{}, fmt.Errorf("load affinity snapshot (at most %d templates, affinity.capacity): %w", t.capacity(), err)
 	}
-	st, err := t.ReadSnapshot(bytes.NewReader(b))
+	defer f.Close()
+	st, err := t.ReadSnapshot(f)
 	if err != nil {
 		return st, fmt.Errorf("load %s: %w", path, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -231,4 +232,36 @@ func FuzzReadSnapshot(f *testing.F) {
 			t.Fatalf("Restored %d, Len %d", st.Restored, tb.Len())
 		}
 	})
+}
+
+// LoadSnapshot checks the file before reading it: a FIFO used to block it
+// forever, and a file far larger than any snapshot of the table was read
+// whole (twice) before being refused.
+func TestLoadSnapshotIsBounded(t *testing.T) {
+	tb := New(Options{Capacity: 100, Shards: 1, SweepInterval: -1})
+	defer tb.Close()
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "snap.fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(dir, "big.snap")
+	if err := os.WriteFile(big, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ path, want string }{
+		{fifo, "is a FIFO, not a regular file"},
+		{big, "at most 100 templates, affinity.capacity"},
+	} {
+		done := make(chan error, 1)
+		go func() { _, err := tb.LoadSnapshot(tc.path); done <- err }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("LoadSnapshot(%s): %v, want an error containing %q", tc.path, err, tc.want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("LoadSnapshot(%s) has not returned after 10s", tc.path)
+		}
+	}
 }

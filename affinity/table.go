@@ -309,3 +309,12 @@ func (t *Table) invalidate(match func(*entry) bool) int {
 	}
 	return n
 }
+
+// capacity is the most templates the table holds.
+func (t *Table) capacity() int {
+	n := 0
+	for i := range t.shards {
+		n += t.shards[i].cap
+	}
+	return n
+}

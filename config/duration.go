@@ -1,7 +1,9 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -13,12 +15,18 @@ import (
 // timeouts.
 type Duration time.Duration
 
+// maxSeconds is the most whole seconds a time.Duration holds.
+const maxSeconds = math.MaxInt64 / int64(time.Second)
+
 // UnmarshalYAML accepts "300s" or 300.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
 		return fmt.Errorf("line %d: want a duration such as 300s or 300, got a %s", n.Line, kindName(n.Kind))
 	}
-	if secs, err := strconv.ParseInt(n.Value, 10, 64); err == nil {
+	if secs, err := strconv.ParseInt(n.Value, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		if err != nil || secs > maxSeconds || secs < -maxSeconds {
+			return fmt.Errorf("line %d: %s seconds is out of range (at most %d, about 292 years)", n.Line, n.Value, int64(maxSeconds))
+		}
 		*d = Duration(time.Duration(secs) * time.Second)
 		return nil
 	}

@@ -240,9 +240,11 @@ const (
 	DefaultQueueLength        = 4096
 	DefaultMarkBase           = 0x7e000000
 	DefaultCheckInterval      = 5 * time.Second
-	DefaultCheckTimeout       = 2 * time.Second
-	DefaultRise               = 2
-	DefaultFall               = 3
+	// MinCheckInterval is the shortest health-check interval allowed.
+	MinCheckInterval    = 10 * time.Millisecond
+	DefaultCheckTimeout = 2 * time.Second
+	DefaultRise         = 2
+	DefaultFall         = 3
 )
 
 // ServiceMode is s's data path in f: its own mode, else the file's.

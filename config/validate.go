@@ -9,6 +9,15 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
+// intKeys are the keys of integer fields, where a fractional number is an
+// error rather than something to truncate.
+var intKeys = map[string]bool{
+	"weight": true, "quorum": true, "capacity": true, "max_connections": true, "max_connections_per_server": true,
+	"connect_attempts": true, "max_flows": true, "udp_max_flows": true, "rise": true, "fall": true, "port": true,
+	"mark": true, "fwmark": true, "tproxy_port": true, "queue": true, "queues": true, "queue_length": true,
+	"mark_base": true, "mark_mask": true, "tproxy_route_table": true, "tproxy_rule_priority": true,
+}
+
 // validator collects every problem with its line.
 type validator struct {
 	file  string
@@ -30,6 +39,10 @@ func (v *validator) index(n *yaml.Node, path string) {
 				p = path + "." + p
 			}
 			v.lines[p] = n.Content[i].Line
+			if val := n.Content[i+1]; val.Kind == yaml.ScalarNode && val.ShortTag() == "!!float" && intKeys[n.Content[i].Value] {
+				// yaml.v3 would truncate it into the int field: 1.9 -> 1.
+				v.errf(p, "%s is not a whole number", val.Value)
+			}
 			v.index(n.Content[i+1], p)
 		}
 	case yaml.SequenceNode:

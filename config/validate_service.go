@@ -173,6 +173,9 @@ func (v *validator) checkHealth(p string, hc *HealthCheck) {
 			v.errf(p+"."+d.key, "%s is negative", d.v.D())
 		}
 	}
+	if hc.Interval > 0 && hc.Interval.D() < MinCheckInterval {
+		v.errf(p+".interval", "%s is shorter than %s: checks that often would take a core", hc.Interval.D(), MinCheckInterval)
+	}
 	if hc.Rise < 0 {
 		v.errf(p+".rise", "%d is negative", hc.Rise)
 	}

@@ -1,0 +1,86 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Values tether used to coerce silently are errors with file:line.
+func TestValuesAreCheckedNotCoerced(t *testing.T) {
+	svc := func(extra, server string) string {
+		return "services:\n  - name: web\n    listen: 127.0.0.1:8080\n" + extra + "    servers:\n      - address: 127.0.0.2:80\n" + server
+	}
+	bomb := "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n" +
+		"d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n" + svc("", "")
+	for _, tc := range []struct{ name, in, want string }{
+		// 18446744074 s used to wrap to 290 ms.
+		{"timeout past int64", svc("    persistence: {timeout: 18446744074}\n", ""), "cfg.yaml:4: 18446744074 seconds is out of range"},
+		{"timeout past Duration", svc("    persistence: {timeout: 9223372037}\n", ""), "9223372037 seconds is out of range"},
+		// 1.9 used to become 1, -0.5 to become 0.
+		{"fractional weight", svc("", "        weight: 1.9\n"), "cfg.yaml:6: services[0].servers[0].weight: 1.9 is not a whole number"},
+		{"negative fractional weight", svc("", "        weight: -0.5\n"), "services[0].servers[0].weight: -0.5 is not a whole number"},
+		{"fractional limit", svc("    limits: {max_connections: 2.5}\n", ""), "services[0].limits.max_connections: 2.5 is not a whole number"},
+		// 1ns used to be accepted and burn a core.
+		{"check interval 1ns", svc("    health_check: {type: tcp, interval: 1ns}\n", ""), "services[0].health_check.interval: 1ns is shorter than 10ms"},
+		// A second document used to be ignored.
+		{"second document", svc("", "") + "---\nservices: []\n", "cfg.yaml:6: a second YAML document"},
+		{"alias bomb", bomb, "more than 200000 values with its aliases expanded"},
+		{"deep nesting", strings.Repeat("[", 40) + strings.Repeat("]", 40) + "\n", "nested more than 32 levels deep"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("cfg.yaml", []byte(tc.in))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+	// An alias that expands to little is fine: anchors are a YAML feature.
+	ok := "x: &servers [{address: 127.0.0.2:80}]\n"
+	if _, err := Parse("cfg.yaml", []byte(ok+"services:\n  - {name: a, listen: 127.0.0.1:1, servers: *servers}\n")); err == nil || !strings.Contains(err.Error(), "field x not found") {
+		t.Errorf("a small alias: %v, want only the unknown key x", err)
+	}
+}
+
+// The config loader checks what it opens before reading it: a FIFO used to
+// block it forever, /dev/zero to take all memory.
+func TestLoadRefusesWhatIsNotAConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo.yaml")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(dir, "big.yaml")
+	if err := os.WriteFile(big, make([]byte, MaxFileSize+1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ path, want string }{
+		{fifo, "is a FIFO, not a regular file"},
+		{"/dev/zero", "is a character device, not a regular file"},
+		{big, "more than the 4194304 this file may have"},
+	} {
+		done := make(chan error, 1)
+		go func() { _, err := Load(tc.path); done <- err }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Load(%s): %v, want an error containing %q", tc.path, err, tc.want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("Load(%s) has not returned after 10s: it reads without a bound", tc.path)
+		}
+	}
+}
+
+// Error unwraps to the error its message was made from.
+func TestErrorUnwraps(t *testing.T) {
+	_, err := Parse("cfg.yaml", []byte("services:\n  - name: web\n    listen: 127.0.0.1:80\n    persistence: {netmask: 255.0.255.0}\n    servers: [{address: 127.0.0.2:80}]\n"))
+	var es Errors
+	if !errors.As(err, &es) || len(es) != 1 || es[0].Unwrap() == nil {
+		t.Fatalf("err = %v, want one Error with a cause", err)
+	}
+}

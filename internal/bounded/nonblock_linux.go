@@ -1,0 +1,5 @@
+package bounded
+
+import "syscall"
+
+const nonblock = syscall.O_NONBLOCK
