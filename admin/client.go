@@ -62,12 +62,11 @@ func (c *Client) SetServer(ctx context.Context, req api.ServerRequest) error {
 	return c.do(ctx, http.MethodPost, "/v1/server", req, nil)
 }
 
-// Reload reloads the configuration file and returns the number of
-// services now running.
-func (c *Client) Reload(ctx context.Context) (int, error) {
-	var out struct{ Services int }
+// Reload reloads the configuration file and says what it did.
+func (c *Client) Reload(ctx context.Context) (api.ReloadResult, error) {
+	var out api.ReloadResult
 	err := c.do(ctx, http.MethodPost, "/v1/reload", nil, &out)
-	return out.Services, err
+	return out, err
 }
 
 func query(f api.TemplateFilter, all bool) url.Values {

@@ -46,8 +46,8 @@ type Backend interface {
 type Options struct {
 	Backend Backend
 	// Reload reloads the configuration file as SIGHUP does and returns
-	// the number of services, or the error (config errors included).
-	Reload func() (int, error)
+	// what it did, or the error (config errors included).
+	Reload func() (api.ReloadResult, error)
 	// Metrics serves /metrics; nil answers 404 (metrics are off).
 	Metrics http.Handler
 	Log     *slog.Logger
@@ -247,12 +247,12 @@ func (s *Server) handler(tokened bool) http.Handler {
 		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 	})
 	v1mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
-		n, err := s.o.Reload()
+		res, err := s.o.Reload()
 		if err != nil {
 			writeJSON(w, http.StatusUnprocessableEntity, api.ErrorBody{Error: err.Error()})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]int{"services": n})
+		writeJSON(w, http.StatusOK, res)
 	})
 	var v1 http.Handler = v1mux
 	if tokened {

@@ -32,7 +32,7 @@ func (f *fake) RemoveTemplates(fl api.TemplateFilter) (int, error) {
 func TestAPIRefusals(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "admin.sock")
 	b := &fake{}
-	s, err := Start(Options{Backend: b, Socket: sock, Reload: func() (int, error) { return 0, errors.New("t.yaml:3: bad") }})
+	s, err := Start(Options{Backend: b, Socket: sock, Reload: func() (api.ReloadResult, error) { return api.ReloadResult{}, errors.New("t.yaml:3: bad") }})
 	if err != nil {
 		t.Fatal(err)
 	}

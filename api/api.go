@@ -102,3 +102,11 @@ var ErrNotFound = errors.New("not found")
 type ErrorBody struct {
 	Error string `json:"error"`
 }
+
+// ReloadResult is the answer to POST /v1/reload.
+type ReloadResult struct {
+	Services int `json:"services"` // services running now
+	// RestartNeeded names the changed settings that take effect only at
+	// the next start (config.RestartNeeded).
+	RestartNeeded []string `json:"restart_needed,omitempty"`
+}

@@ -84,3 +84,35 @@ func TestErrorUnwraps(t *testing.T) {
 		t.Fatalf("err = %v, want one Error with a cause", err)
 	}
 }
+
+// RestartNeeded names exactly the changed settings a reload cannot apply.
+func TestRestartNeeded(t *testing.T) {
+	base := "services:\n  - {name: web, listen: 127.0.0.1:80, servers: [{address: 127.0.0.2:80}]}\n"
+	dir := "mode: director\n"
+	for _, tc := range []struct {
+		name, a, b string
+		want       []string
+	}{
+		{"nothing", base, base, nil},
+		{"servers only", base, strings.Replace(base, "127.0.0.2:80", "127.0.0.3:80", 1), nil},
+		{"capacity and admin", base, "affinity: {capacity: 1000}\nadmin: {socket: off}\n" + base, []string{"admin", "affinity.capacity"}},
+		{"log and metrics", base, "log: {level: debug}\nmetrics: {enabled: true}\n" + base, []string{"log", "metrics"}},
+		{"director queues", dir + base, dir + "director: {queues: 2, fail_open: true}\n" + base, []string{"director.queues", "director.fail_open"}},
+		{"a first director service", base, dir + "director: {queues: 2}\n" + base, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := Parse("a.yaml", []byte(tc.a))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := Parse("b.yaml", []byte(tc.b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := RestartNeeded(a, b)
+			if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+				t.Errorf("RestartNeeded = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

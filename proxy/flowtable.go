@@ -94,3 +94,13 @@ func (s *lruSet[K, V]) Len() int {
 	defer s.mu.Unlock()
 	return s.lru.Len()
 }
+
+// resize sets the bound and returns what a smaller one pushed out.
+func (s *lruSet[K, V]) resize(size int) []V {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lru.Resize(max(size, 1))
+	out := s.evicted
+	s.evicted = nil
+	return out
+}

@@ -296,8 +296,13 @@ func (p *Proxy) commit(pl *plan) error {
 		p.stopService(old)
 	}
 	for _, b := range states {
-		if b.pl.svc != nil {
-			b.pl.svc.state.Store(b.st)
+		if svc := b.pl.svc; svc != nil {
+			svc.state.Store(b.st)
+			if svc.flows != nil { // a changed limits.max_flows applies now
+				for _, f := range svc.flows.resize(b.st.cfg.Limits.MaxFlows) {
+					p.closeFlow(f)
+				}
+			}
 			continue
 		}
 		k := b.pl.cfg.Key()
@@ -339,10 +344,8 @@ func (p *Proxy) commitDirector(pl *plan) error {
 	if !pl.cfg.HasDirector() {
 		return p.stopDirector()
 	}
-	if d := p.dir.Load(); d.set.Queue != pl.cfg.Director.Queue || d.set.Queues != pl.cfg.Director.Queues ||
-		d.set.QueueLength != pl.cfg.Director.QueueLength || d.set.FailOpen != pl.cfg.Director.FailOpen || d.set.CPUFanout != pl.cfg.Director.CPUFanout {
-		p.log.Warn("director: changed queue settings take effect at the next start; the running queues stay as they are")
-	}
+	// Changed queue settings wait for the next start (config.RestartNeeded
+	// says so to whoever reloads); the tables keep the running queues.
 	return p.applyDirector(pl.cfg)
 }
 

@@ -303,3 +303,41 @@ services:
 		}
 	}
 }
+
+// A reload that lowers limits.max_flows applies it to the running service:
+// it used to report success and keep the old cap.
+func TestUDPFlowCapFollowsReload(t *testing.T) {
+	b := udpBackend(t, "a")
+	listen := freeUDPAddr(t)
+	p := startProxy(t, mustConfig(t, udpConfig(listen, "rr", "    limits: {max_flows: 10}\n", b)), Options{})
+	vip := netip.MustParseAddrPort(listen)
+	ask := func(from int) {
+		t.Helper()
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 5, 0, byte(from))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, _, err := askUDP(c, vip); err != nil {
+			t.Fatalf("client %d: %v", from, err)
+		}
+	}
+	for i := range 8 {
+		ask(i + 1)
+	}
+	if n := p.UDPFlows(vip); n != 8 {
+		t.Fatalf("%d flows before the reload, want 8", n)
+	}
+	if err := p.Reload(mustConfig(t, udpConfig(listen, "rr", "    limits: {max_flows: 3}\n", b))); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.UDPFlows(vip); n != 3 {
+		t.Errorf("%d flows right after lowering max_flows to 3", n)
+	}
+	for i := range 5 {
+		ask(20 + i)
+		if n := p.UDPFlows(vip); n > 3 {
+			t.Fatalf("%d flows after the reload, cap is 3", n)
+		}
+	}
+}

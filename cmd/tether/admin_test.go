@@ -191,6 +191,11 @@ services:
 	if out := ls("ls"); !regexp.MustCompile(regexp.QuoteMeta(b) + ` +Proxy +1 `).MatchString(out) {
 		t.Errorf("server set lasts until a reload, but weight 5 survived it:\n%s", out)
 	}
+	// A setting only a restart applies is reported, not silently dropped.
+	write("affinity: {capacity: 5000}\n" + cfg)
+	if out := ls("reload"); out != "reloaded: 1 services\nchanged, and applied only at the next start: affinity.capacity\n" {
+		t.Errorf("reload with a new capacity: %q", out)
+	}
 
 	// TCP: the token opens /v1, a wrong one is refused; the probes and
 	// metrics need none.

@@ -389,11 +389,14 @@ func reloadCommand() *cli.Command {
 				return err
 			}
 			defer cancel()
-			n, err := cl.Reload(ctx)
+			res, err := cl.Reload(ctx)
 			if err != nil {
 				return cli.Exit("reload refused; the running configuration stays:\n"+err.Error(), 1)
 			}
-			fmt.Fprintf(c.App.Writer, "reloaded: %d services\n", n)
+			fmt.Fprintf(c.App.Writer, "reloaded: %d services\n", res.Services)
+			if len(res.RestartNeeded) > 0 {
+				fmt.Fprintf(c.App.Writer, "changed, and applied only at the next start: %s\n", strings.Join(res.RestartNeeded, ", "))
+			}
 			return nil
 		},
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/tetherlb/tether/admin"
+	"github.com/tetherlb/tether/api"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/proxy"
 	"github.com/urfave/cli/v2"
@@ -124,15 +125,15 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 	// The admin API's reloads are done by this loop, as SIGHUP's are.
 	reloads := make(chan chan reloadResult)
 	adm, err := startAdmin(cfg.Admin, admin.Options{Backend: p, Metrics: promHandler, Log: log,
-		Reload: func() (int, error) {
+		Reload: func() (api.ReloadResult, error) {
 			res := make(chan reloadResult, 1)
 			select {
 			case reloads <- res:
 			case <-ctx.Done():
-				return 0, errors.New("tether is stopping")
+				return api.ReloadResult{}, errors.New("tether is stopping")
 			}
 			r := <-res
-			return r.services, r.err
+			return r.res, r.err
 		}})
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
@@ -146,22 +147,23 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 	p.EmitMetrics() // gauges from the first scrape on
 	log.Info("tether running", "config", path, "services", len(cfg.Services), "version", version)
 
-	doReload := func() (int, error) {
+	doReload := func() (api.ReloadResult, error) {
 		next, err := config.Load(path)
 		if err != nil {
 			log.Error("reload refused; the running configuration stays", "err", err)
-			return 0, err
+			return api.ReloadResult{}, err
 		}
 		if err := p.Reload(next); err != nil {
 			log.Error("reload failed; the running configuration stays", "err", err)
-			return 0, err
+			return api.ReloadResult{}, err
 		}
-		if next.Admin != cfg.Admin || next.Metrics != cfg.Metrics {
-			log.Warn("admin and metrics settings take effect at the next start")
+		res := api.ReloadResult{Services: len(next.Services), RestartNeeded: config.RestartNeeded(cfg, next)}
+		if len(res.RestartNeeded) > 0 {
+			log.Warn("changed settings that take effect only at the next start", "settings", res.RestartNeeded)
 		}
 		cfg.DrainTimeout = next.DrainTimeout
 		log.Info("reloaded", "config", path, "services", len(next.Services))
-		return len(next.Services), nil
+		return res, nil
 	}
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
@@ -176,8 +178,8 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 		case <-reload:
 			doReload()
 		case res := <-reloads:
-			n, err := doReload()
-			res <- reloadResult{n, err}
+			r, err := doReload()
+			res <- reloadResult{r, err}
 		case <-tick.C:
 			p.EmitMetrics()
 		}
@@ -185,8 +187,8 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 }
 
 type reloadResult struct {
-	services int
-	err      error
+	res api.ReloadResult
+	err error
 }
 
 // startAdmin starts the admin API the config asks for.
