@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"errors"
+	"log/slog"
 	"net/netip"
+	"syscall"
 	"time"
 
 	"github.com/tetherlb/tether/affinity"
@@ -101,6 +103,25 @@ func (pk *picker) Pick(client netip.Addr) (netip.AddrPort, error) {
 func (p *Proxy) release(srv *server, lease affinity.Lease) {
 	srv.conns.Add(-1)
 	p.table.Release(lease)
+}
+
+// localFailure reports whether a connect to a real server failed for a
+// reason of this host's, not the server's: out of descriptors (EMFILE,
+// ENFILE), buffers (ENOBUFS), local ports (EADDRNOTAVAIL) or memory
+// (ENOMEM). Such a failure costs the one client connection, counts in
+// connections_local_errors and is logged at most once a second; it
+// touches no server state and no template, so no client loses its server
+// to the host's trouble.
+func (p *Proxy) localFailure(st *serviceState, err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.EADDRNOTAVAIL, syscall.ENOMEM} {
+		if errors.Is(err, e) {
+			p.count("connections", "local_errors", 1, st.labels)
+			p.rlog.Log(slog.LevelWarn, "a connection to a real server failed for a local reason; the client's connection is closed, the server keeps its clients",
+				"service", st.cfg.Name, "err", err)
+			return true
+		}
+	}
+	return false
 }
 
 // failed takes a server that refused or timed out a connect out of

@@ -11,11 +11,13 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/health"
+	"github.com/tetherlb/tether/internal/ratelog"
 	"github.com/tetherlb/tether/marks"
 	"github.com/tetherlb/tether/udpbatch"
 )
@@ -47,6 +49,7 @@ type Options struct {
 // reloads.
 type Proxy struct {
 	log        *slog.Logger
+	rlog       *ratelog.Logger // for lines that can repeat fast: at most one a second
 	met        *metrics.Metrics
 	metricsOn  bool // Options.Metrics was given: the data path counts
 	do         func(func() error) error
@@ -79,6 +82,9 @@ type Proxy struct {
 	// verdictHook, set by tests before Start, runs before each director
 	// verdict: it can hold a packet in the queue.
 	verdictHook func()
+	// dialHook, set by tests before Start, dials real servers instead of
+	// the service's dialer: it can fail as a host short of descriptors.
+	dialHook func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // New prepares a proxy for cfg; Start opens its listeners.
@@ -87,6 +93,7 @@ func New(cfg *config.File, o Options) *Proxy {
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	p.rlog = ratelog.New(p.log, time.Second)
 	if p.met == nil {
 		p.met, _ = metrics.New(quietMetricsConfig(), &metrics.BlackholeSink{})
 	}
@@ -468,9 +475,13 @@ func (p *Proxy) inNamespace(f func() error) error {
 func (p *Proxy) dialNet(st *serviceState, network string, addr netip.AddrPort) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(p.ctx, st.dialer.Timeout)
 	defer cancel()
+	dial := st.dialer.DialContext
+	if p.dialHook != nil {
+		dial = p.dialHook
+	}
 	var c net.Conn
 	err := p.inNamespace(func() (err error) {
-		c, err = st.dialer.DialContext(ctx, network, addr.String())
+		c, err = dial(ctx, network, addr.String())
 		return err
 	})
 	return c, err

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -10,26 +9,18 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 )
 
-// acceptLoop runs until the listener is closed.
+// acceptLoop runs until the service's listener is closed.
 func (p *Proxy) acceptLoop(svc *service) {
 	defer close(svc.done)
-	var delay time.Duration
-	for {
-		c, err := svc.ln.AcceptTCP()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// EMFILE and friends: back off as net/http does, keep serving.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			p.log.Error("accept failed", "service", svc.state.Load().cfg.Name, "err", err, "retry_in", delay)
-			time.Sleep(delay)
-			continue
-		}
-		delay = 0
-		p.conns.wg.Add(1)
-		go p.serveTCP(svc, c, 0)
-	}
+	acceptor{
+		accept: svc.ln.AcceptTCP,
+		serve: func(c *net.TCPConn) {
+			p.conns.wg.Add(1)
+			go p.serveTCP(svc, c, 0)
+		},
+		failed: p.acceptFailed(svc.ln.Addr().String()),
+		sleep:  time.Sleep,
+	}.run()
 }
 
 // serveTCP handles one client connection from accept to close. dport is
@@ -100,6 +91,9 @@ func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (choi
 			return ch, c, nil
 		}
 		p.release(ch.srv, ch.lease)
+		if p.localFailure(st, err) {
+			return choice{}, nil, err // the server is not to blame: it keeps its clients
+		}
 		if ch.srv == st.sorry {
 			return choice{}, nil, fmt.Errorf("no real server is available; the sorry server: %w", err)
 		}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/tetherlb/tether/config"
@@ -256,26 +257,25 @@ func (p *Proxy) checkFwmarkAccept() error {
 	return nil
 }
 
+// acceptTransparent accepts TPROXYed connections until l is closed, and
+// serves each as a connection of the mark service it classifies to.
 func (p *Proxy) acceptTransparent(tp *transparent, l *net.TCPListener) {
 	defer tp.wg.Done()
-	for {
-		c, err := l.AcceptTCP()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+	acceptor{
+		accept: l.AcceptTCP,
+		serve: func(c *net.TCPConn) {
+			svc, dport := p.classify(tp, c)
+			if svc == nil {
+				p.count("connections", "unclassified", 1, nil)
+				c.Close()
 				return
 			}
-			p.log.Error("transparent accept failed", "err", err)
-			continue
-		}
-		svc, dport := p.classify(tp, c)
-		if svc == nil {
-			p.met.IncrCounter([]string{"connections", "unclassified"}, 1)
-			c.Close()
-			continue
-		}
-		p.conns.wg.Add(1)
-		go p.serveTCP(svc, c, dport)
-	}
+			p.conns.wg.Add(1)
+			go p.serveTCP(svc, c, dport)
+		},
+		failed: p.acceptFailed("transparent " + l.Addr().String()),
+		sleep:  time.Sleep,
+	}.run()
 }
 
 // classify finds the mark service of a TPROXYed connection: by the

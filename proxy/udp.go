@@ -148,6 +148,7 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 	}
 	if err != nil {
 		p.release(srv, lease)
+		p.localFailure(ch.st, err) // counted apart: no UDP server is marked failed anyway
 		return nil, err
 	}
 	f = &flow{client: src, srv: srv, st: ch.st, lease: lease, conn: conn, rc: rc}
