@@ -63,6 +63,9 @@ func copyHalf(dst, src *net.TCPConn, idle time.Duration, self, other *atomic.Boo
 			continue
 		case errors.Is(err, io.EOF):
 			err = nil
+			// A direction that ended counts as idle, so that the other
+			// one's idle timeout ends a half-closed connection.
+			self.Store(true)
 		}
 		finish(dst, src, err, ended)
 		return total

@@ -364,3 +364,45 @@ func TestShutdownDrainsThenCloses(t *testing.T) {
 		t.Errorf("Shutdown took %v with a 200ms drain deadline", d)
 	}
 }
+
+// The idle timeout ends a half-closed connection too: a client that shut
+// down its sending side, to a server that holds the connection open and
+// says nothing, used to keep it (and its descriptors) forever.
+func TestIdleTimeoutEndsHalfClosed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	held := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, c) // reads to the client's FIN, then holds on
+		held <- c
+	}()
+	defer func() {
+		select {
+		case c := <-held:
+			c.Close()
+		default:
+		}
+	}()
+	listen := freeAddr(t)
+	startProxy(t, mustConfig(t, fmt.Sprintf("services:\n  - {name: half, listen: %s, limits: {idle_timeout: 200ms}, servers: [{address: %s}]}\n", listen, ln.Addr())), Options{})
+	c, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("request")); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("half-closed connection, server silent: read = %v, want EOF from the 200ms idle timeout", err)
+	}
+}
