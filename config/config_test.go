@@ -54,7 +54,6 @@ func TestParseNormalizes(t *testing.T) {
 		Metrics:      Metrics{Listen: "127.0.0.1:9105"},
 		Affinity:     Affinity{Capacity: 1 << 20},
 		DrainTimeout: Duration(30 * time.Second),
-		UDPMaxFlows:  262144,
 		Mode:         "proxy",
 		Services: []Service{{
 			Name: "web", Protocol: "tcp", Listen: "198.18.0.10:80", VIP: netip.MustParseAddrPort("198.18.0.10:80"), Scheduler: "mh", Mode: "proxy",
@@ -345,7 +344,7 @@ func TestUDPDefaultsAndSharedAddress(t *testing.T) {
 	if err != nil {
 		t.Fatalf("a udp and a tcp service on one address:port: %v", err)
 	}
-	if l := f.Services[0].Limits; l.IdleTimeout.D() != DefaultUDPIdleTimeout || l.MaxFlows != DefaultMaxFlows {
+	if l := f.Services[0].Limits; l.IdleTimeout.D() != DefaultUDPIdleTimeout || l.MaxFlows != 0 {
 		t.Errorf("udp limits %+v, want the flow defaults", l)
 	}
 	if l := f.Services[1].Limits; l.IdleTimeout != 0 || l.MaxFlows != 0 {

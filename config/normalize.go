@@ -17,7 +17,6 @@ func (f *File) normalize() {
 	def(&f.Log.Format, "text")
 	def(&f.Affinity.Capacity, affinity.DefaultCapacity)
 	def(&f.DrainTimeout, Duration(DefaultDrainTimeout))
-	def(&f.UDPMaxFlows, DefaultUDPMaxFlows)
 	if len(f.Marks) > 0 {
 		def(&f.TProxyPort, DefaultTProxyPort)
 	}
@@ -47,7 +46,6 @@ func (f *File) normalize() {
 		def(&s.Limits.ConnectAttempts, DefaultConnectAttempts)
 		if s.Protocol == UDP {
 			def(&s.Limits.IdleTimeout, Duration(DefaultUDPIdleTimeout))
-			def(&s.Limits.MaxFlows, DefaultMaxFlows)
 		}
 		s.HealthCheck.normalize()
 		if s.SorryServer != "" {

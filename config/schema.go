@@ -42,8 +42,8 @@ type File struct {
 	// 100 and 1000.
 	TProxyRouteTable   int `yaml:"tproxy_route_table,omitempty"`
 	TProxyRulePriority int `yaml:"tproxy_rule_priority,omitempty"`
-	// UDPMaxFlows bounds the UDP flows of all services together (default
-	// 262144); each service has its own limits.max_flows too.
+	// UDPMaxFlows bounds the UDP flows of all services together; 0 (the
+	// default) derives it from the descriptor limit (package budget).
 	UDPMaxFlows int `yaml:"udp_max_flows,omitempty"`
 	// Mode is the data path of services that name none: proxy (default)
 	// or director.
@@ -202,15 +202,18 @@ type Persistence struct {
 	Mask affinity.Mask `yaml:"-"`
 }
 
-// Limits bound a service. Zero means no limit, except for the timeouts and
-// attempts, which have defaults.
+// Limits bound a service. Zero derives a connection or flow cap from the
+// descriptor limit; zero per-server connections means no limit of its
+// own; the timeouts and attempts have defaults.
 type Limits struct {
+	// MaxConnections bounds open connections; 0 derives it from the
+	// descriptor limit (package budget), shared with the other services.
 	MaxConnections          int      `yaml:"max_connections,omitempty"`
 	MaxConnectionsPerServer int      `yaml:"max_connections_per_server,omitempty"`
 	ConnectTimeout          Duration `yaml:"connect_timeout,omitempty"`  // default 5s
 	ConnectAttempts         int      `yaml:"connect_attempts,omitempty"` // servers tried per connection, default 3
 	IdleTimeout             Duration `yaml:"idle_timeout,omitempty"`     // default 0: none for tcp, 300s for a udp flow
-	MaxFlows                int      `yaml:"max_flows,omitempty"`        // udp flows kept; default 65536
+	MaxFlows                int      `yaml:"max_flows,omitempty"`        // udp flows kept; 0: derived from the descriptor limit
 }
 
 // Server is a real server.
@@ -235,8 +238,6 @@ const (
 	DefaultTProxyRouteTable   = 100
 	DefaultTProxyRulePriority = 1000
 	DefaultUDPIdleTimeout     = 300 * time.Second
-	DefaultMaxFlows           = 65536
-	DefaultUDPMaxFlows        = 262144
 	DefaultQueueLength        = 4096
 	DefaultMarkBase           = 0x7e000000
 	DefaultCheckInterval      = 5 * time.Second

@@ -15,6 +15,7 @@ import (
 
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/budget"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/health"
 	"github.com/tetherlb/tether/internal/ratelog"
@@ -43,6 +44,10 @@ type Options struct {
 	// its network namespace (tether run --set-sysctls); otherwise it only
 	// says which to set.
 	SetSysctls bool
+	// Descriptors is the file-descriptor limit the caps a config leaves
+	// out are derived from (package budget); 0 reads RLIMIT_NOFILE at
+	// Start, raising the soft limit to the hard one. Tests set it.
+	Descriptors int
 }
 
 // Proxy runs the virtual services of one configuration and follows its
@@ -73,11 +78,16 @@ type Proxy struct {
 	// flag (and by tests, to take that path on kernels that have it).
 	noTableOwner bool
 
-	flowsTotal atomic.Int64 // UDP flows of all services, against udp_max_flows
+	budget     budget.Budget               // descriptors: read at Start
+	caps       atomic.Pointer[budget.Caps] // in force: what the config sets, or derived
+	flowsTotal atomic.Int64                // UDP flows of all services, against caps.UDPFlows
+	onePackets atomic.Int64                // one-packet datagrams in flight, against caps.OnePacket
 
 	health *health.Monitor[checkKey] // the servers' health checks
 
 	replies *udpbatch.Pool // UDP flows borrow a batch while replies are queued
+	bufs    sync.Pool      // *[copyBuf]byte: a TCP direction borrows one per read
+	pipes   *pipePool      // splice pipes for TCP directions that carry bulk
 
 	// verdictHook, set by tests before Start, runs before each director
 	// verdict: it can hold a packet in the queue.
@@ -89,7 +99,7 @@ type Proxy struct {
 
 // New prepares a proxy for cfg; Start opens its listeners.
 func New(cfg *config.File, o Options) *Proxy {
-	p := &Proxy{log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, setSysctls: o.SetSysctls, do: o.Do, services: map[config.ServiceKey]*service{}}
+	p := &Proxy{budget: budget.Of(o.Descriptors), log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, setSysctls: o.SetSysctls, do: o.Do, services: map[config.ServiceKey]*service{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -105,6 +115,8 @@ func New(cfg *config.File, o Options) *Proxy {
 	p.cfg.Store(cfg)
 	p.health = health.NewMonitor(p.healthChanged)
 	p.replies = udpbatch.NewPool(udpBatch)
+	p.bufs.New = func() any { return new([copyBuf]byte) }
+	p.pipes = newPipePool()
 	return p
 }
 
@@ -132,6 +144,13 @@ func (p *Proxy) Start() error {
 }
 
 func (p *Proxy) start() error {
+	if p.budget.Limit == 0 {
+		b, err := budget.Read()
+		if err != nil {
+			return err
+		}
+		p.budget = b
+	}
 	plan, err := p.plan(p.currentCfg())
 	if err != nil {
 		return err
@@ -140,7 +159,7 @@ func (p *Proxy) start() error {
 		// Register services and servers first: restore keeps only the
 		// templates whose service and server still exist.
 		for _, s := range plan.start {
-			if _, err := buildState(s.cfg, nil, p.table); err != nil {
+			if _, err := buildState(s.cfg, nil, p.table, plan.caps); err != nil {
 				plan.abort()
 				return err
 			}
@@ -186,6 +205,7 @@ type plan struct {
 	stop  []*service   // services that go
 	tp    *transparent // newly opened transparent listeners
 	dir   *dirPath     // newly opened director
+	caps  *budget.Caps // the bounds cfg runs with
 }
 
 type planned struct {
@@ -216,7 +236,11 @@ func (pl *plan) abort() {
 // their templates' identity): a service whose address is unchanged keeps
 // its socket even if renamed.
 func (p *Proxy) plan(cfg *config.File) (*plan, error) {
-	pl := &plan{cfg: cfg}
+	caps, err := budget.Derive(cfg, p.budget)
+	if err != nil {
+		return nil, err
+	}
+	pl := &plan{cfg: cfg, caps: &caps}
 	kept := map[config.ServiceKey]bool{}
 	for _, sc := range cfg.Services {
 		k := sc.Key()
@@ -265,7 +289,7 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 		pl.dir = d
 	}
 	if len(cfg.Marks) > 0 && (p.tp == nil || p.tp.port != cfg.TProxyPort || (len(p.tp.ulns) > 0) != coversUDP(cfg)) {
-		tp, err := p.openTransparent(cfg)
+		tp, err := p.openTransparent(cfg, caps.UDPFlows)
 		if err != nil {
 			pl.abort()
 			return nil, err
@@ -288,7 +312,7 @@ func (p *Proxy) commit(pl *plan) error {
 		if s.svc != nil {
 			prev = s.svc.state.Load()
 		}
-		st, err := buildState(s.cfg, prev, p.table)
+		st, err := buildState(s.cfg, prev, p.table, pl.caps)
 		if err != nil {
 			pl.abort()
 			return err
@@ -299,6 +323,7 @@ func (p *Proxy) commit(pl *plan) error {
 		pl.abort()
 		return err
 	}
+	p.caps.Store(pl.caps)
 	for _, old := range pl.stop {
 		p.stopService(old)
 	}
@@ -306,7 +331,7 @@ func (p *Proxy) commit(pl *plan) error {
 		if svc := b.pl.svc; svc != nil {
 			svc.state.Store(b.st)
 			if svc.flows != nil { // a changed limits.max_flows applies now
-				for _, f := range svc.flows.resize(b.st.cfg.Limits.MaxFlows) {
+				for _, f := range svc.flows.resize(b.st.maxFlows) {
 					p.closeFlow(f)
 				}
 			}
@@ -319,7 +344,7 @@ func (p *Proxy) commit(pl *plan) error {
 		p.services[k] = svc
 		p.svcMu.Unlock()
 		if svc.pc != nil {
-			svc.flows = newFlowTable(b.st.cfg.Limits.MaxFlows)
+			svc.flows = newFlowTable(b.st.maxFlows)
 			go p.serveUDP(svc)
 			p.log.Info("udp service listening", "service", b.pl.cfg.Name, "listen", svc.pc.LocalAddr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers), "one_packet", b.st.cfg.OnePacket)
 			continue
@@ -419,6 +444,7 @@ func (p *Proxy) shutdown(ctx context.Context) error {
 		p.conns.closeAll()
 		<-drained
 	}
+	p.pipes.close()
 	p.cancel()
 	err := errors.Join(p.stopDirector(), p.removeMarks())
 	if path := p.currentCfg().Snapshot; path != "" {
@@ -445,14 +471,14 @@ func coversUDP(cfg *config.File) bool {
 	return false
 }
 
-// roomForFlow makes room for one more UDP flow under udp_max_flows by
+// roomForFlow makes room for one more UDP flow under the UDP flow cap by
 // closing the oldest flow of set, and reports whether there is room.
 func roomForFlow[K comparable, V comparable](p *Proxy, set *lruSet[K, V], closeV func(V)) bool {
-	limit := int64(p.currentCfg().UDPMaxFlows)
-	if limit <= 0 || p.flowsTotal.Load() < limit {
+	if p.flowsTotal.Load() < int64(p.caps.Load().UDPFlows) {
 		return true
 	}
 	if v, ok := set.removeOldest(); ok {
+		p.count("udp", "flows_evicted", 1, nil)
 		closeV(v)
 		return true
 	}

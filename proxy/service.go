@@ -15,6 +15,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 
 	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/budget"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/sched"
 )
@@ -50,6 +51,8 @@ type service struct {
 // serviceState is everything a new connection needs, immutable once built.
 type serviceState struct {
 	cfg        config.Service
+	maxConns   int // open connections: the config's limit, or derived (package budget)
+	maxFlows   int // UDP flows: likewise
 	servers    []*server
 	byAddr     map[netip.AddrPort]*server
 	sched      sched.Scheduler[*server]
@@ -75,8 +78,8 @@ func (st *serviceState) serverLabels(srv *server) []metrics.Label {
 // buildState makes a service's state from its config, reusing the server
 // objects of prev (so open-connection counts survive a reload) and
 // registering the service and its servers with the table.
-func buildState(cfg config.Service, prev *serviceState, table *affinity.Table) (*serviceState, error) {
-	st := &serviceState{cfg: cfg, byAddr: map[netip.AddrPort]*server{}, labels: []metrics.Label{{Name: "service", Value: cfg.Name}}, srvLabels: map[*server][]metrics.Label{}}
+func buildState(cfg config.Service, prev *serviceState, table *affinity.Table, caps *budget.Caps) (*serviceState, error) {
+	st := &serviceState{maxConns: caps.Conns[cfg.Key()], maxFlows: caps.Flows[cfg.Key()], cfg: cfg, byAddr: map[netip.AddrPort]*server{}, labels: []metrics.Label{{Name: "service", Value: cfg.Name}}, srvLabels: map[*server][]metrics.Label{}}
 	st.dialer.Timeout = cfg.Limits.ConnectTimeout.D()
 	// No TCP keepalive by default, as HAProxy (option tcpka) and nginx
 	// (so_keepalive): it costs four setsockopt calls per connection.

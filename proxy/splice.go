@@ -5,48 +5,91 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// pipe copies both ways until both directions are done and returns the
-// bytes from the client (in) and to it (out). Each direction is io.Copy
-// between two *net.TCPConn, which the runtime runs as splice(2); at EOF
-// the direction is half-closed with CloseWrite, so a client that shuts
-// down its sending side still gets the whole reply. An error in one
-// direction aborts both.
-func pipe(client, backend *net.TCPConn, idle time.Duration) (in, out int64) {
-	var idleA, idleB atomic.Bool
-	var ended atomic.Int32
+// The TCP copy, one goroutine a direction. A direction waits for its
+// source to be readable holding nothing, then reads into a pooled buffer
+// and writes what it read: a small message costs one read and one write,
+// and an idle connection holds no buffer and no pipe. A direction whose
+// read fills the buffer carries bulk: it takes a pipe from the proxy's
+// bounded pool (at most one per connection) and moves the rest with
+// splice(2), so the bytes never enter user space (HAProxy's splice-auto).
+// The pipe goes back when the direction ends. A connection holds at most
+// four descriptors: its two sockets and one pipe.
+
+// copyBuf is a direction's read buffer: a read that fills it means bulk.
+const copyBuf = 16 << 10
+
+// spliceChunk bounds one splice into the pipe (the pipe's default size).
+const spliceChunk = 64 << 10
+
+// relay copies both ways until both directions are done and returns the
+// bytes from the client (in) and to it (out). At EOF a direction is
+// half-closed with CloseWrite, so a client that shuts down its sending side
+// still gets the whole reply. An error in one direction aborts both.
+func (p *Proxy) relay(client, backend *net.TCPConn, idle time.Duration) (in, out int64) {
+	c := &connCopy{p: p, idle: idle}
 	done := make(chan int64, 1)
-	go func() { done <- copyHalf(backend, client, idle, &idleA, &idleB, &ended) }()
-	out = copyHalf(client, backend, idle, &idleB, &idleA, &ended)
+	go func() { done <- c.half(backend, client, &c.clientIdle, &c.backendIdle) }()
+	out = c.half(client, backend, &c.backendIdle, &c.clientIdle)
 	in = <-done
 	client.Close()
 	backend.Close()
 	return in, out
 }
 
-// idleChunk bounds one splice run when an idle timeout is set, so that the
-// deadline is re-armed as long as bytes flow (io.CopyN keeps splice: the
-// runtime splices from an *io.LimitedReader of a *net.TCPConn).
-const idleChunk = 256 << 10
+// connCopy is one connection's two directions.
+type connCopy struct {
+	p    *Proxy
+	idle time.Duration
+	// clientIdle and backendIdle: that direction saw no byte for the idle
+	// timeout, or has ended; the connection ends when both are.
+	clientIdle, backendIdle atomic.Bool
+	ended                   atomic.Int32 // directions done
+	piped                   atomic.Bool  // a direction holds the connection's pipe
+}
 
-// copyHalf copies src to dst, then half-closes dst; ended counts the
-// directions done. With an idle timeout,
-// a direction that saw no byte for the timeout marks itself idle, and the
-// connection is closed when the other direction is idle too.
-func copyHalf(dst, src *net.TCPConn, idle time.Duration, self, other *atomic.Bool, ended *atomic.Int32) int64 {
-	if idle <= 0 {
-		n, err := io.Copy(dst, src)
-		finish(dst, src, err, ended)
-		return n
+// half copies src to dst until src ends or the connection does, then
+// half-closes dst (or aborts both on an error), and returns the bytes.
+func (c *connCopy) half(dst, src *net.TCPConn, self, other *atomic.Bool) int64 {
+	srcRC, err1 := src.SyscallConn()
+	dstRC, err2 := dst.SyscallConn()
+	if err := errors.Join(err1, err2); err != nil {
+		finish(dst, src, err, &c.ended)
+		return 0
 	}
+	var sp *spipe
+	defer func() {
+		if sp != nil {
+			c.p.pipes.put(sp)
+			c.piped.Store(false)
+		}
+	}()
 	var total int64
 	for {
-		src.SetReadDeadline(time.Now().Add(idle))
-		n, err := io.CopyN(dst, src, idleChunk)
-		total += n
+		if c.idle > 0 {
+			src.SetReadDeadline(time.Now().Add(c.idle))
+		}
+		var n int
+		var err error
+		if sp != nil {
+			n, err = sp.move(dstRC, srcRC)
+		} else {
+			var full bool
+			n, full, err = c.copyBuffered(dst, srcRC)
+			if full && c.piped.CompareAndSwap(false, true) {
+				if sp = c.p.pipes.get(c.p.caps.Load().Pipes); sp == nil {
+					c.piped.Store(false) // none free: go on through the buffer
+				}
+			}
+		}
+		total += int64(n)
 		if n > 0 {
 			self.Store(false)
 		}
@@ -67,15 +110,50 @@ func copyHalf(dst, src *net.TCPConn, idle time.Duration, self, other *atomic.Boo
 			// one's idle timeout ends a half-closed connection.
 			self.Store(true)
 		}
-		finish(dst, src, err, ended)
+		finish(dst, src, err, &c.ended)
 		return total
 	}
+}
+
+// copyBuffered waits for src to be readable, reads into a pooled buffer
+// and writes it all to dst. full says the read filled the buffer.
+func (c *connCopy) copyBuffered(dst *net.TCPConn, src syscall.RawConn) (n int, full bool, err error) {
+	var buf *[copyBuf]byte
+	var rerr error
+	err = src.Read(func(fd uintptr) bool {
+		if buf == nil {
+			buf = c.p.bufs.Get().(*[copyBuf]byte)
+		}
+		n, rerr = unix.Read(int(fd), buf[:])
+		if rerr == unix.EAGAIN { // nothing yet: wait without the buffer
+			c.p.bufs.Put(buf)
+			buf = nil
+			return false
+		}
+		return true
+	})
+	if buf != nil {
+		defer c.p.bufs.Put(buf)
+	}
+	if err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	if n <= 0 {
+		return 0, false, io.EOF
+	}
+	if _, err := dst.Write(buf[:n]); err != nil {
+		return n, false, err
+	}
+	return n, n == copyBuf, nil
 }
 
 var errIdle = errors.New("idle timeout")
 
 // finish ends one direction: a clean EOF half-closes, an error aborts both.
-// The second direction to end skips the half-close: pipe closes both
+// The second direction to end skips the half-close: relay closes both
 // sockets next, and the close sends the FIN (a system call less for every
 // connection; both receive queues are drained, so it is a FIN, not a RST).
 func finish(dst, src *net.TCPConn, err error, ended *atomic.Int32) {
@@ -88,4 +166,127 @@ func finish(dst, src *net.TCPConn, err error, ended *atomic.Int32) {
 	}
 	dst.Close()
 	src.Close()
+}
+
+// spipe is a pipe for splice(2), and how many bytes it holds.
+type spipe struct {
+	r, w int
+	data int
+}
+
+// move splices what src has (waiting until it has something, up to
+// spliceChunk) into the pipe, and all of it on to dst.
+func (sp *spipe) move(dst, src syscall.RawConn) (int, error) {
+	var n int64
+	var serr error
+	err := src.Read(func(fd uintptr) bool {
+		n, serr = unix.Splice(int(fd), nil, sp.w, nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		return serr != unix.EAGAIN
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, io.EOF
+	}
+	sp.data += int(n)
+	for sp.data > 0 {
+		var m int64
+		var werr error
+		err := dst.Write(func(fd uintptr) bool {
+			m, werr = unix.Splice(sp.r, nil, int(fd), nil, sp.data, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			return werr != unix.EAGAIN
+		})
+		if err == nil {
+			err = werr
+		}
+		if err != nil {
+			return int(n), err // the pipe still holds bytes: put closes it
+		}
+		sp.data -= int(m)
+	}
+	return int(n), nil
+}
+
+// pipePool lends splice pipes: at most a bound at once (budget.Caps.Pipes,
+// counted in descriptors with the rest), and keeps a few idle ones for
+// reuse; the others are closed as soon as they come back, so a burst of
+// bulk transfers leaves no descriptors behind.
+type pipePool struct {
+	open atomic.Int64 // pipes in existence, lent or idle
+	idle chan *spipe
+	mu   sync.Mutex // serialises close with put
+	done bool
+}
+
+// pipesIdle is how many idle pipes the pool keeps.
+const pipesIdle = 32
+
+func newPipePool() *pipePool { return &pipePool{idle: make(chan *spipe, pipesIdle)} }
+
+// get lends a pipe, or nil when max are out (or the kernel refused one).
+func (pp *pipePool) get(max int) *spipe {
+	select {
+	case sp := <-pp.idle:
+		return sp
+	default:
+	}
+	if pp.open.Add(1) > int64(max) {
+		pp.open.Add(-1)
+		return nil
+	}
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		pp.open.Add(-1)
+		return nil
+	}
+	return &spipe{r: fds[0], w: fds[1]}
+}
+
+// put takes a pipe back: an empty one is kept if there is room, any other
+// is closed.
+func (pp *pipePool) put(sp *spipe) {
+	pp.mu.Lock()
+	keep := !pp.done && sp.data == 0
+	if keep {
+		select {
+		case pp.idle <- sp:
+		default:
+			keep = false
+		}
+	}
+	pp.mu.Unlock()
+	if !keep {
+		pp.closePipe(sp)
+	}
+}
+
+func (pp *pipePool) closePipe(sp *spipe) {
+	unix.Close(sp.r)
+	unix.Close(sp.w)
+	pp.open.Add(-1)
+}
+
+// close closes the idle pipes; pipes lent now are closed when they come
+// back.
+func (pp *pipePool) close() {
+	pp.mu.Lock()
+	pp.done = true
+	var all []*spipe
+	for {
+		select {
+		case sp := <-pp.idle:
+			all = append(all, sp)
+			continue
+		default:
+		}
+		break
+	}
+	pp.mu.Unlock()
+	for _, sp := range all {
+		pp.closePipe(sp)
+	}
 }

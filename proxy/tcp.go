@@ -31,7 +31,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	p.count("connections", "accepted", 1, st.labels)
 	n := svc.active.Add(1)
 	defer svc.active.Add(-1)
-	if max := st.cfg.Limits.MaxConnections; max > 0 && n > int64(max) {
+	if n > int64(st.maxConns) {
 		p.count("connections", "rejected", 1, st.labels)
 		client.Close()
 		return
@@ -55,7 +55,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	slabels := st.serverLabels(srv)
 	p.count("server", "connections", 1, slabels)
 
-	in, out := pipe(client, backend, st.cfg.Limits.IdleTimeout.D())
+	in, out := p.relay(client, backend, st.cfg.Limits.IdleTimeout.D())
 	srv.bytesIn.Add(uint64(in))
 	srv.bytesOut.Add(uint64(out))
 	p.count("server", "bytes_in", float32(in), slabels)

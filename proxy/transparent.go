@@ -41,7 +41,7 @@ type transparent struct {
 
 // openTransparent opens the IP_TRANSPARENT listeners (IPv4, and IPv6 when
 // a class has IPv6 addresses). It needs CAP_NET_ADMIN.
-func (p *Proxy) openTransparent(cfg *config.File) (*transparent, error) {
+func (p *Proxy) openTransparent(cfg *config.File, udpFlows int) (*transparent, error) {
 	tp := &transparent{port: cfg.TProxyPort}
 	lc := net.ListenConfig{KeepAlive: -1, Control: func(network, _ string, c syscall.RawConn) error {
 		var serr error
@@ -80,7 +80,7 @@ func (p *Proxy) openTransparent(cfg *config.File) (*transparent, error) {
 		}
 		tp.lns = append(tp.lns, l.(*net.TCPListener))
 	}
-	if err := p.openTransparentUDP(tp, cfg); err != nil {
+	if err := p.openTransparentUDP(tp, cfg, udpFlows); err != nil {
 		tp.close()
 		return nil, err
 	}

@@ -51,8 +51,8 @@ type tflows struct {
 	wg sync.WaitGroup
 }
 
-func newTFlows() *tflows {
-	return &tflows{lruSet: newLRUSet[tflowKey, *tflow](config.DefaultMaxFlows)}
+func newTFlows(size int) *tflows {
+	return &tflows{lruSet: newLRUSet[tflowKey, *tflow](size)}
 }
 
 // transparentUDPControl makes a socket transparent (it may bind and send
@@ -93,7 +93,7 @@ func transparentUDPControl(recvOrigDst bool) func(network, address string, c sys
 }
 
 // openTransparentUDP opens the UDP listeners when a class covers UDP.
-func (p *Proxy) openTransparentUDP(tp *transparent, cfg *config.File) error {
+func (p *Proxy) openTransparentUDP(tp *transparent, cfg *config.File, udpFlows int) error {
 	nets := map[string]bool{}
 	for _, c := range cfg.MarkSet.Classes {
 		if c.Protocols&marks.UDP == 0 {
@@ -119,7 +119,7 @@ func (p *Proxy) openTransparentUDP(tp *transparent, cfg *config.File) error {
 		tp.ulns = append(tp.ulns, c.(*net.UDPConn))
 	}
 	if len(tp.ulns) > 0 {
-		tp.uflows = newTFlows()
+		tp.uflows = newTFlows(udpFlows)
 	}
 	return nil
 }

@@ -157,6 +157,7 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
 	for _, e := range svc.flows.add(src, f) {
+		p.count("udp", "flows_evicted", 1, st.labels)
 		p.closeFlow(e)
 	}
 	wg.Add(1)
@@ -236,15 +237,33 @@ func (p *Proxy) closeFlows(svc *service) {
 // onePacket schedules one datagram on its own (ipvsadm's -o): a socket of
 // its own to the chosen server, and the first reply, if one comes within
 // the idle timeout (at most 5 s), goes back to the client.
+//
+// Datagrams in flight are bounded (budget.Caps.OnePacket): past the bound
+// a datagram is dropped and counted, as the kernel drops what a full
+// socket cannot take. A datagram waiting for its reply holds a socket and
+// a goroutine, and a buffer only while the reply is being read.
 func (p *Proxy) onePacket(svc *service, st *serviceState, src netip.AddrPort, b []byte, wg *sync.WaitGroup) {
+	if p.onePackets.Add(1) > int64(p.caps.Load().OnePacket) {
+		p.onePackets.Add(-1)
+		p.count("udp", "one_packet_dropped", 1, st.labels)
+		return
+	}
 	ch, err := p.choose(st, src.Addr(), nil)
 	if err != nil {
+		p.onePackets.Add(-1)
 		return
 	}
 	srv := ch.srv
-	release := func() { p.release(srv, ch.lease) }
+	release := func() { p.release(srv, ch.lease); p.onePackets.Add(-1) }
 	conn, err := p.dialUDP(st, srv.Addr)
+	var rc syscall.RawConn
+	if err == nil {
+		if rc, err = conn.SyscallConn(); err != nil {
+			conn.Close()
+		}
+	}
 	if err != nil {
+		p.localFailure(st, err)
 		release()
 		return
 	}
@@ -259,9 +278,11 @@ func (p *Proxy) onePacket(svc *service, st *serviceState, src netip.AddrPort, b 
 		defer release()
 		defer conn.Close()
 		conn.SetReadDeadline(time.Now().Add(min(st.cfg.Limits.IdleTimeout.D(), 5*time.Second)))
-		reply := make([]byte, 64<<10)
-		if n, err := conn.Read(reply); err == nil {
-			svc.pc.WriteToUDPAddrPort(reply[:n], src)
+		rel := udpbatch.NewRelay(p.replies) // the buffer only once the reply is there
+		bufs, _, _, err := rel.Next(rc)
+		if err == nil && len(bufs) > 0 {
+			svc.pc.WriteToUDPAddrPort(bufs[0], src)
 		}
+		rel.Done()
 	}()
 }
