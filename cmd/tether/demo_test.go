@@ -5,7 +5,9 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/tetherlb/tether/testenv"
@@ -15,6 +17,13 @@ func TestMain(m *testing.M) {
 	// The test binary doubles as the tether binary for tests that need it
 	// in a process of its own.
 	if os.Getenv("TETHER_TEST_MAIN") == "1" {
+		// TETHER_TEST_NOFILE runs tether at that descriptor limit, soft
+		// and hard, as a host with a low ulimit -n would.
+		if n, err := strconv.ParseUint(os.Getenv("TETHER_TEST_NOFILE"), 10, 64); err == nil {
+			if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: n, Max: n}); err != nil {
+				panic(err)
+			}
+		}
 		main()
 		os.Exit(0)
 	}
