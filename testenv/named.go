@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -60,13 +61,16 @@ func Remove(name string) error {
 	return netns.DeleteNamed(name)
 }
 
+// ErrNoHost: Find found no such host.
+var ErrNoHost = errors.New("no such host")
+
 // Find returns the named namespace of host in the topology that label
-// names, when exactly one exists.
+// names, when exactly one exists; ErrNoHost when none does.
 func Find(label, host string) (string, error) {
 	matches, _ := filepath.Glob(filepath.Join("/run/netns", Prefix+"*-"+label+"-"+host))
 	switch len(matches) {
 	case 0:
-		return "", fmt.Errorf("no host %q: run tether testenv up first", host)
+		return "", fmt.Errorf("no host %q: run tether testenv up first: %w", host, ErrNoHost)
 	case 1:
 		return filepath.Base(matches[0]), nil
 	}

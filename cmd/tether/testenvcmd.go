@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -27,7 +28,7 @@ func testenvCommand() *cli.Command {
 				if m := testenv.Missing(); m != "" {
 					return cli.Exit(m, 2)
 				}
-				if n, _ := testenv.Find(cliLabel, "lb"); n != "" {
+				if _, err := testenv.Find(cliLabel, "lb"); err == nil || !errors.Is(err, testenv.ErrNoHost) {
 					return cli.Exit("a testenv topology is up already: tether testenv down first", 1)
 				}
 				for _, f := range []string{"clients", "addrs", "backends"} {
