@@ -7,17 +7,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/tetherlb/tether/api"
+	"github.com/tetherlb/tether/internal/ratelog"
 )
 
 // DefaultSocket is where the admin socket is unless the config says
@@ -61,6 +64,7 @@ type Options struct {
 // Server serves the admin API until Close.
 type Server struct {
 	o     Options
+	rlog  *ratelog.Logger
 	ready atomic.Bool
 	srvs  []*http.Server
 	wg    sync.WaitGroup
@@ -75,7 +79,7 @@ func Start(o Options) (*Server, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	s := &Server{o: o}
+	s := &Server{o: o, rlog: ratelog.New(o.Log, time.Second)}
 	if o.Socket != "" {
 		ln, err := listenSocket(o.Socket)
 		if err != nil {
@@ -95,7 +99,9 @@ func Start(o Options) (*Server, error) {
 			return nil, fmt.Errorf("admin.listen: %w", err)
 		}
 		s.Addr = ln.Addr()
-		s.serve(ln, s.handler(true))
+		s.serve(&capped{Listener: ln, max: MaxTCPConns, refused: func() {
+			s.rlog.Log(slog.LevelWarn, "admin API: a TCP connection past the cap closed", "max", MaxTCPConns)
+		}}, s.handler(true))
 		o.Log.Info("admin API on TCP, bearer token required", "addr", ln.Addr())
 	}
 	return s, nil
@@ -116,7 +122,8 @@ func (s *Server) Close() {
 }
 
 func (s *Server) serve(ln net.Listener, h http.Handler) {
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute, ConnContext: peerContext}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 10 * time.Second, ConnContext: peerContext,
+		ErrorLog: log.New(logWriter{s.rlog}, "", 0)}
 	s.srvs = append(s.srvs, hs)
 	s.wg.Add(1)
 	go func() {
@@ -267,8 +274,9 @@ func (s *Server) bearer(next http.Handler) http.Handler {
 	want := []byte("Bearer " + s.o.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-			s.o.Log.Warn("admin API: request without the right token refused", "remote", r.RemoteAddr, "path", r.URL.Path)
+			s.rlog.Log(slog.LevelWarn, "admin API: request without the right token refused", "remote", r.RemoteAddr, "path", r.URL.Path)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tether"`)
+			w.Header().Set("Connection", "close") // no keep-alive for whoever lacks the token
 			writeJSON(w, http.StatusUnauthorized, api.ErrorBody{Error: "missing or wrong bearer token"})
 			return
 		}
@@ -295,4 +303,55 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// MaxTCPConns bounds the admin API's open TCP connections: one past it is
+// closed at once. Together with the header and idle timeouts and the close
+// after a refused token, no client without the token holds a connection
+// for long, and none holds many.
+const MaxTCPConns = 64
+
+// capped is a listener that closes connections past max open ones.
+type capped struct {
+	net.Listener
+	max     int
+	open    atomic.Int64
+	refused func()
+}
+
+func (l *capped) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.open.Add(1) > int64(l.max) {
+			l.open.Add(-1)
+			c.Close()
+			l.refused()
+			continue
+		}
+		return &countedConn{Conn: c, l: l}, nil
+	}
+}
+
+// countedConn gives its slot back once, on Close.
+type countedConn struct {
+	net.Conn
+	l    *capped
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.l.open.Add(-1) })
+	return c.Conn.Close()
+}
+
+// logWriter sends net/http's own error lines (accept errors, TLS
+// handshakes) through the rate-limited log.
+type logWriter struct{ l *ratelog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.l.Log(slog.LevelWarn, "admin API: http server error", "err", strings.TrimSpace(string(p)))
+	return len(p), nil
 }

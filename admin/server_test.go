@@ -1,12 +1,17 @@
 package admin
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/tetherlb/tether/api"
 )
@@ -69,5 +74,70 @@ func TestAPIRefusals(t *testing.T) {
 	}
 	if err := c.do(ctx, http.MethodGet, "/metrics", nil, nil); !errors.As(err, &apiErr) || apiErr.Status != 404 || !strings.Contains(apiErr.Msg, "metrics are off") {
 		t.Errorf("metrics when off: %v", err)
+	}
+}
+
+// The TCP API bounds what a client without the token can hold: its
+// keep-alive connection is closed after the refusal (it used to stay 60 s),
+// and connections past MaxTCPConns are closed at once (there was no cap).
+func TestTCPUnauthenticatedIsBounded(t *testing.T) {
+	s, err := Start(Options{Backend: &fake{}, Listen: "127.0.0.1:0", Token: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	addr := s.Addr.String()
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /v1/services HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("no token: %v, %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("after a refused token the connection stays open (read: %v)", err)
+	}
+
+	// MaxTCPConns silent connections, then one more: it is closed at once.
+	var held []net.Conn
+	defer func() {
+		for _, h := range held {
+			h.Close()
+		}
+	}()
+	for range MaxTCPConns {
+		h, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, h)
+	}
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	extra.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("connection %d past the cap of %d: read %v, want it closed", MaxTCPConns+1, MaxTCPConns, err)
+	}
+	// One slot freed: the token holder gets in.
+	held[0].Close()
+	cl := NewClient("", "http://"+addr, "s3cret")
+	var svcs []api.ServiceStatus
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if svcs, err = cl.Services(context.Background()); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil || len(svcs) != 1 {
+		t.Errorf("with a slot free, the token holder: %v, %v", svcs, err)
 	}
 }
