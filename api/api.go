@@ -22,9 +22,12 @@ type ServiceStatus struct {
 	Quorum     int           `json:"quorum,omitempty"`
 	Quorate    bool          `json:"quorate"`
 	// Templates is the number of live persistence templates.
-	Templates int            `json:"templates"`
-	Servers   []ServerStatus `json:"servers"`
-	Sorry     *ServerStatus  `json:"sorry_server,omitempty"`
+	Templates int `json:"templates"`
+	// KernelDrops are the datagrams the kernel dropped on a UDP
+	// service's socket before tether read them (a full receive buffer).
+	KernelDrops uint64         `json:"kernel_drops,omitempty"`
+	Servers     []ServerStatus `json:"servers"`
+	Sorry       *ServerStatus  `json:"sorry_server,omitempty"`
 }
 
 // ServerStatus is one real server of a service. Its connection counts are

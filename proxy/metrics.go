@@ -2,6 +2,7 @@ package proxy
 
 import (
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/tetherlb/tether/udpbatch"
 )
 
 // EmitMetrics sets the gauges that are states rather than events (open
@@ -34,6 +35,11 @@ func (p *Proxy) EmitMetrics() {
 			q = 1
 		}
 		p.met.SetGaugeWithLabels([]string{"service", "quorum"}, q, l)
+		if s.rc != nil {
+			if n, err := udpbatch.Drops(s.rc); err == nil {
+				p.met.SetGaugeWithLabels([]string{"udp", "kernel_drops"}, float32(n), l)
+			}
+		}
 	}
 	p.emitDirectorMetrics()
 	p.table.EmitMetrics(p.met)

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
@@ -213,6 +214,9 @@ type planned struct {
 	svc *service // existing one for keep
 	ln  *net.TCPListener
 	pc  *net.UDPConn
+	// rc and family are pc's raw socket and address family.
+	rc     syscall.RawConn
+	family int
 }
 
 func (pl *plan) abort() {
@@ -260,7 +264,15 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 				pl.abort()
 				return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 			}
-			pl.start = append(pl.start, &planned{cfg: sc, pc: c.(*net.UDPConn)})
+			s := &planned{cfg: sc, pc: c.(*net.UDPConn)}
+			pl.start = append(pl.start, s) // before the error: abort closes it
+			if s.rc, err = s.pc.SyscallConn(); err == nil {
+				s.family, err = udpbatch.Family(s.rc)
+			}
+			if err != nil {
+				pl.abort()
+				return nil, fmt.Errorf("service %s: %w", sc.Name, err)
+			}
 			continue
 		}
 		if k.VIP.Port() == 0 {
@@ -338,7 +350,7 @@ func (p *Proxy) commit(pl *plan) error {
 			continue
 		}
 		k := b.pl.cfg.Key()
-		svc := &service{key: k, director: b.pl.cfg.Mode == config.ModeDirector, ln: b.pl.ln, pc: b.pl.pc, done: make(chan struct{})}
+		svc := &service{key: k, director: b.pl.cfg.Mode == config.ModeDirector, ln: b.pl.ln, pc: b.pl.pc, rc: b.pl.rc, family: b.pl.family, done: make(chan struct{})}
 		svc.state.Store(b.st)
 		p.svcMu.Lock()
 		p.services[k] = svc

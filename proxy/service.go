@@ -40,7 +40,7 @@ type service struct {
 	director bool
 	ln       *net.TCPListener
 	pc       *net.UDPConn    // a udp service's socket
-	rc       syscall.RawConn // pc's, for recvmmsg and sendmmsg; set by serveUDP
+	rc       syscall.RawConn // pc's, for recvmmsg, sendmmsg and its drop count
 	family   int             // pc's address family
 	flows    *flowTable      // a udp service's flows
 	state    atomic.Pointer[serviceState]

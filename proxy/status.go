@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	"github.com/tetherlb/tether/api"
+	"github.com/tetherlb/tether/udpbatch"
 
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
@@ -30,6 +31,9 @@ func (p *Proxy) Status() []api.ServiceStatus {
 			Persistent: st.persistent, Quorum: c.Quorum, Quorate: st.quorate()}
 		if c.Fwmark == 0 {
 			ss.Protocol = string(c.Protocol)
+		}
+		if svc.rc != nil {
+			ss.KernelDrops, _ = udpbatch.Drops(svc.rc)
 		}
 		if st.persistent {
 			ss.Timeout = c.Persistence.Timeout.D()

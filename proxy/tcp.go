@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"time"
@@ -43,7 +44,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	ch, backend, err := p.connect(st, src.Addr(), dport)
 	if err != nil {
 		p.count("connections", "failed", 1, st.labels)
-		p.log.Warn("no real server reached", "service", st.cfg.Name, "client", src, "err", err)
+		p.rlog.Log(slog.LevelWarn, "no real server reached", "service", st.cfg.Name, "client", src, "err", err)
 		client.Close()
 		return
 	}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -289,7 +290,7 @@ func (p *Proxy) classify(tp *transparent, c *net.TCPConn) (*service, uint16) {
 	if mark == 0 {
 		cl, ok := set.Match(marks.TCP, dst.Addr(), dst.Port())
 		if !ok {
-			p.log.Warn("transparent connection matches no mark class", "dst", dst, "src", c.RemoteAddr())
+			p.rlog.Log(slog.LevelWarn, "transparent connection matches no mark class", "dst", dst, "src", c.RemoteAddr())
 			return nil, 0
 		}
 		mark = cl.Mark
@@ -298,7 +299,7 @@ func (p *Proxy) classify(tp *transparent, c *net.TCPConn) (*service, uint16) {
 	svc := p.services[config.ServiceKey{Mark: mark}]
 	p.svcMu.RUnlock()
 	if svc == nil {
-		p.log.Warn("no service for firewall mark", "fwmark", mark, "dst", dst)
+		p.rlog.Log(slog.LevelWarn, "no service for firewall mark", "fwmark", mark, "dst", dst)
 	}
 	return svc, dst.Port()
 }

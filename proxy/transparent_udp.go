@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -166,7 +167,7 @@ func (p *Proxy) serveTransparentUDP(tp *transparent, l *net.UDPConn) {
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 		f, err := p.tflowFor(tp, tflowKey{src, dst}, mark)
 		if err != nil {
-			p.log.Debug("transparent udp datagram dropped", "src", src, "dst", dst, "err", err)
+			p.rlog.Log(slog.LevelDebug, "transparent udp datagram dropped", "src", src, "dst", dst, "err", err)
 			continue
 		}
 		f.last.Store(time.Now().UnixNano())

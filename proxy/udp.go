@@ -65,15 +65,7 @@ func (p *Proxy) serveUDP(svc *service) {
 	var wg sync.WaitGroup // flow goroutines
 	defer wg.Wait()
 	defer p.closeFlows(svc)
-	rc, err := svc.pc.SyscallConn()
-	if err == nil {
-		svc.family, err = udpbatch.Family(rc)
-	}
-	if err != nil {
-		p.log.Error("udp service cannot read", "service", svc.state.Load().cfg.Name, "err", err)
-		return
-	}
-	svc.rc = rc // before any flow goroutine, which writes replies on it
+	rc := svc.rc
 	in, out := udpbatch.NewReader(udpBatch, 64<<10), udpbatch.NewWriter(udpBatch)
 	run := make([][]byte, 0, udpBatch) // datagrams of one flow, in order
 	var runFlow *flow
