@@ -341,3 +341,51 @@ func TestUDPFlowCapFollowsReload(t *testing.T) {
 		}
 	}
 }
+
+// One-packet datagrams in flight are bounded: to a server that never
+// answers, each waits for its reply holding a socket, and past the bound
+// (a sixteenth of the descriptor budget) datagrams are dropped. Each used
+// to get a socket, a goroutine and a 64 KiB buffer, with no bound at all.
+func TestUDPOnePacketIsBounded(t *testing.T) {
+	silent, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	listen := freeUDPAddr(t)
+	const limit = 1024 // budget: 960 for clients, 60 one-packet datagrams
+	p := startProxy(t, mustConfig(t, udpConfig(listen, "rr", "    one_packet: true\n    limits: {idle_timeout: 3s}\n", silent.LocalAddr().(*net.UDPAddr).AddrPort())),
+		Options{Descriptors: limit})
+	bound := p.caps.Load().OnePacket
+	if bound != 60 {
+		t.Fatalf("one-packet bound %d at a limit of %d, want 60", bound, limit)
+	}
+	base := openFDs(t)
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 5, 0, 2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	vip := netip.MustParseAddrPort(listen)
+	got := 0
+	for range 500 {
+		c.WriteToUDPAddrPort([]byte("q"), vip)
+	}
+	// Wait until the server has seen what tether sent on (not a timing
+	// claim: the datagrams are all queued already).
+	silent.SetReadDeadline(time.Now().Add(time.Second))
+	for buf := make([]byte, 16); ; got++ {
+		if _, _, err := silent.ReadFromUDPAddrPort(buf); err != nil {
+			break
+		}
+	}
+	if got > bound || got == 0 {
+		t.Errorf("the server got %d of 500 datagrams, want at most the bound %d (and some)", got, bound)
+	}
+	if n := p.onePackets.Load(); n > int64(bound) {
+		t.Errorf("%d datagrams in flight, bound %d", n, bound)
+	}
+	if used := openFDs(t) - base; used > bound+2 {
+		t.Errorf("%d descriptors for one-packet datagrams in flight, bound %d", used, bound)
+	}
+}
