@@ -4,14 +4,15 @@
 //
 // A template binds (service, masked client address) to a real server. The
 // semantics are IPVS's, with one improvement: a template never expires while
-// a connection made through it is open, and expires exactly Timeout after the
-// later of its last new connection and the close of its last connection
-// (IPVS re-arms in 60 s steps instead).
+// a connection made through it is open, and expires Timeout after the later
+// of its last new connection and the close of its last connection, exact to
+// the table's 10 ms clock (IPVS re-arms in 60 s steps instead).
 //
-// The table is bounded by entries. At the bound the least recently used idle
-// template goes first; a template with open connections is evicted only when
-// no idle one is left, so a flood of spoofed sources can cost idle clients
-// their affinity but never grows memory.
+// The table is bounded by entries. At the bound an idle template goes
+// before any with open connections, and among idle ones, approximately the
+// least recently used, clients that came back after the others (sampled
+// eviction, as Redis's): a flood of spoofed sources can cost idle clients
+// their affinity, returning ones last, but never grows memory.
 //
 // The package needs no privilege and makes no system calls on the lookup
 // path. It is used by the proxy data paths and by `tether affinity`.

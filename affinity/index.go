@@ -3,31 +3,34 @@ package affinity
 import "golang.org/x/sys/unix"
 
 // A shard's templates live in its slot array itself: open addressing with
-// linear probing, kept at most three quarters full. A lookup reads the
-// key's home slot and usually nothing past it, so a hit costs one random
-// cache line (two when the 48-byte entry straddles a line boundary, fetched
-// together), where a separate index and slab cost two dependent ones.
-// Deletion shifts the following cluster back (no tombstones), so lookups
-// never slow down with churn; a template that moves takes its idle-list
-// links with it (move), and a lease finds it again by key.
+// linear probing, kept at most seven eighths full. A lookup reads the key's
+// home slot and usually nothing past it, so a hit costs one random cache
+// line. Deletion shifts the following cluster back (no tombstones), so
+// lookups never slow down with churn; a lease finds a template that moved
+// again by key. The array doubles as templates come, up to its final
+// length (capacity × 8/7), which need not be a power of two: a key's home
+// is its hash scaled to the length, not masked.
 
-// home is a key's first slot. The low bits of the hash choose the shard,
-// so the slot array takes the high half.
-func (sh *shard) home(h uint64) int { return int(h>>32) & (len(sh.ents) - 1) }
+// home is a key's first slot: the high half of the hash scaled to the
+// array (the low bits chose the shard).
+func (sh *shard) home(h uint64) int { return int((h >> 32) * uint64(len(sh.ents)) >> 32) }
 
 // get finds k's slot; h is k's hash.
 func (sh *shard) get(k key, h uint64) (int32, bool) {
 	if sh.n == 0 {
 		return 0, false
 	}
-	m := len(sh.ents) - 1
-	for i := sh.home(h); ; i = (i + 1) & m {
+	l := len(sh.ents)
+	for i := sh.home(h); ; {
 		e := &sh.ents[i]
 		if e.gen == 0 {
 			return 0, false
 		}
-		if e.key == k {
+		if e.is(k) {
 			return int32(i), true
+		}
+		if i++; i == l {
+			i = 0
 		}
 	}
 }
@@ -35,10 +38,12 @@ func (sh *shard) get(k key, h uint64) (int32, bool) {
 // place returns the empty slot a new key hashing to h goes to. The caller
 // has made room (grow).
 func (sh *shard) place(h uint64) int32 {
-	m := len(sh.ents) - 1
+	l := len(sh.ents)
 	i := sh.home(h)
 	for sh.ents[i].gen != 0 {
-		i = (i + 1) & m
+		if i++; i == l {
+			i = 0
+		}
 	}
 	return int32(i)
 }
@@ -46,51 +51,41 @@ func (sh *shard) place(h uint64) int32 {
 // full says one more template needs a larger slot array.
 func (sh *shard) full() bool { return 4*(sh.n+1) > 3*len(sh.ents) }
 
-// vacate empties slot i, already unlinked from the idle list, and closes
-// the gap: each following template of the cluster whose home does not lie
-// cyclically in (gap, its slot] moves back into the gap.
+// maxLen is the slot array's final length: at capacity, seven eighths full.
+func (sh *shard) maxLen() int { return max(16, sh.cap*4/3+1) }
+
+// vacate empties slot i and closes the gap: each following template of the
+// cluster whose home does not lie cyclically in (gap, its slot] moves back
+// into the gap.
 func (sh *shard) vacate(i int) {
 	sh.ents[i] = entry{}
 	sh.n--
-	m := len(sh.ents) - 1
-	for j := (i + 1) & m; sh.ents[j].gen != 0; j = (j + 1) & m {
-		home := sh.home(sh.ents[j].key.hash())
+	l := len(sh.ents)
+	for j := next(i, l); sh.ents[j].gen != 0; j = next(j, l) {
+		e := &sh.ents[j]
+		home := sh.home(e.key().hash())
 		if (i < j && (home <= i || home > j)) || (i > j && home <= i && home > j) {
-			sh.move(j, i)
+			sh.ents[i], *e = *e, entry{}
 			i = j
 		}
 	}
 }
 
-// move puts the template at slot from into the empty slot to, and points
-// its idle-list neighbours (and the tracked cursor) at its new place.
-func (sh *shard) move(from, to int) {
-	e := sh.ents[from]
-	sh.ents[to], sh.ents[from] = e, entry{}
-	t := int32(to)
-	if e.prev != unlinked {
-		if e.prev != none {
-			sh.ents[e.prev].next = t
-		} else {
-			sh.idle.head = t
-		}
-		if e.next != none {
-			sh.ents[e.next].prev = t
-		} else {
-			sh.idle.tail = t
-		}
+func next(i, l int) int {
+	if i++; i == l {
+		return 0
 	}
-	if sh.track == int32(from) {
-		sh.track = t
-	}
+	return i
 }
 
-// grow doubles the slot array and rehashes every template into it,
-// keeping the idle list's order. Each old slot's stamp field, no longer
-// needed once its template is copied, records where the template went.
+// grow doubles the slot array, up to its final length, and rehashes every
+// template into it.
 func (sh *shard) grow() {
 	old, oldMap := sh.ents, sh.mapped
-	n := max(16, 2*len(old))
+	n := min(max(16, 2*len(old)), sh.maxLen())
+	if n <= len(old) {
+		n = len(old) + 1 // capacity changed under a full array: never stuck
+	}
 	if ents, m := hugeSlice[entry](n); m != nil {
 		sh.ents, sh.mapped = ents, m
 	} else {
@@ -98,24 +93,9 @@ func (sh *shard) grow() {
 	}
 	for j := range old {
 		if old[j].gen != 0 {
-			i := sh.place(old[j].key.hash())
-			sh.ents[i] = old[j]
-			old[j].stamp = int64(i)
+			sh.ents[sh.place(old[j].key().hash())] = old[j]
 		}
 	}
-	at := func(s int32) int32 {
-		if s < 0 {
-			return s // none or unlinked
-		}
-		return int32(old[s].stamp)
-	}
-	for i := range sh.ents {
-		if e := &sh.ents[i]; e.gen != 0 && e.prev != unlinked {
-			e.prev, e.next = at(e.prev), at(e.next)
-		}
-	}
-	sh.idle.head, sh.idle.tail, sh.track = at(sh.idle.head), at(sh.idle.tail), at(sh.track)
-	sh.cursor = 0
 	if oldMap != nil {
 		unix.Munmap(oldMap)
 	}

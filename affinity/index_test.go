@@ -3,59 +3,57 @@ package affinity
 import (
 	"math/rand/v2"
 	"net/netip"
-	"slices"
 	"testing"
 )
 
 // checkShard verifies a shard against an oracle: every key the oracle
-// holds is found with its generation, the count agrees, and the idle list,
-// walked both ways, holds exactly the oracle's idle keys in its order
-// (most recently used first).
-func checkShard(t *testing.T, sh *shard, gens map[key]uint32, idle []key) {
+// holds is found with its generation, nothing else is held, and the counts
+// of templates and of active ones agree.
+func checkShard(t *testing.T, sh *shard, gens map[key]uint32, active map[key]bool) {
 	t.Helper()
 	if sh.n != len(gens) {
 		t.Fatalf("shard holds %d, oracle %d", sh.n, len(gens))
 	}
 	for k, g := range gens {
 		i, ok := sh.get(k, k.hash())
-		if !ok || sh.ents[i].gen != g {
-			t.Fatalf("key %v: found=%v gen %d, want gen %d", k.client(), ok, sh.ents[i].gen, g)
+		if !ok || sh.ents[i].generation() != g {
+			t.Fatalf("key %v: found=%v gen %d, want gen %d", k.client(), ok, sh.ents[i].generation(), g)
 		}
 	}
-	var fwd []key
-	prev := int32(none)
-	for i := sh.idle.head; i != none; i = sh.ents[i].next {
-		if sh.ents[i].prev != prev {
-			t.Fatalf("idle list: slot %d's prev is %d, want %d", i, sh.ents[i].prev, prev)
-		}
-		fwd = append(fwd, sh.ents[i].key)
-		prev = i
-		if len(fwd) > sh.n {
-			t.Fatal("idle list has a cycle")
+	held, act := 0, 0
+	for i := range sh.ents {
+		if e := &sh.ents[i]; e.gen != 0 {
+			held++
+			if _, ok := gens[e.key()]; !ok {
+				t.Fatalf("slot %d holds %v, which the oracle does not", i, e.key().client())
+			}
+			if e.active > 0 {
+				act++
+			}
 		}
 	}
-	if sh.idle.tail != prev {
-		t.Fatalf("idle list tail is %d, the walk ended at %d", sh.idle.tail, prev)
+	want := 0
+	for _, a := range active {
+		if a {
+			want++
+		}
 	}
-	if !slices.Equal(fwd, idle) {
-		t.Fatalf("idle list holds %d keys, want %d in order", len(fwd), len(idle))
+	if held != sh.n || act != want || sh.active != want {
+		t.Fatalf("slots hold %d (count %d), %d active (count %d), oracle %d active", held, sh.n, act, sh.active, want)
 	}
 }
 
-// The slot array against a Go map and a slice as the oracle, under random
-// inserts, removals and uses, on small arrays where clusters wrap around
+// The slot array against a Go map as the oracle, under random inserts,
+// removals, opens and closes, on small arrays where clusters wrap around
 // the end and templates move on every removal and growth. After every
-// operation every key is found, and the idle list keeps its order.
+// operation every key is found and the counts agree.
 func TestSlotsAgainstOracle(t *testing.T) {
 	for seed := range uint64(20) {
 		r := rand.New(rand.NewPCG(seed, 7))
 		var sh shard
 		sh.init(1 << 20)
 		gens := map[key]uint32{}
-		var idle []key // most recently used first
-		drop := func(k key) {
-			idle = slices.DeleteFunc(idle, func(x key) bool { return x == k })
-		}
+		active := map[key]bool{}
 		universe := 40 + int(seed)*7 // distinct keys, so some come back
 		for op := range 2000 {
 			k := makeKey(0, netip.AddrFrom4([4]byte{127, 0, byte(r.IntN(universe) >> 8), byte(r.IntN(universe))}))
@@ -63,27 +61,27 @@ func TestSlotsAgainstOracle(t *testing.T) {
 			i, ok := sh.get(k, h)
 			switch {
 			case !ok:
-				i = sh.insert(k, h, 0, int64(op), nil)
-				gens[k] = sh.ents[i].gen
-				idle = append([]key{k}, idle...)
-			case r.IntN(2) == 0:
+				i = sh.insert(k, h, 0, uint32(op), nil)
+				gens[k] = sh.ents[i].generation()
+			case r.IntN(3) == 0:
 				sh.remove(i)
 				delete(gens, k)
-				drop(k)
-			default: // a connection opens and closes: most recently used
-				sh.open(i, int64(op))
-				sh.close(i, int64(op))
-				drop(k)
-				idle = append([]key{k}, idle...)
+				delete(active, k)
+			case active[k]:
+				sh.close(i, uint32(op))
+				active[k] = false
+			default:
+				sh.open(i, uint32(op), true)
+				active[k] = true
 			}
-			checkShard(t, &sh, gens, idle)
+			checkShard(t, &sh, gens, active)
 		}
 	}
 }
 
 // Colliding homes: keys whose home is the last slot of a 16-slot array
 // build one cluster that wraps to the front; removing from its middle must
-// keep every other key reachable and the idle list whole.
+// keep every other key reachable.
 func TestSlotClustersWrap(t *testing.T) {
 	var sh shard
 	sh.init(1 << 20)
@@ -95,11 +93,9 @@ func TestSlotClustersWrap(t *testing.T) {
 		}
 	}
 	gens := map[key]uint32{}
-	var idle []key
 	for _, k := range keys {
 		i := sh.insert(k, k.hash(), 0, 0, nil)
-		gens[k] = sh.ents[i].gen
-		idle = append([]key{k}, idle...)
+		gens[k] = sh.ents[i].generation()
 	}
 	if len(sh.ents) != 16 {
 		t.Fatalf("the array grew to %d slots", len(sh.ents))
@@ -108,36 +104,31 @@ func TestSlotClustersWrap(t *testing.T) {
 		i, _ := sh.get(keys[d], keys[d].hash())
 		sh.remove(i)
 		delete(gens, keys[d])
-		idle = slices.DeleteFunc(idle, func(x key) bool { return x == keys[d] })
-		checkShard(t, &sh, gens, idle)
+		checkShard(t, &sh, gens, nil)
 	}
 }
 
-// The sweeper walks the idle list while removing from it, and each removal
-// moves the templates after it in its cluster, the one the walk goes to
-// next among them. Here every template shares one cluster, and two
-// services with different timeouts alternate on the list, so the walk
-// removes a template, skips the next, and so on.
+// The sweeper walks the slots while removing, and each removal moves the
+// templates after it in its cluster back, into the slot the walk looks at
+// again. Here every template shares one cluster and two services with
+// different timeouts alternate in it, so the walk removes a template,
+// keeps the next, and so on.
 func TestSweepWhileTemplatesMove(t *testing.T) {
 	var sh shard
 	sh.init(1 << 20)
 	sh.grow()
 	r := (&registry{svcs: []*serviceInfo{{timeout: 10}, {timeout: 1000}}}).finish()
 	gens := map[key]uint32{}
-	var idle []key
 	for i := 0; len(gens) < 10; i++ {
 		svc := ServiceRef(len(gens) % 2)
 		k := makeKey(svc, client(i))
 		if sh.home(k.hash()) != 3 {
 			continue
 		}
-		j := sh.insert(k, k.hash(), 0, int64(len(gens)), r)
-		gens[k] = sh.ents[j].gen
-		if svc == 1 {
-			idle = append([]key{k}, idle...)
-		}
+		j := sh.insert(k, k.hash(), 0, uint32(len(gens)), r)
+		gens[k] = sh.ents[j].generation()
 	}
-	if got := sh.sweep(r, 100, sweepBudget); got != 5 {
+	if got := sh.sweep(r, 100, 0, len(sh.ents)); got != 5 {
 		t.Fatalf("sweep freed %d, want the 5 templates of the short service", got)
 	}
 	for k := range gens {
@@ -145,5 +136,39 @@ func TestSweepWhileTemplatesMove(t *testing.T) {
 			delete(gens, k)
 		}
 	}
-	checkShard(t, &sh, gens, idle)
+	checkShard(t, &sh, gens, nil)
+}
+
+// At the bound an idle template goes before an active one, and an idle one
+// not used again before one that was.
+func TestVictimOrder(t *testing.T) {
+	var sh shard
+	sh.init(1 << 20)
+	reg := &registry{svcs: []*serviceInfo{{timeout: 1000}}}
+	var keys []key
+	for i := range 8 {
+		k := makeKey(0, client(i))
+		sh.insert(k, k.hash(), 0, 0, reg)
+		keys = append(keys, k)
+	}
+	slot := func(k key) int32 { i, _ := sh.get(k, k.hash()); return i }
+	// 0..5 active; 6 idle but just used; 7 idle and not used since.
+	for _, k := range keys[:6] {
+		sh.open(slot(k), 1, true)
+	}
+	sh.open(slot(keys[6]), 1, true)
+	sh.close(slot(keys[6]), 1)
+	if v := sh.victim(1, reg); sh.ents[v].key() != keys[7] {
+		t.Fatalf("victim %v, want the idle, unused %v", sh.ents[v].key().client(), keys[7].client())
+	}
+	sh.remove(slot(keys[7]))
+	// Only 6 is idle now: used again, it still goes before any active one.
+	if v := sh.victim(1, reg); sh.ents[v].key() != keys[6] {
+		t.Fatalf("victim %v, want the only idle one, %v", sh.ents[v].key().client(), keys[6].client())
+	}
+	sh.remove(slot(keys[6]))
+	// None idle: an active one goes.
+	if v := sh.victim(1, reg); v == none || sh.ents[v].active == 0 {
+		t.Fatalf("with every template active, victim %d", v)
+	}
 }

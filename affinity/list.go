@@ -49,13 +49,13 @@ func (f Filter) matcher(r *registry) func(*entry) bool {
 	}
 	server := netip.AddrPortFrom(f.Server.Addr().Unmap(), f.Server.Port())
 	return func(e *entry) bool {
-		if f.Service != nil && e.key.svc != svc {
+		if f.Service != nil && uint32(e.svc) != svc {
 			return false
 		}
-		if clients != nil && e.key.addr != clients[e.key.svc] {
+		if clients != nil && e.addr != clients[e.svc] {
 			return false
 		}
-		if f.Server.IsValid() && r.svcs[e.key.svc].servers[e.server] != server {
+		if f.Server.IsValid() && r.svcs[e.svc].servers[e.server] != server {
 			return false
 		}
 		return true
@@ -67,7 +67,7 @@ func (f Filter) matcher(r *registry) func(*entry) bool {
 func (t *Table) live(f Filter, fn func(s *serviceInfo, e *entry, rem time.Duration)) {
 	r := t.reg.Load()
 	match := f.matcher(r)
-	now := t.stamp()
+	now := t.nowTicks()
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
@@ -76,13 +76,15 @@ func (t *Table) live(f Filter, fn func(s *serviceInfo, e *entry, rem time.Durati
 			if e.gen == 0 || !match(e) {
 				continue
 			}
-			s := r.svcs[e.key.svc]
-			rem := time.Duration(s.timeout)
+			s := r.svcs[e.svc]
+			rem := time.Duration(s.timeout) * tick
 			if e.active == 0 {
 				// A release between reading the clock and taking this
 				// lock stamps after now: that is "just used", not more
 				// than the timeout.
-				rem -= time.Duration(max(now-e.stamp, 0))
+				if age := int32(e.age(now)); age > 0 {
+					rem -= time.Duration(age) * tick
+				}
 			}
 			if rem > 0 && !s.removed {
 				fn(s, e, rem)
@@ -97,7 +99,7 @@ func (t *Table) live(f Filter, fn func(s *serviceInfo, e *entry, rem time.Durati
 func (t *Table) List(f Filter) []Template {
 	var out []Template
 	t.live(f, func(s *serviceInfo, e *entry, rem time.Duration) {
-		c := e.key.client()
+		c := e.key().client()
 		bits := s.cfg.Mask.Bits6()
 		if c.Is4() {
 			bits = s.cfg.Mask.Bits4()

@@ -74,7 +74,7 @@ var (
 type serviceInfo struct {
 	id      Service
 	cfg     ServiceConfig
-	timeout int64 // nanoseconds, resolved from cfg
+	timeout uint32 // ticks, resolved from cfg
 	removed bool
 	servers []netip.AddrPort
 	states  []ServerState
@@ -102,9 +102,8 @@ func (s *serviceInfo) clone() *serviceInfo {
 // registry is immutable once published: lookups read it without a lock and
 // writers (reloads, health checks: rare) publish a modified copy.
 type registry struct {
-	svcs       []*serviceInfo
-	byID       map[Service]ServiceRef
-	minTimeout int64
+	svcs []*serviceInfo
+	byID map[Service]ServiceRef
 }
 
 func (r *registry) service(ref ServiceRef) (*serviceInfo, error) {
@@ -114,20 +113,26 @@ func (r *registry) service(ref ServiceRef) (*serviceInfo, error) {
 	return r.svcs[ref], nil
 }
 
+// reusable is a removed service's index, for when every index is taken.
+func (r *registry) reusable() ServiceRef {
+	for i, s := range r.svcs {
+		if s.removed {
+			return ServiceRef(i)
+		}
+	}
+	panic("affinity: 65535 services registered at once")
+}
+
 func (r *registry) clone() *registry {
 	return &registry{svcs: slices.Clone(r.svcs), byID: maps.Clone(r.byID)}
 }
 
-func (r *registry) finish() *registry {
-	r.minTimeout = int64(DefaultTimeout)
-	first := true
-	for _, s := range r.svcs {
-		if !s.removed && (first || s.timeout < r.minTimeout) {
-			r.minTimeout, first = s.timeout, false
-		}
-	}
-	return r
-}
+func (r *registry) finish() *registry { return r }
+
+// maxIndex bounds service and server indexes: a template keeps each in 16
+// bits. Past it a removed service's (or gone server's) index is reused;
+// its templates went when it was removed.
+const maxIndex = 1<<16 - 1
 
 // SetService registers a service or changes its persistence setting; a
 // changed timeout or mask applies to the templates it already has (a changed
@@ -141,19 +146,23 @@ func (t *Table) SetService(s Service, c ServiceConfig) ServiceRef {
 	if ok {
 		old = r.svcs[ref]
 		n := old.clone()
-		n.cfg, n.timeout, n.removed = c, int64(c.timeout()), false
+		n.cfg, n.timeout, n.removed = c, ticks(c.timeout()), false
 		r.svcs[ref] = n
 	} else {
+		info := &serviceInfo{id: s, cfg: c, timeout: ticks(c.timeout()), index: map[netip.AddrPort]uint32{}}
 		ref = ServiceRef(len(r.svcs))
+		if len(r.svcs) >= maxIndex {
+			ref = r.reusable()
+			delete(r.byID, r.svcs[ref].id)
+			r.svcs[ref] = info
+		} else {
+			r.svcs = append(r.svcs, info)
+		}
 		r.byID[s] = ref
-		r.svcs = append(r.svcs, &serviceInfo{
-			id: s, cfg: c, timeout: int64(c.timeout()),
-			index: map[netip.AddrPort]uint32{},
-		})
 	}
 	t.reg.Store(r.finish())
 	if old != nil && old.cfg.Mask != c.Mask {
-		t.invalidate(func(e *entry) bool { return e.key.svc == uint32(ref) })
+		t.invalidate(func(e *entry) bool { return uint32(e.svc) == uint32(ref) })
 	}
 	if old != nil && c.ExpireQuiescent && !old.cfg.ExpireQuiescent {
 		t.invalidateUnusable(ref)
@@ -173,7 +182,7 @@ func (t *Table) RemoveService(ref ServiceRef) int {
 	if !t.updateService(ref, func(s *serviceInfo) { s.removed = true }) {
 		return 0
 	}
-	return t.invalidate(func(e *entry) bool { return e.key.svc == uint32(ref) })
+	return t.invalidate(func(e *entry) bool { return uint32(e.svc) == uint32(ref) })
 }
 
 // SetServer registers a real server with a service or changes its state.
@@ -185,9 +194,15 @@ func (t *Table) SetServer(ref ServiceRef, server netip.AddrPort, st ServerState)
 		i, ok := s.index[server]
 		if !ok {
 			i = uint32(len(s.servers))
+			if i >= maxIndex { // reuse a gone server's index
+				i = uint32(slices.Index(s.states, ServerGone))
+				delete(s.index, s.servers[i])
+				s.servers[i] = server
+			} else {
+				s.servers = append(s.servers, server)
+				s.states = append(s.states, st)
+			}
 			s.index[server] = i
-			s.servers = append(s.servers, server)
-			s.states = append(s.states, st)
 		}
 		s.states[i] = st
 	})
@@ -221,6 +236,6 @@ func (t *Table) updateService(ref ServiceRef, f func(*serviceInfo)) bool {
 func (t *Table) invalidateUnusable(ref ServiceRef) int {
 	s := t.reg.Load().svcs[ref]
 	return t.invalidate(func(e *entry) bool {
-		return e.key.svc == uint32(ref) && !s.usable(e.server)
+		return uint32(e.svc) == uint32(ref) && !s.usable(uint32(e.server))
 	})
 }

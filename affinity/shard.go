@@ -9,8 +9,7 @@ import (
 )
 
 // key is a template's identity: the service's registry index and the masked
-// client address in 16-byte form (IPv4 as IPv4-mapped). 20 bytes with no
-// pointers, so the slot array is invisible to the GC.
+// client address in 16-byte form (IPv4 as IPv4-mapped).
 type key struct {
 	addr [16]byte
 	svc  uint32
@@ -34,37 +33,44 @@ func (k key) hash() uint64 {
 	return h
 }
 
-// entry is one template, in its shard's slot array: 48 bytes.
-//
-// Idle templates (no open connection) are linked into the shard's idle list
-// by slot, in stamp order: the tail is the least recently used and is
-// evicted first. A template that becomes active stays where it is, so a hit
-// writes only its own entry; the evictor and the sweeper unlink active
-// templates they walk past, and a release relinks at the head.
+// entry is one template, in its shard's slot array: 32 bytes, so that a
+// slot never straddles a cache line and a hit or a release reads and
+// writes that one line. There is no list: eviction samples (victim),
+// and the reference bit it reads lives in the entry too. No pointers, so
+// the slot array is invisible to the GC.
 type entry struct {
-	key        key
-	gen        uint32 // 0: an empty slot; else the template's generation
-	prev, next int32  // idle list links; prev == unlinked when not in it
-	server     uint32 // index into the service's servers
-	active     int32  // open connections
-	stamp      int64  // later of last new connection and last release
+	addr   [16]byte
+	svc    uint16 // the service's registry index
+	server uint16 // index into the service's servers
+	// gen is the template's generation (0: an empty slot); its top bit is
+	// the reference bit: set when a client comes back (a hit).
+	gen    uint32
+	active uint32 // open connections
+	stamp  uint32 // ticks (tick): the later of last new connection and last release
 }
 
-const (
-	none     = -1
-	unlinked = -2
-)
+// refBit is gen's reference bit.
+const refBit = 1 << 31
 
-type list struct{ head, tail int32 }
+func (e *entry) key() key { return key{addr: e.addr, svc: uint32(e.svc)} }
+
+func (e *entry) is(k key) bool { return e.addr == k.addr && uint32(e.svc) == k.svc }
+
+// generation is gen without the reference bit.
+func (e *entry) generation() uint32 { return e.gen &^ refBit }
+
+// age is how long the template has been idle, or since its last new
+// connection, in ticks; ticks wrap after 497 days, and the subtraction
+// wraps with them (timeouts are shorter: config bounds them).
+func (e *entry) age(now uint32) uint32 { return now - e.stamp }
 
 type shard struct {
 	mu     sync.Mutex
-	ents   []entry // the slot array (index.go); its length is a power of two
+	ents   []entry // the slot array (index.go)
 	n      int     // templates held
+	active int     // templates with open connections
 	gen    uint32  // the last generation given to a template
-	idle   list
-	cursor int   // where the search for an active victim resumes
-	track  int32 // a slot that move follows, for a walk that removes
+	rnd    uint64  // the eviction sampler's state (xorshift)
 	cap    int
 	stats  Stats
 	// mapped is ents' mapping when it is off the heap (hugeSlice).
@@ -75,9 +81,8 @@ type shard struct {
 // init sets up an empty shard bounded at capacity templates. The slot
 // array grows as templates come, so an idle table costs little.
 func (sh *shard) init(capacity int) {
-	sh.idle = list{none, none}
-	sh.track = none
 	sh.cap = capacity
+	sh.rnd = 0x9e3779b97f4a7c15 ^ uint64(capacity)
 }
 
 // release unmaps the slot array if it is off the heap.
@@ -88,88 +93,130 @@ func (sh *shard) release() {
 	}
 }
 
-func (sh *shard) unlink(i int32) {
+// open counts a new connection on template i. A hit (a template used
+// again) marks it referenced; a template's first connection does not, so
+// that at the bound a flood of new sources goes before the clients that
+// come back.
+func (sh *shard) open(i int32, now uint32, hit bool) {
 	e := &sh.ents[i]
-	if e.prev == unlinked {
-		return
+	if e.active == 0 {
+		sh.active++
 	}
-	if e.prev != none {
-		sh.ents[e.prev].next = e.next
-	} else {
-		sh.idle.head = e.next
-	}
-	if e.next != none {
-		sh.ents[e.next].prev = e.prev
-	} else {
-		sh.idle.tail = e.prev
-	}
-	e.prev, e.next = unlinked, none
-}
-
-func (sh *shard) pushFront(i int32) {
-	e := &sh.ents[i]
-	e.prev, e.next = none, sh.idle.head
-	if sh.idle.head != none {
-		sh.ents[sh.idle.head].prev = i
-	} else {
-		sh.idle.tail = i
-	}
-	sh.idle.head = i
-}
-
-// open counts a new connection on template i.
-func (sh *shard) open(i int32, now int64) {
-	e := &sh.ents[i]
 	e.active++
 	e.stamp = now
+	if hit {
+		e.gen |= refBit
+	}
 }
 
-// close counts a closed connection; the last one makes the template idle,
-// the most recently used, and starts its timer.
-func (sh *shard) close(i int32, now int64) {
+// close counts a closed connection; the last one starts the template's
+// timer. It writes nothing but the template's own slot.
+func (sh *shard) close(i int32, now uint32) {
 	e := &sh.ents[i]
 	e.active--
 	e.stamp = now
-	if e.active == 0 && sh.idle.head != i {
-		sh.unlink(i)
-		sh.pushFront(i)
+	if e.active == 0 {
+		sh.active--
 	}
 }
 
-// idleTail drops the active templates from the tail of the idle list and
-// returns the least recently used idle template, or none.
-func (sh *shard) idleTail() int32 {
-	for t := sh.idle.tail; t != none; t = sh.idle.tail {
-		if sh.ents[t].active == 0 {
-			return t
-		}
-		sh.unlink(t)
+// victim chooses the template to evict at the bound, by sampling (as
+// Redis approximates LRU) a window of slots at a random place, ranked: an expired
+// idle one first; then an idle one no client came back to since it was
+// bound; then an idle one a client came back to (its reference bit: a
+// flood of new sources goes before the clients that return); then one with
+// open connections; the oldest within a rank. A window of evictSamples
+// slots without an idle template of the first two ranks is followed by up
+// to two more. Eviction at random places keeps linear probing's clusters short,
+// where evicting in slot order (a clock hand) merges them. With no idle
+// template sampled but some in the shard, a scan finds one.
+func (sh *shard) victim(now uint32, r *registry) int32 {
+	best, bestRank := int32(none), -1
+	l := len(sh.ents)
+	samples, rounds := evictSamples, 3
+	if l <= smallShard { // look at every template: exact, and as cheap
+		samples, rounds = l, 1
 	}
-	return none
+	for round := 0; round < rounds && bestRank < 3; round++ {
+		// A window of consecutive slots from a random place: keys in
+		// neighbouring slots are unrelated, and neighbouring lines come
+		// from memory together.
+		i := int32(0)
+		if samples != l {
+			i = sh.sample()
+		}
+		for j := 0; j < samples; j, i = j+1, int32(next(int(i), l)) {
+			e := &sh.ents[i]
+			if e.gen == 0 {
+				continue
+			}
+			rank := 1
+			switch {
+			case e.active > 0:
+			case e.age(now) >= r.svcs[e.svc].timeout:
+				rank = 4
+			case e.gen&refBit == 0:
+				rank = 3
+			default:
+				rank = 2
+			}
+			if rank > bestRank || rank == bestRank && e.age(now) > sh.ents[best].age(now) {
+				best, bestRank = i, rank
+			}
+		}
+	}
+	if bestRank == 2 {
+		// Every idle template sampled was one a client came back to: look
+		// further for one nobody came back to (evictions thin a region of
+		// new sources, so returning clients gather where windows look).
+		for j, i := 0, int(best); j < maxScan && j < l; j, i = j+1, next(i, l) {
+			if e := &sh.ents[i]; e.gen != 0 && e.active == 0 && e.gen&refBit == 0 {
+				return int32(i)
+			}
+		}
+	}
+	if bestRank <= 1 {
+		// Idle templates are rare here (or the windows were empty): find
+		// one rather than evict a connection's, or else any template.
+		start := int(sh.sample())
+		for j, i := 0, start; j < l; j, i = j+1, next(i, l) {
+			if e := &sh.ents[i]; e.gen != 0 && (e.active == 0 || sh.active == sh.n) {
+				return int32(i)
+			}
+		}
+	}
+	return best
 }
 
-// activeVictim finds a template to evict when none is idle: every
-// template is active then, so the search from the cursor is short.
-func (sh *shard) activeVictim() int32 {
-	for range len(sh.ents) {
-		sh.cursor = (sh.cursor + 1) % len(sh.ents)
-		if e := &sh.ents[sh.cursor]; e.gen != 0 && e.active > 0 {
-			return int32(sh.cursor)
-		}
-	}
-	return none
+// evictSamples is the window of slots a victim is chosen from (four cache
+// lines, about six templates), and smallShard the slot array up to which
+// every template is looked at instead.
+const (
+	evictSamples = 8
+	maxScan      = 256 // bounds the look for a template nobody came back to
+	smallShard   = 64
+)
+
+// sample is a random slot.
+func (sh *shard) sample() int32 {
+	// xorshift64*: cheap, and good enough to spread evictions.
+	sh.rnd ^= sh.rnd >> 12
+	sh.rnd ^= sh.rnd << 25
+	sh.rnd ^= sh.rnd >> 27
+	r := sh.rnd * 0x2545f4914f6cdd1d
+	return int32((r >> 32) * uint64(len(sh.ents)) >> 32)
 }
+
+const none = -1
 
 // insert adds an idle template, making room first when the shard is full;
-// h is k's hash.
-func (sh *shard) insert(k key, h uint64, server uint32, now int64, r *registry) int32 {
+// h is k's hash. A new template is not referenced: a flood of new sources
+// goes before the clients that come back.
+func (sh *shard) insert(k key, h uint64, server uint32, now uint32, r *registry) int32 {
 	if sh.n >= sh.cap {
-		victim := sh.idleTail()
-		if victim == none {
-			victim = sh.activeVictim()
-		}
+		victim := sh.victim(now, r)
 		e := &sh.ents[victim]
-		if e.active == 0 && now-e.stamp >= r.svcs[e.key.svc].timeout {
+		if e.active == 0 && e.age(now) >= r.svcs[e.svc].timeout {
 			sh.stats.Expirations++
 		} else {
 			sh.stats.Evictions++
@@ -180,47 +227,38 @@ func (sh *shard) insert(k key, h uint64, server uint32, now int64, r *registry) 
 		sh.grow()
 	}
 	i := sh.place(h)
-	if sh.gen++; sh.gen == 0 {
+	if sh.gen++; sh.gen&^refBit == 0 {
 		sh.gen = 1
 	}
-	sh.ents[i] = entry{key: k, gen: sh.gen, server: server, stamp: now}
+	sh.ents[i] = entry{addr: k.addr, svc: uint16(k.svc), server: uint16(server), gen: sh.gen, stamp: now}
 	sh.n++
-	sh.pushFront(i)
 	return i
 }
 
-// remove drops template i. Others may move to close the gap; a walk that
-// goes on from some slot puts it in sh.track first.
+// remove drops template i. Templates after it in its cluster may move back
+// to close the gap (vacate), so a walk looks at slot i again.
 func (sh *shard) remove(i int32) {
-	sh.unlink(i)
+	if sh.ents[i].active > 0 {
+		sh.active--
+	}
 	sh.vacate(int(i))
 }
 
-// sweep frees expired idle templates, oldest first, looking at no more than
-// budget of them. The idle list is in stamp order, so the walk stops at the
-// first template younger than the shortest timeout.
-func (sh *shard) sweep(r *registry, now int64, budget int) int {
+// sweep frees the expired idle templates in the slots [from, to) and
+// returns how many went.
+func (sh *shard) sweep(r *registry, now uint32, from, to int) int {
 	n := 0
-	for i := sh.idle.tail; i != none && budget > 0; budget-- {
-		e := &sh.ents[i]
-		prev := e.prev
-		if e.active > 0 {
-			sh.unlink(i)
-			i = prev
-			continue
+	for j := from; j < min(to, len(sh.ents)); {
+		e := &sh.ents[j]
+		if e.gen != 0 && e.active == 0 {
+			if s := r.svcs[e.svc]; s.removed || e.age(now) >= s.timeout {
+				sh.remove(int32(j)) // the gap may be filled from further on: look again
+				sh.stats.Expirations++
+				n++
+				continue
+			}
 		}
-		age := now - e.stamp
-		if age < r.minTimeout {
-			break
-		}
-		if s := r.svcs[e.key.svc]; s.removed || age >= s.timeout {
-			sh.track = prev
-			sh.remove(i)
-			prev, sh.track = sh.track, none
-			sh.stats.Expirations++
-			n++
-		}
-		i = prev
+		j++
 	}
 	return n
 }

@@ -2,6 +2,7 @@ package affinity
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -58,7 +59,7 @@ type record struct {
 // a restore, since its connections end with the process.
 func (t *Table) WriteSnapshot(w io.Writer) error {
 	r := t.reg.Load()
-	now := t.stamp()
+	now := t.nowTicks()
 	var recs []record
 	for i := range t.shards {
 		sh := &t.shards[i]
@@ -68,15 +69,15 @@ func (t *Table) WriteSnapshot(w io.Writer) error {
 			if e.gen == 0 {
 				continue
 			}
-			s := r.svcs[e.key.svc]
-			age := now - e.stamp
+			s := r.svcs[e.svc]
+			age := max(int32(e.age(now)), 0) // negative: released after now was read
 			if e.active > 0 {
 				age = 0
 			}
-			if s.removed || age >= s.timeout {
+			if s.removed || uint32(age) >= s.timeout {
 				continue
 			}
-			recs = append(recs, record{s.id, e.key.addr, s.servers[e.server], max(age, 0)})
+			recs = append(recs, record{s.id, e.addr, s.servers[e.server], int64(age) * int64(tick)})
 		}
 		sh.mu.Unlock()
 	}
@@ -199,11 +200,11 @@ func (t *Table) ReadSnapshot(rd io.Reader) (RestoreStats, error) {
 func (t *Table) restore(recs []record, down int64) RestoreStats {
 	var st RestoreStats
 	r := t.reg.Load()
-	now := t.stamp()
+	now := t.nowTicks()
 	type item struct {
 		k      key
 		server uint32
-		stamp  int64
+		age    uint32 // ticks
 	}
 	items := make([]item, 0, len(recs))
 	for _, rec := range recs {
@@ -219,17 +220,17 @@ func (t *Table) restore(recs []record, down int64) RestoreStats {
 			continue
 		}
 		age := rec.age + down
-		if age < 0 || age >= s.timeout { // age < 0: overflow from a bogus downtime
+		if age < 0 || age >= int64(s.timeout)*int64(tick) { // age < 0: overflow from a bogus downtime
 			st.Expired++
 			continue
 		}
 		// Re-mask: the mask may have changed since the snapshot.
 		c := s.cfg.Mask.Apply(netip.AddrFrom16(rec.client))
-		items = append(items, item{makeKey(ref, c), sv, now - age})
+		items = append(items, item{makeKey(ref, c), sv, uint32(age / int64(tick))})
 	}
-	// Oldest first, so that idle lists stay in stamp order and, at the
-	// bound, the freshest templates are the ones kept.
-	slices.SortFunc(items, func(a, b item) int { return int(min(max(a.stamp-b.stamp, -1), 1)) })
+	// Oldest first, so that at the bound the freshest templates are the
+	// ones kept.
+	slices.SortFunc(items, func(a, b item) int { return cmp.Compare(b.age, a.age) })
 	for _, it := range items {
 		h := it.k.hash()
 		sh := &t.shards[h&t.mask]
@@ -237,7 +238,7 @@ func (t *Table) restore(recs []record, down int64) RestoreStats {
 		if _, ok := sh.get(it.k, h); ok {
 			st.Existing++
 		} else {
-			sh.insert(it.k, h, it.server, it.stamp, r)
+			sh.insert(it.k, h, it.server, now-it.age, r)
 			st.Restored++
 		}
 		sh.mu.Unlock()

@@ -10,8 +10,9 @@ import (
 	"time"
 )
 
-// DefaultCapacity bounds a table whose Options leave Capacity zero. At about
-// 96 bytes a template (128 at most) it is about 100 MB when full.
+// DefaultCapacity bounds a table whose Options leave Capacity zero. At 43
+// bytes a template when full (32 bytes a slot, three quarters of the slots
+// used) it is about 45 MB.
 const DefaultCapacity = 1 << 20
 
 // Options configure a Table. The zero value is a working table.
@@ -76,9 +77,29 @@ type Table struct {
 	emitMu   sync.Mutex
 	lastEmit Stats
 
+	// clock is the time in ticks since epoch, kept by the table's own
+	// goroutine (a coarse clock, as HAProxy's and nginx's cached now):
+	// a lookup loads it instead of reading the clock.
+	clock atomic.Uint32
+
 	cancel context.CancelFunc
 	done   chan struct{}
 }
+
+// tick is the table's unit of time: expiry is exact to a tick.
+const tick = 10 * time.Millisecond
+
+// ticks is d in ticks, rounded up, so that a template never expires early.
+func ticks(d time.Duration) uint32 {
+	return uint32(min((d+tick-1)/tick, maxTicks))
+}
+
+// maxTicks bounds a timeout in ticks: ages are taken modulo 2^32 ticks
+// (497 days), so a timeout must stay well below that.
+const maxTicks = 1 << 31
+
+// MaxTimeout is the longest persistence timeout a table keeps exactly.
+const MaxTimeout = maxTicks * tick
 
 // New returns an empty table. Close stops its sweeper.
 func New(o Options) *Table {
@@ -104,44 +125,56 @@ func New(o Options) *Table {
 	t.reg.Store((&registry{byID: map[Service]ServiceRef{}}).finish())
 	ctx, cancel := context.WithCancel(context.Background())
 	t.cancel = cancel
-	if iv := o.sweepInterval(); iv > 0 {
-		go t.sweepLoop(ctx, iv)
+	if iv := o.sweepInterval(); iv > 0 || !t.injected {
+		go t.run(ctx, iv)
 	} else {
 		close(t.done)
 	}
 	return t
 }
 
-// Close stops the background sweeper and waits for it. The table stays
-// usable; nothing frees expired templates until lookups find them.
+// Close stops the table's goroutine (its clock and sweeper) and waits for
+// it. The table stays usable; nothing frees expired templates until
+// lookups or evictions find them.
 func (t *Table) Close() error {
 	t.cancel()
 	<-t.done
 	return nil
 }
 
-func (t *Table) sweepLoop(ctx context.Context, iv time.Duration) {
+// run keeps the coarse clock (unless a clock was injected) and sweeps
+// every iv (unless iv is not positive).
+func (t *Table) run(ctx context.Context, iv time.Duration) {
 	defer close(t.done)
-	tk := time.NewTicker(iv)
+	tk := time.NewTicker(tick)
 	defer tk.Stop()
+	var nextSweep time.Time
+	if iv > 0 {
+		nextSweep = time.Now().Add(iv)
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tk.C:
-			t.Sweep()
+		case now := <-tk.C:
+			if !t.injected {
+				t.clock.Store(uint32(time.Since(t.epoch) / tick))
+			}
+			if iv > 0 && !now.Before(nextSweep) {
+				t.Sweep()
+				nextSweep = time.Now().Add(iv)
+			}
 		}
 	}
 }
 
-// stamp is the clock as nanoseconds since the table was made. Without an
-// injected clock it reads only the monotonic clock: half the cost of
-// time.Now, on every lookup.
-func (t *Table) stamp() int64 {
+// now is the time in ticks since the table was made: the coarse clock, or
+// the injected clock read at once.
+func (t *Table) nowTicks() uint32 {
 	if t.injected {
-		return int64(t.now().Sub(t.epoch))
+		return uint32(t.now().Sub(t.epoch) / tick)
 	}
-	return int64(time.Since(t.epoch))
+	return t.clock.Load()
 }
 
 // Picker chooses a real server for a client that has no usable template:
@@ -175,19 +208,19 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 	k := makeKey(ref, svc.cfg.Mask.Apply(client))
 	h := k.hash()
 	sh := &t.shards[h&t.mask]
-	now := t.stamp()
+	now := t.nowTicks()
 
 	sh.mu.Lock()
 	if i, ok := sh.get(k, h); ok {
 		e := &sh.ents[i]
 		switch {
-		case e.active == 0 && now-e.stamp >= svc.timeout:
+		case e.active == 0 && e.age(now) >= svc.timeout:
 			sh.remove(i)
 			sh.stats.Expirations++
-		case svc.usable(e.server):
-			sh.open(i, now)
+		case svc.usable(uint32(e.server)):
+			sh.open(i, now, true)
 			sh.stats.Hits++
-			l := Lease{Server: svc.servers[e.server], Hit: true, key: k, slot: i, gen: e.gen}
+			l := Lease{Server: svc.servers[e.server], Hit: true, key: k, slot: i, gen: e.generation()}
 			sh.mu.Unlock()
 			return l, nil
 		}
@@ -209,7 +242,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 	if !ok {
 		return Lease{}, fmt.Errorf("%w: %s in %s", ErrUnknownServer, server, svc.id)
 	}
-	now = t.stamp()
+	now = t.nowTicks()
 
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -218,18 +251,18 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 		e := &sh.ents[i]
 		// Another connection of the same client group bound first: join it,
 		// so that the group stays on one server.
-		live := e.active > 0 || now-e.stamp < svc.timeout
-		if !live || !svc.usable(e.server) {
-			e.server = sv
+		live := e.active > 0 || e.age(now) < svc.timeout
+		if !live || !svc.usable(uint32(e.server)) {
+			e.server = uint16(sv)
 			sh.stats.Binds++
 		}
 	} else {
 		i = sh.insert(k, h, sv, now, t.reg.Load())
 		sh.stats.Binds++
 	}
-	sh.open(i, now)
+	sh.open(i, now, ok) // joining a template another connection just bound is a use
 	e := &sh.ents[i]
-	return Lease{Server: svc.servers[e.server], key: k, slot: i, gen: e.gen}, nil
+	return Lease{Server: svc.servers[e.server], key: k, slot: i, gen: e.generation()}, nil
 }
 
 // Release gives back a lease when its connection closes; call it once per
@@ -243,12 +276,12 @@ func (t *Table) Release(l Lease) {
 	}
 	h := l.key.hash()
 	sh := &t.shards[h&t.mask]
-	now := t.stamp()
+	now := t.nowTicks()
 	sh.mu.Lock()
-	i, ok := l.slot, int(l.slot) < len(sh.ents) && sh.ents[l.slot].gen == l.gen && sh.ents[l.slot].key == l.key
+	i, ok := l.slot, int(l.slot) < len(sh.ents) && sh.ents[l.slot].generation() == l.gen && sh.ents[l.slot].is(l.key)
 	if !ok { // moved by a removal or a growth, or gone
 		i, ok = sh.get(l.key, h)
-		ok = ok && sh.ents[i].gen == l.gen
+		ok = ok && sh.ents[i].generation() == l.gen
 	}
 	if ok && sh.ents[i].active > 0 {
 		sh.close(i, now)
@@ -256,23 +289,30 @@ func (t *Table) Release(l Lease) {
 	sh.mu.Unlock()
 }
 
-// Sweep frees the expired idle templates now; the sweeper calls it every
-// SweepInterval. It returns how many went.
+// Sweep frees the expired idle templates now; the table's goroutine calls
+// it every SweepInterval. It walks every slot, a chunk at a time so that no
+// lock is held long, and returns how many templates went.
 func (t *Table) Sweep() int {
 	r := t.reg.Load()
-	now := t.stamp()
+	now := t.nowTicks()
 	n := 0
 	for i := range t.shards {
 		sh := &t.shards[i]
-		sh.mu.Lock()
-		n += sh.sweep(r, now, sweepBudget)
-		sh.mu.Unlock()
+		for from := 0; ; from += sweepChunk {
+			sh.mu.Lock()
+			if from >= len(sh.ents) {
+				sh.mu.Unlock()
+				break
+			}
+			n += sh.sweep(r, now, from, from+sweepChunk)
+			sh.mu.Unlock()
+		}
 	}
 	return n
 }
 
-// sweepBudget bounds how long one shard's lock is held by one sweep.
-const sweepBudget = 4096
+// sweepChunk bounds the slots one sweep looks at under one lock.
+const sweepChunk = 4096
 
 // Len is the number of templates held, expired ones not yet swept included.
 func (t *Table) Len() int {

@@ -203,6 +203,11 @@ func TestHitChecksServerState(t *testing.T) {
 	}
 }
 
+// At the bound an idle template goes before any with open connections, and
+// among idle ones, approximately the least recently used: one not used
+// again since it was bound goes before one a client came back to (CLOCK
+// does not keep the exact order, so of 3 and 4, bound in turn and not used
+// since, either may go).
 func TestBoundEvictsIdleLRUFirst(t *testing.T) {
 	p := newPicker(3)
 	tb, ref, clk := newTestTable(Options{Capacity: 4, Shards: 1}, ServiceConfig{}, p)
@@ -215,10 +220,10 @@ func TestBoundEvictsIdleLRUFirst(t *testing.T) {
 	clk.Advance(time.Second)
 	tb.Release(mustBind(t, tb, ref, client(2), p)) // 2 is now the most recently used
 	clk.Advance(time.Second)
-	tb.Release(mustBind(t, tb, ref, client(5), p)) // evicts 3: least recently used idle
+	tb.Release(mustBind(t, tb, ref, client(5), p)) // evicts 3 or 4: idle, not used again
 	has := func(i int) bool { return len(tb.List(Filter{Client: client(i)})) == 1 }
-	if !has(1) || !has(2) || has(3) || !has(4) || !has(5) {
-		t.Fatalf("after one eviction: 1=%v 2=%v 3=%v 4=%v 5=%v; want 3 evicted", has(1), has(2), has(3), has(4), has(5))
+	if !has(1) || !has(2) || has(3) == has(4) || !has(5) {
+		t.Fatalf("after one eviction: 1=%v 2=%v 3=%v 4=%v 5=%v; want 3 or 4 evicted", has(1), has(2), has(3), has(4), has(5))
 	}
 	// Fill with open connections only: the active one goes only when no idle is left.
 	var leases []Lease
@@ -476,5 +481,37 @@ func TestLeaseFollowsMovedTemplate(t *testing.T) {
 		if open != 0 {
 			t.Fatalf("stale leases closed %d connections of other templates", open)
 		}
+	}
+}
+
+// Approximate LRU under a flood: the table is at its bound, a hot tenth of
+// its clients keeps reconnecting, and new spoofed sources ten times the
+// capacity pour in. No hot client ever loses its template, and the table
+// stays within its bound.
+func TestHotClientsSurviveAFlood(t *testing.T) {
+	const capacity, hot = 10_000, 1_000
+	p := newPicker(3)
+	tb, ref, _ := newTestTable(Options{Capacity: capacity}, ServiceConfig{}, p)
+	defer tb.Close()
+	for i := range capacity { // the bound is per shard: the fullest evict already
+		tb.Release(mustBind(t, tb, ref, client(i), p))
+	}
+	home := map[int]netip.AddrPort{}
+	for h := range hot { // the hot set is hot before the flood too
+		l := mustBind(t, tb, ref, client(h), p)
+		home[h] = l.Server
+		tb.Release(l)
+	}
+	for i := range 10 * capacity {
+		tb.Release(mustBind(t, tb, ref, client(capacity+i), p)) // a new source
+		h := i % hot
+		l := mustBind(t, tb, ref, client(h), p)
+		if !l.Hit || l.Server != home[h] {
+			t.Fatalf("after %d flood sources hot client %d lost its template (hit %v, server %s, was %s)", i+1, h, l.Hit, l.Server, home[h])
+		}
+		tb.Release(l)
+	}
+	if n := tb.Len(); n > capacity {
+		t.Errorf("Len = %d, bound %d", n, capacity)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/sched"
@@ -67,6 +68,9 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 	if ps := s.Persistence; ps != nil {
 		if ps.Timeout < 0 {
 			v.errf(p+".persistence.timeout", "%s is negative", ps.Timeout.D())
+		}
+		if ps.Timeout.D() > affinity.MaxTimeout {
+			v.errf(p+".persistence.timeout", "%s is longer than the %d days a template can wait", ps.Timeout.D(), affinity.MaxTimeout/(24*time.Hour))
 		}
 		if ps.Netmask != "" {
 			if _, err := affinity.ParseMask4(ps.Netmask); err != nil {
