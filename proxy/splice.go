@@ -26,8 +26,13 @@ import (
 // copyBuf is a direction's read buffer: a read that fills it means bulk.
 const copyBuf = 16 << 10
 
-// spliceChunk bounds one splice into the pipe (the pipe's default size).
-const spliceChunk = 64 << 10
+// pipeSize is what a pipe is grown to (fs.pipe-max-size allows 1 MiB to
+// anyone), and spliceChunk bounds one splice into it: a bulk transfer moves
+// up to a megabyte a system call, as the Go runtime's own splice does.
+const (
+	pipeSize    = 1 << 20
+	spliceChunk = pipeSize
+)
 
 // relay copies both ways until both directions are done and returns the
 // bytes from the client (in) and to it (out). At EOF a direction is
@@ -243,6 +248,7 @@ func (pp *pipePool) get(max int) *spipe {
 		pp.open.Add(-1)
 		return nil
 	}
+	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize) // refused: the default size serves
 	return &spipe{r: fds[0], w: fds[1]}
 }
 
