@@ -100,6 +100,16 @@ func benchNamespaces(dur time.Duration) error {
 		}
 		cols = append(cols, column{name, r, 0})
 	}
+	for _, pr := range peers {
+		c, err := measurePeer(env, pr, vip, server, inHost(vip), dur)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tetherbench: no column:", err)
+			continue
+		}
+		cols = append(cols, c)
+	}
 	printTable(cols)
+	printVersus(cols, "tether socket proxy", "HAProxy")
+	printVersus(cols, "tether director", "HAProxy")
 	return nil
 }

@@ -44,7 +44,31 @@ func printTable(cols []column) {
 	}
 	fmt.Print("| peak RSS | |")
 	for _, c := range cols[1:] {
+		if c.rss == 0 {
+			fmt.Print(" (in this process) |")
+			continue
+		}
 		fmt.Printf(" %.1f MiB |", float64(c.rss)/(1<<20))
 	}
 	fmt.Println()
+}
+
+// printVersus prints column a's figures as ratios to column b's: tether
+// against the peer users compare it with.
+func printVersus(cols []column, a, b string) {
+	var ca, cb *column
+	for i := range cols {
+		switch cols[i].name {
+		case a:
+			ca = &cols[i]
+		case b:
+			cb = &cols[i]
+		}
+	}
+	if ca == nil || cb == nil {
+		return
+	}
+	fmt.Printf("\n%s / %s: throughput 1 stream %.2fx, 8 streams %.2fx, new connections/s %.2fx, p50 %.2fx, p99 %.2fx (latency: lower is better)\n",
+		a, b, ca.r.stream/cb.r.stream, ca.r.streams8/cb.r.streams8, ca.r.connsPerSec/cb.r.connsPerSec,
+		float64(ca.r.p50)/float64(cb.r.p50), float64(ca.r.p99)/float64(cb.r.p99))
 }

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/tetherlb/tether/testenv"
+)
+
+// A peer is a load balancer tether's users run today, configured for the
+// same persistence as tether's socket proxy in the namespace table: the
+// client's address picks the server and keeps it.
+type peer struct {
+	name, bin string
+	// config renders the peer's configuration listening on vip for
+	// server, with dir for its files.
+	config func(dir, vip, server string) (file string, args []string)
+}
+
+var peers = []peer{
+	{"HAProxy", "haproxy", func(dir, vip, server string) (string, []string) {
+		// One stick table keyed by source: HAProxy's persistence.
+		f := filepath.Join(dir, "haproxy.cfg")
+		os.WriteFile(f, []byte(fmt.Sprintf(`global
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1m
+  timeout server 1m
+  option splice-auto
+listen bench
+  bind %s
+  stick-table type ip size 1m expire 300s
+  stick on src
+  server s1 %s
+`, vip, server)), 0o600)
+		return f, []string{"-db", "-f", f}
+	}},
+	{"nginx stream", "nginx", func(dir, vip, server string) (string, []string) {
+		f := filepath.Join(dir, "nginx.conf")
+		os.WriteFile(f, []byte(fmt.Sprintf(`load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+master_process off;
+worker_processes 1;
+pid %s/nginx.pid;
+error_log stderr error;
+events { worker_connections 20000; }
+stream {
+  upstream bench { hash $remote_addr consistent; server %s; }
+  server { listen %s; proxy_pass bench; }
+}
+`, dir, server, vip)), 0o600)
+		return f, []string{"-p", dir, "-c", f}
+	}},
+}
+
+// measurePeer runs p in the load-balancer host on vip, measures it with
+// measure through dial, and returns the column with its peak RSS; an error
+// when p is not installed or does not come up.
+func measurePeer(env *testenv.Env, p peer, vip, server string, dial dialer, dur time.Duration) (column, error) {
+	bin, err := exec.LookPath(p.bin)
+	if err != nil {
+		if bin, err = exec.LookPath("/usr/sbin/" + p.bin); err != nil {
+			return column{}, fmt.Errorf("%s is not installed", p.bin)
+		}
+	}
+	dir, err := os.MkdirTemp("", "tetherbench-peer")
+	if err != nil {
+		return column{}, err
+	}
+	defer os.RemoveAll(dir)
+	_, args := p.config(dir, vip, server)
+	cmd := exec.Command(bin, args...)
+	var stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	if err := env.LB.Start(cmd); err != nil {
+		return column{}, err
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	up := false
+	for deadline := time.Now().Add(5 * time.Second); !up && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if c, err := dial(0, 0); err == nil {
+			c.Close()
+			up = true
+		}
+	}
+	if !up {
+		return column{}, fmt.Errorf("%s did not come up: %s", p.name, stderr.String())
+	}
+	r, err := measure(dial, dur)
+	if err != nil {
+		return column{}, fmt.Errorf("%s: %w", p.name, err)
+	}
+	rss, _ := peakRSS(cmd.Process.Pid)
+	return column{p.name, r, rss}, nil
+}
