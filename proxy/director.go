@@ -210,6 +210,23 @@ func (p *Proxy) liveWeights(cfg *config.File) map[nft.ChoiceKey]int {
 	return w
 }
 
+// directorServerDown deletes the conntrack entries of srv's flows when the
+// config says expire_nodest reset: their clients' next packets start new
+// flows, which the queue schedules to a server that is up.
+func (p *Proxy) directorServerDown(svc *service, srv *server) {
+	dp := p.dir.Load()
+	if dp == nil || p.currentCfg().Director.ExpireNodest != config.ExpireReset {
+		return
+	}
+	m, ok := dp.markFor[nft.ChoiceKey{Service: svc.key, Server: srv.Addr}]
+	if !ok {
+		return
+	}
+	if err := director.ResetMarks(p.do, []uint32{m}); err != nil {
+		p.log.Warn("director: flows of a server that went down not reset", "server", srv.Addr, "err", err)
+	}
+}
+
 // directorFollow re-applies the director's tables after a server of svc
 // changed at run time, so that the fail-open fallback follows it.
 func (p *Proxy) directorFollow(svc *service) {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/api"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/testenv"
 	"github.com/ti-mo/conntrack"
@@ -310,5 +311,43 @@ services:
 		if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80}, 1)); s.Failed != 0 {
 			t.Errorf("step %d: %d of %d flows failed: %v", i, s.Failed, s.Visits, s.Errors)
 		}
+	}
+}
+
+// expire_nodest applies to a server that goes down at run time too (server
+// set --down here; a failed health check takes the same path): with reset,
+// its open flows' conntrack entries go, so a UDP client that keeps sending
+// is moved; with keep, they run on. Only a reload's removal did this before.
+func TestDirectorExpireNodestOnDown(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, Backends: 2, Label: "nodown"})
+	serveNames(t, env, 8080)
+	for _, mode := range []string{"keep", "reset"} {
+		t.Run(mode, func(t *testing.T) {
+			p, stop := startInLB(t, env, fmt.Sprintf("mode: director\ndirector: {expire_nodest: %s}\nservices:\n  - name: echo\n    listen: %s:80\n    servers: [{address: %s:8080}, {address: %s:8080}]\n",
+				mode, testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1)), Options{})
+			defer stop()
+			c, err := env.Clients[0].DialEcho(context.Background(), env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.Say("before"); err != nil {
+				t.Fatal(err)
+			}
+			server := testenv.BackendAddr(0)
+			if c.Name == "backend1" {
+				server = testenv.BackendAddr(1)
+			}
+			if err := p.SetServer("echo", netip.AddrPortFrom(server, 8080).String(), api.ServerChange{Down: true}); err != nil {
+				t.Fatal(err)
+			}
+			err = c.Say("after")
+			if mode == "keep" && err != nil {
+				t.Errorf("keep: the open flow to the server set down broke: %v", err)
+			}
+			if mode == "reset" && err == nil {
+				t.Errorf("reset: the open flow to the server set down still works")
+			}
+		})
 	}
 }

@@ -95,18 +95,22 @@ func (p *Proxy) applyChange(c health.Change[checkKey]) {
 func (p *Proxy) applyHealth(svc *service, srv *server, up bool) {
 	st := svc.state.Load()
 	inhibit := st.cfg.InhibitOnFailure
-	oldWeight := srv.Weight()
+	oldWeight, wasDown := srv.Weight(), srv.isDown()
 	srv.down.Store(!up && !inhibit)
 	srv.inhibited.Store(!up && inhibit)
-	p.serverChanged(svc, srv, oldWeight)
+	p.serverChanged(svc, srv, oldWeight, wasDown)
 }
 
 // serverChanged tells the persistence table a server's new state and
 // rebuilds the service's scheduler if its weight changed. A server that
 // is down also loses its UDP flows: a flow has no end a server's death
 // would show, and its client would go on sending into the void until it
-// fell silent for the idle timeout; its next datagram is rescheduled.
-func (p *Proxy) serverChanged(svc *service, srv *server, oldWeight int) {
+// fell silent for the idle timeout; its next datagram is rescheduled. A
+// director server that goes down (wasDown: it was not) loses its flows'
+// conntrack entries with director.expire_nodest reset, as a server a
+// reload removes does, so that its clients' next packets are scheduled
+// anew.
+func (p *Proxy) serverChanged(svc *service, srv *server, oldWeight int, wasDown bool) {
 	st := svc.state.Load()
 	if st.persistent {
 		p.table.SetServer(st.ref, srv.Addr, tableState(srv))
@@ -116,6 +120,9 @@ func (p *Proxy) serverChanged(svc *service, srv *server, oldWeight int) {
 	}
 	if srv.isDown() {
 		p.closeServerFlows(svc, srv)
+		if !wasDown && svc.director {
+			p.directorServerDown(svc, srv)
+		}
 	}
 }
 

@@ -86,7 +86,7 @@ func (p *Proxy) setServer(service, server string, ch api.ServerChange) error {
 		return err
 	}
 	st := svc.state.Load()
-	was, oldWeight := st.quorate(), srv.Weight()
+	was, oldWeight, wasDown := st.quorate(), srv.Weight(), srv.isDown()
 	switch {
 	case ch.Weight != nil:
 		srv.weight.Store(int32(*ch.Weight))
@@ -99,7 +99,7 @@ func (p *Proxy) setServer(service, server string, ch api.ServerChange) error {
 	case ch.Down:
 		srv.adminDown.Store(true)
 	}
-	p.serverChanged(svc, srv, oldWeight)
+	p.serverChanged(svc, srv, oldWeight, wasDown)
 	p.directorFollow(svc)
 	p.log.Info("real server changed by the admin API", "service", st.cfg.Name, "server", srv.Addr, "state", srv.State(), "weight", srv.Weight())
 	p.quorumChanged(svc, was)
