@@ -1,6 +1,7 @@
 package affinity
 
 import (
+	"io"
 	"math/rand/v2"
 	"net/netip"
 	"runtime"
@@ -260,5 +261,46 @@ func BenchmarkBytesPerEntry(b *testing.B) {
 		b.Errorf("%.1f B/entry is above the 64 B target", per)
 	}
 	b.ReportMetric(ref, "B/entry-simplelru")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkSnapshot writes a snapshot of 1 M templates while one goroutine
+// keeps hitting; it reports the write's duration and the slowest hit
+// during it, against the slowest hit of an equal run without a snapshot:
+// the pause a periodic snapshot costs a lookup (the table is walked a
+// chunk of slots per lock).
+func BenchmarkSnapshot(b *testing.B) {
+	tb, ref, p, clients := benchTable(b, 2*benchEntries, benchEntries)
+	defer tb.Close()
+	clients = clients[:hotClients]
+	slowest := func(d time.Duration, during func()) time.Duration {
+		var worst time.Duration
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i, end := 0, time.Now().Add(d); time.Now().Before(end); i++ {
+				t0 := time.Now()
+				l, _ := tb.GetOrBind(ref, clients[i%len(clients)], p)
+				tb.Release(l)
+				worst = max(worst, time.Since(t0))
+			}
+		}()
+		during()
+		<-done
+		return worst
+	}
+	var took time.Duration
+	b.ResetTimer()
+	for range b.N {
+		with := slowest(time.Second, func() {
+			t0 := time.Now()
+			tb.WriteSnapshot(io.Discard)
+			took = time.Since(t0)
+		})
+		without := slowest(time.Second, func() {})
+		b.ReportMetric(float64(took.Milliseconds()), "ms/snapshot")
+		b.ReportMetric(float64(with.Microseconds()), "µs-slowest-hit-during")
+		b.ReportMetric(float64(without.Microseconds()), "µs-slowest-hit-without")
+	}
 	b.ReportMetric(0, "ns/op")
 }

@@ -60,36 +60,53 @@ type record struct {
 func (t *Table) WriteSnapshot(w io.Writer) error {
 	r := t.reg.Load()
 	now := t.nowTicks()
-	var recs []record
+	// The records are encoded straight into the file's one buffer, sized
+	// before any lock is taken: growing it under a shard's lock would copy
+	// tens of megabytes there. The header is filled in at the end.
+	n := t.Len()
+	buf := make([]byte, snapHeader, snapHeader+(n+n/8+64)*snapRecord+snapTrailer)
+	count := 0
 	for i := range t.shards {
 		sh := &t.shards[i]
-		sh.mu.Lock()
-		for j := range sh.ents {
-			e := &sh.ents[j]
-			if e.gen == 0 {
-				continue
+		// A chunk of slots under the lock at a time, so that a snapshot of
+		// a million templates pauses no lookup for long. A template moved
+		// across a chunk's edge meanwhile may be missed (the next snapshot
+		// has it) or written twice (restore counts it as existing).
+		size := -1
+		for from := 0; ; from += sweepChunk {
+			sh.mu.Lock()
+			if len(sh.ents) != size && size >= 0 {
+				from = 0 // the array grew: its slots are all new
 			}
-			s := r.svcs[e.svc]
-			age := max(int32(e.age(now)), 0) // negative: released after now was read
-			if e.active > 0 {
-				age = 0
+			size = len(sh.ents)
+			if from >= size {
+				sh.mu.Unlock()
+				break
 			}
-			if s.removed || uint32(age) >= s.timeout {
-				continue
+			for j := from; j < min(from+sweepChunk, size); j++ {
+				e := &sh.ents[j]
+				if e.gen == 0 {
+					continue
+				}
+				s := r.svcs[e.svc]
+				age := max(int32(e.age(now)), 0) // negative: released after now was read
+				if e.active > 0 {
+					age = 0
+				}
+				if s.removed || uint32(age) >= s.timeout {
+					continue
+				}
+				buf = appendRecord(buf, record{s.id, e.addr, s.servers[e.server], int64(age) * int64(tick)})
+				count++
 			}
-			recs = append(recs, record{s.id, e.addr, s.servers[e.server], int64(age) * int64(tick)})
+			sh.mu.Unlock()
 		}
-		sh.mu.Unlock()
 	}
-	buf := make([]byte, 0, snapHeader+len(recs)*snapRecord+snapTrailer)
-	buf = append(buf, snapMagic...)
-	buf = binary.LittleEndian.AppendUint16(buf, snapVersion)
-	buf = binary.LittleEndian.AppendUint16(buf, 0)
-	buf = binary.LittleEndian.AppendUint64(buf, uint64(t.now().UnixNano()))
-	buf = binary.LittleEndian.AppendUint32(buf, uint32(len(recs)))
-	for _, rec := range recs {
-		buf = appendRecord(buf, rec)
-	}
+	h := append(buf[:0], snapMagic...)
+	h = binary.LittleEndian.AppendUint16(h, snapVersion)
+	h = binary.LittleEndian.AppendUint16(h, 0)
+	h = binary.LittleEndian.AppendUint64(h, uint64(t.now().UnixNano()))
+	binary.LittleEndian.AppendUint32(h, uint32(count))
 	buf = binary.LittleEndian.AppendUint32(buf, crc32.Checksum(buf, crcTable))
 	_, err := w.Write(buf)
 	return err

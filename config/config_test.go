@@ -49,12 +49,13 @@ func TestParseNormalizes(t *testing.T) {
 	}
 	one, three, zero := 1, 3, 0
 	want := &File{
-		Log:          Log{Level: "info", Format: "text"},
-		Snapshot:     "/var/lib/tether/affinity.snap",
-		Metrics:      Metrics{Listen: "127.0.0.1:9105"},
-		Affinity:     Affinity{Capacity: 1 << 20},
-		DrainTimeout: Duration(30 * time.Second),
-		Mode:         "proxy",
+		Log:              Log{Level: "info", Format: "text"},
+		Snapshot:         "/var/lib/tether/affinity.snap",
+		SnapshotInterval: Duration(30 * time.Second),
+		Metrics:          Metrics{Listen: "127.0.0.1:9105"},
+		Affinity:         Affinity{Capacity: 1 << 20},
+		DrainTimeout:     Duration(30 * time.Second),
+		Mode:             "proxy",
 		Services: []Service{{
 			Name: "web", Protocol: "tcp", Listen: "198.18.0.10:80", VIP: netip.MustParseAddrPort("198.18.0.10:80"), Scheduler: "mh", Mode: "proxy",
 			Persistence: &Persistence{Timeout: Duration(600 * time.Second), Netmask: "255.255.255.0", Netmask6: "128", Mask: mask("255.255.255.0", "")},

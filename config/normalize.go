@@ -17,6 +17,9 @@ func (f *File) normalize() {
 	def(&f.Log.Format, "text")
 	def(&f.Affinity.Capacity, affinity.DefaultCapacity)
 	def(&f.DrainTimeout, Duration(DefaultDrainTimeout))
+	if f.Snapshot != "" {
+		def(&f.SnapshotInterval, Duration(DefaultSnapshotInterval))
+	}
 	if len(f.Marks) > 0 {
 		def(&f.TProxyPort, DefaultTProxyPort)
 	}

@@ -16,6 +16,11 @@ type File struct {
 	// Snapshot is where persistence templates are saved on stop and
 	// restored from on start. Empty: no snapshot.
 	Snapshot string `yaml:"snapshot,omitempty"`
+	// SnapshotInterval is how often the snapshot is written while tether
+	// runs (and after every reload), so that a crash or an OOM kill costs
+	// at most that much of the templates (default 30s when there is a
+	// snapshot).
+	SnapshotInterval Duration `yaml:"snapshot_interval,omitempty"`
 	// Metrics, when Listen is set, serves Prometheus text at /metrics.
 	Metrics Metrics `yaml:"metrics,omitempty"`
 	// Admin is the admin API: tether ls, affinity, server set, reload.
@@ -232,7 +237,11 @@ const (
 	DefaultConnectTimeout  = 5 * time.Second
 	DefaultConnectAttempts = 3
 	DefaultDrainTimeout    = 30 * time.Second
-	DefaultTProxyPort      = 20080
+	// DefaultSnapshotInterval and MinSnapshotInterval: how often the
+	// snapshot is written, by default and at the most.
+	DefaultSnapshotInterval = 30 * time.Second
+	MinSnapshotInterval     = 100 * time.Millisecond
+	DefaultTProxyPort       = 20080
 	// DefaultTProxyRouteTable and DefaultTProxyRulePriority place the
 	// policy routing of non-local VIPs.
 	DefaultTProxyRouteTable   = 100

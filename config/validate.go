@@ -106,6 +106,9 @@ func (v *validator) check(f *File) {
 	if f.DrainTimeout < 0 {
 		v.errf("drain_timeout", "%s is negative", f.DrainTimeout.D())
 	}
+	if d := f.SnapshotInterval.D(); d != 0 && d < MinSnapshotInterval {
+		v.errf("snapshot_interval", "%s is shorter than %s", d, MinSnapshotInterval)
+	}
 	switch t := f.TProxyRouteTable; {
 	case t < 0 || t > 0 && t >= 253 && t <= 255:
 		v.errf("tproxy_route_table", "%d is not a free routing table (253 default, 254 main and 255 local are the kernel's)", t)

@@ -86,6 +86,10 @@ type Proxy struct {
 
 	health *health.Monitor[checkKey] // the servers' health checks
 
+	// snapStop, snapNow and snapDone run the periodic snapshot writer
+	// (snapshots), from Start to Shutdown.
+	snapStop, snapNow, snapDone chan struct{}
+
 	replies *udpbatch.Pool // UDP flows borrow a batch while replies are queued
 	bufs    sync.Pool      // *[copyBuf]byte: a TCP direction borrows one per read
 	pipes   *pipePool      // splice pipes for TCP directions that carry bulk
@@ -173,7 +177,12 @@ func (p *Proxy) start() error {
 				"expired", st.Expired, "unknown", st.Unknown)
 		}
 	}
-	return p.commit(plan)
+	if err := p.commit(plan); err != nil {
+		return err
+	}
+	p.snapStop, p.snapNow, p.snapDone = make(chan struct{}), make(chan struct{}, 1), make(chan struct{})
+	go p.snapshots(p.snapStop, p.snapNow)
+	return nil
 }
 
 // Reload moves to a new configuration. Services whose protocol and listen
@@ -194,6 +203,10 @@ func (p *Proxy) reload(cfg *config.File) error {
 		return err
 	}
 	p.cfg.Store(cfg)
+	select { // a snapshot of the new configuration's templates, soon
+	case p.snapNow <- struct{}{}:
+	default:
+	}
 	return nil
 }
 
@@ -458,6 +471,10 @@ func (p *Proxy) shutdown(ctx context.Context) error {
 	}
 	p.pipes.close()
 	p.cancel()
+	if p.snapStop != nil { // the writer stops before the last snapshot
+		close(p.snapStop)
+		<-p.snapDone
+	}
 	err := errors.Join(p.stopDirector(), p.removeMarks())
 	if path := p.currentCfg().Snapshot; path != "" {
 		if serr := p.table.SaveSnapshot(path); serr != nil {
