@@ -146,8 +146,16 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 	adm.SetReady(true)
 	p.EmitMetrics() // gauges from the first scrape on
 	log.Info("tether running", "config", path, "services", len(cfg.Services), "version", version)
+	notify := func(state string) {
+		if err := sdNotify(state); err != nil {
+			log.Warn("could not tell the service manager", "state", state, "err", err)
+		}
+	}
+	notify(fmt.Sprintf("READY=1\nSTATUS=serving %d services", len(cfg.Services)))
 
 	doReload := func() (api.ReloadResult, error) {
+		notify(reloading())
+		defer notify("READY=1") // a refused reload keeps the running configuration: ready all the same
 		next, err := config.Load(path)
 		if err != nil {
 			log.Error("reload refused; the running configuration stays", "err", err)
@@ -170,6 +178,7 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 	for {
 		select {
 		case <-ctx.Done():
+			notify("STOPPING=1")
 			adm.SetReady(false)
 			log.Info("stopping: draining open connections", "deadline", cfg.DrainTimeout.D())
 			dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout.D())
