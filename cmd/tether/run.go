@@ -56,12 +56,13 @@ func runCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "run",
 		Usage: "run the virtual services of a configuration file",
-		Description: "SIGHUP reloads the file (a bad file is logged and the running configuration\n" +
-			"stays); SIGTERM and SIGINT stop accepting, drain open connections for\n" +
+		Description: "SIGHUP (or, with --watch, a change of the file) reloads the file (a bad file is\n" +
+			"logged and the running configuration stays); SIGTERM and SIGINT stop accepting, drain open connections for\n" +
 			"drain_timeout and write the persistence snapshot.",
 		Flags: []cli.Flag{configFlag,
 			&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a CPU profile of the run to this file"},
 			&cli.BoolFlag{Name: "set-sysctls", Usage: "set the sysctls the data paths want (net.ipv4.tcp_fwmark_accept=1 with marks) instead of only naming them"},
+			&cli.BoolFlag{Name: "watch", Usage: "reload when the config file changes, as SIGHUP does (a Kubernetes ConfigMap's symlink swap included)"},
 		},
 		Action: func(c *cli.Context) error {
 			if path := c.String("cpuprofile"); path != "" {
@@ -84,6 +85,12 @@ func runCommand() *cli.Command {
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
+			if c.Bool("watch") {
+				wctx, cancel := context.WithCancel(ctx)
+				watched := make(chan error, 1)
+				go func() { watched <- watchConfig(wctx, log, c.String("config"), hup) }()
+				defer func() { cancel(); <-watched }()
+			}
 			return run(ctx, log, c.String("config"), hup, c.Bool("set-sysctls"))
 		},
 	}
