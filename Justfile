@@ -24,3 +24,9 @@ fuzz time="30s":
     go test -run '^$' -fuzz FuzzParseFlow -fuzztime {{time}} ./director
     go test -run '^$' -fuzz FuzzIPVSAdm -fuzztime {{time}} ./migrate
     go test -run '^$' -fuzz FuzzKeepalived -fuzztime {{time}} ./migrate
+
+# The container image: a static binary built here, then the image from
+# scratch without pulling anything (Containerfile).
+image tag="tether:dev":
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(git describe --tags --always)" -o dist/tether ./cmd/tether
+    podman build --network=none -t {{tag}} -f Containerfile .

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -117,7 +119,8 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
-	m, promHandler, stopMetrics, err := newMetrics(cfg.Metrics, log)
+	var ready atomic.Bool // /readyz of the metrics listener, as the admin API's
+	m, promHandler, stopMetrics, err := newMetrics(cfg.Metrics, log, &ready)
 	if err != nil {
 		return err
 	}
@@ -151,6 +154,7 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 		return err
 	}
 	adm.SetReady(true)
+	ready.Store(true)
 	p.EmitMetrics() // gauges from the first scrape on
 	log.Info("tether running", "config", path, "services", len(cfg.Services), "version", version)
 	notify := func(state string) {
@@ -187,6 +191,7 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 		case <-ctx.Done():
 			notify("STOPPING=1")
 			adm.SetReady(false)
+			ready.Store(false)
 			log.Info("stopping: draining open connections", "deadline", cfg.DrainTimeout.D())
 			dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout.D())
 			defer cancel()
@@ -237,7 +242,10 @@ func startAdmin(c config.Admin, o admin.Options) (*admin.Server, error) {
 // with a listen address, serves it at /metrics; stop ends that. The
 // address is bound before it returns, so a taken port is a start-up
 // error, not a log line.
-func newMetrics(mc config.Metrics, log *slog.Logger) (m *metrics.Metrics, h http.Handler, stop func(), err error) {
+// newMetrics sets up go-metrics and, with metrics.listen, serves /metrics
+// there, with /healthz and /readyz (ready) for probes that have no admin
+// token, as a Kubernetes pod's.
+func newMetrics(mc config.Metrics, log *slog.Logger, ready *atomic.Bool) (m *metrics.Metrics, h http.Handler, stop func(), err error) {
 	cfg := metrics.DefaultConfig("tether")
 	cfg.EnableHostname, cfg.EnableHostnameLabel, cfg.EnableServiceLabel = false, false, false
 	cfg.EnableRuntimeMetrics = false
@@ -264,6 +272,14 @@ func newMetrics(mc config.Metrics, log *slog.Logger) (m *metrics.Metrics, h http
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", h)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not ready: listeners, rules or snapshot not in place, or stopping", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
 	go func() {

@@ -150,6 +150,14 @@ func TestRunServesReloadsAndStops(t *testing.T) {
 		}
 		return nil
 	})
+	// The metrics listener answers probes too (a pod's, without the admin token).
+	for _, probe := range []string{"/healthz", "/readyz"} {
+		if r, err := http.Get("http://" + metricsAddr + probe); err != nil || r.StatusCode != http.StatusOK {
+			t.Errorf("GET %s on the metrics listener: %v, %v", probe, r, err)
+		} else {
+			r.Body.Close()
+		}
+	}
 
 	// A bad file is refused and the running config stays.
 	write("services: [oops\n")
