@@ -30,21 +30,8 @@ services:
     persistence: {timeout: 300s}
     servers: [{address: %s}, {address: %s}, {address: %s}]
 `, snap, web, nameServer(t, "a"), nameServer(t, "b"), nameServer(t, "c"))
-	path := filepath.Join(dir, "tether.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	start := func() (*exec.Cmd, *syncBuffer) {
-		var logs syncBuffer
-		cmd := exec.Command(os.Args[0], "run", "--config", path)
-		cmd.Env = append(os.Environ(), "TETHER_TEST_MAIN=1")
-		cmd.Stdout, cmd.Stderr = &logs, &logs
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		return cmd, &logs
-	}
+	path := writeConfig(t, dir, cfg)
+	start := func() (*exec.Cmd, *syncBuffer) { return runChild(t, path) }
 	client := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{127, 3, byte(i / 4), byte(i%4 + 1)}) }
 
 	first, logs := start()

@@ -59,18 +59,7 @@ services:
     listen: %s
     servers: [{address: %s}]
 `, sock, web, nameServer(t, "a"), nameServer(t, "b"), nameServer(t, "c"), other, nameServer(t, "o"), dns, echo.LocalAddr())
-	path := filepath.Join(dir, "tether.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var logs syncBuffer
-	cmd := exec.Command(os.Args[0], "run", "--config", path)
-	cmd.Env = append(os.Environ(), "TETHER_TEST_MAIN=1", "TETHER_TEST_NOFILE=256")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	_, logs := runChild(t, writeConfig(t, dir, cfg), "TETHER_TEST_NOFILE=256")
 	client := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{127, 1, byte(i / 4), byte(i%4 + 1)}) }
 	eventually(t, "tether serves web", func() error { _, err := whoFrom(client(0), web); return err })
 
@@ -131,6 +120,32 @@ services:
 	if n := strings.Count(logs.String(), "accept failed"); n > 20 {
 		t.Errorf("%d accept-failure lines: the log is not rate-limited", n)
 	}
+}
+
+// writeConfig writes cfg as dir/tether.yaml and returns its path.
+func writeConfig(t *testing.T, dir, cfg string) string {
+	t.Helper()
+	path := filepath.Join(dir, "tether.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// runChild starts tether run on the config at path in a process of its
+// own (this test binary, as tether), with env added; it is killed when the
+// test ends. Its output goes to the returned buffer.
+func runChild(t *testing.T, path string, env ...string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	cmd := exec.Command(os.Args[0], "run", "--config", path)
+	cmd.Env = append(append(os.Environ(), "TETHER_TEST_MAIN=1"), env...)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd, logs
 }
 
 // syncBuffer is a bytes.Buffer a child process and the test share.

@@ -4,15 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"time"
 )
 
-// runHAProxy measures HAProxy in TCP mode with splice and source
-// balancing, the setup tether's users replace, when it is installed.
+// runHAProxy measures HAProxy in TCP mode with splice and a stick table on
+// the source (the peer of the namespace table), the setup tether's users
+// replace, when it is installed.
 func runHAProxy(ctx context.Context, dir, backend string, dur time.Duration) (column, error) {
 	bin, err := exec.LookPath("haproxy")
 	if err != nil {
@@ -22,21 +21,8 @@ func runHAProxy(ctx context.Context, dir, backend string, dur time.Duration) (co
 	if err != nil {
 		return column{}, err
 	}
-	cfg := filepath.Join(dir, "haproxy.cfg")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`global
-  maxconn 4000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 1m
-  timeout server 1m
-  option splice-auto
-listen bench
-  bind %s
-  balance source
-  server s1 %s
-`, listen, backend)), 0o600)
-	cmd := exec.CommandContext(ctx, bin, "-db", "-f", cfg)
+	_, args := peers[0].config(dir, listen, backend) // the namespace table's HAProxy, on loopback
+	cmd := exec.CommandContext(ctx, bin, args...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
