@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"io"
 	"iter"
-	"net/netip"
 	"strconv"
 	"strings"
 
@@ -25,8 +24,17 @@ type ipvsService struct {
 // turns them into a tether configuration. mangle, if not nil, is
 // `iptables-save -t mangle` (or ip6tables-save) output: its MARK rules
 // give the firewall-mark services their classes.
+//
+// Without -n, ipvsadm writes host and service names; they are resolved as
+// the host resolves them (IPVSAdmWith takes a Resolver of its own), and
+// each is noted with what it became.
 func IPVSAdm(rules io.Reader, mangle io.Reader) (*Result, error) {
-	r := &Result{Config: &config.File{}}
+	return IPVSAdmWith(rules, mangle, SystemResolver())
+}
+
+// IPVSAdmWith is IPVSAdm with the given resolver for names.
+func IPVSAdmWith(rules io.Reader, mangle io.Reader, res Resolver) (*Result, error) {
+	r := &Result{Config: &config.File{}, res: res}
 	var order []*ipvsService
 	byKey := map[string]*ipvsService{}
 	sc := bufio.NewScanner(rules)
@@ -152,13 +160,16 @@ func (o *opts) serviceKey(opt string) (key, proto, listen string, mark uint32, v
 	if opt == "-u" || opt == "--udp-service" {
 		proto = "udp"
 	}
-	ap, err := netip.ParseAddrPort(v)
+	ap, said, err := o.r.addrPort(v, proto, false)
 	if err != nil {
-		o.r.unreadable(o.line, "%q is not an address:port (save with ipvsadm -S -n, numeric); rule left out", v)
+		o.r.unreadable(o.line, "service %s; rule left out", err)
 		o.bad = true
 		return
 	}
-	return proto + " " + ap.String(), proto, ap.String(), 0, ap.Addr().Is6() && !ap.Addr().Is4In6()
+	if said != "" {
+		o.r.note(o.line, "%s: %s", v, said)
+	}
+	return proto + " " + ap.String(), proto, ap.String(), 0, ap.Addr().Is6()
 }
 
 func (r *Result) ipvsService(n int, f []string) *ipvsService {
@@ -272,29 +283,25 @@ func (r *Result) ipvsServer(n int, f []string, services map[string]*ipvsService)
 		r.unreadable(n, "a server rule without -r; left out")
 		return
 	}
-	addr, ok := serverAddr(server, s.svc.Fwmark != 0)
-	if !ok {
-		r.unreadable(n, "real server %q is not an address:port (save with ipvsadm -S -n); left out", server)
+	network := string(s.svc.Protocol)
+	if network == "" {
+		network = "tcp"
+	}
+	ap, said, err := r.addrPort(server, network, s.svc.Fwmark != 0)
+	if err != nil || ap.Port() == 0 && s.svc.Fwmark == 0 {
+		r.unreadable(n, "real server %q: not an address:port (%v); left out", server, err)
 		return
+	}
+	if said != "" {
+		r.note(n, "%s: %s", server, said)
+	}
+	addr := ap.String()
+	if ap.Port() == 0 {
+		addr = ap.Addr().String() // a mark service's server keeps the client's port
 	}
 	if s.method == "" || method == "dr" || method == "tun" {
 		s.method = method
 	}
 	w := weight
 	s.svc.Servers = append(s.svc.Servers, config.Server{Address: addr, Weight: &w})
-}
-
-// serverAddr normalizes a real server: a mark service's server keeps the
-// client's port when ipvsadm says port 0.
-func serverAddr(s string, mark bool) (string, bool) {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		if ap.Port() == 0 && mark {
-			return ap.Addr().Unmap().String(), true
-		}
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String(), ap.Port() != 0
-	}
-	if a, err := netip.ParseAddr(s); err == nil && mark {
-		return a.Unmap().String(), true
-	}
-	return "", false
 }

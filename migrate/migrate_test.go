@@ -1,6 +1,9 @@
 package migrate
 
 import (
+	"context"
+	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -106,12 +109,12 @@ func TestIPVSAdmBadLines(t *testing.T) {
 		"-a -t 198.18.0.10:80 -r 198.19.0.11:80 -m -w lots\n" +
 		"-a -t 198.18.0.10:80 -r 198.19.0.11:80 -m -w 1\n" +
 		"-A -f 7 -s rr\n-a -f 7 -r 198.19.0.11:0 -m\n"
-	r, err := IPVSAdm(strings.NewReader(in), nil)
+	r, err := IPVSAdmWith(strings.NewReader(in), nil, fakeResolver(nil, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		`line 2: real server "web1.example.com:http" is not an address:port (save with ipvsadm -S -n)`,
+		`line 2: real server "web1.example.com:http": not an address:port (host "web1.example.com" does not resolve`,
 		"line 3: server of tcp 198.18.0.10:81, which no -A rule before it adds",
 		`line 4: "-X -t 198.18.0.10:80" is not an ipvsadm -S rule`,
 		`line 5: weight "lots" is not 0..65535`,
@@ -189,3 +192,80 @@ func TestKeepalivedSyntaxErrors(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// fakeResolver knows the hosts and service names given, and nothing else:
+// tests never ask the network.
+func fakeResolver(hosts map[string][]netip.Addr, ports map[string]int) Resolver {
+	return Resolver{
+		Host: func(_ context.Context, h string) ([]netip.Addr, error) {
+			if a, ok := hosts[h]; ok {
+				return a, nil
+			}
+			return nil, fmt.Errorf("no such host %s", h)
+		},
+		Port: func(_ context.Context, network, s string) (int, error) {
+			if p, ok := ports[network+"/"+s]; ok {
+				return p, nil
+			}
+			return 0, fmt.Errorf("unknown port %s/%s", network, s)
+		},
+	}
+}
+
+// ipvsadm -S without -n, its default, writes host and service names:
+// they are resolved, each noted with what it became; a host with two
+// addresses gives its IPv4 one.
+func TestIPVSAdmNames(t *testing.T) {
+	in := "-A -t lb.example.com:http -s rr -p 600\n" +
+		"-a -t lb.example.com:http -r web1:http-alt -m -w 2\n" +
+		"-a -t lb.example.com:http -r web2:8080 -m\n" +
+		"-A -u lb.example.com:domain -s rr\n" +
+		"-a -u lb.example.com:domain -r 198.19.0.53:domain -m\n"
+	ap := netip.MustParseAddr
+	res := fakeResolver(map[string][]netip.Addr{
+		"lb.example.com": {ap("198.18.0.10")},
+		"web1":           {ap("198.19.0.11")},
+		"web2":           {ap("2001:2::12"), ap("198.19.0.12")},
+	}, map[string]int{"tcp/http": 80, "tcp/http-alt": 8080, "udp/domain": 53})
+	r, err := IPVSAdmWith(strings.NewReader(in), nil, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Unreadable() {
+		t.Fatalf("unreadable lines:\n%s", notes(r))
+	}
+	f := roundTrip(t, r, "ipvsadm names")
+	type svc struct {
+		listen, proto string
+		servers       []string
+	}
+	var got []svc
+	for _, s := range f.Services {
+		g := svc{s.Listen, string(s.Protocol), nil}
+		for _, sv := range s.Servers {
+			g.servers = append(g.servers, sv.Address)
+		}
+		got = append(got, g)
+	}
+	want := []svc{
+		{"198.18.0.10:80", "tcp", []string{"198.19.0.11:8080", "198.19.0.12:8080"}},
+		{"198.18.0.10:53", "udp", []string{"198.19.0.53:53"}},
+	}
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(svc{})); diff != "" {
+		t.Errorf("services (-want +got):\n%s", diff)
+	}
+	if n := strings.Count(notes(r), "lb.example.com:http:"); n != 1 {
+		t.Errorf("lb.example.com:http noted %d times, want once:\n%s", n, notes(r))
+	}
+	for _, note := range []string{
+		"line 1: lb.example.com:http: host lb.example.com is 198.18.0.10, port http is 80",
+		"line 2: web1:http-alt: host web1 is 198.19.0.11, port http-alt is 8080",
+		"line 3: web2:8080: host web2 is 198.19.0.12 (of its 2 addresses)",
+		"line 4: lb.example.com:domain: host lb.example.com is 198.18.0.10, port domain is 53",
+		"line 5: 198.19.0.53:domain: port domain is 53",
+	} {
+		if !strings.Contains(notes(r), note) {
+			t.Errorf("notes lack %q:\n%s", note, notes(r))
+		}
+	}
+}

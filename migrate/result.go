@@ -29,9 +29,11 @@ func (n Note) String() string {
 
 // Result is an imported configuration and what the import says of it.
 type Result struct {
-	Config *config.File
-	Notes  []Note
-	lines  []int // the line of each service of Config
+	res      Resolver        // names in the input: hosts and services
+	resolved map[string]bool // the names noted already, once each
+	Config   *config.File
+	Notes    []Note
+	lines    []int // the line of each service of Config
 }
 
 func (r *Result) note(line int, format string, a ...any) {
