@@ -118,3 +118,31 @@ func TestRestartNeeded(t *testing.T) {
 		})
 	}
 }
+
+// A persistent port-0 UDP service becomes a mark service over every UDP
+// port of its VIP, as a TCP one does over TCP; a TCP service on a port of
+// the same VIP is left out of the TCP class only. tether check used to
+// refuse the UDP one ("a mark service takes its protocols from its class").
+func TestPortZeroUDP(t *testing.T) {
+	in := "services:\n" +
+		"  - {name: all-tcp, listen: 198.18.0.10:0, persistence: {}, servers: [{address: 198.19.0.11}]}\n" +
+		"  - {name: all-udp, protocol: udp, listen: 198.18.0.10:0, persistence: {}, servers: [{address: 198.19.0.11}]}\n" +
+		"  - {name: web, listen: 198.18.0.10:80, servers: [{address: 198.19.0.11:8080}]}\n"
+	f, err := Parse("p0.yaml", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Marks) != 2 {
+		t.Fatalf("marks %+v", f.Marks)
+	}
+	tcp, udp := f.Marks[0], f.Marks[1]
+	if tcp.Protocol != "tcp" || strings.Join(tcp.Ports, ",") != "1-79,81-65535" {
+		t.Errorf("tcp class %+v: want every TCP port but 80", tcp)
+	}
+	if udp.Protocol != "udp" || strings.Join(udp.Ports, ",") != "1-65535" {
+		t.Errorf("udp class %+v: want every UDP port", udp)
+	}
+	if s := f.Services[1]; s.Fwmark != udp.Mark || s.Protocol != "" || s.Listen != "" {
+		t.Errorf("the UDP port-0 service %+v: want the mark service of its class", s)
+	}
+}

@@ -33,7 +33,9 @@ func (f *File) normalize() {
 		s := &f.Services[i]
 		def(&s.Mode, f.Mode)
 		director = director || s.Mode == ModeDirector
-		def(&s.Protocol, TCP)
+		if s.Fwmark == 0 { // a mark service's protocols are its class's
+			def(&s.Protocol, TCP)
+		}
 		def(&s.Scheduler, sched.Default)
 		if s.Listen != "" {
 			s.VIP = parsedServer(s.Listen)

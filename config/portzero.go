@@ -31,9 +31,17 @@ func portZeroToMarks(f *File) {
 			continue
 		}
 		vip := ap.Addr().Unmap()
-		var taken []int
+		proto := s.Protocol
+		if proto == "" {
+			proto = TCP
+		}
+		var taken []int // ports of the same VIP and protocol that a service has
 		for _, o := range f.Services {
-			if oap, err := netip.ParseAddrPort(o.Listen); err == nil && oap.Addr().Unmap() == vip && oap.Port() != 0 {
+			op := o.Protocol
+			if op == "" {
+				op = TCP
+			}
+			if oap, err := netip.ParseAddrPort(o.Listen); err == nil && oap.Addr().Unmap() == vip && oap.Port() != 0 && op == proto {
 				taken = append(taken, int(oap.Port()))
 			}
 		}
@@ -41,11 +49,12 @@ func portZeroToMarks(f *File) {
 			next -= low
 		}
 		f.Marks = append(f.Marks, MarkClass{
-			Name: "port0-" + s.Name, Mark: next, Protocol: "tcp",
+			Name: "port0-" + s.Name, Mark: next, Protocol: string(proto),
 			Addresses: []string{vip.String()}, Ports: portsExcept(taken),
 		})
 		used[next] = true
-		s.Fwmark, s.Listen = next, ""
+		// A mark service takes its protocol from its class.
+		s.Fwmark, s.Listen, s.Protocol = next, "", ""
 	}
 }
 

@@ -287,8 +287,9 @@ func (r *Result) ipvsServer(n int, f []string, services map[string]*ipvsService)
 	if network == "" {
 		network = "tcp"
 	}
-	ap, said, err := r.addrPort(server, network, s.svc.Fwmark != 0)
-	if err != nil || ap.Port() == 0 && s.svc.Fwmark == 0 {
+	keepsPort := s.svc.Fwmark != 0 || portZero(s.svc.Listen) // its servers may say port 0: the client's
+	ap, said, err := r.addrPort(server, network, keepsPort)
+	if err != nil || ap.Port() == 0 && !keepsPort {
 		r.unreadable(n, "real server %q: not an address:port (%v); left out", server, err)
 		return
 	}

@@ -212,7 +212,7 @@ func (r *Result) virtualServer(b *block) (config.Service, bool) {
 				s.Quorum = q
 			}
 		case "real_server":
-			sv, inh, ok := r.realServer(k, key, s.Fwmark != 0)
+			sv, inh, ok := r.realServer(k, key, s.Fwmark != 0 || portZero(s.Listen))
 			if ok {
 				s.Servers = append(s.Servers, sv)
 				inhibit = append(inhibit, inh)

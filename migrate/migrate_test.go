@@ -75,7 +75,7 @@ func TestIPVSAdm(t *testing.T) {
 		{"tcp-198-18-0-10-80", "198.18.0.10:80", "tcp", "wlc", "director", 0, "10m0s", "255.255.255.0/128", []string{"198.19.0.11:8080*3", "198.19.0.12:8080*1", "198.19.0.13:8080*0"}},
 		{"tcp-198-18-0-10-443", "198.18.0.10:443", "tcp", "mh", "director", 0, "5m0s", "255.255.255.255/128", []string{"198.19.0.11:443*1", "198.19.0.12:443*1"}},
 		{"udp-198-18-0-10-53", "198.18.0.10:53", "udp", "rr", "proxy", 0, "", "", []string{"198.19.0.11:53*1", "198.19.0.12:53*1"}},
-		{"fwmark-1", "", "tcp", "rr", "director", 1, "30m0s", "255.255.255.255/128", []string{"198.19.0.21*1", "198.19.0.22*1"}},
+		{"fwmark-1", "", "", "rr", "director", 1, "30m0s", "255.255.255.255/128", []string{"198.19.0.21*1", "198.19.0.22*1"}},
 		{"tcp-2001-db8--10-443", "[2001:db8::10]:443", "tcp", "sh", "director", 0, "5m0s", "255.255.255.255/64", []string{"[2001:db8:1::11]:443*2", "[2001:db8:1::12]:443*1"}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -267,5 +267,32 @@ func TestIPVSAdmNames(t *testing.T) {
 		if !strings.Contains(notes(r), note) {
 			t.Errorf("notes lack %q:\n%s", note, notes(r))
 		}
+	}
+}
+
+// Port-0 services (every port of the VIP, persistent, as ipvsadm -A -t
+// VIP:0 -p and keepalived's virtual_server VIP 0) import with their servers
+// on port 0 (the client's port); tether check turns each into a mark
+// class over the VIP's ports of its protocol, UDP too. Both importers
+// refused them.
+func TestImportPortZero(t *testing.T) {
+	ipvs := "-A -t 198.18.0.10:0 -s rr -p 300\n-a -t 198.18.0.10:0 -r 198.19.0.11:0 -m\n-a -t 198.18.0.10:0 -r 198.19.0.12:0 -m\n" +
+		"-A -u 198.18.0.10:0 -s rr -p 300\n-a -u 198.18.0.10:0 -r 198.19.0.11:0 -m\n"
+	r, err := IPVSAdmWith(strings.NewReader(ipvs), nil, Resolver{})
+	if err != nil || r.Unreadable() {
+		t.Fatalf("ipvsadm: %v\n%s", err, notes(r))
+	}
+	f := roundTrip(t, r, "ipvsadm port 0")
+	if len(f.Marks) != 2 || f.Marks[0].Protocol != "tcp" || f.Marks[1].Protocol != "udp" || f.Services[0].Fwmark == 0 || f.Services[0].Servers[0].Address != "198.19.0.11" {
+		t.Errorf("ipvsadm port 0: marks %+v, services %+v", f.Marks, f.Services)
+	}
+	ka := "virtual_server 198.18.0.10 0 {\n  lb_algo rr\n  lb_kind NAT\n  persistence_timeout 300\n  protocol TCP\n  real_server 198.19.0.11 0 {\n    weight 1\n  }\n}\n"
+	r, err = Keepalived(strings.NewReader(ka), nil)
+	if err != nil || r.Unreadable() {
+		t.Fatalf("keepalived: %v\n%s", err, notes(r))
+	}
+	f = roundTrip(t, r, "keepalived port 0")
+	if len(f.Marks) != 1 || f.Services[0].Servers[0].Address != "198.19.0.11" {
+		t.Errorf("keepalived port 0: marks %+v, services %+v", f.Marks, f.Services)
 	}
 }

@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -122,4 +123,11 @@ func printable(s string) string {
 		}
 		return r
 	}, strings.ToValidUTF8(s, "?"))
+}
+
+// portZero says a service listens on every port of its VIP (VIP:0, a
+// persistent port-0 service): its servers keep the client's port.
+func portZero(listen string) bool {
+	ap, err := netip.ParseAddrPort(listen)
+	return err == nil && ap.Port() == 0
 }

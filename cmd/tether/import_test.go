@@ -54,12 +54,12 @@ func TestImportRoundTripsThroughCheck(t *testing.T) {
 func TestImportFromStdinWithoutMarkRules(t *testing.T) {
 	var o, e bytes.Buffer
 	app := newApp(&o, &e)
-	app.Reader = strings.NewReader("-A -f 1 -s rr -p 300\n-a -f 1 -r 198.19.0.21:0 -m -w 1\n-A -t 198.18.0.10:80\n-a -t 198.18.0.10:80 -r web1:http -m\n")
+	app.Reader = strings.NewReader("-A -f 1 -s rr -p 300\n-a -f 1 -r 198.19.0.21:0 -m -w 1\n-A -t 198.18.0.10:80\n-a -t 198.18.0.10:80 -r bad..name:http -m\n") // not a valid host name: refused before any lookup
 	err := app.Run([]string{"tether", "import", "ipvsadm"})
 	if err == nil || !strings.Contains(err.Error(), "does not pass tether check yet") || !strings.Contains(err.Error(), `class "fwmark-1": no destination addresses`) {
 		t.Errorf("err = %v", err)
 	}
-	if !strings.Contains(o.String(), "fwmark: 1") || !strings.Contains(e.String(), `stdin: line 4: real server "web1:http" is not an address:port`) {
+	if !strings.Contains(o.String(), "fwmark: 1") || !strings.Contains(e.String(), `stdin: line 4: real server "bad..name:http": not an address:port (host "bad..name" does not resolve`) {
 		t.Errorf("stdout:\n%s\nstderr:\n%s", o.String(), e.String())
 	}
 }
