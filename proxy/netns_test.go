@@ -443,9 +443,16 @@ func TestStaleTableWithoutOwnerFlag(t *testing.T) {
 // One mark over TCP and UDP 443 (HTTPS and HTTP/3): each client connects
 // TCP, then sends UDP, then connects TCP again, and never sees two
 // servers; replies to UDP come from the VIP:443 it sent to. Without
-// persistence clients mix (the control).
+// persistence clients mix (the control). In the transparent proxy and in
+// the director alike: the director's UDP flows, live.
 func TestPersistenceAcrossTCPAndUDP(t *testing.T) {
-	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 60, Backends: 3, Label: "xproto"})
+	for _, mode := range []string{"proxy", "director"} {
+		t.Run(mode, func(t *testing.T) { persistenceAcrossTCPAndUDP(t, mode) })
+	}
+}
+
+func persistenceAcrossTCPAndUDP(t *testing.T, mode string) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 60, Backends: 3, Label: "x" + mode[:3]})
 	for _, b := range env.Backends {
 		if _, err := b.ServeName(443); err != nil {
 			t.Fatal(err)
@@ -455,7 +462,7 @@ func TestPersistenceAcrossTCPAndUDP(t *testing.T) {
 		}
 	}
 	cfg := func(persistence string) string {
-		return fmt.Sprintf("marks:\n  - name: https\n    mark: 0x443\n    protocol: both\n    addresses: [%s]\n    ports: [443]\nservices:\n  - name: https\n    fwmark: 0x443\n    scheduler: rr\n%s    servers:\n      - address: %s\n      - address: %s\n      - address: %s\n",
+		return fmt.Sprintf("mode: "+mode+"\nmarks:\n  - name: https\n    mark: 0x443\n    protocol: both\n    addresses: [%s]\n    ports: [443]\nservices:\n  - name: https\n    fwmark: 0x443\n    scheduler: rr\n%s    servers:\n      - address: %s\n      - address: %s\n      - address: %s\n",
 			testenv.VIP, persistence, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
 	}
 	vip := netip.AddrPortFrom(testenv.VIP, 443)
