@@ -15,6 +15,9 @@ import (
 func (f *File) normalize() {
 	def(&f.Log.Level, "info")
 	def(&f.Log.Format, "text")
+	if f.AccessLog.Enabled {
+		def(&f.AccessLog.Sample, 1)
+	}
 	def(&f.Affinity.Capacity, affinity.DefaultCapacity)
 	def(&f.DrainTimeout, Duration(DefaultDrainTimeout))
 	if f.Snapshot != "" {

@@ -21,6 +21,9 @@ type File struct {
 	// at most that much of the templates (default 30s when there is a
 	// snapshot).
 	SnapshotInterval Duration `yaml:"snapshot_interval,omitempty"`
+	// AccessLog logs a line for every TCP connection and UDP flow when it
+	// ends; off by default.
+	AccessLog AccessLog `yaml:"access_log,omitempty"`
 	// Metrics, when Listen is set, serves Prometheus text at /metrics.
 	Metrics Metrics `yaml:"metrics,omitempty"`
 	// Admin is the admin API: tether ls, affinity, server set, reload.
@@ -97,6 +100,16 @@ type MarkClass struct {
 	Protocol  string   `yaml:"protocol,omitempty"` // tcp (default), udp or both
 	Addresses []string `yaml:"addresses"`          // destination addresses or prefixes
 	Ports     []string `yaml:"ports"`              // 80, 30000-30099, or all
+}
+
+// AccessLog settings: a line per ended connection or flow (service,
+// client, server, bytes each way, duration, how it ended) through the log
+// and its format.
+type AccessLog struct {
+	Enabled bool `yaml:"enabled,omitempty"`
+	// Sample is the fraction of connections logged, 0 < Sample <= 1
+	// (default 1: every one).
+	Sample float64 `yaml:"sample,omitempty"`
 }
 
 // Log settings.

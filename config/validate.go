@@ -81,6 +81,9 @@ func (v *validator) check(f *File) {
 			v.errf("log.level", "%q is not debug, info, warn or error", f.Log.Level)
 		}
 	}
+	if s := f.AccessLog.Sample; s < 0 || s > 1 {
+		v.errf("access_log.sample", "%v is not a fraction in (0, 1]", s)
+	}
 	if f.Log.Format != "" && f.Log.Format != "text" && f.Log.Format != "json" {
 		v.errf("log.format", "%q is not text or json", f.Log.Format)
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"io"
+	"log/slog"
 	"net"
 	"testing"
 )
@@ -19,6 +20,17 @@ func BenchmarkConnection(b *testing.B) {
 }
 
 // BenchmarkConnectionDirect is the same connection straight to the server.
+// BenchmarkConnectionAccessLog is BenchmarkConnection with the access log
+// on, every connection logged as JSON (to a handler that discards it): the
+// log's cost is the difference, in the same run.
+func BenchmarkConnectionAccessLog(b *testing.B) {
+	backend := oneByteServer(b)
+	listen := freeAddr(b)
+	startProxy(b, mustConfig(b, "access_log: {enabled: true}\nservices:\n  - name: s\n    listen: "+listen+"\n    servers: [{address: "+backend+"}]\n"),
+		Options{Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	benchConnect(b, listen)
+}
+
 func BenchmarkConnectionDirect(b *testing.B) {
 	benchConnect(b, oneByteServer(b))
 }

@@ -132,13 +132,13 @@ func (p *Proxy) closeServerFlows(svc *service, srv *server) {
 	n := 0
 	if svc.flows != nil {
 		for _, f := range svc.flows.removeIf(func(f *flow) bool { return f.srv == srv }) {
-			p.closeFlow(f)
+			p.closeFlow(f, "server down")
 			n++
 		}
 	}
 	if svc.key.Mark != 0 && p.tp != nil && p.tp.uflows != nil {
 		for _, f := range p.tp.uflows.removeIf(func(f *tflow) bool { return f.srv == srv }) {
-			p.closeTFlow(f)
+			p.closeTFlow(f, "server down")
 			n++
 		}
 	}

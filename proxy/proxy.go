@@ -357,7 +357,7 @@ func (p *Proxy) commit(pl *plan) error {
 			svc.state.Store(b.st)
 			if svc.flows != nil { // a changed limits.max_flows applies now
 				for _, f := range svc.flows.resize(b.st.maxFlows) {
-					p.closeFlow(f)
+					p.closeFlow(f, "evicted: a reload lowered max_flows")
 				}
 			}
 			continue
@@ -502,13 +502,13 @@ func coversUDP(cfg *config.File) bool {
 
 // roomForFlow makes room for one more UDP flow under the UDP flow cap by
 // closing the oldest flow of set, and reports whether there is room.
-func roomForFlow[K comparable, V comparable](p *Proxy, set *lruSet[K, V], closeV func(V)) bool {
+func roomForFlow[K comparable, V comparable](p *Proxy, set *lruSet[K, V], closeV func(V, string)) bool {
 	if p.flowsTotal.Load() < int64(p.caps.Load().UDPFlows) {
 		return true
 	}
 	if v, ok := set.removeOldest(); ok {
 		p.count("udp", "flows_evicted", 1, nil)
-		closeV(v)
+		closeV(v, "evicted: udp_max_flows")
 		return true
 	}
 	return false

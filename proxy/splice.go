@@ -35,10 +35,11 @@ const (
 )
 
 // relay copies both ways until both directions are done and returns the
-// bytes from the client (in) and to it (out). At EOF a direction is
-// half-closed with CloseWrite, so a client that shuts down its sending side
-// still gets the whole reply. An error in one direction aborts both.
-func (p *Proxy) relay(client, backend *net.TCPConn, idle time.Duration) (in, out int64) {
+// bytes from the client (in) and to it (out), and how the connection
+// ended. At EOF a direction is half-closed with CloseWrite, so a client
+// that shuts down its sending side still gets the whole reply. An error in
+// one direction aborts both.
+func (p *Proxy) relay(client, backend *net.TCPConn, idle time.Duration) (in, out int64, end string) {
 	c := &connCopy{p: p, idle: idle}
 	done := make(chan int64, 1)
 	go func() { done <- c.half(backend, client, &c.clientIdle, &c.backendIdle) }()
@@ -46,7 +47,17 @@ func (p *Proxy) relay(client, backend *net.TCPConn, idle time.Duration) (in, out
 	in = <-done
 	client.Close()
 	backend.Close()
-	return in, out
+	end = "closed"
+	switch err := c.err.Load(); {
+	case err == nil:
+	case errors.Is(*err, errIdle):
+		end = "idle timeout"
+	case p.ctx.Err() != nil:
+		end = "stopped: the drain deadline passed"
+	default:
+		end = "aborted: " + (*err).Error()
+	}
+	return in, out, end
 }
 
 // connCopy is one connection's two directions.
@@ -56,8 +67,9 @@ type connCopy struct {
 	// clientIdle and backendIdle: that direction saw no byte for the idle
 	// timeout, or has ended; the connection ends when both are.
 	clientIdle, backendIdle atomic.Bool
-	ended                   atomic.Int32 // directions done
-	piped                   atomic.Bool  // a direction holds the connection's pipe
+	ended                   atomic.Int32          // directions done
+	piped                   atomic.Bool           // a direction holds the connection's pipe
+	err                     atomic.Pointer[error] // the first error that ended a direction
 }
 
 // half copies src to dst until src ends or the connection does, then
@@ -114,6 +126,9 @@ func (c *connCopy) half(dst, src *net.TCPConn, self, other *atomic.Bool) int64 {
 			// A direction that ended counts as idle, so that the other
 			// one's idle timeout ends a half-closed connection.
 			self.Store(true)
+		}
+		if err != nil {
+			c.err.CompareAndSwap(nil, &err)
 		}
 		finish(dst, src, err, &c.ended)
 		return total

@@ -32,20 +32,23 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	p.count("connections", "accepted", 1, st.labels)
 	n := svc.active.Add(1)
 	defer svc.active.Add(-1)
+	lg := &logged{start: p.accessLogging()}
+	src := client.RemoteAddr().(*net.TCPAddr).AddrPort()
 	if n > int64(st.maxConns) {
 		p.count("connections", "rejected", 1, st.labels)
 		client.Close()
+		p.accessLog(st, "tcp", src, netip.AddrPort{}, lg, "refused: the service's connection cap")
 		return
 	}
 	p.conns.add(client)
 	defer p.conns.remove(client)
 
-	src := client.RemoteAddr().(*net.TCPAddr).AddrPort()
 	ch, backend, err := p.connect(st, src.Addr(), dport)
 	if err != nil {
 		p.count("connections", "failed", 1, st.labels)
 		p.rlog.Log(slog.LevelWarn, "no real server reached", "service", st.cfg.Name, "client", src, "err", err)
 		client.Close()
+		p.accessLog(st, "tcp", src, netip.AddrPort{}, lg, "no server: "+err.Error())
 		return
 	}
 	srv := ch.srv
@@ -56,7 +59,12 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	slabels := st.serverLabels(srv)
 	p.count("server", "connections", 1, slabels)
 
-	in, out := p.relay(client, backend, st.cfg.Limits.IdleTimeout.D())
+	in, out, end := p.relay(client, backend, st.cfg.Limits.IdleTimeout.D())
+	if !lg.start.IsZero() {
+		lg.in.Store(in)
+		lg.out.Store(out)
+		p.accessLog(st, "tcp", src, serverAddr(srv, dport), lg, end)
+	}
 	srv.bytesIn.Add(uint64(in))
 	srv.bytesOut.Add(uint64(out))
 	p.count("server", "bytes_in", float32(in), slabels)

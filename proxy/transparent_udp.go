@@ -44,6 +44,7 @@ type tflow struct {
 	clientRC, serverRC syscall.RawConn
 	last               atomic.Int64
 	closed             atomic.Bool
+	logged             // for the access log
 }
 
 // tflows are the transparent UDP flows, and the goroutines that relay them.
@@ -208,6 +209,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 	}
 	srv, lease := ch.srv, ch.lease
 	f = &tflow{key: k, srv: srv, st: ch.st, lease: lease}
+	f.start = p.accessLogging()
 	err = p.inNamespace(func() error {
 		d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(k.dst), Control: transparentUDPControl(false)}
 		c, err := d.DialContext(p.ctx, "udp", k.client.String())
@@ -239,7 +241,8 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
 	for _, e := range ft.add(k, f) {
-		p.closeTFlow(e)
+		p.count("udp", "flows_evicted", 1, st.labels)
+		p.closeTFlow(e, "evicted: the flow cap")
 	}
 	ft.wg.Add(2)
 	go func() { defer ft.wg.Done(); p.tflowCopy(ft, f, f.server, f.serverRC, f.clientRC) }()
@@ -257,7 +260,7 @@ func (p *Proxy) tflowCopy(ft *tflows, f *tflow, from *net.UDPConn, fromRC, toRC 
 	rel := udpbatch.NewRelay(p.replies)
 	armIdle(from, &f.last, idle) // f.last is shared: traffic either way counts
 	for {
-		bufs, _, out, err := rel.Next(fromRC)
+		bufs, total, out, err := rel.Next(fromRC)
 		if err != nil {
 			if f.closed.Load() {
 				return
@@ -266,16 +269,23 @@ func (p *Proxy) tflowCopy(ft *tflows, f *tflow, from *net.UDPConn, fromRC, toRC 
 				continue
 			}
 			ft.remove(f.key, f)
-			p.closeTFlow(f)
+			p.closeTFlow(f, "idle timeout")
 			return
 		}
 		f.last.Store(time.Now().UnixNano())
+		if from == f.client {
+			f.in.Add(int64(total))
+		} else {
+			f.out.Add(int64(total))
+		}
 		out.Write(toRC, bufs)
 		rel.Done()
 	}
 }
 
-func (p *Proxy) closeTFlow(f *tflow) {
+// closeTFlow ends a transparent flow once; end says why, for the access
+// log.
+func (p *Proxy) closeTFlow(f *tflow, end string) {
 	if f.closed.Swap(true) {
 		return
 	}
@@ -283,12 +293,13 @@ func (p *Proxy) closeTFlow(f *tflow) {
 	f.client.Close()
 	f.server.Close()
 	p.release(f.srv, f.lease)
+	p.accessLog(f.st, "udp", f.key.client, serverAddr(f.srv, f.key.dst.Port()), &f.logged, end)
 }
 
 // closeTFlows ends every transparent flow and waits for their goroutines.
 func (p *Proxy) closeTFlows(ft *tflows) {
 	for _, f := range ft.drain() {
-		p.closeTFlow(f)
+		p.closeTFlow(f, "stopped")
 	}
 	ft.wg.Wait()
 }

@@ -34,6 +34,7 @@ type flow struct {
 	dstLen uint32
 	last   atomic.Int64 // unix ns of the last datagram either way
 	closed atomic.Bool
+	logged // for the access log
 }
 
 // flowTable is a service's flows, by client address:port.
@@ -74,6 +75,7 @@ func (p *Proxy) serveUDP(svc *service) {
 			if err := out.Write(runFlow.rc, run); err == nil {
 				for _, b := range run {
 					runFlow.srv.bytesIn.Add(uint64(len(b)))
+					runFlow.in.Add(int64(len(b)))
 				}
 			}
 		}
@@ -144,13 +146,14 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 		return nil, err
 	}
 	f = &flow{client: src, srv: srv, st: ch.st, lease: lease, conn: conn, rc: rc}
+	f.start = p.accessLogging()
 	f.dstLen = udpbatch.Sockaddr(src, svc.family, &f.dst)
 	p.flowsTotal.Add(1)
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
 	for _, e := range svc.flows.add(src, f) {
 		p.count("udp", "flows_evicted", 1, st.labels)
-		p.closeFlow(e)
+		p.closeFlow(e, "evicted: the service's flow cap")
 	}
 	wg.Add(1)
 	go func() {
@@ -186,12 +189,13 @@ func (p *Proxy) flowReplies(svc *service, f *flow) {
 				continue // ICMP refusal and the like: the server may come back
 			}
 			svc.flows.remove(f.client, f)
-			p.closeFlow(f)
+			p.closeFlow(f, "idle timeout")
 			return
 		}
 		f.last.Store(time.Now().UnixNano())
 		if err := out.WriteTo(svc.rc, bufs, &f.dst, f.dstLen); err == nil {
 			f.srv.bytesOut.Add(uint64(total))
+			f.out.Add(int64(total))
 		}
 		rel.Done()
 	}
@@ -210,19 +214,21 @@ func armIdle(c *net.UDPConn, last *atomic.Int64, idle time.Duration) bool {
 	return true
 }
 
-// closeFlow ends a flow once: its socket, its server count, its lease.
-func (p *Proxy) closeFlow(f *flow) {
+// closeFlow ends a flow once: its socket, its server count, its lease;
+// end says why, for the access log.
+func (p *Proxy) closeFlow(f *flow, end string) {
 	if f.closed.Swap(true) {
 		return
 	}
 	p.flowsTotal.Add(-1)
 	f.conn.Close()
 	p.release(f.srv, f.lease)
+	p.accessLog(f.st, "udp", f.client, f.srv.Addr, &f.logged, end)
 }
 
 func (p *Proxy) closeFlows(svc *service) {
 	for _, f := range svc.flows.drain() {
-		p.closeFlow(f)
+		p.closeFlow(f, "stopped")
 	}
 }
 
