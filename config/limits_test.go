@@ -28,6 +28,7 @@ func TestValuesAreCheckedNotCoerced(t *testing.T) {
 		{"fractional limit", svc("    limits: {max_connections: 2.5}\n", ""), "services[0].limits.max_connections: 2.5 is not a whole number"},
 		// 1ns used to be accepted and burn a core.
 		{"snapshot every 10ms", "snapshot: /tmp/s\nsnapshot_interval: 10ms\n" + svc("", ""), "cfg.yaml:2: snapshot_interval: 10ms is shorter than 100ms"},
+		{"bad allow prefix", svc("    allow: [10.0.0.0/33]\n", ""), `cfg.yaml:4: services[0].allow: "10.0.0.0/33" is not an address or a prefix`},
 		{"check interval 1ns", svc("    health_check: {type: tcp, interval: 1ns}\n", ""), "services[0].health_check.interval: 1ns is shorter than 10ms"},
 		// A second document used to be ignored.
 		{"second document", svc("", "") + "---\nservices: []\n", "cfg.yaml:6: a second YAML document"},

@@ -177,8 +177,35 @@ type Service struct {
 	// Quorum is the least total weight of available servers the service
 	// runs on; below it new clients go to the sorry server, or are refused
 	// without one. 0: no quorum.
-	Quorum  int      `yaml:"quorum,omitempty"`
-	Servers []Server `yaml:"servers"`
+	Quorum int `yaml:"quorum,omitempty"`
+	// Allow and Deny are client addresses or prefixes: a client in Deny
+	// is refused, and so is one outside a non-empty Allow (a TCP client
+	// gets a reset, a UDP one nothing). Deny beats Allow.
+	Allow []string `yaml:"allow,omitempty"`
+	Deny  []string `yaml:"deny,omitempty"`
+	// AllowNets and DenyNets are Allow and Deny parsed.
+	AllowNets []netip.Prefix `yaml:"-"`
+	DenyNets  []netip.Prefix `yaml:"-"`
+	Servers   []Server       `yaml:"servers"`
+}
+
+// Admits says whether the service takes client a (its access lists).
+func (s *Service) Admits(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range s.DenyNets {
+		if p.Contains(a) {
+			return false
+		}
+	}
+	if len(s.AllowNets) == 0 {
+		return true
+	}
+	for _, p := range s.AllowNets {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // HealthCheck probes a real server every Interval; Fall failures in a row

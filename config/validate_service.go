@@ -32,6 +32,13 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 	default:
 		v.errf(p+".protocol", "%q is not tcp or udp", s.Protocol)
 	}
+	var err error
+	if s.AllowNets, err = parseNets(s.Allow); err != nil {
+		v.errf(p+".allow", "%v", err)
+	}
+	if s.DenyNets, err = parseNets(s.Deny); err != nil {
+		v.errf(p+".deny", "%v", err)
+	}
 	if s.Limits.MaxFlows < 0 {
 		v.errf(p+".limits.max_flows", "is negative")
 	}
@@ -232,4 +239,22 @@ func ParseStatusRange(s string) (lo, hi int, err error) {
 		return 0, 0, fmt.Errorf("%q is not a status code or range such as 200 or 200-399", s)
 	}
 	return lo, hi, nil
+}
+
+// parseNets reads client addresses and prefixes (198.51.100.7, 10.0.0.0/8,
+// 2001:db8::/32); an address is its own /32 or /128.
+func parseNets(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, netip.PrefixFrom(p.Addr().Unmap(), min(p.Bits(), p.Addr().Unmap().BitLen())).Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an address or a prefix such as 198.51.100.0/24", s)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
 }

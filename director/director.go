@@ -33,6 +33,9 @@ const (
 	// Stale: the chosen server has no choice mark (a reload raced the
 	// packet); the packet is dropped and the client retries.
 	Stale
+	// Denied: the service refuses the client (its access list); the
+	// packet is dropped.
+	Denied
 )
 
 // Queues are the queue settings, fixed until the director is closed.
@@ -236,6 +239,9 @@ func (d *Director[H]) decide(b []byte, mark uint32) (verdict int, newMark uint32
 	case Stale:
 		d.stats.unknown.Add(1)
 		return nfqueue.NfDrop, 0, false
+	case Denied:
+		d.stats.denied.Add(1)
+		return nfqueue.NfDrop, 0, false
 	}
 	d.mu.Lock()
 	if old := d.flows[k]; old != nil {
@@ -251,7 +257,7 @@ func (d *Director[H]) decide(b []byte, mark uint32) (verdict int, newMark uint32
 
 // counters are the director's own counts, reported through Stats.
 type counters struct {
-	verdicts, unparsed, unknown, noServer, verdictErrs, overruns, queueErrs, ended, reconciled atomic.Uint64
+	verdicts, unparsed, unknown, noServer, denied, verdictErrs, overruns, queueErrs, ended, reconciled atomic.Uint64
 }
 
 // Stats are the director's counts since Open.
@@ -261,6 +267,7 @@ type Stats struct {
 	Unparsed      uint64 // packets without a TCP or UDP flow
 	Unknown       uint64 // packets of no service (a reload raced them)
 	NoServer      uint64 // new flows dropped: no server could take them
+	Denied        uint64 // new flows dropped: the service's access list
 	VerdictErrors uint64 // verdicts the kernel refused (packet gone)
 	Overruns      uint64 // queue or conntrack event overruns
 	FlowsEnded    uint64 // flows conntrack reported destroyed
@@ -273,7 +280,7 @@ func (d *Director[H]) Stats() Stats {
 	c := &d.stats
 	return Stats{
 		Verdicts: c.verdicts.Load(), QueueErrors: c.queueErrs.Load(), Unparsed: c.unparsed.Load(), Unknown: c.unknown.Load(),
-		NoServer: c.noServer.Load(), VerdictErrors: c.verdictErrs.Load(), Overruns: c.overruns.Load(),
+		NoServer: c.noServer.Load(), Denied: c.denied.Load(), VerdictErrors: c.verdictErrs.Load(), Overruns: c.overruns.Load(),
 		FlowsEnded: c.ended.Load(), Reconciled: c.reconciled.Load(), Flows: d.Flows(),
 	}
 }

@@ -96,7 +96,12 @@ func (p *Proxy) decideFlow(dp *dirPath, k director.FlowKey, mark uint32) (direct
 	if svc == nil {
 		return director.Unknown, 0, choice{}
 	}
-	ch, err := p.choose(svc.state.Load(), k.Src.Addr(), nil)
+	st := svc.state.Load()
+	if !st.cfg.Admits(k.Src.Addr()) {
+		p.count("connections", "denied", 1, st.labels)
+		return director.Denied, 0, choice{}
+	}
+	ch, err := p.choose(st, k.Src.Addr(), nil)
 	if err != nil {
 		return director.NoServer, 0, choice{}
 	}
@@ -274,7 +279,7 @@ func (p *Proxy) emitDirectorMetrics() {
 		name string
 		v    uint64
 	}{
-		{"verdicts", s.Verdicts}, {"queue_errors", s.QueueErrors}, {"unparsed", s.Unparsed}, {"unknown", s.Unknown}, {"no_server", s.NoServer},
+		{"verdicts", s.Verdicts}, {"queue_errors", s.QueueErrors}, {"unparsed", s.Unparsed}, {"unknown", s.Unknown}, {"no_server", s.NoServer}, {"denied", s.Denied},
 		{"verdict_errors", s.VerdictErrors}, {"overruns", s.Overruns}, {"flows_ended", s.FlowsEnded}, {"flows_reconciled", s.Reconciled},
 	} {
 		p.met.SetGauge([]string{"director", c.name}, float32(c.v))

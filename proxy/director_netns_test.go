@@ -351,3 +351,28 @@ func TestDirectorExpireNodestOnDown(t *testing.T) {
 		})
 	}
 }
+
+// The director applies a service's access list at a flow's first packet:
+// a denied client's SYN is dropped, an allowed one is served.
+func TestDirectorAccessList(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 2, Backends: 1, Label: "dacl"})
+	serveNames(t, env, 8080)
+	c := env.Clients[0]
+	p, _ := startInLB(t, env, fmt.Sprintf("mode: director\nservices:\n  - name: echo\n    listen: %s:80\n    deny: [%s]\n    servers: [{address: %s:8080}]\n",
+		testenv.VIP, c.Addr(1), testenv.BackendAddr(0)), Options{})
+	vip := netip.AddrPortFrom(testenv.VIP, 80)
+	ok, err := c.DialEcho(context.Background(), c.Addr(0), vip)
+	if err != nil {
+		t.Fatalf("the allowed client: %v", err)
+	}
+	ok.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if denied, err := c.DialEcho(ctx, c.Addr(1), vip); err == nil {
+		denied.Close()
+		t.Fatal("the denied client was served")
+	}
+	if n := p.dir.Load().d.Stats().Denied; n == 0 {
+		t.Error("no first packet counted as denied")
+	}
+}

@@ -40,6 +40,13 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 		p.accessLog(st, "tcp", src, netip.AddrPort{}, lg, "refused: the service's connection cap")
 		return
 	}
+	if !st.cfg.Admits(src.Addr()) {
+		p.count("connections", "denied", 1, st.labels)
+		client.SetLinger(0) // the close sends a reset
+		client.Close()
+		p.accessLog(st, "tcp", src, netip.AddrPort{}, lg, "refused: the service's access list")
+		return
+	}
 	p.conns.add(client)
 	defer p.conns.remove(client)
 

@@ -200,6 +200,10 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 		return nil, fmt.Errorf("no service for mark %d", mark)
 	}
 	st := svc.state.Load()
+	if !st.cfg.Admits(k.client.Addr()) {
+		p.count("udp", "denied", 1, st.labels)
+		return nil, errDenied
+	}
 	if !roomForFlow(p, ft.lruSet, p.closeTFlow) {
 		return nil, errors.New("udp_max_flows reached")
 	}

@@ -54,6 +54,9 @@ func (p *Proxy) UDPFlows(listen netip.AddrPort) int {
 	return s.flows.Len()
 }
 
+// errDenied: the service's access list refuses the client.
+var errDenied = errors.New("the service's access list refuses the client")
+
 // udpBatch is how many datagrams one recvmmsg takes from a service's
 // socket, and one sendmmsg gives a flow's socket.
 const udpBatch = 16
@@ -106,7 +109,11 @@ func (p *Proxy) serveUDP(svc *service) {
 			}
 			f, err := p.flowFor(svc, st, src, &wg)
 			if err != nil {
-				p.count("udp", "dropped", 1, st.labels)
+				what := "dropped"
+				if err == errDenied {
+					what = "denied"
+				}
+				p.count("udp", what, 1, st.labels)
 				continue
 			}
 			f.last.Store(now)
@@ -124,6 +131,9 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 	f, ok := svc.flows.get(src)
 	if ok && !f.closed.Load() {
 		return f, nil
+	}
+	if !st.cfg.Admits(src.Addr()) {
+		return nil, errDenied
 	}
 	if !roomForFlow(p, svc.flows, p.closeFlow) {
 		return nil, errors.New("udp_max_flows reached")
@@ -241,6 +251,10 @@ func (p *Proxy) closeFlows(svc *service) {
 // socket cannot take. A datagram waiting for its reply holds a socket and
 // a goroutine, and a buffer only while the reply is being read.
 func (p *Proxy) onePacket(svc *service, st *serviceState, src netip.AddrPort, b []byte, wg *sync.WaitGroup) {
+	if !st.cfg.Admits(src.Addr()) {
+		p.count("udp", "denied", 1, st.labels)
+		return
+	}
 	if p.onePackets.Add(1) > int64(p.caps.Load().OnePacket) {
 		p.onePackets.Add(-1)
 		p.count("udp", "one_packet_dropped", 1, st.labels)
