@@ -59,6 +59,16 @@ const (
 	ExpireReset ExpireNodest = "reset"
 )
 
+// ProxyProtocol is a version of HAProxy's PROXY protocol, which tells a
+// real server the client's address.
+type ProxyProtocol string
+
+// The versions: v1 is a text line, v2 a binary header.
+const (
+	ProxyV1 ProxyProtocol = "v1"
+	ProxyV2 ProxyProtocol = "v2"
+)
+
 // join joins typed words for an error message.
 func join[T ~string](ws []T) string {
 	s := make([]string, len(ws))

@@ -178,6 +178,11 @@ type Service struct {
 	// runs on; below it new clients go to the sorry server, or are refused
 	// without one. 0: no quorum.
 	Quorum int `yaml:"quorum,omitempty"`
+	// SendProxy sends a PROXY protocol header (v1 or v2) to the service's
+	// servers before the client's bytes, with the client's address and
+	// what it connected to (a mark service's original destination): TCP,
+	// socket and transparent proxy. A server's own setting replaces it.
+	SendProxy ProxyProtocol `yaml:"send_proxy,omitempty"`
 	// Allow and Deny are client addresses or prefixes: a client in Deny
 	// is refused, and so is one outside a non-empty Allow (a TCP client
 	// gets a reset, a UDP one nothing). Deny beats Allow.
@@ -270,6 +275,8 @@ type Server struct {
 	Weight *int           `yaml:"weight,omitempty"` // 0..65535, default 1; 0 is quiescent
 	// HealthCheck replaces the service's for this server.
 	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
+	// SendProxy replaces the service's send_proxy for this server.
+	SendProxy ProxyProtocol `yaml:"send_proxy,omitempty"`
 }
 
 // Defaults.

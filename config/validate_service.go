@@ -32,6 +32,10 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 	default:
 		v.errf(p+".protocol", "%q is not tcp or udp", s.Protocol)
 	}
+	v.checkSendProxy(p, s, s.SendProxy, p+".send_proxy")
+	for j, sv := range s.Servers {
+		v.checkSendProxy(p, s, sv.SendProxy, fmt.Sprintf("%s.servers[%d].send_proxy", p, j))
+	}
 	var err error
 	if s.AllowNets, err = parseNets(s.Allow); err != nil {
 		v.errf(p+".allow", "%v", err)
@@ -257,4 +261,17 @@ func parseNets(list []string) ([]netip.Prefix, error) {
 		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
 	}
 	return out, nil
+}
+
+// checkSendProxy validates a send_proxy setting at key.
+func (v *validator) checkSendProxy(p string, s *Service, pp ProxyProtocol, key string) {
+	switch {
+	case pp == "":
+	case pp != ProxyV1 && pp != ProxyV2:
+		v.errf(key, "%q is not v1 or v2", pp)
+	case s.Protocol == UDP:
+		v.errf(key, "is for TCP services: a UDP flow has no stream to put a header in front of")
+	case s.Mode == ModeDirector:
+		v.errf(key, "is for the socket proxy: the director forwards in the kernel and never sees the bytes")
+	}
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -50,9 +51,12 @@ type service struct {
 
 // serviceState is everything a new connection needs, immutable once built.
 type serviceState struct {
-	cfg        config.Service
-	maxConns   int // open connections: the config's limit, or derived (package budget)
-	maxFlows   int // UDP flows: likewise
+	cfg      config.Service
+	maxConns int // open connections: the config's limit, or derived (package budget)
+	maxFlows int // UDP flows: likewise
+	// sendProxy is the PROXY protocol version each server gets; nil when
+	// no server gets one.
+	sendProxy  map[*server]config.ProxyProtocol
 	servers    []*server
 	byAddr     map[netip.AddrPort]*server
 	sched      sched.Scheduler[*server]
@@ -106,6 +110,12 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table, c
 		}
 		st.servers = append(st.servers, s)
 		st.byAddr[addr] = s
+		if v := cmp.Or(sc.SendProxy, cfg.SendProxy); v != "" {
+			if st.sendProxy == nil {
+				st.sendProxy = map[*server]config.ProxyProtocol{}
+			}
+			st.sendProxy[s] = v
+		}
 		st.srvLabels[s] = []metrics.Label{st.labels[0], {Name: "server", Value: addr.String()}}
 	}
 	if cfg.SorryServer != "" {
@@ -114,6 +124,12 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table, c
 			st.sorry = prev.sorry
 		} else {
 			st.sorry = newServer(addr, 1, 0)
+		}
+		if cfg.SendProxy != "" {
+			if st.sendProxy == nil {
+				st.sendProxy = map[*server]config.ProxyProtocol{}
+			}
+			st.sendProxy[st.sorry] = cfg.SendProxy
 		}
 	}
 	sc, err := sched.New(sched.Name(cfg.Scheduler), st.servers)

@@ -62,6 +62,14 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	defer p.release(srv, ch.lease)
 	p.conns.add(backend)
 	defer p.conns.remove(backend)
+	if v := st.sendProxy[srv]; v != "" {
+		if err := sendProxyHeader(backend, v, client); err != nil {
+			backend.Close()
+			client.Close()
+			p.accessLog(st, "tcp", src, serverAddr(srv, dport), lg, "aborted: the PROXY header: "+err.Error())
+			return
+		}
+	}
 	srv.accepted.Add(1)
 	slabels := st.serverLabels(srv)
 	p.count("server", "connections", 1, slabels)

@@ -1,0 +1,140 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+	"github.com/tetherlb/tether/testenv"
+)
+
+// proxyServer is a backend that reads a PROXY header, sends its fields
+// back as a line (version, source, destination), and closes.
+func proxyServer(t *testing.T, network, addr string) string {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Skipf("no %s loopback: %v", network, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				h, err := proxyproto.Read(bufio.NewReader(c))
+				if err != nil {
+					fmt.Fprintf(c, "no header: %v\n", err)
+					return
+				}
+				fmt.Fprintf(c, "v%d %s %s\n", h.Version, h.SourceAddr, h.DestinationAddr)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// send_proxy puts a PROXY header in front of the client's bytes, with the
+// client's address and port and the VIP:port it connected to, in either
+// version, IPv4 and IPv6; a server's own setting replaces the service's.
+func TestSendProxy(t *testing.T) {
+	for _, tc := range []struct {
+		network, lo, client string
+		service, server     string
+		want                string // the version the server must see
+	}{
+		{"tcp4", "127.0.0.1", "127.1.0.5", "v1", "", "v1"},
+		{"tcp4", "127.0.0.1", "127.1.0.6", "v2", "", "v2"},
+		{"tcp4", "127.0.0.1", "127.1.0.7", "v2", "v1", "v1"},
+		{"tcp6", "::1", "::1", "v2", "", "v2"},
+		{"tcp6", "::1", "::1", "v1", "", "v1"},
+	} {
+		t.Run(fmt.Sprintf("%s-%s-%s", tc.network, tc.service, tc.server), func(t *testing.T) {
+			backend := proxyServer(t, tc.network, net.JoinHostPort(tc.lo, "0"))
+			ln, err := net.Listen(tc.network, net.JoinHostPort(tc.lo, "0"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			listen := ln.Addr().String()
+			ln.Close()
+			server := "{address: \"" + backend + "\"}"
+			if tc.server != "" {
+				server = "{address: \"" + backend + "\", send_proxy: " + tc.server + "}"
+			}
+			startProxy(t, mustConfig(t, fmt.Sprintf("services:\n  - {name: pp, listen: \"%s\", send_proxy: %s, servers: [%s]}\n", listen, tc.service, server)), Options{})
+			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(tc.client)}}
+			c, err := d.Dial(tc.network, listen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := fmt.Sprintf("%s %s %s", tc.want, c.LocalAddr(), listen)
+			if got := strings.TrimSpace(line); got != want {
+				t.Errorf("the server saw %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// For a mark service the header names the client's original destination:
+// the VIP and the port it connected to, which TPROXY keeps as the accepted
+// socket's local address (not the transparent listener's port).
+func TestSendProxyMarkService(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 1, Backends: 1, Label: "ppmark"})
+	ln, err := env.Backends[0].Listen("tcp", ":443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				h, err := proxyproto.Read(bufio.NewReader(c))
+				if err != nil {
+					fmt.Fprintf(c, "no header: %v\n", err)
+					return
+				}
+				fmt.Fprintf(c, "v%d %s %s\n", h.Version, h.SourceAddr, h.DestinationAddr)
+			}()
+		}
+	}()
+	startInLB(t, env, fmt.Sprintf("marks:\n  - {name: web, mark: 0x100, addresses: [%s], ports: [80, 443]}\nservices:\n  - {name: web, fwmark: 0x100, send_proxy: v2, servers: [{address: %s}]}\n",
+		testenv.VIP, testenv.BackendAddr(0)), Options{})
+	client := env.Clients[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	vip := netip.AddrPortFrom(testenv.VIP, 443)
+	c, err := client.Dial(ctx, "tcp", client.Addr(0), vip.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("v2 %s %s", c.LocalAddr(), vip); strings.TrimSpace(line) != want {
+		t.Errorf("the server saw %q, want %q", strings.TrimSpace(line), want)
+	}
+}
