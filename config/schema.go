@@ -183,6 +183,13 @@ type Service struct {
 	// what it connected to (a mark service's original destination): TCP,
 	// socket and transparent proxy. A server's own setting replaces it.
 	SendProxy ProxyProtocol `yaml:"send_proxy,omitempty"`
+	// AcceptProxy are the sources (a balancer in front of tether) whose
+	// connections start with a PROXY header, v1 or v2: their client is the
+	// header's source, for persistence, access lists, logs and send_proxy.
+	// Connections from elsewhere are their own clients. TCP only.
+	AcceptProxy []string `yaml:"accept_proxy,omitempty"`
+	// AcceptProxyNets is AcceptProxy parsed.
+	AcceptProxyNets []netip.Prefix `yaml:"-"`
 	// Allow and Deny are client addresses or prefixes: a client in Deny
 	// is refused, and so is one outside a non-empty Allow (a TCP client
 	// gets a reset, a UDP one nothing). Deny beats Allow.

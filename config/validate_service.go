@@ -37,6 +37,11 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 		v.checkSendProxy(p, s, sv.SendProxy, fmt.Sprintf("%s.servers[%d].send_proxy", p, j))
 	}
 	var err error
+	if s.AcceptProxyNets, err = parseNets(s.AcceptProxy); err != nil {
+		v.errf(p+".accept_proxy", "%v", err)
+	} else if len(s.AcceptProxy) > 0 && (s.Protocol == UDP || s.Mode == ModeDirector) {
+		v.errf(p+".accept_proxy", "is for TCP services in the socket proxy")
+	}
 	if s.AllowNets, err = parseNets(s.Allow); err != nil {
 		v.errf(p+".allow", "%v", err)
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
+	"github.com/tetherlb/tether/api"
 	"github.com/tetherlb/tether/testenv"
 )
 
@@ -136,5 +138,77 @@ func TestSendProxyMarkService(t *testing.T) {
 	}
 	if want := fmt.Sprintf("v2 %s %s", c.LocalAddr(), vip); strings.TrimSpace(line) != want {
 		t.Errorf("the server saw %q, want %q", strings.TrimSpace(line), want)
+	}
+}
+
+// accept_proxy: a connection from a trusted balancer starts with a PROXY
+// header (v1 or v2), and its client is the one the header names: the
+// template is that client's, and send_proxy passes it on; the bytes after
+// the header reach the server intact. A trusted source without a valid
+// header is refused; an untrusted one is its own client.
+func TestAcceptProxy(t *testing.T) {
+	// The server reads the header tether sends and the client's first
+	// line after it, and answers with both.
+	sln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sln.Close()
+	go func() {
+		for {
+			c, err := sln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				h, err := proxyproto.Read(r)
+				if err != nil {
+					return
+				}
+				line, _ := r.ReadString('\n')
+				fmt.Fprintf(c, "v%d %s %s %s\n", h.Version, h.SourceAddr, h.DestinationAddr, strings.TrimSpace(line))
+			}()
+		}
+	}()
+	backend := sln.Addr().String()
+	listen := freeAddr(t)
+	p := startProxy(t, mustConfig(t, fmt.Sprintf("services:\n  - {name: pp, listen: %s, accept_proxy: [127.7.0.0/16], send_proxy: v1, persistence: {}, servers: [{address: %s}]}\n", listen, backend)), Options{})
+	ask := func(from string, header *proxyproto.Header) (string, error) {
+		d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		c, err := d.Dial("tcp", listen)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		var b bytes.Buffer
+		if header != nil {
+			header.WriteTo(&b)
+		}
+		b.WriteString("hello\n") // in the same segment as the header
+		if _, err := c.Write(b.Bytes()); err != nil {
+			return "", err
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(line), err
+	}
+	real := &net.TCPAddr{IP: net.ParseIP("198.51.100.7"), Port: 40000}
+	dst, _ := net.ResolveTCPAddr("tcp", listen)
+	for _, version := range []byte{1, 2} {
+		got, err := ask("127.7.0.1", proxyproto.HeaderProxyFromAddrs(version, real, dst))
+		if want := "v1 198.51.100.7:40000 " + listen + " hello"; err != nil || got != want {
+			t.Errorf("v%d header from a trusted source: the server saw %q (%v), want %q", version, got, err, want)
+		}
+	}
+	if ts, _ := p.Templates(api.TemplateFilter{}); len(ts) != 1 || ts[0].Client != "198.51.100.7/32" {
+		t.Errorf("templates %+v: want the header's client's only", ts)
+	}
+	if got, err := ask("127.7.0.2", nil); err == nil {
+		t.Errorf("a trusted source without a header was served: %q", got)
+	}
+	if got, err := ask("127.8.0.1", nil); err != nil || !strings.HasPrefix(got, "v1 127.8.0.1:") {
+		t.Errorf("an untrusted source: the server saw %q (%v), want it as its own client", got, err)
 	}
 }

@@ -40,6 +40,19 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 		p.accessLog(st, "tcp", src, netip.AddrPort{}, lg, "refused: the service's connection cap")
 		return
 	}
+	if trusted(st.cfg.AcceptProxyNets, src.Addr()) {
+		client.SetReadDeadline(time.Now().Add(proxyHeaderTimeout))
+		real, err := readProxyHeader(client)
+		client.SetReadDeadline(time.Time{})
+		if err != nil {
+			p.count("connections", "bad_proxy_header", 1, st.labels)
+			p.rlog.Log(slog.LevelWarn, "a trusted source's connection without a valid PROXY header closed", "service", st.cfg.Name, "source", src, "err", err)
+			client.Close()
+			p.accessLog(st, "tcp", src, netip.AddrPort{}, lg, "refused: "+err.Error())
+			return
+		}
+		src = real // the client the balancer in front saw
+	}
 	if !st.cfg.Admits(src.Addr()) {
 		p.count("connections", "denied", 1, st.labels)
 		client.SetLinger(0) // the close sends a reset
@@ -63,7 +76,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	p.conns.add(backend)
 	defer p.conns.remove(backend)
 	if v := st.sendProxy[srv]; v != "" {
-		if err := sendProxyHeader(backend, v, client); err != nil {
+		if err := sendProxyHeader(backend, v, src, client); err != nil {
 			backend.Close()
 			client.Close()
 			p.accessLog(st, "tcp", src, serverAddr(srv, dport), lg, "aborted: the PROXY header: "+err.Error())
@@ -137,4 +150,18 @@ func (p *Proxy) dialServer(st *serviceState, srv *server, dport uint16) (*net.TC
 		return nil, err
 	}
 	return c.(*net.TCPConn), nil
+}
+
+// proxyHeaderTimeout bounds the wait for a trusted balancer's PROXY header.
+const proxyHeaderTimeout = 5 * time.Second
+
+// trusted says a is in nets (accept_proxy's sources).
+func trusted(nets []netip.Prefix, a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range nets {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
