@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tetherlb/tether/tcprelay"
 )
 
 // plainEcho is a backend that greets with "a\n" and echoes through a
@@ -119,9 +121,9 @@ func TestDescriptorsPerConnection(t *testing.T) {
 	}
 	wg.Wait()
 	settle(0)
-	if left := openFDs(t) - base; left > 2*pipesIdle+8 {
-		t.Errorf("%d descriptors left after the burst, want at most %d (the pool's idle pipes)", left, 2*pipesIdle)
+	if left := openFDs(t) - base; left > 2*tcprelay.PipesIdle+8 {
+		t.Errorf("%d descriptors left after the burst, want at most %d (the pool's idle pipes)", left, 2*tcprelay.PipesIdle)
 	}
-	t.Logf("pipes open after the burst: %d", p.pipes.open.Load())
+	t.Logf("pipes open after the burst: %d", p.tcp.Pipes())
 
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -8,20 +9,23 @@ import (
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/tetherlb/tether/acceptloop"
+	"github.com/tetherlb/tether/proxyheader"
+	"github.com/tetherlb/tether/tcprelay"
 )
 
 // acceptLoop runs until the service's listener is closed.
 func (p *Proxy) acceptLoop(svc *service) {
 	defer close(svc.done)
-	acceptor{
-		accept: svc.ln.AcceptTCP,
-		serve: func(c *net.TCPConn) {
+	acceptloop.Loop{
+		Accept: svc.ln.AcceptTCP,
+		Serve: func(c *net.TCPConn) {
 			p.conns.wg.Add(1)
 			go p.serveTCP(svc, c, 0)
 		},
-		failed: p.acceptFailed(svc.ln.Addr().String()),
-		sleep:  time.Sleep,
-	}.run()
+		Failed: p.acceptFailed(svc.ln.Addr().String()),
+		Sleep:  time.Sleep,
+	}.Run()
 }
 
 // serveTCP handles one client connection from accept to close. dport is
@@ -42,7 +46,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	}
 	if trusted(st.cfg.AcceptProxyNets, src.Addr()) {
 		client.SetReadDeadline(time.Now().Add(proxyHeaderTimeout))
-		real, err := readProxyHeader(client)
+		real, err := proxyheader.Read(client)
 		client.SetReadDeadline(time.Time{})
 		if err != nil {
 			p.count("connections", "bad_proxy_header", 1, st.labels)
@@ -76,7 +80,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	p.conns.add(backend)
 	defer p.conns.remove(backend)
 	if v := st.sendProxy[srv]; v != "" {
-		if err := sendProxyHeader(backend, v, src, client); err != nil {
+		if err := proxyheader.Write(backend, v, src, client); err != nil {
 			backend.Close()
 			client.Close()
 			p.accessLog(st, "tcp", src, serverAddr(srv, dport), lg, "aborted: the PROXY header: "+err.Error())
@@ -87,7 +91,17 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	slabels := st.serverLabels(srv)
 	p.count("server", "connections", 1, slabels)
 
-	in, out, end := p.relay(client, backend, st.cfg.Limits.IdleTimeout.D())
+	in, out, err := p.tcp.Copy(client, backend, st.cfg.Limits.IdleTimeout.D())
+	end := "closed"
+	switch {
+	case err == nil:
+	case errors.Is(err, tcprelay.ErrIdle):
+		end = "idle timeout"
+	case p.ctx.Err() != nil:
+		end = "stopped: the drain deadline passed"
+	default:
+		end = "aborted: " + err.Error()
+	}
 	if !lg.start.IsZero() {
 		lg.in.Store(in)
 		lg.out.Store(out)
@@ -164,4 +178,12 @@ func trusted(nets []netip.Prefix, a netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// acceptFailed counts and logs (at most once a second) a failed accept.
+func (p *Proxy) acceptFailed(listener string) func(error, time.Duration) {
+	return func(err error, retry time.Duration) {
+		p.count("connections", "accept_errors", 1, nil)
+		p.rlog.Log(slog.LevelError, "accept failed; backing off", "listener", listener, "err", err, "retry_in", retry)
+	}
 }

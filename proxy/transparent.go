@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/tetherlb/tether/acceptloop"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/hostnet"
 	"github.com/tetherlb/tether/marks"
@@ -190,8 +191,8 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		}
 		p.tp = tp
 		p.log.Info("firewall-mark services: nftables table applied, transparent listener open", "port", tp.port, "classes", len(set.Classes))
-		p.checkBridgeNetfilter()
-		if err := p.checkFwmarkAccept(); err != nil {
+		// On the namespace thread: /proc/sys/net follows it.
+		if err := hostnet.CheckTProxy(p.log, p.setSysctls); err != nil {
 			return err
 		}
 	}
@@ -228,43 +229,13 @@ func (p *Proxy) removeMarks() error {
 	return err
 }
 
-// checkBridgeNetfilter warns when br_netfilter would run the IP hooks for
-// bridged frames (hostnet.BridgeCallsIPTables). It reads the sysctl on
-// this goroutine, which runs in the proxy's namespace while Start or
-// Reload runs.
-func (p *Proxy) checkBridgeNetfilter() {
-	if hostnet.BridgeCallsIPTables() {
-		p.log.Warn("net.bridge.bridge-nf-call-iptables=1: TPROXY fails for clients that reach the VIP through a bridge of this host; set it to 0 in this network namespace if the ingress is a bridge")
-	}
-}
-
-// checkFwmarkAccept sets net.ipv4.tcp_fwmark_accept=1 when allowed to, and
-// otherwise says that tether classifies by original destination and how
-// to change that. Like checkBridgeNetfilter it runs on the proxy's
-// namespace thread.
-func (p *Proxy) checkFwmarkAccept() error {
-	if hostnet.FwmarkAccept() {
-		return nil
-	}
-	if p.setSysctls {
-		if err := hostnet.SetFwmarkAccept(); err != nil {
-			return fmt.Errorf("--set-sysctls: %w", err)
-		}
-		p.log.Info("set net.ipv4.tcp_fwmark_accept=1 (--set-sysctls): services are found by socket mark")
-		return nil
-	}
-	p.log.Info("net.ipv4.tcp_fwmark_accept=0: mark services are found by original destination, as the rules classify; " +
-		"set it to 1 (sysctl -w net.ipv4.tcp_fwmark_accept=1, or tether run --set-sysctls) to use the socket mark")
-	return nil
-}
-
 // acceptTransparent accepts TPROXYed connections until l is closed, and
 // serves each as a connection of the mark service it classifies to.
 func (p *Proxy) acceptTransparent(tp *transparent, l *net.TCPListener) {
 	defer tp.wg.Done()
-	acceptor{
-		accept: l.AcceptTCP,
-		serve: func(c *net.TCPConn) {
+	acceptloop.Loop{
+		Accept: l.AcceptTCP,
+		Serve: func(c *net.TCPConn) {
 			svc, dport := p.classify(tp, c)
 			if svc == nil {
 				p.count("connections", "unclassified", 1, nil)
@@ -274,9 +245,9 @@ func (p *Proxy) acceptTransparent(tp *transparent, l *net.TCPListener) {
 			p.conns.wg.Add(1)
 			go p.serveTCP(svc, c, dport)
 		},
-		failed: p.acceptFailed("transparent " + l.Addr().String()),
-		sleep:  time.Sleep,
-	}.run()
+		Failed: p.acceptFailed("transparent " + l.Addr().String()),
+		Sleep:  time.Sleep,
+	}.Run()
 }
 
 // classify finds the mark service of a TPROXYed connection: by the

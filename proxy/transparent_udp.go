@@ -16,6 +16,7 @@ import (
 
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/lruset"
 	"github.com/tetherlb/tether/marks"
 	"github.com/tetherlb/tether/udpbatch"
 	"golang.org/x/sys/unix"
@@ -49,12 +50,12 @@ type tflow struct {
 
 // tflows are the transparent UDP flows, and the goroutines that relay them.
 type tflows struct {
-	*lruSet[tflowKey, *tflow]
+	*lruset.Set[tflowKey, *tflow]
 	wg sync.WaitGroup
 }
 
 func newTFlows(size int) *tflows {
-	return &tflows{lruSet: newLRUSet[tflowKey, *tflow](size)}
+	return &tflows{Set: lruset.New[tflowKey, *tflow](size)}
 }
 
 // transparentUDPControl makes a socket transparent (it may bind and send
@@ -181,7 +182,7 @@ func (p *Proxy) serveTransparentUDP(tp *transparent, l *net.UDPConn) {
 // matches.
 func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, error) {
 	ft := tp.uflows
-	f, ok := ft.get(k)
+	f, ok := ft.Get(k)
 	if ok && !f.closed.Load() {
 		return f, nil
 	}
@@ -204,7 +205,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 		p.count("udp", "denied", 1, st.labels)
 		return nil, errDenied
 	}
-	if !roomForFlow(p, ft.lruSet, p.closeTFlow) {
+	if !roomForFlow(p, ft.Set, p.closeTFlow) {
 		return nil, errors.New("udp_max_flows reached")
 	}
 	ch, err := p.choose(st, k.client.Addr(), nil)
@@ -244,7 +245,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 	p.flowsTotal.Add(1)
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
-	for _, e := range ft.add(k, f) {
+	for _, e := range ft.Add(k, f) {
 		p.count("udp", "flows_evicted", 1, st.labels)
 		p.closeTFlow(e, "evicted: the flow cap")
 	}
@@ -272,7 +273,7 @@ func (p *Proxy) tflowCopy(ft *tflows, f *tflow, from *net.UDPConn, fromRC, toRC 
 			if !errors.Is(err, os.ErrDeadlineExceeded) || armIdle(from, &f.last, idle) {
 				continue
 			}
-			ft.remove(f.key, f)
+			ft.Remove(f.key, f)
 			p.closeTFlow(f, "idle timeout")
 			return
 		}
@@ -302,7 +303,7 @@ func (p *Proxy) closeTFlow(f *tflow, end string) {
 
 // closeTFlows ends every transparent flow and waits for their goroutines.
 func (p *Proxy) closeTFlows(ft *tflows) {
-	for _, f := range ft.drain() {
+	for _, f := range ft.Drain() {
 		p.closeTFlow(f, "stopped")
 	}
 	ft.wg.Wait()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/lruset"
 	"github.com/tetherlb/tether/udpbatch"
 	"golang.org/x/sys/unix"
 )
@@ -38,9 +39,9 @@ type flow struct {
 }
 
 // flowTable is a service's flows, by client address:port.
-type flowTable = lruSet[netip.AddrPort, *flow]
+type flowTable = lruset.Set[netip.AddrPort, *flow]
 
-func newFlowTable(size int) *flowTable { return newLRUSet[netip.AddrPort, *flow](size) }
+func newFlowTable(size int) *flowTable { return lruset.New[netip.AddrPort, *flow](size) }
 
 // UDPFlows is the number of open flows of the UDP service listening on
 // listen (for tests and the admin listing).
@@ -128,7 +129,7 @@ func (p *Proxy) serveUDP(svc *service) {
 // flowFor returns the client's flow, making it (scheduled through the
 // persistence table) when there is none.
 func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *sync.WaitGroup) (*flow, error) {
-	f, ok := svc.flows.get(src)
+	f, ok := svc.flows.Get(src)
 	if ok && !f.closed.Load() {
 		return f, nil
 	}
@@ -161,7 +162,7 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 	p.flowsTotal.Add(1)
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
-	for _, e := range svc.flows.add(src, f) {
+	for _, e := range svc.flows.Add(src, f) {
 		p.count("udp", "flows_evicted", 1, st.labels)
 		p.closeFlow(e, "evicted: the service's flow cap")
 	}
@@ -198,7 +199,7 @@ func (p *Proxy) flowReplies(svc *service, f *flow) {
 			if !errors.Is(err, os.ErrDeadlineExceeded) && !f.closed.Load() {
 				continue // ICMP refusal and the like: the server may come back
 			}
-			svc.flows.remove(f.client, f)
+			svc.flows.Remove(f.client, f)
 			p.closeFlow(f, "idle timeout")
 			return
 		}
@@ -237,7 +238,7 @@ func (p *Proxy) closeFlow(f *flow, end string) {
 }
 
 func (p *Proxy) closeFlows(svc *service) {
-	for _, f := range svc.flows.drain() {
+	for _, f := range svc.flows.Drain() {
 		p.closeFlow(f, "stopped")
 	}
 }

@@ -1,4 +1,4 @@
-package proxy
+package lruset
 
 import (
 	"sync"
@@ -6,31 +6,30 @@ import (
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
-// lruSet is a bounded set of flows, UDP's stand-in for connections: at the
-// bound the least recently used goes, so a flood of spoofed sources cannot
-// grow memory. What it pushes out is handed back to the caller, to be
-// closed after the lock is released (never close a socket or release a
-// template under this lock).
-type lruSet[K comparable, V comparable] struct {
+// Set is a bounded set: at the bound the least recently used goes. What
+// it pushes out is handed back to the caller, to be closed after the lock
+// is released (never close a socket or release a template under this
+// lock).
+type Set[K comparable, V comparable] struct {
 	mu      sync.Mutex
 	lru     *simplelru.LRU[K, V]
 	evicted []V // filled by the LRU's callback under mu, emptied before mu is released
 }
 
-func newLRUSet[K comparable, V comparable](size int) *lruSet[K, V] {
-	s := &lruSet[K, V]{}
+func New[K comparable, V comparable](size int) *Set[K, V] {
+	s := &Set[K, V]{}
 	s.lru, _ = simplelru.NewLRU[K, V](max(size, 1), func(_ K, v V) { s.evicted = append(s.evicted, v) })
 	return s
 }
 
-func (s *lruSet[K, V]) get(k K) (V, bool) {
+func (s *Set[K, V]) Get(k K) (V, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.lru.Get(k)
 }
 
-// add stores v and returns what the bound pushed out.
-func (s *lruSet[K, V]) add(k K, v V) []V {
+// Add stores v and returns what the bound pushed out.
+func (s *Set[K, V]) Add(k K, v V) []V {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.lru.Add(k, v)
@@ -39,8 +38,8 @@ func (s *lruSet[K, V]) add(k K, v V) []V {
 	return out
 }
 
-// remove drops k if it still holds v (a newer flow may have taken k).
-func (s *lruSet[K, V]) remove(k K, v V) {
+// Remove drops k if it still holds v (a newer flow may have taken k).
+func (s *Set[K, V]) Remove(k K, v V) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if cur, ok := s.lru.Peek(k); ok && cur == v {
@@ -49,8 +48,8 @@ func (s *lruSet[K, V]) remove(k K, v V) {
 	s.evicted = nil
 }
 
-// removeOldest drops the least recently used entry and returns it.
-func (s *lruSet[K, V]) removeOldest() (V, bool) {
+// RemoveOldest drops the least recently used entry and returns it.
+func (s *Set[K, V]) RemoveOldest() (V, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, v, ok := s.lru.RemoveOldest()
@@ -58,8 +57,8 @@ func (s *lruSet[K, V]) removeOldest() (V, bool) {
 	return v, ok
 }
 
-// removeIf drops every entry match selects and returns them.
-func (s *lruSet[K, V]) removeIf(match func(V) bool) []V {
+// RemoveIf drops every entry match selects and returns them.
+func (s *Set[K, V]) RemoveIf(match func(V) bool) []V {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []V
@@ -73,8 +72,8 @@ func (s *lruSet[K, V]) removeIf(match func(V) bool) []V {
 	return out
 }
 
-// drain empties the set and returns what it held.
-func (s *lruSet[K, V]) drain() []V {
+// Drain empties the set and returns what it held.
+func (s *Set[K, V]) Drain() []V {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var all []V
@@ -89,14 +88,14 @@ func (s *lruSet[K, V]) drain() []V {
 }
 
 // Len is the number of flows held.
-func (s *lruSet[K, V]) Len() int {
+func (s *Set[K, V]) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.lru.Len()
 }
 
-// resize sets the bound and returns what a smaller one pushed out.
-func (s *lruSet[K, V]) resize(size int) []V {
+// Resize sets the bound and returns what a smaller one pushed out.
+func (s *Set[K, V]) Resize(size int) []V {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.lru.Resize(max(size, 1))

@@ -1,4 +1,4 @@
-package proxy
+package proxyheader
 
 import (
 	"bufio"
@@ -15,12 +15,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sendProxyHeader writes the PROXY protocol header of client's connection
+// Write writes the PROXY protocol header of client's connection
 // to backend, before any of the client's bytes: the client's address (src:
 // its own, or the one a trusted balancer's header named) and what it
 // connected to (its local address: the VIP:port, or a mark
 // service's original destination under TPROXY).
-func sendProxyHeader(backend net.Conn, v config.ProxyProtocol, src netip.AddrPort, client *net.TCPConn) error {
+func Write(backend net.Conn, v config.ProxyProtocol, src netip.AddrPort, client *net.TCPConn) error {
 	version := byte(2)
 	if v == config.ProxyV1 {
 		version = 1
@@ -37,10 +37,10 @@ const maxProxyHeader = 1024
 // v2Signature starts a PROXY v2 header.
 var v2Signature = []byte("\r\n\r\n\x00\r\nQUIT\n")
 
-// proxyHeaderLen says how long the header at the start of b is: n > 0 when
+// headerLen says how long the header at the start of b is: n > 0 when
 // b holds it whole, 0 when more bytes are needed, an error when b does not
 // start with one.
-func proxyHeaderLen(b []byte) (int, error) {
+func headerLen(b []byte) (int, error) {
 	switch {
 	case bytes.HasPrefix(b, []byte("PROXY ")):
 		if i := bytes.Index(b, []byte("\r\n")); i >= 0 {
@@ -68,12 +68,12 @@ func proxyHeaderLen(b []byte) (int, error) {
 	return 0, errors.New("no PROXY header")
 }
 
-// readProxyHeader reads the PROXY header a trusted balancer put in front
+// Read reads the PROXY header a trusted balancer put in front
 // of c's bytes and returns the client it names. It peeks until the whole
 // header is there and then consumes exactly its bytes, so that what the
 // client sent after it stays in the socket for the relay. The caller sets
 // c's read deadline.
-func readProxyHeader(c *net.TCPConn) (netip.AddrPort, error) {
+func Read(c *net.TCPConn) (netip.AddrPort, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return netip.AddrPort{}, err
@@ -94,7 +94,7 @@ func readProxyHeader(c *net.TCPConn) (netip.AddrPort, error) {
 			herr = io.ErrUnexpectedEOF
 			return true
 		}
-		hlen, herr = proxyHeaderLen(buf[:n])
+		hlen, herr = headerLen(buf[:n])
 		return hlen > 0 || herr != nil // else: wait for the rest of the header
 	})
 	if err == nil {

@@ -1,4 +1,4 @@
-package proxy
+package acceptloop
 
 import (
 	"net"
@@ -18,16 +18,16 @@ func TestAcceptBacksOff(t *testing.T) {
 	script := []error{emfile, emfile, emfile, emfile, emfile, emfile, emfile, emfile, emfile, nil, emfile, net.ErrClosed}
 	var slept []time.Duration
 	served, failures := 0, 0
-	acceptor{
-		accept: func() (*net.TCPConn, error) {
+	Loop{
+		Accept: func() (*net.TCPConn, error) {
 			err := script[0]
 			script = script[1:]
 			return nil, err
 		},
-		serve:  func(*net.TCPConn) { served++ },
-		failed: func(error, time.Duration) { failures++ },
-		sleep:  func(d time.Duration) { slept = append(slept, d) },
-	}.run()
+		Serve:  func(*net.TCPConn) { served++ },
+		Failed: func(error, time.Duration) { failures++ },
+		Sleep:  func(d time.Duration) { slept = append(slept, d) },
+	}.Run()
 	ms := time.Millisecond
 	want := []time.Duration{5 * ms, 10 * ms, 20 * ms, 40 * ms, 80 * ms, 160 * ms, 320 * ms, 640 * ms, time.Second, 5 * ms}
 	if diff := cmp.Diff(want, slept); diff != "" {

@@ -1,4 +1,4 @@
-package proxy
+package tcprelay
 
 import (
 	"errors"
@@ -34,35 +34,56 @@ const (
 	spliceChunk = pipeSize
 )
 
-// relay copies both ways until both directions are done and returns the
-// bytes from the client (in) and to it (out), and how the connection
-// ended. At EOF a direction is half-closed with CloseWrite, so a client
-// that shuts down its sending side still gets the whole reply. An error in
-// one direction aborts both.
-func (p *Proxy) relay(client, backend *net.TCPConn, idle time.Duration) (in, out int64, end string) {
-	c := &connCopy{p: p, idle: idle}
+// Relay copies TCP connections: its buffers and its bounded pipe pool are
+// shared by all of them.
+type Relay struct {
+	bufs  sync.Pool // *[copyBuf]byte: a direction borrows one per read
+	pipes *pipePool
+	// maxPipes is the pipe bound in force (budget.Caps.Pipes).
+	maxPipes func() int
+}
+
+// New makes a Relay whose pipes are bounded by maxPipes, read at each
+// lend.
+func New(maxPipes func() int) *Relay {
+	r := &Relay{pipes: newPipePool(), maxPipes: maxPipes}
+	r.bufs.New = func() any { return new([copyBuf]byte) }
+	return r
+}
+
+// Close closes the idle pipes; pipes lent now are closed as they come
+// back.
+func (r *Relay) Close() { r.pipes.close() }
+
+// Pipes is the number of pipes open, lent or idle.
+func (r *Relay) Pipes() int { return int(r.pipes.open.Load()) }
+
+// ErrIdle ends a connection silent both ways for its idle timeout.
+var ErrIdle = errors.New("idle timeout")
+
+// Copy copies both ways until both directions are done and returns the
+// bytes from the client (in) and to it (out), and the error that ended a
+// direction first, if any (ErrIdle for the idle timeout). At EOF a
+// direction is half-closed with CloseWrite, so a client that shuts down its
+// sending side still gets the whole reply. An error in one direction
+// aborts both. Both connections are closed when it returns.
+func (r *Relay) Copy(client, backend *net.TCPConn, idle time.Duration) (in, out int64, err error) {
+	c := &connCopy{r: r, idle: idle}
 	done := make(chan int64, 1)
 	go func() { done <- c.half(backend, client, &c.clientIdle, &c.backendIdle) }()
 	out = c.half(client, backend, &c.backendIdle, &c.clientIdle)
 	in = <-done
 	client.Close()
 	backend.Close()
-	end = "closed"
-	switch err := c.err.Load(); {
-	case err == nil:
-	case errors.Is(*err, errIdle):
-		end = "idle timeout"
-	case p.ctx.Err() != nil:
-		end = "stopped: the drain deadline passed"
-	default:
-		end = "aborted: " + (*err).Error()
+	if e := c.err.Load(); e != nil {
+		err = *e
 	}
-	return in, out, end
+	return in, out, err
 }
 
 // connCopy is one connection's two directions.
 type connCopy struct {
-	p    *Proxy
+	r    *Relay
 	idle time.Duration
 	// clientIdle and backendIdle: that direction saw no byte for the idle
 	// timeout, or has ended; the connection ends when both are.
@@ -84,7 +105,7 @@ func (c *connCopy) half(dst, src *net.TCPConn, self, other *atomic.Bool) int64 {
 	var sp *spipe
 	defer func() {
 		if sp != nil {
-			c.p.pipes.put(sp)
+			c.r.pipes.put(sp)
 			c.piped.Store(false)
 		}
 	}()
@@ -101,7 +122,7 @@ func (c *connCopy) half(dst, src *net.TCPConn, self, other *atomic.Bool) int64 {
 			var full bool
 			n, full, err = c.copyBuffered(dst, srcRC)
 			if full && c.piped.CompareAndSwap(false, true) {
-				if sp = c.p.pipes.get(c.p.caps.Load().Pipes); sp == nil {
+				if sp = c.r.pipes.get(c.r.maxPipes()); sp == nil {
 					c.piped.Store(false) // none free: go on through the buffer
 				}
 			}
@@ -118,7 +139,7 @@ func (c *connCopy) half(dst, src *net.TCPConn, self, other *atomic.Bool) int64 {
 			if !other.Load() {
 				continue
 			}
-			err = errIdle
+			err = ErrIdle
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			continue
 		case errors.Is(err, io.EOF):
@@ -142,18 +163,18 @@ func (c *connCopy) copyBuffered(dst *net.TCPConn, src syscall.RawConn) (n int, f
 	var rerr error
 	err = src.Read(func(fd uintptr) bool {
 		if buf == nil {
-			buf = c.p.bufs.Get().(*[copyBuf]byte)
+			buf = c.r.bufs.Get().(*[copyBuf]byte)
 		}
 		n, rerr = unix.Read(int(fd), buf[:])
 		if rerr == unix.EAGAIN { // nothing yet: wait without the buffer
-			c.p.bufs.Put(buf)
+			c.r.bufs.Put(buf)
 			buf = nil
 			return false
 		}
 		return true
 	})
 	if buf != nil {
-		defer c.p.bufs.Put(buf)
+		defer c.r.bufs.Put(buf)
 	}
 	if err == nil {
 		err = rerr
@@ -170,10 +191,8 @@ func (c *connCopy) copyBuffered(dst *net.TCPConn, src syscall.RawConn) (n int, f
 	return n, n == copyBuf, nil
 }
 
-var errIdle = errors.New("idle timeout")
-
 // finish ends one direction: a clean EOF half-closes, an error aborts both.
-// The second direction to end skips the half-close: relay closes both
+// The second direction to end skips the half-close: Copy closes both
 // sockets next, and the close sends the FIN (a system call less for every
 // connection; both receive queues are drained, so it is a FIN, not a RST).
 func finish(dst, src *net.TCPConn, err error, ended *atomic.Int32) {
@@ -231,8 +250,8 @@ func (sp *spipe) move(dst, src syscall.RawConn) (int, error) {
 	return int(n), nil
 }
 
-// pipePool lends splice pipes: at most a bound at once (budget.Caps.Pipes,
-// counted in descriptors with the rest), and keeps a few idle ones for
+// pipePool lends splice pipes: at most a bound at once (the Relay's
+// maxPipes, counted in descriptors with the rest), and keeps a few idle ones for
 // reuse; the others are closed as soon as they come back, so a burst of
 // bulk transfers leaves no descriptors behind.
 type pipePool struct {
@@ -242,10 +261,10 @@ type pipePool struct {
 	done bool
 }
 
-// pipesIdle is how many idle pipes the pool keeps.
-const pipesIdle = 32
+// PipesIdle is how many idle pipes the pool keeps.
+const PipesIdle = 32
 
-func newPipePool() *pipePool { return &pipePool{idle: make(chan *spipe, pipesIdle)} }
+func newPipePool() *pipePool { return &pipePool{idle: make(chan *spipe, PipesIdle)} }
 
 // get lends a pipe, or nil when max are out (or the kernel refused one).
 func (pp *pipePool) get(max int) *spipe {
