@@ -3,11 +3,9 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"sync/atomic"
 
 	"github.com/google/nftables"
-	metrics "github.com/hashicorp/go-metrics"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/director"
 	"github.com/tetherlb/tether/nft"
@@ -270,27 +268,7 @@ func (p *Proxy) stopDirector() error {
 // emitDirectorMetrics reports the director's counters and the kernel's
 // counts per queue.
 func (p *Proxy) emitDirectorMetrics() {
-	dp := p.dir.Load()
-	if dp == nil {
-		return
-	}
-	s := dp.d.Stats()
-	for _, c := range []struct {
-		name string
-		v    uint64
-	}{
-		{"verdicts", s.Verdicts}, {"queue_errors", s.QueueErrors}, {"unparsed", s.Unparsed}, {"unknown", s.Unknown}, {"no_server", s.NoServer}, {"denied", s.Denied},
-		{"verdict_errors", s.VerdictErrors}, {"overruns", s.Overruns}, {"flows_ended", s.FlowsEnded}, {"flows_reconciled", s.Reconciled},
-	} {
-		p.met.SetGauge([]string{"director", c.name}, float32(c.v))
-	}
-	p.met.SetGauge([]string{"director", "flows"}, float32(s.Flows))
-	// queue_dropped: for a full queue; user_dropped: for a full socket
-	// buffer.
-	for _, q := range director.ReadQueueStats(p.do) {
-		l := []metrics.Label{{Name: "queue", Value: strconv.Itoa(int(q.Num))}}
-		p.met.SetGaugeWithLabels([]string{"director", "queue_dropped"}, float32(q.QueueDropped), l)
-		p.met.SetGaugeWithLabels([]string{"director", "user_dropped"}, float32(q.UserDropped), l)
-		p.met.SetGaugeWithLabels([]string{"director", "queue_length"}, float32(q.Waiting), l)
+	if dp := p.dir.Load(); dp != nil {
+		dp.d.EmitMetrics(p.met, p.do)
 	}
 }
