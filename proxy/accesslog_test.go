@@ -2,36 +2,19 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
 
-// lockedBuffer is a log sink the test reads while the proxy writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// lines are the access lines logged so far, decoded.
-func (l *lockedBuffer) lines(t *testing.T) []map[string]any {
-	t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// accessLines are the access lines logged to l so far, decoded.
+func accessLines(l *syncBuffer) []map[string]any {
 	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(l.b.String()), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(l.String()), "\n") {
 		var m map[string]any
 		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "access" {
 			out = append(out, m)
@@ -47,7 +30,7 @@ func TestAccessLog(t *testing.T) {
 	b := startBackend(t, "a")
 	u := udpBackend(t, "u")
 	for _, on := range []bool{true, false} {
-		var logs lockedBuffer
+		var logs syncBuffer
 		listen, ulisten := freeAddr(t), freeUDPAddr(t)
 		al := ""
 		if on {
@@ -79,7 +62,7 @@ func TestAccessLog(t *testing.T) {
 		}
 		var got []map[string]any
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			if got = logs.lines(t); len(got) >= want && (want > 0 || p.UDPFlows(netip.MustParseAddrPort(ulisten)) == 0) || time.Now().After(deadline) {
+			if got = accessLines(&logs); len(got) >= want && (want > 0 || p.UDPFlows(netip.MustParseAddrPort(ulisten)) == 0) || time.Now().After(deadline) {
 				break
 			}
 		}

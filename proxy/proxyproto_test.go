@@ -16,8 +16,36 @@ import (
 	"github.com/tetherlb/tether/testenv"
 )
 
-// proxyServer is a backend that reads a PROXY header, sends its fields
-// back as a line (version, source, destination), and closes.
+// serveHeaders answers each connection of ln with the PROXY header it
+// starts with (version, source, destination) and, with line, the client's
+// first line after it; then closes.
+func serveHeaders(ln net.Listener, line bool) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			r := bufio.NewReader(c)
+			h, err := proxyproto.Read(r)
+			if err != nil {
+				fmt.Fprintf(c, "no header: %v\n", err)
+				return
+			}
+			after := ""
+			if line {
+				l, _ := r.ReadString('\n')
+				after = " " + strings.TrimSpace(l)
+			}
+			fmt.Fprintf(c, "v%d %s %s%s\n", h.Version, h.SourceAddr, h.DestinationAddr, after)
+		}()
+	}
+}
+
+// proxyServer is a backend on loopback that answers with the PROXY header
+// it gets (serveHeaders).
 func proxyServer(t *testing.T, network, addr string) string {
 	t.Helper()
 	ln, err := net.Listen(network, addr)
@@ -25,24 +53,7 @@ func proxyServer(t *testing.T, network, addr string) string {
 		t.Skipf("no %s loopback: %v", network, err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				h, err := proxyproto.Read(bufio.NewReader(c))
-				if err != nil {
-					fmt.Fprintf(c, "no header: %v\n", err)
-					return
-				}
-				fmt.Fprintf(c, "v%d %s %s\n", h.Version, h.SourceAddr, h.DestinationAddr)
-			}()
-		}
-	}()
+	go serveHeaders(ln, false)
 	return ln.Addr().String()
 }
 
@@ -103,23 +114,7 @@ func TestSendProxyMarkService(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				h, err := proxyproto.Read(bufio.NewReader(c))
-				if err != nil {
-					fmt.Fprintf(c, "no header: %v\n", err)
-					return
-				}
-				fmt.Fprintf(c, "v%d %s %s\n", h.Version, h.SourceAddr, h.DestinationAddr)
-			}()
-		}
-	}()
+	go serveHeaders(ln, false)
 	startInLB(t, env, fmt.Sprintf("marks:\n  - {name: web, mark: 0x100, addresses: [%s], ports: [80, 443]}\nservices:\n  - {name: web, fwmark: 0x100, send_proxy: v2, servers: [{address: %s}]}\n",
 		testenv.VIP, testenv.BackendAddr(0)), Options{})
 	client := env.Clients[0]
@@ -147,31 +142,14 @@ func TestSendProxyMarkService(t *testing.T) {
 // the header reach the server intact. A trusted source without a valid
 // header is refused; an untrusted one is its own client.
 func TestAcceptProxy(t *testing.T) {
-	// The server reads the header tether sends and the client's first
-	// line after it, and answers with both.
+	// The server answers with the header tether sends and the client's
+	// first line after it.
 	sln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sln.Close()
-	go func() {
-		for {
-			c, err := sln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				h, err := proxyproto.Read(r)
-				if err != nil {
-					return
-				}
-				line, _ := r.ReadString('\n')
-				fmt.Fprintf(c, "v%d %s %s %s\n", h.Version, h.SourceAddr, h.DestinationAddr, strings.TrimSpace(line))
-			}()
-		}
-	}()
+	go serveHeaders(sln, true)
 	backend := sln.Addr().String()
 	listen := freeAddr(t)
 	p := startProxy(t, mustConfig(t, fmt.Sprintf("services:\n  - {name: pp, listen: %s, accept_proxy: [127.7.0.0/16], send_proxy: v1, persistence: {}, servers: [{address: %s}]}\n", listen, backend)), Options{})
