@@ -168,6 +168,7 @@ type Stats struct {
 	Expirations   uint64
 	Evictions     uint64
 	Invalidations uint64
+	ClientLimited uint64 // connections refused by MaxClientConns
 }
 
 // Stats sums the counters of all shards.
@@ -185,6 +186,7 @@ func (t *Table) Stats() Stats {
 		s.Expirations += c.Expirations
 		s.Evictions += c.Evictions
 		s.Invalidations += c.Invalidations
+		s.ClientLimited += c.ClientLimited
 	}
 	return s
 }

@@ -28,6 +28,7 @@ func (t *Table) EmitMetrics(m *metrics.Metrics, labels ...metrics.Label) {
 		{"expirations", s.Expirations, last.Expirations},
 		{"evictions", s.Evictions, last.Evictions},
 		{"invalidations", s.Invalidations, last.Invalidations},
+		{"client_limited", s.ClientLimited, last.ClientLimited},
 	} {
 		if c.now > c.was {
 			m.IncrCounterWithLabels([]string{metricsPrefix, c.name}, float32(c.now-c.was), labels)

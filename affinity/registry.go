@@ -23,6 +23,11 @@ type ServiceConfig struct {
 	// ExpireQuiescent drops templates bound to a weight-0 server instead of
 	// honouring them (IPVS's expire_quiescent_template).
 	ExpireQuiescent bool
+	// MaxClientConns bounds the open connections (and UDP flows) of one
+	// template, that is of one masked client group: GetOrBind refuses one
+	// more with ErrClientLimit (HAProxy's sc_conn_cur against a limit).
+	// Zero: no limit.
+	MaxClientConns uint32
 }
 
 func (c ServiceConfig) timeout() time.Duration {
@@ -69,6 +74,9 @@ type ServiceRef uint32
 var (
 	ErrUnknownService = errors.New("affinity: service is not registered")
 	ErrUnknownServer  = errors.New("affinity: server is not registered with the service")
+	// ErrClientLimit: the client group already has its service's
+	// MaxClientConns connections open.
+	ErrClientLimit = errors.New("the client has its service's max_client_connections open")
 )
 
 type serviceInfo struct {
@@ -79,6 +87,11 @@ type serviceInfo struct {
 	servers []netip.AddrPort
 	states  []ServerState
 	index   map[netip.AddrPort]uint32
+}
+
+// full says e has its service's MaxClientConns connections open.
+func (s *serviceInfo) full(e *entry) bool {
+	return s.cfg.MaxClientConns > 0 && e.active >= s.cfg.MaxClientConns
 }
 
 func (s *serviceInfo) usable(server uint32) bool {

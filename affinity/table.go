@@ -218,6 +218,11 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 			sh.remove(i)
 			sh.stats.Expirations++
 		case svc.usable(uint32(e.server)):
+			if svc.full(e) {
+				sh.stats.ClientLimited++
+				sh.mu.Unlock()
+				return Lease{}, ErrClientLimit
+			}
 			sh.open(i, now, true)
 			sh.stats.Hits++
 			l := Lease{Server: svc.servers[e.server], Hit: true, key: k, slot: i, gen: e.generation()}
@@ -255,6 +260,9 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 		if !live || !svc.usable(uint32(e.server)) {
 			e.server = uint16(sv)
 			sh.stats.Binds++
+		} else if svc.full(e) {
+			sh.stats.ClientLimited++
+			return Lease{}, ErrClientLimit
 		}
 	} else {
 		i = sh.insert(k, h, sv, now, t.reg.Load())

@@ -515,3 +515,27 @@ func TestHotClientsSurviveAFlood(t *testing.T) {
 		t.Errorf("Len = %d, bound %d", n, capacity)
 	}
 }
+
+// MaxClientConns bounds the open connections of one client group: one more
+// is refused with ErrClientLimit and counted, another group is not
+// affected, and a release makes room again on the same server.
+func TestMaxClientConns(t *testing.T) {
+	p := newPicker(3)
+	m, _ := ParseMask("255.255.255.0", "")
+	tb, ref, _ := newTestTable(Options{}, ServiceConfig{Mask: m, MaxClientConns: 2}, p)
+	defer tb.Close()
+	a := mustBind(t, tb, ref, netip.MustParseAddr("127.0.5.1"), p)
+	mustBind(t, tb, ref, netip.MustParseAddr("127.0.5.2"), p)
+	if _, err := tb.GetOrBind(ref, netip.MustParseAddr("127.0.5.3"), p); !errors.Is(err, ErrClientLimit) {
+		t.Fatalf("third connection of 127.0.5.0/24: %v, want ErrClientLimit", err)
+	}
+	mustBind(t, tb, ref, netip.MustParseAddr("127.0.6.1"), p) // another group
+	if s := tb.Stats(); s.ClientLimited != 1 {
+		t.Errorf("ClientLimited = %d, want 1", s.ClientLimited)
+	}
+	tb.Release(a)
+	l := mustBind(t, tb, ref, netip.MustParseAddr("127.0.5.3"), p)
+	if !l.Hit || l.Server != a.Server {
+		t.Errorf("after a release: %s hit %v, want the group's server %s", l.Server, l.Hit, a.Server)
+	}
+}

@@ -22,6 +22,7 @@ func TestValuesAreCheckedNotCoerced(t *testing.T) {
 		{"timeout past int64", svc("    persistence: {timeout: 18446744074}\n", ""), "cfg.yaml:4: 18446744074 seconds is out of range"},
 		{"timeout past Duration", svc("    persistence: {timeout: 9223372037}\n", ""), "9223372037 seconds is out of range"},
 		{"timeout of a year", svc("    persistence: {timeout: 8760h}\n", ""), "services[0].persistence.timeout: 8760h0m0s is longer than the 248 days a template can wait"},
+		{"negative client limit", svc("    persistence: {max_client_connections: -1}\n", ""), "services[0].persistence.max_client_connections: -1 is not between 0 (no limit) and 4294967295"},
 		// 1.9 used to become 1, -0.5 to become 0.
 		{"fractional weight", svc("", "        weight: 1.9\n"), "cfg.yaml:6: services[0].servers[0].weight: 1.9 is not a whole number"},
 		{"negative fractional weight", svc("", "        weight: -0.5\n"), "services[0].servers[0].weight: -0.5 is not a whole number"},

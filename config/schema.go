@@ -255,6 +255,9 @@ type Persistence struct {
 	Netmask         string   `yaml:"netmask,omitempty"`  // IPv4: dotted mask or prefix length; default 255.255.255.255
 	Netmask6        string   `yaml:"netmask6,omitempty"` // IPv6 prefix length 1..128; default 128
 	ExpireQuiescent bool     `yaml:"expire_quiescent,omitempty"`
+	// MaxClientConnections bounds the open connections and UDP flows of one
+	// client group (one template); 0: no limit.
+	MaxClientConnections int `yaml:"max_client_connections,omitempty"`
 	// Mask is Netmask and Netmask6 parsed.
 	Mask affinity.Mask `yaml:"-"`
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -87,6 +88,9 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 		}
 		if ps.Timeout.D() > affinity.MaxTimeout {
 			v.errf(p+".persistence.timeout", "%s is longer than the %d days a template can wait", ps.Timeout.D(), affinity.MaxTimeout/(24*time.Hour))
+		}
+		if n := ps.MaxClientConnections; n < 0 || n > math.MaxUint32 {
+			v.errf(p+".persistence.max_client_connections", "%d is not between 0 (no limit) and %d", n, uint32(math.MaxUint32))
 		}
 		if ps.Netmask != "" {
 			if _, err := affinity.ParseMask4(ps.Netmask); err != nil {

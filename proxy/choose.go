@@ -44,6 +44,10 @@ func (p *Proxy) choose(st *serviceState, client netip.Addr, tried []*server) (ch
 			return choice{st: st, srv: srv}, nil
 		}
 		l, err := p.table.GetOrBind(st.ref, client, &picker{p: p, st: st, tried: tried})
+		if errors.Is(err, affinity.ErrClientLimit) {
+			p.count("connections", "client_limited", 1, st.labels)
+			return choice{st: st}, err
+		}
 		if err != nil {
 			return p.sorry(st, err)
 		}

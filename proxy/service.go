@@ -142,6 +142,7 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table, c
 		st.mask = ps.Mask
 		st.ref = table.SetService(affinityID(cfg), affinity.ServiceConfig{
 			Timeout: ps.Timeout.D(), Mask: st.mask, ExpireQuiescent: ps.ExpireQuiescent,
+			MaxClientConns: uint32(ps.MaxClientConnections),
 		})
 		for _, s := range st.servers {
 			table.SetServer(st.ref, s.Addr, tableState(s))

@@ -10,6 +10,7 @@ import (
 
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/tetherlb/tether/acceptloop"
+	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/proxyheader"
 	"github.com/tetherlb/tether/tcprelay"
 )
@@ -68,9 +69,13 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	defer p.conns.remove(client)
 
 	ch, backend, err := p.connect(st, src.Addr(), dport)
-	if err != nil {
+	if errors.Is(err, affinity.ErrClientLimit) {
+		client.SetLinger(0) // refused as a denied client is: with a reset
+	} else if err != nil {
 		p.count("connections", "failed", 1, st.labels)
 		p.rlog.Log(slog.LevelWarn, "no real server reached", "service", st.cfg.Name, "client", src, "err", err)
+	}
+	if err != nil {
 		client.Close()
 		p.accessLog(st, "tcp", src, netip.AddrPort{}, lg, "no server: "+err.Error())
 		return
