@@ -119,7 +119,13 @@ func Keepalived(rd io.Reader, mangle io.Reader) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("keepalived.conf: %w", err)
 	}
-	r := &Result{Config: &config.File{}}
+	return (&Result{}).keepalived(blocks, mangle)
+}
+
+// keepalived converts parsed blocks; include statements still among them
+// (read from a stream, not a file) are noted and skipped.
+func (r *Result) keepalived(blocks []*block, mangle io.Reader) (*Result, error) {
+	r.Config = &config.File{}
 	for _, b := range blocks {
 		switch b.name() {
 		case "virtual_server":
@@ -127,7 +133,9 @@ func Keepalived(rd io.Reader, mangle io.Reader) (*Result, error) {
 				r.Config.Services = append(r.Config.Services, s)
 				r.lines = append(r.lines, b.line)
 			}
-		case "global_defs", "vrrp_instance", "vrrp_sync_group", "vrrp_script", "static_ipaddress", "static_routes", "virtual_server_group", "include":
+		case "include", "includer", "includem", "includew", "includeb":
+			r.note(b.line, "%s %s skipped: includes are followed when importing from a file, not from stdin", b.name(), b.arg(1))
+		case "global_defs", "vrrp_instance", "vrrp_sync_group", "vrrp_script", "static_ipaddress", "static_routes", "virtual_server_group":
 			r.note(b.line, "%s skipped: tether imports virtual_server blocks only", b.name())
 		default:
 			r.note(b.line, "%q skipped: not a block tether knows", b.words[0])

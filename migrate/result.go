@@ -15,15 +15,21 @@ import (
 
 // Note is something of the input that was not taken as it stands.
 type Note struct {
-	Line int // 0: not tied to one line
+	File string // the included file the line is in; "" for the input itself
+	Line int    // 0: not tied to one line
 	Msg  string
 	// Unreadable: the line was not understood at all and is left out.
 	Unreadable bool
+
+	pos int // the block position: file and line, for sorting
 }
 
 func (n Note) String() string {
 	if n.Line == 0 {
 		return n.Msg
+	}
+	if n.File != "" {
+		return fmt.Sprintf("%s:%d: %s", n.File, n.Line, n.Msg)
 	}
 	return fmt.Sprintf("line %d: %s", n.Line, n.Msg)
 }
@@ -34,20 +40,32 @@ type Result struct {
 	resolved map[string]bool // the names noted already, once each
 	Config   *config.File
 	Notes    []Note
-	lines    []int // the line of each service of Config
+	lines    []int    // the line (block position) of each service of Config
+	files    []string // the files read, by index; none for one reader
 }
 
-func (r *Result) note(line int, format string, a ...any) {
-	r.Notes = append(r.Notes, Note{Line: line, Msg: fmt.Sprintf(format, a...)})
+func (r *Result) note(pos int, format string, a ...any) {
+	r.Notes = append(r.Notes, r.at(pos, Note{Msg: fmt.Sprintf(format, a...)}))
 }
 
-func (r *Result) unreadable(line int, format string, a ...any) {
-	r.Notes = append(r.Notes, Note{Line: line, Msg: fmt.Sprintf(format, a...), Unreadable: true})
+func (r *Result) unreadable(pos int, format string, a ...any) {
+	r.Notes = append(r.Notes, r.at(pos, Note{Msg: fmt.Sprintf(format, a...), Unreadable: true}))
 }
 
-// sortNotes puts the notes in line order, the ones of no line first.
+// at places n at a block position: a line, or with included files a file
+// and a line.
+func (r *Result) at(pos int, n Note) Note {
+	n.pos, n.Line = pos, pos
+	if f := pos >> fileShift; f > 0 { // the first file is the input itself
+		n.File, n.Line = r.files[f], pos&(1<<fileShift-1)
+	}
+	return n
+}
+
+// sortNotes puts the notes in file and line order, the ones of no line
+// first.
 func (r *Result) sortNotes() {
-	slices.SortStableFunc(r.Notes, func(a, b Note) int { return a.Line - b.Line })
+	slices.SortStableFunc(r.Notes, func(a, b Note) int { return a.pos - b.pos })
 }
 
 // Unreadable reports whether some input was not understood at all.

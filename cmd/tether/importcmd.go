@@ -15,7 +15,8 @@ func importCommand() *cli.Command {
 		&cli.StringFlag{Name: "iptables", Usage: "iptables-save (-t mangle) output whose MARK rules give firewall-mark services their classes"},
 		&cli.StringFlag{Name: "mode", Usage: "run every imported service in this data path: proxy or director (default: director, IPVS's NAT)"},
 	}
-	run := func(source string, imp func(rules, mangle io.Reader) (*migrate.Result, error)) cli.ActionFunc {
+	// impFile, if not nil, imports from a named file, which can include others.
+	run := func(source string, imp func(rules, mangle io.Reader) (*migrate.Result, error), impFile func(path string, mangle io.Reader) (*migrate.Result, error)) cli.ActionFunc {
 		return func(c *cli.Context) error {
 			var in io.Reader = c.App.Reader
 			if in == nil {
@@ -43,7 +44,13 @@ func importCommand() *cli.Command {
 			if mode != "" && mode != config.ModeProxy && mode != config.ModeDirector {
 				return cli.Exit(fmt.Sprintf("--mode %q: want proxy or director", mode), 2)
 			}
-			r, err := imp(in, mangle)
+			var r *migrate.Result
+			var err error
+			if impFile != nil && c.NArg() > 0 {
+				r, err = impFile(name, mangle)
+			} else {
+				r, err = imp(in, mangle)
+			}
 			if err != nil {
 				return cli.Exit(fmt.Sprintf("%s: %v", name, err), 1)
 			}
@@ -84,13 +91,13 @@ func importCommand() *cli.Command {
 			Usage:     "import the rules ipvsadm -S -n prints",
 			ArgsUsage: "[FILE]",
 			Flags:     flags,
-			Action:    run("ipvsadm -S", migrate.IPVSAdm),
+			Action:    run("ipvsadm -S", migrate.IPVSAdm, nil),
 		}, {
 			Name:      "keepalived",
-			Usage:     "import the virtual_server blocks of keepalived.conf",
+			Usage:     "import the virtual_server blocks of keepalived.conf, following its includes",
 			ArgsUsage: "[FILE]",
 			Flags:     flags,
-			Action:    run("keepalived.conf", migrate.Keepalived),
+			Action:    run("keepalived.conf", migrate.Keepalived, migrate.KeepalivedFile),
 		}},
 	}
 }

@@ -1,0 +1,123 @@
+package migrate
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	"github.com/tetherlb/tether/internal/bounded"
+)
+
+// Bounds on what include may pull in: keepalived has none, but an import
+// reads what a user points it at and must end.
+const (
+	maxIncludeDepth = 8
+	maxIncludeFiles = 256
+	maxIncludeSize  = 4 << 20
+)
+
+// fileShift puts a file's index above its line numbers in a block's
+// position, so that one int says file and line and sorts by both.
+const fileShift = 24
+
+// KeepalivedFile imports keepalived.conf from path, following include
+// (and includer/includem/includew/includeb) as keepalived does: a glob,
+// relative to the directory of the file that includes it. Notes name the
+// file and line of what they speak of. mangle is as for Keepalived.
+func KeepalivedFile(path string, mangle io.Reader) (*Result, error) {
+	r := &Result{}
+	inc := &includer{r: r}
+	blocks, err := inc.file(path, 0)
+	if err != nil {
+		return nil, err
+	}
+	return r.keepalived(blocks, mangle)
+}
+
+// includer reads the files of one import and numbers them.
+type includer struct {
+	r *Result
+}
+
+// file parses one file and splices in the blocks of the files it
+// includes, at the place of each include statement.
+func (inc *includer) file(path string, depth int) ([]*block, error) {
+	if len(inc.r.files) >= maxIncludeFiles {
+		return nil, fmt.Errorf("%s: more than %d files included", path, maxIncludeFiles)
+	}
+	b, err := bounded.ReadFile(path, maxIncludeSize)
+	if err != nil {
+		return nil, err
+	}
+	idx := len(inc.r.files)
+	inc.r.files = append(inc.r.files, path)
+	blocks, err := parseKeepalived(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	renumber(blocks, idx<<fileShift)
+	return inc.expand(blocks, filepath.Dir(path), depth)
+}
+
+// expand replaces include statements, at any depth of blocks, with what
+// their files hold.
+func (inc *includer) expand(blocks []*block, dir string, depth int) ([]*block, error) {
+	var out []*block
+	for _, b := range blocks {
+		switch b.name() {
+		case "include", "includer", "includem", "includew", "includeb":
+		default:
+			kids, err := inc.expand(b.kids, dir, depth)
+			if err != nil {
+				return nil, err
+			}
+			b.kids = kids
+			out = append(out, b)
+			continue
+		}
+		if depth >= maxIncludeDepth {
+			return nil, fmt.Errorf("%s: includes nested more than %d deep", inc.r.place(b.line), maxIncludeDepth)
+		}
+		pattern := b.arg(1)
+		if pattern == "" {
+			inc.r.unreadable(b.line, "%s without a file name", b.name())
+			continue
+		}
+		if !filepath.IsAbs(pattern) {
+			pattern = filepath.Join(dir, pattern)
+		}
+		if strings.ContainsAny(pattern, "{}") {
+			inc.r.note(b.line, "%s %s: brace expressions are taken literally", b.name(), b.arg(1))
+		}
+		paths, err := filepath.Glob(pattern)
+		if err != nil {
+			inc.r.unreadable(b.line, "%s %s: %v", b.name(), b.arg(1), err)
+			continue
+		}
+		if len(paths) == 0 {
+			inc.r.note(b.line, "%s %s: no file matches", b.name(), b.arg(1))
+		}
+		for _, p := range paths { // Glob sorts them, as glob(3) does
+			kids, err := inc.file(p, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, kids...)
+		}
+	}
+	return out, nil
+}
+
+func renumber(blocks []*block, base int) {
+	for _, b := range blocks {
+		b.line += base
+		renumber(b.kids, base)
+	}
+}
+
+// place is a block position as "file:line".
+func (r *Result) place(pos int) string {
+	return fmt.Sprintf("%s:%d", r.files[pos>>fileShift], pos&(1<<fileShift-1))
+}
