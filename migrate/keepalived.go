@@ -126,16 +126,20 @@ func Keepalived(rd io.Reader, mangle io.Reader) (*Result, error) {
 // (read from a stream, not a file) are noted and skipped.
 func (r *Result) keepalived(blocks []*block, mangle io.Reader) (*Result, error) {
 	r.Config = &config.File{}
+	groups := r.groups(blocks)
 	for _, b := range blocks {
 		switch b.name() {
+		case "virtual_server_group": // read above
 		case "virtual_server":
-			if s, ok := r.virtualServer(b); ok {
+			if strings.EqualFold(b.arg(1), "group") {
+				r.groupServices(b, groups)
+			} else if s, ok := r.virtualServer(b); ok {
 				r.Config.Services = append(r.Config.Services, s)
 				r.lines = append(r.lines, b.line)
 			}
 		case "include", "includer", "includem", "includew", "includeb":
 			r.note(b.line, "%s %s skipped: includes are followed when importing from a file, not from stdin", b.name(), b.arg(1))
-		case "global_defs", "vrrp_instance", "vrrp_sync_group", "vrrp_script", "static_ipaddress", "static_routes", "virtual_server_group":
+		case "global_defs", "vrrp_instance", "vrrp_sync_group", "vrrp_script", "static_ipaddress", "static_routes":
 			r.note(b.line, "%s skipped: tether imports virtual_server blocks only", b.name())
 		default:
 			r.note(b.line, "%q skipped: not a block tether knows", b.words[0])
