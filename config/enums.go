@@ -33,12 +33,14 @@ type CheckType string
 const (
 	CheckTCP  CheckType = "tcp"
 	CheckHTTP CheckType = "http"
-	CheckUDP  CheckType = "udp"
-	CheckExec CheckType = "exec"
+	// CheckHTTPS is http over TLS (keepalived's SSL_GET).
+	CheckHTTPS CheckType = "https"
+	CheckUDP   CheckType = "udp"
+	CheckExec  CheckType = "exec"
 )
 
 // CheckTypes are the health check types.
-var CheckTypes = []CheckType{CheckTCP, CheckHTTP, CheckUDP, CheckExec}
+var CheckTypes = []CheckType{CheckTCP, CheckHTTP, CheckHTTPS, CheckUDP, CheckExec}
 
 // CheckStart is a server's health before its first verdict.
 type CheckStart string

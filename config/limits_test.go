@@ -34,6 +34,8 @@ func TestValuesAreCheckedNotCoerced(t *testing.T) {
 		{"send_proxy on udp", "services:\n  - {name: d, protocol: udp, listen: 127.0.0.1:53, send_proxy: v2, servers: [{address: 127.0.0.2:53}]}\n", "services[0].send_proxy: is for TCP services"},
 		{"send_proxy in the director", "services:\n  - {name: d, mode: director, listen: 127.0.0.1:80, servers: [{address: 127.0.0.2:80, send_proxy: v1}]}\n", "services[0].servers[0].send_proxy: is for the socket proxy"},
 		{"accept_proxy on udp", "services:\n  - {name: d, protocol: udp, listen: 127.0.0.1:53, accept_proxy: [10.0.0.1], servers: [{address: 127.0.0.2:53}]}\n", "services[0].accept_proxy: is for TCP services in the socket proxy"},
+		{"bad digest", svc("    health_check: {type: https, digest: xyz}\n", ""), `services[0].health_check.digest: "xyz" is not an MD5 digest (32 hex digits)`},
+		{"sni on http", svc("    health_check: {type: http, sni: a.example}\n", ""), "services[0].health_check.sni: is for https checks, and this one is http"},
 		{"check interval 1ns", svc("    health_check: {type: tcp, interval: 1ns}\n", ""), "services[0].health_check.interval: 1ns is shorter than 10ms"},
 		// A second document used to be ignored.
 		{"second document", svc("", "") + "---\nservices: []\n", "cfg.yaml:6: a second YAML document"},

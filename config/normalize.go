@@ -98,7 +98,7 @@ func (hc *HealthCheck) normalize() {
 	def(&hc.Rise, DefaultRise)
 	def(&hc.Fall, DefaultFall)
 	def(&hc.Start, StartUp)
-	if hc.Type == CheckHTTP {
+	if hc.Type == CheckHTTP || hc.Type == CheckHTTPS {
 		def(&hc.Path, "/")
 		def(&hc.ExpectStatus, "200-399")
 	}

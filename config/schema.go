@@ -224,7 +224,7 @@ func (s *Service) Admits(a netip.Addr) bool {
 // take it down, Rise successes in a row bring it back.
 type HealthCheck struct {
 	// Type is tcp (connect), http (GET Path, status in ExpectStatus, body
-	// containing ExpectBody), udp (send Send, a reply containing Expect)
+	// containing ExpectBody), https (the same over TLS), udp (send Send, a reply containing Expect)
 	// or exec (Command exits 0).
 	Type     CheckType `yaml:"type"`
 	Interval Duration  `yaml:"interval,omitempty"` // default 5s
@@ -241,8 +241,16 @@ type HealthCheck struct {
 	Host         string `yaml:"host,omitempty"`          // http Host header; default the server's address
 	ExpectStatus string `yaml:"expect_status,omitempty"` // http; 200-399 (default), or one code
 	ExpectBody   string `yaml:"expect_body,omitempty"`   // http; a substring of the body
-	Send         string `yaml:"send,omitempty"`          // udp payload
-	Expect       string `yaml:"expect,omitempty"`        // udp; a substring of the reply (empty: any reply)
+	// Digest is the MD5 of the whole body, in hex (keepalived's digest);
+	// http and https.
+	Digest string `yaml:"digest,omitempty"`
+	// SNI is the TLS server name an https check sends; default: Host.
+	SNI string `yaml:"sni,omitempty"`
+	// VerifyTLS checks the server's certificate against the system's
+	// roots and SNI (or Host); off by default, as keepalived's SSL_GET.
+	VerifyTLS bool   `yaml:"verify_tls,omitempty"`
+	Send      string `yaml:"send,omitempty"`   // udp payload
+	Expect    string `yaml:"expect,omitempty"` // udp; a substring of the reply (empty: any reply)
 	// Command is exec's argv; it runs with TETHER_SERVER (address:port),
 	// TETHER_SERVER_ADDR and TETHER_SERVER_PORT in its environment.
 	Command []string `yaml:"command,omitempty"`

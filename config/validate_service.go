@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/hex"
 	"fmt"
 	"math"
 	"net/netip"
@@ -210,7 +211,7 @@ func (v *validator) checkHealth(p string, hc *HealthCheck) {
 		v.errf(p+".start", "%q is not up or down", hc.Start)
 	}
 	only := func(key string, typ CheckType, set bool) {
-		if set && hc.Type != typ {
+		if set && hc.Type != typ && !(typ == CheckHTTP && hc.Type == CheckHTTPS) {
 			v.errf(p+"."+key, "is for %s checks, and this one is %s", typ, hc.Type)
 		}
 	}
@@ -218,6 +219,14 @@ func (v *validator) checkHealth(p string, hc *HealthCheck) {
 	only("host", "http", hc.Host != "")
 	only("expect_status", "http", hc.ExpectStatus != "")
 	only("expect_body", "http", hc.ExpectBody != "")
+	only("digest", "http", hc.Digest != "")
+	only("sni", "https", hc.SNI != "")
+	only("verify_tls", "https", hc.VerifyTLS)
+	if d := hc.Digest; d != "" {
+		if _, err := hex.DecodeString(d); err != nil || len(d) != 32 {
+			v.errf(p+".digest", "%q is not an MD5 digest (32 hex digits)", d)
+		}
+	}
 	only("send", "udp", hc.Send != "")
 	only("expect", "udp", hc.Expect != "")
 	only("command", "exec", len(hc.Command) > 0)

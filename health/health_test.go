@@ -2,14 +2,19 @@ package health
 
 import (
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -177,19 +182,7 @@ func TestProbes(t *testing.T) {
 		}), web, "killed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := NewProbe(tc.hc, tc.server, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cctx, cancel := context.WithTimeout(ctx, tc.hc.Timeout.D())
-			defer cancel()
-			err = p(cctx)
-			switch {
-			case tc.wantErr == "" && err != nil:
-				t.Errorf("failed: %v", err)
-			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
-				t.Errorf("error %v, want one containing %q", err, tc.wantErr)
-			}
+			runProbe(ctx, t, tc.hc, tc.server, tc.wantErr)
 		})
 	}
 }
@@ -234,5 +227,68 @@ func TestFirstChecksSpread(t *testing.T) {
 	// the latest well after a quarter of it.
 	if got[0] > interval/4 || got[n-1] < interval/2 {
 		t.Errorf("first checks at %v over an interval of %v, want them spread over it", got, interval)
+	}
+}
+
+// https: TLS without verification by default (keepalived's SSL_GET), with
+// SNI when named, then the http check's status, body and digest;
+// verify_tls refuses a certificate the system does not trust.
+func TestHTTPSProbe(t *testing.T) {
+	var sni atomic.Value
+	body := "status: ready"
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sni.Store(r.TLS.ServerName)
+		io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	target := netip.MustParseAddrPort(srv.Listener.Addr().String())
+	sum := md5.Sum([]byte(body))
+	digest := hex.EncodeToString(sum[:])
+	with := func(typ config.CheckType, f func(*config.HealthCheck)) config.HealthCheck {
+		hc := check(typ)
+		hc.Timeout = config.Duration(2 * time.Second)
+		hc.Path, hc.ExpectStatus = "/", "200"
+		f(&hc)
+		return hc
+	}
+	for _, tc := range []struct {
+		name    string
+		hc      config.HealthCheck
+		wantErr string
+		wantSNI string
+	}{
+		{"https unverified", with("https", func(h *config.HealthCheck) { h.ExpectBody = "ready" }), "", ""},
+		{"https sni", with("https", func(h *config.HealthCheck) { h.SNI = "shop.example" }), "", "shop.example"},
+		{"https digest", with("https", func(h *config.HealthCheck) { h.Digest = strings.ToUpper(digest) }), "", ""},
+		{"https wrong digest", with("https", func(h *config.HealthCheck) { h.Digest = strings.Repeat("0", 32) }), "body digest " + digest, ""},
+		{"https verified", with("https", func(h *config.HealthCheck) { h.VerifyTLS, h.SNI = true, "example.com" }), "certificate", ""},
+		{"http to a TLS port", with("http", func(*config.HealthCheck) {}), "status 400", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sni.Store("")
+			runProbe(context.Background(), t, tc.hc, target, tc.wantErr)
+			if tc.wantErr == "" && sni.Load() != tc.wantSNI {
+				t.Errorf("server name %q, want %q", sni.Load(), tc.wantSNI)
+			}
+		})
+	}
+}
+
+// runProbe runs hc's probe of server once and wants it to pass (wantErr
+// "") or to fail with an error containing wantErr.
+func runProbe(ctx context.Context, t *testing.T, hc config.HealthCheck, server netip.AddrPort, wantErr string) {
+	t.Helper()
+	p, err := NewProbe(hc, server, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, hc.Timeout.D())
+	defer cancel()
+	err = p(ctx)
+	switch {
+	case wantErr == "" && err != nil:
+		t.Errorf("failed: %v", err)
+	case wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)):
+		t.Errorf("error %v, want one containing %q", err, wantErr)
 	}
 }

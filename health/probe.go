@@ -2,7 +2,11 @@ package health
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"crypto/md5"
+	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -25,8 +29,25 @@ type Probe func(ctx context.Context) error
 // proxy's network namespace); nil runs f as is.
 type Do func(f func() error) error
 
-// maxBody is how much of an http reply is read for expect_body.
-const maxBody = 64 << 10
+// maxBody is how much of an http reply is read for expect_body, and
+// maxDigestBody how much for digest.
+const (
+	maxBody       = 64 << 10
+	maxDigestBody = 4 << 20
+)
+
+// limitWriter keeps the first n bytes written to it and drops the rest.
+type limitWriter struct {
+	b *bytes.Buffer
+	n int
+}
+
+func (w *limitWriter) Write(p []byte) (int, error) {
+	if room := w.n - w.b.Len(); room > 0 {
+		w.b.Write(p[:min(room, len(p))])
+	}
+	return len(p), nil
+}
 
 // NewProbe builds hc's probe of server. hc must have passed config
 // validation (and normalization, for its defaults).
@@ -56,7 +77,7 @@ func NewProbe(hc config.HealthCheck, server netip.AddrPort, do Do) (Probe, error
 			}
 			return c.Close()
 		}, nil
-	case config.CheckHTTP:
+	case config.CheckHTTP, config.CheckHTTPS:
 		return httpProbe(hc, target, dial)
 	case config.CheckUDP:
 		return func(ctx context.Context) error { return udpProbe(ctx, hc, dial) }, nil
@@ -71,11 +92,18 @@ func httpProbe(hc config.HealthCheck, target netip.AddrPort, dial func(context.C
 	if err != nil {
 		return nil, err
 	}
-	url := "http://" + target.String() + hc.Path
+	scheme := "http://"
+	var tc *tls.Config
+	if hc.Type == config.CheckHTTPS {
+		// keepalived's SSL_GET does not verify unless told to; SNI goes
+		// out when named (Go sends none for an IP address).
+		scheme, tc = "https://", &tls.Config{ServerName: cmp.Or(hc.SNI, hc.Host), InsecureSkipVerify: !hc.VerifyTLS}
+	}
+	url := scheme + target.String() + hc.Path
 	return func(ctx context.Context) error {
 		// A transport per check: no connection is kept between checks,
 		// so each one proves that the server still accepts.
-		tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		tr := &http.Transport{DisableKeepAlives: true, TLSClientConfig: tc, DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			return dial(ctx, network)
 		}}
 		defer tr.CloseIdleConnections()
@@ -95,13 +123,26 @@ func httpProbe(hc config.HealthCheck, target netip.AddrPort, dial func(context.C
 		if resp.StatusCode < lo || resp.StatusCode > hi {
 			return fmt.Errorf("GET %s: status %d, want %s", hc.Path, resp.StatusCode, hc.ExpectStatus)
 		}
-		if hc.ExpectBody != "" {
-			body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-			if err != nil {
-				return fmt.Errorf("GET %s: reading the body: %w", hc.Path, err)
+		if hc.ExpectBody == "" && hc.Digest == "" {
+			return nil
+		}
+		// The digest covers the whole body, up to maxDigestBody; the
+		// substring is looked for in its first maxBody bytes.
+		h := md5.New()
+		var head bytes.Buffer
+		n, err := io.Copy(io.MultiWriter(h, &limitWriter{&head, maxBody}), io.LimitReader(resp.Body, maxDigestBody+1))
+		if err != nil {
+			return fmt.Errorf("GET %s: reading the body: %w", hc.Path, err)
+		}
+		if hc.ExpectBody != "" && !bytes.Contains(head.Bytes(), []byte(hc.ExpectBody)) {
+			return fmt.Errorf("GET %s: the first %d bytes of the body lack %q", hc.Path, head.Len(), hc.ExpectBody)
+		}
+		if hc.Digest != "" {
+			if n > maxDigestBody {
+				return fmt.Errorf("GET %s: the body is longer than the %d bytes a digest check reads", hc.Path, maxDigestBody)
 			}
-			if !bytes.Contains(body, []byte(hc.ExpectBody)) {
-				return fmt.Errorf("GET %s: the first %d bytes of the body lack %q", hc.Path, len(body), hc.ExpectBody)
+			if got := hex.EncodeToString(h.Sum(nil)); !strings.EqualFold(got, hc.Digest) {
+				return fmt.Errorf("GET %s: body digest %s, want %s", hc.Path, got, hc.Digest)
 			}
 		}
 		return nil

@@ -327,13 +327,13 @@ func (r *Result) realServer(b *block, key string, mark bool) (config.Server, boo
 			}
 		case "inhibit_on_failure":
 			inhibit = true
-		case "tcp_check", "http_get", "misc_check", "udp_check":
+		case "tcp_check", "http_get", "ssl_get", "misc_check", "udp_check":
 			if sv.HealthCheck != nil {
 				r.note(k.line, "%s: real_server %s has a second check; tether keeps the first", key, addr)
 				continue
 			}
 			sv.HealthCheck = r.check(k, key)
-		case "ssl_get", "smtp_check", "dns_check", "bfd_check", "file_check", "ping_check":
+		case "smtp_check", "dns_check", "bfd_check", "file_check", "ping_check":
 			r.note(k.line, "%s: %s is not supported; real_server %s is imported without it", key, strings.ToUpper(n), addr)
 		default:
 			r.note(k.line, "%s: real_server %s: %s is not understood; left out", key, addr, n)
@@ -346,7 +346,7 @@ func (r *Result) realServer(b *block, key string, mark bool) (config.Server, boo
 	return sv, inhibit, true
 }
 
-// check converts TCP_CHECK, HTTP_GET, UDP_CHECK and MISC_CHECK. keepalived
+// check converts TCP_CHECK, HTTP_GET, SSL_GET, UDP_CHECK and MISC_CHECK. keepalived
 // brings a server up after one success and down after retry+1 failures.
 func (r *Result) check(b *block, key string) *config.HealthCheck {
 	hc := &config.HealthCheck{Rise: 1, Fall: 1}
@@ -355,12 +355,14 @@ func (r *Result) check(b *block, key string) *config.HealthCheck {
 		hc.Type = "tcp"
 	case "http_get":
 		hc.Type = "http"
+	case "ssl_get":
+		hc.Type = "https"
 	case "udp_check":
 		hc.Type = "udp"
 	case "misc_check":
 		hc.Type = "exec"
 	}
-	urls := 0
+	urls, sni := 0, false
 	for _, k := range b.kids {
 		switch k.name() {
 		case "connect_timeout", "misc_timeout":
@@ -379,6 +381,10 @@ func (r *Result) check(b *block, key string) *config.HealthCheck {
 			if k.name() == "require_reply" && hc.Type == "udp" {
 				hc.Expect = k.arg(1)
 			}
+		case "virtualhost":
+			hc.Host = k.arg(1)
+		case "enable_sni":
+			sni = true
 		case "misc_path":
 			hc.Command = strings.Fields(k.arg(1))
 		case "payload":
@@ -399,7 +405,9 @@ func (r *Result) check(b *block, key string) *config.HealthCheck {
 						hc.ExpectStatus = ""
 					}
 				case "digest":
-					r.note(u.line, "%s: digest checks are not supported; the status is checked", key)
+					hc.Digest = u.arg(1)
+				case "virtualhost":
+					hc.Host = u.arg(1)
 				default:
 					r.note(u.line, "%s: url %s is not understood; left out", key, u.name())
 				}
@@ -407,6 +415,9 @@ func (r *Result) check(b *block, key string) *config.HealthCheck {
 		default:
 			r.note(k.line, "%s: %s %s is not understood; left out", key, b.name(), k.name())
 		}
+	}
+	if sni && hc.Type == "https" {
+		hc.SNI = hc.Host
 	}
 	if hc.Type == "exec" && len(hc.Command) == 0 {
 		r.note(b.line, "%s: MISC_CHECK without misc_path; check left out", key)

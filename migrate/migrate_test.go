@@ -160,8 +160,11 @@ func TestKeepalived(t *testing.T) {
 		t.Errorf("fwmark 1: %+v, marks %+v", ftp, f.Marks)
 	}
 	v6 := f.Services[2]
-	if v6.Listen != "[2001:db8::10]:443" || v6.Persistence.Netmask6 != "64" || v6.Servers[0].HealthCheck != nil {
+	if v6.Listen != "[2001:db8::10]:443" || v6.Persistence.Netmask6 != "64" {
 		t.Errorf("v6: %+v", v6)
+	}
+	if hc := v6.Servers[0].HealthCheck; hc == nil || hc.Type != "https" || hc.Path != "/" || hc.Digest != "9b3a0c85a887a256d6939da88aabd8cd" || hc.VerifyTLS {
+		t.Errorf("SSL_GET: %+v", hc)
 	}
 	if dns := f.Services[3]; dns.Protocol != "udp" || dns.Scheduler != "wlc" {
 		t.Errorf("udp: %+v", dns)
@@ -170,7 +173,6 @@ func TestKeepalived(t *testing.T) {
 		"line 3: global_defs skipped",
 		"line 7: vrrp_instance skipped",
 		"line 51: fwmark 1: DR forwarding is not supported",
-		"SSL_GET is not supported; real_server 2001:db8:1::11 443",
 		`scheduler "lblc" is not one of tether's`,
 	} {
 		if !strings.Contains(notes(r), strings.Replace(want, "2001:db8:1::11 443", "[2001:db8:1::11]:443", 1)) {
@@ -294,5 +296,22 @@ func TestImportPortZero(t *testing.T) {
 	f = roundTrip(t, r, "keepalived port 0")
 	if len(f.Marks) != 1 || f.Services[0].Servers[0].Address != "198.19.0.11" {
 		t.Errorf("keepalived port 0: marks %+v, services %+v", f.Marks, f.Services)
+	}
+}
+
+// SSL_GET is an https check: virtualhost is the Host header and, with
+// enable_sni, the TLS server name; url digest is the body's MD5.
+func TestKeepalivedSSLGet(t *testing.T) {
+	in := "virtual_server 198.18.0.10 443 {\n  real_server 198.19.0.1 443 {\n    SSL_GET {\n      virtualhost shop.example\n      enable_sni\n" +
+		"      url {\n        path /health\n        digest 9b3a0c85a887a256d6939da88aabd8cd\n      }\n    }\n  }\n}\n"
+	r, err := Keepalived(strings.NewReader(in), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := roundTrip(t, r, "keepalived")
+	want := &config.HealthCheck{Type: "https", Path: "/health", Host: "shop.example", SNI: "shop.example", Digest: "9b3a0c85a887a256d6939da88aabd8cd"}
+	got := f.Services[0].Servers[0].HealthCheck
+	if got == nil || got.Type != want.Type || got.Path != want.Path || got.Host != want.Host || got.SNI != want.SNI || got.Digest != want.Digest {
+		t.Errorf("SSL_GET became %+v, want %+v\n%s", got, want, notes(r))
 	}
 }
