@@ -35,12 +35,16 @@ const (
 	CheckHTTP CheckType = "http"
 	// CheckHTTPS is http over TLS (keepalived's SSL_GET).
 	CheckHTTPS CheckType = "https"
-	CheckUDP   CheckType = "udp"
-	CheckExec  CheckType = "exec"
+	// CheckSMTP wants a 2xx banner and a 250 to HELO (SMTP_CHECK).
+	CheckSMTP CheckType = "smtp"
+	// CheckDNS wants a NOERROR answer to a query over UDP (DNS_CHECK).
+	CheckDNS  CheckType = "dns"
+	CheckUDP  CheckType = "udp"
+	CheckExec CheckType = "exec"
 )
 
 // CheckTypes are the health check types.
-var CheckTypes = []CheckType{CheckTCP, CheckHTTP, CheckHTTPS, CheckUDP, CheckExec}
+var CheckTypes = []CheckType{CheckTCP, CheckHTTP, CheckHTTPS, CheckSMTP, CheckDNS, CheckUDP, CheckExec}
 
 // CheckStart is a server's health before its first verdict.
 type CheckStart string

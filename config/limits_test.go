@@ -36,6 +36,8 @@ func TestValuesAreCheckedNotCoerced(t *testing.T) {
 		{"accept_proxy on udp", "services:\n  - {name: d, protocol: udp, listen: 127.0.0.1:53, accept_proxy: [10.0.0.1], servers: [{address: 127.0.0.2:53}]}\n", "services[0].accept_proxy: is for TCP services in the socket proxy"},
 		{"bad digest", svc("    health_check: {type: https, digest: xyz}\n", ""), `services[0].health_check.digest: "xyz" is not an MD5 digest (32 hex digits)`},
 		{"sni on http", svc("    health_check: {type: http, sni: a.example}\n", ""), "services[0].health_check.sni: is for https checks, and this one is http"},
+		{"bad query_type", svc("    health_check: {type: dns, query_type: QQ}\n", ""), `services[0].health_check.query_type: "QQ" is not a DNS record type`},
+		{"helo on tcp", svc("    health_check: {type: tcp, helo: x}\n", ""), "services[0].health_check.helo: is for smtp checks, and this one is tcp"},
 		{"check interval 1ns", svc("    health_check: {type: tcp, interval: 1ns}\n", ""), "services[0].health_check.interval: 1ns is shorter than 10ms"},
 		// A second document used to be ignored.
 		{"second document", svc("", "") + "---\nservices: []\n", "cfg.yaml:6: a second YAML document"},

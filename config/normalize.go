@@ -98,6 +98,13 @@ func (hc *HealthCheck) normalize() {
 	def(&hc.Rise, DefaultRise)
 	def(&hc.Fall, DefaultFall)
 	def(&hc.Start, StartUp)
+	switch hc.Type {
+	case CheckSMTP:
+		def(&hc.Helo, "localhost")
+	case CheckDNS:
+		def(&hc.QueryName, ".")
+		def(&hc.QueryType, "SOA")
+	}
 	if hc.Type == CheckHTTP || hc.Type == CheckHTTPS {
 		def(&hc.Path, "/")
 		def(&hc.ExpectStatus, "200-399")

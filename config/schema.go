@@ -224,7 +224,7 @@ func (s *Service) Admits(a netip.Addr) bool {
 // take it down, Rise successes in a row bring it back.
 type HealthCheck struct {
 	// Type is tcp (connect), http (GET Path, status in ExpectStatus, body
-	// containing ExpectBody), https (the same over TLS), udp (send Send, a reply containing Expect)
+	// containing ExpectBody), https (the same over TLS), smtp, dns, udp (send Send, a reply containing Expect)
 	// or exec (Command exits 0).
 	Type     CheckType `yaml:"type"`
 	Interval Duration  `yaml:"interval,omitempty"` // default 5s
@@ -249,8 +249,11 @@ type HealthCheck struct {
 	// VerifyTLS checks the server's certificate against the system's
 	// roots and SNI (or Host); off by default, as keepalived's SSL_GET.
 	VerifyTLS bool   `yaml:"verify_tls,omitempty"`
-	Send      string `yaml:"send,omitempty"`   // udp payload
-	Expect    string `yaml:"expect,omitempty"` // udp; a substring of the reply (empty: any reply)
+	Helo      string `yaml:"helo,omitempty"`       // smtp: the HELO name; default localhost
+	QueryName string `yaml:"query_name,omitempty"` // dns: default "."
+	QueryType string `yaml:"query_type,omitempty"` // dns: A, AAAA, SOA (default), NS, MX, TXT, CNAME...
+	Send      string `yaml:"send,omitempty"`       // udp payload
+	Expect    string `yaml:"expect,omitempty"`     // udp; a substring of the reply (empty: any reply)
 	// Command is exec's argv; it runs with TETHER_SERVER (address:port),
 	// TETHER_SERVER_ADDR and TETHER_SERVER_PORT in its environment.
 	Command []string `yaml:"command,omitempty"`

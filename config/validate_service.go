@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/sched"
 )
@@ -222,6 +223,19 @@ func (v *validator) checkHealth(p string, hc *HealthCheck) {
 	only("digest", "http", hc.Digest != "")
 	only("sni", "https", hc.SNI != "")
 	only("verify_tls", "https", hc.VerifyTLS)
+	only("helo", "smtp", hc.Helo != "")
+	only("query_name", "dns", hc.QueryName != "")
+	only("query_type", "dns", hc.QueryType != "")
+	if t := hc.QueryType; t != "" {
+		if _, ok := dns.StringToType[strings.ToUpper(t)]; !ok {
+			v.errf(p+".query_type", "%q is not a DNS record type", t)
+		}
+	}
+	if n := hc.QueryName; n != "" {
+		if _, ok := dns.IsDomainName(n); !ok {
+			v.errf(p+".query_name", "%q is not a domain name", n)
+		}
+	}
 	if d := hc.Digest; d != "" {
 		if _, err := hex.DecodeString(d); err != nil || len(d) != 32 {
 			v.errf(p+".digest", "%q is not an MD5 digest (32 hex digits)", d)

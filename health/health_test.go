@@ -149,12 +149,6 @@ func TestProbes(t *testing.T) {
 	}()
 	echo := netip.MustParseAddrPort(uc.LocalAddr().String())
 
-	with := func(typ config.CheckType, f func(*config.HealthCheck)) config.HealthCheck {
-		hc := check(typ)
-		hc.Timeout = config.Duration(time.Second)
-		f(&hc)
-		return hc
-	}
 	for _, tc := range []struct {
 		name    string
 		hc      config.HealthCheck
@@ -244,12 +238,8 @@ func TestHTTPSProbe(t *testing.T) {
 	target := netip.MustParseAddrPort(srv.Listener.Addr().String())
 	sum := md5.Sum([]byte(body))
 	digest := hex.EncodeToString(sum[:])
-	with := func(typ config.CheckType, f func(*config.HealthCheck)) config.HealthCheck {
-		hc := check(typ)
-		hc.Timeout = config.Duration(2 * time.Second)
-		hc.Path, hc.ExpectStatus = "/", "200"
-		f(&hc)
-		return hc
+	get := func(typ config.CheckType, f func(*config.HealthCheck)) config.HealthCheck {
+		return with(typ, func(h *config.HealthCheck) { h.Path, h.ExpectStatus = "/", "200"; f(h) })
 	}
 	for _, tc := range []struct {
 		name    string
@@ -257,12 +247,12 @@ func TestHTTPSProbe(t *testing.T) {
 		wantErr string
 		wantSNI string
 	}{
-		{"https unverified", with("https", func(h *config.HealthCheck) { h.ExpectBody = "ready" }), "", ""},
-		{"https sni", with("https", func(h *config.HealthCheck) { h.SNI = "shop.example" }), "", "shop.example"},
-		{"https digest", with("https", func(h *config.HealthCheck) { h.Digest = strings.ToUpper(digest) }), "", ""},
-		{"https wrong digest", with("https", func(h *config.HealthCheck) { h.Digest = strings.Repeat("0", 32) }), "body digest " + digest, ""},
-		{"https verified", with("https", func(h *config.HealthCheck) { h.VerifyTLS, h.SNI = true, "example.com" }), "certificate", ""},
-		{"http to a TLS port", with("http", func(*config.HealthCheck) {}), "status 400", ""},
+		{"https unverified", get("https", func(h *config.HealthCheck) { h.ExpectBody = "ready" }), "", ""},
+		{"https sni", get("https", func(h *config.HealthCheck) { h.SNI = "shop.example" }), "", "shop.example"},
+		{"https digest", get("https", func(h *config.HealthCheck) { h.Digest = strings.ToUpper(digest) }), "", ""},
+		{"https wrong digest", get("https", func(h *config.HealthCheck) { h.Digest = strings.Repeat("0", 32) }), "body digest " + digest, ""},
+		{"https verified", get("https", func(h *config.HealthCheck) { h.VerifyTLS, h.SNI = true, "example.com" }), "certificate", ""},
+		{"http to a TLS port", get("http", func(*config.HealthCheck) {}), "status 400", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sni.Store("")
@@ -291,4 +281,12 @@ func runProbe(ctx context.Context, t *testing.T, hc config.HealthCheck, server n
 	case wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)):
 		t.Errorf("error %v, want one containing %q", err, wantErr)
 	}
+}
+
+// with is a check of typ with a one-second timeout, changed by f.
+func with(typ config.CheckType, f func(*config.HealthCheck)) config.HealthCheck {
+	hc := check(typ)
+	hc.Timeout = config.Duration(time.Second)
+	f(&hc)
+	return hc
 }

@@ -79,6 +79,10 @@ func NewProbe(hc config.HealthCheck, server netip.AddrPort, do Do) (Probe, error
 		}, nil
 	case config.CheckHTTP, config.CheckHTTPS:
 		return httpProbe(hc, target, dial)
+	case config.CheckSMTP:
+		return func(ctx context.Context) error { return smtpProbe(ctx, hc, dial) }, nil
+	case config.CheckDNS:
+		return func(ctx context.Context) error { return dnsProbe(ctx, hc, dial) }, nil
 	case config.CheckUDP:
 		return func(ctx context.Context) error { return udpProbe(ctx, hc, dial) }, nil
 	case config.CheckExec:

@@ -327,13 +327,13 @@ func (r *Result) realServer(b *block, key string, mark bool) (config.Server, boo
 			}
 		case "inhibit_on_failure":
 			inhibit = true
-		case "tcp_check", "http_get", "ssl_get", "misc_check", "udp_check":
+		case "tcp_check", "http_get", "ssl_get", "smtp_check", "dns_check", "misc_check", "udp_check":
 			if sv.HealthCheck != nil {
 				r.note(k.line, "%s: real_server %s has a second check; tether keeps the first", key, addr)
 				continue
 			}
 			sv.HealthCheck = r.check(k, key)
-		case "smtp_check", "dns_check", "bfd_check", "file_check", "ping_check":
+		case "bfd_check", "file_check", "ping_check":
 			r.note(k.line, "%s: %s is not supported; real_server %s is imported without it", key, strings.ToUpper(n), addr)
 		default:
 			r.note(k.line, "%s: real_server %s: %s is not understood; left out", key, addr, n)
@@ -346,7 +346,8 @@ func (r *Result) realServer(b *block, key string, mark bool) (config.Server, boo
 	return sv, inhibit, true
 }
 
-// check converts TCP_CHECK, HTTP_GET, SSL_GET, UDP_CHECK and MISC_CHECK. keepalived
+// check converts TCP_CHECK, HTTP_GET, SSL_GET, SMTP_CHECK, DNS_CHECK,
+// UDP_CHECK and MISC_CHECK. keepalived
 // brings a server up after one success and down after retry+1 failures.
 func (r *Result) check(b *block, key string) *config.HealthCheck {
 	hc := &config.HealthCheck{Rise: 1, Fall: 1}
@@ -357,6 +358,10 @@ func (r *Result) check(b *block, key string) *config.HealthCheck {
 		hc.Type = "http"
 	case "ssl_get":
 		hc.Type = "https"
+	case "smtp_check":
+		hc.Type = "smtp"
+	case "dns_check":
+		hc.Type = "dns"
 	case "udp_check":
 		hc.Type = "udp"
 	case "misc_check":
@@ -383,6 +388,12 @@ func (r *Result) check(b *block, key string) *config.HealthCheck {
 			}
 		case "virtualhost":
 			hc.Host = k.arg(1)
+		case "helo_name":
+			hc.Helo = k.arg(1)
+		case "type":
+			hc.QueryType = k.arg(1)
+		case "name":
+			hc.QueryName = k.arg(1)
 		case "enable_sni":
 			sni = true
 		case "misc_path":

@@ -315,3 +315,21 @@ func TestKeepalivedSSLGet(t *testing.T) {
 		t.Errorf("SSL_GET became %+v, want %+v\n%s", got, want, notes(r))
 	}
 }
+
+// SMTP_CHECK and DNS_CHECK become smtp and dns checks.
+func TestKeepalivedSMTPAndDNSChecks(t *testing.T) {
+	in := "virtual_server 198.18.0.10 25 {\n  real_server 198.19.0.1 25 {\n    SMTP_CHECK {\n      helo_name lb.example\n      retry 2\n    }\n  }\n}\n" +
+		"virtual_server 198.18.0.10 53 {\n  protocol UDP\n  real_server 198.19.0.1 53 {\n    DNS_CHECK {\n      type A\n      name www.example\n    }\n  }\n}\n"
+	r, err := Keepalived(strings.NewReader(in), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := roundTrip(t, r, "keepalived")
+	smtp, dns := f.Services[0].Servers[0].HealthCheck, f.Services[1].Servers[0].HealthCheck
+	if smtp == nil || smtp.Type != "smtp" || smtp.Helo != "lb.example" || smtp.Fall != 3 {
+		t.Errorf("SMTP_CHECK became %+v\n%s", smtp, notes(r))
+	}
+	if dns == nil || dns.Type != "dns" || dns.QueryType != "A" || dns.QueryName != "www.example" {
+		t.Errorf("DNS_CHECK became %+v\n%s", dns, notes(r))
+	}
+}
