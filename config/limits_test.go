@@ -38,6 +38,8 @@ func TestValuesAreCheckedNotCoerced(t *testing.T) {
 		{"sni on http", svc("    health_check: {type: http, sni: a.example}\n", ""), "services[0].health_check.sni: is for https checks, and this one is http"},
 		{"bad query_type", svc("    health_check: {type: dns, query_type: QQ}\n", ""), `services[0].health_check.query_type: "QQ" is not a DNS record type`},
 		{"helo on tcp", svc("    health_check: {type: tcp, helo: x}\n", ""), "services[0].health_check.helo: is for smtp checks, and this one is tcp"},
+		{"resume above max", svc("", "        max_connections: 10\n        resume_connections: 20\n"), "services[0].servers[0].resume_connections: 20 is above max_connections 10"},
+		{"resume without max", svc("", "        resume_connections: 20\n"), "services[0].servers[0].resume_connections: needs max_connections"},
 		{"check interval 1ns", svc("    health_check: {type: tcp, interval: 1ns}\n", ""), "services[0].health_check.interval: 1ns is shorter than 10ms"},
 		// A second document used to be ignored.
 		{"second document", svc("", "") + "---\nservices: []\n", "cfg.yaml:6: a second YAML document"},

@@ -298,6 +298,13 @@ type Server struct {
 	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
 	// SendProxy replaces the service's send_proxy for this server.
 	SendProxy ProxyProtocol `yaml:"send_proxy,omitempty"`
+	// MaxConnections (ipvsadm -x) replaces the service's
+	// max_connections_per_server: at this many open connections the server
+	// takes no new client until it is below ResumeConnections (ipvsadm -y;
+	// 0: three quarters of MaxConnections, as IPVS). Clients with a
+	// template keep the server, as in IPVS.
+	MaxConnections    int `yaml:"max_connections,omitempty"`
+	ResumeConnections int `yaml:"resume_connections,omitempty"`
 }
 
 // Defaults.

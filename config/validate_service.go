@@ -136,6 +136,17 @@ func (v *validator) checkService(p string, s *Service, names, listens map[string
 		if sv.Weight != nil && (*sv.Weight < 0 || *sv.Weight > 65535) {
 			v.errf(q+".weight", "%d is outside 0..65535", *sv.Weight)
 		}
+		if sv.MaxConnections < 0 {
+			v.errf(q+".max_connections", "%d is negative", sv.MaxConnections)
+		}
+		switch r := sv.ResumeConnections; {
+		case r < 0:
+			v.errf(q+".resume_connections", "%d is negative", r)
+		case r > 0 && sv.MaxConnections == 0:
+			v.errf(q+".resume_connections", "needs max_connections: it is where a full server takes clients again")
+		case r > sv.MaxConnections && sv.MaxConnections > 0:
+			v.errf(q+".resume_connections", "%d is above max_connections %d", r, sv.MaxConnections)
+		}
 		hc, at := s.HealthCheck, p+".health_check"
 		if sv.HealthCheck != nil {
 			hc, at = sv.HealthCheck, q+".health_check"

@@ -236,7 +236,7 @@ func (r *Result) ipvsService(n int, f []string) *ipvsService {
 func (r *Result) ipvsServer(n int, f []string, services map[string]*ipvsService) {
 	o := &opts{r: r, line: n, f: f}
 	var key, server, method string
-	weight := 1
+	weight, upper, lower := 1, 0, 0
 	for opt := range o.all() {
 		switch opt {
 		case "-t", "--tcp-service", "-u", "--udp-service", "-f", "--fwmark-service":
@@ -258,7 +258,17 @@ func (r *Result) ipvsServer(n int, f []string, services map[string]*ipvsService)
 			}
 			weight = w
 		case "-x", "--u-threshold", "-y", "--l-threshold":
-			r.note(n, "connection thresholds (%s %s) are per service in tether (limits.max_connections_per_server); left out", opt, o.value(opt))
+			v := o.value(opt)
+			t, err := strconv.Atoi(v)
+			if err != nil || t < 0 {
+				r.unreadable(n, "connection threshold %s %q is not a count; rule left out", opt, v)
+				return
+			}
+			if opt == "-x" || opt == "--u-threshold" {
+				upper = t
+			} else {
+				lower = t
+			}
 		case "--tun-type", "--tun-port", "--tun-nocsum", "--tun-csum", "--tun-remcsum":
 			r.note(n, "tunnel option %s is not supported; left out", opt)
 			if opt == "--tun-type" || opt == "--tun-port" {
@@ -303,6 +313,10 @@ func (r *Result) ipvsServer(n int, f []string, services map[string]*ipvsService)
 	if s.method == "" || method == "dr" || method == "tun" {
 		s.method = method
 	}
+	if lower > 0 && (upper == 0 || lower > upper) {
+		r.note(n, "%s: -y %d without a larger -x does nothing in IPVS; left out", addr, lower)
+		lower = 0
+	}
 	w := weight
-	s.svc.Servers = append(s.svc.Servers, config.Server{Address: addr, Weight: &w})
+	s.svc.Servers = append(s.svc.Servers, config.Server{Address: addr, Weight: &w, MaxConnections: upper, ResumeConnections: lower})
 }

@@ -327,6 +327,15 @@ func (r *Result) realServer(b *block, key string, mark bool) (config.Server, boo
 			}
 		case "inhibit_on_failure":
 			inhibit = true
+		case "uthreshold", "lthreshold":
+			v, err := strconv.Atoi(k.arg(1))
+			if err != nil || v < 0 {
+				r.note(k.line, "%s: %s %q is not a count; left out", key, n, k.arg(1))
+			} else if n == "uthreshold" {
+				sv.MaxConnections = v
+			} else {
+				sv.ResumeConnections = v
+			}
 		case "tcp_check", "http_get", "ssl_get", "smtp_check", "dns_check", "misc_check", "udp_check":
 			if sv.HealthCheck != nil {
 				r.note(k.line, "%s: real_server %s has a second check; tether keeps the first", key, addr)
@@ -338,6 +347,10 @@ func (r *Result) realServer(b *block, key string, mark bool) (config.Server, boo
 		default:
 			r.note(k.line, "%s: real_server %s: %s is not understood; left out", key, addr, n)
 		}
+	}
+	if sv.ResumeConnections > 0 && sv.ResumeConnections > sv.MaxConnections {
+		r.note(b.line, "%s: real_server %s: lthreshold without a larger uthreshold does nothing in IPVS; left out", key, addr)
+		sv.ResumeConnections = 0
 	}
 	if hc := sv.HealthCheck; hc != nil && hc.Type != "exec" && hc.Port == 0 && mark && !strings.Contains(addr, ":") {
 		r.note(b.line, "%s: real_server %s has no port, so its %s check needs connect_port; check left out", key, addr, hc.Type)

@@ -87,10 +87,12 @@ func TestIPVSAdm(t *testing.T) {
 	if !f.Services[2].OnePacket {
 		t.Error("-o was lost")
 	}
+	if sv := f.Services[len(f.Services)-1].Servers[0]; sv.MaxConnections != 1000 || sv.ResumeConnections != 0 {
+		t.Errorf("-x 1000: %+v", sv)
+	}
 	for _, want := range []string{
 		"line 5: scheduler flags \"mh-fallback,mh-port\" left out: tether's sh and mh always fall back",
 		"line 11: fwmark 1: DR forwarding is not supported",
-		"line 15: connection thresholds (-x 1000)",
 		"line 8: udp 198.18.0.10:53: one-packet scheduling (-o) is the socket proxy's; the service runs in proxy mode",
 	} {
 		if !strings.Contains(notes(r), want) {
@@ -331,5 +333,23 @@ func TestKeepalivedSMTPAndDNSChecks(t *testing.T) {
 	}
 	if dns == nil || dns.Type != "dns" || dns.QueryType != "A" || dns.QueryName != "www.example" {
 		t.Errorf("DNS_CHECK became %+v\n%s", dns, notes(r))
+	}
+}
+
+// uthreshold and lthreshold are a server's max_connections and
+// resume_connections.
+func TestKeepalivedThresholds(t *testing.T) {
+	in := "virtual_server 198.18.0.10 80 {\n  real_server 198.19.0.1 80 {\n    uthreshold 100\n    lthreshold 60\n  }\n" +
+		"  real_server 198.19.0.2 80 {\n    lthreshold 60\n  }\n}\n"
+	r, err := Keepalived(strings.NewReader(in), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := roundTrip(t, r, "keepalived")
+	if a, b := f.Services[0].Servers[0], f.Services[0].Servers[1]; a.MaxConnections != 100 || a.ResumeConnections != 60 || b.ResumeConnections != 0 {
+		t.Errorf("thresholds: %+v, %+v", a, b)
+	}
+	if !strings.Contains(notes(r), "line 6: virtual_server 198.18.0.10:80: real_server 198.19.0.2:80: lthreshold without a larger uthreshold") {
+		t.Errorf("notes: %s", notes(r))
 	}
 }

@@ -1,11 +1,9 @@
 package proxy
 
 import (
-	"bufio"
 	"errors"
 	"net"
 	"net/netip"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -55,27 +53,8 @@ func TestMaxClientConnections(t *testing.T) {
 	listen := freeAddr(t)
 	p := startProxy(t, mustConfig(t, "services:\n"+serviceYAML("web", listen, "rr",
 		"    persistence: {netmask: 255.255.255.0, max_client_connections: 2}\n", a, b)), Options{})
-	var held []net.Conn
-	defer func() {
-		for _, c := range held {
-			c.Close()
-		}
-	}()
-	var server string
-	for _, src := range []string{"127.1.0.1", "127.1.0.2"} {
-		d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-		c, err := d.Dial("tcp", listen)
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, c)
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil {
-			t.Fatalf("held connection from %s: %v", src, err)
-		}
-		server = strings.TrimSpace(line)
-	}
+	first, server := hold(t, "127.1.0.1", listen)
+	hold(t, "127.1.0.2", listen)
 	if name, err := who(netip.MustParseAddr("127.1.0.3"), listen); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("third connection of 127.1.0.0/24: %q, %v; want a reset", name, err)
 	}
@@ -90,7 +69,7 @@ func TestMaxClientConnections(t *testing.T) {
 			t.Errorf("server %s: %s, %d connect failures; a client's limit blames no server", s.Address, s.State, s.ConnectFails)
 		}
 	}
-	held[0].Close()
+	first.Close()
 	// The proxy releases the lease when it sees the close: poll for it.
 	deadline := time.Now().Add(5 * time.Second)
 	for {

@@ -40,7 +40,7 @@ func (p *Proxy) choose(st *serviceState, client netip.Addr, tried []*server) (ch
 				return p.sorry(st, errNoServer)
 			}
 			p.count("schedule", "scheduler", 1, st.labels)
-			srv.conns.Add(1)
+			srv.conns.Open()
 			return choice{st: st, srv: srv}, nil
 		}
 		l, err := p.table.GetOrBind(st.ref, client, &picker{p: p, st: st, tried: tried})
@@ -58,7 +58,7 @@ func (p *Proxy) choose(st *serviceState, client netip.Addr, tried []*server) (ch
 			continue
 		}
 		p.count("schedule", decision(l.Hit), 1, st.labels)
-		srv.conns.Add(1)
+		srv.conns.Open()
 		return choice{st: st, srv: srv, lease: l}, nil
 	}
 	return p.sorry(st, errNoServer)
@@ -72,7 +72,7 @@ func (p *Proxy) sorry(st *serviceState, cause error) (choice, error) {
 		return choice{st: st}, cause
 	}
 	p.count("schedule", "sorry", 1, st.labels)
-	st.sorry.conns.Add(1)
+	st.sorry.conns.Open()
 	return choice{st: st, srv: st.sorry}, nil
 }
 
@@ -105,7 +105,7 @@ func (pk *picker) Pick(client netip.Addr) (netip.AddrPort, error) {
 // release gives back what a connection or flow held: its count on srv and
 // its lease (the zero Lease for none).
 func (p *Proxy) release(srv *server, lease affinity.Lease) {
-	srv.conns.Add(-1)
+	srv.conns.Close()
 	p.table.Release(lease)
 }
 

@@ -9,7 +9,7 @@
 //     kernel change, so that no lock is held across a system call;
 //     snapshot.go: the periodic snapshot writer.
 //   - service.go, server.go: a service's immutable state; a real server's
-//     counts and health flags.
+//     counts (package connlimit: its thresholds) and health flags.
 //   - choose.go: choose, the template-then-scheduler decision that TCP,
 //     UDP and the director all use; the sorry server; passive failure.
 //   - tcp.go: accept (package acceptloop), access lists, PROXY headers

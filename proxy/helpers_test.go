@@ -161,3 +161,21 @@ func checkHas(t *testing.T, what, out string, want, gone []string) {
 		}
 	}
 }
+
+// hold opens a connection from src to addr and reads the server's name
+// from it; the connection stays open until the test closes it or ends.
+func hold(t *testing.T, src, addr string) (net.Conn, string) {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("held connection from %s: %v", src, err)
+	}
+	return c, strings.TrimSpace(line)
+}

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"time"
+
+	"github.com/tetherlb/tether/connlimit"
 )
 
 // server is a real server of one service, with the live counts that the
@@ -11,24 +13,21 @@ import (
 type server struct {
 	Addr netip.AddrPort
 
-	weight   atomic.Int32 // configured, or set by `tether server set`
-	maxConns atomic.Int64 // 0: no limit; a reload changes it under load
-
-	conns       atomic.Int64 // open connections
-	failedUntil atomic.Int64 // unix ns; passive failure: not picked before
-	down        atomic.Bool  // failed its health check
-	inhibited   atomic.Bool  // failed its health check, inhibit_on_failure: weight 0
-	adminDown   atomic.Bool  // tether server set --down
-	drained     atomic.Bool  // tether server set --drain: weight 0
+	weight      atomic.Int32    // configured, or set by `tether server set`
+	conns       connlimit.Count // open connections, against max_connections
+	failedUntil atomic.Int64    // unix ns; passive failure: not picked before
+	down        atomic.Bool     // failed its health check
+	inhibited   atomic.Bool     // failed its health check, inhibit_on_failure: weight 0
+	adminDown   atomic.Bool     // tether server set --down
+	drained     atomic.Bool     // tether server set --drain: weight 0
 
 	accepted, failed  atomic.Uint64
 	bytesIn, bytesOut atomic.Uint64 // from and to the client
 }
 
-func newServer(addr netip.AddrPort, weight int, maxConns int) *server {
+func newServer(addr netip.AddrPort, weight int) *server {
 	s := &server{Addr: addr}
 	s.weight.Store(int32(weight))
-	s.maxConns.Store(int64(maxConns))
 	return s
 }
 
@@ -51,12 +50,12 @@ func (s *server) isDown() bool { return s.down.Load() || s.adminDown.Load() }
 func (s *server) Address() netip.AddrPort { return s.Addr }
 
 // Available says the server may take a new client: weight above 0, not
-// down, not failed recently, not at its connection limit.
+// down, not failed recently, not full by its connection thresholds.
 func (s *server) Available() bool {
 	if s.Weight() <= 0 || s.isDown() {
 		return false
 	}
-	if m := s.maxConns.Load(); m > 0 && s.conns.Load() >= m {
+	if s.conns.Full() {
 		return false
 	}
 	if f := s.failedUntil.Load(); f != 0 && time.Now().UnixNano() < f {

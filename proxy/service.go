@@ -95,7 +95,7 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table, c
 			s = prev.byAddr[addr]
 		}
 		if s == nil {
-			s = newServer(addr, *sc.Weight, cfg.Limits.MaxConnectionsPerServer)
+			s = newServer(addr, *sc.Weight)
 			// keepalived's alpha: no client before the first checks pass.
 			if hc := cfg.Check(sc); hc != nil && hc.Start == config.StartDown {
 				s.down.Store(!cfg.InhibitOnFailure)
@@ -103,11 +103,11 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table, c
 			}
 		} else {
 			s.weight.Store(int32(*sc.Weight))
-			s.maxConns.Store(int64(cfg.Limits.MaxConnectionsPerServer))
 			// What `tether server set` changed lasts until a reload.
 			s.adminDown.Store(false)
 			s.drained.Store(false)
 		}
+		s.conns.Set(cmp.Or(sc.MaxConnections, cfg.Limits.MaxConnectionsPerServer), sc.ResumeConnections)
 		st.servers = append(st.servers, s)
 		st.byAddr[addr] = s
 		if v := cmp.Or(sc.SendProxy, cfg.SendProxy); v != "" {
@@ -123,7 +123,7 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table, c
 		if prev != nil && prev.sorry != nil && prev.sorry.Addr == addr {
 			st.sorry = prev.sorry
 		} else {
-			st.sorry = newServer(addr, 1, 0)
+			st.sorry = newServer(addr, 1)
 		}
 		if cfg.SendProxy != "" {
 			if st.sendProxy == nil {
