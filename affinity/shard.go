@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"sync"
 
+	"github.com/tetherlb/tether/internal/fmix"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,12 +26,7 @@ func (k key) client() netip.Addr { return netip.AddrFrom16(k.addr).Unmap() }
 func (k key) hash() uint64 {
 	h := binary.LittleEndian.Uint64(k.addr[:8])*0x9e3779b97f4a7c15 ^
 		binary.LittleEndian.Uint64(k.addr[8:]) ^ uint64(k.svc)<<40
-	h ^= h >> 33
-	h *= 0xff51afd7ed558ccd
-	h ^= h >> 33
-	h *= 0xc4ceb9fe1a85ec53
-	h ^= h >> 33
-	return h
+	return fmix.Mix64(h)
 }
 
 // entry is one template, in its shard's slot array: 32 bytes, so that a

@@ -203,16 +203,16 @@ type Service struct {
 
 // Admits says whether the service takes client a (its access lists).
 func (s *Service) Admits(a netip.Addr) bool {
+	return !inAny(s.DenyNets, a) && (len(s.AllowNets) == 0 || inAny(s.AllowNets, a))
+}
+
+// TrustsProxy says whether a connection from a starts with a PROXY
+// header (accept_proxy's sources).
+func (s *Service) TrustsProxy(a netip.Addr) bool { return inAny(s.AcceptProxyNets, a) }
+
+func inAny(nets []netip.Prefix, a netip.Addr) bool {
 	a = a.Unmap()
-	for _, p := range s.DenyNets {
-		if p.Contains(a) {
-			return false
-		}
-	}
-	if len(s.AllowNets) == 0 {
-		return true
-	}
-	for _, p := range s.AllowNets {
+	for _, p := range nets {
 		if p.Contains(a) {
 			return true
 		}

@@ -12,40 +12,25 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/internal/testserver"
 )
 
 // smtpServer greets with greeting and answers HELO with 250 when the name
 // is "good", 550 otherwise.
 func smtpServer(t *testing.T, greeting string) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				fmt.Fprintf(c, "%s\r\n", greeting)
-				line, err := bufio.NewReader(c).ReadString('\n')
-				if err != nil {
-					return
-				}
-				if strings.TrimSpace(line) == "HELO good" {
-					fmt.Fprintf(c, "250 hello\r\n")
-				} else {
-					fmt.Fprintf(c, "550 go away\r\n")
-				}
-			}()
+	return testserver.TCP(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "%s\r\n", greeting)
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return
 		}
-	}()
-	return netip.MustParseAddrPort(ln.Addr().String())
+		if strings.TrimSpace(line) == "HELO good" {
+			fmt.Fprintf(c, "250 hello\r\n")
+		} else {
+			fmt.Fprintf(c, "550 go away\r\n")
+		}
+	})
 }
 
 // dnsServer answers ok.example. with NOERROR and anything else NXDOMAIN.

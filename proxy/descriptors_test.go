@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetherlb/tether/internal/testserver"
 	"github.com/tetherlb/tether/tcprelay"
 )
 
@@ -19,37 +20,21 @@ import (
 // buffer: unlike io.Copy between sockets it holds no pipe of the Go
 // runtime's, so that the descriptors counted are tether's.
 func plainEcho(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return testserver.TCP(t, func(c net.Conn) {
+		c.Write([]byte("a\n"))
+		buf := make([]byte, 32<<10)
 		for {
-			c, err := ln.Accept()
+			n, err := c.Read(buf)
+			if n > 0 {
+				if _, err := c.Write(buf[:n]); err != nil {
+					return
+				}
+			}
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				c.Write([]byte("a\n"))
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 {
-						if _, err := c.Write(buf[:n]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	return ln.Addr().String()
+	}).String()
 }
 
 // openFDs counts this process's open descriptors.

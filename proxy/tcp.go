@@ -45,7 +45,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 		p.accessLog(st, "tcp", src, netip.AddrPort{}, lg, "refused: the service's connection cap")
 		return
 	}
-	if trusted(st.cfg.AcceptProxyNets, src.Addr()) {
+	if st.cfg.TrustsProxy(src.Addr()) {
 		client.SetReadDeadline(time.Now().Add(proxyHeaderTimeout))
 		real, err := proxyheader.Read(client)
 		client.SetReadDeadline(time.Time{})
@@ -97,20 +97,10 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	p.count("server", "connections", 1, slabels)
 
 	in, out, err := p.tcp.Copy(client, backend, st.cfg.Limits.IdleTimeout.D())
-	end := "closed"
-	switch {
-	case err == nil:
-	case errors.Is(err, tcprelay.ErrIdle):
-		end = "idle timeout"
-	case p.ctx.Err() != nil:
-		end = "stopped: the drain deadline passed"
-	default:
-		end = "aborted: " + err.Error()
-	}
 	if !lg.start.IsZero() {
 		lg.in.Store(in)
 		lg.out.Store(out)
-		p.accessLog(st, "tcp", src, serverAddr(srv, dport), lg, end)
+		p.accessLog(st, "tcp", src, serverAddr(srv, dport), lg, p.tcpEnd(err))
 	}
 	srv.bytesIn.Add(uint64(in))
 	srv.bytesOut.Add(uint64(out))
@@ -171,19 +161,21 @@ func (p *Proxy) dialServer(st *serviceState, srv *server, dport uint16) (*net.TC
 	return c.(*net.TCPConn), nil
 }
 
+// tcpEnd says, for the access log, how a connection's copy ended.
+func (p *Proxy) tcpEnd(err error) string {
+	switch {
+	case err == nil:
+		return "closed"
+	case errors.Is(err, tcprelay.ErrIdle):
+		return "idle timeout"
+	case p.ctx.Err() != nil:
+		return "stopped: the drain deadline passed"
+	}
+	return "aborted: " + err.Error()
+}
+
 // proxyHeaderTimeout bounds the wait for a trusted balancer's PROXY header.
 const proxyHeaderTimeout = 5 * time.Second
-
-// trusted says a is in nets (accept_proxy's sources).
-func trusted(nets []netip.Prefix, a netip.Addr) bool {
-	a = a.Unmap()
-	for _, p := range nets {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
 
 // acceptFailed counts and logs (at most once a second) a failed accept.
 func (p *Proxy) acceptFailed(listener string) func(error, time.Duration) {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+
+	"github.com/tetherlb/tether/internal/fmix"
 )
 
 // Server is what a scheduler reads of a real server. Implementations are
@@ -90,20 +92,11 @@ const mhFallbackSeed uint64 = 0x9e3779b97f4a7c15
 func hashAddr(a netip.Addr, seed uint64) uint64 {
 	b := a.Unmap().As16()
 	h := seed ^ binary.LittleEndian.Uint64(b[:8])*0xff51afd7ed558ccd ^ binary.LittleEndian.Uint64(b[8:])
-	return fmix64(h)
+	return fmix.Mix64(h)
 }
 
 func hashAddrPort(ap netip.AddrPort, seed uint64) uint64 {
-	return fmix64(hashAddr(ap.Addr(), seed) ^ uint64(ap.Port())*0xc4ceb9fe1a85ec53)
-}
-
-func fmix64(h uint64) uint64 {
-	h ^= h >> 33
-	h *= 0xff51afd7ed558ccd
-	h ^= h >> 33
-	h *= 0xc4ceb9fe1a85ec53
-	h ^= h >> 33
-	return h
+	return fmix.Mix64(hashAddr(ap.Addr(), seed) ^ uint64(ap.Port())*0xc4ceb9fe1a85ec53)
 }
 
 func gcd(a, b int) int {

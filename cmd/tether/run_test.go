@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetherlb/tether/internal/testserver"
 	"github.com/urfave/cli/v2"
 )
 
@@ -31,26 +32,10 @@ func freeAddr(t *testing.T) string {
 // nameServer answers each connection with its name, then echoes until
 // the client closes: a connection can be held open.
 func nameServer(t *testing.T, name string) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.WriteString(c, name+"\n")
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return testserver.TCP(t, func(c net.Conn) {
+		io.WriteString(c, name+"\n")
+		io.Copy(c, c)
+	}).String()
 }
 
 func ask(addr string) (string, error) {
