@@ -172,10 +172,16 @@ func hold(t *testing.T, src, addr string) (net.Conn, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	return c, readLine(t, c)
+}
+
+// readLine reads the first line the server sends on c, within 5s.
+func readLine(t *testing.T, c net.Conn) string {
+	t.Helper()
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
-		t.Fatalf("held connection from %s: %v", src, err)
+		t.Fatalf("from %s: %v", c.LocalAddr(), err)
 	}
-	return c, strings.TrimSpace(line)
+	return strings.TrimSpace(line)
 }

@@ -91,13 +91,8 @@ func TestSendProxy(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(5 * time.Second))
-			line, err := bufio.NewReader(c).ReadString('\n')
-			if err != nil {
-				t.Fatal(err)
-			}
 			want := fmt.Sprintf("%s %s %s", tc.want, c.LocalAddr(), listen)
-			if got := strings.TrimSpace(line); got != want {
+			if got := readLine(t, c); got != want {
 				t.Errorf("the server saw %q, want %q", got, want)
 			}
 		})
@@ -126,13 +121,8 @@ func TestSendProxyMarkService(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := fmt.Sprintf("v2 %s %s", c.LocalAddr(), vip); strings.TrimSpace(line) != want {
-		t.Errorf("the server saw %q, want %q", strings.TrimSpace(line), want)
+	if got, want := readLine(t, c), fmt.Sprintf("v2 %s %s", c.LocalAddr(), vip); got != want {
+		t.Errorf("the server saw %q, want %q", got, want)
 	}
 }
 
