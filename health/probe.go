@@ -36,19 +36,6 @@ const (
 	maxDigestBody = 4 << 20
 )
 
-// limitWriter keeps the first n bytes written to it and drops the rest.
-type limitWriter struct {
-	b *bytes.Buffer
-	n int
-}
-
-func (w *limitWriter) Write(p []byte) (int, error) {
-	if room := w.n - w.b.Len(); room > 0 {
-		w.b.Write(p[:min(room, len(p))])
-	}
-	return len(p), nil
-}
-
 // NewProbe builds hc's probe of server. hc must have passed config
 // validation (and normalization, for its defaults).
 func NewProbe(hc config.HealthCheck, server netip.AddrPort, do Do) (Probe, error) {
@@ -132,20 +119,24 @@ func httpProbe(hc config.HealthCheck, target netip.AddrPort, dial func(context.C
 		}
 		// The digest covers the whole body, up to maxDigestBody; the
 		// substring is looked for in its first maxBody bytes.
-		h := md5.New()
-		var head bytes.Buffer
-		n, err := io.Copy(io.MultiWriter(h, &limitWriter{&head, maxBody}), io.LimitReader(resp.Body, maxDigestBody+1))
+		limit := int64(maxBody)
+		if hc.Digest != "" {
+			limit = maxDigestBody + 1
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, limit))
 		if err != nil {
 			return fmt.Errorf("GET %s: reading the body: %w", hc.Path, err)
 		}
-		if hc.ExpectBody != "" && !bytes.Contains(head.Bytes(), []byte(hc.ExpectBody)) {
-			return fmt.Errorf("GET %s: the first %d bytes of the body lack %q", hc.Path, head.Len(), hc.ExpectBody)
+		head := body[:min(len(body), maxBody)]
+		if hc.ExpectBody != "" && !bytes.Contains(head, []byte(hc.ExpectBody)) {
+			return fmt.Errorf("GET %s: the first %d bytes of the body lack %q", hc.Path, len(head), hc.ExpectBody)
 		}
 		if hc.Digest != "" {
-			if n > maxDigestBody {
+			if len(body) > maxDigestBody {
 				return fmt.Errorf("GET %s: the body is longer than the %d bytes a digest check reads", hc.Path, maxDigestBody)
 			}
-			if got := hex.EncodeToString(h.Sum(nil)); !strings.EqualFold(got, hc.Digest) {
+			sum := md5.Sum(body)
+			if got := hex.EncodeToString(sum[:]); !strings.EqualFold(got, hc.Digest) {
 				return fmt.Errorf("GET %s: body digest %s, want %s", hc.Path, got, hc.Digest)
 			}
 		}

@@ -28,48 +28,42 @@ const fileShift = 24
 // file and line of what they speak of. mangle is as for Keepalived.
 func KeepalivedFile(path string, mangle io.Reader) (*Result, error) {
 	r := &Result{}
-	inc := &includer{r: r}
-	blocks, err := inc.file(path, 0)
+	blocks, err := r.includeFile(path, 0)
 	if err != nil {
 		return nil, err
 	}
 	return r.keepalived(blocks, mangle)
 }
 
-// includer reads the files of one import and numbers them.
-type includer struct {
-	r *Result
-}
-
-// file parses one file and splices in the blocks of the files it
+// includeFile parses one file and splices in the blocks of the files it
 // includes, at the place of each include statement.
-func (inc *includer) file(path string, depth int) ([]*block, error) {
-	if len(inc.r.files) >= maxIncludeFiles {
+func (r *Result) includeFile(path string, depth int) ([]*block, error) {
+	if len(r.files) >= maxIncludeFiles {
 		return nil, fmt.Errorf("%s: more than %d files included", path, maxIncludeFiles)
 	}
 	b, err := bounded.ReadFile(path, maxIncludeSize)
 	if err != nil {
 		return nil, err
 	}
-	idx := len(inc.r.files)
-	inc.r.files = append(inc.r.files, path)
+	idx := len(r.files)
+	r.files = append(r.files, path)
 	blocks, err := parseKeepalived(bytes.NewReader(b))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	renumber(blocks, idx<<fileShift)
-	return inc.expand(blocks, filepath.Dir(path), depth)
+	return r.expand(blocks, filepath.Dir(path), depth)
 }
 
 // expand replaces include statements, at any depth of blocks, with what
 // their files hold.
-func (inc *includer) expand(blocks []*block, dir string, depth int) ([]*block, error) {
+func (r *Result) expand(blocks []*block, dir string, depth int) ([]*block, error) {
 	var out []*block
 	for _, b := range blocks {
 		switch b.name() {
 		case "include", "includer", "includem", "includew", "includeb":
 		default:
-			kids, err := inc.expand(b.kids, dir, depth)
+			kids, err := r.expand(b.kids, dir, depth)
 			if err != nil {
 				return nil, err
 			}
@@ -78,29 +72,29 @@ func (inc *includer) expand(blocks []*block, dir string, depth int) ([]*block, e
 			continue
 		}
 		if depth >= maxIncludeDepth {
-			return nil, fmt.Errorf("%s: includes nested more than %d deep", inc.r.place(b.line), maxIncludeDepth)
+			return nil, fmt.Errorf("%s: includes nested more than %d deep", r.place(b.line), maxIncludeDepth)
 		}
 		pattern := b.arg(1)
 		if pattern == "" {
-			inc.r.unreadable(b.line, "%s without a file name", b.name())
+			r.unreadable(b.line, "%s without a file name", b.name())
 			continue
 		}
 		if !filepath.IsAbs(pattern) {
 			pattern = filepath.Join(dir, pattern)
 		}
 		if strings.ContainsAny(pattern, "{}") {
-			inc.r.note(b.line, "%s %s: brace expressions are taken literally", b.name(), b.arg(1))
+			r.note(b.line, "%s %s: brace expressions are taken literally", b.name(), b.arg(1))
 		}
 		paths, err := filepath.Glob(pattern)
 		if err != nil {
-			inc.r.unreadable(b.line, "%s %s: %v", b.name(), b.arg(1), err)
+			r.unreadable(b.line, "%s %s: %v", b.name(), b.arg(1), err)
 			continue
 		}
 		if len(paths) == 0 {
-			inc.r.note(b.line, "%s %s: no file matches", b.name(), b.arg(1))
+			r.note(b.line, "%s %s: no file matches", b.name(), b.arg(1))
 		}
 		for _, p := range paths { // Glob sorts them, as glob(3) does
-			kids, err := inc.file(p, depth+1)
+			kids, err := r.includeFile(p, depth+1)
 			if err != nil {
 				return nil, err
 			}
