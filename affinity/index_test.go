@@ -64,14 +64,14 @@ func TestSlotsAgainstOracle(t *testing.T) {
 				i = sh.insert(k, h, 0, uint32(op), nil)
 				gens[k] = sh.ents[i].generation()
 			case r.IntN(3) == 0:
-				sh.remove(i)
+				sh.remove(i, 0, nil)
 				delete(gens, k)
 				delete(active, k)
 			case active[k]:
-				sh.close(i, uint32(op))
+				sh.close(i, uint32(op), nil)
 				active[k] = false
 			default:
-				sh.open(i, uint32(op), true)
+				sh.open(i, uint32(op), true, nil)
 				active[k] = true
 			}
 			checkShard(t, &sh, gens, active)
@@ -102,7 +102,7 @@ func TestSlotClustersWrap(t *testing.T) {
 	}
 	for _, d := range []int{2, 0, 5} {
 		i, _ := sh.get(keys[d], keys[d].hash())
-		sh.remove(i)
+		sh.remove(i, 0, nil)
 		delete(gens, keys[d])
 		checkShard(t, &sh, gens, nil)
 	}
@@ -154,19 +154,19 @@ func TestVictimOrder(t *testing.T) {
 	slot := func(k key) int32 { i, _ := sh.get(k, k.hash()); return i }
 	// 0..5 active; 6 idle but just used; 7 idle and not used since.
 	for _, k := range keys[:6] {
-		sh.open(slot(k), 1, true)
+		sh.open(slot(k), 1, true, nil)
 	}
-	sh.open(slot(keys[6]), 1, true)
-	sh.close(slot(keys[6]), 1)
+	sh.open(slot(keys[6]), 1, true, nil)
+	sh.close(slot(keys[6]), 1, nil)
 	if v := sh.victim(1, reg); sh.ents[v].key() != keys[7] {
 		t.Fatalf("victim %v, want the idle, unused %v", sh.ents[v].key().client(), keys[7].client())
 	}
-	sh.remove(slot(keys[7]))
+	sh.remove(slot(keys[7]), 0, nil)
 	// Only 6 is idle now: used again, it still goes before any active one.
 	if v := sh.victim(1, reg); sh.ents[v].key() != keys[6] {
 		t.Fatalf("victim %v, want the only idle one, %v", sh.ents[v].key().client(), keys[6].client())
 	}
-	sh.remove(slot(keys[6]))
+	sh.remove(slot(keys[6]), 0, nil)
 	// None idle: an active one goes.
 	if v := sh.victim(1, reg); v == none || sh.ents[v].active == 0 {
 		t.Fatalf("with every template active, victim %d", v)

@@ -28,6 +28,9 @@ type ServiceConfig struct {
 	// more with ErrClientLimit (HAProxy's sc_conn_cur against a limit).
 	// Zero: no limit.
 	MaxClientConns uint32
+	// Journal records the service's template changes for Changes (the
+	// director mirrors them into the kernel); other services pay nothing.
+	Journal bool
 }
 
 func (c ServiceConfig) timeout() time.Duration {

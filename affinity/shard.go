@@ -71,6 +71,7 @@ type shard struct {
 	stats  Stats
 	// mapped is ents' mapping when it is off the heap (hugeSlice).
 	mapped []byte
+	jr     journal  // changes for a mirror (journal.go)
 	_      [64]byte // keep the next shard's lock off this cache line
 }
 
@@ -93,10 +94,11 @@ func (sh *shard) release() {
 // again) marks it referenced; a template's first connection does not, so
 // that at the bound a flood of new sources goes before the clients that
 // come back.
-func (sh *shard) open(i int32, now uint32, hit bool) {
+func (sh *shard) open(i int32, now uint32, hit bool, r *registry) {
 	e := &sh.ents[i]
 	if e.active == 0 {
 		sh.active++
+		sh.note(e, Busy, now, r)
 	}
 	e.active++
 	e.stamp = now
@@ -107,25 +109,28 @@ func (sh *shard) open(i int32, now uint32, hit bool) {
 
 // close counts a closed connection; the last one starts the template's
 // timer. It writes nothing but the template's own slot.
-func (sh *shard) close(i int32, now uint32) {
+func (sh *shard) close(i int32, now uint32, r *registry) {
 	e := &sh.ents[i]
 	e.active--
 	e.stamp = now
 	if e.active == 0 {
 		sh.active--
+		sh.note(e, Idle, now, r)
 	}
 }
 
 // victim chooses the template to evict at the bound, by sampling (as
-// Redis approximates LRU) a window of slots at a random place, ranked: an expired
-// idle one first; then an idle one no client came back to since it was
-// bound; then an idle one a client came back to (its reference bit: a
-// flood of new sources goes before the clients that return); then one with
-// open connections; the oldest within a rank. A window of evictSamples
-// slots without an idle template of the first two ranks is followed by up
-// to two more. Eviction at random places keeps linear probing's clusters short,
-// where evicting in slot order (a clock hand) merges them. With no idle
-// template sampled but some in the shard, a scan finds one.
+// Redis approximates LRU) a window of templates at a random place, ranked:
+// an expired idle one first; then an idle one no client came back to since
+// it was bound; then an idle one a client came back to (its reference bit:
+// a flood of new sources goes before the clients that return); then one
+// with open connections; the oldest within a rank. A window of
+// evictSamples templates (empty slots skipped, so that a run of empty
+// slots is no empty sample) without an idle template of the first two
+// ranks is followed by up to two more, then by a bounded scan for one.
+// Eviction at random places keeps linear probing's clusters short, where
+// evicting in slot order (a clock hand) merges them. With no idle template
+// sampled but some in the shard, a scan finds one.
 func (sh *shard) victim(now uint32, r *registry) int32 {
 	best, bestRank := int32(none), -1
 	l := len(sh.ents)
@@ -141,11 +146,12 @@ func (sh *shard) victim(now uint32, r *registry) int32 {
 		if samples != l {
 			i = sh.sample()
 		}
-		for j := 0; j < samples; j, i = j+1, int32(next(int(i), l)) {
+		for j, seen := 0, 0; seen < samples && j < l; j, i = j+1, int32(next(int(i), l)) {
 			e := &sh.ents[i]
 			if e.gen == 0 {
 				continue
 			}
+			seen++
 			rank := 1
 			switch {
 			case e.active > 0:
@@ -161,11 +167,15 @@ func (sh *shard) victim(now uint32, r *registry) int32 {
 			}
 		}
 	}
-	if bestRank == 2 {
+	if bestRank < 3 {
 		// Every idle template sampled was one a client came back to: look
 		// further for one nobody came back to (evictions thin a region of
 		// new sources, so returning clients gather where windows look).
-		for j, i := 0, int(best); j < maxScan && j < l; j, i = j+1, next(i, l) {
+		start := int(best)
+		if best == none {
+			start = int(sh.sample())
+		}
+		for j, i := 0, start; j < maxScan && j < l; j, i = j+1, next(i, l) {
 			if e := &sh.ents[i]; e.gen != 0 && e.active == 0 && e.gen&refBit == 0 {
 				return int32(i)
 			}
@@ -184,8 +194,8 @@ func (sh *shard) victim(now uint32, r *registry) int32 {
 	return best
 }
 
-// evictSamples is the window of slots a victim is chosen from (four cache
-// lines, about six templates), and smallShard the slot array up to which
+// evictSamples is the window of templates a victim is chosen from (about
+// six cache lines), and smallShard the slot array up to which
 // every template is looked at instead.
 const (
 	evictSamples = 8
@@ -217,7 +227,7 @@ func (sh *shard) insert(k key, h uint64, server uint32, now uint32, r *registry)
 		} else {
 			sh.stats.Evictions++
 		}
-		sh.remove(victim)
+		sh.remove(victim, now, r)
 	}
 	if sh.full() {
 		sh.grow()
@@ -233,10 +243,11 @@ func (sh *shard) insert(k key, h uint64, server uint32, now uint32, r *registry)
 
 // remove drops template i. Templates after it in its cluster may move back
 // to close the gap (vacate), so a walk looks at slot i again.
-func (sh *shard) remove(i int32) {
+func (sh *shard) remove(i int32, now uint32, r *registry) {
 	if sh.ents[i].active > 0 {
 		sh.active--
 	}
+	sh.note(&sh.ents[i], Dropped, now, r)
 	sh.vacate(int(i))
 }
 
@@ -248,7 +259,7 @@ func (sh *shard) sweep(r *registry, now uint32, from, to int) int {
 		e := &sh.ents[j]
 		if e.gen != 0 && e.active == 0 {
 			if s := r.svcs[e.svc]; s.removed || e.age(now) >= s.timeout {
-				sh.remove(int32(j)) // the gap may be filled from further on: look again
+				sh.remove(int32(j), now, r) // the gap may be filled from further on: look again
 				sh.stats.Expirations++
 				n++
 				continue

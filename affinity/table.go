@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// DefaultCapacity bounds a table whose Options leave Capacity zero. At 43
-// bytes a template when full (32 bytes a slot, three quarters of the slots
-// used) it is about 45 MB.
+// DefaultCapacity bounds a table whose Options leave Capacity zero. At 48
+// bytes a template when full (32 bytes a slot, two thirds of the slots
+// used) it is about 50 MB.
 const DefaultCapacity = 1 << 20
 
 // Options configure a Table. The zero value is a working table.
@@ -201,7 +201,8 @@ type Lease struct {
 // template's timer and returns the bound server. On a miss, an expired
 // template or an unusable server it asks p for a server and binds it.
 func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, error) {
-	svc, err := t.reg.Load().service(ref)
+	r := t.reg.Load()
+	svc, err := r.service(ref)
 	if err != nil {
 		return Lease{}, err
 	}
@@ -215,7 +216,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 		e := &sh.ents[i]
 		switch {
 		case e.active == 0 && e.age(now) >= svc.timeout:
-			sh.remove(i)
+			sh.remove(i, now, r)
 			sh.stats.Expirations++
 		case svc.usable(uint32(e.server)):
 			if svc.full(e) {
@@ -223,7 +224,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 				sh.mu.Unlock()
 				return Lease{}, ErrClientLimit
 			}
-			sh.open(i, now, true)
+			sh.open(i, now, true, r)
 			sh.stats.Hits++
 			l := Lease{Server: svc.servers[e.server], Hit: true, key: k, slot: i, gen: e.generation()}
 			sh.mu.Unlock()
@@ -239,7 +240,8 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 	}
 	// The registry may have changed while the scheduler ran; bind against
 	// the newest one.
-	svc, err = t.reg.Load().service(ref)
+	r = t.reg.Load()
+	svc, err = r.service(ref)
 	if err != nil {
 		return Lease{}, err
 	}
@@ -260,15 +262,18 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 		if !live || !svc.usable(uint32(e.server)) {
 			e.server = uint16(sv)
 			sh.stats.Binds++
+			if e.active > 0 { // open below notes only a template that was idle
+				sh.note(e, Busy, now, r)
+			}
 		} else if svc.full(e) {
 			sh.stats.ClientLimited++
 			return Lease{}, ErrClientLimit
 		}
 	} else {
-		i = sh.insert(k, h, sv, now, t.reg.Load())
+		i = sh.insert(k, h, sv, now, r)
 		sh.stats.Binds++
 	}
-	sh.open(i, now, ok) // joining a template another connection just bound is a use
+	sh.open(i, now, ok, r) // joining a template another connection just bound is a use
 	e := &sh.ents[i]
 	return Lease{Server: svc.servers[e.server], key: k, slot: i, gen: e.generation()}, nil
 }
@@ -292,7 +297,7 @@ func (t *Table) Release(l Lease) {
 		ok = ok && sh.ents[i].generation() == l.gen
 	}
 	if ok && sh.ents[i].active > 0 {
-		sh.close(i, now)
+		sh.close(i, now, t.reg.Load())
 	}
 	sh.mu.Unlock()
 }
@@ -338,6 +343,7 @@ func (t *Table) Len() int {
 // invalidations. match runs under shard locks: it must be the package's own.
 func (t *Table) invalidate(match func(*entry) bool) int {
 	n := 0
+	r, now := t.reg.Load(), t.nowTicks()
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
@@ -345,7 +351,7 @@ func (t *Table) invalidate(match func(*entry) bool) int {
 		for j := 0; j < len(sh.ents); {
 			if e := &sh.ents[j]; e.gen != 0 && match(e) {
 				// The gap may be filled from further on: look again.
-				sh.remove(int32(j))
+				sh.remove(int32(j), now, r)
 				m++
 				continue
 			}

@@ -487,22 +487,27 @@ func TestLeaseFollowsMovedTemplate(t *testing.T) {
 // Approximate LRU under a flood: the table is at its bound, a hot tenth of
 // its clients keeps reconnecting, and new spoofed sources ten times the
 // capacity pour in. No hot client ever loses its template, and the table
-// stays within its bound.
+// stays within its bound. Time passes as connections come (a tick each),
+// so that recency is not a tie: within one tick, idle templates nobody came
+// back to are all equally old.
 func TestHotClientsSurviveAFlood(t *testing.T) {
 	const capacity, hot = 10_000, 1_000
 	p := newPicker(3)
-	tb, ref, _ := newTestTable(Options{Capacity: capacity}, ServiceConfig{}, p)
+	tb, ref, clk := newTestTable(Options{Capacity: capacity}, ServiceConfig{Timeout: time.Hour}, p)
 	defer tb.Close()
 	for i := range capacity { // the bound is per shard: the fullest evict already
+		clk.Advance(tick)
 		tb.Release(mustBind(t, tb, ref, client(i), p))
 	}
 	home := map[int]netip.AddrPort{}
 	for h := range hot { // the hot set is hot before the flood too
+		clk.Advance(tick)
 		l := mustBind(t, tb, ref, client(h), p)
 		home[h] = l.Server
 		tb.Release(l)
 	}
 	for i := range 10 * capacity {
+		clk.Advance(tick)
 		tb.Release(mustBind(t, tb, ref, client(capacity+i), p)) // a new source
 		h := i % hot
 		l := mustBind(t, tb, ref, client(h), p)

@@ -177,7 +177,10 @@ func (p *Proxy) start() error {
 		return err
 	}
 	p.snapStop, p.snapNow, p.snapDone = make(chan struct{}), make(chan struct{}, 1), make(chan struct{})
-	go p.snapshots(p.snapStop, p.snapNow)
+	go p.table.SnapshotEvery(p.snapStop, p.snapNow, p.snapDone, func() (string, time.Duration) {
+		c := p.currentCfg()
+		return c.Snapshot, c.SnapshotInterval.D()
+	}, p.log)
 	return nil
 }
 
