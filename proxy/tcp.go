@@ -10,6 +10,7 @@ import (
 
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/tetherlb/tether/acceptloop"
+	"github.com/tetherlb/tether/accesslog"
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/proxyheader"
 	"github.com/tetherlb/tether/tcprelay"
@@ -37,7 +38,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	p.count("connections", "accepted", 1, st.labels)
 	n := svc.active.Add(1)
 	defer svc.active.Add(-1)
-	lg := &logged{start: p.accessLogging()}
+	lg := &accesslog.Counts{Start: p.accessLogging()}
 	src := client.RemoteAddr().(*net.TCPAddr).AddrPort()
 	if n > int64(st.maxConns) {
 		p.count("connections", "rejected", 1, st.labels)
@@ -97,9 +98,9 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	p.count("server", "connections", 1, slabels)
 
 	in, out, err := p.tcp.Copy(client, backend, st.cfg.Limits.IdleTimeout.D())
-	if !lg.start.IsZero() {
-		lg.in.Store(in)
-		lg.out.Store(out)
+	if !lg.Start.IsZero() {
+		lg.In.Store(in)
+		lg.Out.Store(out)
 		p.accessLog(st, "tcp", src, serverAddr(srv, dport), lg, p.tcpEnd(err))
 	}
 	srv.bytesIn.Add(uint64(in))

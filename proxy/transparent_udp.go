@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tetherlb/tether/accesslog"
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/lruset"
@@ -45,7 +46,7 @@ type tflow struct {
 	clientRC, serverRC syscall.RawConn
 	last               atomic.Int64
 	closed             atomic.Bool
-	logged             // for the access log
+	accesslog.Counts   // for the access log
 }
 
 // tflows are the transparent UDP flows, and the goroutines that relay them.
@@ -214,7 +215,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 	}
 	srv, lease := ch.srv, ch.lease
 	f = &tflow{key: k, srv: srv, st: ch.st, lease: lease}
-	f.start = p.accessLogging()
+	f.Start = p.accessLogging()
 	err = p.inNamespace(func() error {
 		d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(k.dst), Control: transparentUDPControl(false)}
 		c, err := d.DialContext(p.ctx, "udp", k.client.String())
@@ -279,9 +280,9 @@ func (p *Proxy) tflowCopy(ft *tflows, f *tflow, from *net.UDPConn, fromRC, toRC 
 		}
 		f.last.Store(time.Now().UnixNano())
 		if from == f.client {
-			f.in.Add(int64(total))
+			f.In.Add(int64(total))
 		} else {
-			f.out.Add(int64(total))
+			f.Out.Add(int64(total))
 		}
 		out.Write(toRC, bufs)
 		rel.Done()
@@ -298,7 +299,7 @@ func (p *Proxy) closeTFlow(f *tflow, end string) {
 	f.client.Close()
 	f.server.Close()
 	p.release(f.srv, f.lease)
-	p.accessLog(f.st, "udp", f.key.client, serverAddr(f.srv, f.key.dst.Port()), &f.logged, end)
+	p.accessLog(f.st, "udp", f.key.client, serverAddr(f.srv, f.key.dst.Port()), &f.Counts, end)
 }
 
 // closeTFlows ends every transparent flow and waits for their goroutines.

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tetherlb/tether/accesslog"
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/lruset"
@@ -31,11 +32,11 @@ type flow struct {
 	conn   *net.UDPConn
 	rc     syscall.RawConn // conn's, for recvmmsg and sendmmsg
 	// dst is the client as the service socket's sendmmsg takes it.
-	dst    unix.RawSockaddrInet6
-	dstLen uint32
-	last   atomic.Int64 // unix ns of the last datagram either way
-	closed atomic.Bool
-	logged // for the access log
+	dst              unix.RawSockaddrInet6
+	dstLen           uint32
+	last             atomic.Int64 // unix ns of the last datagram either way
+	closed           atomic.Bool
+	accesslog.Counts // for the access log
 }
 
 // flowTable is a service's flows, by client address:port.
@@ -79,7 +80,7 @@ func (p *Proxy) serveUDP(svc *service) {
 			if err := out.Write(runFlow.rc, run); err == nil {
 				for _, b := range run {
 					runFlow.srv.bytesIn.Add(uint64(len(b)))
-					runFlow.in.Add(int64(len(b)))
+					runFlow.In.Add(int64(len(b)))
 				}
 			}
 		}
@@ -157,7 +158,7 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 		return nil, err
 	}
 	f = &flow{client: src, srv: srv, st: ch.st, lease: lease, conn: conn, rc: rc}
-	f.start = p.accessLogging()
+	f.Start = p.accessLogging()
 	f.dstLen = udpbatch.Sockaddr(src, svc.family, &f.dst)
 	p.flowsTotal.Add(1)
 	f.last.Store(time.Now().UnixNano())
@@ -206,7 +207,7 @@ func (p *Proxy) flowReplies(svc *service, f *flow) {
 		f.last.Store(time.Now().UnixNano())
 		if err := out.WriteTo(svc.rc, bufs, &f.dst, f.dstLen); err == nil {
 			f.srv.bytesOut.Add(uint64(total))
-			f.out.Add(int64(total))
+			f.Out.Add(int64(total))
 		}
 		rel.Done()
 	}
@@ -234,7 +235,7 @@ func (p *Proxy) closeFlow(f *flow, end string) {
 	p.flowsTotal.Add(-1)
 	f.conn.Close()
 	p.release(f.srv, f.lease)
-	p.accessLog(f.st, "udp", f.client, f.srv.Addr, &f.logged, end)
+	p.accessLog(f.st, "udp", f.client, f.srv.Addr, &f.Counts, end)
 }
 
 func (p *Proxy) closeFlows(svc *service) {
