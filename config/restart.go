@@ -24,6 +24,7 @@ func RestartNeeded(running, next *File) []string {
 		{"director.queue_length", running.Director.QueueLength, next.Director.QueueLength},
 		{"director.fail_open", running.Director.FailOpen, next.Director.FailOpen},
 		{"director.cpu_fanout", running.Director.CPUFanout, next.Director.CPUFanout},
+		{"director.kernel_templates", running.Director.KernelTemplatesOn(), next.Director.KernelTemplatesOn()},
 	} {
 		// Director settings matter only while both run the director: a
 		// first director service starts its queues on reload.

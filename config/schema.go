@@ -91,6 +91,10 @@ type Director struct {
 	// reload: keep (default: they run on) or reset (their conntrack
 	// entries are deleted, as IPVS's expire_nodest_conn).
 	ExpireNodest ExpireNodest `yaml:"expire_nodest,omitempty"`
+	// KernelTemplates (default true) mirrors persistence templates into
+	// the kernel, so that a returning client's flows never go up the
+	// queue; false queues every new flow.
+	KernelTemplates *bool `yaml:"kernel_templates,omitempty"`
 }
 
 // MarkClass is one firewall-mark class.
@@ -341,6 +345,18 @@ func (f *File) ServiceMode(s Service) Mode {
 		return f.Mode
 	}
 	return ModeProxy
+}
+
+// KernelTemplatesOn is director.kernel_templates, true unless set false.
+func (d Director) KernelTemplatesOn() bool { return d.KernelTemplates == nil || *d.KernelTemplates }
+
+// KernelTemplates says whether the director mirrors s's templates into the
+// kernel: a persistent director service with nothing the queue must check
+// for each flow (allow/deny, max_client_connections, max_connections,
+// quorum), unless director.kernel_templates is false.
+func (f *File) KernelTemplates(s Service) bool {
+	return f.Director.KernelTemplatesOn() && f.ServiceMode(s) == ModeDirector && s.Persistence != nil && s.Persistence.MaxClientConnections == 0 &&
+		len(s.Allow) == 0 && len(s.Deny) == 0 && s.Limits.MaxConnections == 0 && s.Quorum == 0
 }
 
 // Check is the health check of server sv of s: its own, else the

@@ -52,7 +52,11 @@ func (d *Director[H]) listenDestroy(tick <-chan time.Time) error {
 	}
 	ct.SetReadBuffer(8 << 20)
 	evs := make(chan conntrack.Event, 1024)
-	errc, err := ct.Listen(evs, 1, []netfilter.NetlinkGroup{netfilter.GroupCTDestroy})
+	groups := []netfilter.NetlinkGroup{netfilter.GroupCTDestroy}
+	if d.o.Adopt != nil {
+		groups = append(groups, netfilter.GroupCTNew)
+	}
+	errc, err := ct.Listen(evs, 1, groups)
 	if err != nil {
 		ct.Close()
 		return err
@@ -60,7 +64,11 @@ func (d *Director[H]) listenDestroy(tick <-chan time.Time) error {
 	for {
 		select {
 		case ev := <-evs:
-			if ev.Flow != nil {
+			switch {
+			case ev.Flow == nil:
+			case ev.Type == conntrack.EventNew:
+				d.adopt(tupleKey(ev.Flow.TupleOrig), ev.Flow.Mark)
+			case ev.Type == conntrack.EventDestroy:
 				d.destroyed(tupleKey(ev.Flow.TupleOrig))
 			}
 		case <-tick:
@@ -88,6 +96,30 @@ func tupleKey(t conntrack.Tuple) FlowKey {
 	return FlowKey{Proto: t.Proto.Protocol,
 		Src: netip.AddrPortFrom(t.IP.SourceAddress.Unmap(), t.Proto.SourcePort),
 		Dst: netip.AddrPortFrom(t.IP.DestinationAddress.Unmap(), t.Proto.DestinationPort)}
+}
+
+// adopt keeps a new flow k that the kernel gave choice mark without the
+// queue, unless the director decided it itself.
+func (d *Director[H]) adopt(k FlowKey, mark uint32) {
+	d.mu.Lock()
+	f := d.flows[k]
+	d.mu.Unlock()
+	if f != nil || mark == 0 {
+		return
+	}
+	hold, ok := d.o.Adopt(k, mark)
+	if !ok {
+		return
+	}
+	d.mu.Lock()
+	if d.flows[k] != nil { // cannot happen: events of one flow come in order
+		d.mu.Unlock()
+		d.o.Release(hold)
+		return
+	}
+	d.flows[k] = &flow[H]{mark: mark, born: time.Now(), hold: hold}
+	d.mu.Unlock()
+	d.stats.adopted.Add(1)
 }
 
 // destroyed ends flow k, which conntrack forgot.

@@ -61,6 +61,11 @@ type Options[H any] struct {
 	// Release gives back what a flow held, once: when conntrack destroys
 	// the flow, when a duplicate decision loses, or at Close.
 	Release func(H)
+	// Adopt, when set, takes a flow the kernel gave a choice mark without
+	// asking (a returning client, from the kernel template map): the
+	// director follows conntrack's new flows too, and what Adopt returns
+	// (ok) is held until the flow ends, as a decision's is.
+	Adopt func(k FlowKey, mark uint32) (H, bool)
 	// VerdictHook, when set, runs before each verdict is sent; tests use
 	// it to hold a packet in the queue.
 	VerdictHook func()
@@ -257,12 +262,13 @@ func (d *Director[H]) decide(b []byte, mark uint32) (verdict int, newMark uint32
 
 // counters are the director's own counts, reported through Stats.
 type counters struct {
-	verdicts, unparsed, unknown, noServer, denied, verdictErrs, overruns, queueErrs, ended, reconciled atomic.Uint64
+	verdicts, adopted, unparsed, unknown, noServer, denied, verdictErrs, overruns, queueErrs, ended, reconciled atomic.Uint64
 }
 
 // Stats are the director's counts since Open.
 type Stats struct {
 	Verdicts      uint64 // new flows given a server
+	Adopted       uint64 // new flows the kernel template map gave a server
 	QueueErrors   uint64 // errors reading the queue, read on
 	Unparsed      uint64 // packets without a TCP or UDP flow
 	Unknown       uint64 // packets of no service (a reload raced them)
@@ -279,7 +285,7 @@ type Stats struct {
 func (d *Director[H]) Stats() Stats {
 	c := &d.stats
 	return Stats{
-		Verdicts: c.verdicts.Load(), QueueErrors: c.queueErrs.Load(), Unparsed: c.unparsed.Load(), Unknown: c.unknown.Load(),
+		Verdicts: c.verdicts.Load(), Adopted: c.adopted.Load(), QueueErrors: c.queueErrs.Load(), Unparsed: c.unparsed.Load(), Unknown: c.unknown.Load(),
 		NoServer: c.noServer.Load(), Denied: c.denied.Load(), VerdictErrors: c.verdictErrs.Load(), Overruns: c.overruns.Load(),
 		FlowsEnded: c.ended.Load(), Reconciled: c.reconciled.Load(), Flows: d.Flows(),
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/tetherlb/tether/affinity"
+
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -59,6 +61,12 @@ type DirectorService struct {
 	// kernel hashes to pick a server for flows tether did not answer
 	// (the service's persistence netmask; the full address otherwise).
 	FallbackBits int
+	// Templates, when not 0, is the size of the service's kernel template
+	// map (templates.go), and Initial its elements when the table is made.
+	Templates uint32
+	Initial   []TemplateElem
+	// Template is the service's identity in the persistence table.
+	Template affinity.Service
 }
 
 // Choice is one server of a service under the mark tether's verdict gives.
@@ -143,6 +151,11 @@ func (d Director) Update(c *nftables.Conn, prev Director, owner bool) error {
 // setNames are the sets and maps fill makes for d.
 func (d Director) setNames() []string {
 	names := []string{"choices", "dnat_port", "dnat_addr"}
+	for i, s := range d.Services {
+		if s.Templates > 0 {
+			names = append(names, templateSetName(i))
+		}
+	}
 	if d.Queue.Bypass {
 		for i, s := range d.Services {
 			if len(fallbackServers(s)) > 0 {
@@ -200,13 +213,20 @@ func (d Director) fill(c *nftables.Conn, t *nftables.Table) error {
 		loadCt, &expr.Lookup{SourceRegister: 1, SetName: choices.Name, SetID: choices.ID},
 		loadCt, storeMeta,
 	}})
-	for _, s := range d.Services {
+	for i, s := range d.Services {
 		if s.FTP {
 			r := append(d.match(s), &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmpEq([]byte{unix.IPPROTO_TCP}),
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 				cmpEq(binaryutil.BigEndian.PutUint16(21)),
 				&expr.Objref{Type: int(nftables.ObjTypeCtHelper), Name: helperFTP})
 			c.AddRule(&nftables.Rule{Table: t, Chain: steer, Exprs: r})
+		}
+		// After the helper rule: a mark service's rules match its
+		// class mark, which the template's choice mark replaces.
+		if s.Templates > 0 {
+			if err := d.addTemplates(c, t, steer, choices, i); err != nil {
+				return err
+			}
 		}
 		r := append(d.match(s), loadMeta, &expr.Lookup{SourceRegister: 1, SetName: choices.Name, SetID: choices.ID, Invert: true})
 		c.AddRule(&nftables.Rule{Table: t, Chain: steer, Exprs: append(r, d.queue())})

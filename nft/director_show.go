@@ -45,6 +45,11 @@ func (d Director) Show() string {
 	fmt.Fprintf(&b, "\tset choices {\n\t\ttype mark%s\n\t}\n\n", elems(choices))
 	fmt.Fprintf(&b, "\tmap dnat_port {\n\t\ttype mark : %s . inet_service%s\n\t}\n\n", typ, elems(withPort))
 	fmt.Fprintf(&b, "\tmap dnat_addr {\n\t\ttype mark : %s%s\n\t}\n\n", typ, elems(noPort))
+	for i, s := range d.Services {
+		if s.Templates > 0 {
+			fmt.Fprintf(&b, "\tmap %s {\n\t\ttype %s : mark\n\t\tsize %d\n\t\tflags timeout\n\t}\n\n", templateSetName(i), typ, s.Templates)
+		}
+	}
 	if d.Queue.Bypass {
 		for i, s := range d.Services {
 			servers := fallbackServers(s)
@@ -90,9 +95,13 @@ func (d Director) Show() string {
 		}
 		return fmt.Sprintf("ct state new %s daddr %s %s dport %d", addr, s.VIP.Addr(), protoName(s.Proto), s.VIP.Port())
 	}
-	for _, s := range d.Services {
+	for i, s := range d.Services {
 		if s.FTP {
 			fmt.Fprintf(&b, "\t\t%s tcp dport 21 ct helper set %q\n", match(s), helperFTP)
+		}
+		if s.Templates > 0 {
+			fmt.Fprintf(&b, "\t\t%s meta mark != @choices meta mark set %s saddr & %s map @%s\n",
+				match(s), addr, netmask(d.Family, s.FallbackBits), templateSetName(i))
 		}
 		fmt.Fprintf(&b, "\t\t%s meta mark != @choices %s\n", match(s), queue)
 	}

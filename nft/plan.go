@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/tetherlb/tether/affinity"
+
 	"github.com/google/nftables"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/marks"
@@ -37,6 +39,15 @@ func Choices(cfg *config.File) []ChoiceKey {
 		}
 	}
 	return want
+}
+
+// ByMark is assigned inverted: the choice each mark names.
+func ByMark(assigned map[ChoiceKey]uint32) map[uint32]ChoiceKey {
+	out := make(map[uint32]ChoiceKey, len(assigned))
+	for k, m := range assigned {
+		out[m] = k
+	}
+	return out
 }
 
 // AssignMarks gives each wanted choice a mark: the one it had, else the
@@ -118,6 +129,14 @@ func DirectorTables(cfg *config.File, assigned map[ChoiceKey]uint32, q Queue, we
 				// fallback picks it only then.
 				ds.Choices = append(ds.Choices, Choice{Mark: assigned[ChoiceKey{k, sc.Sorry}], Server: sc.Sorry, Weight: weights[ChoiceKey{k, sc.Sorry}]})
 			}
+			if cfg.KernelTemplates(sc) {
+				// The table's bound bounds the map (the table evicts first).
+				ds.Template = TemplateID(sc)
+				ds.Templates = uint32(cfg.Affinity.Capacity)
+				if ds.Templates == 0 {
+					ds.Templates = affinity.DefaultCapacity
+				}
+			}
 			if len(ds.Choices) > 0 {
 				tables[fam].Services = append(tables[fam].Services, ds)
 			}
@@ -158,4 +177,18 @@ func DirectorMarks(cfg *config.File) []uint32 {
 		}
 	}
 	return out
+}
+
+// TemplateID is a service's identity in the persistence table. A mark
+// service's templates are keyed by the mark alone, so they span every
+// port and protocol the mark covers.
+func TemplateID(sc config.Service) affinity.Service {
+	if sc.Fwmark != 0 {
+		return affinity.MarkService(sc.Fwmark)
+	}
+	proto := affinity.ProtoTCP
+	if sc.Protocol == config.UDP {
+		proto = affinity.ProtoUDP
+	}
+	return affinity.AddrService(proto, sc.VIP)
 }

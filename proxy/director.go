@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/google/nftables"
+	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/director"
 	"github.com/tetherlb/tether/nft"
@@ -22,6 +23,7 @@ type dirPath struct {
 	native bool            // nft's own queue statement
 	nft    *nftables.Conn  // lasting: owns table ip/ip6 tether
 	d      *director.Director[choice]
+	kt     *director.KernelTemplates // nil: every new flow goes up the queue
 
 	view atomic.Pointer[directorView]
 	// markFor and applied belong to the control loop: the marks in force
@@ -34,6 +36,7 @@ type dirPath struct {
 // directorView is what the verdict path reads: replaced whole on reload.
 type directorView struct {
 	marks    map[nft.ChoiceKey]uint32
+	byMark   map[uint32]nft.ChoiceKey
 	markMask uint32
 }
 
@@ -42,15 +45,28 @@ type directorView struct {
 func (p *Proxy) openDirector(cfg *config.File) (*dirPath, error) {
 	dp := &dirPath{set: cfg.Director}
 	dp.view.Store(&directorView{})
+	var kmaps bool
+	var perr error
 	err := p.inNamespace(func() error {
 		c, err := nftables.New(nftables.AsLasting())
 		if err != nil {
 			return fmt.Errorf("nftables: %w", err)
 		}
 		dp.nft = c
-		dp.native, err = nft.ProbeQueue(c, nftables.TableFamilyIPv4)
+		if dp.native, err = nft.ProbeQueue(c, nftables.TableFamilyIPv4); err == nil {
+			kmaps, perr = nft.ProbeDestroy(c, nftables.TableFamilyIPv4)
+		}
 		return err
 	})
+	if err == nil && !kmaps {
+		p.log.Warn("director: no kernel template maps (the kernel cannot destroy a set element that may be missing; Linux 6.3 can); every new flow goes up the queue", "err", perr)
+	} else if err == nil && cfg.Director.KernelTemplatesOn() {
+		dp.kt = director.OpenKernelTemplates(p.table, dp.nft, p.do, p.log)
+	}
+	var adopt func(director.FlowKey, uint32) (choice, bool)
+	if dp.kt != nil {
+		adopt = func(k director.FlowKey, mark uint32) (choice, bool) { return p.adoptFlow(dp, k, mark) }
+	}
 	if err == nil {
 		dp.d, err = director.Open(director.Options[choice]{
 			Queues: director.Queues{First: cfg.Director.Queue, Count: cfg.Director.Queues, Length: cfg.Director.QueueLength, FailOpen: cfg.Director.FailOpen},
@@ -59,6 +75,7 @@ func (p *Proxy) openDirector(cfg *config.File) (*dirPath, error) {
 				return p.decideFlow(dp, k, mark)
 			},
 			Release:     func(c choice) { p.release(c.srv, c.lease) },
+			Adopt:       adopt,
 			VerdictHook: p.verdictHook,
 		})
 	}
@@ -80,6 +97,7 @@ func (dp *dirPath) close() {
 	if dp.d != nil {
 		dp.d.Close()
 	}
+	dp.kt.Close()
 	if dp.nft != nil {
 		dp.nft.CloseLasting()
 	}
@@ -110,6 +128,42 @@ func (p *Proxy) decideFlow(dp *dirPath, k director.FlowKey, mark uint32) (direct
 	}
 	ch.srv.accepted.Add(1)
 	return director.Chosen, m, ch
+}
+
+// adoptFlow counts a new flow the kernel template map sent to its mark's
+// server on that server and the client's template, as a queued flow's.
+func (p *Proxy) adoptFlow(dp *dirPath, k director.FlowKey, mark uint32) (choice, bool) {
+	ck, ok := dp.view.Load().byMark[mark]
+	p.svcMu.RLock()
+	svc := p.services[ck.Service]
+	p.svcMu.RUnlock()
+	if !ok || svc == nil || !svc.director {
+		return choice{}, false
+	}
+	st := svc.state.Load()
+	srv := st.byAddr[ck.Server]
+	if srv == nil {
+		return choice{}, false
+	}
+	var l affinity.Lease
+	if st.persistent && !srv.isDown() { // a template of a server that went down is being dropped
+		l, _ = p.table.GetOrBind(st.ref, k.Src.Addr(), affinity.Fixed(ck.Server))
+		if l.Server != ck.Server { // rebound meanwhile: the flow is the kernel's, the template stays
+			p.table.Release(l)
+			l = affinity.Lease{}
+		}
+	}
+	srv.conns.Open()
+	srv.accepted.Add(1)
+	return choice{st: st, srv: srv, lease: l}, true
+}
+
+// syncKernel returns once the kernel template maps have every template
+// change made so far.
+func (p *Proxy) syncKernel() {
+	if dp := p.dir.Load(); dp != nil {
+		dp.kt.Sync()
+	}
 }
 
 // directorService is the director service of flow k: by the packet's mark
@@ -145,27 +199,30 @@ func (p *Proxy) applyDirector(cfg *config.File) error {
 	old := dp.markFor
 	assigned := nft.AssignMarks(old, nft.Choices(cfg), cfg.Director.MarkBase)
 	tables := nft.DirectorTables(cfg, assigned, nft.QueueOf(dp.set, dp.native), p.liveWeights(cfg))
-	err := p.inNamespace(func() error {
-		for _, fam := range nft.Families {
-			var err error
-			if prev := dp.applied[fam]; prev != nil {
-				err = tables[fam].Update(dp.nft, *prev, !p.noTableOwner)
-			} else {
-				err = tables[fam].Add(dp.nft, !p.noTableOwner)
-				nft.AddNATAnchor(dp.nft, fam)
+	dp.kt.Fill(tables)
+	apply := func() error {
+		return p.inNamespace(func() error {
+			for _, fam := range nft.Families {
+				var err error
+				if prev := dp.applied[fam]; prev != nil {
+					err = tables[fam].Update(dp.nft, *prev, !p.noTableOwner)
+				} else {
+					err = tables[fam].Add(dp.nft, !p.noTableOwner)
+					nft.AddNATAnchor(dp.nft, fam)
+				}
+				if err != nil {
+					return err
+				}
 			}
-			if err != nil {
-				return err
-			}
-		}
-		return dp.nft.Flush()
-	})
-	if err != nil {
+			return dp.nft.Flush()
+		})
+	}
+	if err := dp.kt.Commit(tables, apply); err != nil {
 		return fmt.Errorf("director: apply nftables tables ip/ip6 %s (needs CAP_NET_ADMIN, nf_tables, nft_nat and the queue): %w", nft.TableName, err)
 	}
 	dp.markFor = assigned
 	dp.applied = tables
-	dp.view.Store(&directorView{marks: assigned, markMask: cfg.MarkSet.MarkMask()})
+	dp.view.Store(&directorView{marks: assigned, byMark: nft.ByMark(assigned), markMask: cfg.MarkSet.MarkMask()})
 	if cfg.Director.ExpireNodest == config.ExpireReset {
 		var gone []uint32
 		for k, m := range old {
@@ -250,7 +307,8 @@ func (p *Proxy) stopDirector() error {
 		return nil
 	}
 	dp.d.Close()
-	dp.d = nil
+	dp.kt.Close() // its writes share dp.nft
+	dp.d, dp.kt = nil, nil
 	err := p.inNamespace(func() error {
 		for _, fam := range nft.Families {
 			dp.nft.DelTable(&nftables.Table{Name: nft.TableName, Family: fam})

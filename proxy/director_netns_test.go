@@ -15,7 +15,6 @@ import (
 	"github.com/tetherlb/tether/api"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/testenv"
-	"github.com/ti-mo/conntrack"
 )
 
 // The marks test of the socket path, in director mode: 200 clients go to
@@ -81,17 +80,7 @@ func TestDirectorReleasesOnConntrackDestroy(t *testing.T) {
 	if got := active(); got != 30 || p.DirectorFlows() != 30 {
 		t.Fatalf("templates hold %d flows, director %d; want 30 each", got, p.DirectorFlows())
 	}
-	err := env.LB.Do(func() error {
-		c, err := conntrack.Dial(nil)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		return c.Flush()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	flushConntrack(t, env)
 	deadline := time.Now().Add(5 * time.Second)
 	for p.DirectorFlows() != 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)

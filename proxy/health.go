@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/health"
 )
@@ -96,6 +97,10 @@ func (p *Proxy) applyHealth(svc *service, srv *server, up bool) {
 	st := svc.state.Load()
 	inhibit := st.cfg.InhibitOnFailure
 	oldWeight, wasDown := srv.Weight(), srv.isDown()
+	if !up && !inhibit && st.persistent && svc.director { // the kernel forgets its clients before anyone sees it down
+		p.table.SetServer(st.ref, srv.Addr, affinity.ServerDown)
+		p.syncKernel()
+	}
 	srv.down.Store(!up && !inhibit)
 	srv.inhibited.Store(!up && inhibit)
 	p.serverChanged(svc, srv, oldWeight, wasDown)

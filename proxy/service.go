@@ -18,6 +18,7 @@ import (
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/budget"
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/nft"
 	"github.com/tetherlb/tether/sched"
 )
 
@@ -142,7 +143,7 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table, c
 		st.mask = ps.Mask
 		st.ref = table.SetService(affinityID(cfg), affinity.ServiceConfig{
 			Timeout: ps.Timeout.D(), Mask: st.mask, ExpireQuiescent: ps.ExpireQuiescent,
-			MaxClientConns: uint32(ps.MaxClientConnections),
+			MaxClientConns: uint32(ps.MaxClientConnections), Journal: cfg.Mode == config.ModeDirector, // the kernel template map follows it
 		})
 		for _, s := range st.servers {
 			table.SetServer(st.ref, s.Addr, tableState(s))
@@ -158,19 +159,8 @@ func buildState(cfg config.Service, prev *serviceState, table *affinity.Table, c
 	return st, nil
 }
 
-// affinityID is the service's identity in the persistence table. A mark
-// service's templates are keyed by the mark alone, so they span every port
-// and protocol the mark covers.
-func affinityID(cfg config.Service) affinity.Service {
-	if cfg.Fwmark != 0 {
-		return affinity.MarkService(cfg.Fwmark)
-	}
-	proto := affinity.ProtoTCP
-	if cfg.Protocol == config.UDP {
-		proto = affinity.ProtoUDP
-	}
-	return affinity.AddrService(proto, cfg.VIP)
-}
+// affinityID is the service's identity in the persistence table.
+func affinityID(cfg config.Service) affinity.Service { return nft.TemplateID(cfg) }
 
 // quorate reports whether the available servers' weights add up to the
 // service's quorum (always, without one).

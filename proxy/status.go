@@ -158,6 +158,7 @@ func (p *Proxy) RemoveTemplates(f api.TemplateFilter) (int, error) {
 		return 0, err
 	}
 	n := p.table.Invalidate(af)
+	p.syncKernel() // the kernel forgets them before the command returns
 	p.log.Info("persistence templates removed by the admin API", "service", f.Service, "client", f.Client, "server", f.Server, "removed", n)
 	return n, nil
 }

@@ -78,8 +78,15 @@ func benchNamespaces(dur time.Duration) error {
 		}
 		cols = append(cols, column{"kernel DNAT rule", r, 0})
 	}
-	for _, mode := range []string{"director", "proxy"} {
-		cfg, err := config.Parse("bench", []byte(fmt.Sprintf("mode: %s\ndirector: {queues: 2}\nservices:\n  - name: bench\n    listen: %s\n    persistence: {timeout: 300s}\n    servers: [{address: %s}]\n", mode, vip, server)))
+	// The director twice: with its kernel template map (returning
+	// clients never go up the queue) and without (every new flow does).
+	for _, run := range []struct{ name, mode, kmap string }{
+		{"tether director", "director", "true"},
+		{"director, every flow queued", "director", "false"},
+		{"tether socket proxy", "proxy", "true"},
+	} {
+		mode := run.mode
+		cfg, err := config.Parse("bench", []byte(fmt.Sprintf("mode: %s\ndirector: {queues: 2, kernel_templates: %s}\nservices:\n  - name: bench\n    listen: %s\n    persistence: {timeout: 300s}\n    servers: [{address: %s}]\n", mode, run.kmap, vip, server)))
 		if err != nil {
 			return err
 		}
@@ -94,11 +101,7 @@ func benchNamespaces(dur time.Duration) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", mode, err)
 		}
-		name := "tether director"
-		if mode == "proxy" {
-			name = "tether socket proxy"
-		}
-		cols = append(cols, column{name, r, 0})
+		cols = append(cols, column{run.name, r, 0})
 	}
 	for _, pr := range peers {
 		c, err := measurePeer(env, pr, vip, server, inHost(vip), dur)

@@ -1,0 +1,218 @@
+package director
+
+import (
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/nft"
+)
+
+// KernelTemplates puts the persistence table's templates of director
+// services into the director tables' kernel template maps (see package
+// nft, templates.go) and keeps them there: Fill gives tables about to be
+// applied their elements, Commit applies them, and a Mirror writes every
+// later change. Its methods are safe for concurrent use.
+type KernelTemplates struct {
+	table *affinity.Table
+	do    func(func() error) error
+
+	// mu serialises the use of conn, which owns the director tables (a
+	// table with the owner flag takes changes only from its owner's
+	// socket): the control loop's table updates and the mirror's writes
+	// each build and send one batch under it. layout changes with the
+	// tables, under it too.
+	mu     sync.Mutex
+	conn   *nftables.Conn
+	layout layout
+	mirror *Mirror
+}
+
+// layout is where each service's templates go.
+type layout struct {
+	tables   map[nftables.TableFamily]*nft.Director
+	services map[affinity.Service]*layoutService
+}
+
+type layoutService struct {
+	index map[nftables.TableFamily]int // the service's index in each family's table
+	marks map[netip.AddrPort]uint32    // each server's choice mark
+}
+
+func newLayout(tables map[nftables.TableFamily]*nft.Director) layout {
+	l := layout{tables: tables, services: map[affinity.Service]*layoutService{}}
+	for fam, d := range tables {
+		for i, s := range d.Services {
+			if s.Templates == 0 {
+				continue
+			}
+			ls := l.services[s.Template]
+			if ls == nil {
+				ls = &layoutService{index: map[nftables.TableFamily]int{}, marks: map[netip.AddrPort]uint32{}}
+				l.services[s.Template] = ls
+			}
+			ls.index[fam] = i
+			for _, ch := range s.Choices {
+				ls.marks[ch.Server] = ch.Mark
+			}
+		}
+	}
+	return l
+}
+
+// OpenKernelTemplates starts mirroring table's journal into the template
+// maps of the director tables that conn owns. The caller has checked that
+// the kernel can keep them (nft.ProbeDestroy). do runs a function in the
+// director's network namespace (nil: as is).
+func OpenKernelTemplates(table *affinity.Table, conn *nftables.Conn, do func(func() error) error, log *slog.Logger) *KernelTemplates {
+	if do == nil {
+		do = func(f func() error) error { return f() }
+	}
+	kt := &KernelTemplates{table: table, do: do, conn: conn}
+	kt.mirror = StartMirror(MirrorOptions{Table: table, PerShard: 4096, Apply: kt.apply, Rebuild: kt.rebuild, Logger: log})
+	return kt
+}
+
+// Close stops mirroring; the maps stay as they are, with their tables.
+// Like every method, it does nothing on a nil KernelTemplates (a kernel
+// without template maps).
+func (kt *KernelTemplates) Close() {
+	if kt != nil {
+		kt.mirror.Close()
+	}
+}
+
+// Fill gives each template map of tables, about to be applied, the
+// templates the table holds now.
+func (kt *KernelTemplates) Fill(tables map[nftables.TableFamily]*nft.Director) {
+	if kt == nil {
+		nft.NoTemplates(tables)
+		return
+	}
+	l := newLayout(tables)
+	for id, ls := range l.services {
+		elems := kt.elems(id, ls)
+		for fam, i := range ls.index {
+			tables[fam].Services[i].Initial = elems
+		}
+	}
+}
+
+// Commit runs apply, which puts tables in place through conn, with the
+// conn to itself; then the mirror writes to the new tables, and Commit
+// returns once it has rewritten them from the table (changes made while
+// they were applied).
+func (kt *KernelTemplates) Commit(tables map[nftables.TableFamily]*nft.Director, apply func() error) error {
+	if kt == nil {
+		return apply()
+	}
+	kt.mu.Lock()
+	err := apply()
+	if err == nil {
+		kt.layout = newLayout(tables)
+	}
+	kt.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	kt.mirror.Resync()
+	kt.mirror.Sync()
+	return nil
+}
+
+// Sync returns once the kernel has every change the table made before
+// the call.
+func (kt *KernelTemplates) Sync() {
+	if kt != nil {
+		kt.mirror.Sync()
+	}
+}
+
+// Stats are the mirror's counters.
+func (kt *KernelTemplates) Stats() MirrorStats { return kt.mirror.Stats() }
+
+// elems are service id's templates as its map holds them: a busy one
+// without timeout, an idle one with what it has left.
+func (kt *KernelTemplates) elems(id affinity.Service, ls *layoutService) []nft.TemplateElem {
+	tps := kt.table.List(affinity.Filter{Service: &id})
+	out := make([]nft.TemplateElem, 0, len(tps))
+	for _, tp := range tps {
+		m, ok := ls.marks[tp.Server]
+		if !ok {
+			continue
+		}
+		e := nft.TemplateElem{Client: tp.Client.Addr(), Mark: m}
+		if tp.Active == 0 {
+			e.Timeout = tp.Remaining
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// apply writes changes in one transaction.
+func (kt *KernelTemplates) apply(changes []affinity.Change) error {
+	kt.mu.Lock()
+	defer kt.mu.Unlock()
+	l := kt.layout
+	var ops []nft.TemplateOp
+	for _, c := range changes {
+		ls := l.services[c.Service]
+		if ls == nil {
+			continue
+		}
+		fam := nftables.TableFamilyIPv4
+		if !c.Client.Is4() {
+			fam = nftables.TableFamilyIPv6
+		}
+		i, ok := ls.index[fam]
+		if !ok {
+			continue
+		}
+		op := nft.TemplateOp{Family: fam, Service: i, Drop: c.Kind == affinity.Dropped, Elem: nft.TemplateElem{Client: c.Client}}
+		if !op.Drop {
+			m, ok := ls.marks[c.Server]
+			op.Drop = !ok // a server without a mark here (a reload raced): the queue decides
+			op.Elem.Mark = m
+		}
+		if c.Kind == affinity.Idle {
+			op.Elem.Timeout = c.Timeout - kt.table.Since(c.At)
+			if op.Elem.Timeout <= 0 {
+				op.Drop = true
+			}
+		}
+		ops = append(ops, op)
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	return kt.do(func() error {
+		if err := nft.ApplyTemplates(kt.conn, l.tables, ops); err != nil {
+			return err
+		}
+		return kt.conn.Flush()
+	})
+}
+
+// rebuild writes every map anew from the table, in one transaction.
+func (kt *KernelTemplates) rebuild() error {
+	kt.mu.Lock()
+	defer kt.mu.Unlock()
+	l := kt.layout
+	if len(l.services) == 0 {
+		return nil
+	}
+	return kt.do(func() error {
+		for id, ls := range l.services {
+			elems := kt.elems(id, ls)
+			for fam, i := range ls.index {
+				if err := nft.ResetTemplates(kt.conn, l.tables[fam], i, elems); err != nil {
+					return err
+				}
+			}
+		}
+		return kt.conn.Flush()
+	})
+}

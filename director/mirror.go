@@ -1,0 +1,174 @@
+package director
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tetherlb/tether/affinity"
+)
+
+// Mirror keeps the kernel template maps equal to the persistence table:
+// one goroutine drains the table's journal (affinity.Table.Follow) and
+// writes each batch of changes in one nftables transaction; when the
+// journal overflowed or a write failed, it rebuilds the maps from the
+// table instead. The kernel may lag the table by one batch; it is never
+// ahead of it, and a client it does not know yet goes up the queue.
+type Mirror struct {
+	o      MirrorOptions
+	wake   <-chan struct{}
+	cancel context.CancelFunc
+	done   chan struct{}
+	syncc  chan chan struct{}
+	resync atomic.Bool
+	kick   chan struct{}
+
+	mu    sync.Mutex // guards stats
+	stats MirrorStats
+}
+
+// MirrorOptions configure a Mirror.
+type MirrorOptions struct {
+	Table *affinity.Table
+	// PerShard bounds the journal: changes a shard keeps between drains.
+	PerShard int
+	// Apply writes changes to the kernel in one transaction; Rebuild
+	// writes the maps anew from the table. Both run on the mirror's
+	// goroutine, never under a lock of the table's.
+	Apply   func([]affinity.Change) error
+	Rebuild func() error
+	Logger  *slog.Logger
+}
+
+// MirrorStats count the mirror's work.
+type MirrorStats struct {
+	Changes  uint64 // template changes written
+	Batches  uint64 // transactions
+	Rebuilds uint64 // full rebuilds (journal overflow, failed write)
+}
+
+// StartMirror starts following o.Table. Close stops it.
+func StartMirror(o MirrorOptions) *Mirror {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Mirror{o: o, wake: o.Table.Follow(o.PerShard), cancel: cancel, done: make(chan struct{}), syncc: make(chan chan struct{}), kick: make(chan struct{}, 1)}
+	go m.run(ctx)
+	return m
+}
+
+// Close stops the mirror and the table's journal.
+func (m *Mirror) Close() {
+	m.cancel()
+	<-m.done
+	m.o.Table.Follow(0)
+}
+
+// Sync returns once every change the table made before the call is in
+// the kernel (or the mirror has stopped).
+func (m *Mirror) Sync() {
+	reply := make(chan struct{})
+	select {
+	case m.syncc <- reply:
+		<-reply
+	case <-m.done:
+	}
+}
+
+// Resync has the mirror rebuild the maps from the table, soon.
+func (m *Mirror) Resync() {
+	m.resync.Store(true)
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Stats are the mirror's counters.
+func (m *Mirror) Stats() MirrorStats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.stats
+}
+
+func (m *Mirror) run(ctx context.Context) {
+	defer close(m.done)
+	var buf []affinity.Change
+	rebuild := true // the maps were made from the table; rebuild once the journal is on
+	for {
+		var reply chan struct{}
+		if !rebuild {
+			select {
+			case <-ctx.Done():
+				return
+			case <-m.wake:
+			case <-m.kick:
+			case reply = <-m.syncc:
+			}
+		}
+		if m.resync.Swap(false) {
+			rebuild = true
+		}
+		changes, lost := m.o.Table.Changes(buf[:0])
+		buf = changes
+		switch {
+		case rebuild || lost:
+			if err := m.o.Rebuild(); err != nil {
+				m.o.Logger.Warn("director: kernel template maps not rebuilt; returning clients go up the queue until the next try", "err", err)
+				rebuild = true
+				if !m.pause(ctx, reply) {
+					return
+				}
+				continue
+			}
+			m.count(0, true)
+			rebuild = false
+		case len(changes) > 0:
+			if err := m.o.Apply(changes); err != nil {
+				m.o.Logger.Warn("director: kernel template map write failed; rebuilding", "err", err)
+				rebuild = true
+				if !m.pause(ctx, reply) {
+					return
+				}
+				continue
+			}
+			m.count(len(changes), false)
+		}
+		if reply != nil {
+			close(reply)
+		}
+	}
+}
+
+// pause waits a moment before retrying a failed write. It answers Sync
+// calls meanwhile: a kernel that refuses writes must not stall a reload.
+func (m *Mirror) pause(ctx context.Context, reply chan struct{}) bool {
+	if reply != nil {
+		close(reply)
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		case r := <-m.syncc:
+			close(r)
+		}
+	}
+}
+
+func (m *Mirror) count(changes int, rebuild bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.stats.Changes += uint64(changes)
+	m.stats.Batches++
+	if rebuild {
+		m.stats.Rebuilds++
+	}
+}

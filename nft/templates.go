@@ -1,0 +1,186 @@
+package nft
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// The kernel template map: a director service's persistence templates,
+// mirrored into a map of the director table (masked client address →
+// choice mark, with element timeouts), consulted before the queue rule. A
+// returning client's new flow gets its choice mark there and never goes up
+// the queue; only a client the kernel does not know is queued. tether's
+// table stays the one truth: every change of a template (package
+// affinity's journal) rewrites or removes the element.
+//
+// Timeouts: an element of a template with open flows has none (a template
+// never expires while a flow is open); when the last flow closes, the
+// element is written again with the time the template has left, so that
+// the kernel forgets the client when tether does.
+
+// TemplateElem is one template as its map holds it.
+type TemplateElem struct {
+	Client netip.Addr // masked
+	Mark   uint32     // the server's choice mark
+	// Timeout is what the element has left; 0: none (the template is busy).
+	Timeout time.Duration
+}
+
+// TemplateOp writes (Drop false) or removes one element of the map of the
+// director service Service in the table of Family.
+type TemplateOp struct {
+	Family  nftables.TableFamily
+	Service int // the index in Director.Services
+	Drop    bool
+	Elem    TemplateElem
+}
+
+// NoTemplates takes the template maps out of tables (a kernel that cannot
+// keep them).
+func NoTemplates(tables map[nftables.TableFamily]*Director) {
+	for _, d := range tables {
+		for i := range d.Services {
+			d.Services[i].Templates = 0
+		}
+	}
+}
+
+// templateSet is the kernel template map of service i.
+func (d Director) templateSet(t *nftables.Table, i int) *nftables.Set {
+	s := d.Services[i]
+	keyType := nftables.TypeIPAddr
+	if d.Family == nftables.TableFamilyIPv6 {
+		keyType = nftables.TypeIP6Addr
+	}
+	return &nftables.Set{Table: t, Name: templateSetName(i), IsMap: true, HasTimeout: true, Size: s.Templates,
+		KeyType: keyType, DataType: nftables.TypeMark}
+}
+
+func templateSetName(i int) string { return fmt.Sprintf("templates%d", i) }
+
+func templateElem(e TemplateElem) nftables.SetElement {
+	return nftables.SetElement{Key: e.Client.Unmap().AsSlice(), Val: binaryutil.NativeEndian.PutUint32(e.Mark), Timeout: e.Timeout}
+}
+
+// addTemplates makes service i's template map with its first elements and
+// the rule that gives a known client its choice mark before the queue.
+func (d Director) addTemplates(c *nftables.Conn, t *nftables.Table, steer *nftables.Chain, choices *nftables.Set, i int) error {
+	s := d.Services[i]
+	m := d.templateSet(t, i)
+	elems := make([]nftables.SetElement, 0, len(s.Initial))
+	for _, e := range s.Initial {
+		if e.Client.Unmap().Is4() == (d.Family == nftables.TableFamilyIPv4) {
+			elems = append(elems, templateElem(e))
+		}
+	}
+	if err := c.AddSet(m, elems); err != nil {
+		return fmt.Errorf("nft: map %s: %w", m.Name, err)
+	}
+	off, n := d.saddr()
+	r := append(d.match(s), loadMeta, &expr.Lookup{SourceRegister: 1, SetName: choices.Name, SetID: choices.ID, Invert: true},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: n, Mask: netmask(d.Family, s.FallbackBits).AsSlice(), Xor: make([]byte, n)},
+		&expr.Lookup{SourceRegister: 1, SetName: m.Name, SetID: m.ID, DestRegister: 1, IsDestRegSet: true},
+		storeMeta,
+	)
+	c.AddRule(&nftables.Rule{Table: t, Chain: steer, Exprs: r})
+	return nil
+}
+
+// ApplyTemplates queues ops on c, in order: a write replaces the element
+// (destroy, then add, in the one transaction the caller flushes), a drop
+// destroys it. Ops for a service without a map are skipped.
+func ApplyTemplates(c *nftables.Conn, tables map[nftables.TableFamily]*Director, ops []TemplateOp) error {
+	for _, op := range ops {
+		d := tables[op.Family]
+		if d == nil || op.Service >= len(d.Services) || d.Services[op.Service].Templates == 0 {
+			continue
+		}
+		m := d.templateSet(d.table(false), op.Service)
+		e := templateElem(op.Elem)
+		if err := c.SetDestroyElements(m, []nftables.SetElement{{Key: e.Key}}); err != nil {
+			return err
+		}
+		if op.Drop {
+			continue
+		}
+		if err := c.SetAddElements(m, []nftables.SetElement{e}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ResetTemplates queues the replacement of every element of service i's
+// map in d by elems.
+func ResetTemplates(c *nftables.Conn, d *Director, i int, elems []TemplateElem) error {
+	m := d.templateSet(d.table(false), i)
+	c.FlushSet(m)
+	if len(elems) == 0 {
+		return nil
+	}
+	es := make([]nftables.SetElement, 0, len(elems))
+	for _, e := range elems {
+		if e.Client.Unmap().Is4() == (d.Family == nftables.TableFamilyIPv4) {
+			es = append(es, templateElem(e))
+		}
+	}
+	return c.SetAddElements(m, es)
+}
+
+// ReadTemplates lists service i's kernel template map in the table of
+// family (tests and `tether nft show` compare it with tether's table).
+func ReadTemplates(c *nftables.Conn, fam nftables.TableFamily, i int) ([]TemplateElem, error) {
+	d := Director{Family: fam}
+	elems, err := c.GetSetElements(&nftables.Set{Table: d.table(false), Name: templateSetName(i), IsMap: true,
+		KeyType: nftables.TypeIPAddr, DataType: nftables.TypeMark})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]TemplateElem, 0, len(elems))
+	for _, e := range elems {
+		a, ok := netip.AddrFromSlice(e.Key)
+		if !ok || len(e.Val) != 4 {
+			return nil, fmt.Errorf("nft: map %s: an element of %d/%d bytes", templateSetName(i), len(e.Key), len(e.Val))
+		}
+		out = append(out, TemplateElem{Client: a, Mark: binaryutil.NativeEndian.Uint32(e.Val), Timeout: e.Expires})
+	}
+	return out, nil
+}
+
+// ProbeDestroy says whether the kernel takes the destroy of a set element
+// that may be missing (Linux 6.3), which the template map's writes need.
+// It makes and removes a scratch table.
+func ProbeDestroy(c *nftables.Conn, fam nftables.TableFamily) (bool, error) {
+	t := &nftables.Table{Name: "tether_probe", Family: fam}
+	c.AddTable(t)
+	s := &nftables.Set{Table: t, Name: "probe", KeyType: nftables.TypeMark}
+	if err := c.AddSet(s, nil); err != nil {
+		return false, err
+	}
+	if err := c.Flush(); err != nil {
+		return false, fmt.Errorf("nft: probe table: %w", err)
+	}
+	err := c.SetDestroyElements(s, []nftables.SetElement{{Key: u32(1)}})
+	if err == nil {
+		err = c.Flush()
+	}
+	c.DelTable(t)
+	if derr := c.Flush(); derr != nil {
+		return false, fmt.Errorf("nft: remove probe table: %w", derr)
+	}
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.ENOENT):
+		return false, nil
+	}
+	return false, err
+}
