@@ -12,7 +12,7 @@ func TestKernelTemplates(t *testing.T) {
 		{"persistent director service", "mode: director\n", "", true},
 		{"socket proxy", "mode: proxy\n", "", false},
 		{"turned off", "mode: director\ndirector: {kernel_templates: false}\n", "", false},
-		{"allow list", "mode: director\n", "    allow: [198.18.0.0/16]\n", false},
+		{"allow list (rules ahead of the map)", "mode: director\n", "    allow: [198.18.0.0/16]\n", true},
 		{"client limit", "mode: director\n", "    persistence: {max_client_connections: 2}\n", false},
 		{"connection limit", "mode: director\n", "    limits: {max_connections: 100}\n", false},
 		{"quorum", "mode: director\n", "    quorum: 1\n", false},

@@ -351,12 +351,13 @@ func (f *File) ServiceMode(s Service) Mode {
 func (d Director) KernelTemplatesOn() bool { return d.KernelTemplates == nil || *d.KernelTemplates }
 
 // KernelTemplates says whether the director mirrors s's templates into the
-// kernel: a persistent director service with nothing the queue must check
-// for each flow (allow/deny, max_client_connections, max_connections,
-// quorum), unless director.kernel_templates is false.
+// kernel: a persistent director service with nothing the queue must count
+// for each flow (max_client_connections, max_connections, quorum), unless
+// director.kernel_templates is false. Access lists are rules ahead of the
+// map in the kernel.
 func (f *File) KernelTemplates(s Service) bool {
 	return f.Director.KernelTemplatesOn() && f.ServiceMode(s) == ModeDirector && s.Persistence != nil && s.Persistence.MaxClientConnections == 0 &&
-		len(s.Allow) == 0 && len(s.Deny) == 0 && s.Limits.MaxConnections == 0 && s.Quorum == 0
+		s.Limits.MaxConnections == 0 && s.Quorum == 0
 }
 
 // Check is the health check of server sv of s: its own, else the

@@ -67,6 +67,8 @@ type DirectorService struct {
 	Initial   []TemplateElem
 	// Template is the service's identity in the persistence table.
 	Template affinity.Service
+	// Allow and Deny are the service's access lists (acl.go).
+	Allow, Deny []netip.Prefix
 }
 
 // Choice is one server of a service under the mark tether's verdict gives.
@@ -155,6 +157,9 @@ func (d Director) setNames() []string {
 		if s.Templates > 0 {
 			names = append(names, templateSetName(i))
 		}
+		for _, kind := range s.aclKinds() {
+			names = append(names, aclSetName(kind, i))
+		}
 	}
 	if d.Queue.Bypass {
 		for i, s := range d.Services {
@@ -214,6 +219,9 @@ func (d Director) fill(c *nftables.Conn, t *nftables.Table) error {
 		loadCt, storeMeta,
 	}})
 	for i, s := range d.Services {
+		if err := d.addACL(c, t, steer, i); err != nil {
+			return err
+		}
 		if s.FTP {
 			r := append(d.match(s), &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmpEq([]byte{unix.IPPROTO_TCP}),
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},

@@ -46,6 +46,7 @@ func (d Director) Show() string {
 	fmt.Fprintf(&b, "\tmap dnat_port {\n\t\ttype mark : %s . inet_service%s\n\t}\n\n", typ, elems(withPort))
 	fmt.Fprintf(&b, "\tmap dnat_addr {\n\t\ttype mark : %s%s\n\t}\n\n", typ, elems(noPort))
 	for i, s := range d.Services {
+		d.showACLSets(&b, typ, i)
 		if s.Templates > 0 {
 			fmt.Fprintf(&b, "\tmap %s {\n\t\ttype %s : mark\n\t\tsize %d\n\t\tflags timeout\n\t}\n\n", templateSetName(i), typ, s.Templates)
 		}
@@ -96,6 +97,7 @@ func (d Director) Show() string {
 		return fmt.Sprintf("ct state new %s daddr %s %s dport %d", addr, s.VIP.Addr(), protoName(s.Proto), s.VIP.Port())
 	}
 	for i, s := range d.Services {
+		d.showACL(&b, match(s), addr, i)
 		if s.FTP {
 			fmt.Fprintf(&b, "\t\t%s tcp dport 21 ct helper set %q\n", match(s), helperFTP)
 		}

@@ -129,6 +129,7 @@ func DirectorTables(cfg *config.File, assigned map[ChoiceKey]uint32, q Queue, we
 				// fallback picks it only then.
 				ds.Choices = append(ds.Choices, Choice{Mark: assigned[ChoiceKey{k, sc.Sorry}], Server: sc.Sorry, Weight: weights[ChoiceKey{k, sc.Sorry}]})
 			}
+			ds.Allow, ds.Deny = sc.AllowNets, sc.DenyNets
 			if cfg.KernelTemplates(sc) {
 				// The table's bound bounds the map (the table evicts first).
 				ds.Template = TemplateID(sc)

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/tetherlb/tether/config"
@@ -29,5 +30,19 @@ func TestAssignMarks(t *testing.T) {
 	third := AssignMarks(second, []ChoiceKey{k("198.19.0.13:80")}, 100)
 	if third[k("198.19.0.13:80")] != 100 {
 		t.Errorf("single server got %d, want 100", third[k("198.19.0.13:80")])
+	}
+}
+
+// Access-list prefixes go into an interval set, which refuses overlaps:
+// a prefix another one covers is dropped.
+func TestMergePrefixes(t *testing.T) {
+	in := []netip.Prefix{
+		netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("10.0.0.0/8"),
+		netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("192.0.2.7/24"), netip.MustParsePrefix("198.18.0.1/32"),
+	}
+	got := mergePrefixes(in)
+	want := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("198.18.0.1/32")}
+	if !slices.Equal(got, want) {
+		t.Errorf("mergePrefixes(%v) = %v, want %v", in, got, want)
 	}
 }

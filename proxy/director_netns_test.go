@@ -341,27 +341,38 @@ func TestDirectorExpireNodestOnDown(t *testing.T) {
 	}
 }
 
-// The director applies a service's access list at a flow's first packet:
-// a denied client's SYN is dropped, an allowed one is served.
+// The director applies a service's access lists in the kernel, ahead of
+// the queue and the template map: a denied client's SYN (in deny, or
+// outside allow) is dropped there and never reaches tether; an allowed one
+// is served, and comes back through the template map.
 func TestDirectorAccessList(t *testing.T) {
-	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 2, Backends: 1, Label: "dacl"})
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 3, Backends: 1, Label: "dacl"})
 	serveNames(t, env, 8080)
 	c := env.Clients[0]
-	p, _ := startInLB(t, env, fmt.Sprintf("mode: director\nservices:\n  - name: echo\n    listen: %s:80\n    deny: [%s]\n    servers: [{address: %s:8080}]\n",
-		testenv.VIP, c.Addr(1), testenv.BackendAddr(0)), Options{})
+	allow := netip.PrefixFrom(c.Addr(0), 30).Masked() // covers the first addresses
+	p, _ := startInLB(t, env, fmt.Sprintf("mode: director\nservices:\n  - name: echo\n    listen: %s:80\n    persistence: {}\n    allow: [%s, %s/32]\n    deny: [%s]\n    servers: [{address: %s:8080}]\n",
+		testenv.VIP, allow, c.Addr(0), c.Addr(1), testenv.BackendAddr(0)), Options{})
+	if allow.Contains(c.Addr(2)) {
+		t.Fatalf("%s is in %s: the test needs it outside", c.Addr(2), allow)
+	}
 	vip := netip.AddrPortFrom(testenv.VIP, 80)
-	ok, err := c.DialEcho(context.Background(), c.Addr(0), vip)
-	if err != nil {
-		t.Fatalf("the allowed client: %v", err)
+	for range 2 {
+		ok, err := c.DialEcho(context.Background(), c.Addr(0), vip)
+		if err != nil {
+			t.Fatalf("the allowed client: %v", err)
+		}
+		ok.Close()
+		p.syncKernel() // the kernel may lag tether's table by one write
 	}
-	ok.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if denied, err := c.DialEcho(ctx, c.Addr(1), vip); err == nil {
-		denied.Close()
-		t.Fatal("the denied client was served")
+	for _, a := range []netip.Addr{c.Addr(1), c.Addr(2)} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if denied, err := c.DialEcho(ctx, a, vip); err == nil {
+			denied.Close()
+			t.Errorf("the denied client %s was served", a)
+		}
+		cancel()
 	}
-	if n := p.dir.Load().d.Stats().Denied; n == 0 {
-		t.Error("no first packet counted as denied")
+	if s := p.dir.Load().d.Stats(); s.Denied != 0 || s.Verdicts != 1 {
+		t.Errorf("the queue saw %d denied first packets and gave %d verdicts; want 0 (the kernel drops them) and 1 (the allowed client's first flow)", s.Denied, s.Verdicts)
 	}
 }
