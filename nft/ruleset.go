@@ -25,6 +25,8 @@ type Ruleset struct {
 	// Direct are the marks of classes the director serves: marked, not
 	// TPROXYed.
 	Direct []uint32
+	// ACLs are the access lists of TPROXYed classes, by mark (markacl.go).
+	ACLs map[uint32]ACL
 }
 
 // class sets: addresses per family and ports, named by mark so that any
@@ -99,7 +101,7 @@ func (r Ruleset) setNames() []string {
 		}
 		names = append(names, setName(cl, "ports"))
 	}
-	return names
+	return append(names, r.aclSetNames()...)
 }
 
 // fill queues the sets, the chain (created if missing) and the rules in t.
@@ -128,10 +130,33 @@ func (r Ruleset) fill(c *nftables.Conn, t *nftables.Table) error {
 		Name: "prerouting", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle,
 	})
-	for _, rule := range r.rules(sets) {
+	rules := r.rules(sets)
+	for _, rule := range rules[:r.marking()] {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: rule})
+	}
+	// After the marking rules, before TPROXY.
+	if err := r.addACLRules(c, t, ch); err != nil {
+		return err
+	}
+	for _, rule := range rules[r.marking():] {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: rule})
 	}
 	return nil
+}
+
+// marking is how many of rules' first rules restore and set class marks
+// (the TPROXY rules follow).
+func (r Ruleset) marking() int {
+	n := len(r.Marks.Classes)
+	for _, cl := range r.Marks.Classes {
+		v4, v6 := families(cl)
+		for _, has := range []bool{len(v4) > 0, len(v6) > 0} {
+			if has {
+				n += len(protos(cl.Protocols))
+			}
+		}
+	}
+	return n
 }
 
 func addSet(c *nftables.Conn, t *nftables.Table, name string, typ nftables.SetDatatype, elems []nftables.SetElement) (*nftables.Set, error) {
@@ -317,6 +342,7 @@ func (r Ruleset) Show() string {
 				setName(cl, s.kind), s.typ, strings.Join(s.elems, ", "))
 		}
 	}
+	r.showACL(&b, true, masked)
 	fmt.Fprintf(&b, "\tchain prerouting {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n")
 	for _, cl := range classes {
 		fmt.Fprintf(&b, "\t\t%s == %#08x %s\n", masked("ct mark"), cl.Mark, set("meta mark", cl.Mark))
@@ -337,6 +363,7 @@ func (r Ruleset) Show() string {
 			}
 		}
 	}
+	r.showACL(&b, false, masked)
 	if r.TProxyPort != 0 {
 		for _, cl := range classes {
 			if slices.Contains(r.Direct, cl.Mark) {

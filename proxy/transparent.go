@@ -131,7 +131,7 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		tp.nft = c
 	}
 	set := pl.cfg.MarkSet
-	rs := nft.Ruleset{Marks: set, TProxyPort: tp.port, Direct: nft.DirectorMarks(pl.cfg)}
+	rs := nft.Ruleset{Marks: set, TProxyPort: tp.port, Direct: nft.DirectorMarks(pl.cfg), ACLs: nft.MarkACLs(pl.cfg)}
 	if p.tp == nil && p.tableExists(tp.nft) {
 		// A table no socket owns: a tether that died on a kernel without
 		// the owner flag, or one stopped uncleanly. The batch replaces it.

@@ -28,7 +28,7 @@ func nftCommand() *cli.Command {
 					return cli.Exit(c.String("config")+": no marks and no director services, so tether applies no nftables rules", 1)
 				}
 				if len(f.Marks) > 0 {
-					fmt.Fprint(c.App.Writer, nft.Ruleset{Marks: f.MarkSet, TProxyPort: f.TProxyPort, Direct: nft.DirectorMarks(f)}.Show())
+					fmt.Fprint(c.App.Writer, nft.Ruleset{Marks: f.MarkSet, TProxyPort: f.TProxyPort, Direct: nft.DirectorMarks(f), ACLs: nft.MarkACLs(f)}.Show())
 				}
 				if director != "" {
 					if len(f.Marks) > 0 {

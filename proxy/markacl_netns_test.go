@@ -1,0 +1,48 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tetherlb/tether/testenv"
+)
+
+// A mark service's access lists are kernel rules: a TCP client in deny, or
+// outside allow, gets its SYN answered with a reset by nftables (connect
+// fails at once with ECONNREFUSED; tether's own check would have accepted
+// and then reset); an allowed client is served.
+func TestMarkServiceAccessListInKernel(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 3, Backends: 3, Label: "macl"})
+	serveNames(t, env, 80, 443)
+	c := env.Clients[0]
+	allow := netip.PrefixFrom(c.Addr(0), 31).Masked()
+	if allow.Contains(c.Addr(2)) || !allow.Contains(c.Addr(1)) {
+		t.Fatalf("%s must hold client 1 but not client 2", allow)
+	}
+	cfg := strings.Replace(markConfig(true), "    scheduler: rr\n", "    scheduler: rr\n    allow: ["+allow.String()+"]\n    deny: ["+c.Addr(1).String()+"]\n", 1)
+	startInLB(t, env, cfg, Options{})
+	for _, port := range []uint16{80, 443} {
+		vip := netip.AddrPortFrom(testenv.VIP, port)
+		ok, err := c.DialEcho(context.Background(), c.Addr(0), vip)
+		if err != nil {
+			t.Fatalf("the allowed client on %d: %v", port, err)
+		}
+		ok.Close()
+		for _, a := range []netip.Addr{c.Addr(1), c.Addr(2)} {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			conn, err := c.Dial(ctx, "tcp", a, vip.String())
+			cancel()
+			if err == nil {
+				conn.Close()
+				t.Errorf("client %s on %d: connected; want the kernel's reset", a, port)
+			} else if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("client %s on %d: %v; want connection refused (the kernel's reset to the SYN)", a, port, err)
+			}
+		}
+	}
+}
