@@ -30,16 +30,25 @@ func nftIn(t *testing.T, h *testenv.Host, args ...string) string {
 	return out.String()
 }
 
+// needTool is the path of a tool a test runs: a test without it is
+// skipped, except in CI, which installs it (.ci/run), where it fails.
+func needTool(t *testing.T, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s is missing in CI; .ci/run installs it", name)
+		}
+		t.Skipf("%s is not installed", name)
+	}
+	return path
+}
+
 // runInLB starts tether run on cfg in the load-balancer host and waits
 // until `nft list tables` shows table (it skips without nft, but in CI).
 func runInLB(t *testing.T, env *testenv.Env, cfg, table string) *exec.Cmd {
 	t.Helper()
-	if _, err := exec.LookPath("nft"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("nft is missing in CI")
-		}
-		t.Skip("nft is not installed")
-	}
+	needTool(t, "nft")
 	dir := t.TempDir()
 	path := filepath.Join(dir, "tether.yaml")
 	os.WriteFile(path, []byte("admin: {socket: "+filepath.Join(dir, "admin.sock")+"}\n"+cfg), 0o600)
