@@ -98,31 +98,56 @@ func TestDirectorReleasesOnConntrackDestroy(t *testing.T) {
 // address (no pasv_address) and clients still cannot reach the servers but
 // through the director's NAT (the lb forwards nothing else to them).
 func TestDirectorFTP(t *testing.T) {
-	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 30, Backends: 3, Label: "dftp"})
+	for _, v6 := range []bool{false, true} {
+		name := "IPv4"
+		if v6 {
+			name = "IPv6"
+		}
+		t.Run(name, func(t *testing.T) { directorFTP(t, v6) })
+	}
+}
+
+// directorFTP is TestDirectorFTP in one address family.
+func directorFTP(t *testing.T, v6 bool) {
+	label, vip, servers, srcs := "dftp", testenv.VIP.String(), "198.19.0.0/24", func(h *testenv.Host) []netip.Addr { return h.Addrs }
+	backend := testenv.BackendAddr
+	if v6 {
+		label, vip, servers, srcs = "dftp6", `"`+testenv.VIP6.String()+`"`, "2001:2:0:1::/64", func(h *testenv.Host) []netip.Addr { return h.Addrs6 }
+		backend = testenv.BackendAddr6
+	}
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 30, Backends: 3, Label: label})
 	needTools(t, "curl", "vsftpd", "nft")
 	file := make([]byte, 256<<10)
 	rand.NewChaCha8([32]byte{7}).Read(file)
 	for _, b := range env.Backends {
-		if err := b.StartFTP(testenv.FTPOptions{Files: map[string][]byte{"data.bin": file}}); err != nil {
+		if err := b.StartFTP(testenv.FTPOptions{Files: map[string][]byte{"data.bin": file}, IPv6: v6}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	fam := "ip"
+	if v6 {
+		fam = "ip6"
+	}
 	fw := filepath.Join(t.TempDir(), "fw.nft")
-	os.WriteFile(fw, []byte("table inet testfw {\n\tchain gate {\n\t\ttype filter hook forward priority 0;\n\t\tct state new ip daddr 198.19.0.0/24 ct status & dnat == 0 drop\n\t}\n}\n"), 0o644)
+	os.WriteFile(fw, []byte(fmt.Sprintf("table inet testfw {\n\tchain gate {\n\t\ttype filter hook forward priority 0;\n\t\tct state new %s daddr %s ct status & dnat == 0 drop\n\t}\n}\n", fam, servers)), 0o644)
 	if out, err := execIn(env.LB, "nft", "-f", fw); err != nil {
 		t.Fatalf("nft: %v %s", err, out)
 	}
-	cfg := fmt.Sprintf("mode: director\nmarks:\n  - name: ftp\n    mark: 21\n    addresses: [%s]\n    ports: [21, 30000-30099]\nservices:\n  - name: ftp\n    fwmark: 21\n    scheduler: rr\n    persistence: {timeout: 60s}\n    servers:\n      - address: %s\n      - address: %s\n      - address: %s\n",
-		testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
+	cfg := fmt.Sprintf("mode: director\nmarks:\n  - name: ftp\n    mark: 21\n    addresses: [%s]\n    ports: [21, 30000-30099]\nservices:\n  - name: ftp\n    fwmark: 21\n    scheduler: rr\n    persistence: {timeout: 60s}\n    servers:\n      - address: \"%s\"\n      - address: \"%s\"\n      - address: \"%s\"\n",
+		vip, backend(0), backend(1), backend(2))
 	_, stop := startInLB(t, env, cfg, Options{})
 	defer stop()
-	ok, why := ftpDownloads(t, env, env.Clients[0].Addrs, "15", file)
+	ok, why := ftpDownloads(t, env, srcs(env.Clients[0]), "15", file)
 	if ok != len(env.Clients[0].Addrs) {
 		t.Errorf("%d of %d downloads intact; first failures: %v", ok, len(env.Clients[0].Addrs), why)
 	}
 	// The control: straight to a server's own address the forward rule
 	// refuses, so the downloads above did go through the director's NAT.
-	if out, err := execIn(env.Clients[0], "curl", "-sS", "--max-time", "2", "-o", "/dev/null", "ftp://"+testenv.BackendAddr(0).String()+"/data.bin"); err == nil {
+	direct := backend(0).String()
+	if v6 {
+		direct = "[" + direct + "]"
+	}
+	if out, err := execIn(env.Clients[0], "curl", "-sS", "-g", "--max-time", "2", "-o", "/dev/null", "ftp://"+direct+"/data.bin"); err == nil {
 		t.Errorf("a client reached a server directly (%s): the test cannot tell", out)
 	}
 }

@@ -21,13 +21,19 @@ import (
 // director service: client → choice mark.
 func kernelTemplates(t *testing.T, env *testenv.Env) map[netip.Addr]uint32 {
 	t.Helper()
+	return kernelTemplatesOf(t, env, nftables.TableFamilyIPv4)
+}
+
+// kernelTemplatesOf is kernelTemplates in the table of family fam.
+func kernelTemplatesOf(t *testing.T, env *testenv.Env, fam nftables.TableFamily) map[netip.Addr]uint32 {
+	t.Helper()
 	out := map[netip.Addr]uint32{}
 	err := env.LB.Do(func() error {
 		c, err := nftables.New()
 		if err != nil {
 			return err
 		}
-		elems, err := nft.ReadTemplates(c, nftables.TableFamilyIPv4, 0)
+		elems, err := nft.ReadTemplates(c, fam, 0)
 		for _, e := range elems {
 			out[e.Client] = e.Mark
 		}

@@ -102,7 +102,12 @@ func ftpDownloads(t *testing.T, env *testenv.Env, srcs []netip.Addr, maxTime str
 			defer func() { <-sem }()
 			out := filepath.Join(dir, fmt.Sprintf("%d.bin", i))
 			var stderr bytes.Buffer
-			cmd := exec.Command("curl", "-sS", "--ftp-pasv", "--max-time", maxTime, "--interface", src.String(), "-o", out, "ftp://"+testenv.VIP.String()+"/data.bin")
+			vip := testenv.VIP.String()
+			if src.Is6() {
+				vip = "[" + testenv.VIP6.String() + "]"
+			}
+			// -g: the brackets of an IPv6 address are not a glob.
+			cmd := exec.Command("curl", "-sS", "-g", "--ftp-pasv", "--max-time", maxTime, "--interface", src.String(), "-o", out, "ftp://"+vip+"/data.bin")
 			cmd.Stderr = &stderr
 			err := env.Clients[0].Start(cmd)
 			if err == nil {

@@ -25,13 +25,17 @@ type Visit struct {
 // Drive connects from every source address of the host to each port of
 // target, rounds times, in order (round by round, port by port), and
 // reads the name the backend answers with. Sources run in parallel, at
-// most 16 at a time.
+// most 16 at a time; they are the host's addresses of target's family.
 func (h *Host) Drive(ctx context.Context, target netip.Addr, ports []int, rounds int) []Visit {
 	var mu sync.Mutex
 	var out []Visit
 	sem := make(chan struct{}, 16)
 	var wg sync.WaitGroup
-	for _, src := range h.Addrs {
+	srcs := h.Addrs
+	if target.Is6() {
+		srcs = h.Addrs6
+	}
+	for _, src := range srcs {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {

@@ -54,6 +54,30 @@ var (
 	LBServerSide = netip.MustParseAddr("198.19.0.1")
 )
 
+// The same topology in IPv6, inside 2001:2::/48 (RFC 5180's benchmarking
+// range): the client network is 2001:2::/64, the server network
+// 2001:2:0:1::/64. Every host has both families.
+var (
+	VIP6          = netip.MustParseAddr("2001:2::10")
+	LBClientSide6 = netip.MustParseAddr("2001:2::1")
+	LBServerSide6 = netip.MustParseAddr("2001:2:0:1::1")
+)
+
+// ClientAddr6 is source number g's IPv6 address: four to a /120, as
+// ClientAddr's are four to a /24.
+func ClientAddr6(g int) netip.Addr {
+	b := VIP6.As16()
+	b[14], b[15] = byte(1+g/4), byte(10+g%4)
+	return netip.AddrFrom16(b)
+}
+
+// BackendAddr6 is backend i's IPv6 address.
+func BackendAddr6(i int) netip.Addr {
+	b := LBServerSide6.As16()
+	b[15] = byte(11 + i)
+	return netip.AddrFrom16(b)
+}
+
 // ClientAddr is the address of source number g (counting over all client
 // hosts): four to a /24, in 198.18.1.0 and up, so that masks group them.
 func ClientAddr(g int) netip.Addr {
@@ -99,15 +123,16 @@ func New(s Spec) (env *Env, err error) {
 		return nil, fmt.Errorf("testenv: netlink in lb: %w", err)
 	}
 	defer lb.Close()
-	brC, err := addBridge(lb, "br-c", prefixOf(LBClientSide, 16), prefixOf(VIP, 16))
+	brC, err := addBridge(lb, "br-c", prefixOf(LBClientSide, 16), prefixOf(VIP, 16), prefixOf(LBClientSide6, 64), prefixOf(VIP6, 64))
 	if err != nil {
 		return nil, err
 	}
-	brS, err := addBridge(lb, "br-s", prefixOf(LBServerSide, 24))
+	brS, err := addBridge(lb, "br-s", prefixOf(LBServerSide, 24), prefixOf(LBServerSide6, 64))
 	if err != nil {
 		return nil, err
 	}
 	e.LB.Addrs = []netip.Addr{LBClientSide, VIP, LBServerSide}
+	e.LB.Addrs6 = []netip.Addr{LBClientSide6, VIP6, LBServerSide6}
 	g := 0
 	for k := range s.clients() {
 		h, err := e.newHost(fmt.Sprintf("client%d", k))
@@ -117,10 +142,11 @@ func New(s Spec) (env *Env, err error) {
 		var addrs []netip.Prefix
 		for range s.addrs() {
 			h.Addrs = append(h.Addrs, ClientAddr(g))
-			addrs = append(addrs, prefixOf(ClientAddr(g), 16))
+			h.Addrs6 = append(h.Addrs6, ClientAddr6(g))
+			addrs = append(addrs, prefixOf(ClientAddr(g), 16), prefixOf(ClientAddr6(g), 64))
 			g++
 		}
-		if err := e.wire(lb, brC, fmt.Sprintf("c%d", k), h, addrs, LBClientSide); err != nil {
+		if err := e.wire(lb, brC, fmt.Sprintf("c%d", k), h, addrs, LBClientSide, LBClientSide6); err != nil {
 			return nil, err
 		}
 		e.Clients = append(e.Clients, h)
@@ -130,15 +156,17 @@ func New(s Spec) (env *Env, err error) {
 		if err != nil {
 			return nil, err
 		}
-		h.Addrs = []netip.Addr{BackendAddr(b)}
-		if err := e.wire(lb, brS, fmt.Sprintf("s%d", b), h, []netip.Prefix{prefixOf(BackendAddr(b), 24)}, LBServerSide); err != nil {
+		h.Addrs, h.Addrs6 = []netip.Addr{BackendAddr(b)}, []netip.Addr{BackendAddr6(b)}
+		if err := e.wire(lb, brS, fmt.Sprintf("s%d", b), h, []netip.Prefix{prefixOf(BackendAddr(b), 24), prefixOf(BackendAddr6(b), 64)}, LBServerSide, LBServerSide6); err != nil {
 			return nil, err
 		}
 		e.Backends = append(e.Backends, h)
 	}
 	// Kernel NAT (the director) forwards between the two sides.
-	if err := e.LB.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
-		return nil, err
+	for _, k := range []string{"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"} {
+		if err := e.LB.Sysctl(k, "1"); err != nil {
+			return nil, err
+		}
 	}
 	// With br_netfilter loaded, frames through the lb's bridges would run
 	// the IP hooks at bridge level, where TPROXY's socket is lost before
@@ -256,14 +284,20 @@ func addBridge(h *netlink.Handle, name string, addrs ...netip.Prefix) (netlink.L
 	return br, nil
 }
 
+// nlAddr is p as an address to add; IPv6 ones skip duplicate address
+// detection, which would hold them back for a second or two.
 func nlAddr(p netip.Prefix) *netlink.Addr {
-	return &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	return a
 }
 
 // wire links host h to the bridge br in the load balancer with a veth pair
-// (name in the lb, eth0 in h), gives h its addresses and a default route
-// through gw.
-func (e *Env) wire(lb *netlink.Handle, br netlink.Link, name string, h *Host, addrs []netip.Prefix, gw netip.Addr) error {
+// (name in the lb, eth0 in h), gives h its addresses and default routes
+// through gw and gw6.
+func (e *Env) wire(lb *netlink.Handle, br netlink.Link, name string, h *Host, addrs []netip.Prefix, gw, gw6 netip.Addr) error {
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MasterIndex: br.Attrs().Index}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(h.ns))}
 	if err := lb.LinkAdd(veth); err != nil {
 		return fmt.Errorf("testenv: veth %s to %s: %w", name, h.Name, err)
@@ -292,8 +326,10 @@ func (e *Env) wire(lb *netlink.Handle, br netlink.Link, name string, h *Host, ad
 	if err := nh.LinkSetUp(eth); err != nil {
 		return fmt.Errorf("testenv: eth0 up in %s: %w", h.Name, err)
 	}
-	if err := nh.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gw.AsSlice()}); err != nil {
-		return fmt.Errorf("testenv: default route in %s: %w", h.Name, err)
+	for _, g := range []netip.Addr{gw, gw6} {
+		if err := nh.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: g.AsSlice()}); err != nil {
+			return fmt.Errorf("testenv: default route via %s in %s: %w", g, h.Name, err)
+		}
 	}
 	return nil
 }

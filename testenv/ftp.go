@@ -22,6 +22,9 @@ type FTPOptions struct {
 	PasvMinPort, PasvMaxPort int
 	// Files are served from the anonymous root: name -> content.
 	Files map[string][]byte
+	// IPv6: listen on both families (clients of the IPv6 VIP use EPSV,
+	// which names no address).
+	IPv6 bool
 }
 
 // StartFTP runs vsftpd (Debian's package) on port 21 of the host, with
@@ -58,8 +61,12 @@ func (h *Host) StartFTP(o FTPOptions) error {
 		return err
 	}
 	conf := filepath.Join(dir, "vsftpd.conf")
-	err = os.WriteFile(conf, []byte(fmt.Sprintf(`listen=YES
-listen_ipv6=NO
+	listen, listen6, probe := "YES", "NO", "127.0.0.1:21"
+	if o.IPv6 {
+		listen, listen6, probe = "NO", "YES", "[::1]:21"
+	}
+	err = os.WriteFile(conf, []byte(fmt.Sprintf(`listen=%s
+listen_ipv6=%s
 listen_port=21
 background=NO
 anonymous_enable=YES
@@ -75,7 +82,7 @@ pasv_max_port=%d
 seccomp_sandbox=NO
 secure_chroot_dir=%s
 xferlog_enable=NO
-`, root, o.PasvAddress, o.PasvMinPort, o.PasvMaxPort, empty)), 0o644)
+`, listen, listen6, root, o.PasvAddress, o.PasvMinPort, o.PasvMaxPort, empty)), 0o644)
 	if err != nil {
 		return err
 	}
@@ -86,7 +93,7 @@ xferlog_enable=NO
 	// Ready when port 21 answers inside the host.
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		var c net.Conn
-		if h.Do(func() (err error) { c, err = net.Dial("tcp", "127.0.0.1:21"); return }) == nil {
+		if h.Do(func() (err error) { c, err = net.Dial("tcp", probe); return }) == nil {
 			c.Close()
 			return nil
 		}

@@ -23,7 +23,9 @@ type Host struct {
 	// empty when the namespace is unnamed (in a user namespace).
 	NS string
 	// Addrs are the host's addresses; the first is its primary one.
-	Addrs []netip.Addr
+	// Addrs6 are its IPv6 addresses, one for each of Addrs.
+	Addrs  []netip.Addr
+	Addrs6 []netip.Addr
 
 	ns  netns.NsHandle
 	env *Env
