@@ -11,6 +11,7 @@ type result struct {
 	stream, streams8 float64 // bytes/s
 	connsPerSec      float64
 	p50, p99         time.Duration
+	newClients       float64 // connections/s, each from a new address (network namespaces only)
 }
 
 // benchTCP is the loopback TCP table: direct, tether and HAProxy.

@@ -125,7 +125,7 @@ func bench(o options) error {
 		}
 	}
 	if o.only == "" || o.only == "ns" {
-		return benchNamespaces(dur)
+		return benchNamespaces(dur, bin)
 	}
 	return nil
 }

@@ -107,6 +107,43 @@ func connRate(dial dialer, n int, dur time.Duration) (float64, error) {
 	})
 }
 
+// newClientRate opens, uses and closes one connection from each of n
+// source addresses the balancer has not seen (fresh dials the i-th), on 8
+// workers, and returns connections per second: every one a new client,
+// which a persistent balancer must schedule and remember.
+func newClientRate(fresh func(i int) (net.Conn, error), n int) (float64, error) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	start := time.Now()
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				c, err := fresh(i)
+				if err == nil {
+					b := [1]byte{modeClose}
+					if _, err = c.Write(b[:]); err == nil {
+						_, err = io.ReadFull(c, b[:])
+					}
+					c.Close()
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
 // latency ping-pongs 64 bytes on one connection for dur.
 func latency(dial dialer, dur time.Duration) (p50, p99 time.Duration, err error) {
 	c, err := dial(0, 0)

@@ -35,12 +35,14 @@ func nftIn(h *testenv.Host, rules string) error {
 // reaching servers through the load-balancer host, in network namespaces.
 // Direct is the same client reaching the server's own address through the
 // same host, forwarded by the kernel; the socket proxy runs there too.
-func benchNamespaces(dur time.Duration) error {
+func benchNamespaces(dur time.Duration, bin string) error {
 	if why := testenv.Missing(); why != "" {
 		fmt.Printf("\n(no director figures: %s)\n", why)
 		return nil
 	}
-	env, err := testenv.New(testenv.Spec{Clients: 1, AddrsPerClient: 32, Backends: 1, Label: "bench"})
+	// client0's addresses make every row but one; client1's 480 are
+	// each used once per column, for the row of new clients.
+	env, err := testenv.New(testenv.Spec{Clients: 2, AddrsPerClient: 480, Backends: 1, Label: "bench"})
 	if err != nil {
 		return err
 	}
@@ -58,10 +60,27 @@ func benchNamespaces(dur time.Duration) error {
 			return client.Dial(ctx, "tcp", client.Addrs[(w*5+i)%len(client.Addrs)], addr)
 		}
 	}
+	newcomer := env.Clients[1]
+	fresh := func(addr string) func(i int) (net.Conn, error) {
+		return func(i int) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return newcomer.Dial(ctx, "tcp", newcomer.Addrs[i], addr)
+		}
+	}
+	// measureAll is every row of a column: the new clients last, so that
+	// nothing else has used their addresses.
+	measureAll := func(addr string, dur time.Duration) (result, error) {
+		r, err := measure(inHost(addr), dur)
+		if err == nil {
+			r.newClients, err = newClientRate(fresh(addr), len(newcomer.Addrs))
+		}
+		return r, err
+	}
 	server := netip.AddrPortFrom(testenv.BackendAddr(0), 8080).String()
 	vip := netip.AddrPortFrom(testenv.VIP, 80).String()
 	fmt.Printf("\nnetwork namespaces: client -> load balancer -> server (veth and bridges), %s per measurement\n\n", dur)
-	direct, err := measure(inHost(server), dur)
+	direct, err := measureAll(server, dur)
 	if err != nil {
 		return fmt.Errorf("direct: %w", err)
 	}
@@ -72,7 +91,7 @@ func benchNamespaces(dur time.Duration) error {
 	if err := nftIn(env.LB, rules); err != nil {
 		fmt.Fprintln(os.Stderr, "tetherbench: no static DNAT column:", err)
 	} else {
-		r, err := measure(inHost(vip), dur)
+		r, err := measureAll(vip, dur)
 		if err := errors.Join(err, nftIn(env.LB, "delete table ip benchnat\n")); err != nil {
 			return fmt.Errorf("static dnat: %w", err)
 		}
@@ -94,7 +113,7 @@ func benchNamespaces(dur time.Duration) error {
 		if err := env.LB.Do(p.Start); err != nil {
 			return fmt.Errorf("%s: %w", mode, err)
 		}
-		r, err := measure(inHost(vip), dur)
+		r, err := measureAll(vip, dur)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		env.LB.Do(func() error { return p.Shutdown(ctx) })
 		cancel()
@@ -103,8 +122,8 @@ func benchNamespaces(dur time.Duration) error {
 		}
 		cols = append(cols, column{run.name, r, 0})
 	}
-	for _, pr := range peers {
-		c, err := measurePeer(env, pr, vip, server, inHost(vip), dur)
+	for _, pr := range append(tetherPeers(bin), peers...) {
+		c, err := measurePeer(env, pr, vip, server, inHost(vip), func(_ dialer, dur time.Duration) (result, error) { return measureAll(vip, dur) }, dur)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "tetherbench: no column:", err)
 			continue

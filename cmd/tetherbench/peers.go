@@ -59,10 +59,10 @@ stream {
 	}},
 }
 
-// measurePeer runs p in the load-balancer host on vip, measures it with
-// measure through dial, and returns the column with its peak RSS; an error
+// measurePeer runs p in the load-balancer host on vip, waits until dial
+// reaches it, measures it with measure, and returns the column with its peak RSS; an error
 // when p is not installed or does not come up.
-func measurePeer(env *testenv.Env, p peer, vip, server string, dial dialer, dur time.Duration) (column, error) {
+func measurePeer(env *testenv.Env, p peer, vip, server string, dial dialer, measure func(dialer, time.Duration) (result, error), dur time.Duration) (column, error) {
 	bin, err := exec.LookPath(p.bin)
 	if err != nil {
 		if bin, err = exec.LookPath("/usr/sbin/" + p.bin); err != nil {
@@ -98,4 +98,34 @@ func measurePeer(env *testenv.Env, p peer, vip, server string, dial dialer, dur 
 	}
 	rss, _ := peakRSS(cmd.Process.Pid)
 	return column{p.name, r, rss}, nil
+}
+
+// tetherPeers are tether itself run as its own process in the
+// load-balancer host, as the peers are, so that its peak RSS is measured
+// the same way: the director (with its kernel template map) and the
+// socket proxy. bin is the tether binary the benchmark built.
+func tetherPeers(bin string) []peer {
+	conf := func(mode, director string) func(dir, vip, server string) (string, []string) {
+		return func(dir, vip, server string) (string, []string) {
+			f := filepath.Join(dir, "tether.yaml")
+			os.WriteFile(f, []byte(fmt.Sprintf(`mode: %s
+director: {%s}
+admin: {socket: %s/admin.sock}
+services:
+  - name: bench
+    listen: %s
+    persistence: {timeout: 300s}
+    servers: [{address: %s}]
+`, mode, director, dir, vip, server)), 0o600)
+			return f, []string{"--log-level", "warn", "run", "--config", f}
+		}
+	}
+	// The director three ways, for the queue's levers: one queue; two
+	// spread by flow hash; two spread by CPU.
+	return []peer{
+		{"tether director (process)", bin, conf("director", "queues: 2")},
+		{"director, 1 queue", bin, conf("director", "queues: 1")},
+		{"director, 2 queues by CPU", bin, conf("director", "queues: 2, cpu_fanout: true")},
+		{"tether socket proxy (process)", bin, conf("proxy", "")},
+	}
 }

@@ -37,6 +37,9 @@ func printTable(cols []column) {
 	row("throughput, 1 stream", func(r result) float64 { return r.stream }, gb)
 	row("throughput, 8 streams", func(r result) float64 { return r.streams8 }, gb)
 	row("new connections/s, 8 clients", func(r result) float64 { return r.connsPerSec }, func(v float64) string { return fmt.Sprintf("%.0f", v) })
+	if cols[0].r.newClients > 0 {
+		row("new connections/s, each from a new client", func(r result) float64 { return r.newClients }, func(v float64) string { return fmt.Sprintf("%.0f", v) })
+	}
 	row("request/response p50, 64 B", func(r result) float64 { return float64(r.p50) }, dur)
 	row("request/response p99, 64 B", func(r result) float64 { return float64(r.p99) }, dur)
 	if cols[len(cols)-1].rss == 0 {
