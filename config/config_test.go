@@ -151,6 +151,8 @@ func TestParseErrors(t *testing.T) {
 		{"mark server check without port", "marks:\n  - {name: web, mark: 1, addresses: [198.18.0.10], ports: [80, 443]}\nservices:\n  - name: web\n    fwmark: 1\n    health_check: {type: tcp}\n    servers: [{address: 198.19.0.11}]\n",
 			[]string{"services[0].health_check.port: missing: server 198.19.0.11 has no port, so a tcp check needs one"}},
 		{"quorum above total weight", svc("    quorum: 5\n"), []string{"cfg.yaml:4: services[0].quorum: 5 is more than the servers' total weight 1"}},
+		{"quorum hook without quorum", svc("    quorum_down: [/bin/true]\n"), []string{"services[0].quorum_up: quorum_up and quorum_down need a quorum"}},
+		{"empty quorum hook", svc("    quorum: 1\n    quorum_up: [\"\"]\n"), []string{"services[0].quorum_up: the command is empty"}},
 		{"sorry server is a server", svc("    sorry_server: 127.0.0.2:80\n"), []string{"services[0].sorry_server: 127.0.0.2:80 is also one of the service's servers"}},
 		{"bad sorry server", svc("    sorry_server: elsewhere\n"), []string{`cfg.yaml:4: services[0].sorry_server: "elsewhere" is not an address:port`}},
 	} {

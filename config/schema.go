@@ -182,6 +182,12 @@ type Service struct {
 	// runs on; below it new clients go to the sorry server, or are refused
 	// without one. 0: no quorum.
 	Quorum int `yaml:"quorum,omitempty"`
+	// QuorumUp and QuorumDown are commands (argv) run when the service
+	// gets back to its quorum and when it falls below it (keepalived's
+	// quorum_up, quorum_down), with TETHER_SERVICE and TETHER_QUORUM
+	// (up or down) in their environment.
+	QuorumUp   []string `yaml:"quorum_up,omitempty"`
+	QuorumDown []string `yaml:"quorum_down,omitempty"`
 	// SendProxy sends a PROXY protocol header (v1 or v2) to the service's
 	// servers before the client's bytes, with the client's address and
 	// what it connected to (a mark service's original destination): TCP,

@@ -188,6 +188,13 @@ func (v *validator) checkSorry(p string, s *Service) {
 		v.errf(p+".quorum", "%d is negative", s.Quorum)
 	case s.Quorum > total && len(s.Servers) > 0:
 		v.errf(p+".quorum", "%d is more than the servers' total weight %d: the service could never run", s.Quorum, total)
+	case s.Quorum == 0 && len(s.QuorumUp)+len(s.QuorumDown) > 0:
+		v.errf(p+".quorum_up", "quorum_up and quorum_down need a quorum: the service has none")
+	}
+	for key, argv := range map[string][]string{"quorum_up": s.QuorumUp, "quorum_down": s.QuorumDown} {
+		if len(argv) > 0 && argv[0] == "" {
+			v.errf(p+"."+key, "the command is empty")
+		}
 	}
 }
 

@@ -233,11 +233,25 @@ func (r *Result) virtualServer(b *block) (config.Service, bool) {
 			alpha = true
 		case "ops":
 			s.OnePacket = true
-		case "omega", "ha_suspend", "virtualhost", "quorum_up", "quorum_down", "hysteresis":
+		case "quorum_up", "quorum_down":
+			// keepalived runs the line's command; tether its fields.
+			argv := strings.Fields(k.arg(1))
+			if len(argv) == 0 {
+				r.note(k.line, "%s: %s without a command; left out", key, k.name())
+			} else if k.name() == "quorum_up" {
+				s.QuorumUp = argv
+			} else {
+				s.QuorumDown = argv
+			}
+		case "omega", "ha_suspend", "virtualhost", "hysteresis":
 			r.note(k.line, "%s: %s is not supported; left out", key, k.name())
 		default:
 			r.note(k.line, "%s: %s is not understood; left out", key, k.name())
 		}
+	}
+	if len(s.QuorumUp)+len(s.QuorumDown) > 0 && s.Quorum == 0 {
+		s.Quorum = 1 // keepalived's default: the hooks fire when the last server goes and the first comes back
+		r.note(b.line, "%s: quorum_up/quorum_down without quorum: quorum 1, keepalived's default", key)
 	}
 	for i := range s.Servers {
 		if hc := s.Servers[i].HealthCheck; hc != nil {

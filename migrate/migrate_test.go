@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -148,6 +149,9 @@ func TestKeepalived(t *testing.T) {
 		web.SorryServer != "198.19.0.99:80" || web.Quorum != 2 || !web.InhibitOnFailure || web.Mode != "director" {
 		t.Errorf("web: %+v", web)
 	}
+	if !slices.Equal(web.QuorumUp, []string{"/usr/local/bin/notify", "web", "up"}) || !slices.Equal(web.QuorumDown, []string{"/usr/local/bin/notify-down"}) {
+		t.Errorf("web's quorum hooks: up %q, down %q", web.QuorumUp, web.QuorumDown)
+	}
 	hc := web.Servers[0].HealthCheck
 	want := &config.HealthCheck{Type: "http", Interval: config.Duration(6e9), Timeout: config.Duration(3e9), Rise: 1, Fall: 3, Start: "down", Path: "/healthz", ExpectStatus: "200"}
 	if diff := cmp.Diff(want, hc); diff != "" {
@@ -174,7 +178,7 @@ func TestKeepalived(t *testing.T) {
 	for _, want := range []string{
 		"line 3: global_defs skipped",
 		"line 7: vrrp_instance skipped",
-		"line 51: fwmark 1: DR forwarding is not supported",
+		"line 53: fwmark 1: DR forwarding is not supported",
 		`scheduler "lblc" is not one of tether's`,
 	} {
 		if !strings.Contains(notes(r), strings.Replace(want, "2001:db8:1::11 443", "[2001:db8:1::11]:443", 1)) {

@@ -163,8 +163,10 @@ func (p *Proxy) quorumChanged(svc *service, was bool) {
 			target = "sent to the sorry server " + st.sorry.Addr.String()
 		}
 		p.log.Warn("service below its quorum: new clients are "+target, "service", st.cfg.Name, "quorum", st.cfg.Quorum)
+		p.hooks.Run(st.cfg.Name, st.cfg.QuorumDown, "TETHER_SERVICE="+st.cfg.Name, "TETHER_QUORUM=down")
 	case !was && now:
 		p.log.Info("service back at its quorum", "service", st.cfg.Name, "quorum", st.cfg.Quorum)
+		p.hooks.Run(st.cfg.Name, st.cfg.QuorumUp, "TETHER_SERVICE="+st.cfg.Name, "TETHER_QUORUM=up")
 	}
 }
 

@@ -268,3 +268,29 @@ func TestHealthDownClosesUDPFlows(t *testing.T) {
 		t.Errorf("after %s went down the same flow got %q (%v), want %s", first, got, err, other)
 	}
 }
+
+// quorum_down runs when a service falls below its quorum and quorum_up
+// when it is back (keepalived's hooks), in that order, with the service and
+// the direction in their environment.
+func TestQuorumHooks(t *testing.T) {
+	dir := t.TempDir()
+	a, b := startBackend(t, "a"), startBackend(t, "b")
+	listen := freeAddr(t)
+	log := filepath.Join(dir, "hooks.log")
+	hook := fmt.Sprintf(`["/bin/sh", "-c", "echo $TETHER_SERVICE $TETHER_QUORUM $0 >> %s"`, log)
+	extra := flagCheck(dir, "") + "    quorum: 2\n" + "    quorum_up: " + hook + `, "up-hook"]` + "\n    quorum_down: " + hook + `, "down-hook"]` + "\n"
+	p := startProxy(t, mustConfig(t, "services:\n"+serviceYAML("web", listen, "rr", extra, a, b)), Options{})
+	waitState(t, p, "web", b.addr.String(), "up", time.Now())
+	setHealthy(t, dir, b, false)
+	waitState(t, p, "web", b.addr.String(), "down", time.Now())
+	setHealthy(t, dir, b, true)
+	waitState(t, p, "web", b.addr.String(), "up", time.Now())
+	want := "web down down-hook\nweb up up-hook\n"
+	var got []byte
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if got, _ = os.ReadFile(log); string(got) == want {
+			return
+		}
+	}
+	t.Errorf("hooks ran as %q, want %q", got, want)
+}

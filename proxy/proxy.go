@@ -83,6 +83,7 @@ type Proxy struct {
 	onePackets atomic.Int64                // one-packet datagrams in flight, against caps.OnePacket
 
 	health *health.Monitor[checkKey] // the servers' health checks
+	hooks  *health.Hooks             // quorum_up and quorum_down commands
 
 	// snapStop, snapNow and snapDone run the periodic snapshot writer
 	// (snapshots), from Start to Shutdown.
@@ -116,6 +117,7 @@ func New(cfg *config.File, o Options) *Proxy {
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.cfg.Store(cfg)
 	p.health = health.NewMonitor(p.healthChanged)
+	p.hooks = health.NewHooks(p.log, o.Do)
 	p.replies = udpbatch.NewPool(udpBatch)
 	p.tcp = tcprelay.New(func() int { return p.caps.Load().Pipes })
 	return p
@@ -225,6 +227,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.health.Close() // first: a reported change waits for the control loop
 	err := p.control(func() error { return p.shutdown(ctx) })
 	p.stopControl()
+	p.hooks.Close() // after the loop: no quorum change comes any more
 	return err
 }
 
