@@ -77,6 +77,8 @@ func (s *server) State() string {
 		return "drain"
 	case s.failedUntil.Load() > time.Now().UnixNano():
 		return "failed"
+	case s.conns.Full():
+		return "full" // at max_connections, not yet back under resume_connections
 	}
 	return "up"
 }

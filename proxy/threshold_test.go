@@ -41,6 +41,9 @@ func TestServerConnectionThresholds(t *testing.T) {
 			t.Fatalf("connection %d of 127.1.0.1 went to %s, want %s", i, got, want)
 		}
 	}
+	if got := p.Status()[0].Servers[0].State; got != "full" {
+		t.Errorf("a at its max_connections shows %q, want full", got)
+	}
 	if got := open("127.1.0.2"); got != "b" {
 		t.Errorf("a new client while a is full went to %s, want b", got)
 	}
@@ -55,6 +58,9 @@ func TestServerConnectionThresholds(t *testing.T) {
 	}
 	held[2].Close() // a: 2 → 1: below the lower mark
 	waitActive(1)
+	if got := p.Status()[0].Servers[0].State; got != "up" {
+		t.Errorf("a below its resume_connections shows %q, want up", got)
+	}
 	if got := open("127.1.0.4"); got != "a" {
 		t.Errorf("a new client with a below its lower mark went to %s, want a", got)
 	}
