@@ -171,14 +171,15 @@ func (r *Result) virtualServer(b *block) (config.Service, bool) {
 		}
 		s.Listen, key = ap.String(), "virtual_server "+ap.String()
 	}
-	method, delay, alpha := "nat", time.Duration(0), false
+	method, delay, alpha, vsInhibit := "nat", time.Duration(0), false, false
+	methodLine, opsLine := b.line, b.line // where lb_kind and ops are, for their notes
 	var inhibit []bool
 	for _, k := range b.kids {
 		switch k.name() {
 		case "lb_algo", "lvs_sched":
 			s.Scheduler = r.ipvsScheduler(k.line, strings.ToLower(k.arg(1)), key)
 		case "lb_kind", "lvs_method":
-			method = strings.ToLower(k.arg(1))
+			method, methodLine = strings.ToLower(k.arg(1)), k.line
 			if method != "nat" && method != "dr" && method != "tun" {
 				r.note(k.line, "%s: %s %q is not NAT, DR or TUN; taken as NAT", key, k.name(), k.arg(1))
 				method = "nat"
@@ -232,7 +233,7 @@ func (r *Result) virtualServer(b *block) (config.Service, bool) {
 		case "alpha": // applied to the checks below
 			alpha = true
 		case "ops":
-			s.OnePacket = true
+			s.OnePacket, opsLine = true, k.line
 		case "quorum_up", "quorum_down":
 			// keepalived runs the line's command; tether its fields.
 			argv := strings.Fields(k.arg(1))
@@ -243,10 +244,23 @@ func (r *Result) virtualServer(b *block) (config.Service, bool) {
 			} else {
 				s.QuorumDown = argv
 			}
-		case "omega", "ha_suspend", "virtualhost", "hysteresis":
+		case "inhibit_on_failure": // the default of every real server
+			vsInhibit = true
+		case "ip_family":
+			r.note(k.line, "%s: ip_family: tether takes the family from the addresses; left out", key)
+		case "hashed", "flag-1", "flag-2", "flag-3", "sh-port", "sh-fallback", "mh-port", "mh-fallback":
+			r.note(k.line, "%s: scheduler flag %s is not supported (tether's sh and mh hash the client address only); left out", key, k.name())
+		case "connect_timeout", "retry", "delay_before_retry", "warmup":
+			r.note(k.line, "%s: a virtual_server-level %s is not applied to the checks; set it in each check", key, k.name())
+		case "omega", "ha_suspend", "virtualhost", "hysteresis", "persistence_engine", "smtp_alert", "sorry_server_inhibit", "sorry_server_lvs_method":
 			r.note(k.line, "%s: %s is not supported; left out", key, k.name())
 		default:
 			r.note(k.line, "%s: %s is not understood; left out", key, k.name())
+		}
+	}
+	if vsInhibit {
+		for i := range inhibit {
+			inhibit[i] = true
 		}
 	}
 	if len(s.QuorumUp)+len(s.QuorumDown) > 0 && s.Quorum == 0 {
@@ -273,7 +287,7 @@ func (r *Result) virtualServer(b *block) (config.Service, bool) {
 	}
 	if s.OnePacket && s.Protocol != "udp" {
 		s.OnePacket = false
-		r.note(b.line, "%s: ops is for UDP services; left out", key)
+		r.note(opsLine, "%s: ops is for UDP services; left out", key)
 	}
 	if len(s.Servers) == 0 {
 		r.note(b.line, "%s has no real servers; tether needs at least one, so it is left out", key)
@@ -290,9 +304,9 @@ func (r *Result) virtualServer(b *block) (config.Service, bool) {
 		}
 	}
 	s.Name = serviceName(s.Protocol, s.Listen, s.Fwmark)
-	s.Mode = r.modeFor(b.line, method, key)
+	s.Mode = r.modeFor(methodLine, method, key)
 	if s.OnePacket {
-		r.note(b.line, "%s: one-packet scheduling (ops) is the socket proxy's; the service runs in proxy mode", key)
+		r.note(opsLine, "%s: one-packet scheduling (ops) is the socket proxy's; the service runs in proxy mode", key)
 		s.Mode = config.ModeProxy
 	}
 	return s, true
@@ -358,6 +372,10 @@ func (r *Result) realServer(b *block, key string, mark bool) (config.Server, boo
 			sv.HealthCheck = r.check(k, key)
 		case "bfd_check", "file_check", "ping_check":
 			r.note(k.line, "%s: %s is not supported; real_server %s is imported without it", key, strings.ToUpper(n), addr)
+		case "notify_up", "notify_down", "smtp_alert", "lvs_method", "lb_kind", "virtualhost":
+			r.note(k.line, "%s: real_server %s: %s is not supported; left out", key, addr, n)
+		case "connect_timeout", "retry", "delay_before_retry", "warmup", "delay_loop":
+			r.note(k.line, "%s: real_server %s: a server-level %s is not applied to its check; set it in the check", key, addr, n)
 		default:
 			r.note(k.line, "%s: real_server %s: %s is not understood; left out", key, addr, n)
 		}

@@ -178,7 +178,7 @@ func TestKeepalived(t *testing.T) {
 	for _, want := range []string{
 		"line 3: global_defs skipped",
 		"line 7: vrrp_instance skipped",
-		"line 53: fwmark 1: DR forwarding is not supported",
+		"line 56: fwmark 1: DR forwarding is not supported",
 		`scheduler "lblc" is not one of tether's`,
 	} {
 		if !strings.Contains(notes(r), strings.Replace(want, "2001:db8:1::11 443", "[2001:db8:1::11]:443", 1)) {
