@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/api"
 	"github.com/tetherlb/tether/config"
@@ -398,6 +399,9 @@ func TestDirectorAccessList(t *testing.T) {
 			t.Errorf("the denied client %s was served", a)
 		}
 		cancel()
+	}
+	if n := aclCounted(t, env, nftables.TableFamilyIPv4, "steer"); n == 0 {
+		t.Error("the access-list rules counted no packet")
 	}
 	if s := p.dir.Load().d.Stats(); s.Denied != 0 || s.Verdicts != 1 {
 		t.Errorf("the queue saw %d denied first packets and gave %d verdicts; want 0 (the kernel drops them) and 1 (the allowed client's first flow)", s.Denied, s.Verdicts)

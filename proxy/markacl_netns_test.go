@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/tetherlb/tether/nft"
 	"github.com/tetherlb/tether/testenv"
 )
 
@@ -45,4 +48,34 @@ func TestMarkServiceAccessListInKernel(t *testing.T) {
 			}
 		}
 	}
+	// Each refusal counted: two clients, two ports.
+	if n := aclCounted(t, env, nftables.TableFamilyINet, "prerouting"); n != 4 {
+		t.Errorf("the access-list rules counted %d packets, want 4", n)
+	}
+}
+
+// aclCounted sums the packets the counters of the lb's rules of table
+// (family fam) counted: its access-list rules are the ones with counters.
+func aclCounted(t *testing.T, env *testenv.Env, fam nftables.TableFamily, chain string) uint64 {
+	t.Helper()
+	var n uint64
+	err := env.LB.Do(func() error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		rules, err := c.GetRules(&nftables.Table{Name: nft.TableName, Family: fam}, &nftables.Chain{Name: chain})
+		for _, r := range rules {
+			for _, e := range r.Exprs {
+				if ctr, ok := e.(*expr.Counter); ok {
+					n += ctr.Packets
+				}
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
