@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	metrics "github.com/hashicorp/go-metrics"
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/nft"
 )
@@ -132,6 +133,18 @@ func (kt *KernelTemplates) Sync() {
 
 // Stats are the mirror's counters.
 func (kt *KernelTemplates) Stats() MirrorStats { return kt.mirror.Stats() }
+
+// EmitMetrics reports the mirror's counters: template changes written to
+// the kernel, write transactions, rebuilds from the table.
+func (kt *KernelTemplates) EmitMetrics(m *metrics.Metrics) {
+	if kt == nil {
+		return
+	}
+	s := kt.Stats()
+	m.SetGauge([]string{"director", "kernel_template_changes"}, float32(s.Changes))
+	m.SetGauge([]string{"director", "kernel_template_batches"}, float32(s.Batches))
+	m.SetGauge([]string{"director", "kernel_template_rebuilds"}, float32(s.Rebuilds))
+}
 
 // elems are service id's templates as its map holds them: a busy one
 // without timeout, an idle one with what it has left.

@@ -16,7 +16,7 @@ func (d *Director[H]) EmitMetrics(m *metrics.Metrics, do func(func() error) erro
 		name string
 		v    uint64
 	}{
-		{"verdicts", s.Verdicts}, {"queue_errors", s.QueueErrors}, {"unparsed", s.Unparsed}, {"unknown", s.Unknown}, {"no_server", s.NoServer}, {"denied", s.Denied},
+		{"verdicts", s.Verdicts}, {"adopted", s.Adopted}, {"queue_errors", s.QueueErrors}, {"unparsed", s.Unparsed}, {"unknown", s.Unknown}, {"no_server", s.NoServer}, {"denied", s.Denied},
 		{"verdict_errors", s.VerdictErrors}, {"overruns", s.Overruns}, {"flows_ended", s.FlowsEnded}, {"flows_reconciled", s.Reconciled},
 	} {
 		m.SetGauge([]string{"director", c.name}, float32(c.v))

@@ -328,5 +328,6 @@ func (p *Proxy) stopDirector() error {
 func (p *Proxy) emitDirectorMetrics() {
 	if dp := p.dir.Load(); dp != nil {
 		dp.d.EmitMetrics(p.met, p.do)
+		dp.kt.EmitMetrics(p.met)
 	}
 }

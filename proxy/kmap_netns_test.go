@@ -144,6 +144,9 @@ func TestDirectorKernelTemplates(t *testing.T) {
 		}
 	}
 	same("bind")
+	if s := p.dir.Load().kt.Stats(); s.Changes < n || s.Batches == 0 {
+		t.Errorf("mirror stats %+v: want at least %d changes written", s, n)
+	}
 	t.Logf("%d clients: %d templates in the kernel map", n, len(kernelTemplates(t, env)))
 
 	// affinity rm: the kernel forgets the client before the call returns.
