@@ -184,3 +184,82 @@ func ProbeDestroy(c *nftables.Conn, fam nftables.TableFamily) (bool, error) {
 	}
 	return false, err
 }
+
+// LiveTemplate is one element of a kernel template map as the kernel holds
+// it, with the server its choice mark names.
+type LiveTemplate struct {
+	Map    string // ip tether templates0, ...
+	Client netip.Addr
+	Server netip.AddrPort // port 0: the client's destination port is kept
+	// Expires is what the element has left; 0: none (its template has
+	// open flows).
+	Expires time.Duration
+}
+
+// ReadLiveTemplates lists every kernel template map of the director tables
+// in c's network namespace, each element with its server (from the tables'
+// dnat maps).
+func ReadLiveTemplates(c *nftables.Conn) ([]LiveTemplate, error) {
+	var out []LiveTemplate
+	for _, fam := range Families {
+		d := Director{Family: fam}
+		t := d.table(false)
+		sets, err := c.GetSets(t)
+		if errors.Is(err, unix.ENOENT) {
+			continue // no director table in this family
+		}
+		if err != nil {
+			return nil, fmt.Errorf("nft: sets of %s: %w", t.Name, err)
+		}
+		servers, err := d.readChoices(c)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range sets {
+			var i int
+			if _, err := fmt.Sscanf(s.Name, "templates%d", &i); err != nil {
+				continue
+			}
+			elems, err := ReadTemplates(c, fam, i)
+			if err != nil {
+				return nil, err
+			}
+			for _, e := range elems {
+				out = append(out, LiveTemplate{Map: fmt.Sprintf("%s %s %s", famName(fam), TableName, s.Name), Client: e.Client, Server: servers[e.Mark], Expires: e.Timeout})
+			}
+		}
+	}
+	return out, nil
+}
+
+// readChoices reads the servers the choice marks of d's table name, from
+// its dnat maps.
+func (d Director) readChoices(c *nftables.Conn) (map[uint32]netip.AddrPort, error) {
+	out := map[uint32]netip.AddrPort{}
+	_, n := d.addrLen()
+	for _, name := range []string{"dnat_port", "dnat_addr"} {
+		elems, err := c.GetSetElements(&nftables.Set{Table: d.table(false), Name: name, IsMap: true, KeyType: nftables.TypeMark})
+		if err != nil {
+			return nil, fmt.Errorf("nft: map %s: %w", name, err)
+		}
+		for _, e := range elems {
+			if len(e.Key) != 4 || len(e.Val) < int(n) {
+				continue
+			}
+			a, _ := netip.AddrFromSlice(e.Val[:n])
+			var port uint16
+			if name == "dnat_port" && len(e.Val) >= int(n)+2 {
+				port = binaryutil.BigEndian.Uint16(e.Val[n : n+2])
+			}
+			out[binaryutil.NativeEndian.Uint32(e.Key)] = netip.AddrPortFrom(a, port)
+		}
+	}
+	return out, nil
+}
+
+func famName(fam nftables.TableFamily) string {
+	if fam == nftables.TableFamilyIPv6 {
+		return "ip6"
+	}
+	return "ip"
+}

@@ -1,10 +1,17 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
 
+	"github.com/google/nftables"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/nft"
 	"github.com/urfave/cli/v2"
@@ -39,6 +46,23 @@ func nftCommand() *cli.Command {
 				return nil
 			},
 		}, {
+			Name:  "templates",
+			Usage: "print the director's kernel template maps as the kernel holds them: client, server, time left (busy: open flows)",
+			Action: func(c *cli.Context) error {
+				conn, err := nftables.New()
+				if err != nil {
+					return err
+				}
+				ts, err := nft.ReadLiveTemplates(conn)
+				if err != nil {
+					if errors.Is(err, os.ErrPermission) {
+						return cli.Exit("tether nft templates needs CAP_NET_ADMIN (root): "+err.Error(), 1)
+					}
+					return err
+				}
+				return printLiveTemplates(c.App.Writer, ts)
+			},
+		}, {
 			Name:  "flush",
 			Usage: "remove tether's tables (inet tether, ip/ip6 tether, and the director's NAT anchors ip/ip6 tether_nat_anchor) from this network namespace",
 			Action: func(c *cli.Context) error {
@@ -59,4 +83,25 @@ func nftCommand() *cli.Command {
 			},
 		}},
 	}
+}
+
+// printLiveTemplates prints the kernel's template map elements, sorted.
+func printLiveTemplates(w io.Writer, ts []nft.LiveTemplate) error {
+	slices.SortFunc(ts, func(a, b nft.LiveTemplate) int {
+		return cmp.Or(strings.Compare(a.Map, b.Map), a.Client.Compare(b.Client))
+	})
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MAP\tCLIENT\tSERVER\tEXPIRES")
+	for _, t := range ts {
+		exp := "busy"
+		if t.Expires > 0 {
+			exp = t.Expires.Round(time.Second).String()
+		}
+		server := t.Server.String()
+		if t.Server.Port() == 0 {
+			server = t.Server.Addr().String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.Map, t.Client, server, exp)
+	}
+	return tw.Flush()
 }
