@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"syscall"
@@ -78,4 +79,53 @@ func aclCounted(t *testing.T, env *testenv.Env, fam nftables.TableFamily, chain 
 		t.Fatal(err)
 	}
 	return n
+}
+
+// The UDP side of a mark service's access lists: a denied client's
+// datagrams are dropped by the kernel's rule (counted there), an allowed
+// one is answered.
+func TestMarkServiceAccessListInKernelUDP(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 2, Backends: 1, Label: "maclu"})
+	if _, err := env.Backends[0].ServeUDP(53); err != nil {
+		t.Fatal(err)
+	}
+	c := env.Clients[0]
+	startInLB(t, env, fmt.Sprintf(`marks:
+  - name: dns
+    mark: 0x300
+    protocol: udp
+    addresses: [%s]
+    ports: [53]
+mark_mask: 0xff00
+services:
+  - name: dns
+    fwmark: 0x300
+    persistence: {}
+    deny: [%s]
+    servers: [{address: %s}]
+`, testenv.VIP, c.Addr(1), testenv.BackendAddr(0)), Options{})
+	ask := func(src netip.Addr) (string, error) {
+		conn, err := c.Dial(context.Background(), "udp", src, netip.AddrPortFrom(testenv.VIP, 53).String())
+		if err != nil {
+			return "", err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(time.Second))
+		if _, err := conn.Write([]byte("who?")); err != nil {
+			return "", err
+		}
+		b := make([]byte, 64)
+		n, err := conn.Read(b)
+		return strings.TrimSpace(string(b[:n])), err
+	}
+	if name, err := ask(c.Addr(0)); err != nil || name != "backend0" {
+		t.Fatalf("the allowed client: %q, %v", name, err)
+	}
+	before := aclCounted(t, env, nftables.TableFamilyINet, "prerouting")
+	if name, err := ask(c.Addr(1)); err == nil {
+		t.Errorf("the denied client was answered by %q", name)
+	}
+	if n := aclCounted(t, env, nftables.TableFamilyINet, "prerouting"); n != before+1 {
+		t.Errorf("the access-list rules counted %d datagrams of the denied client, want 1", n-before)
+	}
 }
