@@ -1,11 +1,11 @@
 package director
 
 import (
+	"errors"
 	"net/netip"
 	"time"
 
 	"github.com/ti-mo/conntrack"
-	"github.com/ti-mo/netfilter"
 )
 
 // reconcileEvery is how often the director compares its open flows with
@@ -39,55 +39,38 @@ func (d *Director[H]) followConntrack() {
 	}
 }
 
-// listenDestroy follows destroy events until the director stops (nil) or
-// the listener fails.
+// listenDestroy follows destroy events (and new-flow events, when the
+// director adopts flows) until the director stops (nil) or the listener
+// fails (lost events among them).
 func (d *Director[H]) listenDestroy(tick <-chan time.Time) error {
-	var ct *conntrack.Conn
-	err := d.do(func() (err error) {
-		ct, err = conntrack.Dial(nil)
-		return err
-	})
+	ev, err := dialCTEvents(d.do, d.o.Adopt != nil)
 	if err != nil {
 		return err
 	}
-	ct.SetReadBuffer(8 << 20)
-	evs := make(chan conntrack.Event, 1024)
-	groups := []netfilter.NetlinkGroup{netfilter.GroupCTDestroy}
-	if d.o.Adopt != nil {
-		groups = append(groups, netfilter.GroupCTNew)
-	}
-	errc, err := ct.Listen(evs, 1, groups)
-	if err != nil {
-		ct.Close()
-		return err
-	}
+	errc := make(chan error, 1)
+	go func() {
+		errc <- ev.run(func(kind ctEventKind, k FlowKey, mark uint32) {
+			if kind == ctNew {
+				d.adopt(k, mark)
+			} else {
+				d.destroyed(k)
+			}
+		})
+	}()
 	for {
 		select {
-		case ev := <-evs:
-			switch {
-			case ev.Flow == nil:
-			case ev.Type == conntrack.EventNew:
-				d.adopt(tupleKey(ev.Flow.TupleOrig), ev.Flow.Mark)
-			case ev.Type == conntrack.EventDestroy:
-				d.destroyed(tupleKey(ev.Flow.TupleOrig))
-			}
 		case <-tick:
 			d.reconcile()
 		case err := <-errc:
-			ct.Close() // the worker has returned
+			ev.Close()
+			if err == nil {
+				err = errors.New("conntrack events: the socket closed")
+			}
 			return err
 		case <-d.ctx.Done():
-			// Close waits for the worker, which may be sending: drain.
-			closed := make(chan struct{})
-			go func() { ct.Close(); close(closed) }()
-			for {
-				select {
-				case <-evs:
-				case <-errc:
-				case <-closed:
-					return nil
-				}
-			}
+			ev.Close()
+			<-errc // the reader has returned
+			return nil
 		}
 	}
 }
