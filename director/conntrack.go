@@ -52,7 +52,7 @@ func (d *Director[H]) listenDestroy(tick <-chan time.Time) error {
 		errc <- ev.run(func(kind ctEventKind, k FlowKey, mark uint32) {
 			if kind == ctNew {
 				d.adopt(k, mark)
-			} else {
+			} else { // closed or destroyed: the flow holds its choice no longer
 				d.destroyed(k)
 			}
 		})

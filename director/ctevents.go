@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Conntrack's new-flow and destroy events, read straight from a netlink
+// Conntrack's new-flow, update and destroy events, read straight from a netlink
 // socket into a reused buffer: each event yields its original tuple and
 // mark and nothing else. A general decoder (github.com/ti-mo/conntrack,
 // still used for dumps) builds a whole flow value per event, about 12 KB
@@ -22,7 +22,14 @@ const (
 	ctMsgDelete = unix.NFNL_SUBSYS_CTNETLINK<<8 | 2 // IPCTNL_MSG_CT_DELETE
 
 	ctaTupleOrig = 1 // CTA_TUPLE_ORIG
+	ctaProtoInfo = 4 // CTA_PROTOINFO
 	ctaMark      = 8 // CTA_MARK
+	ctaInfoTCP   = 1 // CTA_PROTOINFO_TCP
+	ctaTCPState  = 1 // CTA_PROTOINFO_TCP_STATE
+
+	// TCP_CONNTRACK_TIME_WAIT and _CLOSE: the connection is over.
+	tcpTimeWait  = 7
+	tcpClose     = 8
 	ctaTupleIP   = 1 // CTA_TUPLE_IP
 	ctaTupleProt = 2 // CTA_TUPLE_PROTO
 	ctaIPv4Src   = 1 // CTA_IP_V4_SRC
@@ -40,8 +47,9 @@ const (
 type ctEventKind uint8
 
 const (
-	ctNew ctEventKind = iota + 1
-	ctDestroy
+	ctNew     ctEventKind = iota + 1
+	ctClosed              // a TCP flow reached TIME_WAIT or CLOSE: its connection is over
+	ctDestroy             // conntrack forgot the flow
 )
 
 var errCTMessage = errors.New("conntrack event: malformed message")
@@ -52,6 +60,7 @@ func parseCTEvents(b []byte, fn func(kind ctEventKind, k FlowKey, mark uint32)) 
 	for len(b) >= unix.NLMSG_HDRLEN {
 		n := int(binary.NativeEndian.Uint32(b[0:4]))
 		typ := binary.NativeEndian.Uint16(b[4:6])
+		flags := binary.NativeEndian.Uint16(b[6:8])
 		if n < unix.NLMSG_HDRLEN || n > len(b) {
 			return errCTMessage
 		}
@@ -63,8 +72,11 @@ func parseCTEvents(b []byte, fn func(kind ctEventKind, k FlowKey, mark uint32)) 
 		}
 		var kind ctEventKind
 		switch typ {
-		case ctMsgNew:
+		case ctMsgNew: // a new flow (NLM_F_CREATE), or an update of one
 			kind = ctNew
+			if flags&unix.NLM_F_CREATE == 0 {
+				kind = ctClosed // if its TCP state says so, below
+			}
 		case ctMsgDelete:
 			kind = ctDestroy
 		case unix.NLMSG_ERROR, unix.NLMSG_DONE, unix.NLMSG_NOOP:
@@ -77,6 +89,7 @@ func parseCTEvents(b []byte, fn func(kind ctEventKind, k FlowKey, mark uint32)) 
 		}
 		var k FlowKey
 		var mark uint32
+		var state uint8
 		ok := false
 		err := attrs(msg[4:], func(t uint16, v []byte) error {
 			switch t {
@@ -85,6 +98,18 @@ func parseCTEvents(b []byte, fn func(kind ctEventKind, k FlowKey, mark uint32)) 
 				k, err = parseTuple(v)
 				ok = err == nil
 				return err
+			case ctaProtoInfo:
+				return attrs(v, func(t uint16, v []byte) error {
+					if t != ctaInfoTCP {
+						return nil
+					}
+					return attrs(v, func(t uint16, v []byte) error {
+						if t == ctaTCPState && len(v) == 1 {
+							state = v[0]
+						}
+						return nil
+					})
+				})
 			case ctaMark:
 				if len(v) != 4 {
 					return errCTMessage
@@ -95,6 +120,9 @@ func parseCTEvents(b []byte, fn func(kind ctEventKind, k FlowKey, mark uint32)) 
 		})
 		if err != nil {
 			return err
+		}
+		if kind == ctClosed && state != tcpTimeWait && state != tcpClose {
+			continue // an update that does not end the connection
 		}
 		if ok {
 			fn(kind, k, mark)
@@ -168,7 +196,7 @@ func attrs(b []byte, fn func(t uint16, v []byte) error) error {
 }
 
 // ctEvents is a netlink socket subscribed to conntrack's new-flow (when
-// news) and destroy events, read through the runtime's poller.
+// news), update and destroy events, read through the runtime's poller.
 type ctEvents struct {
 	f   *os.File
 	buf []byte
@@ -176,7 +204,9 @@ type ctEvents struct {
 
 // dialCTEvents opens the socket; do runs in the director's namespace.
 func dialCTEvents(do func(func() error) error, news bool) (*ctEvents, error) {
-	groups := uint32(1) << (unix.NFNLGRP_CONNTRACK_DESTROY - 1)
+	// Updates carry a TCP flow's state: its close ends the connection
+	// two minutes before conntrack forgets it (TIME_WAIT).
+	groups := uint32(1)<<(unix.NFNLGRP_CONNTRACK_DESTROY-1) | 1<<(unix.NFNLGRP_CONNTRACK_UPDATE-1)
 	if news {
 		groups |= 1 << (unix.NFNLGRP_CONNTRACK_NEW - 1)
 	}

@@ -218,10 +218,10 @@ func markPersistenceAcrossPorts(t *testing.T, mode, label string) {
 		if s.Failed != 0 {
 			t.Fatalf("%d of %d connections failed: %v", s.Failed, s.Visits, s.Errors)
 		}
-		// Flows of returning clients, which the kernel template map sent,
-		// are counted as conntrack reports them: wait for the reports.
-		if mode == "director" && !waitFor(5*time.Second, func() bool { return p.DirectorFlows() == 600 }) {
-			t.Errorf("director holds %d flows, want the 600 it chose or adopted (conntrack keeps closed TCP flows in TIME_WAIT)", p.DirectorFlows())
+		// Every connection is closed: the director holds none of the 600
+		// flows it chose or adopted (conntrack reports each close).
+		if mode == "director" && !waitFor(5*time.Second, func() bool { return p.DirectorFlows() == 0 }) {
+			t.Errorf("director holds %d flows after every connection closed, want 0", p.DirectorFlows())
 		}
 		return s
 	}
