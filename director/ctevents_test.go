@@ -69,8 +69,8 @@ func TestParseCTEvents(t *testing.T) {
 	k6 := FlowKey{Proto: unix.IPPROTO_UDP, Src: netip.MustParseAddrPort("[2001:2::10a]:5353"), Dst: netip.MustParseAddrPort("[2001:2::10]:53")}
 	var b []byte
 	b = append(b, ctMessage(t, ctMsgNew, k4, 0x7e000001)...)
-	b = append(b, ctMessage(t, unix.NFNL_SUBSYS_CTNETLINK<<8|1, k4, 9)...) // a GET: not an event of ours
-	b = append(b, ctMessageState(t, ctMsgNew, 0, k4, 0x7e000001, 3)...)          // an update to ESTABLISHED: not an end
+	b = append(b, ctMessage(t, unix.NFNL_SUBSYS_CTNETLINK<<8|1, k4, 9)...)        // a GET: not an event of ours
+	b = append(b, ctMessageState(t, ctMsgNew, 0, k4, 0x7e000001, 3)...)           // an update to ESTABLISHED: not an end
 	b = append(b, ctMessageState(t, ctMsgNew, 0, k4, 0x7e000001, tcpTimeWait)...) // the close
 	b = append(b, ctMessage(t, ctMsgDelete, k6, 0x7e000002)...)
 	type ev struct {
