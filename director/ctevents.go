@@ -79,9 +79,7 @@ func parseCTEvents(b []byte, fn func(kind ctEventKind, k FlowKey, mark uint32)) 
 			}
 		case ctMsgDelete:
 			kind = ctDestroy
-		case unix.NLMSG_ERROR, unix.NLMSG_DONE, unix.NLMSG_NOOP:
-			continue
-		default:
+		default: // NLMSG_ERROR, NLMSG_DONE, other subsystems' messages
 			continue
 		}
 		if len(msg) < 4 { // struct nfgenmsg
