@@ -14,6 +14,9 @@
 // eviction, as Redis's): a flood of spoofed sources can cost idle clients
 // their affinity, returning ones last, but never grows memory.
 //
+// A table can keep a journal of its templates' changes (journal.go) for a
+// mirror to follow: the director writes them into the kernel.
+//
 // The package needs no privilege and makes no system calls on the lookup
 // path. It is used by the proxy data paths and by `tether affinity`.
 package affinity

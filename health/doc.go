@@ -8,4 +8,8 @@
 // successes in a row; a single flap changes nothing. It reports each
 // change once, to a callback; what a change does to scheduling and to the
 // persistence templates is the proxy's business.
+//
+// Hooks (hooks.go) run the commands a config names for events, a
+// service's quorum_up and quorum_down: in order per service, bounded in
+// backlog and time.
 package health

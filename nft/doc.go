@@ -12,6 +12,9 @@
 //   - director.go, director_show.go, queue.go: tables ip/ip6 tether of the
 //     director (queue new flows, DNAT by choice mark, the fail-open
 //     fallback), the probe for nft's queue statement, the NAT anchor.
+//   - templates.go: the director's kernel template maps (masked client to
+//     choice mark, element timeouts) and their writes; acl.go and
+//     markacl.go: services' access lists as drop (and TCP reset) rules.
 //   - plan.go: from a config to director tables: choice marks stable
 //     across reloads, the tables `tether nft show` prints.
 //
