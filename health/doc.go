@@ -1,6 +1,7 @@
 // Package health runs the health checks of real servers: tcp (a connect),
-// http (a GET whose status and body are checked), udp (a datagram that
-// must be answered) and exec (a command that must exit 0).
+// http and https (a GET whose status, body and digest are checked), smtp
+// (a greeting and HELO), dns (a query that must be answered), udp (a
+// datagram that must be answered) and exec (a command that must exit 0).
 //
 // A Monitor runs one goroutine per checked server and applies rise and
 // fall the way keepalived and HAProxy do: a server that is up goes down
