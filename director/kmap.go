@@ -13,9 +13,8 @@ import (
 
 // KernelTemplates puts the persistence table's templates of director
 // services into the director tables' kernel template maps (see package
-// nft, templates.go) and keeps them there: Fill gives tables about to be
-// applied their elements, Commit applies them, and a Mirror writes every
-// later change. Its methods are safe for concurrent use.
+// nft, templates.go) and keeps them there: Commit applies tables with
+// their elements, and a Mirror writes every later change. Its methods are safe for concurrent use.
 type KernelTemplates struct {
 	table *affinity.Table
 	do    func(func() error) error
@@ -85,40 +84,33 @@ func (kt *KernelTemplates) Close() {
 	}
 }
 
-// Fill gives each template map of tables, about to be applied, the
-// templates the table holds now.
-func (kt *KernelTemplates) Fill(tables map[nftables.TableFamily]*nft.Director) {
+// Commit gives each template map of tables the templates the table holds
+// now and runs apply, which puts tables in place through conn, with the
+// conn to itself: the mirror writes nothing meanwhile, and changes made
+// from then on wait in the journal. Then the mirror writes to the new
+// tables, and Commit returns once it has written those changes. Without
+// kernel template maps (nil), the tables have none.
+func (kt *KernelTemplates) Commit(tables map[nftables.TableFamily]*nft.Director, apply func() error) error {
 	if kt == nil {
 		nft.NoTemplates(tables)
-		return
+		return apply()
 	}
 	l := newLayout(tables)
+	kt.mu.Lock()
 	for id, ls := range l.services {
 		elems := kt.elems(id, ls)
 		for fam, i := range ls.index {
 			tables[fam].Services[i].Initial = elems
 		}
 	}
-}
-
-// Commit runs apply, which puts tables in place through conn, with the
-// conn to itself; then the mirror writes to the new tables, and Commit
-// returns once it has rewritten them from the table (changes made while
-// they were applied).
-func (kt *KernelTemplates) Commit(tables map[nftables.TableFamily]*nft.Director, apply func() error) error {
-	if kt == nil {
-		return apply()
-	}
-	kt.mu.Lock()
 	err := apply()
 	if err == nil {
-		kt.layout = newLayout(tables)
+		kt.layout = l
 	}
 	kt.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	kt.mirror.Resync()
 	kt.mirror.Sync()
 	return nil
 }

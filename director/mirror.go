@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/tetherlb/tether/affinity"
@@ -22,8 +21,6 @@ type Mirror struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	syncc  chan chan struct{}
-	resync atomic.Bool
-	kick   chan struct{}
 
 	mu    sync.Mutex // guards stats
 	stats MirrorStats
@@ -55,7 +52,7 @@ func StartMirror(o MirrorOptions) *Mirror {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	m := &Mirror{o: o, wake: o.Table.Follow(o.PerShard), cancel: cancel, done: make(chan struct{}), syncc: make(chan chan struct{}), kick: make(chan struct{}, 1)}
+	m := &Mirror{o: o, wake: o.Table.Follow(o.PerShard), cancel: cancel, done: make(chan struct{}), syncc: make(chan chan struct{})}
 	go m.run(ctx)
 	return m
 }
@@ -78,15 +75,6 @@ func (m *Mirror) Sync() {
 	}
 }
 
-// Resync has the mirror rebuild the maps from the table, soon.
-func (m *Mirror) Resync() {
-	m.resync.Store(true)
-	select {
-	case m.kick <- struct{}{}:
-	default:
-	}
-}
-
 // Stats are the mirror's counters.
 func (m *Mirror) Stats() MirrorStats {
 	m.mu.Lock()
@@ -97,7 +85,7 @@ func (m *Mirror) Stats() MirrorStats {
 func (m *Mirror) run(ctx context.Context) {
 	defer close(m.done)
 	var buf []affinity.Change
-	rebuild := true // the maps were made from the table; rebuild once the journal is on
+	rebuild := false // Commit fills the maps; the journal is on from the start
 	for {
 		var reply chan struct{}
 		if !rebuild {
@@ -105,12 +93,8 @@ func (m *Mirror) run(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-m.wake:
-			case <-m.kick:
 			case reply = <-m.syncc:
 			}
-		}
-		if m.resync.Swap(false) {
-			rebuild = true
 		}
 		changes, lost := m.o.Table.Changes(buf[:0])
 		buf = changes

@@ -134,10 +134,13 @@ func (p *Proxy) decideFlow(dp *dirPath, k director.FlowKey, mark uint32) (direct
 // server on that server and the client's template, as a queued flow's.
 func (p *Proxy) adoptFlow(dp *dirPath, k director.FlowKey, mark uint32) (choice, bool) {
 	ck, ok := dp.view.Load().byMark[mark]
+	if !ok { // not a choice of ours
+		return choice{}, false
+	}
 	p.svcMu.RLock()
 	svc := p.services[ck.Service]
 	p.svcMu.RUnlock()
-	if !ok || svc == nil || !svc.director {
+	if svc == nil || !svc.director {
 		return choice{}, false
 	}
 	st := svc.state.Load()
@@ -199,7 +202,6 @@ func (p *Proxy) applyDirector(cfg *config.File) error {
 	old := dp.markFor
 	assigned := nft.AssignMarks(old, nft.Choices(cfg), cfg.Director.MarkBase)
 	tables := nft.DirectorTables(cfg, assigned, nft.QueueOf(dp.set, dp.native), p.liveWeights(cfg))
-	dp.kt.Fill(tables)
 	apply := func() error {
 		return p.inNamespace(func() error {
 			for _, fam := range nft.Families {
