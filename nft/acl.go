@@ -19,17 +19,6 @@ import (
 
 func aclSetName(kind string, i int) string { return fmt.Sprintf("%s%d", kind, i) }
 
-// ofFamily are the prefixes of ps in d's family.
-func (d Director) ofFamily(ps []netip.Prefix) []netip.Prefix {
-	var out []netip.Prefix
-	for _, p := range ps {
-		if p.Addr().Is4() == (d.Family == nftables.TableFamilyIPv4) {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
 // aclKinds are the access lists s has, each a set of its own.
 func (s DirectorService) aclKinds() []string {
 	var kinds []string
@@ -45,17 +34,13 @@ func (s DirectorService) aclKinds() []string {
 // addACL queues service i's deny and allow sets and their drop rules.
 func (d Director) addACL(c *nftables.Conn, t *nftables.Table, steer *nftables.Chain, i int) error {
 	s := d.Services[i]
-	typ := nftables.TypeIPAddr
-	if d.Family == nftables.TableFamilyIPv6 {
-		typ = nftables.TypeIP6Addr
-	}
 	off, n := d.saddr()
 	for _, kind := range s.aclKinds() {
 		ps := s.Deny
 		if kind == "allow" {
 			ps = s.Allow
 		}
-		set, err := addSet(c, t, aclSetName(kind, i), typ, addrElems(mergePrefixes(d.ofFamily(ps))))
+		set, err := addSet(c, t, aclSetName(kind, i), addrType(d.Family), addrElems(mergePrefixes(ofFamily(ps, d.Family))))
 		if err != nil {
 			return err
 		}
@@ -101,21 +86,13 @@ func (d Director) showACL(b *strings.Builder, match, addr string, i int) {
 }
 
 // showACLSets renders the sets of service i.
-func (d Director) showACLSets(b *strings.Builder, typ string, i int) {
+func (d Director) showACLSets(b *strings.Builder, i int) {
 	s := d.Services[i]
 	for _, kind := range s.aclKinds() {
 		ps := s.Deny
 		if kind == "allow" {
 			ps = s.Allow
 		}
-		var es []string
-		for _, p := range mergePrefixes(d.ofFamily(ps)) {
-			es = append(es, p.String())
-		}
-		elems := ""
-		if len(es) > 0 {
-			elems = "\n\t\telements = { " + strings.Join(es, ", ") + " }"
-		}
-		fmt.Fprintf(b, "\tset %s {\n\t\ttype %s\n\t\tflags interval%s\n\t}\n\n", aclSetName(kind, i), typ, elems)
+		showAddrSet(b, aclSetName(kind, i), d.Family, mergePrefixes(ofFamily(ps, d.Family)))
 	}
 }

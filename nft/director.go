@@ -94,12 +94,7 @@ func (d Director) addrLen() (uint32, uint32) { // daddr offset, length
 	return 16, 4
 }
 
-func (d Director) saddr() (uint32, uint32) {
-	if d.Family == nftables.TableFamilyIPv6 {
-		return 8, 16
-	}
-	return 12, 4
-}
+func (d Director) saddr() (uint32, uint32) { return saddrAt(d.Family) }
 
 func (d Director) table(owner bool) *nftables.Table {
 	t := &nftables.Table{Name: TableName, Family: d.Family}
@@ -174,10 +169,7 @@ func (d Director) setNames() []string {
 // fill queues everything inside table t: sets, maps, objects, chains
 // (created if missing) and rules.
 func (d Director) fill(c *nftables.Conn, t *nftables.Table) error {
-	addrType := nftables.TypeIPAddr
-	if d.Family == nftables.TableFamilyIPv6 {
-		addrType = nftables.TypeIP6Addr
-	}
+	addrType := addrType(d.Family)
 	var marks, withPort, noPort []nftables.SetElement
 	for _, s := range d.Services {
 		for _, ch := range s.Choices {
@@ -203,12 +195,8 @@ func (d Director) fill(c *nftables.Conn, t *nftables.Table) error {
 		return fmt.Errorf("nft: map dnat_addr: %w", err)
 	}
 	if d.hasFTP() {
-		l3 := uint16(unix.NFPROTO_IPV4)
-		if d.Family == nftables.TableFamilyIPv6 {
-			l3 = unix.NFPROTO_IPV6
-		}
 		c.AddObj(&nftables.NamedObj{Table: t, Name: helperFTP, Type: nftables.ObjTypeCtHelper,
-			Obj: &expr.CtHelper{Name: "ftp", L3Proto: l3, L4Proto: unix.IPPROTO_TCP}})
+			Obj: &expr.CtHelper{Name: "ftp", L3Proto: uint16(nfproto(d.Family)), L4Proto: unix.IPPROTO_TCP}})
 	}
 	steer := c.AddChain(&nftables.Chain{Name: chainSteer, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(*nftables.ChainPriorityMangle + 10)})
@@ -245,10 +233,7 @@ func (d Director) fill(c *nftables.Conn, t *nftables.Table) error {
 		loadMeta, &expr.Lookup{SourceRegister: 1, SetName: choices.Name, SetID: choices.ID},
 		loadMeta, storeCt,
 	}})
-	nfproto := uint32(unix.NFPROTO_IPV4)
-	if d.Family == nftables.TableFamilyIPv6 {
-		nfproto = unix.NFPROTO_IPV6
-	}
+	nfproto := nfproto(d.Family)
 	for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
 		c.AddRule(&nftables.Rule{Table: t, Chain: rewrite, Exprs: []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmpEq([]byte{proto}),
@@ -289,10 +274,7 @@ func (d Director) addFallback(c *nftables.Conn, t *nftables.Table, ch *nftables.
 	if len(servers) == 0 {
 		return nil
 	}
-	addrType := nftables.TypeIPAddr
-	if d.Family == nftables.TableFamilyIPv6 {
-		addrType = nftables.TypeIP6Addr
-	}
+	addrType := addrType(d.Family)
 	withPort := servers[0].Port() != 0
 	// The hash leaves a host-order 32-bit index, as a mark is kept.
 	m := &nftables.Set{Table: t, Name: fmt.Sprintf("fallback%d", i), KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, IsMap: true, DataType: addrType}
@@ -318,10 +300,7 @@ func (d Director) addFallback(c *nftables.Conn, t *nftables.Table, ch *nftables.
 		&expr.Hash{SourceRegister: 1, DestRegister: 1, Length: n, Modulus: uint32(len(servers)), Type: expr.HashTypeJenkins},
 		&expr.Lookup{SourceRegister: 1, SetName: m.Name, SetID: m.ID, DestRegister: 1, IsDestRegSet: true},
 	)
-	nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(unix.NFPROTO_IPV4), RegAddrMin: 1}
-	if d.Family == nftables.TableFamilyIPv6 {
-		nat.Family = unix.NFPROTO_IPV6
-	}
+	nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: nfproto(d.Family), RegAddrMin: 1}
 	if withPort {
 		nat.RegProtoMin, nat.Specified = 9, true
 	}

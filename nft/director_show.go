@@ -13,10 +13,8 @@ import (
 // statement, whichever the kernel takes).
 func (d Director) Show() string {
 	var b strings.Builder
-	fam, addr := "ip", "ip"
-	if d.Family == nftables.TableFamilyIPv6 {
-		fam, addr = "ip6", "ip6"
-	}
+	fam := famName(d.Family)
+	addr := fam
 	var choices, withPort, noPort []string
 	for _, s := range d.Services {
 		for _, ch := range s.Choices {
@@ -28,10 +26,7 @@ func (d Director) Show() string {
 			}
 		}
 	}
-	typ := "ipv4_addr"
-	if fam == "ip6" {
-		typ = "ipv6_addr"
-	}
+	typ := addrTypeName(d.Family)
 	fmt.Fprintf(&b, "table %s %s {\n", fam, TableName)
 	if d.hasFTP() {
 		fmt.Fprintf(&b, "\tct helper %s {\n\t\ttype \"ftp\" protocol tcp\n\t\tl3proto %s\n\t}\n\n", helperFTP, fam)
@@ -46,7 +41,7 @@ func (d Director) Show() string {
 	fmt.Fprintf(&b, "\tmap dnat_port {\n\t\ttype mark : %s . inet_service%s\n\t}\n\n", typ, elems(withPort))
 	fmt.Fprintf(&b, "\tmap dnat_addr {\n\t\ttype mark : %s%s\n\t}\n\n", typ, elems(noPort))
 	for i, s := range d.Services {
-		d.showACLSets(&b, typ, i)
+		d.showACLSets(&b, i)
 		if s.Templates > 0 {
 			fmt.Fprintf(&b, "\tmap %s {\n\t\ttype %s : mark\n\t\tsize %d\n\t\tflags timeout\n\t}\n\n", templateSetName(i), typ, s.Templates)
 		}

@@ -30,27 +30,11 @@ func MarkACLs(cfg *config.File) map[uint32]ACL {
 	return out
 }
 
-// aclFamily is one address family of a class's access-list rules.
-type aclFamily struct {
-	fam  nftables.TableFamily
-	nfp  byte
-	typ  nftables.SetDatatype
-	off  uint32
-	n    uint32
-	name string // as nft prints the family: ip, ip6
-	v    string // in set names: 4, 6
-}
-
-var aclFamilies = []aclFamily{
-	{nftables.TableFamilyIPv4, unix.NFPROTO_IPV4, nftables.TypeIPAddr, 12, 4, "ip", "4"},
-	{nftables.TableFamilyIPv6, unix.NFPROTO_IPV6, nftables.TypeIP6Addr, 8, 16, "ip6", "6"},
-}
-
 // aclSet is one set of a class's access lists: its kind (deny or allow),
 // family and prefixes.
 type aclSet struct {
 	kind string
-	af   aclFamily
+	fam  nftables.TableFamily
 	ps   []netip.Prefix
 }
 
@@ -65,31 +49,33 @@ func (r Ruleset) aclSets(cl marks.Class) []aclSet {
 	}
 	v4, v6 := families(cl)
 	var out []aclSet
-	for _, af := range aclFamilies {
-		covered := len(v4) > 0
-		if af.fam == nftables.TableFamilyIPv6 {
-			covered = len(v6) > 0
+	for _, fam := range Families {
+		if covered := len(v4) > 0 && !is6(fam) || len(v6) > 0 && is6(fam); !covered {
+			continue
 		}
-		d := Director{Family: af.fam}
-		if deny := d.ofFamily(acl.Deny); covered && len(deny) > 0 {
-			out = append(out, aclSet{"deny", af, mergePrefixes(deny)})
+		if deny := ofFamily(acl.Deny, fam); len(deny) > 0 {
+			out = append(out, aclSet{"deny", fam, mergePrefixes(deny)})
 		}
-		if covered && len(acl.Allow) > 0 {
-			out = append(out, aclSet{"allow", af, mergePrefixes(d.ofFamily(acl.Allow))})
+		if len(acl.Allow) > 0 {
+			out = append(out, aclSet{"allow", fam, mergePrefixes(ofFamily(acl.Allow, fam))})
 		}
 	}
 	return out
 }
 
-func markACLSetName(cl marks.Class, kind string, af aclFamily) string {
-	return setName(cl, kind+af.v) // m<mark>_deny4, m<mark>_allow6
+func markACLSetName(cl marks.Class, kind string, fam nftables.TableFamily) string {
+	if is6(fam) {
+		return setName(cl, kind+"6") // m<mark>_allow6
+	}
+	return setName(cl, kind+"4") // m<mark>_deny4
 }
 
 // addACLRules queues the sets and rules of every class's access lists.
 func (r Ruleset) addACLRules(c *nftables.Conn, t *nftables.Table, ch *nftables.Chain) error {
 	for _, cl := range r.Marks.Classes {
 		for _, s := range r.aclSets(cl) {
-			set, err := addSet(c, t, markACLSetName(cl, s.kind, s.af), s.af.typ, addrElems(s.ps))
+			off, n := saddrAt(s.fam)
+			set, err := addSet(c, t, markACLSetName(cl, s.kind, s.fam), addrType(s.fam), addrElems(s.ps))
 			if err != nil {
 				return err
 			}
@@ -97,8 +83,8 @@ func (r Ruleset) addACLRules(c *nftables.Conn, t *nftables.Table, ch *nftables.C
 				&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
 				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(expr.CtStateBitNEW), Xor: u32(0)},
 				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: u32(0)},
-				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, cmpEq([]byte{s.af.nfp}),
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: s.af.off, Len: s.af.n},
+				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, cmpEq([]byte{byte(nfproto(s.fam))}),
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
 				&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: s.kind == "allow"})
 			tcp := append(slices.Clone(match), &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmpEq([]byte{unix.IPPROTO_TCP}),
 				&expr.Counter{}, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
@@ -115,7 +101,7 @@ func (r Ruleset) aclSetNames() []string {
 	var out []string
 	for _, cl := range r.Marks.Classes {
 		for _, s := range r.aclSets(cl) {
-			out = append(out, markACLSetName(cl, s.kind, s.af))
+			out = append(out, markACLSetName(cl, s.kind, s.fam))
 		}
 	}
 	return out
@@ -125,20 +111,16 @@ func (r Ruleset) aclSetNames() []string {
 func (r Ruleset) showACL(b *strings.Builder, sets bool, masked func(string) string) {
 	for _, cl := range r.Marks.Classes {
 		for _, s := range r.aclSets(cl) {
-			name := markACLSetName(cl, s.kind, s.af)
+			name := markACLSetName(cl, s.kind, s.fam)
 			if sets {
-				elems := ""
-				if len(s.ps) > 0 {
-					elems = "\n\t\telements = { " + strings.Join(prefixes(s.ps), ", ") + " }"
-				}
-				fmt.Fprintf(b, "\tset %s {\n\t\ttype %s\n\t\tflags interval%s\n\t}\n\n", name, map[string]string{"ip": "ipv4_addr", "ip6": "ipv6_addr"}[s.af.name], elems)
+				showAddrSet(b, name, s.fam, s.ps)
 				continue
 			}
 			op := ""
 			if s.kind == "allow" {
 				op = "!= "
 			}
-			m := fmt.Sprintf("%s == %#08x ct state new %s saddr %s@%s", masked("meta mark"), cl.Mark, s.af.name, op, name)
+			m := fmt.Sprintf("%s == %#08x ct state new %s saddr %s@%s", masked("meta mark"), cl.Mark, famName(s.fam), op, name)
 			fmt.Fprintf(b, "\t\t%s meta l4proto tcp counter reject with tcp reset\n\t\t%s counter drop\n", m, m)
 		}
 	}

@@ -55,12 +55,8 @@ func NoTemplates(tables map[nftables.TableFamily]*Director) {
 // templateSet is the kernel template map of service i.
 func (d Director) templateSet(t *nftables.Table, i int) *nftables.Set {
 	s := d.Services[i]
-	keyType := nftables.TypeIPAddr
-	if d.Family == nftables.TableFamilyIPv6 {
-		keyType = nftables.TypeIP6Addr
-	}
 	return &nftables.Set{Table: t, Name: templateSetName(i), IsMap: true, HasTimeout: true, Size: s.Templates,
-		KeyType: keyType, DataType: nftables.TypeMark}
+		KeyType: addrType(d.Family), DataType: nftables.TypeMark}
 }
 
 func templateSetName(i int) string { return fmt.Sprintf("templates%d", i) }
@@ -76,7 +72,7 @@ func (d Director) addTemplates(c *nftables.Conn, t *nftables.Table, steer *nftab
 	m := d.templateSet(t, i)
 	elems := make([]nftables.SetElement, 0, len(s.Initial))
 	for _, e := range s.Initial {
-		if e.Client.Unmap().Is4() == (d.Family == nftables.TableFamilyIPv4) {
+		if e.Client.Unmap().Is4() != is6(d.Family) {
 			elems = append(elems, templateElem(e))
 		}
 	}
@@ -94,25 +90,46 @@ func (d Director) addTemplates(c *nftables.Conn, t *nftables.Table, steer *nftab
 	return nil
 }
 
-// ApplyTemplates queues ops on c, in order: a write replaces the element
-// (destroy, then add, in the one transaction the caller flushes), a drop
-// destroys it. Ops for a service without a map are skipped.
+// ApplyTemplates queues ops on c: for each client, its last op says the
+// element's state (a write replaces it, a drop removes it), so each map
+// gets one destroy of every client touched and one add of those written,
+// in the one transaction the caller flushes. Ops for a service without a
+// map are skipped.
 func ApplyTemplates(c *nftables.Conn, tables map[nftables.TableFamily]*Director, ops []TemplateOp) error {
+	type mapOf struct {
+		fam nftables.TableFamily
+		i   int
+	}
+	last := map[mapOf]map[netip.Addr]TemplateOp{}
 	for _, op := range ops {
 		d := tables[op.Family]
 		if d == nil || op.Service >= len(d.Services) || d.Services[op.Service].Templates == 0 {
 			continue
 		}
-		m := d.templateSet(d.table(false), op.Service)
-		e := templateElem(op.Elem)
-		if err := c.SetDestroyElements(m, []nftables.SetElement{{Key: e.Key}}); err != nil {
+		k := mapOf{op.Family, op.Service}
+		if last[k] == nil {
+			last[k] = map[netip.Addr]TemplateOp{}
+		}
+		last[k][op.Elem.Client] = op
+	}
+	for k, byClient := range last {
+		d := tables[k.fam]
+		m := d.templateSet(d.table(false), k.i)
+		var gone, add []nftables.SetElement
+		for _, op := range byClient {
+			e := templateElem(op.Elem)
+			gone = append(gone, nftables.SetElement{Key: e.Key})
+			if !op.Drop {
+				add = append(add, e)
+			}
+		}
+		if err := c.SetDestroyElements(m, gone); err != nil {
 			return err
 		}
-		if op.Drop {
-			continue
-		}
-		if err := c.SetAddElements(m, []nftables.SetElement{e}); err != nil {
-			return err
+		if len(add) > 0 {
+			if err := c.SetAddElements(m, add); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -128,7 +145,7 @@ func ResetTemplates(c *nftables.Conn, d *Director, i int, elems []TemplateElem) 
 	}
 	es := make([]nftables.SetElement, 0, len(elems))
 	for _, e := range elems {
-		if e.Client.Unmap().Is4() == (d.Family == nftables.TableFamilyIPv4) {
+		if e.Client.Unmap().Is4() != is6(d.Family) {
 			es = append(es, templateElem(e))
 		}
 	}
@@ -255,11 +272,4 @@ func (d Director) readChoices(c *nftables.Conn) (map[uint32]netip.AddrPort, erro
 		}
 	}
 	return out, nil
-}
-
-func famName(fam nftables.TableFamily) string {
-	if fam == nftables.TableFamilyIPv6 {
-		return "ip6"
-	}
-	return "ip"
 }
