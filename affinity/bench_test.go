@@ -207,9 +207,9 @@ func BenchmarkHitReleaseParallel(b *testing.B) {
 	}
 }
 
-// BenchmarkFloorMapLookup is a bare Go map lookup of the same keys under the
-// same patterns: the memory-latency floor under the table's figures.
-func BenchmarkFloorMapLookup(b *testing.B) {
+// benchMap is a bare Go map of benchTable's keys, and the keys in the
+// same random order: the references' table.
+func benchMap() (map[key]int32, []key) {
 	m := make(map[key]int32)
 	keys := make([]key, benchEntries)
 	for i := range keys {
@@ -217,6 +217,13 @@ func BenchmarkFloorMapLookup(b *testing.B) {
 		m[keys[i]] = int32(i)
 	}
 	rand.New(rand.NewPCG(1, 2)).Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
+	return m, keys
+}
+
+// BenchmarkFloorMapLookup is a bare Go map lookup of the same keys under the
+// same patterns: the memory-latency floor under the table's figures.
+func BenchmarkFloorMapLookup(b *testing.B) {
+	m, keys := benchMap()
 	for _, pat := range patterns {
 		b.Run(pat.name, func(b *testing.B) {
 			ks := keys[:pat.n]
@@ -252,13 +259,7 @@ func BenchmarkFloorMapLookup(b *testing.B) {
 // independent bare-map lookups enjoy; this is the floor for a table that
 // takes a lock, measured in the same run.
 func BenchmarkFloorLockedMap(b *testing.B) {
-	m := make(map[key]int32)
-	keys := make([]key, benchEntries)
-	for i := range keys {
-		keys[i] = makeKey(0, client(i))
-		m[keys[i]] = int32(i)
-	}
-	rand.New(rand.NewPCG(1, 2)).Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
+	m, keys := benchMap()
 	var mu sync.Mutex
 	for _, pat := range patterns {
 		b.Run(pat.name, func(b *testing.B) {

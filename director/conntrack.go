@@ -17,7 +17,7 @@ const reconcileEvery = 60 * time.Second
 // conntrack entry may not be confirmed yet.
 const reconcileGrace = 10 * time.Second
 
-// followConntrack releases flows as conntrack destroys them, and
+// followConntrack releases flows as they close or conntrack destroys them, and
 // reconciles with conntrack's table every reconcileEvery and after lost
 // events.
 func (d *Director[H]) followConntrack() {
@@ -25,7 +25,7 @@ func (d *Director[H]) followConntrack() {
 	tick := time.NewTicker(reconcileEvery)
 	defer tick.Stop()
 	for d.ctx.Err() == nil {
-		err := d.listenDestroy(tick.C)
+		err := d.listenEvents(tick.C)
 		if d.ctx.Err() != nil {
 			return
 		}
@@ -39,10 +39,10 @@ func (d *Director[H]) followConntrack() {
 	}
 }
 
-// listenDestroy follows destroy events (and new-flow events, when the
-// director adopts flows) until the director stops (nil) or the listener
+// listenEvents follows conntrack's events (ctevents.go: closes, destroys,
+// and new flows when the director adopts them) until the director stops (nil) or the listener
 // fails (lost events among them).
-func (d *Director[H]) listenDestroy(tick <-chan time.Time) error {
+func (d *Director[H]) listenEvents(tick <-chan time.Time) error {
 	ev, err := dialCTEvents(d.do, d.o.Adopt != nil)
 	if err != nil {
 		return err

@@ -9,9 +9,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
-	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
-	"github.com/tetherlb/tether/nft"
 	"github.com/tetherlb/tether/testenv"
 )
 
@@ -60,10 +58,7 @@ services:
 	}
 	// The kernel's map, in the ip6 table, holds each group's template.
 	p.syncKernel()
-	want := map[netip.Addr]uint32{}
-	for _, tp := range p.Table().List(affinity.Filter{}) {
-		want[tp.Client.Addr()] = p.dir.Load().markFor[nft.ChoiceKey{Service: config.ServiceKey{Mark: 0x200}, Server: tp.Server}]
-	}
+	want := tableTemplatesOf(p, config.ServiceKey{Mark: 0x200})
 	got := kernelTemplatesOf(t, env, nftables.TableFamilyIPv6)
 	if len(want) != 15 || !maps.Equal(got, want) {
 		t.Errorf("kernel map %v, table %v; want the 15 groups in both", got, want)

@@ -46,12 +46,18 @@ func kernelTemplatesOf(t *testing.T, env *testenv.Env, fam nftables.TableFamily)
 }
 
 // tableTemplates is what the kernel map should hold: each template of
-// tether's table, by its server's choice mark.
+// tether's table, by its server's choice mark in the service the test
+// env's VIP:80 is.
 func tableTemplates(p *Proxy) map[netip.Addr]uint32 {
+	return tableTemplatesOf(p, config.ServiceKey{VIP: netip.AddrPortFrom(testenv.VIP, 80)})
+}
+
+// tableTemplatesOf is tableTemplates for the service of key.
+func tableTemplatesOf(p *Proxy, key config.ServiceKey) map[netip.Addr]uint32 {
 	dp := p.dir.Load()
 	out := map[netip.Addr]uint32{}
 	for _, tp := range p.Table().List(affinity.Filter{}) {
-		out[tp.Client.Addr()] = dp.markFor[nft.ChoiceKey{Service: config.ServiceKey{VIP: netip.AddrPortFrom(testenv.VIP, 80)}, Server: tp.Server}]
+		out[tp.Client.Addr()] = dp.markFor[nft.ChoiceKey{Service: key, Server: tp.Server}]
 	}
 	return out
 }

@@ -123,7 +123,7 @@ func benchNamespaces(dur time.Duration, bin string) error {
 		cols = append(cols, column{run.name, r, 0})
 	}
 	for _, pr := range append(tetherPeers(bin), peers...) {
-		c, err := measurePeer(env, pr, vip, server, inHost(vip), func(_ dialer, dur time.Duration) (result, error) { return measureAll(vip, dur) }, dur)
+		c, err := measurePeer(env, pr, vip, server, inHost(vip), func(dur time.Duration) (result, error) { return measureAll(vip, dur) }, dur)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "tetherbench: no column:", err)
 			continue
