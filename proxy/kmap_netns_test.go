@@ -223,11 +223,9 @@ func TestDirectorKernelTemplateLifetime(t *testing.T) {
 	}
 	c.Close()
 	long.Close()
-	// The director's flow ends when conntrack forgets it (TIME_WAIT
-	// holds a closed TCP flow for two minutes): flush it, as its timers
-	// would. The last end starts the template's timer: the kernel
-	// forgets the client within the timeout, and tether's table with it.
-	flushConntrack(t, env)
+	// A director flow ends at its close (conntrack's update to TIME_WAIT),
+	// and the last close starts the template's timer: the kernel forgets
+	// the client within the timeout, and tether's table with it.
 	closed := time.Now()
 	if !waitFor(timeout+3*time.Second, func() bool { return len(kernelTemplates(t, env)) == 0 }) {
 		t.Fatalf("the kernel still has %v %v after the last close", kernelTemplates(t, env), time.Since(closed))
@@ -258,8 +256,7 @@ func TestDirectorKernelTemplatesBounded(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.Close()
-		flushConntrack(t, env) // the flow ends: its template may go at the bound
+		c.Close() // the flow ends at its close: its template may go at the bound
 	}
 	if !waitFor(5*time.Second, func() bool { return p.DirectorFlows() == 0 }) {
 		t.Fatalf("%d flows still open", p.DirectorFlows())
