@@ -21,13 +21,21 @@ import (
 // connected to (its local address: the VIP:port, or a mark
 // service's original destination under TPROXY).
 func Write(backend net.Conn, v config.ProxyProtocol, src netip.AddrPort, client *net.TCPConn) error {
+	b, err := Header(v, src, client.LocalAddr().(*net.TCPAddr).AddrPort())
+	if err == nil {
+		_, err = backend.Write(b)
+	}
+	return err
+}
+
+// Header is the PROXY protocol header (version v) of a connection from src
+// to dst.
+func Header(v config.ProxyProtocol, src, dst netip.AddrPort) ([]byte, error) {
 	version := byte(2)
 	if v == config.ProxyV1 {
 		version = 1
 	}
-	h := proxyproto.HeaderProxyFromAddrs(version, net.TCPAddrFromAddrPort(src), client.LocalAddr())
-	_, err := h.WriteTo(backend)
-	return err
+	return proxyproto.HeaderProxyFromAddrs(version, net.TCPAddrFromAddrPort(src), net.TCPAddrFromAddrPort(dst)).Format()
 }
 
 // maxProxyHeader bounds a PROXY header tether reads: a v1 line is at most

@@ -102,7 +102,7 @@ func (c *connCopy) half(dst, src *net.TCPConn, self, other *atomic.Bool) int64 {
 		finish(dst, src, err, &c.ended)
 		return 0
 	}
-	var sp *spipe
+	var sp *Pipe
 	defer func() {
 		if sp != nil {
 			c.r.pipes.put(sp)
@@ -207,19 +207,30 @@ func finish(dst, src *net.TCPConn, err error, ended *atomic.Int32) {
 	src.Close()
 }
 
-// spipe is a pipe for splice(2), and how many bytes it holds.
-type spipe struct {
-	r, w int
-	data int
+// Pipe is a pipe for splice(2): its read and write ends, and how many
+// bytes it holds.
+type Pipe struct {
+	R, W int
+	Data int
 }
+
+// LendPipe lends a pipe from the bounded pool, or nil when the bound is
+// reached (or the kernel refused one): the caller goes on through a
+// buffer. Package tcploop's connections borrow here too, so one bound
+// covers both data paths.
+func (r *Relay) LendPipe() *Pipe { return r.pipes.get(r.maxPipes()) }
+
+// ReturnPipe gives a lent pipe back: an empty one may be kept for the next
+// lend, one that still holds bytes is closed.
+func (r *Relay) ReturnPipe(p *Pipe) { r.pipes.put(p) }
 
 // move splices what src has (waiting until it has something, up to
 // spliceChunk) into the pipe, and all of it on to dst.
-func (sp *spipe) move(dst, src syscall.RawConn) (int, error) {
+func (sp *Pipe) move(dst, src syscall.RawConn) (int, error) {
 	var n int64
 	var serr error
 	err := src.Read(func(fd uintptr) bool {
-		n, serr = unix.Splice(int(fd), nil, sp.w, nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		n, serr = unix.Splice(int(fd), nil, sp.W, nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		return serr != unix.EAGAIN
 	})
 	if err == nil {
@@ -231,12 +242,12 @@ func (sp *spipe) move(dst, src syscall.RawConn) (int, error) {
 	if n == 0 {
 		return 0, io.EOF
 	}
-	sp.data += int(n)
-	for sp.data > 0 {
+	sp.Data += int(n)
+	for sp.Data > 0 {
 		var m int64
 		var werr error
 		err := dst.Write(func(fd uintptr) bool {
-			m, werr = unix.Splice(sp.r, nil, int(fd), nil, sp.data, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			m, werr = unix.Splice(sp.R, nil, int(fd), nil, sp.Data, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			return werr != unix.EAGAIN
 		})
 		if err == nil {
@@ -245,7 +256,7 @@ func (sp *spipe) move(dst, src syscall.RawConn) (int, error) {
 		if err != nil {
 			return int(n), err // the pipe still holds bytes: put closes it
 		}
-		sp.data -= int(m)
+		sp.Data -= int(m)
 	}
 	return int(n), nil
 }
@@ -256,7 +267,7 @@ func (sp *spipe) move(dst, src syscall.RawConn) (int, error) {
 // bulk transfers leaves no descriptors behind.
 type pipePool struct {
 	open atomic.Int64 // pipes in existence, lent or idle
-	idle chan *spipe
+	idle chan *Pipe
 	mu   sync.Mutex // serialises close with put
 	done bool
 }
@@ -264,10 +275,10 @@ type pipePool struct {
 // PipesIdle is how many idle pipes the pool keeps.
 const PipesIdle = 32
 
-func newPipePool() *pipePool { return &pipePool{idle: make(chan *spipe, PipesIdle)} }
+func newPipePool() *pipePool { return &pipePool{idle: make(chan *Pipe, PipesIdle)} }
 
 // get lends a pipe, or nil when max are out (or the kernel refused one).
-func (pp *pipePool) get(max int) *spipe {
+func (pp *pipePool) get(max int) *Pipe {
 	select {
 	case sp := <-pp.idle:
 		return sp
@@ -283,14 +294,14 @@ func (pp *pipePool) get(max int) *spipe {
 		return nil
 	}
 	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize) // refused: the default size serves
-	return &spipe{r: fds[0], w: fds[1]}
+	return &Pipe{R: fds[0], W: fds[1]}
 }
 
 // put takes a pipe back: an empty one is kept if there is room, any other
 // is closed.
-func (pp *pipePool) put(sp *spipe) {
+func (pp *pipePool) put(sp *Pipe) {
 	pp.mu.Lock()
-	keep := !pp.done && sp.data == 0
+	keep := !pp.done && sp.Data == 0
 	if keep {
 		select {
 		case pp.idle <- sp:
@@ -304,9 +315,9 @@ func (pp *pipePool) put(sp *spipe) {
 	}
 }
 
-func (pp *pipePool) closePipe(sp *spipe) {
-	unix.Close(sp.r)
-	unix.Close(sp.w)
+func (pp *pipePool) closePipe(sp *Pipe) {
+	unix.Close(sp.R)
+	unix.Close(sp.W)
 	pp.open.Add(-1)
 }
 
@@ -315,7 +326,7 @@ func (pp *pipePool) closePipe(sp *spipe) {
 func (pp *pipePool) close() {
 	pp.mu.Lock()
 	pp.done = true
-	var all []*spipe
+	var all []*Pipe
 	for {
 		select {
 		case sp := <-pp.idle:

@@ -1,0 +1,377 @@
+package tcploop
+
+import (
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/tetherlb/tether/tcprelay"
+	"golang.org/x/sys/unix"
+)
+
+// Conn is one client connection and its server connection, on one loop.
+// A Service may keep its own state in Data, and must not keep the Conn
+// after Done.
+type Conn struct {
+	Data any
+
+	l    *loop
+	slot int32
+	gen  uint32
+	src  netip.AddrPort
+	svc  Service
+	cfd  int // the client's socket
+	sfd  int // the server's socket, -1 before one
+	in   int64
+	out  int64
+	last int64 // unix nanos of the last byte moved
+	idle int64
+	up   half // client to server
+	down half // server to client
+	cr   bool // the client's socket is readable, as far as the loop knows
+	cw   bool
+	sr   bool
+	sw   bool
+	chup bool // the client shut down its side: read until EOF, not until a short read
+	shup bool
+	live bool
+	// connecting and connectBy: the connect in flight and its deadline.
+	connecting bool
+	connectBy  int64
+}
+
+// half is one direction's bytes in flight: in a buffer, or in a pipe once
+// the direction carries bulk.
+type half struct {
+	buf     []byte
+	off, n  int // buf[off:n] waits for the destination
+	pipe    *tcprelay.Pipe
+	eof     bool // the source ended
+	done    bool // eof, everything passed on, the destination shut down
+	wasFull bool // the last read filled the buffer: bulk
+}
+
+// Src is the client's address, from accept.
+func (c *Conn) Src() netip.AddrPort { return c.src }
+
+// Local is the address the client connected to (for a transparent
+// connection, its original destination).
+func (c *Conn) Local() (netip.AddrPort, error) {
+	sa, err := syscall.Getsockname(c.cfd) // syscall's: see accept
+	if err != nil {
+		return netip.AddrPort{}, os.NewSyscallError("getsockname", err)
+	}
+	return addrPort(sa), nil
+}
+
+// ClientFD is the client's socket, for a Service to read options of (the
+// socket's mark); it is the loop's to close.
+func (c *Conn) ClientFD() int { return c.cfd }
+
+// Dial opens a non-blocking TCP socket and starts its connect to addr: the
+// Server of a Decision. Errors are *os.SyscallError, so that errors.Is
+// finds the errno (a host out of descriptors, ports or buffers).
+func Dial(addr netip.AddrPort) (int, error) { return rawConnect(addr) }
+
+func addrPort(sa syscall.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *syscall.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *syscall.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// serve asks svc about a connection accepted on fd and starts it.
+func (l *loop) serve(svc Service, fd int, src netip.AddrPort) {
+	c := l.newConn(svc, fd, src)
+	d := svc.Accept(c)
+	switch {
+	case d.Handoff != nil:
+		l.freeConn(c)
+		d.Handoff(fd)
+		return
+	case d.Server < 0:
+		l.freeConn(c)
+		closeSocket(fd, d.Reset)
+		return
+	}
+	rawSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	c.idle = int64(d.Idle)
+	if len(d.Header) > 0 {
+		c.up.buf = l.getBuf()
+		c.up.n = copy(c.up.buf, d.Header)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: c.slot << 1, Pad: int32(c.gen)}
+	if err := rawEpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		rawClose(d.Server)
+		l.end(c, os.NewSyscallError("epoll_ctl", err))
+		return
+	}
+	l.connect(c, d)
+}
+
+// connect registers the Decision's connecting server socket.
+func (l *loop) connect(c *Conn, d Decision) {
+	c.sfd, c.connecting = d.Server, true
+	c.connectBy = l.now + int64(d.ConnectTimeout)
+	if d.ConnectTimeout <= 0 {
+		c.connectBy = l.now + int64(time.Minute)
+	}
+	c.sr, c.sw, c.shup = false, false, false
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: c.slot<<1 | 1, Pad: int32(c.gen)}
+	if err := rawEpollCtl(l.ep, unix.EPOLL_CTL_ADD, c.sfd, &ev); err != nil {
+		l.end(c, os.NewSyscallError("epoll_ctl", err))
+	}
+}
+
+// connectFailed closes the server socket and asks the Service for the next.
+func (l *loop) connectFailed(c *Conn, err error) {
+	rawClose(c.sfd)
+	c.sfd, c.connecting = -1, false
+	d := c.svc.Failed(c, err)
+	if d.Server < 0 {
+		if d.Reset {
+			unix.SetsockoptLinger(c.cfd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+		}
+		l.end(c, err)
+		return
+	}
+	l.connect(c, d)
+}
+
+// event takes one epoll report for c's client (server false) or server
+// socket, and moves what can be moved.
+func (l *loop) event(c *Conn, server bool, ev uint32) {
+	in := ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	out := ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	hup := ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	if !server {
+		c.cr, c.cw, c.chup = c.cr || in, c.cw || out, c.chup || hup
+	} else {
+		if c.connecting {
+			if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+				e, err := unix.GetsockoptInt(c.sfd, unix.SOL_SOCKET, unix.SO_ERROR)
+				switch {
+				case err != nil:
+					l.connectFailed(c, os.NewSyscallError("getsockopt", err))
+					return
+				case e != 0:
+					l.connectFailed(c, os.NewSyscallError("connect", unix.Errno(e)))
+					return
+				case ev&unix.EPOLLOUT == 0:
+					l.connectFailed(c, os.NewSyscallError("connect", unix.ECONNRESET))
+					return
+				}
+			}
+			if ev&unix.EPOLLOUT == 0 {
+				return
+			}
+			c.connecting = false
+			c.last = l.now
+			c.svc.Connected(c)
+		}
+		c.sr, c.sw, c.shup = c.sr || in, c.sw || out, c.shup || hup
+	}
+	l.pump(c)
+}
+
+// pump moves both directions as far as the sockets let it, and ends the
+// connection when both are done or one failed.
+func (l *loop) pump(c *Conn) {
+	if c.connecting || !c.live {
+		return
+	}
+	err := l.move(c, &c.up, &c.down, c.cfd, c.sfd, &c.cr, &c.sw, c.chup, &c.in)
+	if err == nil {
+		err = l.move(c, &c.down, &c.up, c.sfd, c.cfd, &c.sr, &c.cw, c.shup, &c.out)
+	}
+	if err != nil || c.up.done && c.down.done {
+		l.end(c, err)
+	}
+}
+
+// move passes h's bytes from src to dst until one of them would block, the
+// source ends, or a call fails. A short read clears readable: the
+// edge-triggered registration reports the next arrival, unless the peer
+// has shut down (hup), when the loop reads on to the EOF.
+func (l *loop) move(c *Conn, h, other *half, src, dst int, readable, writable *bool, hup bool, count *int64) error {
+	for !h.done {
+		switch {
+		case h.pipe != nil && h.pipe.Data > 0:
+			if !*writable {
+				return nil
+			}
+			m, err := rawSplice(h.pipe.R, dst, h.pipe.Data)
+			if err == unix.EAGAIN {
+				*writable = false
+				return nil
+			}
+			if err != nil {
+				return os.NewSyscallError("splice", err)
+			}
+			h.pipe.Data -= m
+			c.last = l.now
+		case h.off < h.n:
+			if !*writable {
+				return nil
+			}
+			m, err := rawWrite(dst, h.buf[h.off:h.n])
+			if err == unix.EAGAIN {
+				*writable = false
+				return nil
+			}
+			if err != nil {
+				return os.NewSyscallError("write", err)
+			}
+			h.off += m
+			c.last = l.now
+			if h.off < h.n {
+				*writable = false // the socket's buffer is full: its edge reports room
+				return nil
+			}
+			bulk := h.wasFull
+			l.putBuf(h)
+			if bulk && !h.eof {
+				h.pipe = l.relay.LendPipe() // nil when none is free: on through the buffer
+			}
+		case h.eof:
+			if h.pipe != nil {
+				l.relay.ReturnPipe(h.pipe)
+				h.pipe = nil
+			}
+			h.done = true
+			if !other.done {
+				rawShutdown(dst, unix.SHUT_WR) // the half-close passes on
+			}
+		case !*readable:
+			return nil
+		case h.pipe != nil:
+			n, err := rawSplice(src, h.pipe.W, spliceChunk)
+			if err == unix.EAGAIN {
+				*readable = false
+				return nil
+			}
+			if err != nil {
+				return os.NewSyscallError("splice", err)
+			}
+			if n == 0 {
+				h.eof = true
+				continue
+			}
+			if n < spliceChunk && !hup {
+				*readable = false
+			}
+			h.pipe.Data += n
+			*count += int64(n)
+			c.last = l.now
+		default:
+			if h.buf == nil {
+				h.buf = l.getBuf()
+			}
+			n, err := rawRead(src, h.buf)
+			if err == unix.EAGAIN {
+				*readable = false
+				l.putBuf(h)
+				return nil
+			}
+			if err != nil {
+				return os.NewSyscallError("read", err)
+			}
+			if n == 0 {
+				h.eof = true
+				l.putBuf(h)
+				continue
+			}
+			if n < len(h.buf) && !hup {
+				*readable = false
+			}
+			h.off, h.n, h.wasFull = 0, n, n == len(h.buf)
+			*count += int64(n)
+			c.last = l.now
+		}
+	}
+	return nil
+}
+
+// end closes both sockets, gives back what the connection borrowed and
+// tells the Service.
+func (l *loop) end(c *Conn, err error) {
+	if !c.live {
+		return
+	}
+	rawClose(c.cfd)
+	if c.sfd >= 0 {
+		rawClose(c.sfd)
+	}
+	for _, h := range []*half{&c.up, &c.down} {
+		l.putBuf(h)
+		if h.pipe != nil {
+			l.relay.ReturnPipe(h.pipe)
+		}
+	}
+	c.svc.Done(c, c.in, c.out, err)
+	l.freeConn(c)
+}
+
+// closeSocket closes an accepted socket, with a reset when reset.
+func closeSocket(fd int, reset bool) {
+	if reset {
+		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+	}
+	rawClose(fd)
+}
+
+// copyBuf is a direction's buffer (tcprelay's size: a read that fills it
+// means bulk), spliceChunk the most one splice moves.
+const (
+	copyBuf     = 16 << 10
+	spliceChunk = 1 << 20
+	idleBufs    = 64 // buffers a loop keeps for reuse
+)
+
+func (l *loop) getBuf() []byte {
+	if n := len(l.bufs); n > 0 {
+		b := l.bufs[n-1]
+		l.bufs = l.bufs[:n-1]
+		return b
+	}
+	return make([]byte, copyBuf)
+}
+
+// putBuf takes h's buffer back, if it holds one.
+func (l *loop) putBuf(h *half) {
+	if h.buf != nil && len(l.bufs) < idleBufs {
+		l.bufs = append(l.bufs, h.buf)
+	}
+	h.buf, h.off, h.n, h.wasFull = nil, 0, 0, false
+}
+
+// newConn takes a slot for a connection on fd from src.
+func (l *loop) newConn(svc Service, fd int, src netip.AddrPort) *Conn {
+	var slot int32
+	if n := len(l.free); n > 0 {
+		slot = l.free[n-1]
+		l.free = l.free[:n-1]
+	} else {
+		slot = int32(len(l.slots))
+		l.slots = append(l.slots, nil)
+	}
+	c := &Conn{l: l, slot: slot, svc: svc, cfd: fd, sfd: -1, src: src, live: true, last: l.now}
+	l.gen = (l.gen + 1) & 0x7fffffff // Pad is an int32, and negative ones are not connections'
+	c.gen = l.gen
+	l.slots[slot] = c
+	l.open.Add(1)
+	return c
+}
+
+func (l *loop) freeConn(c *Conn) {
+	c.live = false
+	c.svc = nil
+	c.Data = nil
+	l.slots[c.slot] = nil
+	l.free = append(l.free, c.slot)
+	l.open.Add(-1)
+}

@@ -1,0 +1,26 @@
+// Package tcploop accepts, connects and relays TCP connections on raw
+// descriptors from a few event loops, one per CPU, instead of two
+// goroutines a connection: HAProxy's and nginx's design, for the
+// connection rate.
+//
+// A loop owns an epoll instance holding its connections' sockets
+// (edge-triggered) and the listeners it accepts from. It never blocks a
+// thread: when it has nothing to do it parks in the Go runtime's own
+// poller on its epoll descriptor, so the rest of the program keeps its
+// processors. A connection costs about 16 system calls from accept to
+// close: the peer address comes from accept4, a connect is non-blocking
+// and its success is the socket turning writable (SO_ERROR is read only on
+// a failure), a short read means the socket is drained (an edge-triggered
+// registration reports every later arrival), and closing a socket removes
+// it from epoll.
+//
+// The copy is package tcprelay's: small messages through a buffer the loop
+// lends only while bytes wait, and a direction whose read fills the buffer
+// takes a splice pipe from tcprelay's bounded pool. Half-close is honoured
+// each way; an idle timeout ends a connection silent both ways, half-closed
+// ones included; a connect has its own timeout. What to do with a
+// connection (which server, or refuse it) is decided by a Service, called
+// on the loop: it must not block.
+//
+// It needs no privilege.
+package tcploop
