@@ -12,9 +12,14 @@
 //     counts (package connlimit: its thresholds) and health flags.
 //   - choose.go: choose, the template-then-scheduler decision that TCP,
 //     UDP and the director all use; the sorry server; passive failure.
-//   - tcp.go: accept (package acceptloop), access lists, PROXY headers
-//     (package proxyheader), connect with retries to the next server, and
-//     the copy (package tcprelay: buffers, then splice for bulk).
+//   - loop.go: TCP connections on the event loops (package tcploop): the
+//     connection cap, access lists, PROXY headers sent, connect with
+//     retries to the next server, as callbacks the loop makes; listeners
+//     opened one per loop with SO_REUSEPORT.
+//   - tcp.go: the same in a goroutine per connection, for --tcp-loops -1
+//     and for sources trusted to send a PROXY header (package
+//     proxyheader reads it): accept (package acceptloop) and the copy
+//     (package tcprelay: buffers, then splice for bulk).
 //   - udp.go: UDP flows per client, bounded (package lruset), the datagrams
 //     moved in batches (package udpbatch).
 //   - transparent.go, transparent_udp.go: firewall-mark services through

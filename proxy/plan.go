@@ -28,7 +28,9 @@ type planned struct {
 	cfg config.Service
 	svc *service // existing one for keep
 	ln  *net.TCPListener
-	pc  *net.UDPConn
+	// more are ln's SO_REUSEPORT siblings, one for each further event loop.
+	more []*net.TCPListener
+	pc   *net.UDPConn
 	// rc and family are pc's raw socket and address family.
 	rc     syscall.RawConn
 	family int
@@ -38,6 +40,9 @@ func (pl *plan) abort() {
 	for _, s := range pl.start {
 		if s.ln != nil {
 			s.ln.Close()
+		}
+		for _, l := range s.more {
+			l.Close()
 		}
 		if s.pc != nil {
 			s.pc.Close()
@@ -94,13 +99,12 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 			pl.abort()
 			return nil, fmt.Errorf("service %s: listen %s: port 0 (every port of the VIP) needs a firewall-mark service; the socket proxy listens on one port", sc.Name, sc.Listen)
 		}
-		lc := net.ListenConfig{KeepAlive: -1} // see serviceState.dialer
-		l, err := lc.Listen(p.ctx, "tcp", k.VIP.String())
+		lns, err := p.listenTCP("tcp", k.VIP.String(), nil)
 		if err != nil {
 			pl.abort()
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 		}
-		pl.start = append(pl.start, &planned{cfg: sc, ln: l.(*net.TCPListener)})
+		pl.start = append(pl.start, &planned{cfg: sc, ln: lns[0], more: lns[1:]})
 	}
 	for k, s := range p.services {
 		if !kept[k] {
@@ -165,7 +169,7 @@ func (p *Proxy) commit(pl *plan) error {
 			continue
 		}
 		k := b.pl.cfg.Key()
-		svc := &service{key: k, director: b.pl.cfg.Mode == config.ModeDirector, ln: b.pl.ln, pc: b.pl.pc, rc: b.pl.rc, family: b.pl.family, done: make(chan struct{})}
+		svc := &service{key: k, director: b.pl.cfg.Mode == config.ModeDirector, ln: b.pl.ln, more: b.pl.more, pc: b.pl.pc, rc: b.pl.rc, family: b.pl.family, done: make(chan struct{})}
 		svc.state.Store(b.st)
 		p.svcMu.Lock()
 		p.services[k] = svc
@@ -186,7 +190,7 @@ func (p *Proxy) commit(pl *plan) error {
 			p.log.Info("service on firewall mark", "service", b.pl.cfg.Name, "fwmark", k.Mark, "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
 			continue
 		}
-		go p.acceptLoop(svc)
+		svc.stopAccept = p.listenOnLoops(append([]*net.TCPListener{svc.ln}, svc.more...), &loopService{svc: svc}, func() { p.acceptLoop(svc) })
 		p.log.Info("service listening", "service", b.pl.cfg.Name, "listen", svc.ln.Addr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
 	}
 	p.setChecks()
@@ -211,9 +215,7 @@ func (p *Proxy) commitDirector(pl *plan) error {
 // stopService closes a service's listener and drops its templates; its
 // open connections run on until they close.
 func (p *Proxy) stopService(s *service) {
-	if s.ln != nil {
-		s.ln.Close()
-	}
+	s.closeListener()
 	if s.pc != nil {
 		s.pc.Close()
 	}

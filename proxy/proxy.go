@@ -18,6 +18,7 @@ import (
 	"github.com/tetherlb/tether/health"
 	"github.com/tetherlb/tether/internal/ratelog"
 	"github.com/tetherlb/tether/lruset"
+	"github.com/tetherlb/tether/tcploop"
 	"github.com/tetherlb/tether/tcprelay"
 	"github.com/tetherlb/tether/udpbatch"
 )
@@ -47,6 +48,10 @@ type Options struct {
 	// out are derived from (package budget); 0 reads RLIMIT_NOFILE at
 	// Start, raising the soft limit to the hard one. Tests set it.
 	Descriptors int
+	// TCPLoops is how many event loops serve TCP connections (package
+	// tcploop): 0, one per CPU; -1, none: a goroutine per connection
+	// (tether run reads TETHER_TCP_LOOPS, to compare the two).
+	TCPLoops int
 }
 
 // Proxy runs the virtual services of one configuration and follows its
@@ -91,6 +96,10 @@ type Proxy struct {
 
 	replies *udpbatch.Pool  // UDP flows borrow a batch while replies are queued
 	tcp     *tcprelay.Relay // copies TCP connections: buffers and splice pipes
+	// loops serve TCP connections (package tcploop), started with the
+	// first listener; loopCount is Options.TCPLoops.
+	loops     *tcploop.Loops
+	loopCount int
 
 	// verdictHook, set by tests before Start, runs before each director
 	// verdict: it can hold a packet in the queue.
@@ -98,11 +107,13 @@ type Proxy struct {
 	// dialHook, set by tests before Start, dials real servers instead of
 	// the service's dialer: it can fail as a host short of descriptors.
 	dialHook func(ctx context.Context, network, addr string) (net.Conn, error)
+	// loopDialHook is dialHook for the event loops' connects.
+	loopDialHook func(addr netip.AddrPort) (int, error)
 }
 
 // New prepares a proxy for cfg; Start opens its listeners.
 func New(cfg *config.File, o Options) *Proxy {
-	p := &Proxy{budget: budget.Of(o.Descriptors), log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, setSysctls: o.SetSysctls, do: o.Do, services: map[config.ServiceKey]*service{}}
+	p := &Proxy{budget: budget.Of(o.Descriptors), log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, setSysctls: o.SetSysctls, do: o.Do, loopCount: o.TCPLoops, services: map[config.ServiceKey]*service{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -233,9 +244,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 
 func (p *Proxy) shutdown(ctx context.Context) error {
 	for _, s := range p.services {
-		if s.ln != nil {
-			s.ln.Close()
-		}
+		s.closeListener()
 		if s.pc != nil {
 			s.pc.Close() // its read loop closes its flows
 		}
@@ -254,7 +263,14 @@ func (p *Proxy) shutdown(ctx context.Context) error {
 		p.log.Warn("drain deadline passed; closing open connections")
 		p.cancel()
 		p.conns.closeAll()
+		if p.loops != nil {
+			p.loops.CloseAll()
+		}
 		<-drained
+	}
+	if p.loops != nil {
+		p.loops.Close()
+		p.loops = nil
 	}
 	p.tcp.Close()
 	p.cancel()

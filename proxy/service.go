@@ -41,13 +41,36 @@ type service struct {
 	// director: the NFQUEUE director serves it (no socket of its own).
 	director bool
 	ln       *net.TCPListener
-	pc       *net.UDPConn    // a udp service's socket
-	rc       syscall.RawConn // pc's, for recvmmsg, sendmmsg and its drop count
-	family   int             // pc's address family
-	flows    *flowTable      // a udp service's flows
+	more     []*net.TCPListener // ln's SO_REUSEPORT siblings: a listener per event loop
+	pc       *net.UDPConn       // a udp service's socket
+	rc       syscall.RawConn    // pc's, for recvmmsg, sendmmsg and its drop count
+	family   int                // pc's address family
+	flows    *flowTable         // a udp service's flows
 	state    atomic.Pointer[serviceState]
 	active   atomic.Int64  // open client connections
 	done     chan struct{} // closed when the accept loop has returned
+	// stopAccept ends the event loops' accepting from ln; nil when a
+	// goroutine of its own accepts.
+	stopAccept func()
+}
+
+// closeListener stops accepting and closes the listener; done is closed
+// once no accept runs.
+func (s *service) closeListener() {
+	if s.ln == nil {
+		return
+	}
+	if s.stopAccept != nil {
+		s.stopAccept()
+		s.stopAccept = nil
+		s.ln.Close()
+		for _, l := range s.more {
+			l.Close()
+		}
+		close(s.done)
+		return
+	}
+	s.ln.Close()
 }
 
 // serviceState is everything a new connection needs, immutable once built.

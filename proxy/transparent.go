@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/google/nftables"
@@ -18,6 +17,7 @@ import (
 	"github.com/tetherlb/tether/hostnet"
 	"github.com/tetherlb/tether/marks"
 	"github.com/tetherlb/tether/nft"
+	"github.com/tetherlb/tether/tcploop"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,10 +26,12 @@ import (
 // connections carry the client's original destination as local address.
 type transparent struct {
 	port uint16
-	lns  []*net.TCPListener
-	wg   sync.WaitGroup // accept loops
-	nft  *nftables.Conn // lasting: the table is owned by its socket
-	set  atomic.Pointer[marks.Set]
+	lns  [][]*net.TCPListener // a group per address family: a listener for each event loop
+	// stops end the event loops' accepting from lns.
+	stops []func()
+	wg    sync.WaitGroup // accept loops
+	nft   *nftables.Conn // lasting: the table is owned by its socket
+	set   atomic.Pointer[marks.Set]
 	// routing is the policy routing of non-local VIPs, if any.
 	routing hostnet.Routing
 	// ulns and uflows are the transparent UDP listeners and flows, when a
@@ -45,20 +47,18 @@ type transparent struct {
 // a class has IPv6 addresses). It needs CAP_NET_ADMIN.
 func (p *Proxy) openTransparent(cfg *config.File, udpFlows int) (*transparent, error) {
 	tp := &transparent{port: cfg.TProxyPort}
-	lc := net.ListenConfig{KeepAlive: -1, Control: func(network, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			if strings.HasSuffix(network, "6") {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
-			} else {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-			}
-		})
-		if err == nil && serr != nil {
-			err = fmt.Errorf("IP_TRANSPARENT (needs CAP_NET_ADMIN): %w", serr)
+	transparent := func(network string, fd int) error {
+		var err error
+		if strings.HasSuffix(network, "6") {
+			err = unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+		} else {
+			err = unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
 		}
-		return err
-	}}
+		if err != nil {
+			return fmt.Errorf("IP_TRANSPARENT (needs CAP_NET_ADMIN): %w", err)
+		}
+		return nil
+	}
 	nets := []string{"tcp4"}
 	for _, c := range cfg.MarkSet.Classes {
 		for _, a := range c.Addrs {
@@ -72,7 +72,7 @@ func (p *Proxy) openTransparent(cfg *config.File, udpFlows int) (*transparent, e
 		if n == "tcp6" {
 			addr = fmt.Sprintf("[::]:%d", tp.port)
 		}
-		l, err := lc.Listen(p.ctx, n, addr)
+		lns, err := p.listenTCP(n, addr, transparent)
 		if err != nil {
 			tp.close()
 			if lo, hi, ok := hostnet.LocalPortRange(); ok && errors.Is(err, unix.EADDRINUSE) && int(tp.port) >= lo && int(tp.port) <= hi {
@@ -80,7 +80,7 @@ func (p *Proxy) openTransparent(cfg *config.File, udpFlows int) (*transparent, e
 			}
 			return nil, fmt.Errorf("transparent listener for mark services: %w", err)
 		}
-		tp.lns = append(tp.lns, l.(*net.TCPListener))
+		tp.lns = append(tp.lns, lns)
 	}
 	if err := p.openTransparentUDP(tp, cfg, udpFlows); err != nil {
 		tp.close()
@@ -91,8 +91,13 @@ func (p *Proxy) openTransparent(cfg *config.File, udpFlows int) (*transparent, e
 
 // close stops the listeners and waits for their loops.
 func (tp *transparent) close() {
-	for _, l := range tp.lns {
-		l.Close()
+	for _, stop := range tp.stops {
+		stop()
+	}
+	for _, group := range tp.lns {
+		for _, l := range group {
+			l.Close()
+		}
 	}
 	for _, l := range tp.ulns {
 		l.Close()
@@ -181,9 +186,12 @@ func (p *Proxy) applyMarks(pl *plan) error {
 			old.nft = nil
 			p.stopTransparent(old)
 		}
-		for _, l := range tp.lns {
+		for _, group := range tp.lns {
 			tp.wg.Add(1)
-			go p.acceptTransparent(tp, l)
+			if stop := p.listenOnLoops(group, &loopService{tp: tp}, func() { p.acceptTransparent(tp, group[0]) }); stop != nil {
+				tp.wg.Done() // the loops accept: no goroutine of its own
+				tp.stops = append(tp.stops, stop)
+			}
 		}
 		for _, l := range tp.ulns {
 			tp.wg.Add(1)
@@ -255,13 +263,28 @@ func (p *Proxy) acceptTransparent(tp *transparent, l *net.TCPListener) {
 // original destination, which the classes match exactly as the nftables
 // rules did.
 func (p *Proxy) classify(tp *transparent, c *net.TCPConn) (*service, uint16) {
-	dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	return p.classifyTo(tp, c.RemoteAddr().(*net.TCPAddr).AddrPort(), c.LocalAddr().(*net.TCPAddr).AddrPort(), soMark(c))
+}
+
+// classifyConn is classify for a connection on the event loops.
+func (p *Proxy) classifyConn(tp *transparent, c *tcploop.Conn) (*service, uint16) {
+	dst, err := c.Local()
+	if err != nil {
+		return nil, 0
+	}
+	mark, _ := unix.GetsockoptInt(c.ClientFD(), unix.SOL_SOCKET, unix.SO_MARK)
+	return p.classifyTo(tp, c.Src(), dst, uint32(mark))
+}
+
+// classifyTo finds the mark service of a connection from src to dst whose
+// socket has mark.
+func (p *Proxy) classifyTo(tp *transparent, src, dst netip.AddrPort, mark uint32) (*service, uint16) {
 	set := tp.set.Load()
-	mark := soMark(c) & set.MarkMask()
+	mark &= set.MarkMask()
 	if mark == 0 {
 		cl, ok := set.Match(marks.TCP, dst.Addr(), dst.Port())
 		if !ok {
-			p.rlog.Log(slog.LevelWarn, "transparent connection matches no mark class", "dst", dst, "src", c.RemoteAddr())
+			p.rlog.Log(slog.LevelWarn, "transparent connection matches no mark class", "dst", dst, "src", src)
 			return nil, 0
 		}
 		mark = cl.Mark

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tetherlb/tether/proxy"
 )
 
 // Under systemd (Type=notify) tether says when it is ready, when a reload
@@ -45,7 +47,9 @@ func TestRunNotifiesTheServiceManager(t *testing.T) {
 	defer cancel()
 	reload := make(chan os.Signal, 1)
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, reload, false) }()
+	go func() {
+		done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, reload, proxy.Options{})
+	}()
 
 	if got := next(); got != "READY=1\nSTATUS=serving 1 services" {
 		t.Errorf("at start: %q", got)

@@ -65,6 +65,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a CPU profile of the run to this file"},
 			&cli.BoolFlag{Name: "set-sysctls", Usage: "set the sysctls the data paths want (net.ipv4.tcp_fwmark_accept=1 with marks) instead of only naming them"},
 			&cli.BoolFlag{Name: "watch", Usage: "reload when the config file changes, as SIGHUP does (a Kubernetes ConfigMap's symlink swap included)"},
+			&cli.IntFlag{Name: "tcp-loops", Usage: "event loops serving TCP connections: 0, one per CPU; -1, a goroutine per connection instead (to compare)", EnvVars: []string{"TETHER_TCP_LOOPS"}},
 		},
 		Action: func(c *cli.Context) error {
 			if path := c.String("cpuprofile"); path != "" {
@@ -93,7 +94,10 @@ func runCommand() *cli.Command {
 				go func() { watched <- watchConfig(wctx, log, c.String("config"), hup) }()
 				defer func() { cancel(); <-watched }()
 			}
-			return run(ctx, log, c.String("config"), hup, c.Bool("set-sysctls"))
+			if n := c.Int("tcp-loops"); n < -1 {
+				return cli.Exit(fmt.Sprintf("--tcp-loops %d: want -1 (no loops), 0 (one per CPU) or a count", n), 1)
+			}
+			return run(ctx, log, c.String("config"), hup, proxy.Options{SetSysctls: c.Bool("set-sysctls"), TCPLoops: c.Int("tcp-loops")})
 		},
 	}
 }
@@ -114,7 +118,7 @@ func runLogger(c *cli.Context) (*slog.Logger, error) {
 }
 
 // run is `tether run`: it returns when ctx ends, after draining.
-func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Signal, setSysctls bool) error {
+func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Signal, opts proxy.Options) error {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
@@ -126,7 +130,7 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 	}
 	defer m.Shutdown()
 	defer stopMetrics()
-	opts := proxy.Options{Logger: log, SetSysctls: setSysctls}
+	opts.Logger = log
 	if promHandler != nil {
 		opts.Metrics = m // off, the data path skips counting altogether
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tetherlb/tether/internal/testserver"
+	"github.com/tetherlb/tether/proxy"
 	"github.com/urfave/cli/v2"
 )
 
@@ -114,7 +115,9 @@ func TestRunServesReloadsAndStops(t *testing.T) {
 	defer cancel()
 	reload := make(chan os.Signal, 1)
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, reload, false) }()
+	go func() {
+		done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, reload, proxy.Options{})
+	}()
 
 	eventually(t, "web serves", func() error {
 		n, err := ask(web)
@@ -182,7 +185,7 @@ func TestRunServesReloadsAndStops(t *testing.T) {
 func TestRunRefusesBadConfig(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "t.yaml")
 	os.WriteFile(path, []byte("services: []\n"), 0o600)
-	err := run(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), path, nil, false)
+	err := run(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), path, nil, proxy.Options{})
 	if err == nil || !strings.Contains(err.Error(), "t.yaml") {
 		t.Fatalf("run with a bad config: %v", err)
 	}
