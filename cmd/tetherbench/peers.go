@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -120,12 +121,34 @@ services:
 			return f, []string{"--log-level", "warn", "run", "--config", f}
 		}
 	}
-	// The director three ways, for the queue's levers: one queue; two
-	// spread by flow hash; two spread by CPU.
+	loops := func(n string, f func(dir, vip, server string) (string, []string)) func(dir, vip, server string) (string, []string) {
+		return func(dir, vip, server string) (string, []string) {
+			file, args := f(dir, vip, server)
+			return file, append(args, "--tcp-loops", n)
+		}
+	}
+	// The socket proxy on its event loops (one per CPU, and one), and with
+	// a goroutine per connection, for the loops' lever; the same VIP:port
+	// as a firewall-mark service through TPROXY.
 	return []peer{
 		{"tether director (process)", bin, conf("director", "queues: 2")},
-		{"director, 1 queue", bin, conf("director", "queues: 1")},
-		{"director, 2 queues by CPU", bin, conf("director", "queues: 2, cpu_fanout: true")},
 		{"tether socket proxy (process)", bin, conf("proxy", "")},
+		{"socket proxy, 1 loop", bin, loops("1", conf("proxy", ""))},
+		{"socket proxy, goroutines", bin, loops("-1", conf("proxy", ""))},
+		{"tether mark service (process)", bin, func(dir, vip, server string) (string, []string) {
+			v := netip.MustParseAddrPort(vip)
+			f := filepath.Join(dir, "tether.yaml")
+			os.WriteFile(f, []byte(fmt.Sprintf(`tproxy_port: 20080
+admin: {socket: %s/admin.sock}
+marks:
+  - {name: bench, mark: 0x100, protocol: tcp, addresses: [%s], ports: [%d]}
+services:
+  - name: bench
+    fwmark: 0x100
+    persistence: {timeout: 300s}
+    servers: [{address: %s}]
+`, dir, v.Addr(), v.Port(), server)), 0o600)
+			return f, []string{"--log-level", "warn", "run", "--set-sysctls", "--config", f}
+		}},
 	}
 }
