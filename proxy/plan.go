@@ -78,8 +78,14 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 			continue
 		}
 		if k.UDP {
-			var lc net.ListenConfig
-			c, err := lc.ListenPacket(p.ctx, "udp", k.VIP.String())
+			var c net.PacketConn
+			var err error
+			if u := p.inherit.takeUDP(k.VIP.String()); u != nil {
+				c = u
+			} else {
+				var lc net.ListenConfig
+				c, err = lc.ListenPacket(p.ctx, "udp", k.VIP.String())
+			}
 			if err != nil {
 				pl.abort()
 				return nil, fmt.Errorf("service %s: %w", sc.Name, err)
@@ -99,7 +105,10 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 			pl.abort()
 			return nil, fmt.Errorf("service %s: listen %s: port 0 (every port of the VIP) needs a firewall-mark service; the socket proxy listens on one port", sc.Name, sc.Listen)
 		}
-		lns, err := p.listenTCP("tcp", k.VIP.String(), nil)
+		lns, err := p.inherit.takeTCP(k.VIP.String()), error(nil)
+		if lns == nil {
+			lns, err = p.listenTCP("tcp", k.VIP.String(), nil)
+		}
 		if err != nil {
 			pl.abort()
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -52,6 +53,11 @@ type Options struct {
 	// tcploop): 0, one per CPU; -1, none: a goroutine per connection
 	// (tether run reads TETHER_TCP_LOOPS, to compare the two).
 	TCPLoops int
+	// Inherit are listening sockets to take over instead of opening them
+	// (a hot upgrade's new process), and Restore a snapshot to restore at
+	// start instead of the configured one.
+	Inherit *Inheritance
+	Restore string
 }
 
 // Proxy runs the virtual services of one configuration and follows its
@@ -101,6 +107,10 @@ type Proxy struct {
 	loops     *tcploop.Loops
 	loopCount int
 
+	inherit    *Inheritance // Options.Inherit, until Start has taken them
+	restore    string       // Options.Restore
+	handedOver bool         // StopAccepting ran: Shutdown writes no snapshot
+
 	// verdictHook, set by tests before Start, runs before each director
 	// verdict: it can hold a packet in the queue.
 	verdictHook func()
@@ -113,7 +123,7 @@ type Proxy struct {
 
 // New prepares a proxy for cfg; Start opens its listeners.
 func New(cfg *config.File, o Options) *Proxy {
-	p := &Proxy{budget: budget.Of(o.Descriptors), log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, setSysctls: o.SetSysctls, do: o.Do, loopCount: o.TCPLoops, services: map[config.ServiceKey]*service{}}
+	p := &Proxy{budget: budget.Of(o.Descriptors), log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, setSysctls: o.SetSysctls, do: o.Do, loopCount: o.TCPLoops, inherit: o.Inherit, restore: o.Restore, services: map[config.ServiceKey]*service{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -169,7 +179,7 @@ func (p *Proxy) start() error {
 	if err != nil {
 		return err
 	}
-	if path := p.currentCfg().Snapshot; path != "" {
+	if path := cmp.Or(p.restore, p.currentCfg().Snapshot); path != "" {
 		// Register services and servers first: restore keeps only the
 		// templates whose service and server still exist.
 		for _, s := range plan.start {
@@ -189,6 +199,7 @@ func (p *Proxy) start() error {
 	if err := p.commit(plan); err != nil {
 		return err
 	}
+	p.inherit.closeRest()
 	p.snapStop, p.snapNow, p.snapDone = make(chan struct{}), make(chan struct{}, 1), make(chan struct{})
 	go p.table.SnapshotEvery(p.snapStop, p.snapNow, p.snapDone, func() (string, time.Duration) {
 		c := p.currentCfg()
@@ -274,12 +285,9 @@ func (p *Proxy) shutdown(ctx context.Context) error {
 	}
 	p.tcp.Close()
 	p.cancel()
-	if p.snapStop != nil { // the writer stops before the last snapshot
-		close(p.snapStop)
-		<-p.snapDone
-	}
+	p.stopSnapshots() // the writer stops before the last snapshot
 	err := errors.Join(p.stopDirector(), p.removeMarks())
-	if path := p.currentCfg().Snapshot; path != "" {
+	if path := p.currentCfg().Snapshot; path != "" && !p.handedOver {
 		if serr := p.table.SaveSnapshot(path); serr != nil {
 			err = errors.Join(err, serr)
 		} else {
@@ -304,6 +312,15 @@ func roomForFlow[K comparable, V comparable](p *Proxy, set *lruset.Set[K, V], cl
 		return true
 	}
 	return false
+}
+
+// stopSnapshots stops the periodic snapshot writer, if it runs.
+func (p *Proxy) stopSnapshots() {
+	if p.snapStop != nil {
+		close(p.snapStop)
+		<-p.snapDone
+		p.snapStop = nil
+	}
 }
 
 // currentCfg is the configuration in force.

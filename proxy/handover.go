@@ -1,0 +1,172 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+
+	"github.com/tetherlb/tether/affinity"
+	"golang.org/x/sys/unix"
+)
+
+// A hot upgrade (tether run's SIGUSR2): the running proxy hands
+// duplicates of its listening sockets to a new process (Handover), which
+// starts on them (Options.Inherit) with the old one's templates
+// (Options.Restore) while the old one still accepts; then the old one
+// stops accepting (StopAccepting) and drains, and the new one merges the
+// templates bound in between (MergeSnapshot). The sockets are never
+// closed, so no connection is refused: the kernel queues what arrives
+// until one process or the other accepts it.
+
+// Inheritance is the listening sockets a new process takes over, by
+// listen address (config.Service.Listen as parsed: VIP.String()).
+type Inheritance struct {
+	TCP map[string][]*net.TCPListener
+	UDP map[string]*net.UDPConn
+	mu  sync.Mutex
+}
+
+// HandedSocket is a duplicate of a listening socket, for the new process:
+// a raw descriptor (close-on-exec), not an *os.File, whose Fd (and
+// os/exec's ExtraFiles) would put the socket, shared with this process's
+// own listener, in blocking mode.
+type HandedSocket struct {
+	Network string // "tcp" or "udp"
+	Addr    string
+	FD      int
+}
+
+// dupSocket duplicates a socket's descriptor, close-on-exec.
+func dupSocket(c syscall.Conn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd := -1
+	cerr := rc.Control(func(fd uintptr) { nfd, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
+	if cerr != nil {
+		return -1, cerr
+	}
+	return nfd, os.NewSyscallError("fcntl", err)
+}
+
+// ErrHandover says what a hot upgrade cannot take over yet.
+var ErrHandover = errors.New("hot upgrade covers socket proxy services (TCP and UDP VIP:port) only; firewall-mark and director services need a restart")
+
+// Handover returns duplicates of the proxy's listening sockets; the
+// caller closes them once the new process has its own. The proxy goes on
+// serving.
+func (p *Proxy) Handover() ([]HandedSocket, error) {
+	var out []HandedSocket
+	err := p.control(func() error {
+		if p.tp != nil || p.dir.Load() != nil {
+			return ErrHandover
+		}
+		for k, s := range p.services {
+			for _, l := range s.listeners() {
+				fd, err := dupSocket(l)
+				if err != nil {
+					return err
+				}
+				out = append(out, HandedSocket{"tcp", k.VIP.String(), fd})
+			}
+			if s.pc != nil {
+				fd, err := dupSocket(s.pc)
+				if err != nil {
+					return err
+				}
+				out = append(out, HandedSocket{"udp", k.VIP.String(), fd})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		for _, h := range out {
+			unix.Close(h.FD)
+		}
+		return nil, fmt.Errorf("hand over the listening sockets: %w", err)
+	}
+	return out, nil
+}
+
+// listeners are a TCP service's listening sockets.
+func (s *service) listeners() []*net.TCPListener {
+	if s.ln == nil {
+		return nil
+	}
+	return append([]*net.TCPListener{s.ln}, s.more...)
+}
+
+// StopAccepting closes the proxy's listening sockets (the new process
+// holds duplicates, so the sockets stay open) and stops the periodic
+// snapshot: the new process writes them now. Open connections run on;
+// Shutdown then drains them and writes no snapshot.
+func (p *Proxy) StopAccepting() {
+	p.control(func() error {
+		p.handedOver = true
+		for _, s := range p.services {
+			s.closeListener()
+			if s.pc != nil {
+				s.pc.Close() // its read loop ends, and with it its flows
+			}
+		}
+		p.stopSnapshots()
+		return nil
+	})
+}
+
+// SaveSnapshot writes the table's snapshot to path (atomically).
+func (p *Proxy) SaveSnapshot(path string) error { return p.table.SaveSnapshot(path) }
+
+// MergeSnapshot restores the templates of the snapshot at path that the
+// table does not hold yet (a template bound here since start stays).
+func (p *Proxy) MergeSnapshot(path string) (affinity.RestoreStats, error) {
+	return p.table.LoadSnapshot(path)
+}
+
+// takeTCP returns the inherited listeners of addr, if any, and forgets them.
+func (in *Inheritance) takeTCP(addr string) []*net.TCPListener {
+	if in == nil {
+		return nil
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	lns := in.TCP[addr]
+	delete(in.TCP, addr)
+	return lns
+}
+
+// takeUDP is takeTCP for a UDP service's socket.
+func (in *Inheritance) takeUDP(addr string) *net.UDPConn {
+	if in == nil {
+		return nil
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	c := in.UDP[addr]
+	delete(in.UDP, addr)
+	return c
+}
+
+// closeRest closes the inherited sockets no service took: their addresses
+// are not in this configuration.
+func (in *Inheritance) closeRest() {
+	if in == nil {
+		return
+	}
+	in.mu.Lock()
+	tcp, udp := in.TCP, in.UDP
+	in.TCP, in.UDP = nil, nil
+	in.mu.Unlock()
+	for _, lns := range tcp {
+		for _, l := range lns {
+			l.Close()
+		}
+	}
+	for _, c := range udp {
+		c.Close()
+	}
+}
