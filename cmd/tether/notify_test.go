@@ -51,7 +51,7 @@ func TestRunNotifiesTheServiceManager(t *testing.T) {
 		done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, reload, proxy.Options{})
 	}()
 
-	if got := next(); got != "READY=1\nSTATUS=serving 1 services" {
+	if got, want := next(), fmt.Sprintf("READY=1\nSTATUS=serving 1 services\nMAINPID=%d", os.Getpid()); got != want {
 		t.Errorf("at start: %q", got)
 	}
 	reload <- syscall.SIGHUP

@@ -4,22 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
-	prommetrics "github.com/hashicorp/go-metrics/prometheus"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/tetherlb/tether/admin"
 	"github.com/tetherlb/tether/api"
 	"github.com/tetherlb/tether/config"
@@ -117,19 +111,29 @@ func runLogger(c *cli.Context) (*slog.Logger, error) {
 	return newLogger(c.App.ErrWriter, format, level)
 }
 
-// run is `tether run`: it returns when ctx ends, after draining.
+// run is `tether run`: it returns when ctx ends, after draining, or
+// after a hot upgrade (SIGUSR2) handed its sockets to a new process and
+// its own connections drained.
 func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Signal, opts proxy.Options) error {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
+	// A hot upgrade's new process: the old one's sockets and templates.
+	up, err := takeUpgrade()
+	if err != nil {
+		return cli.Exit(err.Error(), 1)
+	}
+	if up != nil {
+		opts.Inherit, opts.Restore = up.inherit, up.snapshot
+		defer up.close()
+	}
 	var ready atomic.Bool // /readyz of the metrics listener, as the admin API's
-	m, promHandler, stopMetrics, err := newMetrics(cfg.Metrics, log, &ready)
+	m, promHandler, err := newMetrics(cfg.Metrics)
 	if err != nil {
 		return err
 	}
 	defer m.Shutdown()
-	defer stopMetrics()
 	opts.Logger = log
 	if promHandler != nil {
 		opts.Metrics = m // off, the data path skips counting altogether
@@ -138,7 +142,7 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 
 	// The admin API's reloads are done by this loop, as SIGHUP's are.
 	reloads := make(chan chan reloadResult)
-	adm, err := startAdmin(cfg.Admin, admin.Options{Backend: p, Metrics: promHandler, Log: log,
+	adminOpts := admin.Options{Backend: p, Metrics: promHandler, Log: log,
 		Reload: func() (api.ReloadResult, error) {
 			res := make(chan reloadResult, 1)
 			select {
@@ -148,25 +152,70 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 			}
 			r := <-res
 			return r.res, r.err
-		}})
-	if err != nil {
-		return cli.Exit(err.Error(), 1)
+		}}
+	// The admin API and the metrics listener start before the proxy, so
+	// that a taken address is a start-up error; in an upgrade, after it,
+	// once the old process has let them go.
+	var adm *admin.Server
+	var stopMetrics func()
+	listen := func() (err error) {
+		if stopMetrics, err = serveMetrics(cfg.Metrics.Listen, promHandler, log, &ready); err != nil {
+			return err
+		}
+		if adm, err = startAdmin(cfg.Admin, adminOpts); err != nil {
+			stopMetrics()
+			return cli.Exit(err.Error(), 1)
+		}
+		return nil
 	}
-	defer adm.Close()
-
+	if up == nil {
+		if err := listen(); err != nil {
+			return err
+		}
+	}
 	if err := p.Start(); err != nil {
 		return err
 	}
-	adm.SetReady(true)
-	ready.Store(true)
+	if up != nil {
+		up.serving(log, p)
+		// The old process let them go before it said so; one that
+		// crashed may have left them taken for a moment.
+		for start := time.Now(); ; time.Sleep(50 * time.Millisecond) {
+			err := listen()
+			if err == nil {
+				break
+			}
+			if time.Since(start) > 5*time.Second {
+				// The data path serves on: only the admin API and metrics
+				// are missing, and a stop (SIGTERM) still drains.
+				log.Error("upgrade: the admin API and metrics listener could not start", "err", err)
+				stopMetrics, adm = func() {}, nil
+				break
+			}
+		}
+	}
+	setReady := func(r bool) {
+		if adm != nil {
+			adm.SetReady(r)
+		}
+		ready.Store(r)
+	}
+	closeAdmin, closeMetrics := sync.OnceFunc(func() {
+		if adm != nil {
+			adm.Close()
+		}
+	}), sync.OnceFunc(stopMetrics)
+	defer closeMetrics()
+	defer closeAdmin()
+	setReady(true)
 	p.EmitMetrics() // gauges from the first scrape on
-	log.Info("tether running", "config", path, "services", len(cfg.Services), "version", version)
+	log.Info("tether running", "config", path, "services", len(cfg.Services), "version", version, "pid", os.Getpid())
 	notify := func(state string) {
 		if err := sdNotify(state); err != nil {
 			log.Warn("could not tell the service manager", "state", state, "err", err)
 		}
 	}
-	notify(fmt.Sprintf("READY=1\nSTATUS=serving %d services", len(cfg.Services)))
+	notify(fmt.Sprintf("READY=1\nSTATUS=serving %d services\nMAINPID=%d", len(cfg.Services), os.Getpid()))
 
 	doReload := func() (api.ReloadResult, error) {
 		notify(reloading())
@@ -188,18 +237,38 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 		log.Info("reloaded", "config", path, "services", len(next.Services))
 		return res, nil
 	}
+	drain := func() error {
+		setReady(false)
+		log.Info("stopping: draining open connections", "deadline", cfg.DrainTimeout.D())
+		dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout.D())
+		defer cancel()
+		return p.Shutdown(dctx)
+	}
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			notify("STOPPING=1")
-			adm.SetReady(false)
-			ready.Store(false)
-			log.Info("stopping: draining open connections", "deadline", cfg.DrainTimeout.D())
-			dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout.D())
-			defer cancel()
-			return p.Shutdown(dctx)
+			return drain()
+		case <-usr2:
+			child, err := startUpgrade(log, p)
+			if err != nil {
+				log.Error("upgrade failed; this process goes on serving", "err", err)
+				continue
+			}
+			// The new process accepts on the same sockets: this one stops,
+			// lets the admin socket and metrics address go, and drains.
+			p.StopAccepting()
+			closeAdmin()
+			closeMetrics()
+			notify(fmt.Sprintf("MAINPID=%d", child.pid)) // systemd follows the new process: before it says READY
+			child.handOver(log, p)
+			log.Info("upgraded: the new process serves; this one drains its connections", "pid", child.pid)
+			return drain()
 		case <-reload:
 			doReload()
 		case res := <-reloads:
@@ -239,59 +308,4 @@ func startAdmin(c config.Admin, o admin.Options) (*admin.Server, error) {
 		o.Listen = c.Listen
 	}
 	return admin.Start(o)
-}
-
-// newMetrics returns the go-metrics sink tether reports to, the
-// Prometheus handler of what it collects (nil when metrics are off) and,
-// with a listen address, serves it at /metrics; stop ends that. The
-// address is bound before it returns, so a taken port is a start-up
-// error, not a log line.
-// newMetrics sets up go-metrics and, with metrics.listen, serves /metrics
-// there, with /healthz and /readyz (ready) for probes that have no admin
-// token, as a Kubernetes pod's.
-func newMetrics(mc config.Metrics, log *slog.Logger, ready *atomic.Bool) (m *metrics.Metrics, h http.Handler, stop func(), err error) {
-	cfg := metrics.DefaultConfig("tether")
-	cfg.EnableHostname, cfg.EnableHostnameLabel, cfg.EnableServiceLabel = false, false, false
-	cfg.EnableRuntimeMetrics = false
-	if mc.Listen == "" && !mc.Enabled {
-		// Off: the data path's counters cost nothing.
-		m, err := metrics.New(cfg, &metrics.BlackholeSink{})
-		return m, nil, func() {}, err
-	}
-	reg := prometheus.NewRegistry()
-	sink, err := prommetrics.NewPrometheusSinkFrom(prommetrics.PrometheusOpts{Registerer: reg, Name: "tether"})
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("metrics: %w", err)
-	}
-	if m, err = metrics.New(cfg, sink); err != nil {
-		return nil, nil, nil, err
-	}
-	h = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
-	if mc.Listen == "" {
-		return m, h, func() {}, nil
-	}
-	ln, err := net.Listen("tcp", mc.Listen)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("metrics.listen: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", h)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !ready.Load() {
-			http.Error(w, "not ready: listeners, rules or snapshot not in place, or stopping", http.StatusServiceUnavailable)
-			return
-		}
-		io.WriteString(w, "ready\n")
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics endpoint stopped", "err", err)
-		}
-	}()
-	log.Info("metrics served", "url", "http://"+ln.Addr().String()+"/metrics")
-	return m, h, func() { srv.Close(); <-done }, nil
 }
