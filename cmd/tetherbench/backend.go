@@ -25,6 +25,8 @@ func serveBackend(ln net.Listener) {
 				return
 			}
 			switch m[0] {
+			case 'G': // an HTTP request: the wrk rows
+				serveHTTP(c)
 			case modeSink:
 				io.Copy(io.Discard, c)
 			case modeEcho:

@@ -12,6 +12,9 @@ type result struct {
 	connsPerSec      float64
 	p50, p99         time.Duration
 	newClients       float64 // connections/s, each from a new address (network namespaces only)
+	// keepAlive and closing are wrk's rows (network namespaces, when wrk
+	// is installed): 64 connections kept alive, and a new one a request.
+	keepAlive, closing wrkResult
 }
 
 // benchTCP is the loopback TCP table: direct, tether and HAProxy.

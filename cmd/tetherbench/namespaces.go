@@ -70,8 +70,20 @@ func benchNamespaces(dur time.Duration, bin string) error {
 	}
 	// measureAll is every row of a column: the new clients last, so that
 	// nothing else has used their addresses.
+	wrkOK := true
 	measureAll := func(addr string, dur time.Duration) (result, error) {
 		r, err := measure(inHost(addr), dur)
+		if err == nil && wrkOK {
+			var werr error
+			url := "http://" + addr + "/"
+			if r.keepAlive, werr = runWrk(client, url, dur); werr == nil {
+				r.closing, werr = runWrk(client, url, dur, "-H", "Connection: close")
+			}
+			if werr != nil {
+				fmt.Fprintln(os.Stderr, "tetherbench: no wrk rows:", werr)
+				wrkOK = false
+			}
+		}
 		if err == nil {
 			r.newClients, err = newClientRate(fresh(addr), len(newcomer.Addrs))
 		}
@@ -131,7 +143,8 @@ func benchNamespaces(dur time.Duration, bin string) error {
 		cols = append(cols, c)
 	}
 	printTable(cols)
-	printVersus(cols, "tether socket proxy", "HAProxy")
-	printVersus(cols, "tether director", "HAProxy")
+	printVersus(cols, "tether socket proxy (process)", "HAProxy")
+	printVersus(cols, "tether mark service (process)", "HAProxy")
+	printVersus(cols, "tether director (process)", "HAProxy")
 	return nil
 }

@@ -42,6 +42,15 @@ func printTable(cols []column) {
 	}
 	row("request/response p50, 64 B", func(r result) float64 { return float64(r.p50) }, dur)
 	row("request/response p99, 64 B", func(r result) float64 { return float64(r.p99) }, dur)
+	if wrkRan(cols) {
+		num := func(v float64) string { return fmt.Sprintf("%.0f", v) }
+		row("wrk -c64, keep-alive: requests/s", func(r result) float64 { return r.keepAlive.rps }, num)
+		row("wrk -c64, keep-alive: p50", func(r result) float64 { return float64(r.keepAlive.p50) }, dur)
+		row("wrk -c64, keep-alive: p99", func(r result) float64 { return float64(r.keepAlive.p99) }, dur)
+		row("wrk -c64, Connection: close: requests/s", func(r result) float64 { return r.closing.rps }, num)
+		row("wrk -c64, Connection: close: p50", func(r result) float64 { return float64(r.closing.p50) }, dur)
+		row("wrk -c64, Connection: close: p99", func(r result) float64 { return float64(r.closing.p99) }, dur)
+	}
 	if cols[len(cols)-1].rss == 0 {
 		return // measured in this process: no RSS of its own
 	}
@@ -54,6 +63,16 @@ func printTable(cols []column) {
 		fmt.Printf(" %.1f MiB |", float64(c.rss)/(1<<20))
 	}
 	fmt.Println()
+}
+
+// wrkRan says every column has the wrk rows.
+func wrkRan(cols []column) bool {
+	for _, c := range cols {
+		if c.r.keepAlive.rps == 0 || c.r.closing.rps == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // printVersus prints column a's figures as ratios to column b's: tether
@@ -71,7 +90,13 @@ func printVersus(cols []column, a, b string) {
 	if ca == nil || cb == nil {
 		return
 	}
-	fmt.Printf("\n%s / %s: throughput 1 stream %.2fx, 8 streams %.2fx, new connections/s %.2fx, p50 %.2fx, p99 %.2fx (latency: lower is better)\n",
+	fmt.Printf("\n%s / %s: throughput 1 stream %.2fx, 8 streams %.2fx, new connections/s %.2fx, p50 %.2fx, p99 %.2fx (latency: lower is better)",
 		a, b, ca.r.stream/cb.r.stream, ca.r.streams8/cb.r.streams8, ca.r.connsPerSec/cb.r.connsPerSec,
 		float64(ca.r.p50)/float64(cb.r.p50), float64(ca.r.p99)/float64(cb.r.p99))
+	if ca.r.keepAlive.rps > 0 && cb.r.keepAlive.rps > 0 {
+		fmt.Printf("; wrk keep-alive %.2fx (p99 %.2fx), Connection: close %.2fx (p99 %.2fx)",
+			ca.r.keepAlive.rps/cb.r.keepAlive.rps, float64(ca.r.keepAlive.p99)/float64(cb.r.keepAlive.p99),
+			ca.r.closing.rps/cb.r.closing.rps, float64(ca.r.closing.p99)/float64(cb.r.closing.p99))
+	}
+	fmt.Println()
 }
