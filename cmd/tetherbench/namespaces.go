@@ -145,6 +145,7 @@ func benchNamespaces(dur time.Duration, bin string) error {
 	printTable(cols)
 	printVersus(cols, "tether socket proxy (process)", "HAProxy")
 	printVersus(cols, "tether mark service (process)", "HAProxy")
+	printVersus(cols, "tether mark service (process)", "HAProxy, TPROXY")
 	printVersus(cols, "tether director (process)", "HAProxy")
 	return nil
 }

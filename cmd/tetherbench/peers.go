@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -20,10 +21,14 @@ type peer struct {
 	// config renders the peer's configuration listening on vip for
 	// server, with dir for its files.
 	config func(dir, vip, server string) (file string, args []string)
+	// rules, when set, are nftables rules loaded in the load-balancer
+	// host while the peer runs (nft syntax; each table they add is
+	// deleted after).
+	rules func(dir, vip, server string) (string, error)
 }
 
 var peers = []peer{
-	{"HAProxy", "haproxy", func(dir, vip, server string) (string, []string) {
+	{name: "HAProxy", bin: "haproxy", config: func(dir, vip, server string) (string, []string) {
 		// One stick table keyed by source: HAProxy's persistence.
 		f := filepath.Join(dir, "haproxy.cfg")
 		os.WriteFile(f, []byte(fmt.Sprintf(`global
@@ -42,7 +47,7 @@ listen bench
 `, vip, server)), 0o600)
 		return f, []string{"-db", "-f", f}
 	}},
-	{"nginx stream", "nginx", func(dir, vip, server string) (string, []string) {
+	{name: "nginx stream", bin: "nginx", config: func(dir, vip, server string) (string, []string) {
 		f := filepath.Join(dir, "nginx.conf")
 		os.WriteFile(f, []byte(fmt.Sprintf(`load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 daemon off;
@@ -76,6 +81,20 @@ func measurePeer(env *testenv.Env, p peer, vip, server string, dial dialer, meas
 	}
 	defer os.RemoveAll(dir)
 	_, args := p.config(dir, vip, server)
+	if p.rules != nil {
+		rules, err := p.rules(dir, vip, server)
+		if err == nil {
+			err = nftIn(env.LB, rules)
+		}
+		if err != nil {
+			return column{}, fmt.Errorf("%s: rules: %w", p.name, err)
+		}
+		defer func() {
+			for _, t := range regexp.MustCompile(`(?m)^table (\w+ \w+)`).FindAllStringSubmatch(rules, -1) {
+				nftIn(env.LB, "delete table "+t[1]+"\n")
+			}
+		}()
+	}
 	cmd := exec.Command(bin, args...)
 	var stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
@@ -129,16 +148,13 @@ services:
 	}
 	// The socket proxy on its event loops (one per CPU, and one), and with
 	// a goroutine per connection, for the loops' lever; the same VIP:port
-	// as a firewall-mark service through TPROXY.
-	return []peer{
-		{"tether director (process)", bin, conf("director", "queues: 2")},
-		{"tether socket proxy (process)", bin, conf("proxy", "")},
-		{"socket proxy, 1 loop", bin, loops("1", conf("proxy", ""))},
-		{"socket proxy, goroutines", bin, loops("-1", conf("proxy", ""))},
-		{"tether mark service (process)", bin, func(dir, vip, server string) (string, []string) {
-			v := netip.MustParseAddrPort(vip)
-			f := filepath.Join(dir, "tether.yaml")
-			os.WriteFile(f, []byte(fmt.Sprintf(`tproxy_port: 20080
+	// as a firewall-mark service through TPROXY, and HAProxy behind the
+	// very rules that service makes (tether nft show), on a transparent
+	// listener: the same kernel work per packet.
+	markConf := func(dir, vip, server string) (string, []string) {
+		v := netip.MustParseAddrPort(vip)
+		f := filepath.Join(dir, "tether.yaml")
+		os.WriteFile(f, []byte(fmt.Sprintf(`tproxy_port: 20080
 admin: {socket: %s/admin.sock}
 marks:
   - {name: bench, mark: 0x100, protocol: tcp, addresses: [%s], ports: [%d]}
@@ -148,7 +164,39 @@ services:
     persistence: {timeout: 300s}
     servers: [{address: %s}]
 `, dir, v.Addr(), v.Port(), server)), 0o600)
-			return f, []string{"--log-level", "warn", "run", "--set-sysctls", "--config", f}
-		}},
+		return f, []string{"--log-level", "warn", "run", "--set-sysctls", "--config", f}
+	}
+	haproxyTProxy := peer{"HAProxy, TPROXY", "haproxy", func(dir, vip, server string) (string, []string) {
+		f := filepath.Join(dir, "haproxy.cfg")
+		os.WriteFile(f, []byte(fmt.Sprintf(`global
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1m
+  timeout server 1m
+  option splice-auto
+listen bench
+  bind 0.0.0.0:20080 transparent
+  stick-table type ip size 1m expire 300s
+  stick on src
+  server s1 %s
+`, server)), 0o600)
+		return f, []string{"-db", "-f", f}
+	}, func(dir, vip, server string) (string, error) {
+		f, _ := markConf(dir, vip, server)
+		out, err := exec.Command(bin, "nft", "show", "--config", f).CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("tether nft show: %w: %s", err, out)
+		}
+		return string(out), nil
+	}}
+	return []peer{
+		{"tether director (process)", bin, conf("director", "queues: 2"), nil},
+		{"tether socket proxy (process)", bin, conf("proxy", ""), nil},
+		{"socket proxy, 1 loop", bin, loops("1", conf("proxy", "")), nil},
+		{"socket proxy, goroutines", bin, loops("-1", conf("proxy", "")), nil},
+		{"tether mark service (process)", bin, markConf, nil},
+		haproxyTProxy,
 	}
 }
