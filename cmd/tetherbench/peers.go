@@ -29,23 +29,7 @@ type peer struct {
 
 var peers = []peer{
 	{name: "HAProxy", bin: "haproxy", config: func(dir, vip, server string) (string, []string) {
-		// One stick table keyed by source: HAProxy's persistence.
-		f := filepath.Join(dir, "haproxy.cfg")
-		os.WriteFile(f, []byte(fmt.Sprintf(`global
-  maxconn 4000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 1m
-  timeout server 1m
-  option splice-auto
-listen bench
-  bind %s
-  stick-table type ip size 1m expire 300s
-  stick on src
-  server s1 %s
-`, vip, server)), 0o600)
-		return f, []string{"-db", "-f", f}
+		return haproxyConfig(dir, vip, server)
 	}},
 	{name: "nginx stream", bin: "nginx", config: func(dir, vip, server string) (string, []string) {
 		f := filepath.Join(dir, "nginx.conf")
@@ -63,6 +47,28 @@ stream {
 `, dir, server, vip)), 0o600)
 		return f, []string{"-p", dir, "-c", f}
 	}},
+}
+
+// haproxyConfig is HAProxy's configuration for the benchmark: bind (an
+// address and bind options) to server, with one stick table keyed by
+// source, HAProxy's persistence.
+func haproxyConfig(dir, bind, server string) (string, []string) {
+	f := filepath.Join(dir, "haproxy.cfg")
+	os.WriteFile(f, []byte(fmt.Sprintf(`global
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1m
+  timeout server 1m
+  option splice-auto
+listen bench
+  bind %s
+  stick-table type ip size 1m expire 300s
+  stick on src
+  server s1 %s
+`, bind, server)), 0o600)
+	return f, []string{"-db", "-f", f}
 }
 
 // measurePeer runs p in the load-balancer host on vip, waits until dial
@@ -167,22 +173,7 @@ services:
 		return f, []string{"--log-level", "warn", "run", "--set-sysctls", "--config", f}
 	}
 	haproxyTProxy := peer{"HAProxy, TPROXY", "haproxy", func(dir, vip, server string) (string, []string) {
-		f := filepath.Join(dir, "haproxy.cfg")
-		os.WriteFile(f, []byte(fmt.Sprintf(`global
-  maxconn 4000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 1m
-  timeout server 1m
-  option splice-auto
-listen bench
-  bind 0.0.0.0:20080 transparent
-  stick-table type ip size 1m expire 300s
-  stick on src
-  server s1 %s
-`, server)), 0o600)
-		return f, []string{"-db", "-f", f}
+		return haproxyConfig(dir, "0.0.0.0:20080 transparent", server)
 	}, func(dir, vip, server string) (string, error) {
 		f, _ := markConf(dir, vip, server)
 		out, err := exec.Command(bin, "nft", "show", "--config", f).CombinedOutput()
