@@ -16,6 +16,15 @@ import (
 // TableName is tether's table, in the inet family.
 const TableName = "tether"
 
+// UpgradeTableName is the marks table of a tether that took over from one
+// still holding TableName (a hot upgrade): both apply the same rules
+// until the old one's goes with its process. The upgrade after takes
+// TableName again.
+const UpgradeTableName = "tether_upgrade"
+
+// MarkTables are the names a marks table can have.
+var MarkTables = []string{TableName, UpgradeTableName}
+
 // Ruleset is what tether puts in its table.
 type Ruleset struct {
 	Marks marks.Set
@@ -27,6 +36,16 @@ type Ruleset struct {
 	Direct []uint32
 	// ACLs are the access lists of TPROXYed classes, by mark (markacl.go).
 	ACLs map[uint32]ACL
+	// Table is the table's name: TableName, or UpgradeTableName. Empty is
+	// TableName.
+	Table string
+}
+
+func (r Ruleset) tableName() string {
+	if r.Table == "" {
+		return TableName
+	}
+	return r.Table
 }
 
 // class sets: addresses per family and ports, named by mark so that any
@@ -53,7 +72,7 @@ func families(c marks.Class) (v4, v6 []netip.Prefix) {
 // the old table atomically. owner asks the kernel to tie the table to c's
 // (lasting) netlink socket, so that it goes when tether dies.
 func (r Ruleset) Add(c *nftables.Conn, owner bool) error {
-	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+	t := &nftables.Table{Name: r.tableName(), Family: nftables.TableFamilyINet}
 	if owner {
 		// Every step carries the flag: the kernel refuses to change an
 		// owned table's flags (EOPNOTSUPP), even in a create-if-missing.
@@ -71,7 +90,7 @@ func (r Ruleset) Add(c *nftables.Conn, owner bool) error {
 // netfilter hook stays registered (when a hook goes, the kernel drops
 // every packet waiting in a queue, the director's included).
 func (r Ruleset) Update(c *nftables.Conn, prev Ruleset, owner bool) error {
-	t := ruleTable(owner)
+	t := ruleTable(r.tableName(), owner)
 	c.AddTable(t)
 	c.FlushChain(&nftables.Chain{Name: "prerouting", Table: t})
 	for _, name := range prev.setNames() {
@@ -80,8 +99,8 @@ func (r Ruleset) Update(c *nftables.Conn, prev Ruleset, owner bool) error {
 	return r.fill(c, t)
 }
 
-func ruleTable(owner bool) *nftables.Table {
-	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+func ruleTable(name string, owner bool) *nftables.Table {
+	t := &nftables.Table{Name: name, Family: nftables.TableFamilyINet}
 	if owner {
 		t.Flags = nftables.TableFlagOwner
 	}
@@ -327,7 +346,7 @@ func (r Ruleset) Show() string {
 		}
 		return fmt.Sprintf("%s set %s & %#08x | %#08x", what, what, ^m, mark)
 	}
-	fmt.Fprintf(&b, "table inet %s {\n", TableName)
+	fmt.Fprintf(&b, "table inet %s {\n", r.tableName())
 	classes := slices.Clone(r.Marks.Classes)
 	for _, cl := range classes {
 		v4, v6 := families(cl)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/google/nftables"
 	"github.com/tetherlb/tether/affinity"
 	"golang.org/x/sys/unix"
 )
@@ -54,7 +55,7 @@ func dupSocket(c syscall.Conn) (int, error) {
 }
 
 // ErrHandover says what a hot upgrade cannot take over yet.
-var ErrHandover = errors.New("hot upgrade covers socket proxy services (TCP and UDP VIP:port) only; firewall-mark and director services need a restart")
+var ErrHandover = errors.New("hot upgrade covers socket proxy services (TCP and UDP VIP:port, firewall marks) only; director services need a restart")
 
 // Handover returns duplicates of the proxy's listening sockets; the
 // caller closes them once the new process has its own. The proxy goes on
@@ -62,8 +63,26 @@ var ErrHandover = errors.New("hot upgrade covers socket proxy services (TCP and 
 func (p *Proxy) Handover() ([]HandedSocket, error) {
 	var out []HandedSocket
 	err := p.control(func() error {
-		if p.tp != nil || p.dir.Load() != nil {
+		if p.dir.Load() != nil {
 			return ErrHandover
+		}
+		if tp := p.tp; tp != nil {
+			for _, group := range tp.lns {
+				for _, l := range group {
+					fd, err := dupSocket(l)
+					if err != nil {
+						return err
+					}
+					out = append(out, HandedSocket{"tcp", l.Addr().String(), fd})
+				}
+			}
+			for _, c := range tp.ulns {
+				fd, err := dupSocket(c)
+				if err != nil {
+					return err
+				}
+				out = append(out, HandedSocket{"udp", c.LocalAddr().String(), fd})
+			}
 		}
 		for k, s := range p.services {
 			for _, l := range s.listeners() {
@@ -111,6 +130,21 @@ func (p *Proxy) StopAccepting() {
 			s.closeListener()
 			if s.pc != nil {
 				s.pc.Close() // its read loop ends, and with it its flows
+			}
+		}
+		if tp := p.tp; tp != nil {
+			// The new process's table applies the same rules under the
+			// other name: this one's goes with its socket (or, without
+			// the owner flag, here). The policy routing stays: the new
+			// process uses the same rules.
+			p.tp = nil
+			p.stopTransparent(tp)
+			if tp.nft != nil {
+				if p.noTableOwner {
+					tp.nft.DelTable(&nftables.Table{Name: tp.table, Family: nftables.TableFamilyINet})
+					tp.nft.Flush()
+				}
+				tp.nft.CloseLasting()
 			}
 		}
 		p.stopSnapshots()

@@ -203,6 +203,7 @@ func (p *Proxy) commit(pl *plan) error {
 		p.log.Info("service listening", "service", b.pl.cfg.Name, "listen", svc.ln.Addr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
 	}
 	p.setChecks()
+	p.startTransparent()
 	return p.commitDirector(pl)
 }
 

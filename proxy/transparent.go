@@ -41,6 +41,11 @@ type transparent struct {
 	// applied is the ruleset last applied, which the next apply updates
 	// in place (nft.Ruleset.Update); nil: the table is not there.
 	applied *nft.Ruleset
+	// table is the name of the table (nft.MarkTables): the other one
+	// while a hot upgrade's old process still holds the first.
+	table string
+	// started: the listeners accept (startTransparent).
+	started bool
 }
 
 // openTransparent opens the IP_TRANSPARENT listeners (IPv4, and IPv6 when
@@ -72,7 +77,10 @@ func (p *Proxy) openTransparent(cfg *config.File, udpFlows int) (*transparent, e
 		if n == "tcp6" {
 			addr = fmt.Sprintf("[::]:%d", tp.port)
 		}
-		lns, err := p.listenTCP(n, addr, transparent)
+		lns, err := p.inherit.takeTCP(addr), error(nil)
+		if lns == nil {
+			lns, err = p.listenTCP(n, addr, transparent)
+		}
 		if err != nil {
 			tp.close()
 			if lo, hi, ok := hostnet.LocalPortRange(); ok && errors.Is(err, unix.EADDRINUSE) && int(tp.port) >= lo && int(tp.port) <= hi {
@@ -125,7 +133,7 @@ func (p *Proxy) applyMarks(pl *plan) error {
 	if pl.tp != nil {
 		tp = pl.tp
 		if p.tp != nil {
-			tp.nft = p.tp.nft
+			tp.nft, tp.table = p.tp.nft, p.tp.table
 		}
 	}
 	if tp.nft == nil {
@@ -136,12 +144,10 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		tp.nft = c
 	}
 	set := pl.cfg.MarkSet
-	rs := nft.Ruleset{Marks: set, TProxyPort: tp.port, Direct: nft.DirectorMarks(pl.cfg), ACLs: nft.MarkACLs(pl.cfg)}
-	if p.tp == nil && p.tableExists(tp.nft) {
-		// A table no socket owns: a tether that died on a kernel without
-		// the owner flag, or one stopped uncleanly. The batch replaces it.
-		p.log.Warn("removing the table inet " + nft.TableName + " an earlier tether left")
+	if tp.table == "" {
+		tp.table = p.markTable(tp.nft)
 	}
+	rs := nft.Ruleset{Marks: set, TProxyPort: tp.port, Direct: nft.DirectorMarks(pl.cfg), ACLs: nft.MarkACLs(pl.cfg), Table: tp.table}
 	apply := func(owner bool) error {
 		var err error
 		if p.tp != nil && p.tp.applied != nil {
@@ -156,12 +162,12 @@ func (p *Proxy) applyMarks(pl *plan) error {
 	}
 	err := apply(!p.noTableOwner)
 	if err != nil && !p.noTableOwner && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL)) {
-		p.log.Warn("this kernel refuses the nftables table owner flag: a killed tether will leave table inet " + nft.TableName + " (tether nft flush, or the next start, removes it)")
+		p.log.Warn("this kernel refuses the nftables table owner flag: a killed tether will leave table inet " + tp.table + " (tether nft flush, or the next start, removes it)")
 		p.noTableOwner = true
 		err = apply(false)
 	}
 	if err != nil {
-		return fmt.Errorf("apply nftables table inet %s (needs CAP_NET_ADMIN, nf_tables and nft_tproxy): %w", nft.TableName, err)
+		return fmt.Errorf("apply nftables table inet %s (needs CAP_NET_ADMIN, nf_tables and nft_tproxy): %w", tp.table, err)
 	}
 	tp.applied = &rs
 	routing := hostnet.Routing{Ingress: pl.cfg.TProxyIngress, Table: pl.cfg.TProxyRouteTable, Priority: pl.cfg.TProxyRulePriority}
@@ -186,18 +192,7 @@ func (p *Proxy) applyMarks(pl *plan) error {
 			old.nft = nil
 			p.stopTransparent(old)
 		}
-		for _, group := range tp.lns {
-			tp.wg.Add(1)
-			if stop := p.listenOnLoops(group, &loopService{tp: tp}, func() { p.acceptTransparent(tp, group[0]) }); stop != nil {
-				tp.wg.Done() // the loops accept: no goroutine of its own
-				tp.stops = append(tp.stops, stop)
-			}
-		}
-		for _, l := range tp.ulns {
-			tp.wg.Add(1)
-			go p.serveTransparentUDP(tp, l)
-		}
-		p.tp = tp
+		p.tp = tp // accepting starts once the services are in place (startTransparent)
 		p.log.Info("firewall-mark services: nftables table applied, transparent listener open", "port", tp.port, "classes", len(set.Classes))
 		// On the namespace thread: /proc/sys/net follows it.
 		if err := hostnet.CheckTProxy(p.log, p.setSysctls); err != nil {
@@ -207,18 +202,63 @@ func (p *Proxy) applyMarks(pl *plan) error {
 	return nil
 }
 
-// tableExists reports whether the namespace has tether's table.
-func (p *Proxy) tableExists(c *nftables.Conn) bool {
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return false
+// startTransparent starts accepting on the transparent listeners, once:
+// after commit has put the mark services in place, so that a connection
+// already waiting on them (a hot upgrade's inherited listeners) finds its
+// service.
+func (p *Proxy) startTransparent() {
+	tp := p.tp
+	if tp == nil || tp.started {
+		return
 	}
-	for _, t := range tables {
-		if t.Name == nft.TableName {
-			return true
+	tp.started = true
+	for _, group := range tp.lns {
+		tp.wg.Add(1)
+		if stop := p.listenOnLoops(group, &loopService{tp: tp}, func() { p.acceptTransparent(tp, group[0]) }); stop != nil {
+			tp.wg.Done() // the loops accept: no goroutine of its own
+			tp.stops = append(tp.stops, stop)
 		}
 	}
-	return false
+	for _, l := range tp.ulns {
+		tp.wg.Add(1)
+		go p.serveTransparentUDP(tp, l)
+	}
+}
+
+// markTable chooses the marks table's name at start. A hot upgrade's new
+// process takes the name the old one does not hold, so that both tables
+// apply until the old one's goes with its process. Otherwise it is
+// nft.TableName, and a table of either name an earlier tether left (one
+// that died on a kernel without the owner flag, or stopped uncleanly) is
+// removed: the apply's batch replaces one of the same name, the other is
+// deleted here.
+func (p *Proxy) markTable(c *nftables.Conn) string {
+	have := map[string]bool{}
+	if tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet); err == nil {
+		for _, t := range tables {
+			have[t.Name] = true
+		}
+	}
+	if p.inherit != nil {
+		for _, name := range nft.MarkTables {
+			if !have[name] {
+				return name
+			}
+		}
+	}
+	for _, name := range nft.MarkTables {
+		if !have[name] {
+			continue
+		}
+		p.log.Warn("removing the table inet " + name + " an earlier tether left")
+		if name != nft.TableName {
+			c.DelTable(&nftables.Table{Name: name, Family: nftables.TableFamilyINet})
+			if err := c.Flush(); err != nil {
+				p.log.Warn("the table inet "+name+" could not be removed", "err", err)
+			}
+		}
+	}
+	return nft.TableName
 }
 
 // removeMarks deletes tether's table and closes the transparent listeners.
@@ -231,7 +271,7 @@ func (p *Proxy) removeMarks() error {
 	p.stopTransparent(tp)
 	err := tp.routing.Remove()
 	if tp.nft != nil {
-		tp.nft.DelTable(&nftables.Table{Name: nft.TableName, Family: nftables.TableFamilyINet})
+		tp.nft.DelTable(&nftables.Table{Name: tp.table, Family: nftables.TableFamilyINet})
 		err = errors.Join(err, tp.nft.Flush(), tp.nft.CloseLasting())
 	}
 	return err

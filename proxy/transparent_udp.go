@@ -116,6 +116,10 @@ func (p *Proxy) openTransparentUDP(tp *transparent, cfg *config.File, udpFlows i
 		if n == "udp6" {
 			addr = fmt.Sprintf("[::]:%d", tp.port)
 		}
+		if u := p.inherit.takeUDP(addr); u != nil {
+			tp.ulns = append(tp.ulns, u)
+			continue
+		}
 		c, err := lc.ListenPacket(p.ctx, n, addr)
 		if err != nil {
 			return fmt.Errorf("transparent udp listener for mark services: %w", err)
