@@ -48,14 +48,21 @@ func needTool(t *testing.T, name string) string {
 // until `nft list tables` shows table (it skips without nft, but in CI).
 func runInLB(t *testing.T, env *testenv.Env, cfg, table string) *exec.Cmd {
 	t.Helper()
+	cmd, _ := runInLBLogs(t, env, cfg, table)
+	return cmd
+}
+
+// runInLBLogs is runInLB, and the process's output.
+func runInLBLogs(t *testing.T, env *testenv.Env, cfg, table string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
 	needTool(t, "nft")
 	dir := t.TempDir()
 	path := filepath.Join(dir, "tether.yaml")
 	os.WriteFile(path, []byte("admin: {socket: "+filepath.Join(dir, "admin.sock")+"}\n"+cfg), 0o600)
-	var logs bytes.Buffer
+	logs := &syncBuffer{}
 	cmd := exec.Command(os.Args[0], "run", "--config", path)
 	cmd.Env = append(os.Environ(), "TETHER_TEST_MAIN=1")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := env.LB.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +73,7 @@ func runInLB(t *testing.T, env *testenv.Env, cfg, table string) *exec.Cmd {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return cmd
+	return cmd, logs
 }
 
 // SIGKILL of tether leaves no tether table in the load-balancer host: the

@@ -73,45 +73,14 @@ services:
 	}
 
 	// The steady load: 4 workers through the clients, until stop.
-	var made, failed, strayed atomic.Int64
-	var lastErr atomic.Value
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; ; i = (i + 4) % clients {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				name, err := whoFrom(client(i), web)
-				switch {
-				case err != nil:
-					failed.Add(1)
-					lastErr.Store(err)
-				case name != home[i]:
-					strayed.Add(1)
-				default:
-					made.Add(1)
-				}
-			}
-		}()
-	}
-	time.Sleep(200 * time.Millisecond) // load before the upgrade
-	before := made.Load()
-	old.Process.Signal(syscall.SIGUSR2)
-	var child int
-	eventually(t, "the new process took over", func() error {
-		m := regexp.MustCompile(`upgraded: the new process serves.* pid=(\d+)`).FindStringSubmatch(logs.String())
-		if m == nil {
-			return fmt.Errorf("not yet:\n%s", logs.String())
-		}
-		child, _ = strconv.Atoi(m[1])
-		return nil
+	ld := startLoad(func(w, i int) (string, string, error) {
+		k := (w + 4*i) % clients
+		name, err := whoFrom(client(k), web)
+		return name, home[k], err
 	})
+	time.Sleep(200 * time.Millisecond) // load before the upgrade
+	before := ld.made.Load()
+	child := upgradeNow(t, old.Process.Pid, logs)
 	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
 	moved := fmt.Sprintf("MAINPID=%d", child)
 	eventually(t, "systemd told", func() error {
@@ -123,18 +92,8 @@ services:
 		}
 		return nil
 	})
-	at := made.Load()
-	eventually(t, "load after the upgrade", func() error {
-		if made.Load() < at+200 {
-			return fmt.Errorf("%d connections since the upgrade", made.Load()-at)
-		}
-		return nil
-	})
-	close(stop)
-	wg.Wait()
-	if failed.Load() != 0 || strayed.Load() != 0 {
-		t.Fatalf("%d connections failed (last: %v), %d went to another server than their client's, of %d\n%s", failed.Load(), lastErr.Load(), strayed.Load(), made.Load()+failed.Load()+strayed.Load(), logs.String())
-	}
+	ld.more(t, 200)
+	ld.end(t, logs)
 	if before == 0 {
 		t.Fatal("no load before the upgrade")
 	}
@@ -296,4 +255,84 @@ func listenNotify(t *testing.T, path string) func() []string {
 		defer mu.Unlock()
 		return slices.Clone(got)
 	}
+}
+
+// load is a steady load of short connections on 4 workers: each try
+// returns the server it reached and the one its client is bound to.
+type load struct {
+	made, failed, strayed atomic.Int64
+	lastErr               atomic.Value
+	stop                  chan struct{}
+	wg                    sync.WaitGroup
+}
+
+func startLoad(try func(w, i int) (got, want string, err error)) *load {
+	l := &load{stop: make(chan struct{})}
+	for w := range 4 {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				got, want, err := try(w, i)
+				switch {
+				case err != nil:
+					l.failed.Add(1)
+					l.lastErr.Store(err)
+				case got != want:
+					l.strayed.Add(1)
+				default:
+					l.made.Add(1)
+				}
+			}
+		}()
+	}
+	return l
+}
+
+// more waits until n more connections have been made.
+func (l *load) more(t *testing.T, n int64) {
+	t.Helper()
+	at := l.made.Load()
+	eventually(t, "load after the upgrade", func() error {
+		if l.made.Load() < at+n {
+			return fmt.Errorf("%d connections since", l.made.Load()-at)
+		}
+		return nil
+	})
+}
+
+// end stops the load and fails the test if a connection failed or
+// reached another server than its client's.
+func (l *load) end(t *testing.T, logs *syncBuffer) {
+	t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	if l.failed.Load() != 0 || l.strayed.Load() != 0 {
+		t.Fatalf("%d connections failed (last: %v), %d reached another server than their client's, of %d\n%s",
+			l.failed.Load(), l.lastErr.Load(), l.strayed.Load(), l.made.Load()+l.failed.Load()+l.strayed.Load(), logs.String())
+	}
+}
+
+// upgradeNow sends SIGUSR2 to pid and returns the new process's pid once
+// the old one (whose output is logs) says it took over.
+func upgradeNow(t *testing.T, pid int, logs *syncBuffer) int {
+	t.Helper()
+	took := regexp.MustCompile(`upgraded: the new process serves.* pid=(\d+)`)
+	before := len(took.FindAllString(logs.String(), -1))
+	syscall.Kill(pid, syscall.SIGUSR2)
+	var child int
+	eventually(t, "the new process took over", func() error {
+		all := took.FindAllStringSubmatch(logs.String(), -1)
+		if len(all) <= before {
+			return fmt.Errorf("not yet:\n%s", logs.String())
+		}
+		child, _ = strconv.Atoi(all[len(all)-1][1])
+		return nil
+	})
+	return child
 }
