@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -87,6 +88,14 @@ func runCommand() *cli.Command {
 				watched := make(chan error, 1)
 				go func() { watched <- watchConfig(wctx, log, c.String("config"), hup) }()
 				defer func() { cancel(); <-watched }()
+			}
+			if _, set := os.LookupEnv("GOGC"); !set {
+				// tether's live heap is small and its garbage steady (about
+				// 900 bytes a connection): collecting at 25 % growth
+				// instead of Go's 100 % keeps about 2.5 MiB off the peak
+				// RSS at the same CPU time per connection (README,
+				// Performance). GOGC in the environment still rules.
+				debug.SetGCPercent(25)
 			}
 			if n := c.Int("tcp-loops"); n < -1 {
 				return cli.Exit(fmt.Sprintf("--tcp-loops %d: want -1 (no loops), 0 (one per CPU) or a count", n), 1)

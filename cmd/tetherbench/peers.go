@@ -25,6 +25,8 @@ type peer struct {
 	// host while the peer runs (nft syntax; each table they add is
 	// deleted after).
 	rules func(dir, vip, server string) (string, error)
+	// env is added to the peer's environment.
+	env []string
 }
 
 var peers = []peer{
@@ -102,6 +104,7 @@ func measurePeer(env *testenv.Env, p peer, vip, server string, dial dialer, meas
 		}()
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), p.env...)
 	var stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	if err := env.LB.Start(cmd); err != nil {
@@ -172,9 +175,9 @@ services:
 `, dir, v.Addr(), v.Port(), server)), 0o600)
 		return f, []string{"--log-level", "warn", "run", "--set-sysctls", "--config", f}
 	}
-	haproxyTProxy := peer{"HAProxy, TPROXY", "haproxy", func(dir, vip, server string) (string, []string) {
+	haproxyTProxy := peer{name: "HAProxy, TPROXY", bin: "haproxy", config: func(dir, vip, server string) (string, []string) {
 		return haproxyConfig(dir, "0.0.0.0:20080 transparent", server)
-	}, func(dir, vip, server string) (string, error) {
+	}, rules: func(dir, vip, server string) (string, error) {
 		f, _ := markConf(dir, vip, server)
 		out, err := exec.Command(bin, "nft", "show", "--config", f).CombinedOutput()
 		if err != nil {
@@ -183,11 +186,12 @@ services:
 		return string(out), nil
 	}}
 	return []peer{
-		{"tether director (process)", bin, conf("director", "queues: 2"), nil},
-		{"tether socket proxy (process)", bin, conf("proxy", ""), nil},
-		{"socket proxy, 1 loop", bin, loops("1", conf("proxy", "")), nil},
-		{"socket proxy, goroutines", bin, loops("-1", conf("proxy", "")), nil},
-		{"tether mark service (process)", bin, markConf, nil},
+		{"tether director (process)", bin, conf("director", "queues: 2"), nil, nil},
+		{"tether socket proxy (process)", bin, conf("proxy", ""), nil, nil},
+		{"socket proxy, 1 loop", bin, loops("1", conf("proxy", "")), nil, nil},
+		{"socket proxy, goroutines", bin, loops("-1", conf("proxy", "")), nil, nil},
+		{"socket proxy, GOGC=100", bin, conf("proxy", ""), nil, []string{"GOGC=100"}}, // Go's default; tether run's is 25
+		{"tether mark service (process)", bin, markConf, nil, nil},
 		haproxyTProxy,
 	}
 }
