@@ -30,6 +30,12 @@ type Director struct {
 	// Masquerade rewrites the source of director flows to the balancer's
 	// address, for servers that do not route back through it (one arm).
 	Masquerade bool
+	// Persist keeps the owned table when its owner's socket closes
+	// (NFT_TABLE_F_PERSIST, Linux 6.10): with fail-open, a killed tether
+	// leaves the kernel forwarding, returning clients by the template
+	// map, new ones by the fallback. The next tether adopts or replaces
+	// the table. The kernel refuses to change it on a live table.
+	Persist bool
 }
 
 // Queue is how new flows reach tether.
@@ -100,6 +106,9 @@ func (d Director) table(owner bool) *nftables.Table {
 	t := &nftables.Table{Name: TableName, Family: d.Family}
 	if owner {
 		t.Flags = nftables.TableFlagOwner
+		if d.Persist {
+			t.Flags |= nftables.TableFlagPersist
+		}
 	}
 	return t
 }

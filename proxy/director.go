@@ -194,6 +194,34 @@ func (p *Proxy) DirectorFlows() int {
 	return 0
 }
 
+// removeOrphanDirectorTables deletes director tables no process owns: a
+// fail-open tether that was killed left them (persist), or one on a kernel
+// without the owner flag. The first apply makes them anew; a table of
+// other flags could not be replaced in place.
+func (p *Proxy) removeOrphanDirectorTables(c *nftables.Conn) {
+	err := p.inNamespace(func() error {
+		tables, err := c.ListTables()
+		if err != nil {
+			return err
+		}
+		n := 0
+		for _, t := range tables {
+			if t.Name == nft.TableName && t.Family != nftables.TableFamilyINet && t.Flags&nftables.TableFlagOwner == 0 {
+				p.log.Warn("removing the director table an earlier tether left", "table", t.Name, "family", t.Family)
+				c.DelTable(t)
+				n++
+			}
+		}
+		if n == 0 {
+			return nil
+		}
+		return c.Flush()
+	})
+	if err != nil {
+		p.log.Warn("the director tables an earlier tether left could not be removed; the apply replaces them", "err", err)
+	}
+}
+
 // applyDirector puts the director tables of cfg in place in one nftables
 // transaction (both families and the NAT anchor), with stable choice
 // marks, then lets the verdict path use the new marks.
@@ -202,6 +230,13 @@ func (p *Proxy) applyDirector(cfg *config.File) error {
 	old := dp.markFor
 	assigned := nft.AssignMarks(old, nft.Choices(cfg), cfg.Director.MarkBase)
 	tables := nft.DirectorTables(cfg, assigned, nft.QueueOf(dp.set, dp.native), p.liveWeights(cfg))
+	persist := dp.set.FailOpen && !p.noPersist && !p.noTableOwner
+	for _, t := range tables {
+		t.Persist = persist
+	}
+	if dp.applied == nil {
+		p.removeOrphanDirectorTables(dp.nft)
+	}
 	apply := func() error {
 		return p.inNamespace(func() error {
 			for _, fam := range nft.Families {
@@ -219,7 +254,16 @@ func (p *Proxy) applyDirector(cfg *config.File) error {
 			return dp.nft.Flush()
 		})
 	}
-	if err := dp.kt.Commit(tables, apply); err != nil {
+	err := dp.kt.Commit(tables, apply)
+	if err != nil && persist && dp.applied == nil && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL)) {
+		p.log.Warn("this kernel refuses the nftables persist flag (Linux 6.10 has it): with fail_open, a killed tether's director tables go with it, and new and returning clients alike get the kernel's fallback")
+		p.noPersist = true
+		for _, t := range tables {
+			t.Persist = false
+		}
+		err = dp.kt.Commit(tables, apply)
+	}
+	if err != nil {
 		return fmt.Errorf("director: apply nftables tables ip/ip6 %s (needs CAP_NET_ADMIN, nf_tables, nft_nat and the queue): %w", nft.TableName, err)
 	}
 	dp.markFor = assigned

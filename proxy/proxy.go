@@ -87,6 +87,9 @@ type Proxy struct {
 	// noTableOwner is set once the kernel has refused the table owner
 	// flag (and by tests, to take that path on kernels that have it).
 	noTableOwner bool
+	// noPersist is set once the kernel has refused the table persist
+	// flag (director tables with fail_open).
+	noPersist bool
 
 	budget     budget.Budget               // descriptors: read at Start
 	caps       atomic.Pointer[budget.Caps] // in force: what the config sets, or derived

@@ -89,15 +89,89 @@ func TestKilledTetherLeavesNoRules(t *testing.T) {
 	}
 }
 
-// SIGKILL of tether in director mode: the director's tables go with it,
-// an established flow keeps working (conntrack and the NAT anchor carry
-// it), and a new flow is answered at once rather than black-holed.
+// SIGKILL of tether in director mode with fail_open: the director's
+// tables stay (the persist flag), so the kernel goes on forwarding: an
+// established flow keeps working, returning clients' new flows reach
+// their servers from the kernel template map, and a new client is served
+// by the fail-open fallback. The next tether replaces the tables.
+// (Before, the tables went with tether and every new flow was refused;
+// with kernel_templates off, 9 of the 12 returning clients here reach
+// another server: the fallback's hash is not the scheduler's choice.)
+func TestKilledFailOpenDirectorKeepsForwarding(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 13, Backends: 3, Label: "dkill"})
+	for _, b := range env.Backends {
+		if _, err := b.ServeName(8080); err != nil { // its name, then an echo
+			t.Fatal(err)
+		}
+	}
+	cfg := fmt.Sprintf("mode: director\ndirector: {fail_open: true}\nservices:\n  - name: echo\n    listen: %s:80\n    scheduler: rr\n    persistence: {}\n    servers: [{address: %s:8080}, {address: %s:8080}, {address: %s:8080}]\n",
+		testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
+	cmd := runInLB(t, env, cfg, "table ip tether")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	vip := netip.AddrPortFrom(testenv.VIP, 80)
+	client := env.Clients[0]
+	// 12 clients bound by round robin, the first one's connection kept
+	// open.
+	home := map[netip.Addr]string{}
+	var open *testenv.Echo
+	for i := range 12 {
+		c, err := client.DialEcho(ctx, client.Addr(i), vip)
+		if err != nil {
+			t.Fatalf("dial through the director: %v", err)
+		}
+		home[client.Addr(i)] = c.Name
+		if i == 0 {
+			open = c
+			defer c.Close()
+			continue
+		}
+		c.Close()
+	}
+	if err := open.Say("before"); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if out := nftIn(t, env.LB, "list", "tables"); !strings.Contains(out, "table ip tether\n") {
+		t.Fatalf("with fail_open the director table should outlive a killed tether:\n%s", out)
+	}
+	if err := open.Say("after"); err != nil {
+		t.Errorf("the established flow broke with tether: %v", err)
+	}
+	for src, want := range home {
+		nc, err := client.DialEcho(ctx, src, vip)
+		if err != nil {
+			t.Fatalf("returning client %s after the kill: %v", src, err)
+		}
+		if nc.Name != want {
+			t.Errorf("returning client %s reached %s after the kill, want its server %s (the kernel map)", src, nc.Name, want)
+		}
+		nc.Close()
+	}
+	nc, err := client.DialEcho(ctx, client.Addr(12), vip)
+	if err != nil {
+		t.Fatalf("a new client after the kill (the fail-open fallback): %v", err)
+	}
+	nc.Close()
+	// The next tether replaces the tables a killed one left.
+	again := runInLB(t, env, cfg, "table ip tether")
+	defer again.Process.Kill()
+	if nc, err = client.DialEcho(ctx, client.Addr(0), vip); err != nil {
+		t.Fatalf("through the restarted director: %v", err)
+	}
+	nc.Close()
+}
+
+// Without fail_open a killed director leaves no rules: an established flow
+// keeps working (conntrack and the NAT anchor carry it), and a new flow is
+// answered at once (refused) rather than black-holed.
 func TestKilledDirectorKeepsFlows(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, Backends: 1, Label: "dkill"})
 	if _, err := env.Backends[0].ServeName(8080); err != nil { // its name, then an echo
 		t.Fatal(err)
 	}
-	cmd := runInLB(t, env, fmt.Sprintf("mode: director\ndirector: {fail_open: true}\nservices:\n  - name: echo\n    listen: %s:80\n    persistence: {}\n    servers: [{address: %s:8080}]\n",
+	cmd := runInLB(t, env, fmt.Sprintf("mode: director\nservices:\n  - name: echo\n    listen: %s:80\n    persistence: {}\n    servers: [{address: %s:8080}]\n",
 		testenv.VIP, testenv.BackendAddr(0)), "table ip tether")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
