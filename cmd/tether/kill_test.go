@@ -131,6 +131,17 @@ func TestKilledFailOpenDirectorKeepsForwarding(t *testing.T) {
 	if err := open.Say("before"); err != nil {
 		t.Fatal(err)
 	}
+	// The map is written a moment after each bind (the mirror): a client
+	// bound just before a kill gets the fallback's choice.
+	eventually(t, "every template in the kernel map", func() error {
+		out := nftIn(t, env.LB, "list", "map", "ip", "tether", "templates0")
+		for src := range home {
+			if !strings.Contains(out, src.String()+" ") {
+				return fmt.Errorf("%s not in the map yet:\n%s", src, out)
+			}
+		}
+		return nil
+	})
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	if out := nftIn(t, env.LB, "list", "tables"); !strings.Contains(out, "table ip tether\n") {
