@@ -36,6 +36,17 @@ type Director struct {
 	// map, new ones by the fallback. The next tether adopts or replaces
 	// the table. The kernel refuses to change it on a live table.
 	Persist bool
+	// Table is the tables' name: TableName, or UpgradeTableName for a hot
+	// upgrade's new process while the old one holds TableName (as the
+	// marks table). Empty is TableName.
+	Table string
+}
+
+func (d Director) tableName() string {
+	if d.Table == "" {
+		return TableName
+	}
+	return d.Table
 }
 
 // Queue is how new flows reach tether.
@@ -103,7 +114,7 @@ func (d Director) addrLen() (uint32, uint32) { // daddr offset, length
 func (d Director) saddr() (uint32, uint32) { return saddrAt(d.Family) }
 
 func (d Director) table(owner bool) *nftables.Table {
-	t := &nftables.Table{Name: TableName, Family: d.Family}
+	t := &nftables.Table{Name: d.tableName(), Family: d.Family}
 	if owner {
 		t.Flags = nftables.TableFlagOwner
 		if d.Persist {

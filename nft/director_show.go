@@ -27,7 +27,7 @@ func (d Director) Show() string {
 		}
 	}
 	typ := addrTypeName(d.Family)
-	fmt.Fprintf(&b, "table %s %s {\n", fam, TableName)
+	fmt.Fprintf(&b, "table %s %s {\n", fam, d.tableName())
 	if d.hasFTP() {
 		fmt.Fprintf(&b, "\tct helper %s {\n\t\ttype \"ftp\" protocol tcp\n\t\tl3proto %s\n\t}\n\n", helperFTP, fam)
 	}

@@ -20,7 +20,7 @@ func Flush() ([]string, error) {
 	var removed []string
 	for _, t := range tables {
 		fam, ok := fams[t.Family]
-		if ok && (t.Name == TableName || t.Name == UpgradeTableName && t.Family == nftables.TableFamilyINet || t.Name == keepTableName && t.Family != nftables.TableFamilyINet) {
+		if ok && (t.Name == TableName || t.Name == UpgradeTableName || t.Name == keepTableName && t.Family != nftables.TableFamilyINet) {
 			c.DelTable(t)
 			removed = append(removed, fam+" "+t.Name)
 		}

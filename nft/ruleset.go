@@ -16,10 +16,10 @@ import (
 // TableName is tether's table, in the inet family.
 const TableName = "tether"
 
-// UpgradeTableName is the marks table of a tether that took over from one
-// still holding TableName (a hot upgrade): both apply the same rules
-// until the old one's goes with its process. The upgrade after takes
-// TableName again.
+// UpgradeTableName is the marks table (and the director tables) of a
+// tether that took over from one still holding TableName (a hot upgrade):
+// both apply the same rules until the old one's go. The upgrade after
+// takes TableName again.
 const UpgradeTableName = "tether_upgrade"
 
 // MarkTables are the names a marks table can have.

@@ -242,7 +242,7 @@ func ReadLiveTemplates(c *nftables.Conn) ([]LiveTemplate, error) {
 				return nil, err
 			}
 			for _, e := range elems {
-				out = append(out, LiveTemplate{Map: fmt.Sprintf("%s %s %s", famName(fam), TableName, s.Name), Client: e.Client, Server: servers[e.Mark], Expires: e.Timeout})
+				out = append(out, LiveTemplate{Map: fmt.Sprintf("%s %s %s", famName(fam), d.tableName(), s.Name), Client: e.Client, Server: servers[e.Mark], Expires: e.Timeout})
 			}
 		}
 	}

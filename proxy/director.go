@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 
 	"github.com/google/nftables"
@@ -19,7 +20,8 @@ import (
 // conntrack carries the rest. A flow's choice (its count on the server,
 // its lease) is given back when conntrack reports the flow destroyed.
 type dirPath struct {
-	set    config.Director // queue settings: fixed until restart
+	set    config.Director // queue settings: fixed until restart (Queue shifted in a hot upgrade)
+	table  string          // the tables' name (nft.TableName; the other in a hot upgrade)
 	native bool            // nft's own queue statement
 	nft    *nftables.Conn  // lasting: owns table ip/ip6 tether
 	d      *director.Director[choice]
@@ -43,7 +45,7 @@ type directorView struct {
 // openDirector probes the kernel's queue statement and binds the queues.
 // It needs CAP_NET_ADMIN.
 func (p *Proxy) openDirector(cfg *config.File) (*dirPath, error) {
-	dp := &dirPath{set: cfg.Director}
+	dp := &dirPath{set: cfg.Director, table: nft.TableName}
 	dp.view.Store(&directorView{})
 	var kmaps bool
 	var perr error
@@ -53,6 +55,9 @@ func (p *Proxy) openDirector(cfg *config.File) (*dirPath, error) {
 			return fmt.Errorf("nftables: %w", err)
 		}
 		dp.nft = c
+		if p.inherit != nil {
+			p.upgradeDirector(dp)
+		}
 		if dp.native, err = nft.ProbeQueue(c, nftables.TableFamilyIPv4); err == nil {
 			kmaps, perr = nft.ProbeDestroy(c, nftables.TableFamilyIPv4)
 		}
@@ -69,7 +74,7 @@ func (p *Proxy) openDirector(cfg *config.File) (*dirPath, error) {
 	}
 	if err == nil {
 		dp.d, err = director.Open(director.Options[choice]{
-			Queues: director.Queues{First: cfg.Director.Queue, Count: cfg.Director.Queues, Length: cfg.Director.QueueLength, FailOpen: cfg.Director.FailOpen},
+			Queues: director.Queues{First: dp.set.Queue, Count: dp.set.Queues, Length: cfg.Director.QueueLength, FailOpen: cfg.Director.FailOpen},
 			Logger: p.log, Do: p.do,
 			Decide: func(k director.FlowKey, mark uint32) (director.Verdict, uint32, choice) {
 				return p.decideFlow(dp, k, mark)
@@ -89,6 +94,34 @@ func (p *Proxy) openDirector(cfg *config.File) (*dirPath, error) {
 	}
 	p.log.Info("director: queues bound", "queues", fmt.Sprintf("%d-%d", dp.set.Queue, dp.set.Queue+dp.set.Queues-1), "queue_statement", how, "fail_open", dp.set.FailOpen)
 	return dp, nil
+}
+
+// upgradeDirector takes, in a hot upgrade's new process, the table name
+// and the block of queues the old process does not hold: both sets of
+// tables steer (a flow the old one's decided carries its choice mark
+// past the new one's queue rule) until the old one's go. The blocks
+// alternate between the configured queues and the ones just after them.
+func (p *Proxy) upgradeDirector(dp *dirPath) {
+	tables, err := dp.nft.ListTables()
+	if err != nil {
+		return
+	}
+	for _, t := range tables {
+		if t.Family == nftables.TableFamilyINet || t.Flags&nftables.TableFlagOwner == 0 {
+			continue // not a director table, or one nobody holds
+		}
+		switch t.Name {
+		case nft.TableName:
+			dp.table = nft.UpgradeTableName
+			dp.set.Queue += dp.set.Queues
+		case nft.UpgradeTableName:
+			dp.table = nft.TableName
+		default:
+			continue
+		}
+		p.log.Info("director: upgrading alongside the old process's tables", "old", t.Name, "tables", dp.table, "queues", fmt.Sprintf("%d-%d", dp.set.Queue, dp.set.Queue+dp.set.Queues-1))
+		return
+	}
 }
 
 // close unbinds the queues (giving back every flow's hold) and closes the
@@ -206,7 +239,7 @@ func (p *Proxy) removeOrphanDirectorTables(c *nftables.Conn) {
 		}
 		n := 0
 		for _, t := range tables {
-			if t.Name == nft.TableName && t.Family != nftables.TableFamilyINet && t.Flags&nftables.TableFlagOwner == 0 {
+			if slices.Contains(nft.MarkTables, t.Name) && t.Family != nftables.TableFamilyINet && t.Flags&nftables.TableFlagOwner == 0 {
 				p.log.Warn("removing the director table an earlier tether left", "table", t.Name, "family", t.Family)
 				c.DelTable(t)
 				n++
@@ -232,7 +265,7 @@ func (p *Proxy) applyDirector(cfg *config.File) error {
 	tables := nft.DirectorTables(cfg, assigned, nft.QueueOf(dp.set, dp.native), p.liveWeights(cfg))
 	persist := dp.set.FailOpen && !p.noPersist && !p.noTableOwner
 	for _, t := range tables {
-		t.Persist = persist
+		t.Persist, t.Table = persist, dp.table
 	}
 	if dp.applied == nil {
 		p.removeOrphanDirectorTables(dp.nft)
@@ -264,7 +297,7 @@ func (p *Proxy) applyDirector(cfg *config.File) error {
 		err = dp.kt.Commit(tables, apply)
 	}
 	if err != nil {
-		return fmt.Errorf("director: apply nftables tables ip/ip6 %s (needs CAP_NET_ADMIN, nf_tables, nft_nat and the queue): %w", nft.TableName, err)
+		return fmt.Errorf("director: apply nftables tables ip/ip6 %s (needs CAP_NET_ADMIN, nf_tables, nft_nat and the queue): %w", dp.table, err)
 	}
 	dp.markFor = assigned
 	dp.applied = tables
@@ -357,7 +390,7 @@ func (p *Proxy) stopDirector() error {
 	dp.d, dp.kt = nil, nil
 	err := p.inNamespace(func() error {
 		for _, fam := range nft.Families {
-			dp.nft.DelTable(&nftables.Table{Name: nft.TableName, Family: fam})
+			dp.nft.DelTable(&nftables.Table{Name: dp.table, Family: fam})
 		}
 		ferr := dp.nft.Flush()
 		if errors.Is(ferr, unix.ENOENT) {

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -54,18 +53,12 @@ func dupSocket(c syscall.Conn) (int, error) {
 	return nfd, os.NewSyscallError("fcntl", err)
 }
 
-// ErrHandover says what a hot upgrade cannot take over yet.
-var ErrHandover = errors.New("hot upgrade covers socket proxy services (TCP and UDP VIP:port, firewall marks) only; director services need a restart")
-
 // Handover returns duplicates of the proxy's listening sockets; the
 // caller closes them once the new process has its own. The proxy goes on
 // serving.
 func (p *Proxy) Handover() ([]HandedSocket, error) {
 	var out []HandedSocket
 	err := p.control(func() error {
-		if p.dir.Load() != nil {
-			return ErrHandover
-		}
 		if tp := p.tp; tp != nil {
 			for _, group := range tp.lns {
 				for _, l := range group {
@@ -146,6 +139,11 @@ func (p *Proxy) StopAccepting() {
 				}
 				tp.nft.CloseLasting()
 			}
+		}
+		// The director's queues and tables go; the new process's, under
+		// the other name and queues, steer already.
+		if err := p.stopDirector(); err != nil {
+			p.log.Warn("director: the old tables after a hot upgrade", "err", err)
 		}
 		p.stopSnapshots()
 		return nil

@@ -13,15 +13,22 @@ import (
 	"github.com/tetherlb/tether/testenv"
 )
 
-// A hot upgrade of a firewall-mark service (TPROXY): the new process
-// takes the transparent listeners and applies its own table under the
-// other name, so both tables steer until the old one's goes with its
-// process. Under a steady load from 40 client addresses on ports 80 and
-// 443, no connection fails and every client stays on its backend; after
-// the upgrade only the new table is left, and it is the new process's to
-// change (a second upgrade takes the first name back).
+// A hot upgrade of a firewall-mark service, through TPROXY and through
+// the director: the new process takes the transparent listeners (or
+// binds the block of queues after the old one's) and applies its own
+// tables under the other name, so both sets steer until the old one's go.
+// Under a steady load from 40 client addresses on ports 80 and 443, no
+// connection fails and every client stays on its backend; after the
+// upgrade only the new tables are left, and they are the new process's
+// to change (a second upgrade takes the first name back).
 func TestHotUpgradeMarkService(t *testing.T) {
-	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 40, Backends: 3, Label: "upmark"})
+	for _, mode := range []string{"proxy", "director"} {
+		t.Run(mode, func(t *testing.T) { hotUpgradeMarks(t, mode) })
+	}
+}
+
+func hotUpgradeMarks(t *testing.T, mode string) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 40, Backends: 3, Label: "up" + mode[:3]})
 	for _, b := range env.Backends {
 		for _, port := range []int{80, 443} {
 			if _, err := b.ServeName(port); err != nil {
@@ -30,6 +37,7 @@ func TestHotUpgradeMarkService(t *testing.T) {
 		}
 	}
 	cfg := fmt.Sprintf(`drain_timeout: 5s
+mode: %s
 marks:
   - {name: web, mark: 0x100, addresses: [%s], ports: [80, 443]}
 services:
@@ -38,8 +46,12 @@ services:
     scheduler: rr
     persistence: {timeout: 300s}
     servers: [{address: %s}, {address: %s}, {address: %s}]
-`, testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
-	old, logs := runInLBLogs(t, env, cfg, "table inet tether")
+`, mode, testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
+	families := []string{"inet"}
+	if mode == "director" {
+		families = append(families, "ip")
+	}
+	old, logs := runInLBLogs(t, env, cfg, "table "+families[len(families)-1]+" tether\n")
 	client := env.Clients[0]
 	who := func(src netip.Addr, port int) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -62,33 +74,41 @@ services:
 		home[a] = name
 	}
 
-	ld := startLoad(func(w, i int) (string, string, error) {
+	try := func(w, i int) (string, string, error) {
 		a := client.Addrs[(i*4+w)%len(client.Addrs)]
 		name, err := who(a, []int{80, 443}[i%2])
 		return name, home[a], err
-	})
+	}
+	// Each upgrade under load; the tables are looked at with the load
+	// stopped: under it the director rewrites a kernel template element
+	// at every last close, each a transaction, and nft list (which
+	// starts over when the ruleset changes under its dump) took a minute.
 	upgrade := func(pid int, table string) int {
 		t.Helper()
+		ld := startLoad(try)
+		time.Sleep(100 * time.Millisecond) // load before
 		child := upgradeNow(t, pid, logs)
-		eventually(t, "only the new table left", func() error {
-			tables := nftIn(t, env.LB, "list", "tables")
-			other := map[string]string{"tether": "tether_upgrade", "tether_upgrade": "tether"}[table]
-			if !strings.Contains(tables, "inet "+table+"\n") || strings.Contains(tables, "inet "+other+"\n") {
-				return fmt.Errorf("tables: %q, want inet %s alone", tables, table)
+		ld.more(t, 100)
+		ld.end(t, logs)
+		eventually(t, "the old process gone", func() error {
+			if syscall.Kill(pid, 0) == nil {
+				return fmt.Errorf("pid %d still runs", pid)
 			}
 			return nil
 		})
-		ld.more(t, 100)
+		tables := nftIn(t, env.LB, "list", "tables")
+		other := map[string]string{"tether": "tether_upgrade", "tether_upgrade": "tether"}[table]
+		for _, fam := range families {
+			if !strings.Contains(tables, fam+" "+table+"\n") || strings.Contains(tables, fam+" "+other+"\n") {
+				t.Fatalf("tables after the upgrade: %q, want %s %s alone", tables, fam, table)
+			}
+		}
 		return child
 	}
-	time.Sleep(100 * time.Millisecond) // load before
+	go old.Wait() // reaps it, so that it is gone once it exits
 	first := upgrade(old.Process.Pid, "tether_upgrade")
-	if _, err := old.Process.Wait(); err != nil {
-		t.Fatal(err)
-	}
-	// The new process owns its table: a second upgrade goes back to the
+	// The new process owns its tables: a second upgrade goes back to the
 	// first name. Its output is the old one's (inherited).
 	second := upgrade(first, "tether")
-	ld.end(t, logs)
 	syscall.Kill(second, syscall.SIGTERM)
 }
