@@ -16,6 +16,8 @@
 //     connection cap, access lists, PROXY headers sent, connect with
 //     retries to the next server, as callbacks the loop makes; listeners
 //     opened one per loop with SO_REUSEPORT.
+//   - handover.go: a hot upgrade's sockets handed to a new process and
+//     taken over there, the templates merged.
 //   - tcp.go: the same in a goroutine per connection, for --tcp-loops -1
 //     and for sources trusted to send a PROXY header (package
 //     proxyheader reads it): accept (package acceptloop) and the copy
