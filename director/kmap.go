@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	metrics "github.com/hashicorp/go-metrics"
@@ -62,6 +63,13 @@ func newLayout(tables map[nftables.TableFamily]*nft.Director) layout {
 	return l
 }
 
+// mirrorPace spaces the kernel map's writes: at most 50 transactions a
+// second from the journal (Sync writes at once). A returning client's
+// template reaches the map up to this late (its flows go up the queue
+// meanwhile, to the same server); a journal of 4096 changes a shard holds
+// far more than a pace's worth.
+const mirrorPace = 20 * time.Millisecond
+
 // OpenKernelTemplates starts mirroring table's journal into the template
 // maps of the director tables that conn owns. The caller has checked that
 // the kernel can keep them (nft.ProbeDestroy). do runs a function in the
@@ -71,7 +79,7 @@ func OpenKernelTemplates(table *affinity.Table, conn *nftables.Conn, do func(fun
 		do = func(f func() error) error { return f() }
 	}
 	kt := &KernelTemplates{table: table, do: do, conn: conn}
-	kt.mirror = StartMirror(MirrorOptions{Table: table, PerShard: 4096, Apply: kt.apply, Rebuild: kt.rebuild, Logger: log})
+	kt.mirror = StartMirror(MirrorOptions{Table: table, PerShard: 4096, Apply: kt.apply, Rebuild: kt.rebuild, Logger: log, Pace: mirrorPace})
 	return kt
 }
 

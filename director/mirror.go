@@ -37,6 +37,12 @@ type MirrorOptions struct {
 	Apply   func([]affinity.Change) error
 	Rebuild func() error
 	Logger  *slog.Logger
+	// Pace is the least time between two writes the journal wakes (a
+	// Sync writes at once): under a steady load every connection's close
+	// rewrites its template's element, and a transaction a wake kept the
+	// ruleset changing so often that `nft list` (which starts its dump
+	// over when the ruleset changes under it) took a minute. 0: none.
+	Pace time.Duration
 }
 
 // MirrorStats count the mirror's work.
@@ -85,7 +91,8 @@ func (m *Mirror) Stats() MirrorStats {
 func (m *Mirror) run(ctx context.Context) {
 	defer close(m.done)
 	var buf []affinity.Change
-	rebuild := false // Commit fills the maps; the journal is on from the start
+	var last time.Time // the last write
+	rebuild := false   // Commit fills the maps; the journal is on from the start
 	for {
 		var reply chan struct{}
 		if !rebuild {
@@ -93,9 +100,21 @@ func (m *Mirror) run(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-m.wake:
+				if wait := m.o.Pace - time.Since(last); wait > 0 {
+					t := time.NewTimer(wait) // more changes join this batch meanwhile
+					select {
+					case <-ctx.Done():
+						t.Stop()
+						return
+					case <-t.C:
+					case reply = <-m.syncc:
+						t.Stop()
+					}
+				}
 			case reply = <-m.syncc:
 			}
 		}
+		last = time.Now()
 		changes, lost := m.o.Table.Changes(buf[:0])
 		buf = changes
 		switch {

@@ -15,6 +15,7 @@ type fakeKernel struct {
 	mu       sync.Mutex
 	changes  []affinity.Change
 	rebuilds int
+	batches  int
 	fail     int // writes to refuse
 }
 
@@ -26,6 +27,7 @@ func (k *fakeKernel) apply(cs []affinity.Change) error {
 		return errors.New("refused")
 	}
 	k.changes = append(k.changes, cs...)
+	k.batches++
 	return nil
 }
 
@@ -48,13 +50,17 @@ type onePick netip.AddrPort
 func (p onePick) Pick(netip.Addr) (netip.AddrPort, error) { return netip.AddrPort(p), nil }
 
 func mirrorFixture(t *testing.T, perShard int) (*affinity.Table, affinity.ServiceRef, *fakeKernel, *Mirror) {
+	return pacedFixture(t, perShard, 0)
+}
+
+func pacedFixture(t *testing.T, perShard int, pace time.Duration) (*affinity.Table, affinity.ServiceRef, *fakeKernel, *Mirror) {
 	t.Helper()
 	tb := affinity.New(affinity.Options{Capacity: 1024, SweepInterval: -1})
 	t.Cleanup(func() { tb.Close() })
 	ref := tb.SetService(affinity.MarkService(1), affinity.ServiceConfig{Journal: true})
 	tb.SetServer(ref, netip.MustParseAddrPort("198.19.0.11:80"), affinity.ServerUp)
 	k := &fakeKernel{}
-	m := StartMirror(MirrorOptions{Table: tb, PerShard: perShard, Apply: k.apply, Rebuild: k.rebuild})
+	m := StartMirror(MirrorOptions{Table: tb, PerShard: perShard, Apply: k.apply, Rebuild: k.rebuild, Pace: pace})
 	t.Cleanup(m.Close)
 	m.Sync()
 	return tb, ref, k, m
@@ -127,5 +133,47 @@ func TestMirrorRebuildsAfterRefusedWrite(t *testing.T) {
 	k.mu.Unlock()
 	if r, _ := k.state(); r == before || !refused {
 		t.Errorf("rebuilds %d -> %d, the refusal used: %v; want a rebuild after the refused write", before, r, refused)
+	}
+}
+
+// Paced, the journal's changes are written at most once a Pace, the ones
+// made meanwhile joining the batch, and none is lost; a Sync writes at
+// once. Unpaced, 200 binds a millisecond apart made about 200 writes.
+func TestMirrorPace(t *testing.T) {
+	const pace = 50 * time.Millisecond
+	tb, ref, k, m := pacedFixture(t, 1024, pace)
+	srv := onePick(netip.MustParseAddrPort("198.19.0.11:80"))
+	_, before := k.state()
+	start := time.Now()
+	for i := range 200 {
+		l, err := tb.GetOrBind(ref, netip.AddrFrom4([4]byte{198, 18, byte(i / 250), byte(i%250 + 1)}), srv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb.Release(l)
+		time.Sleep(time.Millisecond)
+	}
+	m.Sync()
+	elapsed := time.Since(start)
+	k.mu.Lock()
+	batches, changes := k.batches, len(k.changes)-len(before)
+	k.mu.Unlock()
+	if most := int(elapsed/pace) + 2; batches > most {
+		t.Errorf("%d writes in %v, want at most %d at a pace of %v", batches, elapsed, most, pace)
+	}
+	if changes != 400 {
+		t.Errorf("%d changes written, want 400 (a Busy and an Idle for each of 200 clients)", changes)
+	}
+
+	// A Sync does not wait for the pace: with an hour's pace it returns.
+	tb2, ref2, k2, m2 := pacedFixture(t, 64, time.Hour)
+	l, err := tb2.GetOrBind(ref2, netip.MustParseAddr("198.18.9.9"), srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb2.Release(l)
+	m2.Sync()
+	if _, got := k2.state(); len(got) != 2 {
+		t.Errorf("after a Sync the kernel has %d changes, want 2", len(got))
 	}
 }
