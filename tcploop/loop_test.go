@@ -390,12 +390,17 @@ func TestHeaderFirst(t *testing.T) {
 	}
 }
 
-// A refusal with Reset resets the client's connection.
+// A refusal with Reset resets the client's connection. On loopback the
+// reset can come before the dialer has read its connect's result, which
+// then is the reset.
 func TestRefuseWithReset(t *testing.T) {
 	svc := newService(t)
 	svc.refuse = true
 	addr := setup(t, 1, svc).addr
 	c, err := net.Dial("tcp", addr)
+	if errors.Is(err, syscall.ECONNRESET) {
+		return
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
