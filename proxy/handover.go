@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"sync"
 	"syscall"
 
 	"github.com/google/nftables"
@@ -22,11 +21,11 @@ import (
 // until one process or the other accepts it.
 
 // Inheritance is the listening sockets a new process takes over, by
-// listen address (config.Service.Listen as parsed: VIP.String()).
+// listen address (config.Service.Listen as parsed: VIP.String()). Only
+// the control loop reads it.
 type Inheritance struct {
 	TCP map[string][]*net.TCPListener
 	UDP map[string]*net.UDPConn
-	mu  sync.Mutex
 }
 
 // HandedSocket is a duplicate of a listening socket, for the new process:
@@ -58,43 +57,37 @@ func dupSocket(c syscall.Conn) (int, error) {
 // serving.
 func (p *Proxy) Handover() ([]HandedSocket, error) {
 	var out []HandedSocket
-	err := p.control(func() error {
+	var err error
+	hand := func(network, addr string, c syscall.Conn) {
+		if err == nil {
+			var fd int
+			if fd, err = dupSocket(c); err == nil {
+				out = append(out, HandedSocket{network, addr, fd})
+			}
+		}
+	}
+	cerr := p.control(func() error {
 		if tp := p.tp; tp != nil {
 			for _, group := range tp.lns {
 				for _, l := range group {
-					fd, err := dupSocket(l)
-					if err != nil {
-						return err
-					}
-					out = append(out, HandedSocket{"tcp", l.Addr().String(), fd})
+					hand("tcp", l.Addr().String(), l)
 				}
 			}
 			for _, c := range tp.ulns {
-				fd, err := dupSocket(c)
-				if err != nil {
-					return err
-				}
-				out = append(out, HandedSocket{"udp", c.LocalAddr().String(), fd})
+				hand("udp", c.LocalAddr().String(), c)
 			}
 		}
 		for k, s := range p.services {
 			for _, l := range s.listeners() {
-				fd, err := dupSocket(l)
-				if err != nil {
-					return err
-				}
-				out = append(out, HandedSocket{"tcp", k.VIP.String(), fd})
+				hand("tcp", k.VIP.String(), l)
 			}
 			if s.pc != nil {
-				fd, err := dupSocket(s.pc)
-				if err != nil {
-					return err
-				}
-				out = append(out, HandedSocket{"udp", k.VIP.String(), fd})
+				hand("udp", k.VIP.String(), s.pc)
 			}
 		}
-		return nil
+		return err
 	})
+	err = cerr
 	if err != nil {
 		for _, h := range out {
 			unix.Close(h.FD)
@@ -159,16 +152,13 @@ func (p *Proxy) MergeSnapshot(path string) (affinity.RestoreStats, error) {
 	return p.table.LoadSnapshot(path)
 }
 
-// takeTCP returns the inherited listeners of addr, if any, and forgets them.
+// takeTCP returns the inherited listeners of addr, if any, and forgets
+// them.
 func (in *Inheritance) takeTCP(addr string) []*net.TCPListener {
 	if in == nil {
 		return nil
 	}
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	lns := in.TCP[addr]
-	delete(in.TCP, addr)
-	return lns
+	return take(in.TCP, addr)
 }
 
 // takeUDP is takeTCP for a UDP service's socket.
@@ -176,11 +166,13 @@ func (in *Inheritance) takeUDP(addr string) *net.UDPConn {
 	if in == nil {
 		return nil
 	}
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	c := in.UDP[addr]
-	delete(in.UDP, addr)
-	return c
+	return take(in.UDP, addr)
+}
+
+func take[V any](m map[string]V, key string) V {
+	v := m[key]
+	delete(m, key)
+	return v
 }
 
 // closeRest closes the inherited sockets no service took: their addresses
@@ -189,16 +181,13 @@ func (in *Inheritance) closeRest() {
 	if in == nil {
 		return
 	}
-	in.mu.Lock()
-	tcp, udp := in.TCP, in.UDP
-	in.TCP, in.UDP = nil, nil
-	in.mu.Unlock()
-	for _, lns := range tcp {
+	for _, lns := range in.TCP {
 		for _, l := range lns {
 			l.Close()
 		}
 	}
-	for _, c := range udp {
+	for _, c := range in.UDP {
 		c.Close()
 	}
+	in.TCP, in.UDP = nil, nil
 }

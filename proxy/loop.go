@@ -51,7 +51,7 @@ type loopConn struct {
 // It runs on the control loop.
 func (p *Proxy) tcpLoops() (*tcploop.Loops, error) {
 	if p.loops == nil {
-		ls, err := tcploop.New(p.loopCount, p.tcp)
+		ls, err := tcploop.New(p.loopsWanted(), p.tcp) // as many as listenTCP opens listeners for
 		if err != nil {
 			return nil, fmt.Errorf("the TCP event loops: %w", err)
 		}
@@ -216,23 +216,14 @@ func (s *loopService) next(c *tcploop.Conn, lc *loopConn) tcploop.Decision {
 // next one may be tried: not when the host is to blame, nor after the
 // sorry server, nor once a stop gave up draining.
 func (s *loopService) failedServer(lc *loopConn, err error) bool {
-	p := s.p
-	srv := lc.ch.srv
-	p.release(srv, lc.ch.lease)
+	ch := lc.ch
 	lc.ch = choice{}
-	lc.lastErr = err
-	switch {
-	case p.localFailure(lc.st, err):
-		return false
-	case srv == lc.st.sorry:
-		lc.lastErr = fmt.Errorf("no real server is available; the sorry server: %w", err)
-		return false
-	case p.ctx.Err() != nil:
-		return false
+	retry, why := s.p.connectFailed(lc.st, ch, err)
+	lc.lastErr = why
+	if retry {
+		lc.tried = append(lc.tried, ch.srv)
 	}
-	p.failed(lc.st, srv)
-	lc.tried = append(lc.tried, srv)
-	return true
+	return retry
 }
 
 // refuse is the Decision when no server is reached.

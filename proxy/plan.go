@@ -199,7 +199,7 @@ func (p *Proxy) commit(pl *plan) error {
 			p.log.Info("service on firewall mark", "service", b.pl.cfg.Name, "fwmark", k.Mark, "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
 			continue
 		}
-		svc.stopAccept = p.listenOnLoops(append([]*net.TCPListener{svc.ln}, svc.more...), &loopService{svc: svc}, func() { p.acceptLoop(svc) })
+		svc.stopAccept = p.listenOnLoops(svc.listeners(), &loopService{svc: svc}, func() { p.acceptLoop(svc) })
 		p.log.Info("service listening", "service", b.pl.cfg.Name, "listen", svc.ln.Addr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers))
 	}
 	p.setChecks()

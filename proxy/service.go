@@ -63,8 +63,7 @@ func (s *service) closeListener() {
 	if s.stopAccept != nil {
 		s.stopAccept()
 		s.stopAccept = nil
-		s.ln.Close()
-		for _, l := range s.more {
+		for _, l := range s.listeners() {
 			l.Close()
 		}
 		close(s.done)

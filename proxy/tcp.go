@@ -137,21 +137,33 @@ func (p *Proxy) connect(st *serviceState, client netip.Addr, dport uint16) (choi
 		if err == nil {
 			return ch, c, nil
 		}
-		p.release(ch.srv, ch.lease)
-		if p.localFailure(st, err) {
-			return choice{}, nil, err // the server is not to blame: it keeps its clients
+		retry, why := p.connectFailed(st, ch, err)
+		if !retry {
+			return choice{}, nil, why
 		}
-		if ch.srv == st.sorry {
-			return choice{}, nil, fmt.Errorf("no real server is available; the sorry server: %w", err)
-		}
-		if p.ctx.Err() != nil {
-			return choice{}, nil, err
-		}
-		p.failed(st, ch.srv)
 		tried = append(tried, ch.srv)
 		lastErr = err
 	}
 	return choice{}, nil, lastErr
+}
+
+// connectFailed gives back the choice whose connect failed with err and
+// says whether the next server may be tried, and if not, the error to
+// report: not when the host is to blame (the server keeps its clients),
+// nor after the sorry server, nor once a stop gave up draining. Otherwise
+// the server is taken out of scheduling (failed). Both TCP paths use it.
+func (p *Proxy) connectFailed(st *serviceState, ch choice, err error) (retry bool, why error) {
+	p.release(ch.srv, ch.lease)
+	switch {
+	case p.localFailure(st, err):
+		return false, err
+	case ch.srv == st.sorry:
+		return false, fmt.Errorf("no real server is available; the sorry server: %w", err)
+	case p.ctx.Err() != nil:
+		return false, err
+	}
+	p.failed(st, ch.srv)
+	return true, err
 }
 
 func (p *Proxy) dialServer(st *serviceState, srv *server, dport uint16) (*net.TCPConn, error) {

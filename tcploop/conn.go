@@ -16,7 +16,6 @@ import (
 type Conn struct {
 	Data any
 
-	l    *loop
 	slot int32
 	gen  uint32
 	src  netip.AddrPort
@@ -68,11 +67,6 @@ func (c *Conn) Local() (netip.AddrPort, error) {
 // ClientFD is the client's socket, for a Service to read options of (the
 // socket's mark); it is the loop's to close.
 func (c *Conn) ClientFD() int { return c.cfd }
-
-// Dial opens a non-blocking TCP socket and starts its connect to addr: the
-// Server of a Decision. Errors are *os.SyscallError, so that errors.Is
-// finds the errno (a host out of descriptors, ports or buffers).
-func Dial(addr netip.AddrPort) (int, error) { return rawConnect(addr) }
 
 func addrPort(sa syscall.Sockaddr) netip.AddrPort {
 	switch a := sa.(type) {
@@ -134,7 +128,7 @@ func (l *loop) connectFailed(c *Conn, err error) {
 	d := c.svc.Failed(c, err)
 	if d.Server < 0 {
 		if d.Reset {
-			unix.SetsockoptLinger(c.cfd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+			resetOnClose(c.cfd)
 		}
 		l.end(c, err)
 		return
@@ -319,9 +313,14 @@ func (l *loop) end(c *Conn, err error) {
 // closeSocket closes an accepted socket, with a reset when reset.
 func closeSocket(fd int, reset bool) {
 	if reset {
-		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+		resetOnClose(fd)
 	}
 	rawClose(fd)
+}
+
+// resetOnClose makes fd's close send a reset (SO_LINGER with no time).
+func resetOnClose(fd int) {
+	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 }
 
 // copyBuf is a direction's buffer (tcprelay's size: a read that fills it
@@ -359,7 +358,7 @@ func (l *loop) newConn(svc Service, fd int, src netip.AddrPort) *Conn {
 		slot = int32(len(l.slots))
 		l.slots = append(l.slots, nil)
 	}
-	c := &Conn{l: l, slot: slot, svc: svc, cfd: fd, sfd: -1, src: src, live: true, last: l.now}
+	c := &Conn{slot: slot, svc: svc, cfd: fd, sfd: -1, src: src, live: true, last: l.now}
 	l.gen = (l.gen + 1) & 0x7fffffff // Pad is an int32, and negative ones are not connections'
 	c.gen = l.gen
 	l.slots[slot] = c

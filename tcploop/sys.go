@@ -104,8 +104,10 @@ func rawAddrPort(sa *unix.RawSockaddrAny) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// rawConnect starts a non-blocking connect of a new socket to addr.
-func rawConnect(addr netip.AddrPort) (int, error) {
+// Dial opens a non-blocking TCP socket and starts its connect to addr: the
+// Server of a Decision. Errors are *os.SyscallError, so that errors.Is
+// finds the errno (a host out of descriptors, ports or buffers).
+func Dial(addr netip.AddrPort) (int, error) {
 	var sa4 unix.RawSockaddrInet4
 	var sa6 unix.RawSockaddrInet6
 	family, ptr, size := unix.AF_INET6, unsafe.Pointer(&sa6), uintptr(unix.SizeofSockaddrInet6)
