@@ -66,7 +66,7 @@ func (sh *shard) vacate(i int) {
 	l := len(sh.ents)
 	for j := next(i, l); sh.ents[j].gen != 0; j = next(j, l) {
 		e := &sh.ents[j]
-		home := sh.home(e.key().hash())
+		home := sh.home(e.key().hash(sh.seed))
 		if (i < j && (home <= i || home > j)) || (i > j && home <= i && home > j) {
 			sh.ents[i], *e = *e, entry{}
 			i = j
@@ -96,7 +96,7 @@ func (sh *shard) grow() {
 	}
 	for j := range old {
 		if old[j].gen != 0 {
-			sh.ents[sh.place(old[j].key().hash())] = old[j]
+			sh.ents[sh.place(old[j].key().hash(sh.seed))] = old[j]
 		}
 	}
 	if oldMap != nil {

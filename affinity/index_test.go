@@ -15,7 +15,7 @@ func checkShard(t *testing.T, sh *shard, gens map[key]uint32, active map[key]boo
 		t.Fatalf("shard holds %d, oracle %d", sh.n, len(gens))
 	}
 	for k, g := range gens {
-		i, ok := sh.get(k, k.hash())
+		i, ok := sh.get(k, k.hash(0))
 		if !ok || sh.ents[i].generation() != g {
 			t.Fatalf("key %v: found=%v gen %d, want gen %d", k.client(), ok, sh.ents[i].generation(), g)
 		}
@@ -51,13 +51,13 @@ func TestSlotsAgainstOracle(t *testing.T) {
 	for seed := range uint64(20) {
 		r := rand.New(rand.NewPCG(seed, 7))
 		var sh shard
-		sh.init(1 << 20)
+		sh.init(1<<20, 0)
 		gens := map[key]uint32{}
 		active := map[key]bool{}
 		universe := 40 + int(seed)*7 // distinct keys, so some come back
 		for op := range 2000 {
 			k := makeKey(0, netip.AddrFrom4([4]byte{127, 0, byte(r.IntN(universe) >> 8), byte(r.IntN(universe))}))
-			h := k.hash()
+			h := k.hash(0)
 			i, ok := sh.get(k, h)
 			switch {
 			case !ok:
@@ -68,10 +68,10 @@ func TestSlotsAgainstOracle(t *testing.T) {
 				delete(gens, k)
 				delete(active, k)
 			case active[k]:
-				sh.close(i, uint32(op), nil)
+				sh.close(i, uint32(op), false, nil)
 				active[k] = false
 			default:
-				sh.open(i, uint32(op), true, nil)
+				sh.open(i, uint32(op), true, false, nil)
 				active[k] = true
 			}
 			checkShard(t, &sh, gens, active)
@@ -84,24 +84,24 @@ func TestSlotsAgainstOracle(t *testing.T) {
 // keep every other key reachable.
 func TestSlotClustersWrap(t *testing.T) {
 	var sh shard
-	sh.init(1 << 20)
+	sh.init(1<<20, 0)
 	sh.grow()
 	var keys []key
 	for i := 0; len(keys) < 7; i++ {
-		if k := makeKey(0, client(i)); sh.home(k.hash()) == 15 {
+		if k := makeKey(0, client(i)); sh.home(k.hash(0)) == 15 {
 			keys = append(keys, k)
 		}
 	}
 	gens := map[key]uint32{}
 	for _, k := range keys {
-		i := sh.insert(k, k.hash(), 0, 0, nil)
+		i := sh.insert(k, k.hash(0), 0, 0, nil)
 		gens[k] = sh.ents[i].generation()
 	}
 	if len(sh.ents) != 16 {
 		t.Fatalf("the array grew to %d slots", len(sh.ents))
 	}
 	for _, d := range []int{2, 0, 5} {
-		i, _ := sh.get(keys[d], keys[d].hash())
+		i, _ := sh.get(keys[d], keys[d].hash(0))
 		sh.remove(i, 0, nil)
 		delete(gens, keys[d])
 		checkShard(t, &sh, gens, nil)
@@ -115,17 +115,17 @@ func TestSlotClustersWrap(t *testing.T) {
 // keeps the next, and so on.
 func TestSweepWhileTemplatesMove(t *testing.T) {
 	var sh shard
-	sh.init(1 << 20)
+	sh.init(1<<20, 0)
 	sh.grow()
 	r := (&registry{svcs: []*serviceInfo{{timeout: 10}, {timeout: 1000}}}).finish()
 	gens := map[key]uint32{}
 	for i := 0; len(gens) < 10; i++ {
 		svc := ServiceRef(len(gens) % 2)
 		k := makeKey(svc, client(i))
-		if sh.home(k.hash()) != 3 {
+		if sh.home(k.hash(0)) != 3 {
 			continue
 		}
-		j := sh.insert(k, k.hash(), 0, uint32(len(gens)), r)
+		j := sh.insert(k, k.hash(0), 0, uint32(len(gens)), r)
 		gens[k] = sh.ents[j].generation()
 	}
 	if got := sh.sweep(r, 100, 0, len(sh.ents)); got != 5 {
@@ -143,21 +143,21 @@ func TestSweepWhileTemplatesMove(t *testing.T) {
 // not used again before one that was.
 func TestVictimOrder(t *testing.T) {
 	var sh shard
-	sh.init(1 << 20)
+	sh.init(1<<20, 0)
 	reg := &registry{svcs: []*serviceInfo{{timeout: 1000}}}
 	var keys []key
 	for i := range 8 {
 		k := makeKey(0, client(i))
-		sh.insert(k, k.hash(), 0, 0, reg)
+		sh.insert(k, k.hash(0), 0, 0, reg)
 		keys = append(keys, k)
 	}
-	slot := func(k key) int32 { i, _ := sh.get(k, k.hash()); return i }
+	slot := func(k key) int32 { i, _ := sh.get(k, k.hash(0)); return i }
 	// 0..5 active; 6 idle but just used; 7 idle and not used since.
 	for _, k := range keys[:6] {
-		sh.open(slot(k), 1, true, nil)
+		sh.open(slot(k), 1, true, false, nil)
 	}
-	sh.open(slot(keys[6]), 1, true, nil)
-	sh.close(slot(keys[6]), 1, nil)
+	sh.open(slot(keys[6]), 1, true, false, nil)
+	sh.close(slot(keys[6]), 1, false, nil)
 	if v := sh.victim(1, reg); sh.ents[v].key() != keys[7] {
 		t.Fatalf("victim %v, want the idle, unused %v", sh.ents[v].key().client(), keys[7].client())
 	}

@@ -1,6 +1,7 @@
 package affinity
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -47,60 +48,117 @@ type change struct {
 	stamp  uint32
 }
 
-// journal is a shard's ring of changes.
+// journal is a shard's ring of changes for one follower.
 type journal struct {
 	ring []change // nil: not following
 	head int      // the oldest change
 	n    int
 	lost bool // a change did not fit since the last drain
+	all  bool // every service's changes, not only journaled ones
 	wake chan struct{}
 }
 
-// note records a change of template e when its service keeps a journal,
-// and wakes the follower.
-func (sh *shard) note(e *entry, kind ChangeKind, now uint32, r *registry) {
-	j := &sh.jr
-	if j.ring == nil || !r.svcs[e.svc].cfg.Journal {
-		return
-	}
-	if j.n == len(j.ring) {
-		j.lost = true
-	} else {
-		j.ring[(j.head+j.n)%len(j.ring)] = change{addr: e.addr, svc: e.svc, server: e.server, kind: kind, stamp: now}
-		j.n++
-	}
-	select { // a wake-up, not a call: the follower drains outside the lock
-	case j.wake <- struct{}{}:
-	default:
+// maxFollowers is how many followers a table has at once: the director's
+// kernel mirror and the cluster.
+const maxFollowers = 2
+
+// Recipients of a change: the followers of journaled services (the
+// director's kernel mirror), and those of every service (the cluster),
+// which hear of this instance's own connections only.
+const (
+	toMirror uint8 = 1 << iota
+	toCluster
+)
+
+// note records a change of template e for each follower among to that
+// wants it, and wakes them.
+func (sh *shard) note(e *entry, kind ChangeKind, now uint32, r *registry, to uint8) {
+	for f := range sh.jr {
+		j := &sh.jr[f]
+		switch {
+		case j.ring == nil:
+			continue
+		case j.all && to&toCluster == 0:
+			continue
+		case !j.all && (to&toMirror == 0 || !r.svcs[e.svc].cfg.Journal):
+			continue
+		}
+		if j.n == len(j.ring) {
+			j.lost = true
+		} else {
+			j.ring[(j.head+j.n)%len(j.ring)] = change{addr: e.addr, svc: e.svc, server: e.server, kind: kind, stamp: now}
+			j.n++
+		}
+		select { // a wake-up, not a call: the follower drains outside the lock
+		case j.wake <- struct{}{}:
+		default:
+		}
 	}
 }
 
-// Follow starts (perShard > 0) or stops (0) recording the changes of
-// journaled services, at most perShard per shard between two drains. The
-// returned channel receives a value when there may be changes to drain.
-func (t *Table) Follow(perShard int) <-chan struct{} {
-	wake := make(chan struct{}, 1)
+// Follower receives a table's template changes: those of services with
+// ServiceConfig.Journal, or of every service.
+type Follower struct {
+	t    *Table
+	slot int
+	wake chan struct{}
+}
+
+// ErrFollowers says a table has maxFollowers followers already.
+var ErrFollowers = fmt.Errorf("affinity: at most %d journal followers", maxFollowers)
+
+// Follow starts recording the changes of journaled services (all: of every
+// service), at most perShard per shard between two drains. Close stops it.
+func (t *Table) Follow(perShard int, all bool) (*Follower, error) {
+	t.followMu.Lock()
+	defer t.followMu.Unlock()
+	slot := -1
+	for i, used := range t.followers {
+		if !used {
+			slot = i
+			break
+		}
+	}
+	if slot < 0 {
+		return nil, ErrFollowers
+	}
+	t.followers[slot] = true
+	f := &Follower{t: t, slot: slot, wake: make(chan struct{}, 1)}
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
-		sh.jr = journal{wake: wake}
-		if perShard > 0 {
-			sh.jr.ring = make([]change, perShard)
-		}
+		sh.jr[slot] = journal{wake: f.wake, all: all, ring: make([]change, max(perShard, 1))}
 		sh.mu.Unlock()
 	}
-	return wake
+	return f, nil
+}
+
+// Wake receives a value when there may be changes to drain.
+func (f *Follower) Wake() <-chan struct{} { return f.wake }
+
+// Close stops recording and frees the rings.
+func (f *Follower) Close() {
+	for i := range f.t.shards {
+		sh := &f.t.shards[i]
+		sh.mu.Lock()
+		sh.jr[f.slot] = journal{}
+		sh.mu.Unlock()
+	}
+	f.t.followMu.Lock()
+	f.t.followers[f.slot] = false
+	f.t.followMu.Unlock()
 }
 
 // Changes appends the recorded changes to dst, oldest first within a
 // template, and forgets them. lost says some did not fit in a ring since
 // the last call: the follower must then rebuild from List.
-func (t *Table) Changes(dst []Change) (out []Change, lost bool) {
+func (f *Follower) Changes(dst []Change) (out []Change, lost bool) {
+	t := f.t
 	var raw []change
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
-		j := &sh.jr
+		j := &sh.jr[f.slot]
 		for k := 0; k < j.n; k++ {
 			raw = append(raw, j.ring[(j.head+k)%len(j.ring)])
 		}

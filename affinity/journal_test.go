@@ -1,6 +1,7 @@
 package affinity
 
 import (
+	"errors"
 	"net/netip"
 	"testing"
 	"time"
@@ -17,7 +18,12 @@ func TestJournal(t *testing.T) {
 	for _, s := range p.servers {
 		tb.SetServer(other, s, ServerUp)
 	}
-	wake := tb.Follow(4)
+	f, err := tb.Follow(4, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	wake := f.Wake()
 	c := netip.MustParseAddr("127.0.0.7")
 	l := mustBind(t, tb, ref, c, p)
 	l2 := mustBind(t, tb, ref, c, p) // a second connection: still busy, nothing new
@@ -33,7 +39,7 @@ func TestJournal(t *testing.T) {
 	if n := tb.Invalidate(Filter{Client: c}); n != 2 {
 		t.Fatalf("invalidated %d, want 2", n)
 	}
-	got, lost := tb.Changes(nil)
+	got, lost := f.Changes(nil)
 	want := []Change{
 		{Kind: Busy, Service: svcWeb, Client: c, Server: l.Server},
 		{Kind: Idle, Service: svcWeb, Client: c, Server: l.Server, Timeout: time.Minute},
@@ -52,15 +58,54 @@ func TestJournal(t *testing.T) {
 	if got[1].At.Sub(got[0].At) != time.Second {
 		t.Errorf("Idle at %v, Busy at %v: want a second apart", got[1].At, got[0].At)
 	}
-	if got, _ := tb.Changes(nil); len(got) != 0 {
+	if got, _ := f.Changes(nil); len(got) != 0 {
 		t.Errorf("a second drain gave %+v", got)
 	}
 	// Five changes of one template overflow its shard's ring of four.
 	for range 3 {
 		tb.Release(mustBind(t, tb, ref, c, p))
 	}
-	got, lost = tb.Changes(nil)
+	got, lost = f.Changes(nil)
 	if !lost || len(got) != 4 {
 		t.Errorf("after an overflow: %d changes, lost %v; want 4, true", len(got), lost)
+	}
+}
+
+// Two followers at once (the director's mirror and the cluster): each gets
+// the changes it asked for, one does not drain the other's, and a third
+// is refused.
+func TestJournalTwoFollowers(t *testing.T) {
+	p := newPicker(2)
+	tb, ref, _ := newTestTable(Options{}, ServiceConfig{Timeout: time.Minute, Journal: true}, p)
+	defer tb.Close()
+	other := tb.SetService(AddrService(ProtoTCP, netip.MustParseAddrPort("198.18.0.11:80")), ServiceConfig{})
+	for _, s := range p.servers {
+		tb.SetServer(other, s, ServerUp)
+	}
+	journaled, err := tb.Follow(8, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer journaled.Close()
+	all, err := tb.Follow(8, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tb.Follow(8, true); !errors.Is(err, ErrFollowers) {
+		t.Fatalf("a third follower: %v, want ErrFollowers", err)
+	}
+	c := netip.MustParseAddr("127.0.0.7")
+	tb.Release(mustBind(t, tb, ref, c, p))
+	tb.Release(mustBind(t, tb, other, c, p))
+	if got, _ := journaled.Changes(nil); len(got) != 2 || got[0].Service != svcWeb {
+		t.Errorf("journaled follower got %+v, want Busy and Idle of %s", got, svcWeb)
+	}
+	got, _ := all.Changes(nil)
+	if len(got) != 4 {
+		t.Fatalf("all-services follower got %+v, want 4 changes", got)
+	}
+	all.Close()
+	if _, err := tb.Follow(8, true); err != nil {
+		t.Errorf("following after a Close: %v", err)
 	}
 }

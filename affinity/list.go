@@ -12,8 +12,12 @@ type Template struct {
 	// Client is the masked client: every address in it shares the template.
 	Client netip.Prefix
 	Server netip.AddrPort
-	// Active is the number of open connections made through the template.
+	// Active is the number of open connections made through the template
+	// by this instance.
 	Active int
+	// Peers is the number of other instances (the cluster) with
+	// connections open through it.
+	Peers int
 	// Remaining is the time left before the template expires; while
 	// connections are open it is the full timeout, which starts when the
 	// last one closes.
@@ -77,20 +81,42 @@ func (t *Table) live(f Filter, fn func(s *serviceInfo, e *entry, rem time.Durati
 				continue
 			}
 			s := r.svcs[e.svc]
-			rem := time.Duration(s.timeout) * tick
-			if e.active == 0 {
-				// A release between reading the clock and taking this
-				// lock stamps after now: that is "just used", not more
-				// than the timeout.
-				if age := int32(e.age(now)); age > 0 {
-					rem -= time.Duration(age) * tick
-				}
-			}
-			if rem > 0 && !s.removed {
+			if rem := s.remaining(e, now); rem > 0 {
 				fn(s, e, rem)
 			}
 		}
 		sh.mu.Unlock()
+	}
+}
+
+// remaining is the time template e of service s has left at now; 0 or
+// less: expired (or its service removed).
+func (s *serviceInfo) remaining(e *entry, now uint32) time.Duration {
+	if s.removed {
+		return 0
+	}
+	rem := time.Duration(s.timeout) * tick
+	if e.active == 0 {
+		// A release between reading the clock and taking the shard's
+		// lock stamps after now: that is "just used", not more than the
+		// timeout.
+		if age := int32(e.age(now)); age > 0 {
+			rem -= time.Duration(age) * tick
+		}
+	}
+	return rem
+}
+
+// template is e as a Template, with rem left.
+func (s *serviceInfo) template(e *entry, rem time.Duration) Template {
+	c := e.key().client()
+	bits := s.cfg.Mask.Bits6()
+	if c.Is4() {
+		bits = s.cfg.Mask.Bits4()
+	}
+	return Template{
+		Service: s.id, Client: netip.PrefixFrom(c, bits),
+		Server: s.servers[e.server], Active: int(e.local()), Peers: int(e.peers()), Remaining: rem,
 	}
 }
 
@@ -99,15 +125,7 @@ func (t *Table) live(f Filter, fn func(s *serviceInfo, e *entry, rem time.Durati
 func (t *Table) List(f Filter) []Template {
 	var out []Template
 	t.live(f, func(s *serviceInfo, e *entry, rem time.Duration) {
-		c := e.key().client()
-		bits := s.cfg.Mask.Bits6()
-		if c.Is4() {
-			bits = s.cfg.Mask.Bits4()
-		}
-		out = append(out, Template{
-			Service: s.id, Client: netip.PrefixFrom(c, bits),
-			Server: s.servers[e.server], Active: int(e.active), Remaining: rem,
-		})
+		out = append(out, s.template(e, rem))
 	})
 	slices.SortFunc(out, func(a, b Template) int {
 		if c := compareService(a.Service, b.Service); c != 0 {

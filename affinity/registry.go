@@ -94,7 +94,7 @@ type serviceInfo struct {
 
 // full says e has its service's MaxClientConns connections open.
 func (s *serviceInfo) full(e *entry) bool {
-	return s.cfg.MaxClientConns > 0 && e.active >= s.cfg.MaxClientConns
+	return s.cfg.MaxClientConns > 0 && e.local() >= s.cfg.MaxClientConns || e.local() == localMask
 }
 
 func (s *serviceInfo) usable(server uint32) bool {

@@ -22,9 +22,13 @@ func makeKey(ref ServiceRef, masked netip.Addr) key {
 
 func (k key) client() netip.Addr { return netip.AddrFrom16(k.addr).Unmap() }
 
-// hash spreads keys over shards (a murmur3 finaliser over the key's words).
-func (k key) hash() uint64 {
-	h := binary.LittleEndian.Uint64(k.addr[:8])*0x9e3779b97f4a7c15 ^
+// hash spreads keys over shards (a murmur3 finaliser over the key's words
+// and the table's seed). The seed is random per table: a table filled in
+// another one's slot order (a peer's full state, a handover) with the same
+// hash would put every key at the end of one cluster, and linear probing
+// would go quadratic (a million templates took 27 s to merge).
+func (k key) hash(seed uint64) uint64 {
+	h := (binary.LittleEndian.Uint64(k.addr[:8])^seed)*0x9e3779b97f4a7c15 ^
 		binary.LittleEndian.Uint64(k.addr[8:]) ^ uint64(k.svc)<<40
 	return fmix.Mix64(h)
 }
@@ -41,12 +45,28 @@ type entry struct {
 	// gen is the template's generation (0: an empty slot); its top bit is
 	// the reference bit: set when a client comes back (a hit).
 	gen    uint32
-	active uint32 // open connections
+	active uint32 // open connections: local ones, and peerUnit per peer hold
 	stamp  uint32 // ticks (tick): the later of last new connection and last release
 }
 
 // refBit is gen's reference bit.
 const refBit = 1 << 31
+
+// An entry's active count holds this instance's open connections in its
+// low 24 bits and the peer instances that hold it open (Adopt) above:
+// the cluster hears only of local connections, or two instances would
+// hold each other's templates open forever.
+const (
+	peerUnit  = 1 << 24
+	localMask = peerUnit - 1
+	maxPeers  = 1<<8 - 1
+)
+
+// local is the template's open connections through this instance.
+func (e *entry) local() uint32 { return e.active & localMask }
+
+// peers is the number of peer instances holding the template open.
+func (e *entry) peers() uint32 { return e.active >> 24 }
 
 func (e *entry) key() key { return key{addr: e.addr, svc: uint32(e.svc)} }
 
@@ -67,18 +87,19 @@ type shard struct {
 	active int     // templates with open connections
 	gen    uint32  // the last generation given to a template
 	rnd    uint64  // the eviction sampler's state (xorshift)
+	seed   uint64  // the table's hash seed
 	cap    int
 	stats  Stats
 	// mapped is ents' mapping when it is off the heap (hugeSlice).
 	mapped []byte
-	jr     journal  // changes for a mirror (journal.go)
-	_      [64]byte // keep the next shard's lock off this cache line
+	jr     [maxFollowers]journal // changes for followers (journal.go)
+	_      [64]byte              // keep the next shard's lock off this cache line
 }
 
 // init sets up an empty shard bounded at capacity templates. The slot
 // array grows as templates come, so an idle table costs little.
-func (sh *shard) init(capacity int) {
-	sh.cap = capacity
+func (sh *shard) init(capacity int, seed uint64) {
+	sh.cap, sh.seed = capacity, seed
 	sh.rnd = 0x9e3779b97f4a7c15 ^ uint64(capacity)
 }
 
@@ -90,32 +111,55 @@ func (sh *shard) release() {
 	}
 }
 
-// open counts a new connection on template i. A hit (a template used
-// again) marks it referenced; a template's first connection does not, so
-// that at the bound a flood of new sources goes before the clients that
-// come back.
-func (sh *shard) open(i int32, now uint32, hit bool, r *registry) {
+// open counts a new connection on template i (peer: a peer instance's
+// hold, Adopt). A hit (a template used again) marks it referenced; a
+// template's first connection does not, so that at the bound a flood of
+// new sources goes before the clients that come back.
+func (sh *shard) open(i int32, now uint32, hit, peer bool, r *registry) {
 	e := &sh.ents[i]
+	to := uint8(0)
 	if e.active == 0 {
 		sh.active++
-		sh.note(e, Busy, now, r)
+		to |= toMirror
 	}
-	e.active++
+	if peer {
+		e.active += peerUnit
+	} else {
+		if e.local() == 0 {
+			to |= toCluster
+		}
+		e.active++
+	}
+	if to != 0 {
+		sh.note(e, Busy, now, r, to)
+	}
 	e.stamp = now
 	if hit {
 		e.gen |= refBit
 	}
 }
 
-// close counts a closed connection; the last one starts the template's
-// timer. It writes nothing but the template's own slot.
-func (sh *shard) close(i int32, now uint32, r *registry) {
+// close counts a closed connection (peer: a peer's hold); the last one
+// starts the template's timer. It writes nothing but the template's own
+// slot.
+func (sh *shard) close(i int32, now uint32, peer bool, r *registry) {
 	e := &sh.ents[i]
-	e.active--
+	to := uint8(0)
+	if peer {
+		e.active -= peerUnit
+	} else {
+		e.active--
+		if e.local() == 0 {
+			to |= toCluster
+		}
+	}
 	e.stamp = now
 	if e.active == 0 {
 		sh.active--
-		sh.note(e, Idle, now, r)
+		to |= toMirror
+	}
+	if to != 0 {
+		sh.note(e, Idle, now, r, to)
 	}
 }
 
@@ -247,7 +291,7 @@ func (sh *shard) remove(i int32, now uint32, r *registry) {
 	if sh.ents[i].active > 0 {
 		sh.active--
 	}
-	sh.note(&sh.ents[i], Dropped, now, r)
+	sh.note(&sh.ents[i], Dropped, now, r, toMirror|toCluster)
 	sh.vacate(int(i))
 }
 

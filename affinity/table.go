@@ -3,6 +3,7 @@ package affinity
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"runtime"
 	"sync"
@@ -70,12 +71,16 @@ type Table struct {
 	epoch    time.Time
 	shards   []shard
 	mask     uint64 // len(shards)-1
+	seed     uint64 // the hash seed (key.hash)
 
 	regMu sync.Mutex // serialises registry writers
 	reg   atomic.Pointer[registry]
 
 	emitMu   sync.Mutex
 	lastEmit Stats
+
+	followMu  sync.Mutex
+	followers [maxFollowers]bool // slots of sh.jr in use
 
 	// clock is the time in ticks since epoch, kept by the table's own
 	// goroutine (a coarse clock, as HAProxy's and nginx's cached now):
@@ -112,8 +117,9 @@ func New(o Options) *Table {
 	per := (o.capacity() + n - 1) / n
 	t.shards = make([]shard, n)
 	t.mask = uint64(n - 1)
+	t.seed = rand.Uint64()
 	for i := range t.shards {
-		t.shards[i].init(per)
+		t.shards[i].init(per, t.seed)
 	}
 	// The shards' off-heap memory goes with the table. The cleanup holds
 	// the shards, not the table, so the table can be collected.
@@ -207,7 +213,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 		return Lease{}, err
 	}
 	k := makeKey(ref, svc.cfg.Mask.Apply(client))
-	h := k.hash()
+	h := k.hash(t.seed)
 	sh := &t.shards[h&t.mask]
 	now := t.nowTicks()
 
@@ -224,7 +230,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 				sh.mu.Unlock()
 				return Lease{}, ErrClientLimit
 			}
-			sh.open(i, now, true, r)
+			sh.open(i, now, true, false, r)
 			sh.stats.Hits++
 			l := Lease{Server: svc.servers[e.server], Hit: true, key: k, slot: i, gen: e.generation()}
 			sh.mu.Unlock()
@@ -263,7 +269,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 			e.server = uint16(sv)
 			sh.stats.Binds++
 			if e.active > 0 { // open below notes only a template that was idle
-				sh.note(e, Busy, now, r)
+				sh.note(e, Busy, now, r, toMirror|toCluster)
 			}
 		} else if svc.full(e) {
 			sh.stats.ClientLimited++
@@ -273,7 +279,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 		i = sh.insert(k, h, sv, now, r)
 		sh.stats.Binds++
 	}
-	sh.open(i, now, ok, r) // joining a template another connection just bound is a use
+	sh.open(i, now, ok, false, r) // joining a template another connection just bound is a use
 	e := &sh.ents[i]
 	return Lease{Server: svc.servers[e.server], key: k, slot: i, gen: e.generation()}, nil
 }
@@ -283,11 +289,13 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 // Releasing a lease whose template has since been evicted or invalidated
 // does nothing, and so does releasing the zero Lease (a connection that
 // held no template), so callers need not remember which they have.
-func (t *Table) Release(l Lease) {
+func (t *Table) Release(l Lease) { t.release(l, false) }
+
+func (t *Table) release(l Lease, peer bool) {
 	if l.gen == 0 {
 		return // the zero Lease: nothing was held, no lock is taken
 	}
-	h := l.key.hash()
+	h := l.key.hash(t.seed)
 	sh := &t.shards[h&t.mask]
 	now := t.nowTicks()
 	sh.mu.Lock()
@@ -296,8 +304,8 @@ func (t *Table) Release(l Lease) {
 		i, ok = sh.get(l.key, h)
 		ok = ok && sh.ents[i].generation() == l.gen
 	}
-	if ok && sh.ents[i].active > 0 {
-		sh.close(i, now, t.reg.Load())
+	if e := &sh.ents[i]; ok && (peer && e.peers() > 0 || !peer && e.local() > 0) {
+		sh.close(i, now, peer, t.reg.Load())
 	}
 	sh.mu.Unlock()
 }

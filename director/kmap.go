@@ -74,13 +74,17 @@ const mirrorPace = 20 * time.Millisecond
 // maps of the director tables that conn owns. The caller has checked that
 // the kernel can keep them (nft.ProbeDestroy). do runs a function in the
 // director's network namespace (nil: as is).
-func OpenKernelTemplates(table *affinity.Table, conn *nftables.Conn, do func(func() error) error, log *slog.Logger) *KernelTemplates {
+func OpenKernelTemplates(table *affinity.Table, conn *nftables.Conn, do func(func() error) error, log *slog.Logger) (*KernelTemplates, error) {
 	if do == nil {
 		do = func(f func() error) error { return f() }
 	}
 	kt := &KernelTemplates{table: table, do: do, conn: conn}
-	kt.mirror = StartMirror(MirrorOptions{Table: table, PerShard: 4096, Apply: kt.apply, Rebuild: kt.rebuild, Logger: log, Pace: mirrorPace})
-	return kt
+	m, err := StartMirror(MirrorOptions{Table: table, PerShard: 4096, Apply: kt.apply, Rebuild: kt.rebuild, Logger: log, Pace: mirrorPace})
+	if err != nil {
+		return nil, err
+	}
+	kt.mirror = m
+	return kt, nil
 }
 
 // Close stops mirroring; the maps stay as they are, with their tables.

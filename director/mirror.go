@@ -17,7 +17,7 @@ import (
 // ahead of it, and a client it does not know yet goes up the queue.
 type Mirror struct {
 	o      MirrorOptions
-	wake   <-chan struct{}
+	f      *affinity.Follower
 	cancel context.CancelFunc
 	done   chan struct{}
 	syncc  chan chan struct{}
@@ -53,21 +53,26 @@ type MirrorStats struct {
 }
 
 // StartMirror starts following o.Table. Close stops it.
-func StartMirror(o MirrorOptions) *Mirror {
+func StartMirror(o MirrorOptions) (*Mirror, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	m := &Mirror{o: o, wake: o.Table.Follow(o.PerShard), cancel: cancel, done: make(chan struct{}), syncc: make(chan chan struct{})}
+	f, err := o.Table.Follow(o.PerShard, false)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	m := &Mirror{o: o, f: f, cancel: cancel, done: make(chan struct{}), syncc: make(chan chan struct{})}
 	go m.run(ctx)
-	return m
+	return m, nil
 }
 
 // Close stops the mirror and the table's journal.
 func (m *Mirror) Close() {
 	m.cancel()
 	<-m.done
-	m.o.Table.Follow(0)
+	m.f.Close()
 }
 
 // Sync returns once every change the table made before the call is in
@@ -99,7 +104,7 @@ func (m *Mirror) run(ctx context.Context) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-m.wake:
+			case <-m.f.Wake():
 				if wait := m.o.Pace - time.Since(last); wait > 0 {
 					t := time.NewTimer(wait) // more changes join this batch meanwhile
 					select {
@@ -115,7 +120,7 @@ func (m *Mirror) run(ctx context.Context) {
 			}
 		}
 		last = time.Now()
-		changes, lost := m.o.Table.Changes(buf[:0])
+		changes, lost := m.f.Changes(buf[:0])
 		buf = changes
 		switch {
 		case rebuild || lost:

@@ -66,7 +66,9 @@ func (p *Proxy) openDirector(cfg *config.File) (*dirPath, error) {
 	if err == nil && !kmaps {
 		p.log.Warn("director: no kernel template maps (the kernel cannot destroy a set element that may be missing; Linux 6.3 can); every new flow goes up the queue", "err", perr)
 	} else if err == nil && cfg.Director.KernelTemplatesOn() {
-		dp.kt = director.OpenKernelTemplates(p.table, dp.nft, p.do, p.log)
+		if dp.kt, err = director.OpenKernelTemplates(p.table, dp.nft, p.do, p.log); err != nil {
+			err = fmt.Errorf("kernel template maps: %w", err)
+		}
 	}
 	var adopt func(director.FlowKey, uint32) (choice, bool)
 	if dp.kt != nil {
