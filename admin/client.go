@@ -43,6 +43,18 @@ func (c *Client) Services(ctx context.Context) ([]api.ServiceStatus, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/services", nil, &out)
 }
 
+// Ready returns nil once the instance says ready (/readyz): listening,
+// rules in place and, in a cluster, its peers' templates in.
+func (c *Client) Ready(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, "/readyz", nil, nil)
+}
+
+// Cluster is the cluster as the instance sees it.
+func (c *Client) Cluster(ctx context.Context) (api.ClusterStatus, error) {
+	var out api.ClusterStatus
+	return out, c.do(ctx, http.MethodGet, "/v1/cluster", nil, &out)
+}
+
 // Templates lists the persistence templates f selects.
 func (c *Client) Templates(ctx context.Context, f api.TemplateFilter) ([]api.TemplateStatus, error) {
 	var out []api.TemplateStatus

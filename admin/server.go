@@ -43,6 +43,9 @@ type Backend interface {
 	SetServer(service, server string, ch api.ServerChange) error
 	Templates(f api.TemplateFilter) ([]api.TemplateStatus, error)
 	RemoveTemplates(f api.TemplateFilter) (int, error)
+	// Cluster is the cluster as this instance sees it; an error wrapping
+	// api.ErrNotFound when it is in none.
+	Cluster() (api.ClusterStatus, error)
 }
 
 // Options configure a Server.
@@ -238,6 +241,14 @@ func (s *Server) handler(tokened bool) http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]int{"removed": n})
+	})
+	v1mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
+		st, err := s.o.Backend.Cluster()
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
 	})
 	v1mux.HandleFunc("POST /v1/server", func(w http.ResponseWriter, r *http.Request) {
 		var req api.ServerRequest

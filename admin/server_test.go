@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -27,6 +28,9 @@ func (f *fake) SetServer(service, server string, ch api.ServerChange) error {
 	return nil
 }
 func (f *fake) Templates(api.TemplateFilter) ([]api.TemplateStatus, error) { return nil, nil }
+func (f *fake) Cluster() (api.ClusterStatus, error) {
+	return api.ClusterStatus{}, fmt.Errorf("no cluster: %w", api.ErrNotFound)
+}
 func (f *fake) RemoveTemplates(fl api.TemplateFilter) (int, error) {
 	f.removed = append(f.removed, fl)
 	return 3, nil

@@ -87,8 +87,33 @@ type TemplateStatus struct {
 	Service   string        `json:"service"`
 	Client    string        `json:"client"` // the masked client, as a prefix
 	Server    string        `json:"server"`
-	Active    int           `json:"active"` // open connections through it
+	Active    int           `json:"active"`          // open connections through it
+	Peers     int           `json:"peers,omitempty"` // other instances with connections open through it
 	Remaining time.Duration `json:"remaining"`
+}
+
+// ClusterMember is one instance of the cluster (tether cluster members).
+type ClusterMember struct {
+	Name  string `json:"name"`
+	Addr  string `json:"addr"`
+	State string `json:"state"` // alive, suspect, dead, left
+	Self  bool   `json:"self,omitempty"`
+	// Templates: this instance's table, or the peer's last full state.
+	Templates int `json:"templates"`
+	// Holds: the peer's open templates held here.
+	Holds int `json:"holds"`
+	// Lag: since the peer was last heard from.
+	Lag time.Duration `json:"lag"`
+}
+
+// ClusterStatus is the cluster as one instance sees it.
+type ClusterStatus struct {
+	Ready   bool            `json:"ready"`
+	Members []ClusterMember `json:"members"`
+	// QueueDepth is its broadcasts waiting to go out; Dropped the
+	// messages it refused.
+	QueueDepth int    `json:"queue_depth"`
+	Dropped    uint64 `json:"dropped"`
 }
 
 // TemplateFilter selects templates; each empty field selects all.

@@ -31,6 +31,11 @@ func (f *File) normalize() {
 		def(&f.TProxyRulePriority, DefaultTProxyRulePriority)
 	}
 	def(&f.Mode, ModeProxy)
+	if c := f.Cluster; c != nil {
+		def(&c.Bind, DefaultClusterBind)
+		def(&c.JoinTimeout, Duration(DefaultClusterJoinTimeout))
+		def(&c.PushPullInterval, Duration(DefaultClusterPushPull))
+	}
 	director := false
 	for i := range f.Services {
 		s := &f.Services[i]

@@ -7,8 +7,8 @@ import (
 
 // RestartNeeded names the settings of next that differ from running, the
 // file tether started with, and that only a restart applies: the log, the
-// metrics and admin listeners, the persistence table's capacity and the
-// director's queues. A reload applies everything else, and says these.
+// metrics and admin listeners, the persistence table's capacity, the
+// cluster and the director's queues. A reload applies everything else, and says these.
 func RestartNeeded(running, next *File) []string {
 	var out []string
 	for _, f := range []struct {
@@ -19,6 +19,7 @@ func RestartNeeded(running, next *File) []string {
 		{"metrics", running.Metrics, next.Metrics},
 		{"admin", running.Admin, next.Admin},
 		{"affinity.capacity", running.Affinity.Capacity, next.Affinity.Capacity},
+		{"cluster", running.Cluster, next.Cluster},
 		{"director.queue", running.Director.Queue, next.Director.Queue},
 		{"director.queues", running.Director.Queues, next.Director.Queues},
 		{"director.queue_length", running.Director.QueueLength, next.Director.QueueLength},

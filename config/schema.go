@@ -57,7 +57,10 @@ type File struct {
 	// or director.
 	Mode Mode `yaml:"mode,omitempty"`
 	// Director sets up the NFQUEUE director, for services in mode director.
-	Director Director  `yaml:"director,omitempty"`
+	Director Director `yaml:"director,omitempty"`
+	// Cluster shares the persistence templates with other tether
+	// instances; off when absent.
+	Cluster  *Cluster  `yaml:"cluster,omitempty"`
 	Services []Service `yaml:"services"`
 	// MarkSet is Marks parsed, with MarkMask: the classes as the nft
 	// rules and the transparent proxy match them.
@@ -139,6 +142,35 @@ type Admin struct {
 	// bearer token in TokenFile.
 	Listen    string `yaml:"listen,omitempty"`
 	TokenFile string `yaml:"token_file,omitempty"`
+}
+
+// Cluster settings: several instances, one set of templates (package
+// cluster, on memberlist).
+type Cluster struct {
+	// Name is this instance's name among them (default: the host name);
+	// each instance's must differ.
+	Name string `yaml:"name,omitempty"`
+	// Bind is the gossip address:port, UDP and TCP (default
+	// 0.0.0.0:7946); Advertise the address:port the others reach this
+	// instance at (default: Bind, or the host's first private address
+	// when Bind is 0.0.0.0).
+	Bind      string `yaml:"bind,omitempty"`
+	Advertise string `yaml:"advertise,omitempty"`
+	// Join lists other instances, host:port; an instance joins through
+	// any that answers. Empty: the first instance.
+	Join []string `yaml:"join,omitempty"`
+	// SecretKeyFile holds the base64 of a 16, 24 or 32-byte key
+	// (AES-GCM) that every instance shares; a file others can read is
+	// refused. Empty: gossip in the clear, for a trusted network only.
+	SecretKeyFile string `yaml:"secret_key_file,omitempty"`
+	// Label keeps clusters on one network apart (memberlist's label).
+	Label string `yaml:"label,omitempty"`
+	// JoinTimeout bounds how long a joining instance waits for a peer's
+	// full state before it says ready anyway (default 10s).
+	JoinTimeout Duration `yaml:"join_timeout,omitempty"`
+	// PushPullInterval is how often two instances exchange their full
+	// state, which repairs lost broadcasts (default 15s).
+	PushPullInterval Duration `yaml:"push_pull_interval,omitempty"`
 }
 
 // Affinity settings.
@@ -332,9 +364,15 @@ const (
 	DefaultTProxyRouteTable   = 100
 	DefaultTProxyRulePriority = 1000
 	DefaultUDPIdleTimeout     = 300 * time.Second
-	DefaultQueueLength        = 4096
-	DefaultMarkBase           = 0x7e000000
-	DefaultCheckInterval      = 5 * time.Second
+	// The cluster's gossip address (memberlist's usual port) and timings.
+	DefaultClusterBind        = "0.0.0.0:7946"
+	DefaultClusterJoinTimeout = 10 * time.Second
+	DefaultClusterPushPull    = 15 * time.Second
+	// MinClusterPushPull bounds how often full states are exchanged.
+	MinClusterPushPull   = time.Second
+	DefaultQueueLength   = 4096
+	DefaultMarkBase      = 0x7e000000
+	DefaultCheckInterval = 5 * time.Second
 	// MinCheckInterval is the shortest health-check interval allowed.
 	MinCheckInterval    = 10 * time.Millisecond
 	DefaultCheckTimeout = 2 * time.Second

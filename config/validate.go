@@ -123,6 +123,7 @@ func (v *validator) check(f *File) {
 		v.errf("tproxy_rule_priority", "%d is outside 1..32765 (main is at 32766)", f.TProxyRulePriority)
 	}
 	v.checkDirector(f)
+	v.checkCluster(f.Cluster)
 	if len(v.errs) == 0 {
 		portZeroToMarks(f)
 	}

@@ -43,4 +43,7 @@ func (p *Proxy) EmitMetrics() {
 	}
 	p.emitDirectorMetrics()
 	p.table.EmitMetrics(p.met)
+	if n := p.clusterNode(); n != nil {
+		n.EmitMetrics(p.met)
+	}
 }

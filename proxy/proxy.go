@@ -15,6 +15,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/budget"
+	"github.com/tetherlb/tether/cluster"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/health"
 	"github.com/tetherlb/tether/internal/ratelog"
@@ -70,7 +71,8 @@ type Proxy struct {
 	do         func(func() error) error
 	setSysctls bool
 	table      *affinity.Table
-	owned      bool // table made here, closed here
+	owned      bool                         // table made here, closed here
+	cluster    atomic.Pointer[cluster.Node] // nil: no cluster
 
 	ctx    context.Context // cancelled when a stop gives up draining
 	cancel context.CancelFunc
@@ -182,15 +184,18 @@ func (p *Proxy) start() error {
 	if err != nil {
 		return err
 	}
-	if path := cmp.Or(p.restore, p.currentCfg().Snapshot); path != "" {
-		// Register services and servers first: restore keeps only the
-		// templates whose service and server still exist.
+	path := cmp.Or(p.restore, p.currentCfg().Snapshot)
+	if path != "" || p.currentCfg().Cluster != nil {
+		// Register services and servers first: a restore and the
+		// cluster keep only the templates whose service and server exist.
 		for _, s := range plan.start {
 			if _, err := buildState(s.cfg, nil, p.table, plan.caps); err != nil {
 				plan.abort()
 				return err
 			}
 		}
+	}
+	if path != "" {
 		st, err := p.table.LoadSnapshot(path)
 		if err != nil {
 			p.log.Error("persistence snapshot not restored; starting with an empty table", "err", err)
@@ -199,7 +204,12 @@ func (p *Proxy) start() error {
 				"expired", st.Expired, "unknown", st.Unknown)
 		}
 	}
+	if err := p.startCluster(p.currentCfg()); err != nil {
+		plan.abort()
+		return err
+	}
 	if err := p.commit(plan); err != nil {
+		p.stopCluster()
 		return err
 	}
 	p.inherit.closeRest()
@@ -289,7 +299,9 @@ func (p *Proxy) shutdown(ctx context.Context) error {
 	p.tcp.Close()
 	p.cancel()
 	p.stopSnapshots() // the writer stops before the last snapshot
-	err := errors.Join(p.stopDirector(), p.removeMarks())
+	// Leave once this instance's connections are gone: its peers then
+	// let go of the templates it held open.
+	err := errors.Join(p.stopCluster(), p.stopDirector(), p.removeMarks())
 	if path := p.currentCfg().Snapshot; path != "" && !p.handedOver {
 		if serr := p.table.SaveSnapshot(path); serr != nil {
 			err = errors.Join(err, serr)

@@ -145,7 +145,7 @@ func (p *Proxy) Templates(f api.TemplateFilter) ([]api.TemplateStatus, error) {
 	}
 	out := []api.TemplateStatus{}
 	for _, t := range p.table.List(af) {
-		out = append(out, api.TemplateStatus{Service: names[t.Service], Client: t.Client.String(), Server: t.Server.String(), Active: t.Active, Remaining: t.Remaining})
+		out = append(out, api.TemplateStatus{Service: names[t.Service], Client: t.Client.String(), Server: t.Server.String(), Active: t.Active, Peers: t.Peers, Remaining: t.Remaining})
 	}
 	return out, nil
 }
@@ -157,7 +157,12 @@ func (p *Proxy) RemoveTemplates(f api.TemplateFilter) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	n := p.table.Invalidate(af)
+	var n int
+	if c := p.clusterNode(); c != nil {
+		n = c.Invalidate(af) // on every instance
+	} else {
+		n = p.table.Invalidate(af)
+	}
 	p.syncKernel() // the kernel forgets them before the command returns
 	p.log.Info("persistence templates removed by the admin API", "service", f.Service, "client", f.Client, "server", f.Server, "removed", n)
 	return n, nil

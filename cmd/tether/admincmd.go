@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -104,6 +105,13 @@ func lsCommand() *cli.Command {
 				printStats(w, svcs)
 			default:
 				printList(w, svcs)
+				switch st, err := cl.Cluster(ctx); {
+				case err == nil:
+					fmt.Fprintln(w)
+					printMembers(w, st)
+				case !noCluster(err):
+					return cli.Exit(err.Error(), 1)
+				}
 			}
 			return nil
 		},
@@ -297,9 +305,18 @@ func affinityCommand() *cli.Command {
 					return printJSON(c.App.Writer, ts)
 				}
 				tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "SERVICE\tCLIENT\tSERVER\tCONNS\tEXPIRES")
+				peers := slices.ContainsFunc(ts, func(t api.TemplateStatus) bool { return t.Peers > 0 })
+				if peers { // the cluster: other instances' open connections
+					fmt.Fprintln(tw, "SERVICE\tCLIENT\tSERVER\tCONNS\tPEERS\tEXPIRES")
+				} else {
+					fmt.Fprintln(tw, "SERVICE\tCLIENT\tSERVER\tCONNS\tEXPIRES")
+				}
 				for _, t := range ts {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", t.Service, t.Client, t.Server, t.Active, clock(t.Remaining))
+					if peers {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", t.Service, t.Client, t.Server, t.Active, t.Peers, clock(t.Remaining))
+					} else {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", t.Service, t.Client, t.Server, t.Active, clock(t.Remaining))
+					}
 				}
 				return tw.Flush()
 			},

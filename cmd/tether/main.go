@@ -58,6 +58,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			checkCommand(),
 			lsCommand(),
 			affinityCommand(),
+			clusterCommand(),
 			serverCommand(),
 			reloadCommand(),
 			importCommand(),

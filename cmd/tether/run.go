@@ -216,6 +216,7 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 	}), sync.OnceFunc(stopMetrics)
 	defer closeMetrics()
 	defer closeAdmin()
+	waitCluster(ctx, log, p)
 	setReady(true)
 	p.EmitMetrics() // gauges from the first scrape on
 	log.Info("tether running", "config", path, "services", len(cfg.Services), "version", version, "pid", os.Getpid())
@@ -317,4 +318,23 @@ func startAdmin(c config.Admin, o admin.Options) (*admin.Server, error) {
 		o.Listen = c.Listen
 	}
 	return admin.Start(o)
+}
+
+// waitCluster returns once the cluster has given this instance its peers'
+// templates (bounded by cluster.join_timeout), so that /readyz and the
+// service manager hear "ready" only then, or when ctx ends.
+func waitCluster(ctx context.Context, log *slog.Logger, p *proxy.Proxy) {
+	if p.ClusterReady() {
+		return
+	}
+	log.Info("cluster: waiting for a peer's templates before saying ready")
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for !p.ClusterReady() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -1,0 +1,92 @@
+package proxy
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/tetherlb/tether/api"
+	"github.com/tetherlb/tether/cluster"
+	"github.com/tetherlb/tether/config"
+)
+
+// startCluster joins the cluster cfg names, if any. The services are in
+// the table by then: a peer's templates of unknown services are ignored.
+func (p *Proxy) startCluster(cfg *config.File) error {
+	c := cfg.Cluster
+	if c == nil {
+		return nil
+	}
+	var key []byte
+	if c.SecretKeyFile != "" {
+		k, err := cluster.ReadKeyFile(c.SecretKeyFile)
+		if err != nil {
+			return fmt.Errorf("cluster.secret_key_file: %w", err)
+		}
+		key = k
+	}
+	bind, err := netip.ParseAddrPort(c.Bind)
+	if err != nil {
+		return fmt.Errorf("cluster.bind: %w", err) // validated; a File built by hand
+	}
+	var adv netip.AddrPort
+	if c.Advertise != "" {
+		if adv, err = netip.ParseAddrPort(c.Advertise); err != nil {
+			return fmt.Errorf("cluster.advertise: %w", err)
+		}
+	}
+	if key == nil {
+		p.log.Warn("cluster: gossip is not encrypted; set cluster.secret_key_file unless the network is trusted", "bind", c.Bind)
+	}
+	return p.inNamespace(func() error {
+		n, err := cluster.Start(cluster.Config{
+			Name: c.Name, Bind: bind, Advertise: adv, Join: c.Join, SecretKey: key, Label: c.Label,
+			Table: p.table, Logger: p.log, JoinTimeout: c.JoinTimeout.D(), PushPullInterval: c.PushPullInterval.D(),
+			MaxHolds: cfg.Affinity.Capacity, MaxStateTemplates: 2 * cfg.Affinity.Capacity,
+		})
+		if err != nil {
+			return err
+		}
+		p.cluster.Store(n)
+		return nil
+	})
+}
+
+// stopCluster leaves the cluster.
+func (p *Proxy) stopCluster() error {
+	n := p.cluster.Swap(nil)
+	if n == nil {
+		return nil
+	}
+	err := n.Close()
+	if err != nil {
+		return fmt.Errorf("cluster: leaving: %w", err)
+	}
+	return nil
+}
+
+// ClusterReady says the instance has its peers' templates, or needs none:
+// no cluster, nothing to join, or no peer answered in time. `tether run`
+// says ready only then.
+func (p *Proxy) ClusterReady() bool {
+	n := p.clusterNode()
+	return n == nil || n.Ready()
+}
+
+func (p *Proxy) clusterNode() *cluster.Node { return p.cluster.Load() }
+
+// ErrNoCluster: the configuration has no cluster block.
+var ErrNoCluster = fmt.Errorf("this tether is in no cluster (its configuration has no cluster block): %w", api.ErrNotFound)
+
+// Cluster is the cluster as this instance sees it.
+func (p *Proxy) Cluster() (api.ClusterStatus, error) {
+	n := p.clusterNode()
+	if n == nil {
+		return api.ClusterStatus{}, ErrNoCluster
+	}
+	st := n.Stats()
+	out := api.ClusterStatus{Ready: st.Ready, QueueDepth: st.QueueDepth, Dropped: st.Dropped}
+	for _, m := range n.Members() {
+		out.Members = append(out.Members, api.ClusterMember{Name: m.Name, Addr: m.Addr, State: m.State, Self: m.Self, Templates: m.Templates, Holds: m.Holds, Lag: m.Lag})
+	}
+	return out, nil
+}
