@@ -26,6 +26,10 @@ type Spec struct {
 	Clients        int // client hosts; default 1
 	AddrsPerClient int // source addresses per client host; default 1
 	Backends       int // backend hosts; default 3
+	// Balancers, when set, builds an ECMP site instead of one load
+	// balancer (ecmp.go): LB is then a router with a multipath route to
+	// the VIP through that many balancer hosts.
+	Balancers int
 	// Label goes into the namespace names, after the prefix and the PID,
 	// so that hosts of parallel envs never collide.
 	Label string
@@ -93,6 +97,8 @@ type Env struct {
 	Clients  []*Host
 	LB       *Host
 	Backends []*Host
+	// Balancers are the ECMP site's load balancers (Spec.Balancers).
+	Balancers []*Host
 
 	id    string // prefix, PID and label
 	named bool
@@ -123,7 +129,11 @@ func New(s Spec) (env *Env, err error) {
 		return nil, fmt.Errorf("testenv: netlink in lb: %w", err)
 	}
 	defer lb.Close()
-	brC, err := addBridge(lb, "br-c", prefixOf(LBClientSide, 16), prefixOf(VIP, 16), prefixOf(LBClientSide6, 64), prefixOf(VIP6, 64))
+	cside := []netip.Prefix{prefixOf(LBClientSide, 16), prefixOf(VIP, 16), prefixOf(LBClientSide6, 64), prefixOf(VIP6, 64)}
+	if s.Balancers > 0 { // the VIP is the balancers'
+		cside = []netip.Prefix{cside[0], cside[2]}
+	}
+	brC, err := addBridge(lb, "br-c", cside...)
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +143,10 @@ func New(s Spec) (env *Env, err error) {
 	}
 	e.LB.Addrs = []netip.Addr{LBClientSide, VIP, LBServerSide}
 	e.LB.Addrs6 = []netip.Addr{LBClientSide6, VIP6, LBServerSide6}
+	if s.Balancers > 0 {
+		e.LB.Name = "router"
+		e.LB.Addrs, e.LB.Addrs6 = []netip.Addr{LBClientSide, LBServerSide}, []netip.Addr{LBClientSide6, LBServerSide6}
+	}
 	g := 0
 	for k := range s.clients() {
 		h, err := e.newHost(fmt.Sprintf("client%d", k))
@@ -146,7 +160,7 @@ func New(s Spec) (env *Env, err error) {
 			addrs = append(addrs, prefixOf(ClientAddr(g), 16), prefixOf(ClientAddr6(g), 64))
 			g++
 		}
-		if err := e.wire(lb, brC, fmt.Sprintf("c%d", k), h, addrs, LBClientSide, LBClientSide6); err != nil {
+		if err := e.wire(lb, brC, fmt.Sprintf("c%d", k), "eth0", h, addrs, LBClientSide, LBClientSide6); err != nil {
 			return nil, err
 		}
 		e.Clients = append(e.Clients, h)
@@ -157,10 +171,15 @@ func New(s Spec) (env *Env, err error) {
 			return nil, err
 		}
 		h.Addrs, h.Addrs6 = []netip.Addr{BackendAddr(b)}, []netip.Addr{BackendAddr6(b)}
-		if err := e.wire(lb, brS, fmt.Sprintf("s%d", b), h, []netip.Prefix{prefixOf(BackendAddr(b), 24), prefixOf(BackendAddr6(b), 64)}, LBServerSide, LBServerSide6); err != nil {
+		if err := e.wire(lb, brS, fmt.Sprintf("s%d", b), "eth0", h, []netip.Prefix{prefixOf(BackendAddr(b), 24), prefixOf(BackendAddr6(b), 64)}, LBServerSide, LBServerSide6); err != nil {
 			return nil, err
 		}
 		e.Backends = append(e.Backends, h)
+	}
+	if s.Balancers > 0 {
+		if err := e.ecmp(lb, brS, s.Balancers); err != nil {
+			return nil, err
+		}
 	}
 	// Kernel NAT (the director) forwards between the two sides.
 	for _, k := range []string{"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"} {
@@ -295,10 +314,10 @@ func nlAddr(p netip.Prefix) *netlink.Addr {
 }
 
 // wire links host h to the bridge br in the load balancer with a veth pair
-// (name in the lb, eth0 in h), gives h its addresses and default routes
-// through gw and gw6.
-func (e *Env) wire(lb *netlink.Handle, br netlink.Link, name string, h *Host, addrs []netip.Prefix, gw, gw6 netip.Addr) error {
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MasterIndex: br.Attrs().Index}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(h.ns))}
+// (name in the lb, peer in h), gives h its addresses and default routes
+// through the gateways given.
+func (e *Env) wire(lb *netlink.Handle, br netlink.Link, name, peer string, h *Host, addrs []netip.Prefix, gws ...netip.Addr) error {
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MasterIndex: br.Attrs().Index}, PeerName: peer, PeerNamespace: netlink.NsFd(int(h.ns))}
 	if err := lb.LinkAdd(veth); err != nil {
 		return fmt.Errorf("testenv: veth %s to %s: %w", name, h.Name, err)
 	}
@@ -314,9 +333,9 @@ func (e *Env) wire(lb *netlink.Handle, br netlink.Link, name string, h *Host, ad
 		return err
 	}
 	defer nh.Close()
-	eth, err := nh.LinkByName("eth0")
+	eth, err := nh.LinkByName(peer)
 	if err != nil {
-		return fmt.Errorf("testenv: eth0 in %s: %w", h.Name, err)
+		return fmt.Errorf("testenv: %s in %s: %w", peer, h.Name, err)
 	}
 	for _, a := range addrs {
 		if err := nh.AddrAdd(eth, nlAddr(a)); err != nil {
@@ -324,9 +343,9 @@ func (e *Env) wire(lb *netlink.Handle, br netlink.Link, name string, h *Host, ad
 		}
 	}
 	if err := nh.LinkSetUp(eth); err != nil {
-		return fmt.Errorf("testenv: eth0 up in %s: %w", h.Name, err)
+		return fmt.Errorf("testenv: %s up in %s: %w", peer, h.Name, err)
 	}
-	for _, g := range []netip.Addr{gw, gw6} {
+	for _, g := range gws {
 		if err := nh.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: g.AsSlice()}); err != nil {
 			return fmt.Errorf("testenv: default route via %s in %s: %w", g, h.Name, err)
 		}

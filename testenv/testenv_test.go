@@ -146,3 +146,41 @@ func TestClientAddrsGroup(t *testing.T) {
 		t.Errorf("50 sources span %d /24s, want 13 (4 to a /24)", len(g))
 	}
 }
+
+// The ECMP site: the router spreads one client's connections over the
+// balancers (each holds the VIP), and a balancer reaches every backend.
+func TestECMPTopology(t *testing.T) {
+	Require(t)
+	e, err := New(Spec{Clients: 1, AddrsPerClient: 4, Backends: 3, Balancers: 3, Label: "ecmp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	for _, b := range e.Balancers {
+		if _, err := b.ServeName(9000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, b := range e.Backends {
+		if _, err := b.ServeName(8080); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	s := Summarize(e.Clients[0].Drive(ctx, VIP, []int{9000}, 30))
+	if s.Failed != 0 || len(s.PerBackend) != 3 {
+		t.Fatalf("120 connections to the VIP reached %v (failed %d: %v), want all 3 balancers", s.PerBackend, s.Failed, s.Errors)
+	}
+	for _, seen := range s.Seen {
+		if len(seen) < 2 {
+			t.Fatalf("a client's connections all went to %v: the router does not hash ports", seen)
+		}
+	}
+	for i, bal := range e.Balancers {
+		for j, b := range e.Backends {
+			if got := Summarize(bal.Drive(ctx, BackendAddr(j), []int{8080}, 1)); got.PerBackend[b.Name] != 2 {
+				t.Fatalf("balancer%d to %s: %+v", i, b.Name, got)
+			}
+		}
+	}
+}

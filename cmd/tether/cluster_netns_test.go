@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tetherlb/tether/admin"
+	"github.com/tetherlb/tether/api"
+	"github.com/tetherlb/tether/testenv"
+	"github.com/vishvananda/netlink"
+)
+
+// Three tether instances behind an ECMP router (testenv's Balancers), one
+// cluster, a round-robin scheduler that would send each new client
+// somewhere else on each instance, 200 client addresses whose connections
+// the router spreads over the instances by their ports:
+//   - once their first connections' templates have spread, every client
+//     reaches one backend whichever instance its connections land on;
+//   - one instance killed (and taken out of the route): its clients land
+//     on the others and keep their backends;
+//   - a new instance joins: it holds every template the moment it says
+//     ready, and with it back in the route no client moves.
+//
+// For the socket proxy and the director (masquerading, as the backends
+// answer the instance that NATed them).
+func TestClusterECMP(t *testing.T) {
+	for _, mode := range []string{"proxy", "director"} {
+		t.Run(mode, func(t *testing.T) { clusterECMP(t, mode) })
+	}
+}
+
+// lbInstance is tether running in one balancer host.
+type lbInstance struct {
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	api  *admin.Client
+}
+
+func clusterECMP(t *testing.T, mode string) {
+	const addrs = 100
+	env := testenv.Start(t, testenv.Spec{Clients: 2, AddrsPerClient: addrs, Backends: 3, Balancers: 3, Label: "cl" + mode[:3]})
+	for _, b := range env.Backends {
+		if _, err := b.ServeName(80); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if mode == "director" {
+		needTool(t, "nft")
+	}
+	dir := t.TempDir()
+	var join []string
+	for i := range env.Balancers {
+		join = append(join, fmt.Sprintf("%s:7946", testenv.BalancerAddr(i)))
+	}
+	start := func(i int) *lbInstance {
+		t.Helper()
+		sock := filepath.Join(dir, fmt.Sprintf("admin%d-%d.sock", i, time.Now().UnixNano()))
+		cfg := fmt.Sprintf(`mode: %s
+director: {masquerade: true}
+admin: {socket: %s}
+cluster:
+  name: lb%d
+  bind: %s:7946
+  join: [%s]
+  join_timeout: 5s
+services:
+  - name: web
+    listen: %s:80
+    scheduler: rr
+    persistence: {timeout: 300s}
+    servers: [{address: %s:80}, {address: %s:80}, {address: %s:80}]
+`, mode, sock, i, testenv.BalancerAddr(i), strings.Join(join, ", "), testenv.VIP,
+			testenv.BackendAddr(0), testenv.BackendAddr(1), testenv.BackendAddr(2))
+		path := filepath.Join(dir, fmt.Sprintf("lb%d.yaml", i))
+		os.WriteFile(path, []byte(cfg), 0o600)
+		in := &lbInstance{logs: &syncBuffer{}, api: admin.NewClient(sock, "", "")}
+		in.cmd = exec.Command(os.Args[0], "run", "--config", path)
+		in.cmd.Env = append(os.Environ(), "TETHER_TEST_MAIN=1")
+		in.cmd.Stdout, in.cmd.Stderr = in.logs, in.logs
+		if err := env.Balancers[i].Start(in.cmd); err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	// ready waits for the instance's /readyz and returns the templates it
+	// held then.
+	ready := func(in *lbInstance) int {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			err := in.api.Ready(ctx)
+			if err == nil {
+				ts, err := in.api.Templates(ctx, api.TemplateFilter{})
+				cancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return len(ts)
+			}
+			cancel()
+			if time.Now().After(deadline) {
+				t.Fatalf("instance never ready (%v):\n%s", err, in.logs.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	lbs := make([]*lbInstance, 3)
+	for i := range lbs {
+		lbs[i] = start(i)
+	}
+	for _, in := range lbs {
+		ready(in)
+	}
+	eventually(t, "three members", func() error {
+		st, err := lbs[0].api.Cluster(context.Background())
+		if err != nil || len(st.Members) != 3 {
+			return fmt.Errorf("%+v, %v", st, err)
+		}
+		return nil
+	})
+	ctx := context.Background()
+	drive := func(rounds int) testenv.Summary {
+		var visits []testenv.Visit
+		for _, c := range env.Clients {
+			visits = append(visits, c.Drive(ctx, testenv.VIP, []int{80}, rounds)...)
+		}
+		return testenv.Summarize(visits)
+	}
+	templates := func(in *lbInstance) int {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		ts, err := in.api.Templates(ctx, api.TemplateFilter{})
+		if err != nil {
+			return -1
+		}
+		return len(ts)
+	}
+	spread := func(ins ...*lbInstance) {
+		t.Helper()
+		eventually(t, "templates on every instance", func() error {
+			for i, in := range ins {
+				if n := templates(in); n != 2*addrs {
+					return fmt.Errorf("instance %d holds %d templates, want %d", i, n, 2*addrs)
+				}
+			}
+			return nil
+		})
+	}
+
+	// Each client's first connection binds it on one instance.
+	first := drive(1)
+	if first.Failed != 0 {
+		t.Fatalf("first connections: %d failed: %v\n%s", first.Failed, first.Errors, lbs[0].logs.String())
+	}
+	home := map[netip.Addr]string{}
+	for c, seen := range first.Seen {
+		home[c] = seen[0]
+	}
+	spread(lbs...)
+	check := func(what string, s testenv.Summary) {
+		t.Helper()
+		if s.Failed != 0 || len(s.Mixed) != 0 {
+			t.Fatalf("%s: %d of %d failed (%v), %d clients saw two backends", what, s.Failed, s.Visits, s.Errors, len(s.Mixed))
+		}
+		moved := 0
+		for c, seen := range s.Seen {
+			if seen[0] != home[c] {
+				moved++
+			}
+		}
+		if moved != 0 {
+			t.Fatalf("%s: %d clients moved off their first backend", what, moved)
+		}
+	}
+	check("all three instances", drive(4))
+
+	// One instance dies; the router stops sending it connections (as a
+	// routing protocol would withdraw it).
+	syscall.Kill(lbs[2].cmd.Process.Pid, syscall.SIGKILL)
+	lbs[2].cmd.Wait()
+	route(t, env, 2)
+	check("one instance killed", drive(3))
+
+	// A new instance in its place joins with an empty table; the moment
+	// it says ready it holds every template.
+	lbs[2] = start(2)
+	if n := ready(lbs[2]); n != 2*addrs {
+		t.Fatalf("the new instance said ready holding %d templates, want %d", n, 2*addrs)
+	}
+	route(t, env, 3)
+	check("the new instance in the route", drive(3))
+}
+
+// route points the router's multipath route to the VIP at the first n
+// balancers.
+func route(t *testing.T, env *testenv.Env, n int) {
+	t.Helper()
+	err := env.LB.Do(func() error {
+		br, err := netlink.LinkByName("br-l")
+		if err != nil {
+			return err
+		}
+		var hops []*netlink.NexthopInfo
+		for i := range n {
+			hops = append(hops, &netlink.NexthopInfo{LinkIndex: br.Attrs().Index, Gw: testenv.BalancerAddr(i).AsSlice()})
+		}
+		return netlink.RouteReplace(&netlink.Route{Dst: &net.IPNet{IP: testenv.VIP.AsSlice(), Mask: net.CIDRMask(32, 32)}, MultiPath: hops})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
