@@ -33,11 +33,19 @@ type Filter struct {
 	Client netip.Addr
 	// Server selects the templates bound to this real server.
 	Server netip.AddrPort
+	// UsedBefore, when set, selects only templates not used since then
+	// (no new connection, no close): an invalidation a peer made at that
+	// time spares the clients bound here after it (across a partition).
+	UsedBefore time.Time
 }
 
 // matcher resolves a Filter against a registry into a predicate over
 // entries that runs under a shard lock without allocating.
-func (f Filter) matcher(r *registry) func(*entry) bool {
+func (f Filter) matcher(r *registry, t *Table) func(*entry) bool {
+	var cut uint32 // in ticks since t's epoch
+	if !f.UsedBefore.IsZero() {
+		cut = uint32(f.UsedBefore.Sub(t.epoch) / tick)
+	}
 	svc := uint32(len(r.svcs)) // matches nothing unless found
 	if f.Service != nil {
 		if ref, ok := r.byID[*f.Service]; ok {
@@ -53,6 +61,9 @@ func (f Filter) matcher(r *registry) func(*entry) bool {
 	}
 	server := netip.AddrPortFrom(f.Server.Addr().Unmap(), f.Server.Port())
 	return func(e *entry) bool {
+		if !f.UsedBefore.IsZero() && int32(e.stamp-cut) >= 0 {
+			return false
+		}
 		if f.Service != nil && uint32(e.svc) != svc {
 			return false
 		}
@@ -70,7 +81,7 @@ func (f Filter) matcher(r *registry) func(*entry) bool {
 // selects, with its service and the time it has left.
 func (t *Table) live(f Filter, fn func(s *serviceInfo, e *entry, rem time.Duration)) {
 	r := t.reg.Load()
-	match := f.matcher(r)
+	match := f.matcher(r, t)
 	now := t.nowTicks()
 	for i := range t.shards {
 		sh := &t.shards[i]
@@ -174,7 +185,7 @@ func cmpInt[T ~uint8 | ~uint16 | ~uint32](a, b T) int {
 // so their clients are rescheduled on their next connection. It returns how
 // many went. Open connections are not touched.
 func (t *Table) Invalidate(f Filter) int {
-	return t.invalidate(f.matcher(t.reg.Load()))
+	return t.invalidate(f.matcher(t.reg.Load(), t))
 }
 
 // Stats are the table's counters since it was made.

@@ -221,3 +221,25 @@ func TestFillInAnotherTablesOrder(t *testing.T) {
 		t.Fatalf("%.0f%% of another table's export order is in this table's own order", 100*f)
 	}
 }
+
+// Filter.UsedBefore selects only the templates not used since: a
+// connection opened or closed after it spares its template.
+func TestInvalidateUsedBefore(t *testing.T) {
+	p := newPicker(2)
+	tb, ref, clk := newTestTable(Options{}, ServiceConfig{Timeout: time.Hour}, p)
+	defer tb.Close()
+	t0 := clk.Now()
+	idle, closed, open := client(1), client(2), client(3)
+	tb.Release(mustBind(t, tb, ref, idle, p))
+	l := mustBind(t, tb, ref, closed, p)
+	busy := mustBind(t, tb, ref, open, p)
+	clk.Advance(time.Minute)
+	tb.Release(l) // closed after the cut: used since
+	if n := tb.Invalidate(Filter{UsedBefore: t0.Add(30 * time.Second)}); n != 2 {
+		t.Fatalf("invalidated %d, want 2 (the idle one and the open one not used since)", n)
+	}
+	if got := tb.List(Filter{}); len(got) != 1 || got[0].Client.Addr() != closed {
+		t.Fatalf("left %+v, want only %s", got, closed)
+	}
+	tb.Release(busy)
+}

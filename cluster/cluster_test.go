@@ -401,11 +401,12 @@ func TestWireRoundTrip(t *testing.T) {
 		}
 	}
 	s := svc
-	for _, inv := range []invalidation{{}, {svc: &s}, {client: client(3)}, {server: servers[1]}, {svc: &s, client: client(3), server: servers[1]}} {
+	at := time.UnixMilli(1764676800123)
+	for _, inv := range []invalidation{{}, {svc: &s, at: at}, {client: client(3)}, {server: servers[1]}, {nonce: 9, at: at, svc: &s, client: client(3), server: servers[1]}} {
 		r := reader{b: appendInvalidation(nil, inv)}
 		got := r.invalidation()
 		r.end()
-		if r.err != nil || got.client != inv.client || got.server != inv.server || (got.svc == nil) != (inv.svc == nil) {
+		if r.err != nil || got.client != inv.client || got.server != inv.server || (got.svc == nil) != (inv.svc == nil) || !got.at.Equal(inv.at) && !inv.at.IsZero() || got.nonce != inv.nonce {
 			t.Errorf("%+v came back %+v: %v", inv, got, r.err)
 		}
 	}
@@ -499,4 +500,34 @@ func FuzzState(f *testing.F) {
 			t.Fatalf("a state that decoded fails on its second reading: %v", r.err)
 		}
 	})
+}
+
+// A peer's invalidation spares the templates used here after it was made:
+// across a partition it arrives once this side has bound its clients
+// again, and must not forget them.
+func TestInvalidationSparesLaterUse(t *testing.T) {
+	a := start(t, "a", nil)
+	waitReady(t, a)
+	t0 := a.clk.Now()
+	old, later := client(1), client(2)
+	a.table.Release(mustLease(t, a, old))
+	a.clk.Advance(2 * time.Minute)
+	a.table.Release(mustLease(t, a, later))
+	msg := appendInvalidation(appendHeader(nil, kindInvalidate, 42), invalidation{nonce: 1, at: t0.Add(time.Minute)})
+	(*delegate)(a.Node).NotifyMsg(msg)
+	if a.servedBy(old).IsValid() {
+		t.Error("the template last used before the invalidation survived it")
+	}
+	if !a.servedBy(later).IsValid() {
+		t.Error("the template used after the invalidation was dropped")
+	}
+}
+
+func mustLease(t *testing.T, in *instance, c netip.Addr) affinity.Lease {
+	t.Helper()
+	l, err := in.table.GetOrBind(in.ref, c, in.p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }

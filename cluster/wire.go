@@ -17,7 +17,7 @@ import (
 // and a kind's body follows:
 //
 //	templates   count u16 | count × record
-//	invalidate  nonce u64 | fields u8 (1 service, 2 client, 4 server) | [service] | [addr] | [addr port]
+//	invalidate  nonce u64 | at unix ms i64 | fields u8 (1 service, 2 client, 4 server) | [service] | [addr] | [addr port]
 //	state       complete u8 | count u32 | count × record
 //
 //	record      service | client addr | server addr | server port u16 | busy u8 | left ms u32
@@ -214,6 +214,7 @@ func (r *reader) end() {
 // and a nonce that tells two alike apart (relays recognise one by it).
 type invalidation struct {
 	nonce  uint64
+	at     time.Time // when it was made: templates used since are spared
 	svc    *affinity.Service
 	client netip.Addr
 	server netip.AddrPort
@@ -230,7 +231,8 @@ func appendInvalidation(b []byte, inv invalidation) []byte {
 	if inv.server.IsValid() {
 		fields |= 4
 	}
-	b = append(binary.BigEndian.AppendUint64(b, inv.nonce), fields)
+	b = binary.BigEndian.AppendUint64(b, inv.nonce)
+	b = append(binary.BigEndian.AppendUint64(b, uint64(inv.at.UnixMilli())), fields)
 	if inv.svc != nil {
 		b = appendService(b, *inv.svc)
 	}
@@ -247,6 +249,9 @@ func (r *reader) invalidation() invalidation {
 	var inv invalidation
 	if v := r.take(8, "nonce"); v != nil {
 		inv.nonce = binary.BigEndian.Uint64(v)
+	}
+	if v := r.take(8, "time"); v != nil {
+		inv.at = time.UnixMilli(int64(binary.BigEndian.Uint64(v)))
 	}
 	fields := r.u8("invalidation fields")
 	if fields&^7 != 0 {
@@ -269,5 +274,5 @@ func (r *reader) invalidation() invalidation {
 }
 
 func (inv invalidation) filter() affinity.Filter {
-	return affinity.Filter{Service: inv.svc, Client: inv.client, Server: inv.server}
+	return affinity.Filter{Service: inv.svc, Client: inv.client, Server: inv.server, UsedBefore: inv.at}
 }
