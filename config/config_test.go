@@ -227,7 +227,7 @@ func TestLoad(t *testing.T) {
 
 // The example the README points at stays valid.
 func TestExampleConfigIsValid(t *testing.T) {
-	for _, f := range []string{"../examples/tether.yaml", "../examples/marks.yaml", "../examples/director.yaml"} {
+	for _, f := range []string{"../examples/tether.yaml", "../examples/marks.yaml", "../examples/director.yaml", "../examples/cluster/tether.yaml"} {
 		if _, err := Load(f); err != nil {
 			t.Fatal(err)
 		}

@@ -28,7 +28,9 @@ import (
 //   - one instance killed (and taken out of the route): its clients land
 //     on the others and keep their backends;
 //   - a new instance joins: it holds every template the moment it says
-//     ready, and with it back in the route no client moves.
+//     ready, and with it back in the route no client moves;
+//   - a partition heals: both sides' templates converge to one server per
+//     client.
 //
 // For the socket proxy and the director (masquerading, as the backends
 // answer the instance that NATed them).
@@ -53,9 +55,7 @@ func clusterECMP(t *testing.T, mode string) {
 			t.Fatal(err)
 		}
 	}
-	if mode == "director" {
-		needTool(t, "nft")
-	}
+	needTool(t, "nft") // the director's tables, and the partition
 	dir := t.TempDir()
 	var join []string
 	for i := range env.Balancers {
@@ -199,6 +199,95 @@ services:
 	}
 	route(t, env, 3)
 	check("the new instance in the route", drive(3))
+
+	// A partition: lb0 loses the gossip port, long enough that each side
+	// declares the other dead. Both sides forget every client (affinity
+	// rm reaches its own side only) and bind them again, each its own
+	// way; once the partition heals, every instance holds one server per
+	// client, the same everywhere, and no client reaches two backends.
+	rules := filepath.Join(dir, "partition.nft")
+	os.WriteFile(rules, []byte(partitionRules), 0o600)
+	if out := nftIn(t, env.Balancers[0], "-f", rules); out != "" {
+		t.Fatalf("nft: %s", out)
+	}
+	members := func(in *lbInstance, want int) func() error {
+		return func() error {
+			st, err := in.api.Cluster(context.Background())
+			if err != nil || len(st.Members) != want {
+				return fmt.Errorf("%d members, want %d (%v)", len(st.Members), want, err)
+			}
+			return nil
+		}
+	}
+	slowly(t, "lb0 alone", members(lbs[0], 1))
+	slowly(t, "lb1 without lb0", members(lbs[1], 2))
+	for _, in := range lbs[:2] {
+		if _, err := in.api.RemoveTemplates(ctx, api.TemplateFilter{}, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := drive(2); s.Failed != 0 {
+		t.Fatalf("during the partition: %d failed: %v", s.Failed, s.Errors)
+	}
+	nftIn(t, env.Balancers[0], "delete", "table", "inet", "partition")
+	slowly(t, "lb0 back", members(lbs[0], 3))
+	slowly(t, "one server per client everywhere", func() error {
+		var first map[string]string
+		for i, in := range lbs {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			ts, err := in.api.Templates(ctx, api.TemplateFilter{})
+			cancel()
+			if err != nil {
+				return err
+			}
+			got := map[string]string{}
+			for _, tm := range ts {
+				got[tm.Client] = tm.Server
+			}
+			if len(got) != 2*addrs {
+				return fmt.Errorf("lb%d holds %d templates, want %d\n%s", i, len(got), 2*addrs, in.logs.String())
+			}
+			if first == nil {
+				first = got
+				continue
+			}
+			for c, srv := range got {
+				if first[c] != srv {
+					return fmt.Errorf("client %s: lb0 says %s, lb%d %s", c, first[c], i, srv)
+				}
+			}
+		}
+		return nil
+	})
+	if s := drive(3); s.Failed != 0 || len(s.Mixed) != 0 {
+		t.Fatalf("after the partition healed: %d failed (%v), %d clients saw two backends", s.Failed, s.Errors, len(s.Mixed))
+	}
+}
+
+// partitionRules cut a host off the gossip port, both ways.
+const partitionRules = `table inet partition {
+	chain in {
+		type filter hook input priority 0; policy accept;
+		tcp dport 7946 drop
+		udp dport 7946 drop
+		tcp sport 7946 drop
+		udp sport 7946 drop
+	}
+	chain out {
+		type filter hook output priority 0; policy accept;
+		tcp dport 7946 drop
+		udp dport 7946 drop
+		tcp sport 7946 drop
+		udp sport 7946 drop
+	}
+}
+`
+
+// slowly is eventually with room for memberlist's failure detection and
+// its rejoin (seconds each).
+func slowly(t *testing.T, what string, f func() error) {
+	t.Helper()
+	within(t, 40*time.Second, what, f)
 }
 
 // route points the router's multipath route to the VIP at the first n

@@ -53,7 +53,13 @@ func ask(addr string) (string, error) {
 // eventually polls f until it succeeds or 10 s pass.
 func eventually(t *testing.T, what string, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	within(t, 10*time.Second, what, f)
+}
+
+// within polls f until it succeeds or d passes.
+func within(t *testing.T, d time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		err := f()
 		if err == nil {
