@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetherlb/tether/api"
+
 	"github.com/tetherlb/tether/affinity"
 )
 
@@ -59,6 +61,12 @@ func client(i int) netip.Addr { return netip.AddrFrom4([4]byte{127, 1, byte(i >>
 // start runs an instance on loopback joining join (none: the first).
 func start(t *testing.T, name string, key []byte, join ...*instance) *instance {
 	t.Helper()
+	return startWith(t, name, key, nil, join...)
+}
+
+// startWith is start with edit applied to the node's Config.
+func startWith(t *testing.T, name string, key []byte, edit func(*Config), join ...*instance) *instance {
+	t.Helper()
 	clk := &clock{now: time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)}
 	tb := affinity.New(affinity.Options{Capacity: 1 << 16, Now: clk.Now, SweepInterval: -1})
 	ref := tb.SetService(svc, affinity.ServiceConfig{Timeout: time.Minute})
@@ -71,11 +79,15 @@ func start(t *testing.T, name string, key []byte, join ...*instance) *instance {
 	for _, j := range join {
 		addrs = append(addrs, j.Addr().String())
 	}
-	n, err := Start(Config{
+	cfg := Config{
 		Name: name, Bind: netip.MustParseAddrPort("127.0.0.1:0"), Join: addrs, SecretKey: key, Label: "test",
 		Table: tb, JoinTimeout: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		GossipInterval: 20 * time.Millisecond, ProbeInterval: 200 * time.Millisecond, PushPullInterval: time.Hour,
-	})
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	n, err := Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -530,4 +542,50 @@ func mustLease(t *testing.T, in *instance, c netip.Addr) affinity.Lease {
 		t.Fatal(err)
 	}
 	return l
+}
+
+// An operator's server change on one instance reaches the others' owners
+// once each, relayed or not; a malformed one is refused.
+func TestServerChangeReachesPeers(t *testing.T) {
+	updates := make(chan ServerUpdate, 4)
+	a := start(t, "a", nil)
+	b := startWith(t, "b", nil, func(c *Config) { c.ServerUpdates = updates }, a)
+	c := start(t, "c", nil, a)
+	waitReady(t, a, b, c)
+	eventually(t, "three members", func() error {
+		if n := len(a.Members()); n != 3 {
+			return fmt.Errorf("%d members", n)
+		}
+		return nil
+	})
+	w := 3
+	a.ServerChanged("web", servers[1].String(), api.ServerChange{Weight: &w})
+	select {
+	case u := <-updates:
+		if u.Service != "web" || u.Server != servers[1].String() || u.Change.Weight == nil || *u.Change.Weight != 3 || u.From != "a" {
+			t.Fatalf("update %+v", u)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no update at b")
+	}
+	a.ServerChanged("web", servers[2].String(), api.ServerChange{Down: true})
+	select {
+	case u := <-updates:
+		if !u.Change.Down || u.Server != servers[2].String() {
+			t.Fatalf("update %+v", u)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no second update at b")
+	}
+	select { // c's relays of the same changes are not handed over again
+	case u := <-updates:
+		t.Fatalf("a change handed over twice: %+v", u)
+	case <-time.After(300 * time.Millisecond):
+	}
+	before := b.Stats().Dropped
+	bad := appendServerChange(appendHeader(nil, kindServer, 42), 1, "web", servers[0].String(), api.ServerChange{})
+	(*delegate)(b.Node).NotifyMsg(bad) // operation 0
+	if b.Stats().Dropped != before+1 || len(updates) != 0 {
+		t.Fatal("a server change without an operation was not refused")
+	}
 }

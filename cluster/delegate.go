@@ -46,15 +46,19 @@ func (d *delegate) NotifyMsg(b []byte) {
 		}
 	case kind == kindInvalidate:
 		inv := r.invalidation()
-		if r.end(); r.err == nil {
+		if r.end(); r.err == nil && !n.seenInvalidation(b) {
 			n.st.received.Add(1)
 			n.heard(sender)
 			dropped := n.cfg.Table.Invalidate(inv.filter())
-			if n.seenInvalidation(b) {
-				break
-			}
-			n.q.QueueBroadcast(&uniqueBroadcast{msg: append([]byte(nil), b...)})
+			n.q.QueueBroadcast(&uniqueBroadcast{msg: append([]byte(nil), b...)}) // relay
 			n.log.Info("cluster: templates invalidated by a peer", "peer", n.peerName(sender), "dropped", dropped)
+		}
+	case kind == kindServer:
+		service, server, ch := r.serverChange()
+		if r.end(); r.err == nil && !n.seenInvalidation(b) {
+			n.st.received.Add(1)
+			n.q.QueueBroadcast(&uniqueBroadcast{msg: append([]byte(nil), b...)}) // relay
+			n.serverUpdate(sender, service, server, ch)
 		}
 	default:
 		r.fail(fmt.Sprintf("message kind %d", kind))

@@ -20,7 +20,8 @@
 // every other instance (affinity.Table.Adopt with hold) until the peer
 // says idle or leaves, so no instance expires a template a client still
 // uses elsewhere. Expiry and eviction stay each instance's own; `tether
-// affinity rm` (Invalidate) is broadcast.
+// affinity rm` (Invalidate) and operators' server changes (ServerChanged)
+// are broadcast.
 //
 // Conflicts: two instances that bind one client to different servers end
 // on the server with the higher affinity.Score (a rendezvous hash of the

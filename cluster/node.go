@@ -40,6 +40,10 @@ type Config struct {
 	Table *affinity.Table
 	// Logger gets the node's and memberlist's log lines.
 	Logger *slog.Logger
+	// ServerUpdates receives the server changes operators make on peers
+	// (ServerChanged there); nil: they are ignored. The node never blocks
+	// on it: a full channel drops the change.
+	ServerUpdates chan<- ServerUpdate
 
 	// JoinTimeout bounds the wait for a peer's full state before Ready
 	// says yes anyway (default 10s): an instance whose peers all are gone

@@ -37,11 +37,13 @@ func (p *Proxy) startCluster(cfg *config.File) error {
 	if key == nil {
 		p.log.Warn("cluster: gossip is not encrypted; set cluster.secret_key_file unless the network is trusted", "bind", c.Bind)
 	}
-	return p.inNamespace(func() error {
+	updates := make(chan cluster.ServerUpdate, 256)
+	err = p.inNamespace(func() error {
 		n, err := cluster.Start(cluster.Config{
 			Name: c.Name, Bind: bind, Advertise: adv, Join: c.Join, SecretKey: key, Label: c.Label,
 			Table: p.table, Logger: p.log, JoinTimeout: c.JoinTimeout.D(), PushPullInterval: c.PushPullInterval.D(),
 			MaxHolds: cfg.Affinity.Capacity, MaxStateTemplates: 2 * cfg.Affinity.Capacity,
+			ServerUpdates: updates,
 		})
 		if err != nil {
 			return err
@@ -49,6 +51,40 @@ func (p *Proxy) startCluster(cfg *config.File) error {
 		p.cluster.Store(n)
 		return nil
 	})
+	if err == nil {
+		p.peerStop, p.peerDone = make(chan struct{}), make(chan struct{})
+		go p.followPeerServers(updates, p.peerStop, p.peerDone)
+	}
+	return err
+}
+
+// followPeerServers applies the server changes operators made on peers
+// (tether server set there), on the control loop as a local one. It hands
+// each to the loop without waiting for it, so that stopCluster, which runs
+// on the loop, can stop it.
+func (p *Proxy) followPeerServers(updates <-chan cluster.ServerUpdate, stop, done chan struct{}) {
+	defer close(done)
+	for {
+		select {
+		case <-stop:
+			return
+		case u := <-updates:
+			apply := func() {
+				if err := p.inNamespace(func() error { return p.setServer(u.Service, u.Server, u.Change) }); err != nil {
+					p.log.Warn("cluster: a peer's server change does not apply here", "peer", u.From, "service", u.Service, "server", u.Server, "err", err)
+					return
+				}
+				p.log.Info("cluster: server changed by a peer", "peer", u.From, "service", u.Service, "server", u.Server, "change", u.Change)
+			}
+			select {
+			case p.ctl.reqs <- apply:
+			case <-p.ctl.done:
+				return
+			case <-stop:
+				return
+			}
+		}
+	}
 }
 
 // stopCluster leaves the cluster.
@@ -57,6 +93,8 @@ func (p *Proxy) stopCluster() error {
 	if n == nil {
 		return nil
 	}
+	close(p.peerStop)
+	<-p.peerDone
 	err := n.Close()
 	if err != nil {
 		return fmt.Errorf("cluster: leaving: %w", err)

@@ -73,6 +73,8 @@ type Proxy struct {
 	table      *affinity.Table
 	owned      bool                         // table made here, closed here
 	cluster    atomic.Pointer[cluster.Node] // nil: no cluster
+	// peerStop and peerDone stop followPeerServers (cluster.go).
+	peerStop, peerDone chan struct{}
 
 	ctx    context.Context // cancelled when a stop gives up draining
 	cancel context.CancelFunc

@@ -73,11 +73,18 @@ func (p *Proxy) serverStatus(svc *service, srv *server, hc *config.HealthCheck) 
 // SetServer changes a server of a running service at once; the change
 // lasts until the next reload, which goes back to the file. service is a
 // service's name, server its address as `tether ls` prints it.
+// In a cluster the change goes to every instance.
 func (p *Proxy) SetServer(service, server string, ch api.ServerChange) error {
 	if err := ch.Check(); err != nil {
 		return err
 	}
-	return p.control(func() error { return p.setServer(service, server, ch) })
+	if err := p.control(func() error { return p.setServer(service, server, ch) }); err != nil {
+		return err
+	}
+	if n := p.clusterNode(); n != nil {
+		n.ServerChanged(service, server, ch) // an operator's change is every instance's
+	}
+	return nil
 }
 
 func (p *Proxy) setServer(service, server string, ch api.ServerChange) error {

@@ -30,7 +30,8 @@ import (
 //   - a new instance joins: it holds every template the moment it says
 //     ready, and with it back in the route no client moves;
 //   - a partition heals: both sides' templates converge to one server per
-//     client.
+//     client;
+//   - a server set down on one instance is down on all.
 //
 // For the socket proxy and the director (masquerading, as the backends
 // answer the instance that NATed them).
@@ -262,6 +263,27 @@ services:
 	if s := drive(3); s.Failed != 0 || len(s.Mixed) != 0 {
 		t.Fatalf("after the partition healed: %d failed (%v), %d clients saw two backends", s.Failed, s.Errors, len(s.Mixed))
 	}
+
+	// An operator takes a server down on one instance: every instance
+	// takes it down.
+	down := netip.AddrPortFrom(testenv.BackendAddr(0), 80).String()
+	if err := lbs[1].api.SetServer(ctx, api.ServerRequest{Service: "web", Server: down, ServerChange: api.ServerChange{Down: true}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the server down everywhere", func() error {
+		for i, in := range lbs {
+			svcs, err := in.api.Services(context.Background())
+			if err != nil {
+				return err
+			}
+			for _, srv := range svcs[0].Servers {
+				if srv.Address == down && srv.State != "maint" {
+					return fmt.Errorf("lb%d: %s is %s", i, down, srv.State)
+				}
+			}
+		}
+		return nil
+	})
 }
 
 // partitionRules cut a host off the gossip port, both ways.
