@@ -1,0 +1,170 @@
+package cluster
+
+import (
+	"encoding/binary"
+	"hash/fnv"
+	"net/netip"
+	"sync"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/tetherlb/tether/affinity"
+)
+
+// broadcastChanges queues this instance's template changes for its peers.
+func (n *Node) broadcastChanges(changes []affinity.Change) {
+	for _, c := range changes {
+		rec := record{svc: c.Service, client: c.Client, server: c.Server, busy: c.Kind == affinity.Busy}
+		switch c.Kind {
+		case affinity.Busy:
+		case affinity.Idle:
+			rec.left = c.Timeout - n.cfg.Table.Since(c.At)
+		default:
+			continue // expiry and eviction are each instance's own
+		}
+		n.queue(rec)
+	}
+}
+
+// queue puts a template of this instance's in the outbox; a newer state
+// of a template replaces one not yet sent.
+func (n *Node) queue(rec record) {
+	k := outKey{svc: rec.svc, client: rec.client}
+	n.out.mu.Lock()
+	defer n.out.mu.Unlock()
+	if i, ok := n.out.index[k]; ok {
+		n.out.recs[i] = rec
+		return
+	}
+	if len(n.out.recs) >= n.cfg.QueueDepth {
+		n.st.pruned.Add(1) // the next full-state exchange carries it
+		return
+	}
+	if n.out.index == nil {
+		n.out.index = map[outKey]int{}
+	}
+	n.out.index[k] = len(n.out.recs)
+	n.out.recs = append(n.out.recs, rec)
+	n.st.queued.Add(1)
+}
+
+// outbox holds this instance's template changes until the next flush.
+type outbox struct {
+	mu    sync.Mutex
+	recs  []record
+	index map[outKey]int
+}
+
+type outKey struct {
+	svc    affinity.Service
+	client netip.Addr
+}
+
+// maxPacket bounds a templates message: memberlist sends it in one UDP
+// packet (1400 bytes), with its label and encryption around it.
+const maxPacket = 1200
+
+// flush sends the outbox to every other member, in messages of up to
+// maxPacket bytes. Each instance sends its own changes to all: memberlist's
+// broadcast queue sends each message to a few random members only, and
+// lost 2 templates of 200 that way in the ECMP test, even with relays;
+// direct sends reach every member that is up, and the full-state
+// exchange repairs a lost packet.
+func (n *Node) flush() {
+	n.out.mu.Lock()
+	recs := n.out.recs
+	n.out.recs, n.out.index = nil, nil
+	n.out.mu.Unlock()
+	if len(recs) == 0 {
+		return
+	}
+	var msgs [][]byte
+	for len(recs) > 0 {
+		b := appendHeader(make([]byte, 0, maxPacket), kindTemplates, n.id)
+		b = append(b, 0, 0)
+		count := 0
+		for len(recs) > 0 && len(b)+maxRecord <= maxPacket {
+			b = appendRecord(b, recs[0])
+			recs = recs[1:]
+			count++
+		}
+		binary.BigEndian.PutUint16(b[headerLen:], uint16(count))
+		msgs = append(msgs, b)
+	}
+	for _, m := range n.ml.Members() {
+		if m.Name == n.cfg.Name {
+			continue
+		}
+		for _, b := range msgs {
+			if err := n.ml.SendBestEffort(m, b); err != nil {
+				n.st.sendErrors.Add(1)
+			} else {
+				n.st.sent.Add(1)
+			}
+		}
+	}
+}
+
+// bound drops the oldest broadcasts (invalidations) beyond QueueDepth.
+func (n *Node) bound() {
+	if q := n.q.NumQueued(); q > n.cfg.QueueDepth {
+		n.q.Prune(n.cfg.QueueDepth)
+		n.st.pruned.Add(uint64(q - n.cfg.QueueDepth))
+	}
+}
+
+// uniqueBroadcast is an invalidation: it replaces nothing.
+type uniqueBroadcast struct{ msg []byte }
+
+func (b *uniqueBroadcast) Invalidates(memberlist.Broadcast) bool { return false }
+func (b *uniqueBroadcast) Message() []byte                       { return b.msg }
+func (b *uniqueBroadcast) Finished()                             {}
+func (b *uniqueBroadcast) UniqueBroadcast()                      {}
+
+// seenSet remembers the last seenMax invalidations (by a hash of the
+// message), so that each instance relays one only once.
+type seenSet struct {
+	set  map[uint64]struct{}
+	ring [seenMax]uint64
+	next int
+}
+
+const seenMax = 4096
+
+// seenInvalidation says msg was seen before, and remembers it.
+func (n *Node) seenInvalidation(msg []byte) bool {
+	h := fnv.New64a()
+	h.Write(msg)
+	k := h.Sum64()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s := &n.seen
+	if s.set == nil {
+		s.set = map[uint64]struct{}{}
+	}
+	if _, ok := s.set[k]; ok {
+		return true
+	}
+	delete(s.set, s.ring[s.next])
+	s.ring[s.next] = k
+	s.next = (s.next + 1) % seenMax
+	s.set[k] = struct{}{}
+	return false
+}
+
+// others is join without this instance's own addresses: one config can
+// list every instance, and joining itself would make it "ready" with
+// nothing.
+func others(join []string, self ...netip.AddrPort) []string {
+	var out []string
+	for _, j := range join {
+		ap, err := netip.ParseAddrPort(j)
+		mine := false
+		for _, s := range self {
+			mine = mine || err == nil && ap.Addr().Unmap() == s.Addr().Unmap() && ap.Port() == s.Port()
+		}
+		if !mine {
+			out = append(out, j)
+		}
+	}
+	return out
+}
