@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tetherlb/tether/config"
@@ -137,7 +138,35 @@ func benchNamespaces(dur time.Duration, bin string) error {
 	// The director's process last: its flows leave conntrack entries and
 	// its NAT anchor behind, which the columns after it would pay for.
 	tp := tetherPeers(bin)
-	for _, pr := range append(append(tp[1:], peers...), tp[0]) {
+	var killed peer
+	for i, pr := range tp {
+		if pr.name == "director rules, tether killed" {
+			killed = pr
+			tp = append(tp[:i:i], tp[i+1:]...)
+			break
+		}
+	}
+	killed.afterUp = func(pid int) (func(), error) {
+		// Every client of the 8-client row binds its template, which the
+		// kernel map then holds; tether dies, its tables stay.
+		for _, a := range client.Addrs {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			c, err := client.Dial(ctx, "tcp", a, vip)
+			cancel()
+			if err != nil {
+				return nil, err
+			}
+			c.Close()
+		}
+		time.Sleep(200 * time.Millisecond) // the mirror writes every 20 ms; with one server every path goes to it anyway
+		syscall.Kill(pid, syscall.SIGKILL)
+		return func() {
+			for _, fam := range []string{"ip", "ip6"} {
+				nftIn(env.LB, "delete table "+fam+" tether\n")
+			}
+		}, nil
+	}
+	for _, pr := range append(append(append(tp[1:], peers...), killed), tp[0]) {
 		c, err := measurePeer(env, pr, vip, server, inHost(vip), func(dur time.Duration) (result, error) { return measureAll(vip, dur) }, dur)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "tetherbench: no column:", err)
@@ -150,5 +179,7 @@ func benchNamespaces(dur time.Duration, bin string) error {
 	printVersus(cols, "tether mark service (process)", "HAProxy")
 	printVersus(cols, "tether mark service (process)", "HAProxy, TPROXY")
 	printVersus(cols, "tether director (process)", "HAProxy")
+	printVersus(cols, "director rules, tether killed", "kernel DNAT rule")
+	printVersus(cols, "tether director (process)", "director rules, tether killed")
 	return nil
 }

@@ -27,6 +27,9 @@ type peer struct {
 	rules func(dir, vip, server string) (string, error)
 	// env is added to the peer's environment.
 	env []string
+	// afterUp, when set, runs once the peer answers, with its pid; the
+	// cleanup it returns runs after the measurement.
+	afterUp func(pid int) (cleanup func(), err error)
 }
 
 var peers = []peer{
@@ -121,6 +124,13 @@ func measurePeer(env *testenv.Env, p peer, vip, server string, dial dialer, meas
 	if !up {
 		return column{}, fmt.Errorf("%s did not come up: %s", p.name, stderr.String())
 	}
+	if p.afterUp != nil {
+		cleanup, err := p.afterUp(cmd.Process.Pid)
+		if err != nil {
+			return column{}, fmt.Errorf("%s: %w", p.name, err)
+		}
+		defer cleanup()
+	}
 	r, err := measure(dur)
 	if err != nil {
 		return column{}, fmt.Errorf("%s: %w", p.name, err)
@@ -186,12 +196,17 @@ services:
 		return string(out), nil
 	}}
 	return []peer{
-		{"tether director (process)", bin, conf("director", "queues: 2"), nil, nil},
-		{"tether socket proxy (process)", bin, conf("proxy", ""), nil, nil},
-		{"socket proxy, 1 loop", bin, loops("1", conf("proxy", "")), nil, nil},
-		{"socket proxy, goroutines", bin, loops("-1", conf("proxy", "")), nil, nil},
-		{"socket proxy, GOGC=100", bin, conf("proxy", ""), nil, []string{"GOGC=100"}}, // Go's default; tether run's is 25
-		{"tether mark service (process)", bin, markConf, nil, nil},
+		{"tether director (process)", bin, conf("director", "queues: 2"), nil, nil, nil},
+		{"tether socket proxy (process)", bin, conf("proxy", ""), nil, nil, nil},
+		{"socket proxy, 1 loop", bin, loops("1", conf("proxy", "")), nil, nil, nil},
+		{"socket proxy, goroutines", bin, loops("-1", conf("proxy", "")), nil, nil, nil},
+		{"socket proxy, GOGC=100", bin, conf("proxy", ""), nil, []string{"GOGC=100"}, nil}, // Go's default; tether run's is 25
+		{"tether mark service (process)", bin, markConf, nil, nil, nil},
+		// The director's rules with no tether behind them: fail_open
+		// tables outlive a SIGKILLed tether, returning clients go by the
+		// kernel template map, new ones by the kernel's hash. What the
+		// ruleset itself costs, against the static DNAT rule.
+		{"director rules, tether killed", bin, conf("director", "queues: 2, fail_open: true"), nil, nil, nil},
 		haproxyTProxy,
 	}
 }
