@@ -368,3 +368,56 @@ func BenchmarkSnapshot(b *testing.B) {
 	b.ReportMetric(float64(without.Microseconds()), "µs-slowest-hit-without")
 	b.ReportMetric(0, "ns/op")
 }
+
+// BenchmarkFloorParallelScaling is what 2 goroutines (GOMAXPROCS) can gain
+// over one on this machine, with no shared state at all: bare map lookups
+// of the same keys in the same order, and a loop of multiplications in
+// registers. The ratio of each pair's ns/op bounds what
+// BenchmarkHitReleaseParallel can show against BenchmarkHitRelease.
+func BenchmarkFloorParallelScaling(b *testing.B) {
+	m, keys := benchMap()
+	for _, pat := range patterns {
+		ks := keys[:pat.n]
+		b.Run(pat.name+"-map-serial", func(b *testing.B) {
+			var v int32
+			for i := 0; i < b.N; i++ {
+				v += m[ks[i%len(ks)]]
+			}
+			runtime.KeepAlive(v)
+		})
+		b.Run(pat.name+"-map-parallel", func(b *testing.B) {
+			var seed atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(seed.Add(1)) * 7919
+				var v int32
+				for pb.Next() {
+					v += m[ks[i%len(ks)]]
+					i++
+				}
+				runtime.KeepAlive(v)
+			})
+		})
+	}
+	spin := func(x uint64) uint64 {
+		for range 100 {
+			x = x*6364136223846793005 + 1
+		}
+		return x
+	}
+	b.Run("spin-serial", func(b *testing.B) {
+		x := uint64(1)
+		for i := 0; i < b.N; i++ {
+			x = spin(x)
+		}
+		runtime.KeepAlive(x)
+	})
+	b.Run("spin-parallel", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			x := uint64(1)
+			for pb.Next() {
+				x = spin(x)
+			}
+			runtime.KeepAlive(x)
+		})
+	})
+}
