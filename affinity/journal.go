@@ -102,6 +102,7 @@ type Follower struct {
 	t    *Table
 	slot int
 	wake chan struct{}
+	raw  []change // Changes' buffer, reused
 }
 
 // ErrFollowers says a table has maxFollowers followers already.
@@ -150,11 +151,11 @@ func (f *Follower) Close() {
 }
 
 // Changes appends the recorded changes to dst, oldest first within a
-// template, and forgets them. lost says some did not fit in a ring since
+// template, and forgets them. One goroutine calls it (it reuses a buffer). lost says some did not fit in a ring since
 // the last call: the follower must then rebuild from List.
 func (f *Follower) Changes(dst []Change) (out []Change, lost bool) {
 	t := f.t
-	var raw []change
+	raw := f.raw[:0]
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
@@ -183,6 +184,7 @@ func (f *Follower) Changes(dst []Change) (out []Change, lost bool) {
 		}
 		out = append(out, ch)
 	}
+	f.raw = raw
 	return out, lost
 }
 

@@ -51,7 +51,9 @@ func (n *Node) queue(rec record) {
 type outbox struct {
 	mu    sync.Mutex
 	recs  []record
+	spare []record // the other buffer, while a flush encodes recs
 	index map[outKey]int
+	pkts  [][]byte // flush's messages (only flush, on run, uses them)
 }
 
 type outKey struct {
@@ -72,14 +74,25 @@ const maxPacket = 1200
 func (n *Node) flush() {
 	n.out.mu.Lock()
 	recs := n.out.recs
-	n.out.recs, n.out.index = nil, nil
+	n.out.recs, n.out.spare = n.out.spare[:0], nil
+	clear(n.out.index)
 	n.out.mu.Unlock()
 	if len(recs) == 0 {
+		n.out.mu.Lock()
+		n.out.spare = recs
+		n.out.mu.Unlock()
 		return
 	}
-	var msgs [][]byte
+	all := recs
+	msgs := n.out.pkts[:0]
 	for len(recs) > 0 {
-		b := appendHeader(make([]byte, 0, maxPacket), kindTemplates, n.id)
+		i := len(msgs)
+		if i < cap(msgs) {
+			msgs = msgs[:i+1]
+		} else {
+			msgs = append(msgs, make([]byte, 0, maxPacket))
+		}
+		b := appendHeader(msgs[i][:0], kindTemplates, n.id)
 		b = append(b, 0, 0)
 		count := 0
 		for len(recs) > 0 && len(b)+maxRecord <= maxPacket {
@@ -88,8 +101,12 @@ func (n *Node) flush() {
 			count++
 		}
 		binary.BigEndian.PutUint16(b[headerLen:], uint16(count))
-		msgs = append(msgs, b)
+		msgs[i] = b
 	}
+	n.out.pkts = msgs // memberlist copies what it sends: the buffers serve again
+	n.out.mu.Lock()
+	n.out.spare = all[:0]
+	n.out.mu.Unlock()
 	for _, m := range n.ml.Members() {
 		if m.Name == n.cfg.Name {
 			continue
