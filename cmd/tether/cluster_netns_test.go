@@ -46,6 +46,7 @@ type lbInstance struct {
 	cmd  *exec.Cmd
 	logs *syncBuffer
 	api  *admin.Client
+	sock string
 }
 
 func clusterECMP(t *testing.T, mode string) {
@@ -175,6 +176,21 @@ services:
 		}
 	}
 	check("all three instances", drive(4))
+
+	// What an operator sees: tether ls and tether cluster members.
+	for _, args := range [][]string{{"ls"}, {"cluster", "members"}} {
+		cmd := exec.Command(os.Args[0], append(args, "--admin", lbs[0].sock)...)
+		cmd.Env = append(os.Environ(), "TETHER_TEST_MAIN=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("tether %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		for _, want := range []string{"Cluster: 3 instances, ready", "lb0 (this one)", "lb1", "lb2", "alive"} {
+			if !strings.Contains(string(out), want) {
+				t.Fatalf("tether %s does not say %q:\n%s", strings.Join(args, " "), want, out)
+			}
+		}
+	}
 
 	// One instance dies; the router stops sending it connections (as a
 	// routing protocol would withdraw it).
@@ -314,7 +330,7 @@ func slowly(t *testing.T, what string, f func() error) {
 func runIn(t *testing.T, h *testenv.Host, path, sock, cfg string) *lbInstance {
 	t.Helper()
 	os.WriteFile(path, []byte(cfg), 0o600)
-	in := &lbInstance{logs: &syncBuffer{}, api: admin.NewClient(sock, "", "")}
+	in := &lbInstance{logs: &syncBuffer{}, api: admin.NewClient(sock, "", ""), sock: sock}
 	in.cmd = exec.Command(os.Args[0], "run", "--config", path)
 	in.cmd.Env = append(os.Environ(), "TETHER_TEST_MAIN=1")
 	in.cmd.Stdout, in.cmd.Stderr = in.logs, in.logs
