@@ -112,7 +112,10 @@ func (t *Table) Adopt(svc Service, client netip.Addr, server netip.AddrPort, lef
 	var out Outcome
 	switch {
 	case !ok:
-		i = sh.insert(k, h, sv, stamp, r)
+		// insert ages the templates it may evict against now; the new
+		// one then takes the peer's timer.
+		i = sh.insert(k, h, sv, now, r)
+		sh.ents[i].stamp = stamp
 		sh.stats.Binds++
 		out = Added
 	default:
@@ -181,13 +184,16 @@ func (t *Table) Export(cursor uint64, dst []Template) ([]Template, uint64) {
 				dst = append(dst, s.template(e, rem))
 			}
 		}
-		full := len(dst) == cap(dst)
+		done := j >= len(sh.ents)
 		sh.mu.Unlock()
-		if full {
-			if j >= len(sh.ents) {
-				return dst, uint64(si+1) << 32 % (uint64(len(t.shards)) << 32)
-			}
+		switch {
+		case len(dst) < cap(dst):
+		case !done:
 			return dst, uint64(si)<<32 | uint64(j)
+		case si+1 < len(t.shards):
+			return dst, uint64(si+1) << 32
+		default:
+			return dst, 0
 		}
 	}
 	return dst, 0

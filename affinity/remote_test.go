@@ -243,3 +243,21 @@ func TestInvalidateUsedBefore(t *testing.T) {
 	}
 	tb.Release(busy)
 }
+
+// A peer's template adopted at the bound evicts like a local bind: the
+// templates in the table are aged against now, not against the peer's
+// older timer (which made every fresher template look expired).
+func TestAdoptAtTheBoundEvicts(t *testing.T) {
+	p := newPicker(2)
+	tb, ref, _ := newTestTable(Options{Capacity: 32, Shards: 1}, ServiceConfig{Timeout: time.Minute}, p)
+	defer tb.Close()
+	for i := range 32 {
+		tb.Release(mustBind(t, tb, ref, client(i), p))
+	}
+	if a := tb.Adopt(svcWeb, client(100), p.servers[0], 30*time.Second, false); a.Outcome != Added {
+		t.Fatalf("Adopt: %v", a.Outcome)
+	}
+	if s := tb.Stats(); s.Evictions != 1 || s.Expirations != 0 {
+		t.Fatalf("evictions %d, expirations %d: want one eviction of a live template", s.Evictions, s.Expirations)
+	}
+}

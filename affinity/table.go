@@ -304,8 +304,10 @@ func (t *Table) release(l Lease, peer bool) {
 		i, ok = sh.get(l.key, h)
 		ok = ok && sh.ents[i].generation() == l.gen
 	}
-	if e := &sh.ents[i]; ok && (peer && e.peers() > 0 || !peer && e.local() > 0) {
-		sh.close(i, now, peer, t.reg.Load())
+	if ok {
+		if e := &sh.ents[i]; peer && e.peers() > 0 || !peer && e.local() > 0 {
+			sh.close(i, now, peer, t.reg.Load())
+		}
 	}
 	sh.mu.Unlock()
 }
