@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -46,18 +47,14 @@ func (d *delegate) NotifyMsg(b []byte) {
 		}
 	case kind == kindInvalidate:
 		inv := r.invalidation()
-		if r.end(); r.err == nil && !n.seenInvalidation(b) {
-			n.st.received.Add(1)
+		if r.end(); r.err == nil && n.relay(b) {
 			n.heard(sender)
 			dropped := n.cfg.Table.Invalidate(inv.filter())
-			n.q.QueueBroadcast(&uniqueBroadcast{msg: append([]byte(nil), b...)}) // relay
 			n.log.Info("cluster: templates invalidated by a peer", "peer", n.peerName(sender), "dropped", dropped)
 		}
 	case kind == kindServer:
 		service, server, ch := r.serverChange()
-		if r.end(); r.err == nil && !n.seenInvalidation(b) {
-			n.st.received.Add(1)
-			n.q.QueueBroadcast(&uniqueBroadcast{msg: append([]byte(nil), b...)}) // relay
+		if r.end(); r.err == nil && n.relay(b) {
 			n.serverUpdate(sender, service, server, ch)
 		}
 	default:
@@ -121,13 +118,13 @@ func (n *Node) apply(sender uint32, rec record, merge uint64) affinity.Outcome {
 	return a.Outcome
 }
 
-// releaseUnseen gives back the holds of sender that its complete state of
-// merge no longer calls busy: an idle broadcast lost on the way.
-func (n *Node) releaseUnseen(sender uint32, merge uint64) {
+// releaseHolds gives back the peers' holds that match selects, outside
+// the node's lock, and returns how many.
+func (n *Node) releaseHolds(match func(holdKey, hold) bool) int {
 	var release []affinity.Lease
 	n.mu.Lock()
 	for k, h := range n.holds {
-		if k.peer == sender && h.seen != merge {
+		if match(k, h) {
 			release = append(release, h.lease)
 			delete(n.holds, k)
 		}
@@ -136,6 +133,7 @@ func (n *Node) releaseUnseen(sender uint32, merge uint64) {
 	for _, l := range release {
 		n.cfg.Table.ReleasePeer(l)
 	}
+	return len(release)
 }
 
 // events is the Node as memberlist's EventDelegate.
@@ -161,20 +159,11 @@ func (e *events) NotifyJoin(m *memberlist.Node) {
 func (e *events) NotifyLeave(m *memberlist.Node) {
 	n := (*Node)(e)
 	pid := id(m.Name)
-	var release []affinity.Lease
 	n.mu.Lock()
-	delete(n.peers, pid)
-	for k, h := range n.holds {
-		if k.peer == pid {
-			release = append(release, h.lease)
-			delete(n.holds, k)
-		}
-	}
+	delete(n.peers, pid) // first: apply holds nothing more for it
 	n.mu.Unlock()
-	for _, l := range release {
-		n.cfg.Table.ReleasePeer(l)
-	}
-	n.log.Info("cluster: instance left", "peer", m.Name, "released", len(release))
+	released := n.releaseHolds(func(k holdKey, _ hold) bool { return k.peer == pid })
+	n.log.Info("cluster: instance left", "peer", m.Name, "released", released)
 }
 
 func (e *events) NotifyUpdate(*memberlist.Node) {}
@@ -211,9 +200,12 @@ type logWriter struct{ l *slog.Logger }
 func (w logWriter) Write(p []byte) (int, error) {
 	msg := string(bytes.TrimSpace(p))
 	level := slog.LevelInfo
-	for prefix, lv := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError, "[INFO]": slog.LevelInfo} {
-		if len(msg) >= len(prefix) && msg[:len(prefix)] == prefix {
-			level, msg = lv, msg[len(prefix)+1:]
+	for _, l := range [...]struct {
+		prefix string
+		level  slog.Level
+	}{{"[DEBUG] ", slog.LevelDebug}, {"[INFO] ", slog.LevelInfo}, {"[WARN] ", slog.LevelWarn}, {"[ERR] ", slog.LevelError}} {
+		if rest, ok := strings.CutPrefix(msg, l.prefix); ok {
+			level, msg = l.level, rest
 			break
 		}
 	}

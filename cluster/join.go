@@ -77,3 +77,21 @@ func (n *Node) missing() []string {
 	}
 	return out
 }
+
+// others is join without this instance's own addresses: one config can
+// list every instance, and joining itself would make it "ready" with
+// nothing.
+func others(join []string, self ...netip.AddrPort) []string {
+	var out []string
+	for _, j := range join {
+		ap, err := netip.ParseAddrPort(j)
+		mine := false
+		for _, s := range self {
+			mine = mine || err == nil && ap.Addr().Unmap() == s.Addr().Unmap() && ap.Port() == s.Port()
+		}
+		if !mine {
+			out = append(out, j)
+		}
+	}
+	return out
+}

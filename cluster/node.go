@@ -132,12 +132,13 @@ type Node struct {
 	f     *affinity.Follower
 	start time.Time
 
-	ready atomic.Bool
-	st    counters
+	ready  atomic.Bool
+	readyC chan struct{} // closed once ready
+	st     counters
 
 	out      outbox
 	mu       sync.Mutex // guards holds, peers, merge, seen, lastEmit
-	seen     seenSet    // invalidations relayed
+	seen     seenSet    // broadcasts relayed
 	lastEmit Stats
 	holds    map[holdKey]hold
 	peers    map[uint32]*peer
@@ -180,7 +181,7 @@ func Start(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, id: id(cfg.Name), log: cfg.Logger.With("cluster", cfg.Name), start: time.Now(),
-		holds: map[holdKey]hold{}, peers: map[uint32]*peer{}}
+		holds: map[holdKey]hold{}, peers: map[uint32]*peer{}, readyC: make(chan struct{})}
 	f, err := cfg.Table.Follow(4096, true)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
@@ -247,8 +248,12 @@ func (n *Node) Addr() netip.AddrPort {
 // JoinTimeout.
 func (n *Node) Ready() bool { return n.ready.Load() }
 
+// ReadyC is closed once the node is Ready.
+func (n *Node) ReadyC() <-chan struct{} { return n.readyC }
+
 func (n *Node) setReady(why string) {
 	if !n.ready.Swap(true) {
+		close(n.readyC)
 		n.log.Info("cluster: ready", "why", why, "after", time.Since(n.start).Round(time.Millisecond), "templates", n.cfg.Table.Len())
 	}
 }
@@ -284,11 +289,7 @@ func (n *Node) run(ctx context.Context) {
 // clients again.
 func (n *Node) Invalidate(f affinity.Filter) int {
 	inv := invalidation{nonce: rand.Uint64(), at: time.Now(), svc: f.Service, client: f.Client, server: f.Server}
-	msg := appendInvalidation(appendHeader(nil, kindInvalidate, n.id), inv)
-	n.seenInvalidation(msg)
-	n.q.QueueBroadcast(&uniqueBroadcast{msg: msg})
-	n.st.queued.Add(1)
-	n.bound()
+	n.broadcast(appendInvalidation(appendHeader(nil, kindInvalidate, n.id), inv))
 	return n.cfg.Table.Invalidate(f)
 }
 
@@ -308,15 +309,6 @@ func (n *Node) close() error {
 		err = e
 	}
 	n.f.Close()
-	n.mu.Lock()
-	var release []affinity.Lease
-	for k, h := range n.holds {
-		release = append(release, h.lease)
-		delete(n.holds, k)
-	}
-	n.mu.Unlock()
-	for _, l := range release {
-		n.cfg.Table.ReleasePeer(l)
-	}
+	n.releaseHolds(func(holdKey, hold) bool { return true })
 	return err
 }

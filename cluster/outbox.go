@@ -129,7 +129,30 @@ func (n *Node) bound() {
 	}
 }
 
-// uniqueBroadcast is an invalidation: it replaces nothing.
+// broadcast sends msg (an invalidation or a server change: rare, and
+// each unique) through memberlist's queue, remembered so that it is
+// relayed once; relay passes on a peer's the same way, unless seen.
+func (n *Node) broadcast(msg []byte) {
+	n.seenBefore(msg)
+	n.q.QueueBroadcast(&uniqueBroadcast{msg: msg})
+	n.st.queued.Add(1)
+	n.bound()
+}
+
+// relay is broadcast of a peer's message, once: it says false when the
+// message was seen before (then the caller applies nothing).
+func (n *Node) relay(msg []byte) bool {
+	if n.seenBefore(msg) {
+		return false
+	}
+	n.q.QueueBroadcast(&uniqueBroadcast{msg: append([]byte(nil), msg...)})
+	n.st.received.Add(1)
+	n.bound()
+	return true
+}
+
+// uniqueBroadcast is an invalidation or a server change: it replaces
+// nothing.
 type uniqueBroadcast struct{ msg []byte }
 
 func (b *uniqueBroadcast) Invalidates(memberlist.Broadcast) bool { return false }
@@ -137,7 +160,7 @@ func (b *uniqueBroadcast) Message() []byte                       { return b.msg 
 func (b *uniqueBroadcast) Finished()                             {}
 func (b *uniqueBroadcast) UniqueBroadcast()                      {}
 
-// seenSet remembers the last seenMax invalidations (by a hash of the
+// seenSet remembers the last seenMax broadcasts (by a hash of the
 // message), so that each instance relays one only once.
 type seenSet struct {
 	set  map[uint64]struct{}
@@ -147,8 +170,8 @@ type seenSet struct {
 
 const seenMax = 4096
 
-// seenInvalidation says msg was seen before, and remembers it.
-func (n *Node) seenInvalidation(msg []byte) bool {
+// seenBefore says msg was seen before, and remembers it.
+func (n *Node) seenBefore(msg []byte) bool {
 	h := fnv.New64a()
 	h.Write(msg)
 	k := h.Sum64()
@@ -166,22 +189,4 @@ func (n *Node) seenInvalidation(msg []byte) bool {
 	s.next = (s.next + 1) % seenMax
 	s.set[k] = struct{}{}
 	return false
-}
-
-// others is join without this instance's own addresses: one config can
-// list every instance, and joining itself would make it "ready" with
-// nothing.
-func others(join []string, self ...netip.AddrPort) []string {
-	var out []string
-	for _, j := range join {
-		ap, err := netip.ParseAddrPort(j)
-		mine := false
-		for _, s := range self {
-			mine = mine || err == nil && ap.Addr().Unmap() == s.Addr().Unmap() && ap.Port() == s.Port()
-		}
-		if !mine {
-			out = append(out, j)
-		}
-	}
-	return out
 }

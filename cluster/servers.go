@@ -73,11 +73,7 @@ func (n *Node) ServerChanged(service, server string, ch api.ServerChange) {
 	if len(service) > 255 || len(server) > 255 {
 		return
 	}
-	msg := appendServerChange(appendHeader(nil, kindServer, n.id), rand.Uint64(), service, server, ch)
-	n.seenInvalidation(msg) // the same relay-once memory as invalidations
-	n.q.QueueBroadcast(&uniqueBroadcast{msg: msg})
-	n.st.queued.Add(1)
-	n.bound()
+	n.broadcast(appendServerChange(appendHeader(nil, kindServer, n.id), rand.Uint64(), service, server, ch))
 }
 
 // serverUpdate hands a peer's server change to the owner, without

@@ -192,8 +192,8 @@ func (d *delegate) MergeRemoteState(b []byte, join bool) {
 	for range st.count {
 		n.apply(st.sender, st.record(&r), merge)
 	}
-	if st.complete {
-		n.releaseUnseen(st.sender, merge)
+	if st.complete { // an idle message lost on the way: the state says it
+		n.releaseHolds(func(k holdKey, h hold) bool { return k.peer == st.sender && h.seen != merge })
 	}
 	n.mu.Lock()
 	if p := n.peers[st.sender]; p != nil {

@@ -37,25 +37,22 @@ func (p *Proxy) startCluster(cfg *config.File) error {
 	if key == nil {
 		p.log.Warn("cluster: gossip is not encrypted; set cluster.secret_key_file unless the network is trusted", "bind", c.Bind)
 	}
+	// Start runs on the control loop, in the proxy's namespace: the gossip
+	// sockets are made there.
 	updates := make(chan cluster.ServerUpdate, 256)
-	err = p.inNamespace(func() error {
-		n, err := cluster.Start(cluster.Config{
-			Name: c.Name, Bind: bind, Advertise: adv, Join: c.Join, SecretKey: key, Label: c.Label,
-			Table: p.table, Logger: p.log, JoinTimeout: c.JoinTimeout.D(), PushPullInterval: c.PushPullInterval.D(),
-			MaxHolds: cfg.Affinity.Capacity, MaxStateTemplates: 2 * cfg.Affinity.Capacity,
-			ServerUpdates: updates,
-		})
-		if err != nil {
-			return err
-		}
-		p.cluster.Store(n)
-		return nil
+	n, err := cluster.Start(cluster.Config{
+		Name: c.Name, Bind: bind, Advertise: adv, Join: c.Join, SecretKey: key, Label: c.Label,
+		Table: p.table, Logger: p.log, JoinTimeout: c.JoinTimeout.D(), PushPullInterval: c.PushPullInterval.D(),
+		MaxHolds: cfg.Affinity.Capacity, MaxStateTemplates: 2 * cfg.Affinity.Capacity,
+		ServerUpdates: updates,
 	})
-	if err == nil {
-		p.peerStop, p.peerDone = make(chan struct{}), make(chan struct{})
-		go p.followPeerServers(updates, p.peerStop, p.peerDone)
+	if err != nil {
+		return err
 	}
-	return err
+	p.cluster.Store(n)
+	p.peerStop, p.peerDone = make(chan struct{}), make(chan struct{})
+	go p.followPeerServers(updates, p.peerStop, p.peerDone)
+	return nil
 }
 
 // followPeerServers applies the server changes operators made on peers
@@ -102,12 +99,16 @@ func (p *Proxy) stopCluster() error {
 	return nil
 }
 
-// ClusterReady says the instance has its peers' templates, or needs none:
-// no cluster, nothing to join, or no peer answered in time. `tether run`
-// says ready only then.
-func (p *Proxy) ClusterReady() bool {
-	n := p.clusterNode()
-	return n == nil || n.Ready()
+// ClusterReady is closed once the instance has its peers' templates, or
+// needs none: no cluster, nothing to join, or no peer answered in time.
+// `tether run` says ready only then.
+func (p *Proxy) ClusterReady() <-chan struct{} {
+	if n := p.clusterNode(); n != nil {
+		return n.ReadyC()
+	}
+	closed := make(chan struct{})
+	close(closed)
+	return closed
 }
 
 func (p *Proxy) clusterNode() *cluster.Node { return p.cluster.Load() }

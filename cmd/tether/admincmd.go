@@ -305,18 +305,20 @@ func affinityCommand() *cli.Command {
 					return printJSON(c.App.Writer, ts)
 				}
 				tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+				// A PEERS column (other instances' open connections) only
+				// in a cluster that has some.
 				peers := slices.ContainsFunc(ts, func(t api.TemplateStatus) bool { return t.Peers > 0 })
-				if peers { // the cluster: other instances' open connections
-					fmt.Fprintln(tw, "SERVICE\tCLIENT\tSERVER\tCONNS\tPEERS\tEXPIRES")
-				} else {
-					fmt.Fprintln(tw, "SERVICE\tCLIENT\tSERVER\tCONNS\tEXPIRES")
+				head := "SERVICE\tCLIENT\tSERVER\tCONNS\t"
+				if peers {
+					head += "PEERS\t"
 				}
+				fmt.Fprintln(tw, head+"EXPIRES")
 				for _, t := range ts {
+					conns := strconv.Itoa(t.Active) + "\t"
 					if peers {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", t.Service, t.Client, t.Server, t.Active, t.Peers, clock(t.Remaining))
-					} else {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", t.Service, t.Client, t.Server, t.Active, clock(t.Remaining))
+						conns += strconv.Itoa(t.Peers) + "\t"
 					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s%s\n", t.Service, t.Client, t.Server, conns, clock(t.Remaining))
 				}
 				return tw.Flush()
 			},

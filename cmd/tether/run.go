@@ -324,17 +324,15 @@ func startAdmin(c config.Admin, o admin.Options) (*admin.Server, error) {
 // templates (bounded by cluster.join_timeout), so that /readyz and the
 // service manager hear "ready" only then, or when ctx ends.
 func waitCluster(ctx context.Context, log *slog.Logger, p *proxy.Proxy) {
-	if p.ClusterReady() {
+	ready := p.ClusterReady()
+	select {
+	case <-ready:
 		return
+	default:
 	}
 	log.Info("cluster: waiting for a peer's templates before saying ready")
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for !p.ClusterReady() {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	select {
+	case <-ctx.Done():
+	case <-ready:
 	}
 }
