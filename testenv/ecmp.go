@@ -37,7 +37,6 @@ func (e *Env) ecmp(router *netlink.Handle, brS netlink.Link, n int) error {
 	if err != nil {
 		return err
 	}
-	var hops []*netlink.NexthopInfo
 	for i := range n {
 		h, err := e.newHost(fmt.Sprintf("balancer%d", i))
 		if err != nil {
@@ -65,13 +64,12 @@ func (e *Env) ecmp(router *netlink.Handle, brS netlink.Link, n int) error {
 		if err := h.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
 			return err
 		}
-		hops = append(hops, &netlink.NexthopInfo{LinkIndex: brL.Attrs().Index, Gw: BalancerAddr(i).AsSlice()})
 		e.Balancers = append(e.Balancers, h)
 	}
-	vip := &net.IPNet{IP: VIP.AsSlice(), Mask: net.CIDRMask(32, 32)}
-	if err := router.RouteAdd(&netlink.Route{Dst: vip, MultiPath: hops}); err != nil {
-		return fmt.Errorf("testenv: multipath route to %s: %w", VIP, err)
+	if err := routeVIP(router, brL, n); err != nil {
+		return err
 	}
+	vip := &net.IPNet{IP: VIP.AsSlice(), Mask: net.CIDRMask(32, 32)}
 	// The VIP is inside the clients' /16, where they would look for it on
 	// their own network: it is behind the router.
 	for _, c := range e.Clients {
@@ -86,4 +84,36 @@ func (e *Env) ecmp(router *netlink.Handle, brS netlink.Link, n int) error {
 		}
 	}
 	return e.LB.Sysctl("net.ipv4.fib_multipath_hash_policy", "1")
+}
+
+// RouteToBalancers points the router's multipath route to the VIP at the
+// first n balancers, as a routing protocol withdraws a dead one (0 < n <=
+// len(Balancers)).
+func (e *Env) RouteToBalancers(n int) error {
+	if n <= 0 || n > len(e.Balancers) {
+		return fmt.Errorf("testenv: route to %d of %d balancers", n, len(e.Balancers))
+	}
+	router, err := netlink.NewHandleAt(e.LB.ns)
+	if err != nil {
+		return err
+	}
+	defer router.Close()
+	brL, err := router.LinkByName("br-l")
+	if err != nil {
+		return fmt.Errorf("testenv: no ECMP site: %w", err)
+	}
+	return routeVIP(router, brL, n)
+}
+
+// routeVIP routes the VIP through the first n balancers, by hash.
+func routeVIP(router *netlink.Handle, brL netlink.Link, n int) error {
+	var hops []*netlink.NexthopInfo
+	for i := range n {
+		hops = append(hops, &netlink.NexthopInfo{LinkIndex: brL.Attrs().Index, Gw: BalancerAddr(i).AsSlice()})
+	}
+	vip := &net.IPNet{IP: VIP.AsSlice(), Mask: net.CIDRMask(32, 32)}
+	if err := router.RouteReplace(&netlink.Route{Dst: vip, MultiPath: hops}); err != nil {
+		return fmt.Errorf("testenv: multipath route to %s: %w", VIP, err)
+	}
+	return nil
 }

@@ -196,7 +196,9 @@ services:
 	// routing protocol would withdraw it).
 	syscall.Kill(lbs[2].cmd.Process.Pid, syscall.SIGKILL)
 	lbs[2].cmd.Wait()
-	route(t, env, 2)
+	if err := env.RouteToBalancers(2); err != nil {
+		t.Fatal(err)
+	}
 	check("one instance killed", drive(3))
 
 	// A new instance in its place joins with an empty table; the moment
@@ -205,7 +207,9 @@ services:
 	if n := ready(lbs[2]); n != 2*addrs {
 		t.Fatalf("the new instance said ready holding %d templates, want %d", n, 2*addrs)
 	}
-	route(t, env, 3)
+	if err := env.RouteToBalancers(3); err != nil {
+		t.Fatal(err)
+	}
 	check("the new instance in the route", drive(3))
 
 	// A partition: lb0 loses the gossip port, long enough that each side
@@ -338,26 +342,6 @@ func runIn(t *testing.T, h *testenv.Host, path, sock, cfg string) *lbInstance {
 		t.Fatal(err)
 	}
 	return in
-}
-
-// route points the router's multipath route to the VIP at the first n
-// balancers.
-func route(t *testing.T, env *testenv.Env, n int) {
-	t.Helper()
-	err := env.LB.Do(func() error {
-		br, err := netlink.LinkByName("br-l")
-		if err != nil {
-			return err
-		}
-		var hops []*netlink.NexthopInfo
-		for i := range n {
-			hops = append(hops, &netlink.NexthopInfo{LinkIndex: br.Attrs().Index, Gw: testenv.BalancerAddr(i).AsSlice()})
-		}
-		return netlink.RouteReplace(&netlink.Route{Dst: &net.IPNet{IP: testenv.VIP.AsSlice(), Mask: net.CIDRMask(32, 32)}, MultiPath: hops})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // Two tether instances behind a VIP that keepalived moves (VRRP), as the
