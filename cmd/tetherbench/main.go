@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime/pprof"
 	"time"
 )
@@ -28,6 +29,7 @@ func main() {
 	var o options
 	flag.DurationVar(&o.dur, "duration", 3*time.Second, "how long each measurement runs")
 	flag.StringVar(&o.only, "only", "", "run one table: tcp, udp or ns (default: all)")
+	flag.StringVar(&o.columns, "columns", "", "in the ns table, measure only the columns whose names match this regular expression, besides direct (default: all)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (clients and the in-process director) to this file")
 	flag.StringVar(&o.tetherProfile, "tether-cpuprofile", "", "write a CPU profile of the loopback tether process to this file")
 	flag.Parse()
@@ -129,7 +131,11 @@ func bench(o options) error {
 		}
 	}
 	if o.only == "" || o.only == "ns" {
-		return benchNamespaces(dur, bin)
+		keep, err := regexp.Compile(o.columns)
+		if err != nil {
+			return fmt.Errorf("-columns: %w", err)
+		}
+		return benchNamespaces(dur, bin, keep)
 	}
 	return nil
 }
@@ -138,5 +144,6 @@ func bench(o options) error {
 type options struct {
 	dur           time.Duration // each measurement's length
 	only          string        // the one table to run; empty: all
+	columns       string        // the ns table's columns to measure, a regular expression
 	tetherProfile string        // a CPU profile of the loopback tether process
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -36,7 +37,7 @@ func nftIn(h *testenv.Host, rules string) error {
 // reaching servers through the load-balancer host, in network namespaces.
 // Direct is the same client reaching the server's own address through the
 // same host, forwarded by the kernel; the socket proxy runs there too.
-func benchNamespaces(dur time.Duration, bin string) error {
+func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp) error {
 	if why := testenv.Missing(); why != "" {
 		fmt.Printf("\n(no director figures: %s)\n", why)
 		return nil
@@ -101,7 +102,9 @@ func benchNamespaces(dur time.Duration, bin string) error {
 	// The kernel's own cost of a NATed flow, with no decision in userspace:
 	// the floor the director can reach.
 	rules := fmt.Sprintf("table ip benchnat {\n\tchain pre {\n\t\ttype nat hook prerouting priority dstnat;\n\t\tip daddr %s tcp dport 80 dnat to %s\n\t}\n}\n", testenv.VIP, server)
-	if err := nftIn(env.LB, rules); err != nil {
+	if !keep.MatchString("kernel DNAT rule") {
+		// not asked for
+	} else if err := nftIn(env.LB, rules); err != nil {
 		fmt.Fprintln(os.Stderr, "tetherbench: no static DNAT column:", err)
 	} else {
 		r, err := measureAll(vip, dur)
@@ -117,6 +120,9 @@ func benchNamespaces(dur time.Duration, bin string) error {
 		{"director, every flow queued", "director", "false"},
 		{"tether socket proxy", "proxy", "true"},
 	} {
+		if !keep.MatchString(run.name) {
+			continue
+		}
 		mode := run.mode
 		cfg, err := config.Parse("bench", []byte(fmt.Sprintf("mode: %s\ndirector: {queues: 2, kernel_templates: %s}\nservices:\n  - name: bench\n    listen: %s\n    persistence: {timeout: 300s}\n    servers: [{address: %s}]\n", mode, run.kmap, vip, server)))
 		if err != nil {
@@ -167,6 +173,9 @@ func benchNamespaces(dur time.Duration, bin string) error {
 		}, nil
 	}
 	for _, pr := range append(append(append(tp[1:], peers...), killed), tp[0]) {
+		if !keep.MatchString(pr.name) {
+			continue
+		}
 		c, err := measurePeer(env, pr, vip, server, inHost(vip), func(dur time.Duration) (result, error) { return measureAll(vip, dur) }, dur)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "tetherbench: no column:", err)
