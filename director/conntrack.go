@@ -2,146 +2,184 @@ package director
 
 import (
 	"errors"
-	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ti-mo/conntrack"
 )
 
-// reconcileEvery is how often the director compares its open flows with
-// conntrack's, to give back what flows whose end it did not hear of held
-// (a first packet dropped after the verdict, lost events).
-const reconcileEvery = 60 * time.Second
+// The director learns how its flows go from periodic scans of conntrack's
+// table (ctdump.go), not from conntrack's events: an event listener makes
+// the kernel build an event for every state change of every flow of the
+// namespace, in the packet path, while a scan costs one walk of the table
+// per interval whatever the connection rate. A scan
+//   - ends the flows it decided or adopted that closed (TCP TIME_WAIT or
+//     CLOSE) or that conntrack no longer has;
+//   - adopts open flows the kernel template map gave a choice mark
+//     without the queue (Options.Adopt);
+//   - tells of such flows that opened and closed since the last scan
+//     (Options.Seen), which conntrack keeps a while in TIME_WAIT: the time
+//     they have spent there dates their close, so each is told once.
+//
+// So the director sees a flow's end up to one interval late, and a
+// kernel-served flow's start likewise; the interval is ScanEvery, or
+// scanCost times the last scan's duration when that is longer.
 
-// reconcileGrace keeps a flow younger than this out of reconciliation: its
-// conntrack entry may not be confirmed yet.
-const reconcileGrace = 10 * time.Second
+// DefaultScanEvery is the least interval between conntrack scans.
+const DefaultScanEvery = time.Second
 
-// followConntrack releases flows as they close or conntrack destroys them, and
-// reconciles with conntrack's table every reconcileEvery and after lost
-// events.
+// scanCost bounds the scans' share of a CPU: the next scan waits at least
+// this many times the last one's duration (2 %).
+const scanCost = 50
+
+// reconcileGrace keeps a flow decided less than this before a scan began
+// out of the scan's verdict that conntrack no longer has it: its entry
+// may not be confirmed yet (that takes microseconds after the verdict).
+const reconcileGrace = time.Second
+
+// followConntrack scans conntrack until the director stops.
 func (d *Director[H]) followConntrack() {
 	defer d.wg.Done()
-	tick := time.NewTicker(reconcileEvery)
-	defer tick.Stop()
-	for d.ctx.Err() == nil {
-		err := d.listenEvents(tick.C)
-		if d.ctx.Err() != nil {
-			return
-		}
-		d.stats.overruns.Add(1)
-		d.log.Warn("director: conntrack events lost; reconciling open flows with conntrack", "err", err)
-		d.reconcile()
-		select {
-		case <-d.ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-// listenEvents follows conntrack's events (ctevents.go: closes, destroys,
-// and new flows when the director adopts them) until the director stops (nil) or the listener
-// fails (lost events among them).
-func (d *Director[H]) listenEvents(tick <-chan time.Time) error {
-	ev, err := dialCTEvents(d.do, d.o.Adopt != nil)
-	if err != nil {
-		return err
-	}
-	errc := make(chan error, 1)
-	go func() {
-		errc <- ev.run(func(kind ctEventKind, k FlowKey, mark uint32) {
-			if kind == ctNew {
-				d.adopt(k, mark)
-			} else { // closed or destroyed: the flow holds its choice no longer
-				d.destroyed(k)
-			}
-		})
+	defer func() { // wake Scan's callers
+		d.scanMu.Lock()
+		d.scanDone.Broadcast()
+		d.scanMu.Unlock()
 	}()
+	every := d.o.ScanEvery
+	if every <= 0 {
+		every = DefaultScanEvery
+	}
+	var dumper *ctDumper
+	defer func() {
+		if dumper != nil {
+			dumper.Close()
+		}
+	}()
+	last := time.Now() // the previous scan's start
+	timer := time.NewTimer(every)
+	defer timer.Stop()
+	failing := false
 	for {
 		select {
-		case <-tick:
-			d.reconcile()
-		case err := <-errc:
-			ev.Close()
-			if err == nil {
-				err = errors.New("conntrack events: the socket closed")
-			}
-			return err
 		case <-d.ctx.Done():
-			ev.Close()
-			<-errc // the reader has returned
-			return nil
+			return
+		case <-timer.C:
+		case <-d.scanNow:
 		}
+		start := time.Now()
+		var err error
+		if dumper == nil {
+			dumper, err = dialCTDump(d.do)
+		}
+		if err == nil {
+			err = d.scan(dumper, start.Sub(last))
+		}
+		took := time.Since(start)
+		d.stats.scanNanos.Store(uint64(took))
+		switch {
+		case err != nil && !failing:
+			failing = true
+			d.log.Warn("director: conntrack scan failed; flows' ends wait for the next scan", "err", err)
+		case err == nil && failing:
+			failing = false
+			d.log.Info("director: conntrack scans work again")
+		}
+		if err != nil && !errors.Is(err, errDumpInterrupted) && dumper != nil {
+			dumper.Close()
+			dumper = nil
+		} else {
+			last = start
+		}
+		d.scanMu.Lock()
+		d.stats.scans.Add(1)
+		d.scanDone.Broadcast()
+		d.scanMu.Unlock()
+		timer.Reset(max(every, scanCost*took))
 	}
 }
 
-func tupleKey(t conntrack.Tuple) FlowKey {
-	return FlowKey{Proto: t.Proto.Protocol,
-		Src: netip.AddrPortFrom(t.IP.SourceAddress.Unmap(), t.Proto.SourcePort),
-		Dst: netip.AddrPortFrom(t.IP.DestinationAddress.Unmap(), t.Proto.DestinationPort)}
-}
-
-// adopt keeps a new flow k that the kernel gave choice mark without the
-// queue, unless the director decided it itself.
-func (d *Director[H]) adopt(k FlowKey, mark uint32) {
-	d.mu.Lock()
-	f := d.flows[k]
-	d.mu.Unlock()
-	if f != nil || mark == 0 {
-		return
+// scan reads conntrack's table once; since is the time since the last
+// complete scan began.
+func (d *Director[H]) scan(c *ctDumper, since time.Duration) error {
+	start := time.Now()
+	n := d.stats.scans.Load() + 1
+	tw, cl := d.closeTimeouts()
+	window := uint32(since/time.Second) + 1 // Left is in whole seconds
+	recent := make(map[FlowKey]struct{}, len(d.recent))
+	var mark, mask uint32
+	if d.o.Marks != nil {
+		mark, mask = d.o.Marks()
 	}
-	hold, ok := d.o.Adopt(k, mark)
-	if !ok {
-		return
-	}
-	d.mu.Lock()
-	if d.flows[k] != nil { // cannot happen: events of one flow come in order
+	entries := 0
+	err := c.dump(mark, mask, func(e ctEntry) {
+		entries++
+		if e.Mark == 0 {
+			return
+		}
+		d.mu.Lock()
+		f := d.flows[e.Key]
+		switch {
+		case f != nil && e.closed():
+			delete(d.flows, e.Key)
+		case f != nil:
+			f.scan = n
+		}
 		d.mu.Unlock()
-		d.o.Release(hold)
-		return
-	}
-	d.flows[k] = &flow[H]{mark: mark, born: time.Now(), hold: hold}
-	d.mu.Unlock()
-	d.stats.adopted.Add(1)
-}
-
-// destroyed ends flow k, which conntrack forgot.
-func (d *Director[H]) destroyed(k FlowKey) {
-	d.mu.Lock()
-	f := d.flows[k]
-	delete(d.flows, k)
-	d.mu.Unlock()
-	if f != nil {
-		d.stats.ended.Add(1)
-		d.o.Release(f.hold)
-	}
-}
-
-// reconcile ends the flows conntrack no longer has.
-func (d *Director[H]) reconcile() {
-	var live []conntrack.Flow
-	err := d.do(func() error {
-		c, err := conntrack.Dial(nil)
-		if err != nil {
-			return err
+		if f != nil {
+			if e.closed() {
+				d.remember(recent, e, tw, cl)
+				d.stats.ended.Add(1)
+				d.o.Release(f.hold)
+			}
+			return
 		}
-		defer c.Close()
-		live, err = c.Dump(nil)
-		return err
+		if d.o.Adopt == nil {
+			return
+		}
+		if !e.closed() {
+			d.adopt(e.Key, e.Mark, n)
+			return
+		}
+		// A flow the kernel served and closed: once, if it closed
+		// since the last scan.
+		timeout := tw
+		if e.State == tcpClose {
+			timeout = cl
+		}
+		if e.Left > timeout || timeout-e.Left > window {
+			return // closed before the last scan began
+		}
+		d.remember(recent, e, tw, cl)
+		if _, told := d.recent[e.Key]; told {
+			return
+		}
+		if d.o.Seen != nil {
+			d.stats.seen.Add(1)
+			d.o.Seen(e.Key, e.Mark)
+		}
 	})
+	d.stats.entries.Store(uint64(entries))
+	d.recent = recent
 	if err != nil {
-		d.log.Warn("director: conntrack dump failed; open flows not reconciled", "err", err)
-		return
+		return err
 	}
-	have := make(map[FlowKey]bool, len(live))
-	for _, f := range live {
-		have[tupleKey(f.TupleOrig)] = true
-	}
+	// Flows the scan did not find are gone.
+	cutoff := start.Add(-reconcileGrace)
+	gone := d.end(func(f *flow[H]) bool { return f.scan != n && f.born.Before(cutoff) })
+	d.stats.reconciled.Add(uint64(gone))
+	return nil
+}
+
+// end forgets the flows that match and releases what they held; it
+// returns how many.
+func (d *Director[H]) end(match func(*flow[H]) bool) int {
 	var gone []*flow[H]
-	cutoff := time.Now().Add(-reconcileGrace)
 	d.mu.Lock()
 	for k, f := range d.flows {
-		if !have[k] && f.born.Before(cutoff) {
+		if match(f) {
 			delete(d.flows, k)
 			gone = append(gone, f)
 		}
@@ -150,13 +188,94 @@ func (d *Director[H]) reconcile() {
 	for _, f := range gone {
 		d.o.Release(f.hold)
 	}
-	d.stats.reconciled.Add(uint64(len(gone)))
+	return len(gone)
+}
+
+// remember keeps a closed flow that the next scan could take for one
+// closed since the last: one that closed in the second or two before this
+// scan read it (Left is in whole seconds); an older one will be outside
+// the next scan's window.
+func (d *Director[H]) remember(recent map[FlowKey]struct{}, e ctEntry, tw, cl uint32) {
+	timeout := tw
+	if e.State == tcpClose {
+		timeout = cl
+	}
+	if e.Left+2 >= timeout {
+		recent[e.Key] = struct{}{}
+	}
+}
+
+// closeTimeouts are conntrack's TIME_WAIT and CLOSE timeouts in seconds
+// (the namespace's sysctls; Linux's defaults when unreadable).
+func (d *Director[H]) closeTimeouts() (tw, cl uint32) {
+	tw, cl = 120, 10
+	d.do(func() error {
+		read := func(name string, v *uint32) {
+			b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_" + name)
+			if err != nil {
+				return
+			}
+			if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32); err == nil {
+				*v = uint32(n)
+			}
+		}
+		read("time_wait", &tw)
+		read("close", &cl)
+		return nil
+	})
+	return tw, cl
+}
+
+// Scan returns once a conntrack scan that began after the call has
+// finished (or the director stopped): what the director holds then
+// reflects every flow as of the call.
+func (d *Director[H]) Scan() {
+	d.scanMu.Lock()
+	defer d.scanMu.Unlock()
+	want := d.stats.scans.Load() + 2 // one running now may have begun before the call
+	for d.stats.scans.Load() < want && d.ctx.Err() == nil {
+		select {
+		case d.scanNow <- struct{}{}:
+		default:
+		}
+		d.scanDone.Wait()
+	}
+}
+
+// adopt keeps a new flow k that the kernel gave choice mark without the
+// queue.
+func (d *Director[H]) adopt(k FlowKey, mark uint32, scan uint64) {
+	hold, ok := d.o.Adopt(k, mark)
+	if !ok {
+		return
+	}
+	d.mu.Lock()
+	if d.flows[k] != nil { // decided meanwhile: cannot happen for a flow conntrack already had
+		d.mu.Unlock()
+		d.o.Release(hold)
+		return
+	}
+	d.flows[k] = &flow[H]{mark: mark, born: time.Now(), hold: hold, scan: scan}
+	d.mu.Unlock()
+	d.stats.adopted.Add(1)
 }
 
 // ResetMarks deletes the conntrack entries of flows with the given marks
-// (IPVS's expire_nodest_conn): their clients' next packets start new
-// flows. do runs it in the right network namespace (nil: as is).
-func ResetMarks(do func(func() error) error, marks []uint32) error {
+// (IPVS's expire_nodest_conn) and ends the director's: their clients'
+// next packets start new flows, which the queue decides anew.
+func (d *Director[H]) ResetMarks(marks []uint32) error {
+	if d == nil {
+		return nil
+	}
+	err := resetMarks(d.do, marks)
+	gone := d.end(func(f *flow[H]) bool { return slices.Contains(marks, f.mark) })
+	d.stats.ended.Add(uint64(gone))
+	return err
+}
+
+// resetMarks deletes the conntrack entries of flows with the given marks.
+// do runs it in the right network namespace (nil: as is).
+func resetMarks(do func(func() error) error, marks []uint32) error {
 	if len(marks) == 0 {
 		return nil
 	}

@@ -58,14 +58,24 @@ type Options[H any] struct {
 	// Decide picks the server of a new flow k whose first packet carries
 	// mark: the verdict, the choice mark and what the flow holds.
 	Decide func(k FlowKey, mark uint32) (Verdict, uint32, H)
-	// Release gives back what a flow held, once: when conntrack destroys
-	// the flow, when a duplicate decision loses, or at Close.
+	// Release gives back what a flow held, once: when a conntrack scan
+	// finds the flow closed or gone, when a duplicate decision loses, or
+	// at Close.
 	Release func(H)
-	// Adopt, when set, takes a flow the kernel gave a choice mark without
-	// asking (a returning client, from the kernel template map): the
-	// director follows conntrack's new flows too, and what Adopt returns
-	// (ok) is held until the flow ends, as a decision's is.
+	// Adopt, when set, takes an open flow the kernel gave a choice mark
+	// without asking (a returning client, from the kernel template map),
+	// as a conntrack scan finds it: what Adopt returns (ok) is held until
+	// the flow ends, as a decision's is.
 	Adopt func(k FlowKey, mark uint32) (H, bool)
+	// Seen, with Adopt, is told of such a flow that opened and closed
+	// between two scans, once.
+	Seen func(k FlowKey, mark uint32)
+	// Marks, when set, is the kernel's filter for the scans: only entries
+	// whose conntrack mark&mask equals mark&mask (every choice mark).
+	Marks func() (mark, mask uint32)
+	// ScanEvery is the least interval between conntrack scans (0:
+	// DefaultScanEvery).
+	ScanEvery time.Duration
 	// VerdictHook, when set, runs before each verdict is sent; tests use
 	// it to hold a packet in the queue.
 	VerdictHook func()
@@ -84,6 +94,14 @@ type Director[H any] struct {
 	mu    sync.Mutex
 	flows map[FlowKey]*flow[H]
 
+	// The scans': a request for one now, and scanDone (on scanMu) at the
+	// end of each. recent are the closed flows the last scan ended or
+	// told of, which the next one skips; the follower's alone.
+	scanNow  chan struct{}
+	scanMu   sync.Mutex
+	scanDone *sync.Cond
+	recent   map[FlowKey]struct{}
+
 	stats counters
 }
 
@@ -92,12 +110,14 @@ type flow[H any] struct {
 	mark uint32
 	born time.Time
 	hold H
+	scan uint64 // the last scan that found it open
 }
 
 // Open binds the queues and starts following conntrack. It needs
 // CAP_NET_ADMIN.
 func Open[H any](o Options[H]) (*Director[H], error) {
-	d := &Director[H]{o: o, log: o.Logger, flows: map[FlowKey]*flow[H]{}}
+	d := &Director[H]{o: o, log: o.Logger, flows: map[FlowKey]*flow[H]{}, scanNow: make(chan struct{}, 1)}
+	d.scanDone = sync.NewCond(&d.scanMu)
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
@@ -262,22 +282,27 @@ func (d *Director[H]) decide(b []byte, mark uint32) (verdict int, newMark uint32
 
 // counters are the director's own counts, reported through Stats.
 type counters struct {
-	verdicts, adopted, unparsed, unknown, noServer, denied, verdictErrs, overruns, queueErrs, ended, reconciled atomic.Uint64
+	verdicts, adopted, seen, unparsed, unknown, noServer, denied, verdictErrs, overruns, queueErrs, ended, reconciled atomic.Uint64
+	scans, scanNanos, entries                                                                                         atomic.Uint64
 }
 
 // Stats are the director's counts since Open.
 type Stats struct {
 	Verdicts      uint64 // new flows given a server
-	Adopted       uint64 // new flows the kernel template map gave a server
+	Adopted       uint64 // open flows the kernel template map gave a server
+	Seen          uint64 // flows the kernel template map gave a server that closed between two scans
 	QueueErrors   uint64 // errors reading the queue, read on
 	Unparsed      uint64 // packets without a TCP or UDP flow
 	Unknown       uint64 // packets of no service (a reload raced them)
 	NoServer      uint64 // new flows dropped: no server could take them
 	Denied        uint64 // new flows dropped: the service's access list
 	VerdictErrors uint64 // verdicts the kernel refused (packet gone)
-	Overruns      uint64 // queue or conntrack event overruns
-	FlowsEnded    uint64 // flows conntrack reported destroyed
-	Reconciled    uint64 // flows ended because a dump no longer had them
+	Overruns      uint64 // queue overruns
+	FlowsEnded    uint64 // flows a scan found closed
+	Reconciled    uint64 // flows ended because a scan no longer found them
+	Scans         uint64 // conntrack scans
+	ScanTime      time.Duration
+	ScanEntries   uint64 // conntrack entries the last scan read
 	Flows         int    // open flows now
 }
 
@@ -287,6 +312,7 @@ func (d *Director[H]) Stats() Stats {
 	return Stats{
 		Verdicts: c.verdicts.Load(), Adopted: c.adopted.Load(), QueueErrors: c.queueErrs.Load(), Unparsed: c.unparsed.Load(), Unknown: c.unknown.Load(),
 		NoServer: c.noServer.Load(), Denied: c.denied.Load(), VerdictErrors: c.verdictErrs.Load(), Overruns: c.overruns.Load(),
-		FlowsEnded: c.ended.Load(), Reconciled: c.reconciled.Load(), Flows: d.Flows(),
+		FlowsEnded: c.ended.Load(), Reconciled: c.reconciled.Load(), Flows: d.Flows(), Seen: c.seen.Load(),
+		Scans: c.scans.Load(), ScanTime: time.Duration(c.scanNanos.Load()), ScanEntries: c.entries.Load(),
 	}
 }

@@ -175,6 +175,14 @@ func (kt *KernelTemplates) apply(changes []affinity.Change) error {
 	defer kt.mu.Unlock()
 	l := kt.layout
 	var ops []nft.TemplateOp
+	// A template changed several times in the batch (touched by every
+	// short flow a conntrack scan found) is written once, as it is last.
+	type elemKey struct {
+		fam     nftables.TableFamily
+		service int
+		client  netip.Addr
+	}
+	at := make(map[elemKey]int, len(changes))
 	for _, c := range changes {
 		ls := l.services[c.Service]
 		if ls == nil {
@@ -200,6 +208,12 @@ func (kt *KernelTemplates) apply(changes []affinity.Change) error {
 				op.Drop = true
 			}
 		}
+		k := elemKey{fam, i, c.Client}
+		if j, ok := at[k]; ok {
+			ops[j] = op
+			continue
+		}
+		at[k] = len(ops)
 		ops = append(ops, op)
 	}
 	if len(ops) == 0 {

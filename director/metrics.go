@@ -18,10 +18,12 @@ func (d *Director[H]) EmitMetrics(m *metrics.Metrics, do func(func() error) erro
 	}{
 		{"verdicts", s.Verdicts}, {"adopted", s.Adopted}, {"queue_errors", s.QueueErrors}, {"unparsed", s.Unparsed}, {"unknown", s.Unknown}, {"no_server", s.NoServer}, {"denied", s.Denied},
 		{"verdict_errors", s.VerdictErrors}, {"overruns", s.Overruns}, {"flows_ended", s.FlowsEnded}, {"flows_reconciled", s.Reconciled},
+		{"seen", s.Seen}, {"conntrack_scans", s.Scans}, {"conntrack_scan_entries", s.ScanEntries},
 	} {
 		m.SetGauge([]string{"director", c.name}, float32(c.v))
 	}
 	m.SetGauge([]string{"director", "flows"}, float32(s.Flows))
+	m.SetGauge([]string{"director", "conntrack_scan_seconds"}, float32(s.ScanTime.Seconds()))
 	// queue_dropped: for a full queue; user_dropped: for a full socket
 	// buffer.
 	for _, q := range ReadQueueStats(do) {

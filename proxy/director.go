@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 	"sync/atomic"
 
@@ -40,6 +41,30 @@ type directorView struct {
 	marks    map[nft.ChoiceKey]uint32
 	byMark   map[uint32]nft.ChoiceKey
 	markMask uint32
+	// scanMark and scanMask match every choice mark (their common
+	// leading bits): the kernel's filter for the conntrack scans.
+	scanMark, scanMask uint32
+}
+
+// newDirectorView indexes the choice marks assigned.
+func newDirectorView(assigned map[nft.ChoiceKey]uint32, markMask uint32) *directorView {
+	v := &directorView{marks: assigned, byMark: nft.ByMark(assigned), markMask: markMask}
+	first := true
+	var lo, hi uint32
+	for m := range v.byMark {
+		if first || m < lo {
+			lo = m
+		}
+		if first || m > hi {
+			hi = m
+		}
+		first = false
+	}
+	if !first {
+		v.scanMask = ^uint32(0) << bits.Len32(lo^hi)
+		v.scanMark = lo & v.scanMask
+	}
+	return v
 }
 
 // openDirector probes the kernel's queue statement and binds the queues.
@@ -71,8 +96,10 @@ func (p *Proxy) openDirector(cfg *config.File) (*dirPath, error) {
 		}
 	}
 	var adopt func(director.FlowKey, uint32) (choice, bool)
+	var seen func(director.FlowKey, uint32)
 	if dp.kt != nil {
 		adopt = func(k director.FlowKey, mark uint32) (choice, bool) { return p.adoptFlow(dp, k, mark) }
+		seen = func(k director.FlowKey, mark uint32) { p.seenFlow(dp, k, mark) }
 	}
 	if err == nil {
 		dp.d, err = director.Open(director.Options[choice]{
@@ -81,8 +108,14 @@ func (p *Proxy) openDirector(cfg *config.File) (*dirPath, error) {
 			Decide: func(k director.FlowKey, mark uint32) (director.Verdict, uint32, choice) {
 				return p.decideFlow(dp, k, mark)
 			},
-			Release:     func(c choice) { p.release(c.srv, c.lease) },
-			Adopt:       adopt,
+			Release: func(c choice) { p.release(c.srv, c.lease) },
+			Adopt:   adopt,
+			Seen:    seen,
+			Marks: func() (uint32, uint32) {
+				v := dp.view.Load()
+				return v.scanMark, v.scanMask
+			},
+			ScanEvery:   p.scanEvery,
 			VerdictHook: p.verdictHook,
 		})
 	}
@@ -196,6 +229,31 @@ func (p *Proxy) adoptFlow(dp *dirPath, k director.FlowKey, mark uint32) (choice,
 	return choice{st: st, srv: srv, lease: l}, true
 }
 
+// seenFlow counts a flow the kernel template map sent to its mark's
+// server that opened and closed between two conntrack scans: its
+// client's template restarts its timer, as at a close.
+func (p *Proxy) seenFlow(dp *dirPath, k director.FlowKey, mark uint32) {
+	ck, ok := dp.view.Load().byMark[mark]
+	if !ok {
+		return
+	}
+	p.svcMu.RLock()
+	svc := p.services[ck.Service]
+	p.svcMu.RUnlock()
+	if svc == nil || !svc.director {
+		return
+	}
+	st := svc.state.Load()
+	srv := st.byAddr[ck.Server]
+	if srv == nil {
+		return
+	}
+	if st.persistent && !srv.isDown() {
+		p.table.Touch(st.ref, k.Src.Addr(), ck.Server)
+	}
+	srv.accepted.Add(1)
+}
+
 // syncKernel returns once the kernel template maps have every template
 // change made so far.
 func (p *Proxy) syncKernel() {
@@ -303,7 +361,7 @@ func (p *Proxy) applyDirector(cfg *config.File) error {
 	}
 	dp.markFor = assigned
 	dp.applied = tables
-	dp.view.Store(&directorView{marks: assigned, byMark: nft.ByMark(assigned), markMask: cfg.MarkSet.MarkMask()})
+	dp.view.Store(newDirectorView(assigned, cfg.MarkSet.MarkMask()))
 	if cfg.Director.ExpireNodest == config.ExpireReset {
 		var gone []uint32
 		for k, m := range old {
@@ -311,7 +369,7 @@ func (p *Proxy) applyDirector(cfg *config.File) error {
 				gone = append(gone, m)
 			}
 		}
-		if err := director.ResetMarks(p.do, gone); err != nil {
+		if err := dp.d.ResetMarks(gone); err != nil {
 			p.log.Warn("director: flows of removed servers not reset", "err", err)
 		}
 	}
@@ -363,7 +421,7 @@ func (p *Proxy) directorServerDown(svc *service, srv *server) {
 	if !ok {
 		return
 	}
-	if err := director.ResetMarks(p.do, []uint32{m}); err != nil {
+	if err := dp.d.ResetMarks([]uint32{m}); err != nil {
 		p.log.Warn("director: flows of a server that went down not reset", "server", srv.Addr, "err", err)
 	}
 }

@@ -272,3 +272,71 @@ func TestDirectorKernelTemplatesBounded(t *testing.T) {
 		t.Errorf("kernel map %d %v, table %d %v; want both the %d the table keeps", len(got), got, len(want), want, bound)
 	}
 }
+
+// The director learns of the flows the kernel map serves from conntrack
+// scans: a client whose connections are all short and served by the
+// kernel keeps its template past the timeout (each closed flow a scan
+// finds restarts the timer), and an open one is counted on its template
+// and holds it, although none of them ever reaches the queue.
+func TestDirectorScansCountKernelFlows(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, Backends: 2, Label: "kscan"})
+	serveNames(t, env, 8080)
+	const timeout = 2 * time.Second
+	cfg := fmt.Sprintf("mode: director\nservices:\n  - name: web\n    listen: %s:80\n    persistence: {timeout: 2s}\n    servers:\n%s", testenv.VIP, serverLines(env, 8080))
+	p, _ := startInLB(t, env, cfg, Options{DirectorScanEvery: 300 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, src, vip := env.Clients[0], env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80)
+	first, err := cl.DialEcho(ctx, src, vip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	if !waitFor(time.Second, func() bool { return len(kernelTemplates(t, env)) == 1 }) {
+		t.Fatal("the first connection's template never reached the kernel map")
+	}
+	// Short connections every 600 ms for three timeouts.
+	for end := time.Now().Add(3 * timeout); time.Now().Before(end); time.Sleep(600 * time.Millisecond) {
+		c, err := cl.DialEcho(ctx, src, vip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if c.Name != first.Name {
+			t.Fatalf("a short connection went to %s, the first to %s", c.Name, first.Name)
+		}
+	}
+	if v, _ := directorStats(p); v != 1 {
+		t.Fatalf("%d flows went up the queue, want 1: the template expired between short kernel-served connections", v)
+	}
+	if p.dir.Load().d.Stats().Seen == 0 {
+		t.Error("no closed kernel-served flow was seen by a scan")
+	}
+	// An open kernel-served flow: adopted by a scan, counted, and it
+	// holds the template past the timeout.
+	long, err := cl.DialEcho(ctx, src, vip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer long.Close()
+	active := func() int {
+		for _, tp := range p.Table().List(affinity.Filter{}) {
+			return tp.Active
+		}
+		return -1
+	}
+	if !waitFor(2*time.Second, func() bool { return active() == 1 }) {
+		t.Fatalf("the open kernel-served flow: template active %d, want 1", active())
+	}
+	time.Sleep(timeout + 500*time.Millisecond)
+	if len(p.Table().List(affinity.Filter{})) != 1 || len(kernelTemplates(t, env)) != 1 {
+		t.Fatalf("with a flow open past the timeout: table %v, kernel %v", p.Table().List(affinity.Filter{}), kernelTemplates(t, env))
+	}
+	long.Close()
+	if !waitFor(2*time.Second, func() bool { return active() == 0 }) {
+		t.Errorf("after the close: template active %d, want 0", active())
+	}
+	if v, _ := directorStats(p); v != 1 {
+		t.Errorf("%d flows went up the queue, want 1", v)
+	}
+}

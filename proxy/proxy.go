@@ -54,6 +54,9 @@ type Options struct {
 	// tcploop): 0, one per CPU; -1, none: a goroutine per connection
 	// (tether run reads TETHER_TCP_LOOPS, to compare the two).
 	TCPLoops int
+	// DirectorScanEvery is the least interval between the director's
+	// conntrack scans (0: director.DefaultScanEvery); tests shorten it.
+	DirectorScanEvery time.Duration
 	// Inherit are listening sockets to take over instead of opening them
 	// (a hot upgrade's new process), and Restore a snapshot to restore at
 	// start instead of the configured one.
@@ -70,6 +73,7 @@ type Proxy struct {
 	metricsOn  bool // Options.Metrics was given: the data path counts
 	do         func(func() error) error
 	setSysctls bool
+	scanEvery  time.Duration // Options.DirectorScanEvery
 	table      *affinity.Table
 	owned      bool                         // table made here, closed here
 	cluster    atomic.Pointer[cluster.Node] // nil: no cluster
@@ -130,7 +134,7 @@ type Proxy struct {
 
 // New prepares a proxy for cfg; Start opens its listeners.
 func New(cfg *config.File, o Options) *Proxy {
-	p := &Proxy{budget: budget.Of(o.Descriptors), log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, setSysctls: o.SetSysctls, do: o.Do, loopCount: o.TCPLoops, inherit: o.Inherit, restore: o.Restore, services: map[config.ServiceKey]*service{}}
+	p := &Proxy{budget: budget.Of(o.Descriptors), log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, setSysctls: o.SetSysctls, do: o.Do, loopCount: o.TCPLoops, scanEvery: o.DirectorScanEvery, inherit: o.Inherit, restore: o.Restore, services: map[config.ServiceKey]*service{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
