@@ -2,6 +2,7 @@ package director
 
 import (
 	"errors"
+	"hash/maphash"
 	"os"
 	"slices"
 	"strconv"
@@ -108,7 +109,8 @@ func (d *Director[H]) scan(c *ctDumper, since time.Duration) error {
 	n := d.stats.scans.Load() + 1
 	tw, cl := d.closeTimeouts()
 	window := uint32(since/time.Second) + 1 // Left is in whole seconds
-	recent := make(map[FlowKey]struct{}, len(d.recent))
+	recent := d.spare                       // the last scan's spare, emptied: maps keep their room
+	clear(recent)
 	var mark, mask uint32
 	if d.o.Marks != nil {
 		mark, mask = d.o.Marks()
@@ -153,7 +155,7 @@ func (d *Director[H]) scan(c *ctDumper, since time.Duration) error {
 			return // closed before the last scan began
 		}
 		d.remember(recent, e, tw, cl)
-		if _, told := d.recent[e.Key]; told {
+		if _, told := d.recent[d.keyHash(e.Key)]; told {
 			return
 		}
 		if d.o.Seen != nil {
@@ -162,7 +164,7 @@ func (d *Director[H]) scan(c *ctDumper, since time.Duration) error {
 		}
 	})
 	d.stats.entries.Store(uint64(entries))
-	d.recent = recent
+	d.recent, d.spare = recent, d.recent
 	if err != nil {
 		return err
 	}
@@ -195,15 +197,20 @@ func (d *Director[H]) end(match func(*flow[H]) bool) int {
 // closed since the last: one that closed in the second or two before this
 // scan read it (Left is in whole seconds); an older one will be outside
 // the next scan's window.
-func (d *Director[H]) remember(recent map[FlowKey]struct{}, e ctEntry, tw, cl uint32) {
+func (d *Director[H]) remember(recent map[uint64]struct{}, e ctEntry, tw, cl uint32) {
 	timeout := tw
 	if e.State == tcpClose {
 		timeout = cl
 	}
 	if e.Left+2 >= timeout {
-		recent[e.Key] = struct{}{}
+		recent[d.keyHash(e.Key)] = struct{}{}
 	}
 }
+
+// keyHash stands for a flow in recent: a ninth of a FlowKey's size in a
+// map, and two flows' hashes collide once in 2^64 (the cost: one
+// short flow's touch skipped).
+func (d *Director[H]) keyHash(k FlowKey) uint64 { return maphash.Comparable(d.seed, k) }
 
 // closeTimeouts are conntrack's TIME_WAIT and CLOSE timeouts in seconds
 // (the namespace's sysctls; Linux's defaults when unreadable).
