@@ -81,7 +81,7 @@ func startWith(t *testing.T, name string, key []byte, edit func(*Config), join .
 	}
 	cfg := Config{
 		Name: name, Bind: netip.MustParseAddrPort("127.0.0.1:0"), Join: addrs, SecretKey: key, Label: "test",
-		Table: tb, JoinTimeout: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Table: tb, JoinTimeout: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(newTestLog(t), &slog.HandlerOptions{Level: slog.LevelDebug})),
 		GossipInterval: 20 * time.Millisecond, ProbeInterval: 200 * time.Millisecond, PushPullInterval: time.Hour,
 	}
 	if edit != nil {
@@ -96,10 +96,31 @@ func startWith(t *testing.T, name string, key []byte, edit func(*Config), join .
 	return in
 }
 
-type testLog struct{ t *testing.T }
+// testLog writes a node's log to the test's, until the test and its
+// cleanups are over: memberlist's goroutines can log after a node's Close
+// returns, and testing panics at a Log after the test completed.
+type testLog struct {
+	t    *testing.T
+	mu   *sync.Mutex
+	done *bool
+}
+
+func newTestLog(t *testing.T) testLog {
+	l := testLog{t: t, mu: new(sync.Mutex), done: new(bool)}
+	t.Cleanup(func() { // registered first, so it runs after the nodes' Close
+		l.mu.Lock()
+		*l.done = true
+		l.mu.Unlock()
+	})
+	return l
+}
 
 func (l testLog) Write(p []byte) (int, error) {
-	l.t.Log(strings.TrimSpace(string(p)))
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !*l.done {
+		l.t.Log(strings.TrimSpace(string(p)))
+	}
 	return len(p), nil
 }
 
