@@ -29,6 +29,7 @@ func main() {
 	var o options
 	flag.DurationVar(&o.dur, "duration", 3*time.Second, "how long each measurement runs")
 	flag.StringVar(&o.only, "only", "", "run one table: tcp, udp or ns (default: all)")
+	flag.IntVar(&o.rounds, "rounds", 1, "measure the ns table this many times, every column once a round, and print medians")
 	flag.StringVar(&o.columns, "columns", "", "in the ns table, measure only the columns whose names match this regular expression, besides direct (default: all)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (clients and the in-process director) to this file")
 	flag.StringVar(&o.tetherProfile, "tether-cpuprofile", "", "write a CPU profile of the loopback tether process to this file")
@@ -135,7 +136,7 @@ func bench(o options) error {
 		if err != nil {
 			return fmt.Errorf("-columns: %w", err)
 		}
-		return benchNamespaces(dur, bin, keep)
+		return benchNamespaces(dur, bin, keep, o.rounds)
 	}
 	return nil
 }
@@ -145,5 +146,6 @@ type options struct {
 	dur           time.Duration // each measurement's length
 	only          string        // the one table to run; empty: all
 	columns       string        // the ns table's columns to measure, a regular expression
+	rounds        int           // the ns table's rounds, medians reported
 	tetherProfile string        // a CPU profile of the loopback tether process
 }

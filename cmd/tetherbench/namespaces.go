@@ -16,6 +16,7 @@ import (
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/proxy"
 	"github.com/tetherlb/tether/testenv"
+	"github.com/ti-mo/conntrack"
 )
 
 // nftIn loads rules with nft -f in host h.
@@ -37,7 +38,7 @@ func nftIn(h *testenv.Host, rules string) error {
 // reaching servers through the load-balancer host, in network namespaces.
 // Direct is the same client reaching the server's own address through the
 // same host, forwarded by the kernel; the socket proxy runs there too.
-func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp) error {
+func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds int) error {
 	if why := testenv.Missing(); why != "" {
 		fmt.Printf("\n(no director figures: %s)\n", why)
 		return nil
@@ -93,10 +94,57 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp) error {
 	}
 	server := netip.AddrPortFrom(testenv.BackendAddr(0), 8080).String()
 	vip := netip.AddrPortFrom(testenv.VIP, 80).String()
-	fmt.Printf("\nnetwork namespaces: client -> load balancer -> server (veth and bridges), %s per measurement\n\n", dur)
+	fmt.Printf("\nnetwork namespaces: client -> load balancer -> server (veth and bridges), %s per measurement", dur)
+	if rounds > 1 {
+		fmt.Printf("; medians of %d interleaved rounds (every column once a round), ratios the medians of each round's, with their range", rounds)
+	}
+	fmt.Print("\n\n")
+	var all [][]column
+	for i := range max(rounds, 1) {
+		cols, err := nsRound(env, dur, bin, keep, measureAll, inHost, client, server, vip)
+		if err != nil {
+			return err
+		}
+		all = append(all, cols)
+		if rounds > 1 {
+			fmt.Printf("round %d:\n\n", i+1)
+			printTable(cols)
+			fmt.Println()
+		}
+	}
+	if rounds > 1 {
+		fmt.Printf("medians of the %d rounds:\n\n", rounds)
+	}
+	printTable(medianColumns(all))
+	printVersus(all, "tether socket proxy (process)", "HAProxy")
+	printVersus(all, "tether mark service (process)", "HAProxy")
+	printVersus(all, "tether mark service (process)", "HAProxy, TPROXY")
+	printVersus(all, "tether director (process)", "HAProxy")
+	printVersus(all, "director rules, tether killed", "kernel DNAT rule")
+	printVersus(all, "tether director (process)", "director rules, tether killed")
+	printVersus(all, "tether director (process)", "kernel DNAT rule")
+	return nil
+}
+
+// nsRound measures every column of the namespace table once.
+func nsRound(env *testenv.Env, dur time.Duration, bin string, keep *regexp.Regexp, measureAll func(string, time.Duration) (result, error),
+	inHost func(string) dialer, client *testenv.Host, server, vip string) ([]column, error) {
+	// Each round from an empty conntrack table: the last round's entries
+	// (the director's, marked and translated, in TIME_WAIT) are not this
+	// round's to pay for or trip over.
+	if err := env.LB.Do(func() error {
+		c, err := conntrack.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return c.Flush()
+	}); err != nil {
+		return nil, fmt.Errorf("flush conntrack: %w", err)
+	}
 	direct, err := measureAll(server, dur)
 	if err != nil {
-		return fmt.Errorf("direct: %w", err)
+		return nil, fmt.Errorf("direct: %w", err)
 	}
 	cols := []column{{"direct (forwarded)", direct, 0}}
 	// The kernel's own cost of a NATed flow, with no decision in userspace:
@@ -109,7 +157,7 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp) error {
 	} else {
 		r, err := measureAll(vip, dur)
 		if err := errors.Join(err, nftIn(env.LB, "delete table ip benchnat\n")); err != nil {
-			return fmt.Errorf("static dnat: %w", err)
+			return nil, fmt.Errorf("static dnat: %w", err)
 		}
 		cols = append(cols, column{"kernel DNAT rule", r, 0})
 	}
@@ -126,18 +174,18 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp) error {
 		mode := run.mode
 		cfg, err := config.Parse("bench", []byte(fmt.Sprintf("mode: %s\ndirector: {queues: 2, kernel_templates: %s}\nservices:\n  - name: bench\n    listen: %s\n    persistence: {timeout: 300s}\n    servers: [{address: %s}]\n", mode, run.kmap, vip, server)))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		p := proxy.New(cfg, proxy.Options{Do: env.LB.Do})
 		if err := env.LB.Do(p.Start); err != nil {
-			return fmt.Errorf("%s: %w", mode, err)
+			return nil, fmt.Errorf("%s: %w", mode, err)
 		}
 		r, err := measureAll(vip, dur)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		env.LB.Do(func() error { return p.Shutdown(ctx) })
 		cancel()
 		if err != nil {
-			return fmt.Errorf("%s: %w", mode, err)
+			return nil, fmt.Errorf("%s: %w", mode, err)
 		}
 		cols = append(cols, column{run.name, r, 0})
 	}
@@ -183,12 +231,5 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp) error {
 		}
 		cols = append(cols, c)
 	}
-	printTable(cols)
-	printVersus(cols, "tether socket proxy (process)", "HAProxy")
-	printVersus(cols, "tether mark service (process)", "HAProxy")
-	printVersus(cols, "tether mark service (process)", "HAProxy, TPROXY")
-	printVersus(cols, "tether director (process)", "HAProxy")
-	printVersus(cols, "director rules, tether killed", "kernel DNAT rule")
-	printVersus(cols, "tether director (process)", "director rules, tether killed")
-	return nil
+	return cols, nil
 }

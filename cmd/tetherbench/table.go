@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -76,27 +77,105 @@ func wrkRan(cols []column) bool {
 }
 
 // printVersus prints column a's figures as ratios to column b's: tether
-// against the peer users compare it with.
-func printVersus(cols []column, a, b string) {
-	var ca, cb *column
-	for i := range cols {
-		switch cols[i].name {
-		case a:
-			ca = &cols[i]
-		case b:
-			cb = &cols[i]
+// against the peer users compare it with. With several rounds each ratio
+// is the median of the rounds' own, with their range.
+func printVersus(rounds [][]column, a, b string) {
+	type pair struct{ a, b *column }
+	var pairs []pair
+	for _, cols := range rounds {
+		var p pair
+		for i := range cols {
+			switch cols[i].name {
+			case a:
+				p.a = &cols[i]
+			case b:
+				p.b = &cols[i]
+			}
+		}
+		if p.a != nil && p.b != nil {
+			pairs = append(pairs, p)
 		}
 	}
-	if ca == nil || cb == nil {
+	if len(pairs) == 0 {
 		return
 	}
-	fmt.Printf("\n%s / %s: throughput 1 stream %.2fx, 8 streams %.2fx, new connections/s %.2fx, p50 %.2fx, p99 %.2fx (latency: lower is better)",
-		a, b, ca.r.stream/cb.r.stream, ca.r.streams8/cb.r.streams8, ca.r.connsPerSec/cb.r.connsPerSec,
-		float64(ca.r.p50)/float64(cb.r.p50), float64(ca.r.p99)/float64(cb.r.p99))
-	if ca.r.keepAlive.rps > 0 && cb.r.keepAlive.rps > 0 {
-		fmt.Printf("; wrk keep-alive %.2fx (p99 %.2fx), Connection: close %.2fx (p99 %.2fx)",
-			ca.r.keepAlive.rps/cb.r.keepAlive.rps, float64(ca.r.keepAlive.p99)/float64(cb.r.keepAlive.p99),
-			ca.r.closing.rps/cb.r.closing.rps, float64(ca.r.closing.p99)/float64(cb.r.closing.p99))
+	ratio := func(f func(result) float64) string {
+		var rs []float64
+		for _, p := range pairs {
+			if y := f(p.b.r); y != 0 {
+				rs = append(rs, f(p.a.r)/y)
+			}
+		}
+		if len(rs) == 0 {
+			return "-"
+		}
+		if len(rs) == 1 {
+			return fmt.Sprintf("%.2fx", rs[0])
+		}
+		slices.Sort(rs)
+		return fmt.Sprintf("%.2fx (%.2f-%.2f)", median(rs), rs[0], rs[len(rs)-1])
+	}
+	fmt.Printf("\n%s / %s: throughput 1 stream %s, 8 streams %s, new connections/s %s, each from a new client %s, p50 %s, p99 %s (latency: lower is better)",
+		a, b, ratio(func(r result) float64 { return r.stream }), ratio(func(r result) float64 { return r.streams8 }),
+		ratio(func(r result) float64 { return r.connsPerSec }), ratio(func(r result) float64 { return r.newClients }),
+		ratio(func(r result) float64 { return float64(r.p50) }), ratio(func(r result) float64 { return float64(r.p99) }))
+	if pairs[0].a.r.keepAlive.rps > 0 && pairs[0].b.r.keepAlive.rps > 0 {
+		fmt.Printf("; wrk keep-alive %s (p99 %s), Connection: close %s (p99 %s)",
+			ratio(func(r result) float64 { return r.keepAlive.rps }), ratio(func(r result) float64 { return float64(r.keepAlive.p99) }),
+			ratio(func(r result) float64 { return r.closing.rps }), ratio(func(r result) float64 { return float64(r.closing.p99) }))
 	}
 	fmt.Println()
+}
+
+// medianColumns merges rounds of the same columns: each figure is the
+// median of the rounds', a column missing from a round is left out of
+// that figure.
+func medianColumns(rounds [][]column) []column {
+	if len(rounds) == 1 {
+		return rounds[0]
+	}
+	var out []column
+	for _, c := range rounds[0] {
+		var rs []column
+		for _, cols := range rounds {
+			for _, d := range cols {
+				if d.name == c.name {
+					rs = append(rs, d)
+				}
+			}
+		}
+		m := func(f func(column) float64) float64 {
+			vs := make([]float64, len(rs))
+			for i, r := range rs {
+				vs[i] = f(r)
+			}
+			slices.Sort(vs)
+			return median(vs)
+		}
+		d := func(f func(column) time.Duration) time.Duration {
+			return time.Duration(m(func(c column) float64 { return float64(f(c)) }))
+		}
+		out = append(out, column{name: c.name, rss: int64(m(func(c column) float64 { return float64(c.rss) })), r: result{
+			stream:      m(func(c column) float64 { return c.r.stream }),
+			streams8:    m(func(c column) float64 { return c.r.streams8 }),
+			connsPerSec: m(func(c column) float64 { return c.r.connsPerSec }),
+			newClients:  m(func(c column) float64 { return c.r.newClients }),
+			p50:         d(func(c column) time.Duration { return c.r.p50 }),
+			p99:         d(func(c column) time.Duration { return c.r.p99 }),
+			keepAlive: wrkResult{m(func(c column) float64 { return c.r.keepAlive.rps }),
+				d(func(c column) time.Duration { return c.r.keepAlive.p50 }), d(func(c column) time.Duration { return c.r.keepAlive.p99 })},
+			closing: wrkResult{m(func(c column) float64 { return c.r.closing.rps }),
+				d(func(c column) time.Duration { return c.r.closing.p50 }), d(func(c column) time.Duration { return c.r.closing.p99 })},
+		}})
+	}
+	return out
+}
+
+// median of sorted vs.
+func median(vs []float64) float64 {
+	n := len(vs)
+	if n%2 == 1 {
+		return vs[n/2]
+	}
+	return (vs[n/2-1] + vs[n/2]) / 2
 }
