@@ -44,11 +44,6 @@ const reconcileGrace = time.Second
 // followConntrack scans conntrack until the director stops.
 func (d *Director[H]) followConntrack() {
 	defer d.wg.Done()
-	defer func() { // wake Scan's callers
-		d.scanMu.Lock()
-		d.scanDone.Broadcast()
-		d.scanMu.Unlock()
-	}()
 	every := d.o.ScanEvery
 	if every <= 0 {
 		every = DefaultScanEvery
@@ -68,7 +63,6 @@ func (d *Director[H]) followConntrack() {
 		case <-d.ctx.Done():
 			return
 		case <-timer.C:
-		case <-d.scanNow:
 		}
 		start := time.Now()
 		var err error
@@ -94,10 +88,7 @@ func (d *Director[H]) followConntrack() {
 		} else {
 			last = start
 		}
-		d.scanMu.Lock()
 		d.stats.scans.Add(1)
-		d.scanDone.Broadcast()
-		d.scanMu.Unlock()
 		timer.Reset(max(every, scanCost*took))
 	}
 }
@@ -231,22 +222,6 @@ func (d *Director[H]) closeTimeouts() (tw, cl uint32) {
 		return nil
 	})
 	return tw, cl
-}
-
-// Scan returns once a conntrack scan that began after the call has
-// finished (or the director stopped): what the director holds then
-// reflects every flow as of the call.
-func (d *Director[H]) Scan() {
-	d.scanMu.Lock()
-	defer d.scanMu.Unlock()
-	want := d.stats.scans.Load() + 2 // one running now may have begun before the call
-	for d.stats.scans.Load() < want && d.ctx.Err() == nil {
-		select {
-		case d.scanNow <- struct{}{}:
-		default:
-		}
-		d.scanDone.Wait()
-	}
 }
 
 // adopt keeps a new flow k that the kernel gave choice mark without the

@@ -95,13 +95,9 @@ type Director[H any] struct {
 	mu    sync.Mutex
 	flows map[FlowKey]*flow[H]
 
-	// The scans': a request for one now, and scanDone (on scanMu) at the
-	// end of each. recent are the closed flows (keyHash) the last scan
+	// The scans': recent are the closed flows (keyHash) the last scan
 	// ended or told of, which the next one skips, and spare the map the
 	// next scan fills; the follower's alone.
-	scanNow       chan struct{}
-	scanMu        sync.Mutex
-	scanDone      *sync.Cond
 	recent, spare map[uint64]struct{}
 	seed          maphash.Seed
 
@@ -119,9 +115,8 @@ type flow[H any] struct {
 // Open binds the queues and starts following conntrack. It needs
 // CAP_NET_ADMIN.
 func Open[H any](o Options[H]) (*Director[H], error) {
-	d := &Director[H]{o: o, log: o.Logger, flows: map[FlowKey]*flow[H]{}, scanNow: make(chan struct{}, 1),
+	d := &Director[H]{o: o, log: o.Logger, flows: map[FlowKey]*flow[H]{},
 		recent: map[uint64]struct{}{}, spare: map[uint64]struct{}{}, seed: maphash.MakeSeed()}
-	d.scanDone = sync.NewCond(&d.scanMu)
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
