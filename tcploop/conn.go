@@ -92,8 +92,7 @@ func (l *loop) serve(svc Service, fd int, src netip.AddrPort) {
 		closeSocket(fd, d.Reset)
 		return
 	}
-	rawSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	c.idle = int64(d.Idle)
+	c.idle = int64(d.Idle) // TCP_NODELAY came from the listener (setNoDelay)
 	if len(d.Header) > 0 {
 		c.up.buf = l.getBuf()
 		c.up.n = copy(c.up.buf, d.Header)

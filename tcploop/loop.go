@@ -118,6 +118,9 @@ func (ls *Loops) Listen(lns []*net.TCPListener, svc Service) (stop func(), err e
 		}
 		for _, ln := range mine {
 			rc, err := ln.SyscallConn()
+			if err == nil {
+				err = setNoDelay(rc)
+			}
 			if err != nil {
 				undo()
 				return nil, err
@@ -179,6 +182,19 @@ func (ls *Loops) Close() {
 }
 
 // listener is a listening socket some loops accept from.
+// setNoDelay sets TCP_NODELAY on a listener: the sockets it accepts
+// inherit it (Linux copies the listener's TCP state into each), one
+// system call a listener instead of one a connection.
+func setNoDelay(rc syscall.RawConn) error {
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
 type listener struct {
 	id  int32
 	rc  syscall.RawConn // holds the descriptor open while an accept runs
