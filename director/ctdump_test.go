@@ -13,7 +13,7 @@ import (
 // nfgenmsg, then CTA_TUPLE_ORIG (nested IP and proto), CTA_MARK, a
 // CTA_TIMEOUT and, when state is not 0, a CTA_PROTOINFO with that TCP
 // state.
-func ctMessageState(t *testing.T, typ uint16, flags netlink.HeaderFlags, seq uint32, k FlowKey, mark uint32, state uint8, left uint32) []byte {
+func ctMessageState(t testing.TB, typ uint16, flags netlink.HeaderFlags, seq uint32, k FlowKey, mark uint32, state uint8, left uint32) []byte {
 	t.Helper()
 	ip := netlink.NewAttributeEncoder()
 	src, dst := uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
@@ -104,4 +104,21 @@ func TestParseCTDump(t *testing.T) {
 	if _, _, err := parseCTDump(b[:len(b)-3], seq, func(ctEntry) {}); err == nil {
 		t.Error("a truncated message parsed without an error")
 	}
+}
+
+// Whatever the kernel's socket hands over, parsing a dump datagram
+// neither panics nor reads past it, and every entry it yields has both
+// addresses of its tuple.
+func FuzzParseCTDump(f *testing.F) {
+	k := FlowKey{Proto: unix.IPPROTO_TCP, Src: netip.MustParseAddrPort("198.18.1.10:40000"), Dst: netip.MustParseAddrPort("198.18.0.10:80")}
+	f.Add(ctMessageState(f, ctMsgNew, netlink.Multi, 1, k, 0x7e000001, tcpTimeWait, 100))
+	f.Add(ctMessageState(f, unix.NLMSG_DONE, netlink.Multi, 1, k, 0, 0, 0))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		parseCTDump(b, 1, func(e ctEntry) {
+			if !e.Key.Src.Addr().IsValid() || !e.Key.Dst.Addr().IsValid() {
+				t.Fatalf("an entry without both addresses: %+v", e)
+			}
+		})
+	})
 }
