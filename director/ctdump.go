@@ -278,7 +278,7 @@ func (c *ctDumper) dump(mark, mask uint32, fn func(ctEntry)) error {
 	}
 	interrupted := false
 	for {
-		n, _, err := unix.Recvfrom(c.fd, c.buf, 0)
+		n, err := unix.Read(c.fd, c.buf) // Recvfrom would allocate a sender address a datagram
 		if err == unix.EINTR {
 			continue
 		}
