@@ -48,6 +48,7 @@ func (d *Director[H]) followConntrack() {
 	if every <= 0 {
 		every = DefaultScanEvery
 	}
+	d.interval.Store(int64(every))
 	var dumper *ctDumper
 	defer func() {
 		if dumper != nil {
@@ -89,7 +90,9 @@ func (d *Director[H]) followConntrack() {
 			last = start
 		}
 		d.stats.scans.Add(1)
-		timer.Reset(max(every, scanCost*took))
+		next := max(every, scanCost*took)
+		d.interval.Store(int64(next))
+		timer.Reset(next)
 	}
 }
 
@@ -182,6 +185,18 @@ func (d *Director[H]) end(match func(*flow[H]) bool) int {
 		d.o.Release(f.hold)
 	}
 	return len(gone)
+}
+
+// ScanInterval is the time until the next conntrack scan: a flow the
+// kernel template map serves is counted at most this late.
+func (d *Director[H]) ScanInterval() time.Duration {
+	if v := d.interval.Load(); v > 0 {
+		return time.Duration(v)
+	}
+	if d.o.ScanEvery > 0 {
+		return d.o.ScanEvery
+	}
+	return DefaultScanEvery
 }
 
 // remember keeps a closed flow that the next scan could take for one

@@ -100,6 +100,7 @@ type Director[H any] struct {
 	// next scan fills; the follower's alone.
 	recent, spare map[uint64]struct{}
 	seed          maphash.Seed
+	interval      atomic.Int64 // the scans' current interval (ScanInterval)
 
 	stats counters
 }

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
@@ -29,6 +30,29 @@ type KernelTemplates struct {
 	conn   *nftables.Conn
 	layout layout
 	mirror *Mirror
+	// lag is how late tether may count a flow the map serves (twice the
+	// director's conntrack scan interval; SetLag): an idle template's
+	// element expires that long before the template, so that a client
+	// that comes back meanwhile goes up the queue, which finds the
+	// template, rather than through the map unseen while the template
+	// expires and another server is chosen for its next flow.
+	lag atomic.Pointer[func() time.Duration]
+}
+
+// SetLag sets how late tether may count a flow the maps serve: every
+// element written from then on expires that long before its template.
+func (kt *KernelTemplates) SetLag(lag func() time.Duration) {
+	if kt != nil {
+		kt.lag.Store(&lag)
+	}
+}
+
+// lagNow is the current lag; it is read before kt.mu is taken.
+func (kt *KernelTemplates) lagNow() time.Duration {
+	if f := kt.lag.Load(); f != nil {
+		return (*f)()
+	}
+	return 0
 }
 
 // layout is where each service's templates go.
@@ -108,9 +132,10 @@ func (kt *KernelTemplates) Commit(tables map[nftables.TableFamily]*nft.Director,
 		return apply()
 	}
 	l := newLayout(tables)
+	lag := kt.lagNow()
 	kt.mu.Lock()
 	for id, ls := range l.services {
-		elems := kt.elems(id, ls)
+		elems := kt.elems(id, ls, lag)
 		for fam, i := range ls.index {
 			tables[fam].Services[i].Initial = elems
 		}
@@ -151,10 +176,11 @@ func (kt *KernelTemplates) EmitMetrics(m *metrics.Metrics) {
 }
 
 // elems are service id's templates as its map holds them: a busy one
-// without timeout, an idle one with what it has left.
-func (kt *KernelTemplates) elems(id affinity.Service, ls *layoutService) []nft.TemplateElem {
+// without timeout, an idle one with what it has left less the lag.
+func (kt *KernelTemplates) elems(id affinity.Service, ls *layoutService, lag time.Duration) []nft.TemplateElem {
 	tps := kt.table.List(affinity.Filter{Service: &id})
 	out := make([]nft.TemplateElem, 0, len(tps))
+
 	for _, tp := range tps {
 		m, ok := ls.marks[tp.Server]
 		if !ok {
@@ -162,7 +188,9 @@ func (kt *KernelTemplates) elems(id affinity.Service, ls *layoutService) []nft.T
 		}
 		e := nft.TemplateElem{Client: tp.Client.Addr(), Mark: m}
 		if tp.Active == 0 {
-			e.Timeout = tp.Remaining
+			if e.Timeout = tp.Remaining - lag; e.Timeout <= 0 {
+				continue // the queue decides from now on
+			}
 		}
 		out = append(out, e)
 	}
@@ -171,6 +199,7 @@ func (kt *KernelTemplates) elems(id affinity.Service, ls *layoutService) []nft.T
 
 // apply writes changes in one transaction.
 func (kt *KernelTemplates) apply(changes []affinity.Change) error {
+	lag := kt.lagNow()
 	kt.mu.Lock()
 	defer kt.mu.Unlock()
 	l := kt.layout
@@ -183,6 +212,7 @@ func (kt *KernelTemplates) apply(changes []affinity.Change) error {
 		client  netip.Addr
 	}
 	at := make(map[elemKey]int, len(changes))
+
 	for _, c := range changes {
 		ls := l.services[c.Service]
 		if ls == nil {
@@ -203,7 +233,7 @@ func (kt *KernelTemplates) apply(changes []affinity.Change) error {
 			op.Elem.Mark = m
 		}
 		if c.Kind == affinity.Idle {
-			op.Elem.Timeout = c.Timeout - kt.table.Since(c.At)
+			op.Elem.Timeout = c.Timeout - kt.table.Since(c.At) - lag
 			if op.Elem.Timeout <= 0 {
 				op.Drop = true
 			}
@@ -229,6 +259,7 @@ func (kt *KernelTemplates) apply(changes []affinity.Change) error {
 
 // rebuild writes every map anew from the table, in one transaction.
 func (kt *KernelTemplates) rebuild() error {
+	lag := kt.lagNow()
 	kt.mu.Lock()
 	defer kt.mu.Unlock()
 	l := kt.layout
@@ -237,7 +268,7 @@ func (kt *KernelTemplates) rebuild() error {
 	}
 	return kt.do(func() error {
 		for id, ls := range l.services {
-			elems := kt.elems(id, ls)
+			elems := kt.elems(id, ls, lag)
 			for fam, i := range ls.index {
 				if err := nft.ResetTemplates(kt.conn, l.tables[fam], i, elems); err != nil {
 					return err

@@ -6,6 +6,7 @@ import (
 	"math/bits"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/tetherlb/tether/affinity"
@@ -122,6 +123,9 @@ func (p *Proxy) openDirector(cfg *config.File) (*dirPath, error) {
 	if err != nil {
 		dp.close()
 		return nil, fmt.Errorf("director: %w", err)
+	}
+	if d := dp.d; d != nil {
+		dp.kt.SetLag(func() time.Duration { return 2 * d.ScanInterval() })
 	}
 	how := "xtables NFQUEUE target (this kernel has no nft queue statement)"
 	if dp.native {

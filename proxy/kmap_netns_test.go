@@ -198,14 +198,16 @@ func TestDirectorKernelTemplates(t *testing.T) {
 
 // Template lifetime with traffic that never reaches the queue: a template
 // outlives its timeout while a flow stays open (the kernel element has no
-// timeout while busy), and the kernel forgets the client when tether does,
-// timeout after the last close.
+// timeout while busy), and after the last close the kernel forgets the
+// client a lag before tether does (a client back in between is queued
+// and keeps its server), tether timeout after the close.
 func TestDirectorKernelTemplateLifetime(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, Backends: 2, Label: "klife"})
 	serveNames(t, env, 8080)
-	const timeout = 2 * time.Second
+	const timeout, scan = 2 * time.Second, 300 * time.Millisecond
+	const lag = 2 * scan
 	cfg := fmt.Sprintf("mode: director\nservices:\n  - name: web\n    listen: %s:80\n    persistence: {timeout: 2s}\n    servers:\n%s", testenv.VIP, serverLines(env, 8080))
-	p, _ := startInLB(t, env, cfg, Options{})
+	p, _ := startInLB(t, env, cfg, Options{DirectorScanEvery: scan})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cl, src, vip := env.Clients[0], env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80)
@@ -228,20 +230,38 @@ func TestDirectorKernelTemplateLifetime(t *testing.T) {
 	}
 	c.Close()
 	long.Close()
-	// A director flow ends at its close (conntrack's update to TIME_WAIT),
-	// and the last close starts the template's timer: the kernel forgets
-	// the client within the timeout, and tether's table with it.
+	// A director flow ends at its close (a conntrack scan finds it in
+	// TIME_WAIT, at most one scan interval late), and the last close
+	// starts the template's timer. The kernel forgets the client a lag
+	// (two scan intervals) before tether does: a client that comes back
+	// in between goes up the queue, which finds its template.
 	closed := time.Now()
 	if !waitFor(timeout+3*time.Second, func() bool { return len(kernelTemplates(t, env)) == 0 }) {
 		t.Fatalf("the kernel still has %v %v after the last close", kernelTemplates(t, env), time.Since(closed))
 	}
-	if took := time.Since(closed); took < timeout-time.Second {
-		t.Errorf("the kernel forgot the client %v after the last close, before the %v timeout", took, timeout)
+	if took := time.Since(closed); took < timeout-lag-100*time.Millisecond {
+		t.Errorf("the kernel forgot the client %v after the last close, before the %v timeout less the %v lag", took, timeout, lag)
 	}
-	// The kernel's timer is set from the template's time left when the
-	// element is written, so the two agree to the table's tick (10 ms).
-	if !waitFor(100*time.Millisecond, func() bool { return len(p.Table().List(affinity.Filter{})) == 0 }) {
-		t.Errorf("tether's table still has %v 100 ms after the kernel forgot it", p.Table().List(affinity.Filter{}))
+	if len(p.Table().List(affinity.Filter{})) != 1 {
+		t.Fatalf("tether forgot the client with the kernel, not %v after it", lag)
+	}
+	back, err := cl.DialEcho(ctx, src, vip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back.Close()
+	if v, _ := directorStats(p); back.Name != long.Name || v != 2 {
+		t.Errorf("back in the lag: %s (first %s), %d flows queued (want 2: this one)", back.Name, long.Name, v)
+	}
+	closed = time.Now()
+	if !waitFor(timeout+3*time.Second, func() bool { return len(p.Table().List(affinity.Filter{})) == 0 }) {
+		t.Fatalf("tether's table still has %v after the timeout", p.Table().List(affinity.Filter{}))
+	}
+	if took := time.Since(closed); took < timeout {
+		t.Errorf("tether forgot the client %v after the last close, before the %v timeout", took, timeout)
+	}
+	if n := len(kernelTemplates(t, env)); n != 0 {
+		t.Errorf("the kernel has %d templates after tether forgot the client", n)
 	}
 }
 
