@@ -205,7 +205,6 @@ func TestDirectorKernelTemplateLifetime(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, Backends: 2, Label: "klife"})
 	serveNames(t, env, 8080)
 	const timeout, scan = 2 * time.Second, 300 * time.Millisecond
-	const lag = 2 * scan
 	cfg := fmt.Sprintf("mode: director\nservices:\n  - name: web\n    listen: %s:80\n    persistence: {timeout: 2s}\n    servers:\n%s", testenv.VIP, serverLines(env, 8080))
 	p, _ := startInLB(t, env, cfg, Options{DirectorScanEvery: scan})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -235,8 +234,15 @@ func TestDirectorKernelTemplateLifetime(t *testing.T) {
 	// starts the template's timer. The kernel forgets the client a lag
 	// (two scan intervals) before tether does: a client that comes back
 	// in between goes up the queue, which finds its template.
+	// The scans' interval grows with their duration (a loaded host), and
+	// the lag with it: the bound takes the longest seen.
+	d := p.dir.Load().d
+	lag := 2 * d.ScanInterval()
 	closed := time.Now()
-	if !waitFor(timeout+3*time.Second, func() bool { return len(kernelTemplates(t, env)) == 0 }) {
+	if !waitFor(timeout+3*time.Second, func() bool {
+		lag = max(lag, 2*d.ScanInterval())
+		return len(kernelTemplates(t, env)) == 0
+	}) {
 		t.Fatalf("the kernel still has %v %v after the last close", kernelTemplates(t, env), time.Since(closed))
 	}
 	if took := time.Since(closed); took < timeout-lag-100*time.Millisecond {
