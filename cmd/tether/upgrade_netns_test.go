@@ -4,12 +4,16 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/tetherlb/tether/admin"
+	"github.com/tetherlb/tether/api"
 	"github.com/tetherlb/tether/testenv"
 )
 
@@ -106,7 +110,43 @@ services:
 		return child
 	}
 	go old.Wait() // reaps it, so that it is gone once it exits
+	// A director flow open across the upgrade: the new process counts it
+	// on its template once a conntrack scan finds it (the old process's
+	// count does not travel).
+	var long net.Conn
+	if mode == "director" {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		c, err := client.Dial(ctx, "tcp", client.Addrs[0], netip.AddrPortFrom(testenv.VIP, 80).String())
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		long = c
+		defer long.Close()
+	}
 	first := upgrade(old.Process.Pid, "tether_upgrade")
+	if long != nil {
+		sock := filepath.Join(filepath.Dir(old.Args[len(old.Args)-1]), "admin.sock")
+		ac := admin.NewClient(sock, "", "")
+		eventually(t, "the new process counting the flow open across the upgrade", func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			tps, err := ac.Templates(ctx, api.TemplateFilter{})
+			if err != nil {
+				return err
+			}
+			for _, tp := range tps {
+				if pf, err := netip.ParsePrefix(tp.Client); err == nil && pf.Contains(client.Addrs[0]) {
+					if tp.Active < 1 {
+						return fmt.Errorf("%s: active %d", tp.Client, tp.Active)
+					}
+					return nil
+				}
+			}
+			return fmt.Errorf("no template of %s among %d", client.Addrs[0], len(tps))
+		})
+		long.Close()
+	}
 	// The new process owns its tables: a second upgrade goes back to the
 	// first name. Its output is the old one's (inherited).
 	second := upgrade(first, "tether")
