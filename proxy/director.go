@@ -205,25 +205,14 @@ func (p *Proxy) decideFlow(dp *dirPath, k director.FlowKey, mark uint32) (direct
 // adoptFlow counts a new flow the kernel template map sent to its mark's
 // server on that server and the client's template, as a queued flow's.
 func (p *Proxy) adoptFlow(dp *dirPath, k director.FlowKey, mark uint32) (choice, bool) {
-	ck, ok := dp.view.Load().byMark[mark]
-	if !ok { // not a choice of ours
-		return choice{}, false
-	}
-	p.svcMu.RLock()
-	svc := p.services[ck.Service]
-	p.svcMu.RUnlock()
-	if svc == nil || !svc.director {
-		return choice{}, false
-	}
-	st := svc.state.Load()
-	srv := st.byAddr[ck.Server]
-	if srv == nil {
+	st, srv, ok := p.markServer(dp, mark)
+	if !ok {
 		return choice{}, false
 	}
 	var l affinity.Lease
 	if st.persistent && !srv.isDown() { // a template of a server that went down is being dropped
-		l, _ = p.table.GetOrBind(st.ref, k.Src.Addr(), affinity.Fixed(ck.Server))
-		if l.Server != ck.Server { // rebound meanwhile: the flow is the kernel's, the template stays
+		l, _ = p.table.GetOrBind(st.ref, k.Src.Addr(), affinity.Fixed(srv.Addr))
+		if l.Server != srv.Addr { // rebound meanwhile: the flow is the kernel's, the template stays
 			p.table.Release(l)
 			l = affinity.Lease{}
 		}
@@ -233,27 +222,34 @@ func (p *Proxy) adoptFlow(dp *dirPath, k director.FlowKey, mark uint32) (choice,
 	return choice{st: st, srv: srv, lease: l}, true
 }
 
-// seenFlow counts a flow the kernel template map sent to its mark's
-// server that opened and closed between two conntrack scans: its
-// client's template restarts its timer, as at a close.
-func (p *Proxy) seenFlow(dp *dirPath, k director.FlowKey, mark uint32) {
+// markServer is the director service and server whose choice mark is
+// mark (ok false: not a choice of ours, or gone with a reload).
+func (p *Proxy) markServer(dp *dirPath, mark uint32) (*serviceState, *server, bool) {
 	ck, ok := dp.view.Load().byMark[mark]
 	if !ok {
-		return
+		return nil, nil, false
 	}
 	p.svcMu.RLock()
 	svc := p.services[ck.Service]
 	p.svcMu.RUnlock()
 	if svc == nil || !svc.director {
-		return
+		return nil, nil, false
 	}
 	st := svc.state.Load()
 	srv := st.byAddr[ck.Server]
-	if srv == nil {
+	return st, srv, srv != nil
+}
+
+// seenFlow counts a flow the kernel template map sent to its mark's
+// server that opened and closed between two conntrack scans: its
+// client's template restarts its timer, as at a close.
+func (p *Proxy) seenFlow(dp *dirPath, k director.FlowKey, mark uint32) {
+	st, srv, ok := p.markServer(dp, mark)
+	if !ok {
 		return
 	}
 	if st.persistent && !srv.isDown() {
-		p.table.Touch(st.ref, k.Src.Addr(), ck.Server)
+		p.table.Touch(st.ref, k.Src.Addr(), srv.Addr)
 	}
 	srv.accepted.Add(1)
 }
