@@ -100,8 +100,7 @@ func (t *Table) Adopt(svc Service, client netip.Addr, server netip.AddrPort, lef
 	}
 	masked := s.cfg.Mask.Apply(client)
 	k := makeKey(ref, masked)
-	h := k.hash(t.seed)
-	sh := &t.shards[h&t.mask]
+	h, sh := t.shardOf(k)
 	now := t.nowTicks()
 	idle := s.timeout - min(ticks(max(left, 0)), s.timeout)
 	stamp := now - idle

@@ -249,8 +249,7 @@ func (t *Table) restore(recs []record, down int64) RestoreStats {
 	// ones kept.
 	slices.SortFunc(items, func(a, b item) int { return cmp.Compare(b.age, a.age) })
 	for _, it := range items {
-		h := it.k.hash(t.seed)
-		sh := &t.shards[h&t.mask]
+		h, sh := t.shardOf(it.k)
 		sh.mu.Lock()
 		if _, ok := sh.get(it.k, h); ok {
 			st.Existing++

@@ -202,6 +202,12 @@ type Lease struct {
 	gen  uint32 // the template's generation: 0 in the zero Lease
 }
 
+// shardOf is k's hash and the shard that holds k.
+func (t *Table) shardOf(k key) (uint64, *shard) {
+	h := k.hash(t.seed)
+	return h, &t.shards[h&t.mask]
+}
+
 // GetOrBind finds the template of (service, masked client) and counts a new
 // connection on it. On a hit whose server is still usable it resets the
 // template's timer and returns the bound server. On a miss, an expired
@@ -213,8 +219,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 		return Lease{}, err
 	}
 	k := makeKey(ref, svc.cfg.Mask.Apply(client))
-	h := k.hash(t.seed)
-	sh := &t.shards[h&t.mask]
+	h, sh := t.shardOf(k)
 	now := t.nowTicks()
 
 	sh.mu.Lock()
@@ -295,8 +300,7 @@ func (t *Table) release(l Lease, peer bool) {
 	if l.gen == 0 {
 		return // the zero Lease: nothing was held, no lock is taken
 	}
-	h := l.key.hash(t.seed)
-	sh := &t.shards[h&t.mask]
+	h, sh := t.shardOf(l.key)
 	now := t.nowTicks()
 	sh.mu.Lock()
 	i, ok := l.slot, int(l.slot) < len(sh.ents) && sh.ents[l.slot].generation() == l.gen && sh.ents[l.slot].is(l.key)

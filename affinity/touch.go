@@ -26,8 +26,7 @@ func (t *Table) Touch(ref ServiceRef, client netip.Addr, server netip.AddrPort) 
 		return false
 	}
 	k := makeKey(ref, svc.cfg.Mask.Apply(client))
-	h := k.hash(t.seed)
-	sh := &t.shards[h&t.mask]
+	h, sh := t.shardOf(k)
 	now := t.nowTicks()
 
 	sh.mu.Lock()
