@@ -102,6 +102,16 @@ func (d *Director[H]) scan(c *ctDumper, since time.Duration) error {
 	start := time.Now()
 	n := d.stats.scans.Load() + 1
 	tw, cl := d.closeTimeouts()
+	// closedFor is how long ago a closed entry's connection closed, in
+	// whole seconds, from the time conntrack has left to keep it (ok
+	// false: longer left than the timeout, which changed meanwhile).
+	closedFor := func(e ctEntry) (ago uint32, ok bool) {
+		timeout := tw
+		if e.State == tcpClose {
+			timeout = cl
+		}
+		return timeout - e.Left, e.Left <= timeout
+	}
 	window := uint32(since/time.Second) + 1 // Left is in whole seconds
 	recent := d.spare                       // the last scan's spare, emptied: maps keep their room
 	clear(recent)
@@ -126,7 +136,9 @@ func (d *Director[H]) scan(c *ctDumper, since time.Duration) error {
 		d.mu.Unlock()
 		if f != nil {
 			if e.closed() {
-				d.remember(recent, e, tw, cl)
+				if ago, ok := closedFor(e); ok {
+					remember(recent, d.keyHash(e.Key), ago)
+				}
 				d.stats.ended.Add(1)
 				d.o.Release(f.hold)
 			}
@@ -141,21 +153,17 @@ func (d *Director[H]) scan(c *ctDumper, since time.Duration) error {
 		}
 		// A flow the kernel served and closed: once, if it closed
 		// since the last scan.
-		timeout := tw
-		if e.State == tcpClose {
-			timeout = cl
-		}
-		if e.Left > timeout || timeout-e.Left > window {
+		ago, ok := closedFor(e)
+		if !ok || ago > window {
 			return // closed before the last scan began
 		}
-		d.remember(recent, e, tw, cl)
-		if _, told := d.recent[d.keyHash(e.Key)]; told {
+		hk := d.keyHash(e.Key)
+		remember(recent, hk, ago)
+		if _, told := d.recent[hk]; told || d.o.Seen == nil {
 			return
 		}
-		if d.o.Seen != nil {
-			d.stats.seen.Add(1)
-			d.o.Seen(e.Key, e.Mark)
-		}
+		d.stats.seen.Add(1)
+		d.o.Seen(e.Key, e.Mark)
 	})
 	d.stats.entries.Store(uint64(entries))
 	d.recent, d.spare = recent, d.recent
@@ -199,17 +207,13 @@ func (d *Director[H]) ScanInterval() time.Duration {
 	return DefaultScanEvery
 }
 
-// remember keeps a closed flow that the next scan could take for one
-// closed since the last: one that closed in the second or two before this
-// scan read it (Left is in whole seconds); an older one will be outside
-// the next scan's window.
-func (d *Director[H]) remember(recent map[uint64]struct{}, e ctEntry, tw, cl uint32) {
-	timeout := tw
-	if e.State == tcpClose {
-		timeout = cl
-	}
-	if e.Left+2 >= timeout {
-		recent[d.keyHash(e.Key)] = struct{}{}
+// remember keeps a closed flow (its keyHash) that the next scan could
+// take for one closed since the last: one that closed ago ≤ 2 seconds
+// before this scan read it (Left is in whole seconds); an older one will
+// be outside the next scan's window.
+func remember(recent map[uint64]struct{}, hk uint64, ago uint32) {
+	if ago <= 2 {
+		recent[hk] = struct{}{}
 	}
 }
 
