@@ -1,7 +1,5 @@
 package affinity
 
-import "golang.org/x/sys/unix"
-
 // A shard's templates live in its slot array itself: open addressing with
 // linear probing, kept at most two thirds full. A lookup reads the key's
 // home slot and usually nothing past it, so a hit costs one random cache
@@ -100,6 +98,6 @@ func (sh *shard) grow() {
 		}
 	}
 	if oldMap != nil {
-		unix.Munmap(oldMap)
+		unmapHuge(oldMap)
 	}
 }

@@ -39,9 +39,9 @@ type Change struct {
 	At      time.Time // when it happened, to the tick
 }
 
-// change is a Change as the ring keeps it (no pointers, 28 bytes).
+// change is a Change as the ring keeps it (no pointers, 32 bytes).
 type change struct {
-	addr   [16]byte
+	hi, lo uint64
 	svc    uint16
 	server uint16
 	kind   ChangeKind
@@ -86,7 +86,7 @@ func (sh *shard) note(e *entry, kind ChangeKind, now uint32, r *registry, to uin
 		if j.n == len(j.ring) {
 			j.lost = true
 		} else {
-			j.ring[(j.head+j.n)%len(j.ring)] = change{addr: e.addr, svc: e.svc, server: e.server, kind: kind, stamp: now}
+			j.ring[(j.head+j.n)%len(j.ring)] = change{hi: e.hi, lo: e.lo, svc: e.svc, server: e.server, kind: kind, stamp: now}
 			j.n++
 		}
 		select { // a wake-up, not a call: the follower drains outside the lock
@@ -109,8 +109,10 @@ type Follower struct {
 var ErrFollowers = fmt.Errorf("affinity: at most %d journal followers", maxFollowers)
 
 // Follow starts recording the changes of journaled services (all: of every
-// service), at most perShard per shard between two drains. Close stops it.
-func (t *Table) Follow(perShard int, all bool) (*Follower, error) {
+// service), about limit between two drains: each shard keeps its share,
+// limit/shards rounded up (keys spread evenly over shards). Close stops it.
+func (t *Table) Follow(limit int, all bool) (*Follower, error) {
+	perShard := (limit + len(t.shards) - 1) / len(t.shards)
 	t.followMu.Lock()
 	defer t.followMu.Unlock()
 	slot := -1
@@ -175,7 +177,7 @@ func (f *Follower) Changes(dst []Change) (out []Change, lost bool) {
 			continue
 		}
 		s := r.svcs[c.svc]
-		ch := Change{Kind: c.kind, Service: s.id, Client: netip.AddrFrom16(c.addr).Unmap(), At: t.epoch.Add(time.Duration(c.stamp) * tick)}
+		ch := Change{Kind: c.kind, Service: s.id, Client: netip.AddrFrom16(addr16(c.hi, c.lo)).Unmap(), At: t.epoch.Add(time.Duration(c.stamp) * tick)}
 		if c.kind != Dropped && int(c.server) < len(s.servers) {
 			ch.Server = s.servers[c.server]
 		}

@@ -18,7 +18,7 @@ func TestJournal(t *testing.T) {
 	for _, s := range p.servers {
 		tb.SetServer(other, s, ServerUp)
 	}
-	f, err := tb.Follow(4, false)
+	f, err := tb.Follow(4*len(tb.shards), false) // four a shard
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,16 +82,16 @@ func TestJournalTwoFollowers(t *testing.T) {
 	for _, s := range p.servers {
 		tb.SetServer(other, s, ServerUp)
 	}
-	journaled, err := tb.Follow(8, false)
+	journaled, err := tb.Follow(8*len(tb.shards), false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer journaled.Close()
-	all, err := tb.Follow(8, true)
+	all, err := tb.Follow(8*len(tb.shards), true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tb.Follow(8, true); !errors.Is(err, ErrFollowers) {
+	if _, err := tb.Follow(8*len(tb.shards), true); !errors.Is(err, ErrFollowers) {
 		t.Fatalf("a third follower: %v, want ErrFollowers", err)
 	}
 	c := netip.MustParseAddr("127.0.0.7")
@@ -105,7 +105,7 @@ func TestJournalTwoFollowers(t *testing.T) {
 		t.Fatalf("all-services follower got %+v, want 4 changes", got)
 	}
 	all.Close()
-	if _, err := tb.Follow(8, true); err != nil {
+	if _, err := tb.Follow(8*len(tb.shards), true); err != nil {
 		t.Errorf("following after a Close: %v", err)
 	}
 }

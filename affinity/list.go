@@ -67,7 +67,7 @@ func (f Filter) matcher(r *registry, t *Table) func(*entry) bool {
 		if f.Service != nil && uint32(e.svc) != svc {
 			return false
 		}
-		if clients != nil && e.addr != clients[e.svc] {
+		if clients != nil && e.addr() != clients[e.svc] {
 			return false
 		}
 		if f.Server.IsValid() && r.svcs[e.svc].servers[e.server] != server {

@@ -136,3 +136,27 @@ func FuzzParseMask(f *testing.F) {
 		}
 	})
 }
+
+// TestClientKey: the lookup path's key, built in registers, is the key of
+// the masked address Apply returns, for every family, form and mask.
+func TestClientKey(t *testing.T) {
+	addrs := []netip.Addr{
+		netip.MustParseAddr("198.18.7.201"), netip.MustParseAddr("::ffff:198.18.7.201"),
+		netip.MustParseAddr("0.0.0.0"), netip.MustParseAddr("255.255.255.255"),
+		netip.MustParseAddr("2001:2::dead:beef:1234:5678"), netip.MustParseAddr("fe80::1%eth0"),
+		netip.MustParseAddr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), netip.MustParseAddr("::"),
+	}
+	for bits4 := 0; bits4 <= 32; bits4++ {
+		for _, bits6 := range []int{1, 7, 48, 63, 64, 65, 100, 127, 128} {
+			m, err := NewMask(bits4, bits6)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, a := range addrs {
+				if got, want := clientKey(3, m, a), makeKey(3, m.Apply(a)); got != want {
+					t.Errorf("mask %s, %s: clientKey %+v, want %+v", m, a, got, want)
+				}
+			}
+		}
+	}
+}

@@ -136,12 +136,12 @@ func TestAdoptNotEchoed(t *testing.T) {
 	p := newPicker(2)
 	tb, ref, _ := newTestTable(Options{}, ServiceConfig{Journal: true}, p)
 	defer tb.Close()
-	cluster, err := tb.Follow(16, true)
+	cluster, err := tb.Follow(16*len(tb.shards), true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cluster.Close()
-	mirror, err := tb.Follow(16, false)
+	mirror, err := tb.Follow(16*len(tb.shards), false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -96,7 +96,7 @@ func (t *Table) WriteSnapshot(w io.Writer) error {
 				if s.removed || uint32(age) >= s.timeout {
 					continue
 				}
-				buf = appendRecord(buf, record{s.id, e.addr, s.servers[e.server], int64(age) * int64(tick)})
+				buf = appendRecord(buf, record{s.id, e.addr(), s.servers[e.server], int64(age) * int64(tick)})
 				count++
 			}
 			sh.mu.Unlock()

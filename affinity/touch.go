@@ -25,7 +25,7 @@ func (t *Table) Touch(ref ServiceRef, client netip.Addr, server netip.AddrPort) 
 	if !ok || !svc.usable(sv) {
 		return false
 	}
-	k := makeKey(ref, svc.cfg.Mask.Apply(client))
+	k := clientKey(ref, svc.cfg.Mask, client)
 	h, sh := t.shardOf(k)
 	now := t.nowTicks()
 

@@ -15,12 +15,12 @@ func TestTouch(t *testing.T) {
 	p := newPicker(2)
 	tb, ref, clk := newTestTable(Options{}, ServiceConfig{Timeout: time.Minute, Journal: true}, p)
 	defer tb.Close()
-	mirror, err := tb.Follow(64, false)
+	mirror, err := tb.Follow(64*len(tb.shards), false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer mirror.Close()
-	peers, err := tb.Follow(64, true)
+	peers, err := tb.Follow(64*len(tb.shards), true)
 	if err != nil {
 		t.Fatal(err)
 	}

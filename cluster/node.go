@@ -182,7 +182,7 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, id: id(cfg.Name), log: cfg.Logger.With("cluster", cfg.Name), start: time.Now(),
 		holds: map[holdKey]hold{}, peers: map[uint32]*peer{}, readyC: make(chan struct{})}
-	f, err := cfg.Table.Follow(4096, true)
+	f, err := cfg.Table.Follow(1<<15, true)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}

@@ -103,7 +103,7 @@ func OpenKernelTemplates(table *affinity.Table, conn *nftables.Conn, do func(fun
 		do = func(f func() error) error { return f() }
 	}
 	kt := &KernelTemplates{table: table, do: do, conn: conn}
-	m, err := StartMirror(MirrorOptions{Table: table, PerShard: 4096, Apply: kt.apply, Rebuild: kt.rebuild, Logger: log, Pace: mirrorPace})
+	m, err := StartMirror(MirrorOptions{Table: table, Limit: 1 << 15, Apply: kt.apply, Rebuild: kt.rebuild, Logger: log, Pace: mirrorPace})
 	if err != nil {
 		return nil, err
 	}

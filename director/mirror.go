@@ -29,8 +29,8 @@ type Mirror struct {
 // MirrorOptions configure a Mirror.
 type MirrorOptions struct {
 	Table *affinity.Table
-	// PerShard bounds the journal: changes a shard keeps between drains.
-	PerShard int
+	// Limit bounds the journal: changes the table keeps between drains.
+	Limit int
 	// Apply writes changes to the kernel in one transaction; Rebuild
 	// writes the maps anew from the table. Both run on the mirror's
 	// goroutine, never under a lock of the table's.
@@ -58,7 +58,7 @@ func StartMirror(o MirrorOptions) (*Mirror, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	f, err := o.Table.Follow(o.PerShard, false)
+	f, err := o.Table.Follow(o.Limit, false)
 	if err != nil {
 		cancel()
 		return nil, err

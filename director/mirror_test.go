@@ -60,7 +60,7 @@ func pacedFixture(t *testing.T, perShard int, pace time.Duration) (*affinity.Tab
 	ref := tb.SetService(affinity.MarkService(1), affinity.ServiceConfig{Journal: true})
 	tb.SetServer(ref, netip.MustParseAddrPort("198.19.0.11:80"), affinity.ServerUp)
 	k := &fakeKernel{}
-	m, err := StartMirror(MirrorOptions{Table: tb, PerShard: perShard, Apply: k.apply, Rebuild: k.rebuild, Pace: pace})
+	m, err := StartMirror(MirrorOptions{Table: tb, Limit: perShard, Apply: k.apply, Rebuild: k.rebuild, Pace: pace})
 	if err != nil {
 		t.Fatal(err)
 	}
