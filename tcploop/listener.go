@@ -85,7 +85,9 @@ func (l *loop) accept(ll *loopListener) {
 		switch err {
 		case nil:
 			ll.backoff = 0
-			l.serve(ll.svc, nfd, src)
+			if t := l.lighter(); t == nil || !l.bal.handOver(t, handoff{ll.svc, nfd, src}) {
+				l.serve(ll.svc, nfd, src)
+			}
 			continue
 		case unix.EAGAIN:
 			return

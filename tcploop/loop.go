@@ -67,6 +67,7 @@ var ErrStopped = errors.New("closed by a stop")
 // accepted them.
 type Loops struct {
 	loops  []*loop
+	bal    balancer
 	mu     sync.Mutex // serialises Listen, stop and Close
 	nextID int32
 	closed bool
@@ -86,6 +87,10 @@ func New(n int, relay *tcprelay.Relay) (*Loops, error) {
 			return nil, err
 		}
 		ls.loops = append(ls.loops, l)
+	}
+	ls.bal.loops = ls.loops
+	for _, l := range ls.loops {
+		l.bal = &ls.bal
 		go l.run()
 	}
 	return ls, nil
@@ -174,9 +179,11 @@ func (ls *Loops) Close() {
 		return
 	}
 	ls.closed = true
+	ls.bal.close()
 	for _, l := range ls.loops {
 		l.do(func() { l.closeAll(ErrStopped); l.stopped = true })
 		<-l.done
+		l.dropHandoffs()
 		l.release()
 	}
 }
@@ -216,6 +223,11 @@ type loop struct {
 	rc    syscall.RawConn
 	cmds  chan func()
 	done  chan struct{}
+	// bal is shared by the loops; handoffs are connections other loops
+	// accepted for this one, incoming how many are on their way.
+	bal      *balancer
+	handoffs chan handoff
+	incoming atomic.Int64
 
 	// Owned by the loop's goroutine:
 	stopped   bool
@@ -254,7 +266,7 @@ func newLoop(relay *tcprelay.Relay) (*loop, error) {
 		unix.Close(wake)
 		return nil, os.NewSyscallError("fcntl", err)
 	}
-	l := &loop{relay: relay, ep: ep, wake: wake, file: os.NewFile(uintptr(ep), "epoll"), cmds: make(chan func(), 4), done: make(chan struct{}), listeners: map[int32]*loopListener{}}
+	l := &loop{relay: relay, ep: ep, wake: wake, file: os.NewFile(uintptr(ep), "epoll"), cmds: make(chan func(), 4), handoffs: make(chan handoff, handoffQueue), done: make(chan struct{}), listeners: map[int32]*loopListener{}}
 	l.acceptFn = func(fd uintptr) {
 		// Its own, not x/sys/unix's: that one also asks every IPv4
 		// socket's protocol (SO_PROTOCOL) to tell L2TP apart.
@@ -282,12 +294,17 @@ func (l *loop) do(f func()) {
 	case <-l.done:
 		return
 	}
-	var one = [8]byte{1}
-	unix.Write(l.wake, one[:]) // refused only when the counter is full: it is woken all the same
+	l.wakeUp()
 	select {
 	case <-ran:
 	case <-l.done:
 	}
+}
+
+// wakeUp makes the loop look at its commands and handoffs.
+func (l *loop) wakeUp() {
+	var one = [8]byte{1}
+	unix.Write(l.wake, one[:]) // refused only when the counter is full: it is woken all the same
 }
 
 // run is the loop's goroutine.
@@ -355,6 +372,7 @@ func (l *loop) dispatch(ev *unix.EpollEvent) {
 	case padWake:
 		var b [8]byte
 		unix.Read(l.wake, b[:])
+		l.takeHandoffs()
 		for {
 			select {
 			case f := <-l.cmds:
