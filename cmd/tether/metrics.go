@@ -11,10 +11,8 @@ import (
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
-	prommetrics "github.com/hashicorp/go-metrics/prometheus"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/internal/promtext"
 )
 
 // newMetrics returns the go-metrics sink tether reports to and the
@@ -28,15 +26,11 @@ func newMetrics(mc config.Metrics) (m *metrics.Metrics, h http.Handler, err erro
 		m, err := metrics.New(cfg, &metrics.BlackholeSink{})
 		return m, nil, err
 	}
-	reg := prometheus.NewRegistry()
-	sink, err := prommetrics.NewPrometheusSinkFrom(prommetrics.PrometheusOpts{Registerer: reg, Name: "tether"})
-	if err != nil {
-		return nil, nil, fmt.Errorf("metrics: %w", err)
-	}
+	sink := promtext.New(promtext.Options{})
 	if m, err = metrics.New(cfg, sink); err != nil {
 		return nil, nil, err
 	}
-	return m, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), nil
+	return m, sink, nil
 }
 
 // serveMetrics serves h at /metrics on listen (none when empty), with

@@ -197,6 +197,9 @@ services:
 	}}
 	return []peer{
 		{"tether director (process)", bin, conf("director", "queues: 2"), nil, nil, nil},
+		// Without the kernel template maps: every flow queued, and no map
+		// writes; what the maps cost new clients and gain returning ones.
+		{"director, no kernel templates (process)", bin, conf("director", "queues: 2, kernel_templates: false"), nil, nil, nil},
 		{"tether socket proxy (process)", bin, conf("proxy", ""), nil, nil, nil},
 		{"socket proxy, 1 loop", bin, loops("1", conf("proxy", "")), nil, nil, nil},
 		{"socket proxy, goroutines", bin, loops("-1", conf("proxy", "")), nil, nil, nil},
