@@ -52,11 +52,11 @@ func (f Filter) matcher(r *registry, t *Table) func(*entry) bool {
 			svc = uint32(ref)
 		}
 	}
-	var clients [][16]byte // masked client per service index
+	var clients []key // the client's key in each service, by index
 	if f.Client.IsValid() {
-		clients = make([][16]byte, len(r.svcs))
+		clients = make([]key, len(r.svcs))
 		for i, s := range r.svcs {
-			clients[i] = s.cfg.Mask.Apply(f.Client).As16()
+			clients[i] = clientKey(ServiceRef(i), s.cfg.Mask, f.Client)
 		}
 	}
 	server := netip.AddrPortFrom(f.Server.Addr().Unmap(), f.Server.Port())
@@ -67,7 +67,7 @@ func (f Filter) matcher(r *registry, t *Table) func(*entry) bool {
 		if f.Service != nil && uint32(e.svc) != svc {
 			return false
 		}
-		if clients != nil && e.addr() != clients[e.svc] {
+		if clients != nil && !e.is(clients[e.svc]) {
 			return false
 		}
 		if f.Server.IsValid() && r.svcs[e.svc].servers[e.server] != server {

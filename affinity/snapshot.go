@@ -242,8 +242,8 @@ func (t *Table) restore(recs []record, down int64) RestoreStats {
 			continue
 		}
 		// Re-mask: the mask may have changed since the snapshot.
-		c := s.cfg.Mask.Apply(netip.AddrFrom16(rec.client))
-		items = append(items, item{makeKey(ref, c), sv, uint32(age / int64(tick))})
+		k := clientKey(ref, s.cfg.Mask, netip.AddrFrom16(rec.client))
+		items = append(items, item{k, sv, uint32(age / int64(tick))})
 	}
 	// Oldest first, so that at the bound the freshest templates are the
 	// ones kept.

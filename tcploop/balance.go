@@ -44,9 +44,6 @@ func slack(n int64) int64 { return 2 + n/8 }
 // lighter is the least loaded other loop when it is lighter than l by
 // more than slack, or nil.
 func (l *loop) lighter() *loop {
-	if l.bal == nil {
-		return nil
-	}
 	mine := l.load()
 	var best *loop
 	least := mine - slack(mine)
@@ -89,27 +86,19 @@ func (b *balancer) close() {
 	b.mu.Unlock()
 }
 
-// takeHandoffs serves the connections other loops handed to l.
-func (l *loop) takeHandoffs() {
+// drainHandoffs takes the connections other loops handed to l: serves
+// them, or closes them once l has stopped (the balancer is closed then:
+// none can follow).
+func (l *loop) drainHandoffs(serve bool) {
 	for {
 		select {
 		case h := <-l.handoffs:
 			l.incoming.Add(-1)
-			l.serve(h.svc, h.fd, h.src)
-		default:
-			return
-		}
-	}
-}
-
-// dropHandoffs closes the connections still queued for l once it has
-// stopped (the balancer is closed: none can follow).
-func (l *loop) dropHandoffs() {
-	for {
-		select {
-		case h := <-l.handoffs:
-			l.incoming.Add(-1)
-			rawClose(h.fd)
+			if serve {
+				l.serve(h.svc, h.fd, h.src)
+			} else {
+				rawClose(h.fd)
+			}
 		default:
 			return
 		}

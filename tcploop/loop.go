@@ -183,7 +183,7 @@ func (ls *Loops) Close() {
 	for _, l := range ls.loops {
 		l.do(func() { l.closeAll(ErrStopped); l.stopped = true })
 		<-l.done
-		l.dropHandoffs()
+		l.drainHandoffs(false)
 		l.release()
 	}
 }
@@ -385,7 +385,7 @@ func (l *loop) dispatch(ev *unix.EpollEvent) {
 	case padWake:
 		var b [8]byte
 		unix.Read(l.wake, b[:])
-		l.takeHandoffs()
+		l.drainHandoffs(true)
 		for {
 			select {
 			case f := <-l.cmds:

@@ -29,8 +29,8 @@ type Options struct {
 type Sink struct {
 	o       Options
 	mu      sync.Mutex
-	series  map[string]*series // by name and labels
-	dropped uint64             // series refused at MaxSeries
+	series  map[seriesID]*series
+	dropped uint64 // series refused at MaxSeries
 }
 
 type kind uint8
@@ -42,6 +42,12 @@ const (
 )
 
 var typeNames = [...]string{counter: "counter", gauge: "gauge", summary: "summary"}
+
+// seriesID names a series: a counter and a gauge of one name are two.
+type seriesID struct {
+	kind         kind
+	name, labels string
+}
 
 type series struct {
 	kind    kind
@@ -60,7 +66,7 @@ type sample struct {
 
 const (
 	summaryWindow  = 10 * time.Second
-	summarySamples = 1024 // a summary's bound: the quantiles of the most recent ones
+	summarySamples = 1024 // a summary's bound: the quantiles of the most recent 512-1024
 )
 
 var objectives = []float64{0.5, 0.9, 0.99}
@@ -76,7 +82,7 @@ func New(o Options) *Sink {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Sink{o: o, series: map[string]*series{}}
+	return &Sink{o: o, series: map[seriesID]*series{}}
 }
 
 var nameReplacer = strings.NewReplacer(" ", "_", ".", "_", "=", "_", "-", "_", "/", "_")
@@ -85,7 +91,7 @@ var nameReplacer = strings.NewReplacer(" ", "_", ".", "_", "=", "_", "-", "_", "
 func (s *Sink) update(k kind, key []string, labels []metrics.Label, f func(*series)) {
 	name := nameReplacer.Replace(strings.Join(key, "_"))
 	rendered := renderLabels(labels)
-	id := typeNames[k] + " " + name + rendered
+	id := seriesID{k, name, rendered}
 	now := s.o.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -107,8 +113,12 @@ func renderLabels(labels []metrics.Label) string {
 	if len(labels) == 0 {
 		return ""
 	}
-	ls := slices.Clone(labels)
-	slices.SortStableFunc(ls, func(a, b metrics.Label) int { return strings.Compare(a.Name, b.Name) })
+	byName := func(a, b metrics.Label) int { return strings.Compare(a.Name, b.Name) }
+	ls := labels
+	if !slices.IsSortedFunc(ls, byName) { // the caller's slice is not ours to sort
+		ls = slices.Clone(labels)
+		slices.SortStableFunc(ls, byName)
+	}
 	var b strings.Builder
 	b.WriteByte('{')
 	for i, l := range ls {
@@ -172,8 +182,8 @@ func (s *Sink) AddSampleWithLabels(key []string, val float32, labels []metrics.L
 	s.update(summary, key, labels, func(sr *series) {
 		sr.value += float64(val)
 		sr.count++
-		if len(sr.samples) == summarySamples {
-			sr.samples = append(sr.samples[:0], sr.samples[1:]...)
+		if len(sr.samples) == summarySamples { // keep the newer half: one copy per half-window, not per sample
+			sr.samples = append(sr.samples[:0], sr.samples[summarySamples/2:]...)
 		}
 		sr.samples = append(sr.samples, sample{sr.updated, float64(val)})
 	})
