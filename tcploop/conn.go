@@ -190,14 +190,21 @@ func (l *loop) pump(c *Conn) {
 // source ends, or a call fails. A short read clears readable: the
 // edge-triggered registration reports the next arrival, unless the peer
 // has shut down (hup), when the loop reads on to the EOF.
+//
+// Once the source has shut down, what is written holds back a segment that
+// is not full (MSG_MORE) unless the destination will not be shut down
+// after it: the shutdown that follows the EOF sends the FIN in the last
+// data segment, as HAProxy does, a packet less each way for a
+// request/response that ends the connection.
 func (l *loop) move(c *Conn, h, other *half, src, dst int, readable, writable *bool, hup bool, count *int64) error {
+	more := hup && !other.done
 	for !h.done {
 		switch {
 		case h.pipe != nil && h.pipe.Data > 0:
 			if !*writable {
 				return nil
 			}
-			m, err := rawSplice(h.pipe.R, dst, h.pipe.Data)
+			m, err := rawSplice(h.pipe.R, dst, h.pipe.Data, more)
 			if err == unix.EAGAIN {
 				*writable = false
 				return nil
@@ -211,13 +218,13 @@ func (l *loop) move(c *Conn, h, other *half, src, dst int, readable, writable *b
 			if !*writable {
 				return nil
 			}
-			m, err := rawWrite(dst, h.buf[h.off:h.n])
+			m, err := rawSend(dst, h.buf[h.off:h.n], more)
 			if err == unix.EAGAIN {
 				*writable = false
 				return nil
 			}
 			if err != nil {
-				return os.NewSyscallError("write", err)
+				return os.NewSyscallError("send", err)
 			}
 			h.off += m
 			c.last = l.now
@@ -242,7 +249,7 @@ func (l *loop) move(c *Conn, h, other *half, src, dst int, readable, writable *b
 		case !*readable:
 			return nil
 		case h.pipe != nil:
-			n, err := rawSplice(src, h.pipe.W, spliceChunk)
+			n, err := rawSplice(src, h.pipe.W, spliceChunk, false)
 			if err == unix.EAGAIN {
 				*readable = false
 				return nil

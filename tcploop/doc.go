@@ -15,7 +15,9 @@
 // and its success is the socket turning writable (SO_ERROR is read only on
 // a failure), a short read means the socket is drained (an edge-triggered
 // registration reports every later arrival), and closing a socket removes
-// it from epoll.
+// it from epoll. Once a side has shut down, the last bytes passed to the
+// other go with MSG_MORE, so that the FIN passed on after them rides in
+// the same segment.
 //
 // The copy is package tcprelay's: small messages through a buffer the loop
 // lends only while bytes wait, and a direction whose read fills the buffer

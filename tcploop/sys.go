@@ -32,8 +32,15 @@ func rawRead(fd int, b []byte) (int, error) {
 	return int(n), nil
 }
 
-func rawWrite(fd int, b []byte) (int, error) {
-	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+// rawSend writes b to a socket; with more, the kernel holds a segment
+// that is not full for what follows (MSG_MORE): the FIN of a shutdown
+// made next rides in it.
+func rawSend(fd int, b []byte, more bool) (int, error) {
+	flags := unix.MSG_NOSIGNAL
+	if more {
+		flags |= unix.MSG_MORE
+	}
+	n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(flags), 0, 0)
 	if e != 0 {
 		return 0, e
 	}
@@ -48,9 +55,14 @@ func rawShutdown(fd, how int) {
 	unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), uintptr(how), 0)
 }
 
-// rawSplice moves up to n bytes between descriptors, non-blocking.
-func rawSplice(in, out, n int) (int, error) {
-	m, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+// rawSplice moves up to n bytes between descriptors, non-blocking; more
+// as for rawSend.
+func rawSplice(in, out, n int, more bool) (int, error) {
+	flags := unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
+	if more {
+		flags |= unix.SPLICE_F_MORE
+	}
+	m, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), uintptr(flags))
 	if e != 0 {
 		return 0, e
 	}
