@@ -4,11 +4,12 @@
 // connection rate.
 //
 // A loop owns an epoll instance holding its connections' sockets
-// (edge-triggered) and the listeners it accepts from. It never blocks a
-// thread: when it has nothing to do it parks in the Go runtime's own
-// poller on its epoll descriptor, so the rest of the program keeps its
-// processors; when it always has something to do it yields every few
-// milliseconds, before the runtime would preempt it. A loop that holds
+// (edge-triggered) and the listeners it accepts from. Right after work it
+// waits for more in that set itself, its thread blocked in the kernel as
+// HAProxy's threads are, but for a millisecond at most; then it parks in
+// the Go runtime's own poller on its epoll descriptor, so the rest of the
+// program keeps its processors. When it always has something to do it
+// yields every few milliseconds, before the runtime would preempt it. A loop that holds
 // clearly more connections than the least loaded one hands new ones to
 // it (balance.go). A connection costs about 17 system calls from accept to
 // close: the peer address comes from accept4, a connect is non-blocking

@@ -211,9 +211,18 @@ const (
 	// time slice: wrk's keep-alive p99 on loopback was 5.5-8.2 ms against
 	// 3.5-3.6 ms with loops that yield first, at the same rate.
 	yieldEvery = 5 * time.Millisecond
+	// spinWait is how long a loop that just had work waits for more in
+	// its own set, its thread blocked in the kernel, before it parks in
+	// the runtime's poller (epoll_wait takes milliseconds). Waking a
+	// parked loop goes through the runtime's poller thread and scheduler;
+	// on loopback, wrk's Connection: close rate rose from 37 000 to
+	// 43 000/s and the CPU per connection fell 97 → 84 µs (HAProxy 89).
+	// The processor is held meanwhile, hence short.
+	spinWaitMs = 1
 )
 
-// loop is one event loop: its epoll set, parked in the Go runtime's poller.
+// loop is one event loop: its epoll set, waited on directly for a moment
+// after work and otherwise parked in the Go runtime's poller.
 type loop struct {
 	// acceptFn accepts from the listener whose descriptor it is given
 	// into accepted; made once, as a closure made per accept escaped to
@@ -322,6 +331,7 @@ func (l *loop) run() {
 	// escaped to the heap at every wake-up (a fifth of the bytes the
 	// loops allocated under short connections).
 	n := 0
+	parked := false
 	wait := func(uintptr) bool {
 		var err error
 		n, err = rawEpollWait(l.ep, l.events[:])
@@ -329,14 +339,31 @@ func (l *loop) run() {
 			n = 0
 			return err != unix.EINTR // EINTR: try again, anything else is reported below
 		}
+		parked = parked || n == 0
 		return n > 0
 	}
 	var ran int64 // when the loop last let the runtime schedule
+	spin := false
 	for !l.stopped {
-		n = 0
-		err := l.rc.Read(wait)
+		n, parked = 0, false
+		var err error
+		if spin {
+			n, err = rawEpollWaitFor(l.ep, l.events[:], spinWaitMs)
+			if err != nil {
+				n, err = 0, nil // EINTR, a signal: park, the runtime may want the thread
+			}
+		} else {
+			err = l.rc.Read(wait)
+		}
+		spin = n > 0
 		l.now = time.Now().UnixNano()
-		if l.now-ran >= int64(yieldEvery) {
+		switch {
+		case parked:
+			// Parking let the runtime schedule. Counting from it, a
+			// loop that parks often never yields: a yield also wakes
+			// another thread to look for work (wakep), for nothing.
+			ran = l.now
+		case l.now-ran >= int64(yieldEvery):
 			ran = l.now
 			runtime.Gosched()
 		}

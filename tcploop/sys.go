@@ -78,6 +78,17 @@ func rawEpollWait(ep int, events []unix.EpollEvent) (int, error) {
 	return int(n), nil
 }
 
+// rawEpollWaitFor waits up to ms milliseconds for events of ep, the thread
+// held: only for waits short enough that holding the processor costs less
+// than handing it off.
+func rawEpollWaitFor(ep int, events []unix.EpollEvent, ms int) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(ms), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
 func rawEpollCtl(ep, op, fd int, ev *unix.EpollEvent) error {
 	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(ep), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
 	return errnoErr(e)
