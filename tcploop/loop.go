@@ -211,14 +211,14 @@ const (
 	// time slice: wrk's keep-alive p99 on loopback was 5.5-8.2 ms against
 	// 3.5-3.6 ms with loops that yield first, at the same rate.
 	yieldEvery = 5 * time.Millisecond
-	// spinWait is how long a loop that just had work waits for more in
+	// stayMs is how long a loop that just had work waits for more in
 	// its own set, its thread blocked in the kernel, before it parks in
 	// the runtime's poller (epoll_wait takes milliseconds). Waking a
 	// parked loop goes through the runtime's poller thread and scheduler;
 	// on loopback, wrk's Connection: close rate rose from 37 000 to
 	// 43 000/s and the CPU per connection fell 97 → 84 µs (HAProxy 89).
 	// The processor is held meanwhile, hence short.
-	spinWaitMs = 1
+	stayMs = 1
 )
 
 // loop is one event loop: its epoll set, waited on directly for a moment
@@ -343,19 +343,19 @@ func (l *loop) run() {
 		return n > 0
 	}
 	var ran int64 // when the loop last let the runtime schedule
-	spin := false
+	stay := false
 	for !l.stopped {
 		n, parked = 0, false
 		var err error
-		if spin {
-			n, err = rawEpollWaitFor(l.ep, l.events[:], spinWaitMs)
+		if stay {
+			n, err = rawEpollWaitFor(l.ep, l.events[:], stayMs)
 			if err != nil {
 				n, err = 0, nil // EINTR, a signal: park, the runtime may want the thread
 			}
 		} else {
 			err = l.rc.Read(wait)
 		}
-		spin = n > 0
+		stay = n > 0
 		l.now = time.Now().UnixNano()
 		switch {
 		case parked:

@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -448,4 +450,43 @@ func TestCloseAllAndStop(t *testing.T) {
 	if ls.Open() != 0 {
 		t.Fatal("connections left open")
 	}
+}
+
+// After work a loop waits in its own epoll set holding its thread and
+// processor, but only for a moment: with nothing more to do it parks in
+// the runtime's poller ("IO wait" in a goroutine dump), so that an idle
+// loop leaves its processor to the rest of the program.
+func TestIdleLoopParks(t *testing.T) {
+	srv := backend(t, func(c *net.TCPConn) { io.Copy(c, c) })
+	svc := newService(t, srv)
+	r := setup(t, 1, svc)
+	c, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(c, b); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	closeWait(t, svc)
+	loopState := func() string {
+		buf := make([]byte, 1<<20)
+		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+			if strings.Contains(g, "tcploop.(*loop).run(") {
+				return strings.SplitN(g, "\n", 2)[0]
+			}
+		}
+		return "no loop goroutine"
+	}
+	var state string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); runtime.Gosched() {
+		if state = loopState(); strings.Contains(state, "[IO wait") {
+			return
+		}
+	}
+	t.Fatalf("the idle loop is not parked in the runtime's poller after 5 s: %s", state)
 }
