@@ -34,6 +34,8 @@ type Conn struct {
 	sw   bool
 	chup bool // the client shut down its side: read until EOF, not until a short read
 	shup bool
+	cfin bool // the client's FIN is in (RDHUP, no error): a short read is its last
+	sfin bool
 	live bool
 	// connecting and connectBy: the connect in flight and its deadline.
 	connecting bool
@@ -141,8 +143,9 @@ func (l *loop) event(c *Conn, server bool, ev uint32) {
 	in := ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
 	out := ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
 	hup := ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	fin := ev&(unix.EPOLLRDHUP|unix.EPOLLERR) == unix.EPOLLRDHUP
 	if !server {
-		c.cr, c.cw, c.chup = c.cr || in, c.cw || out, c.chup || hup
+		c.cr, c.cw, c.chup, c.cfin = c.cr || in, c.cw || out, c.chup || hup, c.cfin || fin
 	} else {
 		if c.connecting {
 			if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
@@ -166,7 +169,7 @@ func (l *loop) event(c *Conn, server bool, ev uint32) {
 			c.last = l.now
 			c.svc.Connected(c)
 		}
-		c.sr, c.sw, c.shup = c.sr || in, c.sw || out, c.shup || hup
+		c.sr, c.sw, c.shup, c.sfin = c.sr || in, c.sw || out, c.shup || hup, c.sfin || fin
 	}
 	l.pump(c)
 }
@@ -177,9 +180,9 @@ func (l *loop) pump(c *Conn) {
 	if c.connecting || !c.live {
 		return
 	}
-	err := l.move(c, &c.up, &c.down, c.cfd, c.sfd, &c.cr, &c.sw, c.chup, &c.in)
+	err := l.move(c, &c.up, &c.down, c.cfd, c.sfd, &c.cr, &c.sw, c.chup, c.cfin, &c.in)
 	if err == nil {
-		err = l.move(c, &c.down, &c.up, c.sfd, c.cfd, &c.sr, &c.cw, c.shup, &c.out)
+		err = l.move(c, &c.down, &c.up, c.sfd, c.cfd, &c.sr, &c.cw, c.shup, c.sfin, &c.out)
 	}
 	if err != nil || c.up.done && c.down.done {
 		l.end(c, err)
@@ -195,8 +198,10 @@ func (l *loop) pump(c *Conn) {
 // is not full (MSG_MORE) unless the destination will not be shut down
 // after it: the shutdown that follows the EOF sends the FIN in the last
 // data segment, as HAProxy does, a packet less each way for a
-// request/response that ends the connection.
-func (l *loop) move(c *Conn, h, other *half, src, dst int, readable, writable *bool, hup bool, count *int64) error {
+// request/response that ends the connection. Once the source's FIN is in
+// (fin: all its bytes are queued before it), a read that does not fill the
+// buffer took the last of them: the EOF is known without reading it.
+func (l *loop) move(c *Conn, h, other *half, src, dst int, readable, writable *bool, hup, fin bool, count *int64) error {
 	more := hup && !other.done
 	for !h.done {
 		switch {
@@ -285,7 +290,11 @@ func (l *loop) move(c *Conn, h, other *half, src, dst int, readable, writable *b
 				l.putBuf(h)
 				continue
 			}
-			if n < len(h.buf) && !hup {
+			switch {
+			case n == len(h.buf):
+			case fin:
+				h.eof = true
+			case !hup:
 				*readable = false
 			}
 			h.off, h.n, h.wasFull = 0, n, n == len(h.buf)
