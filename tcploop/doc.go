@@ -9,14 +9,15 @@
 // HAProxy's threads are, but for a millisecond at most; then it parks in
 // the Go runtime's own poller on its epoll descriptor, so the rest of the
 // program keeps its processors. When it always has something to do it
-// yields every few milliseconds, before the runtime would preempt it. A loop that holds
-// clearly more connections than the least loaded one hands new ones to
-// it (balance.go). A connection costs about 17 system calls from accept to
-// close: the peer address comes from accept4, a connect is non-blocking
-// and its success is the socket turning writable (SO_ERROR is read only on
-// a failure), a short read means the socket is drained (an edge-triggered
-// registration reports every later arrival), and closing a socket removes
-// it from epoll. Once a side has shut down, the last bytes passed to the
+// yields every few milliseconds, before the runtime would preempt it. A
+// loop that holds clearly more connections than the least loaded one hands
+// new ones to it (balance.go). A connection costs about 15 system calls
+// from accept to close: the peer address comes from accept4, a connect is
+// non-blocking and its success is the socket turning writable (SO_ERROR is
+// read only on a failure), a short read means the socket is drained (an
+// edge-triggered registration reports every later arrival) and, once the
+// peer's FIN is in, that it sent no more, and closing a socket removes it
+// from epoll. Once a side has shut down, the last bytes passed to the
 // other go with MSG_MORE, so that the FIN passed on after them rides in
 // the same segment.
 //
