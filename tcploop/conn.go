@@ -28,18 +28,28 @@ type Conn struct {
 	idle int64
 	up   half // client to server
 	down half // server to client
-	cr   bool // the client's socket is readable, as far as the loop knows
-	cw   bool
-	sr   bool
-	sw   bool
-	chup bool // the client shut down its side: read until EOF, not until a short read
-	shup bool
-	cfin bool // the client's FIN is in (RDHUP, no error): a short read is its last
-	sfin bool
+	cs   sock // the client's socket, as far as the loop knows
+	ss   sock // the server's
 	live bool
 	// connecting and connectBy: the connect in flight and its deadline.
 	connecting bool
 	connectBy  int64
+}
+
+// sock is what a socket's edge-triggered events told the loop.
+type sock struct {
+	readable bool
+	writable bool
+	hup      bool // the peer shut down its side: read until EOF, not until a short read
+	fin      bool // the peer's FIN is in (RDHUP, no error): a short read is its last
+}
+
+// saw adds event ev.
+func (s *sock) saw(ev uint32) {
+	s.readable = s.readable || ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	s.writable = s.writable || ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	s.hup = s.hup || ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	s.fin = s.fin || ev&(unix.EPOLLRDHUP|unix.EPOLLERR) == unix.EPOLLRDHUP
 }
 
 // half is one direction's bytes in flight: in a buffer, or in a pipe once
@@ -115,7 +125,7 @@ func (l *loop) connect(c *Conn, d Decision) {
 	if d.ConnectTimeout <= 0 {
 		c.connectBy = l.now + int64(time.Minute)
 	}
-	c.sr, c.sw, c.shup = false, false, false
+	c.ss = sock{}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: c.slot<<1 | 1, Pad: int32(c.gen)}
 	if err := rawEpollCtl(l.ep, unix.EPOLL_CTL_ADD, c.sfd, &ev); err != nil {
 		l.end(c, os.NewSyscallError("epoll_ctl", err))
@@ -140,12 +150,8 @@ func (l *loop) connectFailed(c *Conn, err error) {
 // event takes one epoll report for c's client (server false) or server
 // socket, and moves what can be moved.
 func (l *loop) event(c *Conn, server bool, ev uint32) {
-	in := ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
-	out := ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
-	hup := ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
-	fin := ev&(unix.EPOLLRDHUP|unix.EPOLLERR) == unix.EPOLLRDHUP
 	if !server {
-		c.cr, c.cw, c.chup, c.cfin = c.cr || in, c.cw || out, c.chup || hup, c.cfin || fin
+		c.cs.saw(ev)
 	} else {
 		if c.connecting {
 			if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
@@ -169,7 +175,7 @@ func (l *loop) event(c *Conn, server bool, ev uint32) {
 			c.last = l.now
 			c.svc.Connected(c)
 		}
-		c.sr, c.sw, c.shup, c.sfin = c.sr || in, c.sw || out, c.shup || hup, c.sfin || fin
+		c.ss.saw(ev)
 	}
 	l.pump(c)
 }
@@ -180,9 +186,9 @@ func (l *loop) pump(c *Conn) {
 	if c.connecting || !c.live {
 		return
 	}
-	err := l.move(c, &c.up, &c.down, c.cfd, c.sfd, &c.cr, &c.sw, c.chup, c.cfin, &c.in)
+	err := l.move(c, &c.up, &c.down, c.cfd, c.sfd, &c.cs, &c.ss, &c.in)
 	if err == nil {
-		err = l.move(c, &c.down, &c.up, c.sfd, c.cfd, &c.sr, &c.cw, c.shup, c.sfin, &c.out)
+		err = l.move(c, &c.down, &c.up, c.sfd, c.cfd, &c.ss, &c.cs, &c.out)
 	}
 	if err != nil || c.up.done && c.down.done {
 		l.end(c, err)
@@ -190,7 +196,7 @@ func (l *loop) pump(c *Conn) {
 }
 
 // move passes h's bytes from src to dst until one of them would block, the
-// source ends, or a call fails. A short read clears readable: the
+// source ends, or a call fails. A short read clears from.readable: the
 // edge-triggered registration reports the next arrival, unless the peer
 // has shut down (hup), when the loop reads on to the EOF.
 //
@@ -201,17 +207,17 @@ func (l *loop) pump(c *Conn) {
 // request/response that ends the connection. Once the source's FIN is in
 // (fin: all its bytes are queued before it), a read that does not fill the
 // buffer took the last of them: the EOF is known without reading it.
-func (l *loop) move(c *Conn, h, other *half, src, dst int, readable, writable *bool, hup, fin bool, count *int64) error {
-	more := hup && !other.done
+func (l *loop) move(c *Conn, h, other *half, src, dst int, from, to *sock, count *int64) error {
+	more := from.hup && !other.done
 	for !h.done {
 		switch {
 		case h.pipe != nil && h.pipe.Data > 0:
-			if !*writable {
+			if !to.writable {
 				return nil
 			}
 			m, err := rawSplice(h.pipe.R, dst, h.pipe.Data, more)
 			if err == unix.EAGAIN {
-				*writable = false
+				to.writable = false
 				return nil
 			}
 			if err != nil {
@@ -220,12 +226,12 @@ func (l *loop) move(c *Conn, h, other *half, src, dst int, readable, writable *b
 			h.pipe.Data -= m
 			c.last = l.now
 		case h.off < h.n:
-			if !*writable {
+			if !to.writable {
 				return nil
 			}
 			m, err := rawSend(dst, h.buf[h.off:h.n], more)
 			if err == unix.EAGAIN {
-				*writable = false
+				to.writable = false
 				return nil
 			}
 			if err != nil {
@@ -234,7 +240,7 @@ func (l *loop) move(c *Conn, h, other *half, src, dst int, readable, writable *b
 			h.off += m
 			c.last = l.now
 			if h.off < h.n {
-				*writable = false // the socket's buffer is full: its edge reports room
+				to.writable = false // the socket's buffer is full: its edge reports room
 				return nil
 			}
 			bulk := h.wasFull
@@ -251,12 +257,12 @@ func (l *loop) move(c *Conn, h, other *half, src, dst int, readable, writable *b
 			if !other.done {
 				rawShutdown(dst, unix.SHUT_WR) // the half-close passes on
 			}
-		case !*readable:
+		case !from.readable:
 			return nil
 		case h.pipe != nil:
 			n, err := rawSplice(src, h.pipe.W, spliceChunk, false)
 			if err == unix.EAGAIN {
-				*readable = false
+				from.readable = false
 				return nil
 			}
 			if err != nil {
@@ -266,8 +272,8 @@ func (l *loop) move(c *Conn, h, other *half, src, dst int, readable, writable *b
 				h.eof = true
 				continue
 			}
-			if n < spliceChunk && !hup {
-				*readable = false
+			if n < spliceChunk && !from.hup {
+				from.readable = false
 			}
 			h.pipe.Data += n
 			*count += int64(n)
@@ -278,7 +284,7 @@ func (l *loop) move(c *Conn, h, other *half, src, dst int, readable, writable *b
 			}
 			n, err := rawRead(src, h.buf)
 			if err == unix.EAGAIN {
-				*readable = false
+				from.readable = false
 				l.putBuf(h)
 				return nil
 			}
@@ -292,10 +298,10 @@ func (l *loop) move(c *Conn, h, other *half, src, dst int, readable, writable *b
 			}
 			switch {
 			case n == len(h.buf):
-			case fin:
+			case from.fin:
 				h.eof = true
-			case !hup:
-				*readable = false
+			case !from.hup:
+				from.readable = false
 			}
 			h.off, h.n, h.wasFull = 0, n, n == len(h.buf)
 			*count += int64(n)

@@ -50,9 +50,7 @@ type seriesID struct {
 }
 
 type series struct {
-	kind    kind
-	name    string
-	labels  string // rendered: {a="b",c="d"}, or empty
+	id      seriesID // labels rendered: {a="b",c="d"}, or empty
 	value   float64
 	count   uint64
 	samples []sample // summary: the last window's, oldest first, bounded
@@ -101,7 +99,7 @@ func (s *Sink) update(k kind, key []string, labels []metrics.Label, f func(*seri
 			s.dropped++
 			return
 		}
-		sr = &series{kind: k, name: name, labels: rendered}
+		sr = &series{id: id}
 		s.series[id] = sr
 	}
 	sr.updated = now
@@ -200,11 +198,10 @@ func (s *Sink) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 
 // snap is a series as a scrape writes it, copied out of the lock.
 type snap struct {
-	kind         kind
-	name, labels string
-	value        float64
-	count        uint64
-	quantiles    []float64 // a summary's window
+	seriesID
+	value     float64
+	count     uint64
+	quantiles []float64 // a summary's window
 }
 
 func (s *Sink) snapshot() []snap {
@@ -216,8 +213,8 @@ func (s *Sink) snapshot() []snap {
 			delete(s.series, id)
 			continue
 		}
-		sn := snap{kind: sr.kind, name: sr.name, labels: sr.labels, value: sr.value, count: sr.count}
-		if sr.kind == summary {
+		sn := snap{seriesID: id, value: sr.value, count: sr.count}
+		if id.kind == summary {
 			i := 0
 			for i < len(sr.samples) && now.Sub(sr.samples[i].at) > summaryWindow {
 				i++
@@ -234,7 +231,7 @@ func (s *Sink) snapshot() []snap {
 	dropped := s.dropped
 	s.mu.Unlock()
 	if dropped > 0 {
-		out = append(out, snap{kind: counter, name: "promtext_series_dropped", value: float64(dropped)})
+		out = append(out, snap{seriesID: seriesID{kind: counter, name: "promtext_series_dropped"}, value: float64(dropped)})
 	}
 	return out
 }
