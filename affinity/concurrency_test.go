@@ -1,6 +1,8 @@
 package affinity
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"testing"
@@ -79,4 +81,134 @@ func TestConcurrentGetReleaseExpire(t *testing.T) {
 		t.Errorf("hits %d + misses %d != %d lookups", st.Hits, st.Misses, workers*rounds*2)
 	}
 	_ = netip.Addr{}
+}
+
+// held is the local open connections of l's template, if l's template is
+// still there (same generation).
+func (t *Table) held(l Lease) (uint32, bool) {
+	h, sh := t.shardOf(l.key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	i, ok := sh.get(l.key, h)
+	if !ok || sh.ents[i].generation() != l.gen {
+		return 0, false
+	}
+	return sh.ents[i].local(), true
+}
+
+// Hits and releases take no lock (fast.go) while lock holders grow the
+// slot arrays, evict at the bound, move templates back over removed ones,
+// expire and invalidate. Each worker owns its clients, so it knows how
+// many connections each of its templates must count: after every hit and
+// release the template (if it is still the same one) counts exactly the
+// leases of it the worker holds. A change lost to a template moved or
+// frozen meanwhile shows as a count that differs. Run with -race.
+func TestLockFreeChangesAreNotLost(t *testing.T) {
+	// Growing arrays (many templates, several shards), and a small full
+	// shard where evictions move templates all the time.
+	// Each growing table is new: the arrays grow while the workers fill it.
+	for _, c := range []struct{ capacity, shards, perWorker, rounds, tables int }{{4096, 4, 1024, 2000, 10}, {256, 1, 128, 50000, 1}} {
+		t.Run(fmt.Sprintf("%d/%d", c.capacity, c.shards), func(t *testing.T) {
+			for range c.tables {
+				testLockFree(t, c.capacity, c.shards, c.perWorker, c.rounds)
+			}
+		})
+	}
+}
+
+func testLockFree(t *testing.T, capacity, shards, perWorker, rounds int) {
+	p := newPicker(4)
+	tb, ref, clk := newTestTable(Options{Capacity: capacity, Shards: shards}, ServiceConfig{Timeout: time.Second}, p)
+	defer tb.Close()
+	const workers = 4
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	errs := make(chan string, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rnd := rand.New(rand.NewPCG(uint64(w), 7))
+			held := map[int][]Lease{}
+			check := func(c int, l Lease) bool {
+				n, ok := tb.held(l)
+				if !ok {
+					return true // gone (evicted, invalidated, expired): nothing to count
+				}
+				want := 0
+				for _, o := range held[c] {
+					if o.gen == l.gen {
+						want++
+					}
+				}
+				if int(n) != want {
+					errs <- fmt.Sprintf("client %d: template counts %d connections, %d leases held", c, n, want)
+					return false
+				}
+				return true
+			}
+			for range rounds {
+				c := w*perWorker + rnd.IntN(perWorker)
+				if ls := held[c]; len(ls) > 0 && rnd.IntN(2) == 0 {
+					l := ls[len(ls)-1]
+					held[c] = ls[:len(ls)-1]
+					tb.Release(l)
+					if !check(c, l) {
+						return
+					}
+					continue
+				}
+				l, err := tb.GetOrBind(ref, client(c), p)
+				if err != nil {
+					errs <- err.Error()
+					return
+				}
+				held[c] = append(held[c], l)
+				if !check(c, l) {
+					return
+				}
+			}
+			for _, ls := range held {
+				for _, l := range ls {
+					tb.Release(l)
+				}
+			}
+		}()
+	}
+	chaos := make(chan struct{})
+	go func() {
+		defer close(chaos)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			switch i % 3 {
+			case 0:
+				clk.Advance(300 * time.Millisecond)
+				tb.Sweep()
+			case 1:
+				tb.Invalidate(Filter{Client: client(i % (workers * perWorker))})
+			case 2:
+				tb.List(Filter{})
+			}
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	<-chaos
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	for _, tp := range tb.List(Filter{}) {
+		if tp.Active != 0 {
+			t.Fatalf("%v counts %d open connections after every lease was released", tp.Client, tp.Active)
+		}
+	}
+	s := tb.Stats()
+	if s.Hits == 0 || capacity < workers*perWorker/2 && (s.Evictions == 0 || s.Invalidations == 0) {
+		t.Fatalf("the run did not exercise hits (and, at the bound, evictions and invalidations): %+v", s)
+	}
 }

@@ -14,6 +14,14 @@
 // eviction, as Redis's): a flood of spoofed sources can cost idle clients
 // their affinity, returning ones last, but never grows memory.
 //
+// A returning client's connection and its close take no lock (fast.go):
+// each changes its template's own slot with compare-and-swaps, so two
+// CPUs' hits never meet on a shard's lock. Everything else (a miss, a
+// bind, an eviction, expiry, invalidation, a change a journal follower
+// must hear of) runs under the shard's lock, and a lock holder that moves
+// or removes a template freezes it first, so that a lock-free change to
+// it fails and retries under the lock instead of being lost.
+//
 // A table can keep a journal of its templates' changes (journal.go) for a
 // mirror to follow: the director writes them into the kernel.
 //

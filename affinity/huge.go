@@ -52,6 +52,13 @@ func hugeSlice[T any](n int) ([]T, []byte) {
 // unmapHuge unmaps a mapping hugeSlice returned.
 func unmapHuge(m []byte) { unix.MunmapPtr(unsafe.Pointer(&m[0]), uintptr(len(m))) }
 
+// retireHuge gives a mapping's memory back and leaves it mapped: reads
+// find zeros (empty slots) from then on.
+func retireHuge(m []byte) {
+	unix.Madvise(m, unix.MADV_NOHUGEPAGE) // a stray write faults in 4 KB, not 2 MB
+	unix.Madvise(m, unix.MADV_DONTNEED)
+}
+
 // residentMapped is how many bytes of the table's off-heap slot arrays are
 // backed by memory now, which the heap does not show.
 func (t *Table) residentMapped() int {

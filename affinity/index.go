@@ -21,7 +21,7 @@ func (sh *shard) get(k key, h uint64) (int32, bool) {
 	l := len(sh.ents)
 	for i := sh.home(h); ; {
 		e := &sh.ents[i]
-		if e.gen == 0 {
+		if e.empty() {
 			return 0, false
 		}
 		if e.is(k) {
@@ -38,7 +38,7 @@ func (sh *shard) get(k key, h uint64) (int32, bool) {
 func (sh *shard) place(h uint64) int32 {
 	l := len(sh.ents)
 	i := sh.home(h)
-	for sh.ents[i].gen != 0 {
+	for !sh.ents[i].empty() {
 		if i++; i == l {
 			i = 0
 		}
@@ -58,15 +58,20 @@ func (sh *shard) maxLen() int { return max(16, (3*sh.cap+1)/2) }
 // vacate empties slot i and closes the gap: each following template of the
 // cluster whose home does not lie cyclically in (gap, its slot] moves back
 // into the gap.
+//
+// Slot i is frozen (remove); a template that moves is frozen first, so
+// that no lock-free change to it is lost, and a lock-free lookup that
+// misses it meanwhile takes the lock and looks again.
 func (sh *shard) vacate(i int) {
-	sh.ents[i] = entry{}
+	sh.ents[i].w.Store(0)
 	sh.n--
 	l := len(sh.ents)
-	for j := next(i, l); sh.ents[j].gen != 0; j = next(j, l) {
+	for j := next(i, l); !sh.ents[j].empty(); j = next(j, l) {
 		e := &sh.ents[j]
 		home := sh.home(e.key().hash(sh.seed))
 		if (i < j && (home <= i || home > j)) || (i > j && home <= i && home > j) {
-			sh.ents[i], *e = *e, entry{}
+			e.freeze()
+			e.moveTo(&sh.ents[i])
 			i = j
 		}
 	}
@@ -80,24 +85,31 @@ func next(i, l int) int {
 }
 
 // grow doubles the slot array, up to its final length, and rehashes every
-// template into it.
+// template into it. Each template is frozen in the old array before it is
+// copied, so that a lock-free change to it fails there instead of being
+// lost; lookups go to the new array once it is published. An old array
+// off the heap stays mapped, its memory given back (a lock-free reader
+// may be looking at it: it reads empty slots, and takes the lock).
 func (sh *shard) grow() {
 	old, oldMap := sh.ents, sh.mapped
 	n := min(max(16, 2*len(old)), sh.maxLen())
 	if n <= len(old) {
 		n = len(old) + 1 // capacity changed under a full array: never stuck
 	}
-	if ents, m := hugeSlice[entry](n); m != nil {
-		sh.ents, sh.mapped = ents, m
-	} else {
-		sh.ents, sh.mapped = make([]entry, n), nil
+	ents, m := hugeSlice[entry](n)
+	if m == nil {
+		ents = make([]entry, n)
 	}
+	sh.ents, sh.mapped = ents, m
 	for j := range old {
-		if old[j].gen != 0 {
-			sh.ents[sh.place(old[j].key().hash(sh.seed))] = old[j]
+		if e := &old[j]; !e.empty() {
+			w := e.freeze() &^ wFrozen
+			sh.ents[sh.place(e.key().hash(sh.seed))].fill(e.hi.Load(), e.lo.Load(), e.meta.Load(), w)
 		}
 	}
+	sh.slots.Store(&ents)
 	if oldMap != nil {
-		unmapHuge(oldMap)
+		retireHuge(oldMap)
+		sh.retired = append(sh.retired, oldMap)
 	}
 }

@@ -22,12 +22,12 @@ func checkShard(t *testing.T, sh *shard, gens map[key]uint32, active map[key]boo
 	}
 	held, act := 0, 0
 	for i := range sh.ents {
-		if e := &sh.ents[i]; e.gen != 0 {
+		if e := &sh.ents[i]; !e.empty() {
 			held++
 			if _, ok := gens[e.key()]; !ok {
 				t.Fatalf("slot %d holds %v, which the oracle does not", i, e.key().client())
 			}
-			if e.active > 0 {
+			if e.active() > 0 {
 				act++
 			}
 		}
@@ -38,8 +38,8 @@ func checkShard(t *testing.T, sh *shard, gens map[key]uint32, active map[key]boo
 			want++
 		}
 	}
-	if held != sh.n || act != want || sh.active != want {
-		t.Fatalf("slots hold %d (count %d), %d active (count %d), oracle %d active", held, sh.n, act, sh.active, want)
+	if held != sh.n || act != want {
+		t.Fatalf("slots hold %d (count %d), %d active, oracle %d active", held, sh.n, act, want)
 	}
 }
 
@@ -168,7 +168,7 @@ func TestVictimOrder(t *testing.T) {
 	}
 	sh.remove(slot(keys[6]), 0, nil)
 	// None idle: an active one goes.
-	if v := sh.victim(1, reg); v == none || sh.ents[v].active == 0 {
+	if v := sh.victim(1, reg); v == none || sh.ents[v].active() == 0 {
 		t.Fatalf("with every template active, victim %d", v)
 	}
 }

@@ -80,13 +80,13 @@ func (sh *shard) note(e *entry, kind ChangeKind, now uint32, r *registry, to uin
 			continue
 		case j.all && to&toCluster == 0:
 			continue
-		case !j.all && (to&toMirror == 0 || !r.svcs[e.svc].cfg.Journal):
+		case !j.all && (to&toMirror == 0 || !r.svcs[e.svc()].cfg.Journal):
 			continue
 		}
 		if j.n == len(j.ring) {
 			j.lost = true
 		} else {
-			j.ring[(j.head+j.n)%len(j.ring)] = change{hi: e.hi, lo: e.lo, svc: e.svc, server: e.server, kind: kind, stamp: now}
+			j.ring[(j.head+j.n)%len(j.ring)] = change{hi: e.hi.Load(), lo: e.lo.Load(), svc: e.svc(), server: e.server(), kind: kind, stamp: now}
 			j.n++
 		}
 		select { // a wake-up, not a call: the follower drains outside the lock
@@ -116,8 +116,8 @@ func (t *Table) Follow(limit int, all bool) (*Follower, error) {
 	t.followMu.Lock()
 	defer t.followMu.Unlock()
 	slot := -1
-	for i, used := range t.followers {
-		if !used {
+	for i, kind := range t.followers {
+		if kind == 0 {
 			slot = i
 			break
 		}
@@ -125,7 +125,13 @@ func (t *Table) Follow(limit int, all bool) (*Follower, error) {
 	if slot < 0 {
 		return nil, ErrFollowers
 	}
-	t.followers[slot] = true
+	t.followers[slot] = watchMirror
+	if all {
+		t.followers[slot] = watchAll
+	}
+	// Before the rings: from here on, lock-free changes that a follower
+	// must hear of take the lock (fast.go).
+	t.watch()
 	f := &Follower{t: t, slot: slot, wake: make(chan struct{}, 1)}
 	for i := range t.shards {
 		sh := &t.shards[i]
@@ -148,8 +154,18 @@ func (f *Follower) Close() {
 		sh.mu.Unlock()
 	}
 	f.t.followMu.Lock()
-	f.t.followers[f.slot] = false
+	f.t.followers[f.slot] = 0
+	f.t.watch()
 	f.t.followMu.Unlock()
+}
+
+// watch publishes the kinds of followers there are; under followMu.
+func (t *Table) watch() {
+	w := uint32(0)
+	for _, kind := range t.followers {
+		w |= kind
+	}
+	t.watched.Store(w)
 }
 
 // Changes appends the recorded changes to dst, oldest first within a

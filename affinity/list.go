@@ -61,16 +61,16 @@ func (f Filter) matcher(r *registry, t *Table) func(*entry) bool {
 	}
 	server := netip.AddrPortFrom(f.Server.Addr().Unmap(), f.Server.Port())
 	return func(e *entry) bool {
-		if !f.UsedBefore.IsZero() && int32(e.stamp-cut) >= 0 {
+		if !f.UsedBefore.IsZero() && int32(e.stamp()-cut) >= 0 {
 			return false
 		}
-		if f.Service != nil && uint32(e.svc) != svc {
+		if f.Service != nil && uint32(e.svc()) != svc {
 			return false
 		}
-		if clients != nil && !e.is(clients[e.svc]) {
+		if clients != nil && !e.is(clients[e.svc()]) {
 			return false
 		}
-		if f.Server.IsValid() && r.svcs[e.svc].servers[e.server] != server {
+		if f.Server.IsValid() && r.svcs[e.svc()].servers[e.server()] != server {
 			return false
 		}
 		return true
@@ -88,10 +88,10 @@ func (t *Table) live(f Filter, fn func(s *serviceInfo, e *entry, rem time.Durati
 		sh.mu.Lock()
 		for j := range sh.ents {
 			e := &sh.ents[j]
-			if e.gen == 0 || !match(e) {
+			if e.empty() || !match(e) {
 				continue
 			}
-			s := r.svcs[e.svc]
+			s := r.svcs[e.svc()]
 			if rem := s.remaining(e, now); rem > 0 {
 				fn(s, e, rem)
 			}
@@ -107,7 +107,7 @@ func (s *serviceInfo) remaining(e *entry, now uint32) time.Duration {
 		return 0
 	}
 	rem := time.Duration(s.timeout) * tick
-	if e.active == 0 {
+	if e.active() == 0 {
 		// A release between reading the clock and taking the shard's
 		// lock stamps after now: that is "just used", not more than the
 		// timeout.
@@ -127,7 +127,7 @@ func (s *serviceInfo) template(e *entry, rem time.Duration) Template {
 	}
 	return Template{
 		Service: s.id, Client: netip.PrefixFrom(c, bits),
-		Server: s.servers[e.server], Active: int(e.local()), Peers: int(e.peers()), Remaining: rem,
+		Server: s.servers[e.server()], Active: int(e.local()), Peers: int(e.peers()), Remaining: rem,
 	}
 }
 
@@ -209,7 +209,7 @@ func (t *Table) Stats() Stats {
 		c := sh.stats
 		s.Templates += sh.n
 		sh.mu.Unlock()
-		s.Hits += c.Hits
+		s.Hits += sh.hits.Load()
 		s.Misses += c.Misses
 		s.Binds += c.Binds
 		s.Expirations += c.Expirations

@@ -93,8 +93,8 @@ type serviceInfo struct {
 }
 
 // full says e has its service's MaxClientConns connections open.
-func (s *serviceInfo) full(e *entry) bool {
-	return s.cfg.MaxClientConns > 0 && e.local() >= s.cfg.MaxClientConns || e.local() == localMask
+func (s *serviceInfo) full(local uint32) bool {
+	return s.cfg.MaxClientConns > 0 && local >= s.cfg.MaxClientConns || local == localMask
 }
 
 func (s *serviceInfo) usable(server uint32) bool {
@@ -178,7 +178,7 @@ func (t *Table) SetService(s Service, c ServiceConfig) ServiceRef {
 	}
 	t.reg.Store(r.finish())
 	if old != nil && old.cfg.Mask != c.Mask {
-		t.invalidate(func(e *entry) bool { return uint32(e.svc) == uint32(ref) })
+		t.invalidate(func(e *entry) bool { return uint32(e.svc()) == uint32(ref) })
 	}
 	if old != nil && c.ExpireQuiescent && !old.cfg.ExpireQuiescent {
 		t.invalidateUnusable(ref)
@@ -198,7 +198,7 @@ func (t *Table) RemoveService(ref ServiceRef) int {
 	if !t.updateService(ref, func(s *serviceInfo) { s.removed = true }) {
 		return 0
 	}
-	return t.invalidate(func(e *entry) bool { return uint32(e.svc) == uint32(ref) })
+	return t.invalidate(func(e *entry) bool { return uint32(e.svc()) == uint32(ref) })
 }
 
 // SetServer registers a real server with a service or changes its state.
@@ -252,6 +252,6 @@ func (t *Table) updateService(ref ServiceRef, f func(*serviceInfo)) bool {
 func (t *Table) invalidateUnusable(ref ServiceRef) int {
 	s := t.reg.Load().svcs[ref]
 	return t.invalidate(func(e *entry) bool {
-		return uint32(e.svc) == uint32(ref) && !s.usable(uint32(e.server))
+		return uint32(e.svc()) == uint32(ref) && !s.usable(uint32(e.server()))
 	})
 }

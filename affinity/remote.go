@@ -114,40 +114,41 @@ func (t *Table) Adopt(svc Service, client netip.Addr, server netip.AddrPort, lef
 		// insert ages the templates it may evict against now; the new
 		// one then takes the peer's timer.
 		i = sh.insert(k, h, sv, now, r)
-		sh.ents[i].stamp = stamp
+		sh.ents[i].setStamp(stamp)
 		sh.stats.Binds++
 		out = Added
 	default:
 		e := &sh.ents[i]
-		live := e.active > 0 || e.age(now) < s.timeout
+		live := e.active() > 0 || e.age(now) < s.timeout
 		switch {
-		case uint32(e.server) == sv:
+		case uint32(e.server()) == sv:
 			out = Same
-		case !live || !s.usable(uint32(e.server)) || Score(masked, server) > Score(masked, s.servers[e.server]):
-			e.server = uint16(sv)
+		case !live || !s.usable(uint32(e.server())) || Score(masked, server) > Score(masked, s.servers[e.server()]):
+			e.setServer(sv)
 			sh.stats.Binds++
-			if e.active > 0 {
+			if e.active() > 0 {
 				sh.note(e, Busy, now, r, toMirror)
 			}
 			out = Replaced
 		default:
 			out = Kept
 		}
-		if !live || int32(stamp-e.stamp) > 0 {
-			e.stamp = stamp
+		if !live {
+			e.setStamp(stamp)
+		} else {
+			e.raiseStamp(stamp)
 		}
 	}
 	e := &sh.ents[i]
 	var l Lease
 	if hold && e.peers() < maxPeers {
 		sh.open(i, now, false, true, r)
-		e.stamp = now
-		l = Lease{Server: s.servers[e.server], key: k, slot: i, gen: e.generation()}
-	} else if out == Added || e.active == 0 {
+		l = Lease{Server: s.servers[e.server()], key: k, slot: i, gen: e.generation()}
+	} else if out == Added || e.active() == 0 {
 		// Tell the director's kernel map of the new timer.
-		sh.note(e, Idle, e.stamp, r, toMirror)
+		sh.note(e, Idle, e.stamp(), r, toMirror)
 	}
-	return Adopted{Outcome: out, Lease: l, Server: s.servers[e.server], Active: int(e.local()), Left: s.remaining(e, now)}
+	return Adopted{Outcome: out, Lease: l, Server: s.servers[e.server()], Active: int(e.local()), Left: s.remaining(e, now)}
 }
 
 // ReleasePeer gives back a Lease that Adopt returned for a peer's open
@@ -175,10 +176,10 @@ func (t *Table) Export(cursor uint64, dst []Template) ([]Template, uint64) {
 		j := int(uint32(cursor))
 		for ; j < len(sh.ents) && len(dst) < cap(dst); j++ {
 			e := &sh.ents[j]
-			if e.gen == 0 {
+			if e.empty() {
 				continue
 			}
-			s := r.svcs[e.svc]
+			s := r.svcs[e.svc()]
 			if rem := s.remaining(e, now); rem > 0 {
 				dst = append(dst, s.template(e, rem))
 			}

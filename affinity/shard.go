@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"github.com/tetherlb/tether/internal/fmix"
 )
@@ -64,70 +65,30 @@ func (k key) hash(seed uint64) uint64 {
 	return fmix.Mix64((k.hi^seed)*0x9e3779b97f4a7c15 ^ k.lo ^ uint64(k.svc)<<40)
 }
 
-// entry is one template, in its shard's slot array: 32 bytes, so that a
-// slot never straddles a cache line and a hit or a release reads and
-// writes that one line. There is no list: eviction samples (victim),
-// and the reference bit it reads lives in the entry too. No pointers, so
-// the slot array is invisible to the GC.
-type entry struct {
-	hi, lo uint64 // the masked client (key)
-	svc    uint16 // the service's registry index
-	server uint16 // index into the service's servers
-	// gen is the template's generation (0: an empty slot); its top bit is
-	// the reference bit: set when a client comes back (a hit).
-	gen    uint32
-	active uint32 // open connections: local ones, and peerUnit per peer hold
-	stamp  uint32 // ticks (tick): the later of last new connection and last release
-}
-
-// refBit is gen's reference bit.
-const refBit = 1 << 31
-
-// An entry's active count holds this instance's open connections in its
-// low 24 bits and the peer instances that hold it open (Adopt) above:
-// the cluster hears only of local connections, or two instances would
-// hold each other's templates open forever.
-const (
-	peerUnit  = 1 << 24
-	localMask = peerUnit - 1
-	maxPeers  = 1<<8 - 1
-)
-
-// local is the template's open connections through this instance.
-func (e *entry) local() uint32 { return e.active & localMask }
-
-// peers is the number of peer instances holding the template open.
-func (e *entry) peers() uint32 { return e.active >> 24 }
-
-func (e *entry) key() key { return key{hi: e.hi, lo: e.lo, svc: uint32(e.svc)} }
-
-func (e *entry) is(k key) bool { return e.lo == k.lo && e.hi == k.hi && uint32(e.svc) == k.svc }
-
-// addr is the masked client in 16-byte form.
-func (e *entry) addr() [16]byte { return addr16(e.hi, e.lo) }
-
-// generation is gen without the reference bit.
-func (e *entry) generation() uint32 { return e.gen &^ refBit }
-
-// age is how long the template has been idle, or since its last new
-// connection, in ticks; ticks wrap after 497 days, and the subtraction
-// wraps with them (timeouts are shorter: config bounds them).
-func (e *entry) age(now uint32) uint32 { return now - e.stamp }
-
 type shard struct {
-	mu     sync.Mutex
-	ents   []entry // the slot array (index.go)
-	n      int     // templates held
-	active int     // templates with open connections
-	gen    uint32  // the last generation given to a template
-	rnd    uint64  // the eviction sampler's state (xorshift)
-	seed   uint64  // the table's hash seed
-	cap    int
-	stats  Stats
-	// mapped is ents' mapping when it is off the heap (hugeSlice).
-	mapped []byte
-	jr     [maxFollowers]journal // changes for followers (journal.go)
-	_      [64]byte              // keep the next shard's lock off this cache line
+	// Read by lock-free hits and releases; written by growth only.
+	slots atomic.Pointer[[]entry] // the slot array, as ents
+	seed  uint64                  // the table's hash seed
+	_     [48]byte
+	hits  atomic.Uint64 // hits, counted outside the lock
+	_     [56]byte
+
+	mu   sync.Mutex
+	ents []entry // the slot array (index.go)
+	n    int     // templates held
+	gen  uint32  // the last generation given to a template
+	rnd  uint64  // the eviction sampler's state (xorshift)
+	cap  int
+	// stats are the counters kept under the lock (Hits is in hits).
+	stats Stats
+	// mapped is ents' mapping when it is off the heap (hugeSlice), and
+	// retired the mappings of arrays it grew out of: a lock-free reader
+	// may still be looking at one, so they are emptied (their memory
+	// freed) but stay mapped until the table goes.
+	mapped  []byte
+	retired [][]byte
+	jr      [maxFollowers]journal // changes for followers (journal.go)
+	_       [64]byte              // keep the next shard's lock off this cache line
 }
 
 // init sets up an empty shard bounded at capacity templates. The slot
@@ -135,14 +96,21 @@ type shard struct {
 func (sh *shard) init(capacity int, seed uint64) {
 	sh.cap, sh.seed = capacity, seed
 	sh.rnd = 0x9e3779b97f4a7c15 ^ uint64(capacity)
+	sh.slots.Store(new([]entry))
 }
 
-// release unmaps the slot array if it is off the heap.
+// release unmaps the slot arrays that are off the heap.
 func (sh *shard) release() {
+	for _, m := range sh.retired {
+		unmapHuge(m)
+	}
+	sh.retired = nil
 	if sh.mapped != nil {
 		unmapHuge(sh.mapped)
-		sh.ents, sh.mapped = nil, nil
+		sh.mapped = nil
 	}
+	sh.ents = nil
+	sh.slots.Store(new([]entry))
 }
 
 // open counts a new connection on template i (peer: a peer instance's
@@ -151,45 +119,43 @@ func (sh *shard) release() {
 // new sources goes before the clients that come back.
 func (sh *shard) open(i int32, now uint32, hit, peer bool, r *registry) {
 	e := &sh.ents[i]
+	d := uint64(1)
+	if peer {
+		d = peerUnit
+	}
+	e.raiseStamp(now)
+	if hit {
+		e.reference()
+	}
+	old := e.add(d)
 	to := uint8(0)
-	if e.active == 0 {
-		sh.active++
+	if activeOf(old) == 0 {
 		to |= toMirror
 	}
-	if peer {
-		e.active += peerUnit
-	} else {
-		if e.local() == 0 {
-			to |= toCluster
-		}
-		e.active++
+	if !peer && localOf(old) == 0 {
+		to |= toCluster
 	}
 	if to != 0 {
 		sh.note(e, Busy, now, r, to)
-	}
-	e.stamp = now
-	if hit {
-		e.gen |= refBit
 	}
 }
 
 // close counts a closed connection (peer: a peer's hold); the last one
 // starts the template's timer. It writes nothing but the template's own
-// slot.
+// slot. The stamp goes first: whoever sees the template idle sees it.
 func (sh *shard) close(i int32, now uint32, peer bool, r *registry) {
 	e := &sh.ents[i]
-	to := uint8(0)
+	d := uint64(1)
 	if peer {
-		e.active -= peerUnit
-	} else {
-		e.active--
-		if e.local() == 0 {
-			to |= toCluster
-		}
+		d = peerUnit
 	}
-	e.stamp = now
-	if e.active == 0 {
-		sh.active--
+	e.raiseStamp(now)
+	old := e.add(-d)
+	to := uint8(0)
+	if !peer && localOf(old) == 1 {
+		to |= toCluster
+	}
+	if activeOf(old) == uint32(d) {
 		to |= toMirror
 	}
 	if to != 0 {
@@ -226,16 +192,17 @@ func (sh *shard) victim(now uint32, r *registry) int32 {
 		}
 		for j, seen := 0, 0; seen < samples && j < l; j, i = j+1, int32(next(int(i), l)) {
 			e := &sh.ents[i]
-			if e.gen == 0 {
+			w := e.w.Load()
+			if w == 0 {
 				continue
 			}
 			seen++
 			rank := 1
 			switch {
-			case e.active > 0:
-			case e.age(now) >= r.svcs[e.svc].timeout:
+			case activeOf(w) > 0:
+			case e.age(now) >= r.svcs[e.svc()].timeout:
 				rank = 4
-			case e.gen&refBit == 0:
+			case w&wRef == 0:
 				rank = 3
 			default:
 				rank = 2
@@ -254,7 +221,7 @@ func (sh *shard) victim(now uint32, r *registry) int32 {
 			start = int(sh.sample())
 		}
 		for j, i := 0, start; j < maxScan && j < l; j, i = j+1, next(i, l) {
-			if e := &sh.ents[i]; e.gen != 0 && e.active == 0 && e.gen&refBit == 0 {
+			if w := sh.ents[i].w.Load(); w != 0 && activeOf(w) == 0 && w&wRef == 0 {
 				return int32(i)
 			}
 		}
@@ -264,8 +231,13 @@ func (sh *shard) victim(now uint32, r *registry) int32 {
 		// one rather than evict a connection's, or else any template.
 		start := int(sh.sample())
 		for j, i := 0, start; j < l; j, i = j+1, next(i, l) {
-			if e := &sh.ents[i]; e.gen != 0 && (e.active == 0 || sh.active == sh.n) {
-				return int32(i)
+			if w := sh.ents[i].w.Load(); w != 0 {
+				if activeOf(w) == 0 {
+					return int32(i)
+				}
+				if best == none {
+					best = int32(i)
+				}
 			}
 		}
 	}
@@ -300,7 +272,11 @@ func (sh *shard) insert(k key, h uint64, server uint32, now uint32, r *registry)
 	if sh.n >= sh.cap {
 		victim := sh.victim(now, r)
 		e := &sh.ents[victim]
-		if e.active == 0 && e.age(now) >= r.svcs[e.svc].timeout {
+		// A hit may make the victim busy meanwhile: it goes all the same
+		// (its connection's release then finds nothing), as the choice
+		// of a busy victim would.
+		w := e.freeze()
+		if activeOf(w) == 0 && e.age(now) >= r.svcs[e.svc()].timeout {
 			sh.stats.Expirations++
 		} else {
 			sh.stats.Evictions++
@@ -311,20 +287,19 @@ func (sh *shard) insert(k key, h uint64, server uint32, now uint32, r *registry)
 		sh.grow()
 	}
 	i := sh.place(h)
-	if sh.gen++; sh.gen&^refBit == 0 {
+	if sh.gen = (sh.gen + 1) & genMask; sh.gen == 0 {
 		sh.gen = 1
 	}
-	sh.ents[i] = entry{hi: k.hi, lo: k.lo, svc: uint16(k.svc), server: uint16(server), gen: sh.gen, stamp: now}
+	sh.ents[i].fill(k.hi, k.lo, makeMeta(k.svc, server, now), uint64(sh.gen)<<genShift)
 	sh.n++
 	return i
 }
 
-// remove drops template i. Templates after it in its cluster may move back
-// to close the gap (vacate), so a walk looks at slot i again.
+// remove drops template i, which the caller may have frozen already.
+// Templates after it in its cluster may move back to close the gap
+// (vacate), so a walk looks at slot i again.
 func (sh *shard) remove(i int32, now uint32, r *registry) {
-	if sh.ents[i].active > 0 {
-		sh.active--
-	}
+	sh.ents[i].freeze()
 	sh.note(&sh.ents[i], Dropped, now, r, toMirror|toCluster)
 	sh.vacate(int(i))
 }
@@ -335,8 +310,9 @@ func (sh *shard) sweep(r *registry, now uint32, from, to int) int {
 	n := 0
 	for j := from; j < min(to, len(sh.ents)); {
 		e := &sh.ents[j]
-		if e.gen != 0 && e.active == 0 {
-			if s := r.svcs[e.svc]; s.removed || e.age(now) >= s.timeout {
+		if w := e.w.Load(); w != 0 && activeOf(w) == 0 {
+			// Frozen only if still idle: a hit may come meanwhile.
+			if s := r.svcs[e.svc()]; (s.removed || e.age(now) >= s.timeout) && e.freezeIdle() {
 				sh.remove(int32(j), now, r) // the gap may be filled from further on: look again
 				sh.stats.Expirations++
 				n++

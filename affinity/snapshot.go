@@ -85,18 +85,18 @@ func (t *Table) WriteSnapshot(w io.Writer) error {
 			}
 			for j := from; j < min(from+sweepChunk, size); j++ {
 				e := &sh.ents[j]
-				if e.gen == 0 {
+				if e.empty() {
 					continue
 				}
-				s := r.svcs[e.svc]
+				s := r.svcs[e.svc()]
 				age := max(int32(e.age(now)), 0) // negative: released after now was read
-				if e.active > 0 {
+				if e.active() > 0 {
 					age = 0
 				}
 				if s.removed || uint32(age) >= s.timeout {
 					continue
 				}
-				buf = appendRecord(buf, record{s.id, e.addr(), s.servers[e.server], int64(age) * int64(tick)})
+				buf = appendRecord(buf, record{s.id, e.addr(), s.servers[e.server()], int64(age) * int64(tick)})
 				count++
 			}
 			sh.mu.Unlock()

@@ -75,6 +75,9 @@ type Table struct {
 	shards   []shard
 	mask     uint64 // len(shards)-1
 	seed     uint64 // the hash seed (key.hash)
+	// watched is the kinds of journal followers there are (fast.go):
+	// with none, a lock-free change needs no note.
+	watched atomic.Uint32
 
 	regMu sync.Mutex // serialises registry writers
 	reg   atomic.Pointer[registry]
@@ -83,7 +86,7 @@ type Table struct {
 	lastEmit Stats
 
 	followMu  sync.Mutex
-	followers [maxFollowers]bool // slots of sh.jr in use
+	followers [maxFollowers]uint32 // slots of sh.jr in use: their watch kind, 0 if free
 
 	// clock is the time in ticks since epoch, kept by the table's own
 	// goroutine (a coarse clock, as HAProxy's and nginx's cached now):
@@ -225,22 +228,25 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 	h, sh := t.shardOf(k)
 	now := t.nowTicks()
 
+	if l, ok := sh.hit(t, k, h, now, svc); ok {
+		return l, nil
+	}
 	sh.mu.Lock()
 	if i, ok := sh.get(k, h); ok {
 		e := &sh.ents[i]
 		switch {
-		case e.active == 0 && e.age(now) >= svc.timeout:
+		case e.active() == 0 && e.age(now) >= svc.timeout && e.freezeIdle():
 			sh.remove(i, now, r)
 			sh.stats.Expirations++
-		case svc.usable(uint32(e.server)):
-			if svc.full(e) {
+		case svc.usable(uint32(e.server())):
+			if svc.full(e.local()) {
 				sh.stats.ClientLimited++
 				sh.mu.Unlock()
 				return Lease{}, ErrClientLimit
 			}
 			sh.open(i, now, true, false, r)
-			sh.stats.Hits++
-			l := Lease{Server: svc.servers[e.server], Hit: true, key: k, slot: i, gen: e.generation()}
+			sh.hits.Add(1)
+			l := Lease{Server: svc.servers[e.server()], Hit: true, key: k, slot: i, gen: e.generation()}
 			sh.mu.Unlock()
 			return l, nil
 		}
@@ -272,14 +278,14 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 		e := &sh.ents[i]
 		// Another connection of the same client group bound first: join it,
 		// so that the group stays on one server.
-		live := e.active > 0 || e.age(now) < svc.timeout
-		if !live || !svc.usable(uint32(e.server)) {
-			e.server = uint16(sv)
+		live := e.active() > 0 || e.age(now) < svc.timeout
+		if !live || !svc.usable(uint32(e.server())) {
+			e.setServer(sv)
 			sh.stats.Binds++
-			if e.active > 0 { // open below notes only a template that was idle
+			if e.active() > 0 { // open below notes only a template that was idle
 				sh.note(e, Busy, now, r, toMirror|toCluster)
 			}
-		} else if svc.full(e) {
+		} else if svc.full(e.local()) {
 			sh.stats.ClientLimited++
 			return Lease{}, ErrClientLimit
 		}
@@ -289,7 +295,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 	}
 	sh.open(i, now, ok, false, r) // joining a template another connection just bound is a use
 	e := &sh.ents[i]
-	return Lease{Server: svc.servers[e.server], key: k, slot: i, gen: e.generation()}, nil
+	return Lease{Server: svc.servers[e.server()], key: k, slot: i, gen: e.generation()}, nil
 }
 
 // Release gives back a lease when its connection closes; call it once per
@@ -305,6 +311,9 @@ func (t *Table) release(l Lease, peer bool) {
 	}
 	h, sh := t.shardOf(l.key)
 	now := t.nowTicks()
+	if !peer && sh.fastRelease(t, l, now) {
+		return
+	}
 	sh.mu.Lock()
 	i, ok := l.slot, int(l.slot) < len(sh.ents) && sh.ents[l.slot].generation() == l.gen && sh.ents[l.slot].is(l.key)
 	if !ok { // moved by a removal or a growth, or gone
@@ -366,7 +375,7 @@ func (t *Table) invalidate(match func(*entry) bool) int {
 		sh.mu.Lock()
 		m := 0
 		for j := 0; j < len(sh.ents); {
-			if e := &sh.ents[j]; e.gen != 0 && match(e) {
+			if e := &sh.ents[j]; !e.empty() && match(e) {
 				// The gap may be filled from further on: look again.
 				sh.remove(int32(j), now, r)
 				m++

@@ -34,16 +34,16 @@ func (t *Table) Touch(ref ServiceRef, client netip.Addr, server netip.AddrPort) 
 	i, ok := sh.get(k, h)
 	if ok {
 		e := &sh.ents[i]
-		live := e.active > 0 || e.age(now) < svc.timeout
+		live := e.active() > 0 || e.age(now) < svc.timeout
 		switch {
-		case live && uint32(e.server) != sv && svc.usable(uint32(e.server)):
+		case live && uint32(e.server()) != sv && svc.usable(uint32(e.server())):
 			return false
-		case live && uint32(e.server) == sv:
-			sh.stats.Hits++
-			e.stamp = now
-			e.gen |= refBit
+		case live && uint32(e.server()) == sv:
+			sh.hits.Add(1)
+			e.raiseStamp(now)
+			e.reference()
 			to := uint8(0)
-			if e.active == 0 {
+			if e.active() == 0 {
 				to |= toMirror
 			}
 			if e.local() == 0 {
@@ -55,10 +55,10 @@ func (t *Table) Touch(ref ServiceRef, client netip.Addr, server netip.AddrPort) 
 			return true
 		}
 		// Expired, or bound to a server no longer usable: bind anew.
-		e.server = uint16(sv)
-		e.stamp = now
+		e.setServer(sv)
+		e.raiseStamp(now)
 		sh.stats.Binds++
-		if e.active == 0 {
+		if e.active() == 0 {
 			sh.note(e, Idle, now, r, toMirror|toCluster)
 		} else {
 			sh.note(e, Busy, now, r, toMirror|toCluster)
