@@ -178,3 +178,22 @@ func (e *entry) moveTo(d *entry) {
 	d.fill(e.hi.Load(), e.lo.Load(), e.meta.Load(), e.w.Load()&^wFrozen)
 	e.w.Store(0)
 }
+
+// hold is a lock holder's look at whether the template is live at now
+// (open connections, or younger than timeout). An expired one is frozen
+// until thaw, so that a lock-free hit that judged it live a moment before
+// cannot count a connection to its old server on it while it is bound
+// anew: the hit fails and retries under the lock. One that a hit made
+// busy meanwhile is live.
+func (e *entry) hold(now, timeout uint32) (live, held bool) {
+	if e.active() > 0 || e.age(now) < timeout {
+		return true, false
+	}
+	if e.freezeIdle() {
+		return false, true
+	}
+	return true, false
+}
+
+// thaw ends hold's freeze. Nothing else changes a frozen state word.
+func (e *entry) thaw() { e.w.Store(e.w.Load() &^ wFrozen) }

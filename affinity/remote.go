@@ -119,7 +119,10 @@ func (t *Table) Adopt(svc Service, client netip.Addr, server netip.AddrPort, lef
 		out = Added
 	default:
 		e := &sh.ents[i]
-		live := e.active() > 0 || e.age(now) < s.timeout
+		live, held := e.hold(now, s.timeout)
+		if held {
+			defer e.thaw() // runs before the deferred unlock
+		}
 		switch {
 		case uint32(e.server()) == sv:
 			out = Same

@@ -278,7 +278,7 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 		e := &sh.ents[i]
 		// Another connection of the same client group bound first: join it,
 		// so that the group stays on one server.
-		live := e.active() > 0 || e.age(now) < svc.timeout
+		live, held := e.hold(now, svc.timeout)
 		if !live || !svc.usable(uint32(e.server())) {
 			e.setServer(sv)
 			sh.stats.Binds++
@@ -288,6 +288,9 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 		} else if svc.full(e.local()) {
 			sh.stats.ClientLimited++
 			return Lease{}, ErrClientLimit
+		}
+		if held {
+			e.thaw()
 		}
 	} else {
 		i = sh.insert(k, h, sv, now, r)

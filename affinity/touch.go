@@ -34,7 +34,10 @@ func (t *Table) Touch(ref ServiceRef, client netip.Addr, server netip.AddrPort) 
 	i, ok := sh.get(k, h)
 	if ok {
 		e := &sh.ents[i]
-		live := e.active() > 0 || e.age(now) < svc.timeout
+		live, held := e.hold(now, svc.timeout)
+		if held {
+			defer e.thaw() // runs before the deferred unlock
+		}
 		switch {
 		case live && uint32(e.server()) != sv && svc.usable(uint32(e.server())):
 			return false

@@ -1,0 +1,54 @@
+package affinity
+
+import (
+	"testing"
+	"time"
+)
+
+// A lock holder that binds an expired template anew holds it frozen
+// meanwhile: a lock-free hit that read the clock before the template
+// expired (so it judges it live) fails instead of counting a connection
+// to the old server on it, and a hit after the rebind gets the new one.
+func TestHitDuringARebindFails(t *testing.T) {
+	p := newPicker(2)
+	tb, ref, clk := newTestTable(Options{}, ServiceConfig{Timeout: time.Minute}, p)
+	defer tb.Close()
+	c := client(7)
+	tb.Release(mustBind(t, tb, ref, c, p))
+	before := tb.nowTicks()
+	clk.Advance(2 * time.Minute)
+	now := tb.nowTicks()
+
+	r := tb.reg.Load()
+	svc, _ := r.service(ref)
+	k := clientKey(ref, svc.cfg.Mask, c)
+	h, sh := tb.shardOf(k)
+	sh.mu.Lock()
+	i, ok := sh.get(k, h)
+	if !ok {
+		sh.mu.Unlock()
+		t.Fatal("template missing")
+	}
+	e := &sh.ents[i]
+	old := e.server()
+	live, held := e.hold(now, svc.timeout)
+	if live || !held {
+		sh.mu.Unlock()
+		t.Fatalf("hold of an expired idle template: live %v, held %v", live, held)
+	}
+	if l, ok := sh.hit(tb, k, h, before, svc); ok {
+		sh.mu.Unlock()
+		t.Fatalf("a lock-free hit counted a connection to %v on a template being bound anew", l.Server)
+	}
+	e.setServer(uint32(1 - old))
+	e.thaw()
+	sh.mu.Unlock()
+
+	l, ok := sh.hit(tb, k, h, before, svc)
+	if !ok || l.Server != svc.servers[1-old] {
+		t.Fatalf("hit after the rebind: ok %v, server %v, want %v", ok, l.Server, svc.servers[1-old])
+	}
+	if n, _ := tb.held(l); n != 1 {
+		t.Fatalf("the template counts %d connections, want 1", n)
+	}
+}
