@@ -64,7 +64,9 @@ services:
 	write(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, nil, proxy.Options{}) }()
+	go func() {
+		done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, nil, nil, proxy.Options{})
+	}()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -245,7 +247,9 @@ func TestAdminSocketRefusesOtherUsers(t *testing.T) {
 	os.WriteFile(path, []byte(fmt.Sprintf("admin: {socket: %s}\nservices:\n  - name: web\n    listen: %s\n    servers: [{address: 127.0.0.1:1}]\n", sock, freeAddr(t))), 0o644)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, nil, proxy.Options{}) }()
+	go func() {
+		done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, nil, nil, proxy.Options{})
+	}()
 	defer func() { cancel(); <-done }()
 	eventually(t, "socket", func() error { _, _, err := runCLI(t, "ls", "--admin", sock); return err })
 	if st, err := os.Stat(sock); err != nil || st.Mode().Perm() != 0o600 {

@@ -48,7 +48,7 @@ func TestRunNotifiesTheServiceManager(t *testing.T) {
 	reload := make(chan os.Signal, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, reload, proxy.Options{})
+		done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, reload, nil, proxy.Options{})
 	}()
 
 	if got, want := next(), fmt.Sprintf("READY=1\nSTATUS=serving 1 services\nMAINPID=%d", os.Getpid()); got != want {

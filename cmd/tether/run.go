@@ -83,6 +83,12 @@ func runCommand() *cli.Command {
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
+			// Here, not once serving: a SIGUSR2 that comes while tether
+			// starts (a deploy script's upgrade right after a start) waits
+			// for it; the Go runtime drops one nobody has asked for.
+			usr2 := make(chan os.Signal, 1)
+			signal.Notify(usr2, syscall.SIGUSR2)
+			defer signal.Stop(usr2)
 			if c.Bool("watch") {
 				wctx, cancel := context.WithCancel(ctx)
 				watched := make(chan error, 1)
@@ -100,7 +106,7 @@ func runCommand() *cli.Command {
 			if n := c.Int("tcp-loops"); n < -1 {
 				return cli.Exit(fmt.Sprintf("--tcp-loops %d: want -1 (no loops), 0 (one per CPU) or a count", n), 1)
 			}
-			return run(ctx, log, c.String("config"), hup, proxy.Options{SetSysctls: c.Bool("set-sysctls"), TCPLoops: c.Int("tcp-loops")})
+			return run(ctx, log, c.String("config"), hup, usr2, proxy.Options{SetSysctls: c.Bool("set-sysctls"), TCPLoops: c.Int("tcp-loops")})
 		},
 	}
 }
@@ -122,8 +128,9 @@ func runLogger(c *cli.Context) (*slog.Logger, error) {
 
 // run is `tether run`: it returns when ctx ends, after draining, or
 // after a hot upgrade (SIGUSR2) handed its sockets to a new process and
-// its own connections drained.
-func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Signal, opts proxy.Options) error {
+// its own connections drained. reload and upgrade deliver SIGHUP and
+// SIGUSR2 (nil: never).
+func run(ctx context.Context, log *slog.Logger, path string, reload, upgrade <-chan os.Signal, opts proxy.Options) error {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
@@ -254,9 +261,6 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 		defer cancel()
 		return p.Shutdown(dctx)
 	}
-	usr2 := make(chan os.Signal, 1)
-	signal.Notify(usr2, syscall.SIGUSR2)
-	defer signal.Stop(usr2)
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
@@ -264,7 +268,7 @@ func run(ctx context.Context, log *slog.Logger, path string, reload <-chan os.Si
 		case <-ctx.Done():
 			notify("STOPPING=1")
 			return drain()
-		case <-usr2:
+		case <-upgrade:
 			child, err := startUpgrade(log, p)
 			if err != nil {
 				log.Error("upgrade failed; this process goes on serving", "err", err)

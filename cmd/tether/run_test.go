@@ -122,7 +122,7 @@ func TestRunServesReloadsAndStops(t *testing.T) {
 	reload := make(chan os.Signal, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, reload, proxy.Options{})
+		done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), path, reload, nil, proxy.Options{})
 	}()
 
 	eventually(t, "web serves", func() error {
@@ -191,7 +191,7 @@ func TestRunServesReloadsAndStops(t *testing.T) {
 func TestRunRefusesBadConfig(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "t.yaml")
 	os.WriteFile(path, []byte("services: []\n"), 0o600)
-	err := run(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), path, nil, proxy.Options{})
+	err := run(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), path, nil, nil, proxy.Options{})
 	if err == nil || !strings.Contains(err.Error(), "t.yaml") {
 		t.Fatalf("run with a bad config: %v", err)
 	}

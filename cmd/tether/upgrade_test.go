@@ -2,9 +2,12 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"regexp"
 	"slices"
 	"strconv"
@@ -335,4 +338,75 @@ func upgradeNow(t *testing.T, pid int, logs *syncBuffer) int {
 		return nil
 	})
 	return child
+}
+
+// writerFunc is an io.Writer made of a function.
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// A SIGUSR2 that comes while tether starts (its admin socket up, its
+// services not yet) is an upgrade like any other: it waits for tether to
+// serve. Here the upgrade fails (the config went bad), so the process
+// serves on and says so. Before, the signal was lost: tether asked for
+// SIGUSR2 only once serving, and the Go runtime drops one nobody asked
+// for (TestHotUpgradeFailureChangesNothing failed in CI that way).
+func TestUpgradeSignalWhileStarting(t *testing.T) {
+	dir := t.TempDir()
+	web := freeAddr(t)
+	path := writeConfig(t, dir, fmt.Sprintf(`admin: {socket: %s/admin.sock}
+services:
+  - name: web
+    listen: %s
+    servers: [{address: %s}]
+`, dir, web, nameServer(t, "a")))
+	logs := &syncBuffer{}
+	cmd := exec.Command(os.Args[0], "run", "--config", path)
+	cmd.Env = append(os.Environ(), "TETHER_TEST_MAIN=1")
+	var once sync.Once
+	signalled := make(chan error, 1)
+	out := writerFunc(func(p []byte) (int, error) {
+		n, err := logs.Write(p)
+		// The first line logged once the config is read: the signal
+		// comes before the services listen.
+		if bytes.Contains(p, []byte("admin API on a unix socket")) {
+			once.Do(func() {
+				err := os.WriteFile(path, []byte("services: [{name: web, listen: nowhere}]\n"), 0o644)
+				if err == nil {
+					err = cmd.Process.Signal(syscall.SIGUSR2)
+				}
+				signalled <- err
+			})
+		}
+		return n, err
+	})
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	select {
+	case err := <-signalled:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("tether did not start\n%s", logs.String())
+	}
+	eventually(t, "the upgrade tried and failed", func() error {
+		select {
+		case <-exited:
+			t.Fatalf("tether exited on a SIGUSR2 while starting: %v\n%s", cmd.ProcessState, logs.String())
+		default:
+		}
+		if !strings.Contains(logs.String(), "upgrade failed; this process goes on serving") {
+			return fmt.Errorf("not yet:\n%s", logs.String())
+		}
+		return nil
+	})
+	if name, err := ask(web); err != nil || name != "a" {
+		t.Fatalf("after the upgrade that failed: %q, %v\n%s", name, err, logs.String())
+	}
 }
