@@ -71,10 +71,34 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds 
 			return newcomer.Dial(ctx, "tcp", newcomer.Addrs[i], addr)
 		}
 	}
+	// warm makes client0's addresses returning clients: one connection
+	// from each before the rows that use them (the 8 workers of the
+	// connection rate go through all 480), so that those rows measure
+	// clients a persistent balancer knows. Without it the director met
+	// 472 of them for the first time in its connection-rate row: every
+	// worker's flow went up the queue until the kernel map held its
+	// client (1993 of a 4-second row's flows, most in its first 2
+	// seconds), where the socket proxy and HAProxy pay nothing for a
+	// new client.
+	warm := func(addr string) error {
+		_, err := connRate(func(w, i int) (net.Conn, error) {
+			if i >= len(client.Addrs)/8 {
+				return nil, errWarm
+			}
+			return inHost(addr)(0, w*len(client.Addrs)/8+i)
+		}, 8, time.Minute)
+		if errors.Is(err, errWarm) {
+			err = nil
+		}
+		return err
+	}
 	// measureAll is every row of a column: the new clients last, so that
 	// nothing else has used their addresses.
 	wrkOK := true
 	measureAll := func(addr string, dur time.Duration) (result, error) {
+		if err := warm(addr); err != nil {
+			return result{}, fmt.Errorf("warm-up: %w", err)
+		}
 		r, err := measure(inHost(addr), dur)
 		if err == nil && wrkOK {
 			var werr error
@@ -126,21 +150,33 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds 
 	return nil
 }
 
+// errWarm ends warm's pass over the client addresses.
+var errWarm = errors.New("warm: every address used")
+
 // nsRound measures every column of the namespace table once.
 func nsRound(env *testenv.Env, dur time.Duration, bin string, keep *regexp.Regexp, measureAll func(string, time.Duration) (result, error),
 	inHost func(string) dialer, client *testenv.Host, server, vip string) ([]column, error) {
-	// Each round from an empty conntrack table: the last round's entries
-	// (the director's, marked and translated, in TIME_WAIT) are not this
-	// round's to pay for or trip over.
-	if err := env.LB.Do(func() error {
-		c, err := conntrack.Dial(nil)
+	// Each column from an empty conntrack table: the entries the columns
+	// before it left (their flows in TIME_WAIT for two minutes, some
+	// 50 000 a column, more than the default table holds after a few)
+	// are not its to pay for or trip over. Flushed once a round, the
+	// columns measured last (the director's, by design) paid for all.
+	flush := func() error {
+		err := env.LB.Do(func() error {
+			c, err := conntrack.Dial(nil)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return c.Flush()
+		})
 		if err != nil {
-			return err
+			return fmt.Errorf("flush conntrack: %w", err)
 		}
-		defer c.Close()
-		return c.Flush()
-	}); err != nil {
-		return nil, fmt.Errorf("flush conntrack: %w", err)
+		return nil
+	}
+	if err := flush(); err != nil {
+		return nil, err
 	}
 	direct, err := measureAll(server, dur)
 	if err != nil {
@@ -152,6 +188,8 @@ func nsRound(env *testenv.Env, dur time.Duration, bin string, keep *regexp.Regex
 	rules := fmt.Sprintf("table ip benchnat {\n\tchain pre {\n\t\ttype nat hook prerouting priority dstnat;\n\t\tip daddr %s tcp dport 80 dnat to %s\n\t}\n}\n", testenv.VIP, server)
 	if !keep.MatchString("kernel DNAT rule") {
 		// not asked for
+	} else if err := flush(); err != nil {
+		return nil, err
 	} else if err := nftIn(env.LB, rules); err != nil {
 		fmt.Fprintln(os.Stderr, "tetherbench: no static DNAT column:", err)
 	} else {
@@ -170,6 +208,9 @@ func nsRound(env *testenv.Env, dur time.Duration, bin string, keep *regexp.Regex
 	} {
 		if !keep.MatchString(run.name) {
 			continue
+		}
+		if err := flush(); err != nil {
+			return nil, err
 		}
 		mode := run.mode
 		cfg, err := config.Parse("bench", []byte(fmt.Sprintf("mode: %s\ndirector: {queues: 2, kernel_templates: %s}\nservices:\n  - name: bench\n    listen: %s\n    persistence: {timeout: 300s}\n    servers: [{address: %s}]\n", mode, run.kmap, vip, server)))
@@ -223,6 +264,9 @@ func nsRound(env *testenv.Env, dur time.Duration, bin string, keep *regexp.Regex
 	for _, pr := range append(append(append(tp[1:], peers...), killed), tp[0]) {
 		if !keep.MatchString(pr.name) {
 			continue
+		}
+		if err := flush(); err != nil {
+			return nil, err
 		}
 		c, err := measurePeer(env, pr, vip, server, inHost(vip), func(dur time.Duration) (result, error) { return measureAll(vip, dur) }, dur)
 		if err != nil {
