@@ -107,7 +107,7 @@ func TestLockFreeChangesAreNotLost(t *testing.T) {
 	// Growing arrays (many templates, several shards), and a small full
 	// shard where evictions move templates all the time.
 	// Each growing table is new: the arrays grow while the workers fill it.
-	for _, c := range []struct{ capacity, shards, perWorker, rounds, tables int }{{4096, 4, 1024, 2000, 10}, {256, 1, 128, 50000, 1}} {
+	for _, c := range []struct{ capacity, shards, perWorker, rounds, tables int }{{4096, 4, 1024, 2000, 30}, {256, 1, 128, 50000, 1}} {
 		t.Run(fmt.Sprintf("%d/%d", c.capacity, c.shards), func(t *testing.T) {
 			for range c.tables {
 				testLockFree(t, c.capacity, c.shards, c.perWorker, c.rounds)
