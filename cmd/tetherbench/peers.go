@@ -200,6 +200,9 @@ services:
 		// Without the kernel template maps: every flow queued, and no map
 		// writes; what the maps cost new clients and gain returning ones.
 		{"director, no kernel templates (process)", bin, conf("director", "queues: 2, kernel_templates: false"), nil, nil, nil},
+		// The queues by the CPU that took the packet instead of by flow
+		// hash: the director issue's fanout lever for new clients.
+		{"director, cpu fanout (process)", bin, conf("director", "queues: 2, cpu_fanout: true"), nil, nil, nil},
 		{"tether socket proxy (process)", bin, conf("proxy", ""), nil, nil, nil},
 		{"socket proxy, 1 loop", bin, loops("1", conf("proxy", "")), nil, nil, nil},
 		{"socket proxy, goroutines", bin, loops("-1", conf("proxy", "")), nil, nil, nil},
