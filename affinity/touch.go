@@ -43,10 +43,15 @@ func (t *Table) Touch(ref ServiceRef, client netip.Addr, server netip.AddrPort) 
 			return false
 		case live && uint32(e.server()) == sv:
 			sh.hits.Add(1)
+			// An idle template already stamped this tick (closed or
+			// touched: a conntrack scan touches it for every flow of
+			// its client that closed since the last) has told the
+			// kernel map what this touch would: the same element.
+			told := e.stamp() == now
 			e.raiseStamp(now)
 			e.reference()
 			to := uint8(0)
-			if e.active() == 0 {
+			if e.active() == 0 && !told {
 				to |= toMirror
 			}
 			if e.local() == 0 {

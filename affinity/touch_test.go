@@ -80,3 +80,44 @@ func TestTouch(t *testing.T) {
 		t.Error("Touch bound a client to a server that is down")
 	}
 }
+
+// A conntrack scan touches a template for every flow of its client that
+// closed since the last scan: the kernel map's follower hears of it once
+// a tick, not once a flow (each change is an element written), and the
+// cluster's every time.
+func TestTouchesInOneTickWriteOneElement(t *testing.T) {
+	p := newPicker(2)
+	tb, ref, clk := newTestTable(Options{}, ServiceConfig{Timeout: time.Minute, Journal: true}, p)
+	defer tb.Close()
+	mirror, err := tb.Follow(64*len(tb.shards), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mirror.Close()
+	peers, err := tb.Follow(64*len(tb.shards), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peers.Close()
+	c := netip.MustParseAddr("127.0.0.9")
+	l := mustBind(t, tb, ref, c, p)
+	tb.Release(l)
+	mirror.Changes(nil)
+	peers.Changes(nil)
+	clk.Advance(time.Second)
+	for range 5 {
+		if !tb.Touch(ref, c, l.Server) {
+			t.Fatal("Touch of its own template: not bound")
+		}
+	}
+	m, _ := mirror.Changes(nil)
+	cl, _ := peers.Changes(nil)
+	if len(m) != 1 || m[0].Kind != Idle || len(cl) != 5 {
+		t.Fatalf("five touches in one tick: mirror %+v, cluster %d changes; want one idle change, and five", m, len(cl))
+	}
+	clk.Advance(tick)
+	tb.Touch(ref, c, l.Server)
+	if m, _ := mirror.Changes(nil); len(m) != 1 {
+		t.Fatalf("a touch a tick later: mirror %+v; want one change", m)
+	}
+}
