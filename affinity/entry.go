@@ -100,15 +100,27 @@ func age(stamp, now uint32) uint32 { return uint32(max(int32(now-stamp), 0)) }
 // The writers below run under the shard's lock; the lock-free hit and
 // release may change w and raise the stamp meanwhile, hence the loops.
 
-// setStamp sets the stamp.
-func (e *entry) setStamp(s uint32) {
+// The fields of meta.
+const (
+	stampBits  = 1<<32 - 1
+	serverBits = 0xffff << 32
+)
+
+// setMeta replaces the bits of meta that mask selects with v's.
+func (e *entry) setMeta(mask, v uint64) {
 	for {
 		m := e.meta.Load()
-		if e.meta.CompareAndSwap(m, m&^0xffffffff|uint64(s)) {
+		if e.meta.CompareAndSwap(m, m&^mask|v) {
 			return
 		}
 	}
 }
+
+// setStamp sets the stamp.
+func (e *entry) setStamp(s uint32) { e.setMeta(stampBits, uint64(s)) }
+
+// setServer binds the template to server.
+func (e *entry) setServer(server uint32) { e.setMeta(serverBits, uint64(uint16(server))<<32) }
 
 // raiseStamp sets the stamp to now unless it is later already: a
 // release that read the clock before another one must not move the
@@ -116,17 +128,7 @@ func (e *entry) setStamp(s uint32) {
 func (e *entry) raiseStamp(now uint32) {
 	for {
 		m := e.meta.Load()
-		if int32(stampOf(m)-now) >= 0 || e.meta.CompareAndSwap(m, m&^0xffffffff|uint64(now)) {
-			return
-		}
-	}
-}
-
-// setServer binds the template to server.
-func (e *entry) setServer(server uint32) {
-	for {
-		m := e.meta.Load()
-		if e.meta.CompareAndSwap(m, m&^(0xffff<<32)|uint64(uint16(server))<<32) {
+		if int32(stampOf(m)-now) >= 0 || e.meta.CompareAndSwap(m, m&^stampBits|uint64(now)) {
 			return
 		}
 	}

@@ -38,7 +38,11 @@ func (sh *shard) hit(t *Table, k key, h uint64, now uint32, svc *serviceInfo) (L
 	if l == 0 {
 		return Lease{}, false
 	}
-	for i, j := int((h>>32)*uint64(l)>>32), 0; j < l; i, j = next(i, l), j+1 {
+	// get's probe, without the lock: the state word first, so that
+	// the key and meta read after it are what was written before it
+	// (fill). A shared probe function that returned the words cost the
+	// hit 25 ns (not inlined: 207-221 → 225-269 ns uniform).
+	for i, j := home(h, l), 0; j < l; i, j = next(i, l), j+1 {
 		e := &ents[i]
 		w := e.w.Load() // first: what follows was written before it
 		if w == 0 {

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 )
 
@@ -81,4 +82,16 @@ func newTestTable(o Options, c ServiceConfig, p *rrPicker) (*Table, ServiceRef, 
 
 func client(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{127, byte(i >> 16), byte(i >> 8), byte(i)})
+}
+
+// follow starts a follower of tb with room for perShard changes a shard,
+// closed when the test ends.
+func follow(t *testing.T, tb *Table, perShard int, all bool) *Follower {
+	t.Helper()
+	f, err := tb.Follow(perShard*len(tb.shards), all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Close)
+	return f
 }

@@ -9,9 +9,11 @@ package affinity
 // length (capacity × 3/2), which need not be a power of two: a key's home
 // is its hash scaled to the length, not masked.
 
-// home is a key's first slot: the high half of the hash scaled to the
-// array (the low bits chose the shard).
-func (sh *shard) home(h uint64) int { return int((h >> 32) * uint64(len(sh.ents)) >> 32) }
+// home is a key's first slot in an array of l: the high half of the hash
+// scaled to the array (the low bits chose the shard).
+func home(h uint64, l int) int { return int((h >> 32) * uint64(l) >> 32) }
+
+func (sh *shard) home(h uint64) int { return home(h, len(sh.ents)) }
 
 // get finds k's slot; h is k's hash.
 func (sh *shard) get(k key, h uint64) (int32, bool) {

@@ -82,15 +82,7 @@ func TestJournalTwoFollowers(t *testing.T) {
 	for _, s := range p.servers {
 		tb.SetServer(other, s, ServerUp)
 	}
-	journaled, err := tb.Follow(8*len(tb.shards), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer journaled.Close()
-	all, err := tb.Follow(8*len(tb.shards), true)
-	if err != nil {
-		t.Fatal(err)
-	}
+	journaled, all := follow(t, tb, 8, false), follow(t, tb, 8, true)
 	if _, err := tb.Follow(8*len(tb.shards), true); !errors.Is(err, ErrFollowers) {
 		t.Fatalf("a third follower: %v, want ErrFollowers", err)
 	}

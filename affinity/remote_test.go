@@ -136,16 +136,7 @@ func TestAdoptNotEchoed(t *testing.T) {
 	p := newPicker(2)
 	tb, ref, _ := newTestTable(Options{}, ServiceConfig{Journal: true}, p)
 	defer tb.Close()
-	cluster, err := tb.Follow(16*len(tb.shards), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
-	mirror, err := tb.Follow(16*len(tb.shards), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mirror.Close()
+	cluster, mirror := follow(t, tb, 16, true), follow(t, tb, 16, false)
 	c := netip.MustParseAddr("127.0.0.9")
 	l := tb.Adopt(svcWeb, c, p.servers[0], 0, true).Lease
 	tb.ReleasePeer(l)

@@ -15,16 +15,7 @@ func TestTouch(t *testing.T) {
 	p := newPicker(2)
 	tb, ref, clk := newTestTable(Options{}, ServiceConfig{Timeout: time.Minute, Journal: true}, p)
 	defer tb.Close()
-	mirror, err := tb.Follow(64*len(tb.shards), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mirror.Close()
-	peers, err := tb.Follow(64*len(tb.shards), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peers.Close()
+	mirror, peers := follow(t, tb, 64, false), follow(t, tb, 64, true)
 	drain := func(f *Follower) []Change {
 		out, _ := f.Changes(nil)
 		return out
@@ -89,16 +80,7 @@ func TestTouchesInOneTickWriteOneElement(t *testing.T) {
 	p := newPicker(2)
 	tb, ref, clk := newTestTable(Options{}, ServiceConfig{Timeout: time.Minute, Journal: true}, p)
 	defer tb.Close()
-	mirror, err := tb.Follow(64*len(tb.shards), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mirror.Close()
-	peers, err := tb.Follow(64*len(tb.shards), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peers.Close()
+	mirror, peers := follow(t, tb, 64, false), follow(t, tb, 64, true)
 	c := netip.MustParseAddr("127.0.0.9")
 	l := mustBind(t, tb, ref, c, p)
 	tb.Release(l)

@@ -14,7 +14,6 @@ import (
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/nft"
 	"github.com/tetherlb/tether/testenv"
-	"github.com/ti-mo/conntrack"
 )
 
 // kernelTemplates reads the kernel template map of the lb's first IPv4
@@ -64,15 +63,7 @@ func tableTemplatesOf(p *Proxy, key config.ServiceKey) map[netip.Addr]uint32 {
 
 func flushConntrack(t *testing.T, env *testenv.Env) {
 	t.Helper()
-	err := env.LB.Do(func() error {
-		c, err := conntrack.Dial(nil)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		return c.Flush()
-	})
-	if err != nil {
+	if err := env.LB.FlushConntrack(); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -334,7 +334,7 @@ func (l *loop) run() {
 	parked := false
 	wait := func(uintptr) bool {
 		var err error
-		n, err = rawEpollWait(l.ep, l.events[:])
+		n, err = rawEpollWait(l.ep, l.events[:], 0)
 		if err != nil {
 			n = 0
 			return err != unix.EINTR // EINTR: try again, anything else is reported below
@@ -348,7 +348,7 @@ func (l *loop) run() {
 		n, parked = 0, false
 		var err error
 		if stay {
-			n, err = rawEpollWaitFor(l.ep, l.events[:], stayMs)
+			n, err = rawEpollWait(l.ep, l.events[:], stayMs)
 			if err != nil {
 				n, err = 0, nil // EINTR, a signal: park, the runtime may want the thread
 			}

@@ -69,19 +69,10 @@ func rawSplice(in, out, n int, more bool) (int, error) {
 	return int(m), nil
 }
 
-// rawEpollWait polls ep without waiting.
-func rawEpollWait(ep int, events []unix.EpollEvent) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
-
-// rawEpollWaitFor waits up to ms milliseconds for events of ep, the thread
-// held: only for waits short enough that holding the processor costs less
-// than handing it off.
-func rawEpollWaitFor(ep int, events []unix.EpollEvent, ms int) (int, error) {
+// rawEpollWait takes ep's ready events, waiting up to ms milliseconds (0:
+// a poll), the thread and its processor held: only for waits short
+// enough that holding them costs less than handing them off.
+func rawEpollWait(ep int, events []unix.EpollEvent, ms int) (int, error) {
 	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(ms), 0, 0)
 	if e != 0 {
 		return 0, e

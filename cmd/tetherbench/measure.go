@@ -88,23 +88,29 @@ func throughput(dial dialer, n int, dur time.Duration) (float64, error) {
 func connRate(dial dialer, n int, dur time.Duration) (float64, error) {
 	return forWorkers(n, dur, func(w int, deadline time.Time, count func(int64)) error {
 		for i := 0; time.Now().Before(deadline); i++ {
-			c, err := dial(w, i)
-			if err != nil {
-				return err
-			}
-			b := [1]byte{modeClose}
-			_, err = c.Write(b[:])
-			if err == nil {
-				_, err = io.ReadFull(c, b[:])
-			}
-			c.Close()
-			if err != nil {
+			if err := oneConn(dial, w, i); err != nil {
 				return err
 			}
 			count(1)
 		}
 		return nil
 	})
+}
+
+// oneConn makes worker w's i-th connection, has the backend answer a byte
+// and close, and closes it.
+func oneConn(dial dialer, w, i int) error {
+	c, err := dial(w, i)
+	if err != nil {
+		return err
+	}
+	b := [1]byte{modeClose}
+	_, err = c.Write(b[:])
+	if err == nil {
+		_, err = io.ReadFull(c, b[:])
+	}
+	c.Close()
+	return err
 }
 
 // newClientRate opens, uses and closes one connection from each of n

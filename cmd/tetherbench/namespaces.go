@@ -16,7 +16,6 @@ import (
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/proxy"
 	"github.com/tetherlb/tether/testenv"
-	"github.com/ti-mo/conntrack"
 )
 
 // nftIn loads rules with nft -f in host h.
@@ -81,15 +80,15 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds 
 	// seconds), where the socket proxy and HAProxy pay nothing for a
 	// new client.
 	warm := func(addr string) error {
-		_, err := connRate(func(w, i int) (net.Conn, error) {
-			if i >= len(client.Addrs)/8 {
-				return nil, errWarm
+		const workers = 8
+		_, err := forWorkers(workers, time.Minute, func(w int, _ time.Time, _ func(int64)) error {
+			for a := w; a < len(client.Addrs); a += workers {
+				if err := oneConn(inHost(addr), 0, a); err != nil { // worker 0's a-th: address a
+					return err
+				}
 			}
-			return inHost(addr)(0, w*len(client.Addrs)/8+i)
-		}, 8, time.Minute)
-		if errors.Is(err, errWarm) {
-			err = nil
-		}
+			return nil
+		})
 		return err
 	}
 	// measureAll is every row of a column: the new clients last, so that
@@ -150,9 +149,6 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds 
 	return nil
 }
 
-// errWarm ends warm's pass over the client addresses.
-var errWarm = errors.New("warm: every address used")
-
 // nsRound measures every column of the namespace table once.
 func nsRound(env *testenv.Env, dur time.Duration, bin string, keep *regexp.Regexp, measureAll func(string, time.Duration) (result, error),
 	inHost func(string) dialer, client *testenv.Host, server, vip string) ([]column, error) {
@@ -161,20 +157,7 @@ func nsRound(env *testenv.Env, dur time.Duration, bin string, keep *regexp.Regex
 	// 50 000 a column, more than the default table holds after a few)
 	// are not its to pay for or trip over. Flushed once a round, the
 	// columns measured last (the director's, by design) paid for all.
-	flush := func() error {
-		err := env.LB.Do(func() error {
-			c, err := conntrack.Dial(nil)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			return c.Flush()
-		})
-		if err != nil {
-			return fmt.Errorf("flush conntrack: %w", err)
-		}
-		return nil
-	}
+	flush := env.LB.FlushConntrack
 	if err := flush(); err != nil {
 		return nil, err
 	}
