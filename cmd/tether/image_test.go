@@ -48,7 +48,7 @@ func TestContainerImage(t *testing.T) {
 	// The build context: what the Containerfile copies, and the binary
 	// built as the Justfile builds it.
 	run("cp", "-r", filepath.Join(repo, "Containerfile"), filepath.Join(repo, "deploy"), ctx)
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(ctx, "dist", "tether"), "./cmd/tether")
+	build := exec.Command("go", "build", "-tags", shipTags, "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(ctx, "dist", "tether"), "./cmd/tether")
 	build.Dir, build.Env = repo, append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

@@ -14,7 +14,7 @@ import (
 
 // Stamped at build time:
 //
-//	go build -ldflags "-X main.version=v0.1.0 -X main.commit=$(git rev-parse --short HEAD)" ./cmd/tether
+//	go build -tags urfave_cli_no_docs -ldflags "-X main.version=v0.1.0 -X main.commit=$(git rev-parse --short HEAD)" ./cmd/tether
 var (
 	version = "dev"
 	commit  = "unknown"
