@@ -48,15 +48,23 @@ type change struct {
 	stamp  uint32
 }
 
-// journal is a shard's ring of changes for one follower.
+// journal is a shard's ring of changes for one follower. The ring starts
+// at ringStart changes and doubles as a burst needs, up to max: a
+// follower's limit is for the burst between two drains, and a director
+// that drains every few milliseconds would otherwise hold the whole limit
+// (1 MiB for the kernel map's 32768) for nothing.
 type journal struct {
 	ring []change // nil: not following
+	max  int      // the ring's bound, the follower's share of its limit
 	head int      // the oldest change
 	n    int
 	lost bool // a change did not fit since the last drain
 	all  bool // every service's changes, not only journaled ones
 	wake chan struct{}
 }
+
+// ringStart is the changes a shard's ring holds before it first grows.
+const ringStart = 8
 
 // maxFollowers is how many followers a table has at once: the director's
 // kernel mirror and the cluster.
@@ -83,6 +91,9 @@ func (sh *shard) note(e *entry, kind ChangeKind, now uint32, r *registry, to uin
 		case !j.all && (to&toMirror == 0 || !r.svcs[e.svc()].cfg.Journal):
 			continue
 		}
+		if j.n == len(j.ring) && len(j.ring) < j.max {
+			j.grow()
+		}
 		if j.n == len(j.ring) {
 			j.lost = true
 		} else {
@@ -94,6 +105,15 @@ func (sh *shard) note(e *entry, kind ChangeKind, now uint32, r *registry, to uin
 		default:
 		}
 	}
+}
+
+// grow doubles the ring, up to max, keeping its changes in order.
+func (j *journal) grow() {
+	ring := make([]change, min(2*len(j.ring), j.max))
+	for k := 0; k < j.n; k++ {
+		ring[k] = j.ring[(j.head+k)%len(j.ring)]
+	}
+	j.ring, j.head = ring, 0
 }
 
 // Follower receives a table's template changes: those of services with
@@ -110,7 +130,8 @@ var ErrFollowers = fmt.Errorf("affinity: at most %d journal followers", maxFollo
 
 // Follow starts recording the changes of journaled services (all: of every
 // service), about limit between two drains: each shard keeps its share,
-// limit/shards rounded up (keys spread evenly over shards). Close stops it.
+// limit/shards rounded up (keys spread evenly over shards), in a ring that
+// grows to that share as changes come. Close stops it.
 func (t *Table) Follow(limit int, all bool) (*Follower, error) {
 	perShard := (limit + len(t.shards) - 1) / len(t.shards)
 	t.followMu.Lock()
@@ -136,7 +157,8 @@ func (t *Table) Follow(limit int, all bool) (*Follower, error) {
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
-		sh.jr[slot] = journal{wake: f.wake, all: all, ring: make([]change, max(perShard, 1))}
+		n := max(perShard, 1)
+		sh.jr[slot] = journal{wake: f.wake, all: all, max: n, ring: make([]change, min(n, ringStart))}
 		sh.mu.Unlock()
 	}
 	return f, nil

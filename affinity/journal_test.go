@@ -101,3 +101,54 @@ func TestJournalTwoFollowers(t *testing.T) {
 		t.Errorf("following after a Close: %v", err)
 	}
 }
+
+// A follower's rings start small and grow to its limit only as a burst
+// between two drains needs: the changes of the burst come out whole and in
+// order, and one more than the shard's share is lost, as before.
+func TestJournalRingsGrowWithUse(t *testing.T) {
+	p := newPicker(2)
+	tb, ref, clk := newTestTable(Options{}, ServiceConfig{Timeout: time.Minute, Journal: true}, p)
+	defer tb.Close()
+	const share = 64
+	f := follow(t, tb, share, false)
+	rings := func() (total, biggest int) {
+		for i := range tb.shards {
+			sh := &tb.shards[i]
+			sh.mu.Lock()
+			n := len(sh.jr[f.slot].ring)
+			sh.mu.Unlock()
+			total += n
+			biggest = max(biggest, n)
+		}
+		return total, biggest
+	}
+	if total, _ := rings(); total != len(tb.shards)*ringStart {
+		t.Fatalf("a new follower holds %d changes' room in %d shards, want %d", total, len(tb.shards), len(tb.shards)*ringStart)
+	}
+	c := netip.MustParseAddr("127.0.0.7")
+	var want []ChangeKind
+	for range share / 2 { // a close and a return, 2 changes each, one shard
+		clk.Advance(time.Second)
+		tb.Release(mustBind(t, tb, ref, c, p))
+		want = append(want, Busy, Idle)
+	}
+	if total, biggest := rings(); biggest != share || total != (len(tb.shards)-1)*ringStart+share {
+		t.Errorf("after a burst of %d in one shard: rings of %d in all, the biggest %d; want %d and %d", share, total, biggest, (len(tb.shards)-1)*ringStart+share, share)
+	}
+	got, lost := f.Changes(nil)
+	if lost || len(got) != len(want) {
+		t.Fatalf("%d changes (lost %v), want %d", len(got), lost, len(want))
+	}
+	for i, g := range got {
+		if g.Kind != want[i] || (i > 0 && g.At.Before(got[i-1].At)) {
+			t.Fatalf("change %d: %v at %v after %v at %v: out of order", i, g.Kind, g.At, got[max(i-1, 0)].Kind, got[max(i-1, 0)].At)
+		}
+	}
+	for range share/2 + 1 {
+		clk.Advance(time.Second)
+		tb.Release(mustBind(t, tb, ref, c, p))
+	}
+	if got, lost := f.Changes(nil); !lost || len(got) != share {
+		t.Errorf("a burst past the share: %d changes, lost %v; want %d, true", len(got), lost, share)
+	}
+}
