@@ -37,8 +37,8 @@ func runHAProxy(ctx context.Context, dir, backend string, dur time.Duration) (co
 	if err != nil {
 		return column{}, err
 	}
-	rss, _ := peakRSS(cmd.Process.Pid)
-	return column{"HAProxy " + haproxyVersion(bin), r, rss}, nil
+	mem, _ := readMemory(cmd.Process.Pid)
+	return column{"HAProxy " + haproxyVersion(bin), r, mem}, nil
 }
 
 func haproxyVersion(bin string) string {

@@ -27,8 +27,8 @@ func benchTCP(ctx context.Context, dir, backend, listen string, pid int, dur tim
 	if err != nil {
 		return fmt.Errorf("through tether: %w", err)
 	}
-	rss, _ := peakRSS(pid)
-	cols := []column{{"direct", direct, 0}, {"tether", through, rss}}
+	mem, _ := readMemory(pid)
+	cols := []column{{"direct", direct, memory{}}, {"tether", through, mem}}
 	if peer, err := runHAProxy(ctx, dir, backend, dur); err == nil {
 		cols = append(cols, peer)
 	} else {

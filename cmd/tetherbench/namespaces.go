@@ -165,7 +165,7 @@ func nsRound(env *testenv.Env, dur time.Duration, bin string, keep *regexp.Regex
 	if err != nil {
 		return nil, fmt.Errorf("direct: %w", err)
 	}
-	cols := []column{{"direct (forwarded)", direct, 0}}
+	cols := []column{{"direct (forwarded)", direct, memory{}}}
 	// The kernel's own cost of a NATed flow, with no decision in userspace:
 	// the floor the director can reach.
 	rules := fmt.Sprintf("table ip benchnat {\n\tchain pre {\n\t\ttype nat hook prerouting priority dstnat;\n\t\tip daddr %s tcp dport 80 dnat to %s\n\t}\n}\n", testenv.VIP, server)
@@ -180,7 +180,7 @@ func nsRound(env *testenv.Env, dur time.Duration, bin string, keep *regexp.Regex
 		if err := errors.Join(err, nftIn(env.LB, "delete table ip benchnat\n")); err != nil {
 			return nil, fmt.Errorf("static dnat: %w", err)
 		}
-		cols = append(cols, column{"kernel DNAT rule", r, 0})
+		cols = append(cols, column{"kernel DNAT rule", r, memory{}})
 	}
 	// The director twice: with its kernel template map (returning
 	// clients never go up the queue) and without (every new flow does).
@@ -211,7 +211,7 @@ func nsRound(env *testenv.Env, dur time.Duration, bin string, keep *regexp.Regex
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", mode, err)
 		}
-		cols = append(cols, column{run.name, r, 0})
+		cols = append(cols, column{run.name, r, memory{}})
 	}
 	// The director's process last: its flows leave conntrack entries and
 	// its NAT anchor behind, which the columns after it would pay for.

@@ -135,8 +135,8 @@ func measurePeer(env *testenv.Env, p peer, vip, server string, dial dialer, meas
 	if err != nil {
 		return column{}, fmt.Errorf("%s: %w", p.name, err)
 	}
-	rss, _ := peakRSS(cmd.Process.Pid)
-	return column{p.name, r, rss}, nil
+	mem, _ := readMemory(cmd.Process.Pid)
+	return column{p.name, r, mem}, nil
 }
 
 // tetherPeers are tether itself run as its own process in the

@@ -10,7 +10,7 @@ import (
 type column struct {
 	name string
 	r    result
-	rss  int64
+	mem  memory // zero: measured in this process
 }
 
 // printTable prints each figure with its ratio to the first column.
@@ -52,18 +52,23 @@ func printTable(cols []column) {
 		row("wrk -c64, Connection: close: p50", func(r result) float64 { return float64(r.closing.p50) }, dur)
 		row("wrk -c64, Connection: close: p99", func(r result) float64 { return float64(r.closing.p99) }, dur)
 	}
-	if cols[len(cols)-1].rss == 0 {
+	if cols[len(cols)-1].mem.peak == 0 {
 		return // measured in this process: no RSS of its own
 	}
-	fmt.Print("| peak RSS | |")
-	for _, c := range cols[1:] {
-		if c.rss == 0 {
-			fmt.Print(" (in this process) |")
-			continue
+	mib := func(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<20)) }
+	memRow := func(name string, f func(memory) string) {
+		fmt.Printf("| %s | |", name)
+		for _, c := range cols[1:] {
+			if c.mem.peak == 0 {
+				fmt.Print(" (in this process) |")
+				continue
+			}
+			fmt.Printf(" %s MiB |", f(c.mem))
 		}
-		fmt.Printf(" %.1f MiB |", float64(c.rss)/(1<<20))
+		fmt.Println()
 	}
-	fmt.Println()
+	memRow("peak RSS", func(m memory) string { return mib(m.peak) })
+	memRow("RSS at the end: anonymous / file-backed", func(m memory) string { return mib(m.anon) + " / " + mib(m.file) })
 }
 
 // wrkRan says every column has the wrk rows.
@@ -155,7 +160,12 @@ func medianColumns(rounds [][]column) []column {
 		d := func(f func(column) time.Duration) time.Duration {
 			return time.Duration(m(func(c column) float64 { return float64(f(c)) }))
 		}
-		out = append(out, column{name: c.name, rss: int64(m(func(c column) float64 { return float64(c.rss) })), r: result{
+		mem := memory{
+			peak: int64(m(func(c column) float64 { return float64(c.mem.peak) })),
+			anon: int64(m(func(c column) float64 { return float64(c.mem.anon) })),
+			file: int64(m(func(c column) float64 { return float64(c.mem.file) })),
+		}
+		out = append(out, column{name: c.name, mem: mem, r: result{
 			stream:      m(func(c column) float64 { return c.r.stream }),
 			streams8:    m(func(c column) float64 { return c.r.streams8 }),
 			connsPerSec: m(func(c column) float64 { return c.r.connsPerSec }),
