@@ -299,6 +299,34 @@ func BenchmarkFloorLockedMap(b *testing.B) {
 	}
 }
 
+// BenchmarkFloorSlotCAS is the memory floor of a table that writes: one
+// compare-and-swap on a random 32-byte slot (the table's entry size) of
+// an array as large as a 1 M table's, and nothing else. Set against the
+// bare map's lookup, it shows how much of a hit's cost is its one atomic
+// write to a line it must fetch, and how much the instructions around it
+// (an out-of-order CPU overlaps the next slot's miss with this one's only
+// as far as its window of instructions reaches).
+func BenchmarkFloorSlotCAS(b *testing.B) {
+	const words = 4 // 32 bytes a slot
+	slots := make([]atomic.Uint64, words*3*benchEntries/2)
+	for _, pat := range patterns {
+		b.Run(pat.name, func(b *testing.B) {
+			idx := make([]int, pat.n)
+			r := rand.New(rand.NewPCG(3, 4))
+			for i := range idx {
+				idx[i] = words * r.IntN(len(slots)/words)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				s := &slots[idx[i%len(idx)]]
+				w := s.Load()
+				s.CompareAndSwap(w, w+1)
+			}
+		})
+	}
+}
+
 func heapInUse() uint64 {
 	var m runtime.MemStats
 	runtime.GC()
