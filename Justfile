@@ -28,7 +28,7 @@ fuzz time="30s":
 # The container image: a static binary built here, then the image from
 # scratch without pulling anything (Containerfile). urfave_cli_no_docs
 # leaves out the CLI library's man-page writer, which tether never calls
-# (0.4-0.6 MiB less peak RSS).
+# (0.3-0.6 MiB less peak RSS).
 image tag="tether:dev":
     CGO_ENABLED=0 go build -tags urfave_cli_no_docs -trimpath -ldflags "-s -w -X main.version=$(git describe --tags --always)" -o dist/tether ./cmd/tether
     podman build --network=none -t {{tag}} -f Containerfile .

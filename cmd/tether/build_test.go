@@ -9,7 +9,7 @@ import (
 
 // shipTags are the build tags of the binary tether ships (Justfile,
 // Containerfile, tetherbench): urfave/cli's markdown and man-page writer,
-// which tether never calls, stays out (about 0.25 MB of binary and 0.4-0.6
+// which tether never calls, stays out (about 0.25 MB of binary and 0.3-0.6
 // MiB of peak RSS: README, Performance).
 const shipTags = "urfave_cli_no_docs"
 
