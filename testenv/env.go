@@ -103,11 +103,12 @@ type Env struct {
 	id    string // prefix, PID and label
 	named bool
 
-	mu      sync.Mutex
-	hosts   []*Host
-	procs   []*exec.Cmd
-	servers []*Server
-	paths   []string
+	mu       sync.Mutex
+	routedTo *Host // the host of RoutedSources
+	hosts    []*Host
+	procs    []*exec.Cmd
+	servers  []*Server
+	paths    []string
 }
 
 // New builds the topology of s. On error nothing is left behind.

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -9,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/vishvananda/netlink"
 )
 
 func TestMain(m *testing.M) { os.Exit(Main(m)) }
@@ -182,5 +185,61 @@ func TestECMPTopology(t *testing.T) {
 				t.Fatalf("balancer%d to %s: %+v", i, b.Name, got)
 			}
 		}
+	}
+}
+
+// More client addresses than the kernel's neighbour table holds (1024 for
+// all namespaces) reach a backend through the load balancer from routed
+// sources, which leave the balancer no neighbour entry of their own; the
+// prefix is given once.
+func TestRoutedSources(t *testing.T) {
+	e := Start(t, Spec{Backends: 1, Label: "routed"})
+	if _, err := e.Backends[0].ServeName(8080); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.RoutedSources(e.Clients[0], 0); err == nil {
+		t.Error("no error for 0 routed sources")
+	}
+	srcs, err := e.RoutedSources(e.Clients[0], 1100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.RoutedSources(e.Clients[0], 1); err == nil {
+		t.Error("routed sources given twice")
+	}
+	ctx := context.Background()
+	to := netip.AddrPortFrom(BackendAddr(0), 8080).String()
+	for _, src := range srcs {
+		if !RoutedPrefix.Contains(src) {
+			t.Fatalf("source %s outside %s", src, RoutedPrefix)
+		}
+		c, err := e.Clients[0].Dial(ctx, "tcp", src, to)
+		if err != nil {
+			t.Fatalf("from %s: %v", src, err)
+		}
+		name := make([]byte, len("backend0\n"))
+		_, err = io.ReadFull(c, name)
+		c.Close()
+		if err != nil || string(name) != "backend0\n" {
+			t.Fatalf("from %s: %q, %v", src, name, err)
+		}
+	}
+	var neigh []netlink.Neigh
+	if err := e.LB.Do(func() (err error) {
+		neigh, err = netlink.NeighList(0, netlink.FAMILY_V4)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// An ARP request the client sends from a routed source teaches the
+	// balancer that one address; connections add none.
+	routed := 0
+	for _, n := range neigh {
+		if a, ok := netip.AddrFromSlice(n.IP); ok && RoutedPrefix.Contains(a.Unmap()) {
+			routed++
+		}
+	}
+	if routed > 2 {
+		t.Errorf("%d neighbour entries of routed sources on the load balancer after %d of them, want at most 2", routed, len(srcs))
 	}
 }

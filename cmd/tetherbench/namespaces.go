@@ -37,18 +37,28 @@ func nftIn(h *testenv.Host, rules string) error {
 // reaching servers through the load-balancer host, in network namespaces.
 // Direct is the same client reaching the server's own address through the
 // same host, forwarded by the kernel; the socket proxy runs there too.
+// newClients is how many connections the row of new clients makes, each
+// from an address the balancer has not seen.
+const newClients = 6000
+
 func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds int) error {
 	if why := testenv.Missing(); why != "" {
 		fmt.Printf("\n(no director figures: %s)\n", why)
 		return nil
 	}
-	// client0's addresses make every row but one; client1's 480 are
-	// each used once per column, for the row of new clients.
+	// client0's addresses make every row but one; client1's routed
+	// sources are each used once per column, for the row of new clients:
+	// thousands of them, so that the row lasts about a second (with 480,
+	// as until 2026-12-03, it lasted a tenth, and its ranges were wide).
 	env, err := testenv.New(testenv.Spec{Clients: 2, AddrsPerClient: 480, Backends: 1, Label: "bench"})
 	if err != nil {
 		return err
 	}
 	defer env.Close()
+	newcomers, err := env.RoutedSources(env.Clients[1], newClients)
+	if err != nil {
+		return err
+	}
 	ln, err := env.Backends[0].Listen("tcp", ":8080")
 	if err != nil {
 		return err
@@ -67,7 +77,7 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds 
 		return func(i int) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			return newcomer.Dial(ctx, "tcp", newcomer.Addrs[i], addr)
+			return newcomer.Dial(ctx, "tcp", newcomers[i], addr)
 		}
 	}
 	// warm makes client0's addresses returning clients: one connection
@@ -111,7 +121,7 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds 
 			}
 		}
 		if err == nil {
-			r.newClients, err = newClientRate(fresh(addr), len(newcomer.Addrs))
+			r.newClients, err = newClientRate(fresh(addr), len(newcomers))
 		}
 		return r, err
 	}
