@@ -3,7 +3,6 @@ module github.com/tetherlb/tether
 go 1.25.0
 
 require (
-	github.com/florianl/go-nfqueue/v2 v2.0.2
 	github.com/fsnotify/fsnotify v1.10.1
 	github.com/google/go-cmp v0.7.0
 	github.com/google/nftables v0.3.1-0.20251119083706-1db35da82052

@@ -7,14 +7,11 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"maps"
-	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	nfqueue "github.com/florianl/go-nfqueue/v2"
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -86,7 +83,7 @@ type Options[H any] struct {
 type Director[H any] struct {
 	o      Options[H]
 	log    *slog.Logger
-	queues []*nfqueue.Nfqueue
+	queues []*queue
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -122,24 +119,24 @@ func Open[H any](o Options[H]) (*Director[H], error) {
 		d.log = slog.New(slog.DiscardHandler)
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
-	flags := uint32(nfqueue.NfQaCfgFlagGSO)
-	if o.Queues.FailOpen {
-		flags |= nfqueue.NfQaCfgFlagFailOpen
-	}
 	err := d.do(func() error {
 		for i := range o.Queues.Count {
 			num := o.Queues.First + i
-			q, err := nfqueue.Open(&nfqueue.Config{
-				NfQueue: num, MaxPacketLen: 128, MaxQueueLen: o.Queues.Length,
-				Copymode: nfqueue.NfQnlCopyPacket, Flags: flags, AfFamily: unix.AF_UNSPEC,
-			})
+			q, err := openQueue(num, o.Queues.Length, o.Queues.FailOpen, d.answer, d.answerError)
+			if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EPERM) {
+				return fmt.Errorf("nfqueue %d: another program is bound to it: %w", num, err)
+			}
 			if err != nil {
 				return fmt.Errorf("nfqueue %d: %w", num, err)
 			}
 			d.queues = append(d.queues, q)
-			if err := q.RegisterWithErrorFunc(d.ctx, d.verdictFunc(q), d.queueError); err != nil {
-				return fmt.Errorf("nfqueue %d (is another program bound to it?): %w", num, err)
-			}
+			d.wg.Add(1)
+			go func() {
+				defer d.wg.Done()
+				if err := q.run(d.answer, d.answerError, d.queueError); err != nil && d.ctx.Err() == nil {
+					d.log.Error("director: reading the queue stopped", "queue", num, "err", err)
+				}
+			}()
 		}
 		return nil
 	})
@@ -188,54 +185,43 @@ func (d *Director[H]) Flows() int {
 	return len(d.flows)
 }
 
-// queueError keeps reading after an overrun (the kernel dropped or, fail
-// open, accepted packets the queue had no room for) and after an error
-// answer to a verdict (ENOENT: the kernel flushed the packet, as it does
-// with every queued packet when any netfilter hook of the namespace goes,
-// a table replaced by tether or by anyone's nft). It stops at Close, or
+// queueError says whether a receive error ends the queue's reader: it
+// reads on after an overrun (the kernel dropped or, fail open, accepted
+// packets the queue had no room for) and after any other error, and stops
 // when the socket is gone.
-func (d *Director[H]) queueError(err error) int {
-	if d.ctx.Err() != nil || errors.Is(err, net.ErrClosed) || errors.Is(err, unix.EBADF) {
-		return 1
+func (d *Director[H]) queueError(err error) bool {
+	if d.ctx.Err() != nil || errors.Is(err, unix.EBADF) {
+		return true
 	}
-	var oe *netlink.OpError
-	if errors.As(err, &oe) && (errors.Is(oe.Err, unix.ENOBUFS) || oe.Timeout()) {
+	if errors.Is(err, unix.ENOBUFS) {
 		d.stats.overruns.Add(1)
-		return 0
+		return false
 	}
-	if d.stats.queueErrs.Add(1) == 1 {
-		d.log.Warn("director: an error reading the queue; reading on (tether_director_queue_errors counts them)", "err", err)
-	}
+	d.answerError(err)
 	// An error that repeats at once (a socket broken in a way not seen
 	// here) must not spin a core: at most a thousand a second.
 	time.Sleep(time.Millisecond)
-	return 0
+	return false
 }
 
-// verdictFunc answers each queued packet of queue q.
-func (d *Director[H]) verdictFunc(q *nfqueue.Nfqueue) nfqueue.HookFunc {
-	return func(a nfqueue.Attribute) int {
-		if a.PacketID == nil || a.Payload == nil {
-			return 0
-		}
-		var mark uint32
-		if a.Mark != nil {
-			mark = *a.Mark
-		}
-		v, m, set := d.decide(*a.Payload, mark)
-		if d.o.VerdictHook != nil {
-			d.o.VerdictHook()
-		}
-		var err error
-		if set {
-			err = q.SetVerdictWithOption(*a.PacketID, v, nfqueue.WithMark(m))
-		} else {
-			err = q.SetVerdict(*a.PacketID, v)
-		}
-		if err != nil {
-			d.stats.verdictErrs.Add(1)
-		}
-		return 0
+// answerError counts an error the queue's socket reported: an error
+// answer to a verdict (ENOENT: the kernel flushed the packet, as it does
+// with every queued packet when any netfilter hook of the namespace goes,
+// a table replaced by tether or by anyone's nft), or a receive error.
+func (d *Director[H]) answerError(err error) {
+	if d.stats.queueErrs.Add(1) == 1 {
+		d.log.Warn("director: an error reading the queue; reading on (tether_director_queue_errors counts them)", "err", err)
+	}
+}
+
+// answer decides and answers a queued packet.
+func (d *Director[H]) answer(q *queue, p packet) {
+	v, m, set := d.decide(p.payload, p.mark)
+	if d.o.VerdictHook != nil {
+		d.o.VerdictHook()
+	}
+	if err := q.verdict(p.id, v, m, set); err != nil {
+		d.stats.verdictErrs.Add(1)
 	}
 }
 
@@ -245,39 +231,39 @@ func (d *Director[H]) decide(b []byte, mark uint32) (verdict int, newMark uint32
 	k, err := ParseFlow(b)
 	if err != nil {
 		d.stats.unparsed.Add(1)
-		return nfqueue.NfAccept, 0, false
+		return nfAccept, 0, false
 	}
 	d.mu.Lock()
 	f := d.flows[k]
 	d.mu.Unlock()
 	if f != nil { // the first packet again, before conntrack kept the choice
-		return nfqueue.NfAccept, f.mark, true
+		return nfAccept, f.mark, true
 	}
 	v, m, hold := d.o.Decide(k, mark)
 	switch v {
 	case Unknown:
 		d.stats.unknown.Add(1)
-		return nfqueue.NfAccept, 0, false
+		return nfAccept, 0, false
 	case NoServer:
 		d.stats.noServer.Add(1)
-		return nfqueue.NfDrop, 0, false
+		return nfDrop, 0, false
 	case Stale:
 		d.stats.unknown.Add(1)
-		return nfqueue.NfDrop, 0, false
+		return nfDrop, 0, false
 	case Denied:
 		d.stats.denied.Add(1)
-		return nfqueue.NfDrop, 0, false
+		return nfDrop, 0, false
 	}
 	d.mu.Lock()
 	if old := d.flows[k]; old != nil {
 		d.mu.Unlock()
 		d.o.Release(hold)
-		return nfqueue.NfAccept, old.mark, true
+		return nfAccept, old.mark, true
 	}
 	d.flows[k] = &flow[H]{mark: m, born: time.Now(), hold: hold}
 	d.mu.Unlock()
 	d.stats.verdicts.Add(1)
-	return nfqueue.NfAccept, m, true
+	return nfAccept, m, true
 }
 
 // counters are the director's own counts, reported through Stats.

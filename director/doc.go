@@ -1,5 +1,6 @@
 // Package director is the NFQUEUE data path's userspace half: it binds
-// the queues (github.com/florianl/go-nfqueue), parses each queued packet's
+// the queues (queue.go: nfnetlink_queue on a netlink socket of its own,
+// without a library), parses each queued packet's
 // flow, asks the decision function it is given which server the new flow
 // goes to, answers with that server's choice mark, and scans conntrack's
 // table (conntrack.go, ctdump.go: a dump on a netlink socket of its own,

@@ -1,0 +1,302 @@
+package director
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// A queue is one NFQUEUE, bound, read and answered on its own netlink
+// socket, with buffers it reuses: a packet costs one receive (several
+// when the socket holds several) and one verdict write, and no
+// allocation. go-nfqueue, used before, peeked at each message before
+// reading it, allocated a page and a parsed message per packet and six
+// slices per verdict, and sent through a system call the runtime treats
+// as blocking; under a flood of new clients a profile put a quarter of
+// the director's CPU in that library's receive and the collections its
+// garbage caused (README, Performance).
+
+// Netlink's and nfnetlink_queue's numbers (linux/netfilter/nfnetlink_queue.h).
+const (
+	nfnlSubsysQueue = 3 // NFNL_SUBSYS_QUEUE
+	nfqnlMsgPacket  = 0 // NFQNL_MSG_PACKET
+	nfqnlMsgVerdict = 1 // NFQNL_MSG_VERDICT
+	nfqnlMsgConfig  = 2 // NFQNL_MSG_CONFIG
+
+	nfqaPacketHdr  = 1  // NFQA_PACKET_HDR
+	nfqaVerdictHdr = 2  // NFQA_VERDICT_HDR
+	nfqaMark       = 3  // NFQA_MARK
+	nfqaPayload    = 10 // NFQA_PAYLOAD
+
+	nfqaCfgCmd      = 1 // NFQA_CFG_CMD
+	nfqaCfgParams   = 2 // NFQA_CFG_PARAMS
+	nfqaCfgQueueMax = 3 // NFQA_CFG_QUEUE_MAXLEN
+	nfqaCfgMask     = 4 // NFQA_CFG_MASK
+	nfqaCfgFlags    = 5 // NFQA_CFG_FLAGS
+
+	nfqnlCfgCmdBind  = 1 // NFQNL_CFG_CMD_BIND
+	nfqnlCopyPacket  = 2 // NFQNL_COPY_PACKET
+	nfqaCfgFFailOpen = 1 // NFQA_CFG_F_FAIL_OPEN
+	nfqaCfgFGSO      = 4 // NFQA_CFG_F_GSO
+
+	nfAccept = 1 // NF_ACCEPT
+	nfDrop   = 0 // NF_DROP
+
+	nlHdrLen   = 16 // struct nlmsghdr
+	genHdrLen  = 4  // struct nfgenmsg
+	verdictLen = nlHdrLen + genHdrLen + 12
+	markLen    = 8
+	copyRange  = 128 // bytes of each packet copied up: its headers
+)
+
+type queue struct {
+	num uint16
+	fd  uintptr // the socket, for the reader's verdicts: the file holds it open
+	f   *os.File
+	rc  syscall.RawConn
+	in  []byte                     // the receive buffer
+	out [verdictLen + markLen]byte // the verdict buffer
+}
+
+// packet is a queued packet's id, mark and first bytes.
+type packet struct {
+	id      uint32
+	mark    uint32
+	payload []byte // in the receive buffer: valid until the next receive
+}
+
+// openQueue binds queue num, holding length packets, failOpen to accept
+// what does not fit. Packets that arrive before the bind's answer go to
+// handle, and error answers to their verdicts to onErr, as later ones do.
+func openQueue(num uint16, length uint32, failOpen bool, handle func(*queue, packet), onErr func(error)) (*queue, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return nil, err
+	}
+	q := &queue{num: num, fd: uintptr(fd), in: make([]byte, 64<<10)}
+	ok := false
+	defer func() {
+		if !ok {
+			unix.Close(fd)
+		}
+	}()
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, err
+	}
+	// The bind's answer must not wait forever on a kernel that sends none.
+	tv := unix.NsecToTimeval(int64(5 * time.Second))
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return nil, err
+	}
+	flags := uint32(nfqaCfgFGSO)
+	if failOpen {
+		flags |= nfqaCfgFFailOpen
+	}
+	q.initVerdict()
+	if err := q.bind(fd, length, flags, handle, onErr); err != nil {
+		return nil, err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return nil, err
+	}
+	q.f = os.NewFile(uintptr(fd), fmt.Sprintf("nfqueue %d", num))
+	if q.rc, err = q.f.SyscallConn(); err != nil {
+		q.f.Close()
+		ok = true // closed with the file
+		return nil, err
+	}
+	ok = true
+	return q, nil
+}
+
+// bind sends the queue's configuration in one message (the kernel makes
+// the queue, then sets its copy mode, length and flags) and reads until
+// its answer.
+func (q *queue) bind(fd int, length uint32, flags uint32, handle func(*queue, packet), onErr func(error)) error {
+	const seq = 1
+	b := make([]byte, 0, 64)
+	b = appendNlHdr(b, nfnlSubsysQueue<<8|nfqnlMsgConfig, unix.NLM_F_REQUEST|unix.NLM_F_ACK, seq)
+	b = append(b, unix.AF_UNSPEC, unix.NFNETLINK_V0, byte(q.num>>8), byte(q.num))
+	b = appendAttr(b, nfqaCfgCmd, []byte{nfqnlCfgCmdBind, 0, 0, 0})
+	b = appendAttr(b, nfqaCfgParams, append(binary.BigEndian.AppendUint32(nil, copyRange), nfqnlCopyPacket))
+	b = appendAttr(b, nfqaCfgQueueMax, binary.BigEndian.AppendUint32(nil, length))
+	b = appendAttr(b, nfqaCfgMask, binary.BigEndian.AppendUint32(nil, flags))
+	b = appendAttr(b, nfqaCfgFlags, binary.BigEndian.AppendUint32(nil, flags))
+	binary.NativeEndian.PutUint32(b, uint32(len(b)))
+	if _, err := unix.Write(fd, b); err != nil {
+		return err
+	}
+	for {
+		n, _, err := unix.Recvfrom(fd, q.in, 0)
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) {
+				return errors.New("no answer from the kernel in 5 s")
+			}
+			return err
+		}
+		if answered, err := q.dispatch(q.in[:n], seq, handle, onErr); answered {
+			return err
+		}
+	}
+}
+
+// dispatch hands each packet message of datagram b to handle and each
+// error answer to a verdict (ENOENT: the packet was gone) to onErr, and
+// reports the answer to request seq, when there is one: answered, and its
+// error (nil for an ACK).
+func (q *queue) dispatch(b []byte, seq uint32, handle func(*queue, packet), onErr func(error)) (answered bool, err error) {
+	for len(b) >= nlHdrLen {
+		l := int(binary.NativeEndian.Uint32(b))
+		if l < nlHdrLen || l > len(b) {
+			return answered, err
+		}
+		typ := binary.NativeEndian.Uint16(b[4:])
+		s := binary.NativeEndian.Uint32(b[8:])
+		body := b[nlHdrLen:l]
+		switch {
+		case typ == unix.NLMSG_ERROR && len(body) >= 4:
+			e := syscall.Errno(-int32(binary.NativeEndian.Uint32(body)))
+			if seq != 0 && s == seq {
+				answered = true
+				if e != 0 {
+					err = e
+				}
+			} else if e != 0 {
+				onErr(e)
+			}
+		case typ == nfnlSubsysQueue<<8|nfqnlMsgPacket && len(body) >= genHdrLen:
+			if p, ok := parsePacket(body[genHdrLen:]); ok {
+				handle(q, p)
+			}
+		}
+		b = b[min(align4(l), len(b)):]
+	}
+	return answered, err
+}
+
+// parsePacket reads a packet message's attributes; ok false without an id
+// or a payload.
+func parsePacket(a []byte) (p packet, ok bool) {
+	var id, payload bool
+	for len(a) >= 4 {
+		l := int(binary.NativeEndian.Uint16(a))
+		if l < 4 || l > len(a) {
+			break
+		}
+		v := a[4:l]
+		switch binary.NativeEndian.Uint16(a[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER) {
+		case nfqaPacketHdr:
+			if len(v) >= 4 {
+				p.id, id = binary.BigEndian.Uint32(v), true
+			}
+		case nfqaMark:
+			if len(v) >= 4 {
+				p.mark = binary.BigEndian.Uint32(v)
+			}
+		case nfqaPayload:
+			p.payload, payload = v, true
+		}
+		a = a[min(align4(l), len(a)):]
+	}
+	return p, id && payload
+}
+
+// run reads the queue until it is closed (nil) or a receive error stop
+// says ends it; error answers to verdicts go to onErr. Each wake-up reads every datagram the socket holds: a
+// receive and its verdicts are raw system calls, which neither block nor
+// let the runtime hand the thread's processor away.
+func (q *queue) run(handle func(*queue, packet), onErr func(error), stop func(error) bool) error {
+	var end error
+	err := q.rc.Read(func(fd uintptr) bool {
+		for {
+			n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&q.in[0])), uintptr(len(q.in)), unix.MSG_DONTWAIT, 0, 0)
+			switch errno {
+			case 0:
+				q.dispatch(q.in[:n], 0, handle, onErr)
+				continue
+			case unix.EAGAIN:
+				return false // the poller wakes us when there is more
+			case unix.EINTR:
+				continue
+			}
+			if stop(errno) {
+				end = errno
+				return true
+			}
+		}
+	})
+	if errors.Is(err, os.ErrClosed) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return end
+}
+
+// Close unbinds the queue: the kernel forgets a queue whose socket goes.
+func (q *queue) Close() error { return q.f.Close() }
+
+func (q *queue) initVerdict() {
+	b := q.out[:]
+	appendNlHdr(b[:0], nfnlSubsysQueue<<8|nfqnlMsgVerdict, unix.NLM_F_REQUEST, 0) // no ACK: an error answer comes anyway
+	b[nlHdrLen], b[nlHdrLen+1] = unix.AF_UNSPEC, unix.NFNETLINK_V0
+	binary.BigEndian.PutUint16(b[nlHdrLen+2:], q.num)
+	binary.NativeEndian.PutUint16(b[nlHdrLen+genHdrLen:], 12)
+	binary.NativeEndian.PutUint16(b[nlHdrLen+genHdrLen+2:], nfqaVerdictHdr)
+	binary.NativeEndian.PutUint16(b[verdictLen:], markLen)
+	binary.NativeEndian.PutUint16(b[verdictLen+2:], nfqaMark)
+}
+
+// verdictMessage is the verdict for packet id, with mark when set, in the
+// queue's verdict buffer.
+func (q *queue) verdictMessage(id uint32, verdict int, mark uint32, set bool) []byte {
+	n := verdictLen
+	if set {
+		n += markLen
+		binary.BigEndian.PutUint32(q.out[verdictLen+4:], mark)
+	}
+	binary.NativeEndian.PutUint32(q.out[0:], uint32(n))
+	binary.BigEndian.PutUint32(q.out[nlHdrLen+genHdrLen+4:], uint32(verdict))
+	binary.BigEndian.PutUint32(q.out[nlHdrLen+genHdrLen+8:], id)
+	return q.out[:n]
+}
+
+// verdict answers packet id; from the reader only (handle), whose
+// receive holds the socket open.
+func (q *queue) verdict(id uint32, verdict int, mark uint32, set bool) error {
+	b := q.verdictMessage(id, verdict, mark, set)
+	// A write to the kernel's netlink port does not wait for anything:
+	// the kernel takes the verdict and sends the packet on its way
+	// before it returns.
+	if _, _, errno := unix.RawSyscall(unix.SYS_WRITE, q.fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b))); errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+func appendNlHdr(b []byte, typ, flags uint16, seq uint32) []byte {
+	b = binary.NativeEndian.AppendUint32(b, 0) // the length, when known
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = binary.NativeEndian.AppendUint16(b, flags)
+	b = binary.NativeEndian.AppendUint32(b, seq)
+	return binary.NativeEndian.AppendUint32(b, 0) // the kernel's port
+}
+
+func appendAttr(b []byte, typ uint16, v []byte) []byte {
+	b = binary.NativeEndian.AppendUint16(b, uint16(4+len(v)))
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = append(b, v...)
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+func align4(n int) int { return (n + 3) &^ 3 }

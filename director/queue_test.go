@@ -1,0 +1,114 @@
+package director
+
+import (
+	"bytes"
+	"encoding/binary"
+	"syscall"
+	"testing"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// nlMessage is a netlink message as a netlink library marshals it: the
+// reference the queue's own encoding and parsing are checked against.
+func nlMessage(t *testing.T, typ uint16, flags netlink.HeaderFlags, seq uint32, body []byte) []byte {
+	t.Helper()
+	b, err := netlink.Message{Header: netlink.Header{Length: uint32(nlHdrLen + len(body)), Type: netlink.HeaderType(typ), Flags: flags, Sequence: seq}, Data: body}.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func nlAttrs(t *testing.T, attrs ...netlink.Attribute) []byte {
+	t.Helper()
+	b, err := netlink.MarshalAttributes(attrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+
+// The queue's verdicts are byte for byte what a netlink library marshals
+// for the same verdict (nfgenmsg, the verdict header, the mark), also when
+// an unmarked verdict follows a marked one in the reused buffer.
+func TestVerdictMessage(t *testing.T) {
+	q := &queue{num: 7}
+	q.initVerdict()
+	for _, c := range []struct {
+		id      uint32
+		verdict int
+		mark    uint32
+		set     bool
+	}{
+		{1, nfAccept, 0x00230000, true},
+		{0xfffffffe, nfDrop, 0, false},
+		{42, nfAccept, 0, false}, // after a marked one: no mark left over
+		{43, nfAccept, 0xffffffff, true},
+	} {
+		attrs := []netlink.Attribute{{Type: nfqaVerdictHdr, Data: append(be32(uint32(c.verdict)), be32(c.id)...)}}
+		if c.set {
+			attrs = append(attrs, netlink.Attribute{Type: nfqaMark, Data: be32(c.mark)})
+		}
+		body := append([]byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 7}, nlAttrs(t, attrs...)...)
+		want := nlMessage(t, nfnlSubsysQueue<<8|nfqnlMsgVerdict, netlink.Request, 0, body)
+		if got := q.verdictMessage(c.id, c.verdict, c.mark, c.set); !bytes.Equal(got, want) {
+			t.Errorf("verdict %+v:\n got % x\nwant % x", c, got, want)
+		}
+	}
+}
+
+// A datagram of several messages: two packets (one without a mark, with
+// attributes the queue does not read), a packet without a payload
+// (skipped), an error answer to a verdict and the answer to the bind.
+func TestDispatch(t *testing.T) {
+	pkt := func(id uint32, mark *uint32, payload []byte) []byte {
+		attrs := []netlink.Attribute{{Type: nfqaPacketHdr, Data: append(be32(id), 0x08, 0x00, 1)}}
+		if mark != nil {
+			attrs = append(attrs, netlink.Attribute{Type: nfqaMark, Data: be32(*mark)})
+		}
+		attrs = append(attrs, netlink.Attribute{Type: 5, Data: be32(3)}) // NFQA_IFINDEX_INDEV
+		if payload != nil {
+			attrs = append(attrs, netlink.Attribute{Type: nfqaPayload, Data: payload})
+		}
+		return nlMessage(t, nfnlSubsysQueue<<8|nfqnlMsgPacket, 0, 0, append([]byte{unix.AF_INET, 0, 0, 7}, nlAttrs(t, attrs...)...))
+	}
+	errMsg := func(seq uint32, errno syscall.Errno) []byte {
+		body := binary.NativeEndian.AppendUint32(nil, uint32(-int32(errno)))
+		return nlMessage(t, unix.NLMSG_ERROR, 0, seq, append(body, make([]byte, nlHdrLen)...))
+	}
+	mark := uint32(0x00230000)
+	var dgram []byte
+	dgram = append(dgram, pkt(5, &mark, []byte("abc"))...) // 3 bytes: the next message starts aligned
+	dgram = append(dgram, pkt(6, nil, []byte("defgh"))...)
+	dgram = append(dgram, pkt(7, &mark, nil)...)
+	dgram = append(dgram, errMsg(0, unix.ENOENT)...)
+	dgram = append(dgram, errMsg(9, 0)...)
+	var got []packet
+	var errs []error
+	q := &queue{num: 7}
+	answered, err := q.dispatch(dgram, 9, func(_ *queue, p packet) { got = append(got, p) }, func(err error) { errs = append(errs, err) })
+	if !answered || err != nil || len(errs) != 1 || errs[0] != unix.ENOENT {
+		t.Errorf("answered %v (%v), verdict errors %v; want the bind's answer and the verdict's ENOENT", answered, err, errs)
+	}
+	last := dgram[len(dgram)-len(errMsg(9, 0)):]
+	busy := int32(unix.EBUSY)
+	binary.NativeEndian.PutUint32(last[nlHdrLen:], uint32(-busy))
+	if answered, err := q.dispatch(last, 9, nil, nil); !answered || err != unix.EBUSY {
+		t.Errorf("an error answer to the bind: answered %v, %v", answered, err)
+	}
+	if len(got) != 2 || got[0].id != 5 || got[0].mark != mark || string(got[0].payload) != "abc" ||
+		got[1].id != 6 || got[1].mark != 0 || string(got[1].payload) != "defgh" {
+		t.Errorf("packets %+v", got)
+	}
+	// A message whose length runs past the datagram ends the parse.
+	bad := pkt(8, nil, []byte("x"))
+	binary.NativeEndian.PutUint32(bad, uint32(len(bad)+4))
+	got = nil
+	if _, err := q.dispatch(bad, 0, func(_ *queue, p packet) { got = append(got, p) }, nil); err != nil || got != nil {
+		t.Errorf("a truncated message: %+v, %v", got, err)
+	}
+}
