@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -56,12 +57,13 @@ const (
 )
 
 type queue struct {
-	num uint16
-	fd  uintptr // the socket, for the reader's verdicts: the file holds it open
-	f   *os.File
-	rc  syscall.RawConn
-	in  []byte                     // the receive buffer
-	out [verdictLen + markLen]byte // the verdict buffer
+	closed atomic.Bool
+	num    uint16
+	fd     uintptr // the socket, for the reader's verdicts: the file holds it open
+	f      *os.File
+	rc     syscall.RawConn
+	in     []byte                     // the receive buffer
+	out    [verdictLen + markLen]byte // the verdict buffer
 }
 
 // packet is a queued packet's id, mark and first bytes.
@@ -231,8 +233,8 @@ func (q *queue) run(handle func(*queue, packet), onErr func(error), stop func(er
 			}
 		}
 	})
-	if errors.Is(err, os.ErrClosed) {
-		return nil
+	if q.closed.Load() {
+		return nil // the poller's "use of closed file"
 	}
 	if err != nil {
 		return err
@@ -241,7 +243,10 @@ func (q *queue) run(handle func(*queue, packet), onErr func(error), stop func(er
 }
 
 // Close unbinds the queue: the kernel forgets a queue whose socket goes.
-func (q *queue) Close() error { return q.f.Close() }
+func (q *queue) Close() error {
+	q.closed.Store(true)
+	return q.f.Close()
+}
 
 func (q *queue) initVerdict() {
 	b := q.out[:]

@@ -3,10 +3,13 @@ package director
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/mdlayher/netlink"
+	"github.com/tetherlb/tether/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -110,5 +113,41 @@ func TestDispatch(t *testing.T) {
 	got = nil
 	if _, err := q.dispatch(bad, 0, func(_ *queue, p packet) { got = append(got, p) }, nil); err != nil || got != nil {
 		t.Errorf("a truncated message: %+v, %v", got, err)
+	}
+}
+
+// A queue binds in a namespace; a second socket cannot take the same
+// queue (the director's "another program is bound to it"); Close ends the
+// reader with no error.
+func TestQueueBindAndClose(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Backends: 1, Label: "queue"})
+	ignore := func(*queue, packet) {}
+	var q *queue
+	if err := env.LB.Do(func() (err error) {
+		q, err = openQueue(9, 16, true, ignore, func(error) {})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	err := env.LB.Do(func() error {
+		q2, err := openQueue(9, 16, true, ignore, func(error) {})
+		if err == nil {
+			q2.Close()
+		}
+		return err
+	})
+	if !errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.EPERM) {
+		t.Errorf("a second bind of queue 9: %v, want EBUSY or EPERM", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- q.run(ignore, func(error) {}, func(error) bool { return true }) }()
+	q.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("the reader after Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reader did not stop at Close")
 	}
 }
