@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -116,9 +120,10 @@ func TestDispatch(t *testing.T) {
 	}
 }
 
-// A queue binds in a namespace; a second socket cannot take the same
-// queue (the director's "another program is bound to it"); Close ends the
-// reader with no error.
+// A queue binds in a namespace with the copy mode and range asked for
+// (the kernel's /proc view); a second socket cannot take the same queue
+// (the director's "another program is bound to it"); Close ends the reader
+// with no error.
 func TestQueueBindAndClose(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Backends: 1, Label: "queue"})
 	ignore := func(*queue, packet) {}
@@ -128,6 +133,40 @@ func TestQueueBindAndClose(t *testing.T) {
 		return err
 	}); err != nil {
 		t.Fatal(err)
+	}
+	var line []string
+	env.LB.Do(func() error {
+		b, err := os.ReadFile("/proc/thread-self/net/netfilter/nfnetlink_queue")
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) >= 5 && f[0] == "9" {
+				line = f
+			}
+		}
+		return err
+	})
+	if len(line) < 5 || line[3] != strconv.Itoa(nfqnlCopyPacket) || line[4] != strconv.Itoa(copyRange) {
+		t.Errorf("queue 9 in /proc/net/netfilter/nfnetlink_queue: %q, want copy mode %d and range %d", line, nfqnlCopyPacket, copyRange)
+	}
+	// The metrics' reader sees it too from a thread that is not the
+	// process's first (it read /proc/net, which is the first thread's
+	// namespace; Do moves only its own thread).
+	var st []QueueStats
+	for found := false; !found; {
+		done := make(chan bool)
+		go func() {
+			runtime.LockOSThread() // dies with the goroutine when it is the first thread
+			if unix.Gettid() == unix.Getpid() {
+				done <- false
+				return
+			}
+			defer runtime.UnlockOSThread()
+			st = ReadQueueStats(env.LB.Do)
+			done <- true
+		}()
+		found = <-done
+	}
+	if len(st) != 1 || st[0].Num != 9 {
+		t.Errorf("ReadQueueStats in the namespace, off the first thread: %+v, want queue 9", st)
 	}
 	err := env.LB.Do(func() error {
 		q2, err := openQueue(9, 16, true, ignore, func(error) {})

@@ -14,11 +14,13 @@ type QueueStats struct {
 }
 
 // ReadQueueStats reads /proc/net/netfilter/nfnetlink_queue of the calling
-// thread's network namespace; do runs it there (nil: as is).
+// thread's network namespace; do runs it there (nil: as is). Through
+// /proc/thread-self: /proc/net is the process's first thread's, and do
+// moves only the thread it runs on.
 func ReadQueueStats(do func(func() error) error) []QueueStats {
 	var text []byte
 	f := func() (err error) {
-		text, err = os.ReadFile("/proc/net/netfilter/nfnetlink_queue")
+		text, err = os.ReadFile("/proc/thread-self/net/netfilter/nfnetlink_queue")
 		return err
 	}
 	if do != nil {
