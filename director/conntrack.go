@@ -125,11 +125,12 @@ func (d *Director[H]) scan(c *ctDumper, since time.Duration) error {
 		if e.Mark == 0 {
 			return
 		}
+		id := e.Key.id()
 		d.mu.Lock()
-		f := d.flows[e.Key]
+		f := d.flows[id]
 		switch {
 		case f != nil && e.closed():
-			delete(d.flows, e.Key)
+			delete(d.flows, id)
 		case f != nil:
 			f.scan = n
 		}
@@ -171,8 +172,8 @@ func (d *Director[H]) scan(c *ctDumper, since time.Duration) error {
 		return err
 	}
 	// Flows the scan did not find are gone.
-	cutoff := start.Add(-reconcileGrace)
-	gone := d.end(func(f *flow[H]) bool { return f.scan != n && f.born.Before(cutoff) })
+	cutoff := start.Sub(d.epoch) - reconcileGrace
+	gone := d.end(func(f *flow[H]) bool { return f.scan != n && f.born < cutoff })
 	d.stats.reconciled.Add(uint64(gone))
 	return nil
 }
@@ -250,13 +251,14 @@ func (d *Director[H]) adopt(k FlowKey, mark uint32, scan uint64) {
 	if !ok {
 		return
 	}
+	id := k.id()
 	d.mu.Lock()
-	if d.flows[k] != nil { // decided meanwhile: cannot happen for a flow conntrack already had
+	if d.flows[id] != nil { // decided meanwhile: cannot happen for a flow conntrack already had
 		d.mu.Unlock()
 		d.o.Release(hold)
 		return
 	}
-	d.flows[k] = &flow[H]{mark: mark, born: time.Now(), hold: hold, scan: scan}
+	d.flows[id] = &flow[H]{mark: mark, born: time.Since(d.epoch), hold: hold, scan: scan}
 	d.mu.Unlock()
 	d.stats.adopted.Add(1)
 }

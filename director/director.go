@@ -90,7 +90,8 @@ type Director[H any] struct {
 	wg     sync.WaitGroup // the conntrack follower
 
 	mu    sync.Mutex
-	flows map[FlowKey]*flow[H]
+	flows map[flowID]*flow[H]
+	epoch time.Time // flows' births are counted from it
 
 	// The scans': recent are the closed flows (keyHash) the last scan
 	// ended or told of, which the next one skips, and spare the map the
@@ -105,15 +106,29 @@ type Director[H any] struct {
 // flow is an open flow and what it holds.
 type flow[H any] struct {
 	mark uint32
-	born time.Time
+	born time.Duration // since the director's epoch
 	hold H
 	scan uint64 // the last scan that found it open
+}
+
+// flowID is a FlowKey as the flows map keys it: 38 bytes where a FlowKey
+// is 72 (its addresses carry a zone pointer each). A flood of new clients
+// keeps thousands of flows until the next scan finds them closed.
+type flowID struct {
+	src, dst     [16]byte
+	sport, dport uint16
+	proto        uint8
+	v4           bool // an IPv4 flow: ::ffff:a.b.c.d in IPv6 is another
+}
+
+func (k FlowKey) id() flowID {
+	return flowID{src: k.Src.Addr().As16(), dst: k.Dst.Addr().As16(), sport: k.Src.Port(), dport: k.Dst.Port(), proto: k.Proto, v4: k.Src.Addr().Is4()}
 }
 
 // Open binds the queues and starts following conntrack. It needs
 // CAP_NET_ADMIN.
 func Open[H any](o Options[H]) (*Director[H], error) {
-	d := &Director[H]{o: o, log: o.Logger, flows: map[FlowKey]*flow[H]{},
+	d := &Director[H]{o: o, log: o.Logger, flows: map[flowID]*flow[H]{}, epoch: time.Now(),
 		recent: map[uint64]struct{}{}, spare: map[uint64]struct{}{}, seed: maphash.MakeSeed()}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
@@ -171,7 +186,7 @@ func (d *Director[H]) Close() {
 	d.stop()
 	d.mu.Lock()
 	flows := slices.Collect(maps.Values(d.flows))
-	d.flows = map[FlowKey]*flow[H]{}
+	d.flows = map[flowID]*flow[H]{}
 	d.mu.Unlock()
 	for _, f := range flows {
 		d.o.Release(f.hold)
@@ -233,8 +248,9 @@ func (d *Director[H]) decide(b []byte, mark uint32) (verdict int, newMark uint32
 		d.stats.unparsed.Add(1)
 		return nfAccept, 0, false
 	}
+	id := k.id()
 	d.mu.Lock()
-	f := d.flows[k]
+	f := d.flows[id]
 	d.mu.Unlock()
 	if f != nil { // the first packet again, before conntrack kept the choice
 		return nfAccept, f.mark, true
@@ -255,12 +271,12 @@ func (d *Director[H]) decide(b []byte, mark uint32) (verdict int, newMark uint32
 		return nfDrop, 0, false
 	}
 	d.mu.Lock()
-	if old := d.flows[k]; old != nil {
+	if old := d.flows[id]; old != nil {
 		d.mu.Unlock()
 		d.o.Release(hold)
 		return nfAccept, old.mark, true
 	}
-	d.flows[k] = &flow[H]{mark: m, born: time.Now(), hold: hold}
+	d.flows[id] = &flow[H]{mark: m, born: time.Since(d.epoch), hold: hold}
 	d.mu.Unlock()
 	d.stats.verdicts.Add(1)
 	return nfAccept, m, true

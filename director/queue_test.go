@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"net/netip"
 	"os"
 	"runtime"
 	"strconv"
@@ -188,5 +189,23 @@ func TestQueueBindAndClose(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the reader did not stop at Close")
+	}
+}
+
+// A flow's map key keeps what tells flows apart: an IPv4 flow and the same
+// addresses as IPv4-mapped IPv6 are two flows, as their FlowKeys are.
+func TestFlowID(t *testing.T) {
+	k := FlowKey{Proto: unix.IPPROTO_TCP, Src: netip.MustParseAddrPort("198.18.1.10:40000"), Dst: netip.MustParseAddrPort("198.18.0.10:80")}
+	mapped := FlowKey{Proto: k.Proto, Src: netip.AddrPortFrom(netip.AddrFrom16(k.Src.Addr().As16()), 40000), Dst: netip.AddrPortFrom(netip.AddrFrom16(k.Dst.Addr().As16()), 80)}
+	udp, port := k, k
+	udp.Proto = unix.IPPROTO_UDP
+	port.Dst = netip.AddrPortFrom(k.Dst.Addr(), 443)
+	if k.id() != (FlowKey{Proto: k.Proto, Src: k.Src, Dst: k.Dst}).id() {
+		t.Error("equal keys, different ids")
+	}
+	for _, other := range []FlowKey{mapped, udp, port} {
+		if k.id() == other.id() {
+			t.Errorf("%v and %v have one id", k, other)
+		}
 	}
 }
