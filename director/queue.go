@@ -210,9 +210,10 @@ func parsePacket(a []byte) (p packet, ok bool) {
 }
 
 // run reads the queue until it is closed (nil) or a receive error stop
-// says ends it; error answers to verdicts go to onErr. Each wake-up reads every datagram the socket holds: a
-// receive and its verdicts are raw system calls, which neither block nor
-// let the runtime hand the thread's processor away.
+// says ends it; error answers to verdicts go to onErr. Each wake-up reads
+// every datagram the socket holds: a receive and its verdicts are raw
+// system calls, which neither block nor let the runtime hand the thread's
+// processor away.
 func (q *queue) run(handle func(*queue, packet), onErr func(error), stop func(error) bool) error {
 	var end error
 	err := q.rc.Read(func(fd uintptr) bool {
