@@ -45,8 +45,6 @@ const (
 	ctaProtoNum  = 1 // CTA_PROTO_NUM
 	ctaProtoSrc  = 2 // CTA_PROTO_SRC_PORT
 	ctaProtoDst  = 3
-
-	nlaTypeMask = 0x3fff // without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 )
 
 // ctEntry is what the director reads of one conntrack entry.
@@ -63,8 +61,6 @@ type ctEntry struct {
 // CLOSE, which conntrack keeps a while for stray packets.
 func (e *ctEntry) closed() bool { return e.State == tcpTimeWait || e.State == tcpClose }
 
-var errCTMessage = errors.New("conntrack dump: malformed message")
-
 // parseCTDump calls fn for each entry in b, one netlink datagram of a
 // dump, skipping messages of other sequence numbers than seq. done says b held the dump's end; intr that the kernel flagged a
 // change of the table during the dump (entries may be missing); err is
@@ -75,15 +71,11 @@ func parseCTDump(b []byte, seq uint32, fn func(ctEntry)) (done, intr bool, err e
 		typ := binary.NativeEndian.Uint16(b[4:6])
 		flags := binary.NativeEndian.Uint16(b[6:8])
 		if n < unix.NLMSG_HDRLEN || n > len(b) {
-			return false, false, errCTMessage
+			return false, false, errMalformed
 		}
 		msg := b[unix.NLMSG_HDRLEN:n]
 		stale := binary.NativeEndian.Uint32(b[8:12]) != seq
-		if next := (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1); next < len(b) {
-			b = b[next:]
-		} else {
-			b = nil
-		}
+		b = b[min(align4(n), len(b)):]
 		if stale { // the rest of an earlier dump that failed
 			continue
 		}
@@ -95,7 +87,7 @@ func parseCTDump(b []byte, seq uint32, fn func(ctEntry)) (done, intr bool, err e
 			return true, intr, nil
 		case unix.NLMSG_ERROR:
 			if len(msg) < 4 {
-				return false, intr, errCTMessage
+				return false, intr, errMalformed
 			}
 			if e := int32(binary.NativeEndian.Uint32(msg[:4])); e != 0 {
 				return true, intr, fmt.Errorf("conntrack dump: %w", unix.Errno(-e))
@@ -106,7 +98,7 @@ func parseCTDump(b []byte, seq uint32, fn func(ctEntry)) (done, intr bool, err e
 			continue
 		}
 		if len(msg) < 4 { // struct nfgenmsg
-			return false, intr, errCTMessage
+			return false, intr, errMalformed
 		}
 		var e ctEntry
 		ok := false
@@ -131,12 +123,12 @@ func parseCTDump(b []byte, seq uint32, fn func(ctEntry)) (done, intr bool, err e
 				})
 			case ctaTimeout:
 				if len(v) != 4 {
-					return errCTMessage
+					return errMalformed
 				}
 				e.Left = binary.BigEndian.Uint32(v)
 			case ctaMark:
 				if len(v) != 4 {
-					return errCTMessage
+					return errMalformed
 				}
 				e.Mark = binary.BigEndian.Uint32(v)
 			}
@@ -167,7 +159,7 @@ func parseTuple(b []byte) (FlowKey, error) {
 			return attrs(v, func(t uint16, v []byte) error {
 				a, ok := netip.AddrFromSlice(v)
 				if !ok {
-					return errCTMessage
+					return errMalformed
 				}
 				switch t {
 				case ctaIPv4Src, ctaIPv6Src:
@@ -193,31 +185,10 @@ func parseTuple(b []byte) (FlowKey, error) {
 		return nil
 	})
 	if err == nil && (!src.IsValid() || !dst.IsValid()) {
-		err = errCTMessage
+		err = errMalformed
 	}
 	k.Src, k.Dst = netip.AddrPortFrom(src, sport), netip.AddrPortFrom(dst, dport)
 	return k, err
-}
-
-// attrs calls fn for each netlink attribute in b: its type without the
-// nested and byte-order flags, and its value.
-func attrs(b []byte, fn func(t uint16, v []byte) error) error {
-	for len(b) >= unix.NLA_HDRLEN {
-		n := int(binary.NativeEndian.Uint16(b[0:2]))
-		t := binary.NativeEndian.Uint16(b[2:4]) & nlaTypeMask
-		if n < unix.NLA_HDRLEN || n > len(b) {
-			return errCTMessage
-		}
-		if err := fn(t, b[unix.NLA_HDRLEN:n]); err != nil {
-			return err
-		}
-		next := (n + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1)
-		if next >= len(b) {
-			return nil
-		}
-		b = b[next:]
-	}
-	return nil
 }
 
 // ctDumper is a netlink socket that dumps conntrack's table.
@@ -255,22 +226,11 @@ func dialCTDump(do func(func() error) error) (*ctDumper, error) {
 // goroutine, blocking; errDumpInterrupted says entries may be missing.
 func (c *ctDumper) dump(mark, mask uint32, fn func(ctEntry)) error {
 	c.seq++
-	req := make([]byte, 0, 40)
-	req = binary.NativeEndian.AppendUint32(req, 0) // length, below
-	req = binary.NativeEndian.AppendUint16(req, ctMsgGet)
-	req = binary.NativeEndian.AppendUint16(req, unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
-	req = binary.NativeEndian.AppendUint32(req, c.seq)
-	req = binary.NativeEndian.AppendUint32(req, 0)
+	req := appendNlHdr(make([]byte, 0, 40), ctMsgGet, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, c.seq)
 	req = append(req, unix.AF_UNSPEC, 0, 0, 0) // nfgenmsg: every family, version 0
 	if mask != 0 {
-		for _, a := range [2]struct {
-			t uint16
-			v uint32
-		}{{ctaMark, mark}, {ctaMarkMask, mask}} {
-			req = binary.NativeEndian.AppendUint16(req, 8)
-			req = binary.NativeEndian.AppendUint16(req, a.t)
-			req = binary.BigEndian.AppendUint32(req, a.v)
-		}
+		req = appendAttr(req, ctaMark, binary.BigEndian.AppendUint32(nil, mark))
+		req = appendAttr(req, ctaMarkMask, binary.BigEndian.AppendUint32(nil, mask))
 	}
 	binary.NativeEndian.PutUint32(req[0:4], uint32(len(req)))
 	if err := unix.Sendto(c.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {

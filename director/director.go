@@ -87,7 +87,7 @@ type Director[H any] struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // the conntrack follower
+	wg     sync.WaitGroup // the queues' readers and the conntrack follower
 
 	mu    sync.Mutex
 	flows map[flowID]*flow[H]
@@ -148,7 +148,7 @@ func Open[H any](o Options[H]) (*Director[H], error) {
 			d.wg.Add(1)
 			go func() {
 				defer d.wg.Done()
-				if err := q.run(d.answer, d.answerError, d.queueError); err != nil && d.ctx.Err() == nil {
+				if err := q.run(d.queueError); err != nil && d.ctx.Err() == nil {
 					d.log.Error("director: reading the queue stopped", "queue", num, "err", err)
 				}
 			}()

@@ -59,7 +59,9 @@ const (
 type queue struct {
 	closed atomic.Bool
 	num    uint16
-	fd     uintptr // the socket, for the reader's verdicts: the file holds it open
+	handle func(*queue, packet) // answers a packet
+	onErr  func(error)          // told of an error answer to a verdict
+	fd     uintptr              // the socket, for the reader's verdicts: the file holds it open
 	f      *os.File
 	rc     syscall.RawConn
 	in     []byte                     // the receive buffer
@@ -81,7 +83,7 @@ func openQueue(num uint16, length uint32, failOpen bool, handle func(*queue, pac
 	if err != nil {
 		return nil, err
 	}
-	q := &queue{num: num, fd: uintptr(fd), in: make([]byte, 64<<10)}
+	q := &queue{num: num, handle: handle, onErr: onErr, fd: uintptr(fd), in: make([]byte, 64<<10)}
 	ok := false
 	defer func() {
 		if !ok {
@@ -101,7 +103,7 @@ func openQueue(num uint16, length uint32, failOpen bool, handle func(*queue, pac
 		flags |= nfqaCfgFFailOpen
 	}
 	q.initVerdict()
-	if err := q.bind(fd, length, flags, handle, onErr); err != nil {
+	if err := q.bind(fd, length, flags); err != nil {
 		return nil, err
 	}
 	if err := unix.SetNonblock(fd, true); err != nil {
@@ -120,7 +122,7 @@ func openQueue(num uint16, length uint32, failOpen bool, handle func(*queue, pac
 // bind sends the queue's configuration in one message (the kernel makes
 // the queue, then sets its copy mode, length and flags) and reads until
 // its answer.
-func (q *queue) bind(fd int, length uint32, flags uint32, handle func(*queue, packet), onErr func(error)) error {
+func (q *queue) bind(fd int, length uint32, flags uint32) error {
 	const seq = 1
 	b := make([]byte, 0, 64)
 	b = appendNlHdr(b, nfnlSubsysQueue<<8|nfqnlMsgConfig, unix.NLM_F_REQUEST|unix.NLM_F_ACK, seq)
@@ -142,17 +144,17 @@ func (q *queue) bind(fd int, length uint32, flags uint32, handle func(*queue, pa
 			}
 			return err
 		}
-		if answered, err := q.dispatch(q.in[:n], seq, handle, onErr); answered {
+		if answered, err := q.dispatch(q.in[:n], seq); answered {
 			return err
 		}
 	}
 }
 
-// dispatch hands each packet message of datagram b to handle and each
-// error answer to a verdict (ENOENT: the packet was gone) to onErr, and
+// dispatch hands each packet message of datagram b to q.handle and each
+// error answer to a verdict (ENOENT: the packet was gone) to q.onErr, and
 // reports the answer to request seq, when there is one: answered, and its
 // error (nil for an ACK).
-func (q *queue) dispatch(b []byte, seq uint32, handle func(*queue, packet), onErr func(error)) (answered bool, err error) {
+func (q *queue) dispatch(b []byte, seq uint32) (answered bool, err error) {
 	for len(b) >= nlHdrLen {
 		l := int(binary.NativeEndian.Uint32(b))
 		if l < nlHdrLen || l > len(b) {
@@ -170,11 +172,11 @@ func (q *queue) dispatch(b []byte, seq uint32, handle func(*queue, packet), onEr
 					err = e
 				}
 			} else if e != 0 {
-				onErr(e)
+				q.onErr(e)
 			}
 		case typ == nfnlSubsysQueue<<8|nfqnlMsgPacket && len(body) >= genHdrLen:
 			if p, ok := parsePacket(body[genHdrLen:]); ok {
-				handle(q, p)
+				q.handle(q, p)
 			}
 		}
 		b = b[min(align4(l), len(b)):]
@@ -186,42 +188,33 @@ func (q *queue) dispatch(b []byte, seq uint32, handle func(*queue, packet), onEr
 // or a payload.
 func parsePacket(a []byte) (p packet, ok bool) {
 	var id, payload bool
-	for len(a) >= 4 {
-		l := int(binary.NativeEndian.Uint16(a))
-		if l < 4 || l > len(a) {
-			break
-		}
-		v := a[4:l]
-		switch binary.NativeEndian.Uint16(a[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER) {
-		case nfqaPacketHdr:
-			if len(v) >= 4 {
-				p.id, id = binary.BigEndian.Uint32(v), true
-			}
-		case nfqaMark:
-			if len(v) >= 4 {
-				p.mark = binary.BigEndian.Uint32(v)
-			}
-		case nfqaPayload:
+	attrs(a, func(t uint16, v []byte) error {
+		switch {
+		case t == nfqaPacketHdr && len(v) >= 4:
+			p.id, id = binary.BigEndian.Uint32(v), true
+		case t == nfqaMark && len(v) >= 4:
+			p.mark = binary.BigEndian.Uint32(v)
+		case t == nfqaPayload:
 			p.payload, payload = v, true
 		}
-		a = a[min(align4(l), len(a)):]
-	}
+		return nil
+	}) // a malformed tail: what came before it stands
 	return p, id && payload
 }
 
 // run reads the queue until it is closed (nil) or a receive error stop
-// says ends it; error answers to verdicts go to onErr. Each wake-up reads
+// says ends it. Each wake-up reads
 // every datagram the socket holds: a receive and its verdicts are raw
 // system calls, which neither block nor let the runtime hand the thread's
 // processor away.
-func (q *queue) run(handle func(*queue, packet), onErr func(error), stop func(error) bool) error {
+func (q *queue) run(stop func(error) bool) error {
 	var end error
 	err := q.rc.Read(func(fd uintptr) bool {
 		for {
 			n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&q.in[0])), uintptr(len(q.in)), unix.MSG_DONTWAIT, 0, 0)
 			switch errno {
 			case 0:
-				q.dispatch(q.in[:n], 0, handle, onErr)
+				q.dispatch(q.in[:n], 0)
 				continue
 			case unix.EAGAIN:
 				return false // the poller wakes us when there is more
@@ -286,23 +279,3 @@ func (q *queue) verdict(id uint32, verdict int, mark uint32, set bool) error {
 	}
 	return nil
 }
-
-func appendNlHdr(b []byte, typ, flags uint16, seq uint32) []byte {
-	b = binary.NativeEndian.AppendUint32(b, 0) // the length, when known
-	b = binary.NativeEndian.AppendUint16(b, typ)
-	b = binary.NativeEndian.AppendUint16(b, flags)
-	b = binary.NativeEndian.AppendUint32(b, seq)
-	return binary.NativeEndian.AppendUint32(b, 0) // the kernel's port
-}
-
-func appendAttr(b []byte, typ uint16, v []byte) []byte {
-	b = binary.NativeEndian.AppendUint16(b, uint16(4+len(v)))
-	b = binary.NativeEndian.AppendUint16(b, typ)
-	b = append(b, v...)
-	for len(b)%4 != 0 {
-		b = append(b, 0)
-	}
-	return b
-}
-
-func align4(n int) int { return (n + 3) &^ 3 }

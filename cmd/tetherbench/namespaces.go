@@ -33,14 +33,14 @@ func nftIn(h *testenv.Host, rules string) error {
 	return nil
 }
 
-// benchNamespaces measures the director where it works: a client host
-// reaching servers through the load-balancer host, in network namespaces.
-// Direct is the same client reaching the server's own address through the
-// same host, forwarded by the kernel; the socket proxy runs there too.
 // newClients is how many connections the row of new clients makes, each
 // from an address the balancer has not seen.
 const newClients = 6000
 
+// benchNamespaces measures the director where it works: a client host
+// reaching servers through the load-balancer host, in network namespaces.
+// Direct is the same client reaching the server's own address through the
+// same host, forwarded by the kernel; the socket proxy runs there too.
 func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds int) error {
 	if why := testenv.Missing(); why != "" {
 		fmt.Printf("\n(no director figures: %s)\n", why)
