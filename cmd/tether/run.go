@@ -18,6 +18,7 @@ import (
 	"github.com/tetherlb/tether/admin"
 	"github.com/tetherlb/tether/api"
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/internal/progpages"
 	"github.com/tetherlb/tether/proxy"
 	"github.com/urfave/cli/v2"
 )
@@ -131,6 +132,7 @@ func runLogger(c *cli.Context) (*slog.Logger, error) {
 // its own connections drained. reload and upgrade deliver SIGHUP and
 // SIGUSR2 (nil: never).
 func run(ctx context.Context, log *slog.Logger, path string, reload, upgrade <-chan os.Signal, opts proxy.Options) error {
+	dropProgramPages(log, "initialised") // what the package initialisers touched
 	cfg, err := config.Load(path)
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
@@ -225,7 +227,8 @@ func run(ctx context.Context, log *slog.Logger, path string, reload, upgrade <-c
 	defer closeAdmin()
 	waitCluster(ctx, log, p)
 	setReady(true)
-	p.EmitMetrics() // gauges from the first scrape on
+	p.EmitMetrics()                  // gauges from the first scrape on
+	dropProgramPages(log, "started") // what starting touched
 	log.Info("tether running", "config", path, "services", len(cfg.Services), "version", version, "pid", os.Getpid())
 	notify := func(state string) {
 		if err := sdNotify(state); err != nil {
@@ -338,5 +341,16 @@ func waitCluster(ctx context.Context, log *slog.Logger, p *proxy.Proxy) {
 	select {
 	case <-ctx.Done():
 	case <-ready:
+	}
+}
+
+// dropProgramPages gives the program's pages back to the kernel; those a
+// connection needs come back as it runs (package progpages says why).
+// Failing costs only memory, so it is logged, not returned.
+func dropProgramPages(log *slog.Logger, after string) {
+	if n, err := progpages.Drop(); err != nil {
+		log.Warn("could not give back the program's start-up pages", "err", err)
+	} else {
+		log.Debug("gave back the program's pages", "after", after, "bytes", n)
 	}
 }

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// A running tether holds less than half of its program's code and
+// read-only data resident: starting it touched most of them, and it gave
+// them back once started (package progpages).
+func TestRunGivesBackProgramPages(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tether.yaml")
+	web := freeAddr(t)
+	cfg := fmt.Sprintf("admin: {socket: %s}\nservices:\n  - name: web\n    listen: %s\n    persistence: {}\n    servers: [{address: %s}]\n",
+		filepath.Join(dir, "admin.sock"), web, nameServer(t, "a"))
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	cmd := exec.Command(os.Args[0], "--log-level", "debug", "run", "--config", path)
+	cmd.Env = append(os.Environ(), "TETHER_TEST_MAIN=1")
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	eventually(t, "web serves", func() error {
+		n, err := ask(web)
+		if err == nil && n != "a" {
+			err = fmt.Errorf("answered %q", n)
+		}
+		return err
+	})
+	if !strings.Contains(logs.String(), "after=started") {
+		t.Fatalf("serving before giving back the pages starting touched:\n%s", logs)
+	}
+	mapped, resident := programMemory(t, cmd.Process.Pid)
+	if resident*2 >= mapped {
+		t.Errorf("%d of the program's %d read-only kB resident while serving, want less than half", resident, mapped)
+	}
+}
+
+// programMemory sums the size and the resident part of a process's
+// read-only mappings of its own program, in kB, from /proc/PID/smaps.
+func programMemory(t *testing.T, pid int) (mapped, resident int) {
+	t.Helper()
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	mine := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		switch {
+		case len(fields) >= 5 && strings.Contains(fields[0], "-"): // a mapping's header
+			mine = len(fields) >= 6 && strings.Join(fields[5:], " ") == exe && !strings.Contains(fields[1], "w")
+		case mine && len(fields) == 3 && (fields[0] == "Size:" || fields[0] == "Rss:"):
+			kb, err := strconv.Atoi(fields[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fields[0] == "Size:" {
+				mapped += kb
+			} else {
+				resident += kb
+			}
+		}
+	}
+	if err := sc.Err(); err != nil || mapped == 0 {
+		t.Fatalf("no mapping of %s in smaps: %v", exe, err)
+	}
+	return mapped, resident
+}
