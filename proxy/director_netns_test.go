@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -381,6 +382,55 @@ func TestDirectorExpireNodestOnDown(t *testing.T) {
 				t.Errorf("reset: the open flow to the server set down still works")
 			}
 		})
+		t.Run(mode+"/udp", func(t *testing.T) { directorExpireNodestUDP(t, env, mode) })
+	}
+}
+
+// A UDP client that keeps sending from one socket: with reset, the
+// datagram after its server is set down reaches the other server; with
+// keep, its flow runs on to the old one.
+func directorExpireNodestUDP(t *testing.T, env *testenv.Env, mode string) {
+	for _, b := range env.Backends {
+		srv, err := b.ServeUDP(5353)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+	}
+	p, stop := startInLB(t, env, fmt.Sprintf("mode: director\ndirector: {expire_nodest: %s}\nservices:\n  - name: dns\n    listen: %s:53\n    protocol: udp\n    servers: [{address: %s:5353}, {address: %s:5353}]\n",
+		mode, testenv.VIP, testenv.BackendAddr(0), testenv.BackendAddr(1)), Options{})
+	defer stop()
+	c, err := env.Clients[0].Dial(context.Background(), "udp", env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 53).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ask := func() string {
+		t.Helper()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("who?")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(buf[:n]))
+	}
+	first := ask()
+	server, other := testenv.BackendAddr(0), "backend1"
+	if first == "backend1" {
+		server, other = testenv.BackendAddr(1), "backend0"
+	}
+	if err := p.SetServer("dns", netip.AddrPortFrom(server, 5353).String(), api.ServerChange{Down: true}); err != nil {
+		t.Fatal(err)
+	}
+	switch got := ask(); {
+	case mode == "keep" && got != first:
+		t.Errorf("keep: the flow went from %s to %s when its server was set down", first, got)
+	case mode == "reset" && got != other:
+		t.Errorf("reset: the flow answered by %s after %s was set down, want %s", got, first, other)
 	}
 }
 
