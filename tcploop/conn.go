@@ -108,6 +108,8 @@ func (l *loop) serve(svc Service, fd int, src netip.AddrPort) {
 	if len(d.Header) > 0 {
 		c.up.buf = l.getBuf()
 		c.up.n = copy(c.up.buf, d.Header)
+	} else {
+		l.readEarly(c)
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: c.slot << 1, Pad: int32(c.gen)}
 	if err := rawEpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
@@ -118,7 +120,27 @@ func (l *loop) serve(svc Service, fd int, src netip.AddrPort) {
 	l.connect(c, d)
 }
 
-// connect registers the Decision's connecting server socket.
+// readEarly reads what the client has sent by the time it is accepted,
+// before the client's socket is registered: a short read leaves nothing
+// for the registration to report, so nothing is read twice.
+func (l *loop) readEarly(c *Conn) {
+	h := &c.up
+	h.buf = l.getBuf()
+	n, err := rawRead(c.cfd, h.buf)
+	if err != nil || n == 0 {
+		l.putBuf(h) // EAGAIN, EOF or an error: the registration reports it
+		return
+	}
+	h.off, h.n, h.wasFull = 0, n, n == len(h.buf)
+	c.in += int64(n)
+	c.last = l.now
+}
+
+// connect registers the Decision's connecting server socket. What the
+// client sent already goes at once: on a host's own network the connect
+// is done when it returns, and the server gets the connection and its
+// first bytes together, in one wake-up (a send that would block leaves
+// them for the connect's EPOLLOUT; any other error is the connect's).
 func (l *loop) connect(c *Conn, d Decision) {
 	c.sfd, c.connecting = d.Server, true
 	c.connectBy = l.now + int64(d.ConnectTimeout)
@@ -126,6 +148,22 @@ func (l *loop) connect(c *Conn, d Decision) {
 		c.connectBy = l.now + int64(time.Minute)
 	}
 	c.ss = sock{}
+	if h := &c.up; h.off < h.n {
+		m, err := rawSend(c.sfd, h.buf[h.off:h.n], false)
+		switch err {
+		case nil:
+			c.connecting = false
+			c.svc.Connected(c)
+			h.off += m
+			if h.off == h.n {
+				l.putBuf(h)
+			}
+		case unix.EAGAIN:
+		default:
+			l.connectFailed(c, os.NewSyscallError("connect", err))
+			return
+		}
+	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: c.slot<<1 | 1, Pad: int32(c.gen)}
 	if err := rawEpollCtl(l.ep, unix.EPOLL_CTL_ADD, c.sfd, &ev); err != nil {
 		l.end(c, os.NewSyscallError("epoll_ctl", err))

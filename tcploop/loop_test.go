@@ -29,6 +29,10 @@ type testService struct {
 	header  []byte
 	refuse  bool
 	dial    func(netip.AddrPort) (int, error) // Dial unless set
+	// waitData: Accept decides once the client's first bytes are in.
+	waitData bool
+	// inAtConnect: the client's bytes read when Connected was called.
+	inAtConnect chan int64
 
 	accepted, connected atomic.Int64
 	failures            chan error
@@ -64,6 +68,12 @@ func (s *testService) decide(c *Conn, i int) Decision {
 
 func (s *testService) Accept(c *Conn) Decision {
 	s.accepted.Add(1)
+	if s.waitData {
+		fds := []unix.PollFd{{Fd: int32(c.ClientFD()), Events: unix.POLLIN}}
+		if n, err := unix.Poll(fds, 5000); n != 1 || err != nil {
+			s.t.Errorf("the client's bytes never came: %d, %v", n, err)
+		}
+	}
 	if s.refuse {
 		return Decision{Server: -1, Reset: true}
 	}
@@ -75,7 +85,12 @@ func (s *testService) Failed(c *Conn, err error) Decision {
 	return s.decide(c, c.Data.(int)+1)
 }
 
-func (s *testService) Connected(*Conn)                         { s.connected.Add(1) }
+func (s *testService) Connected(c *Conn) {
+	s.connected.Add(1)
+	if s.inAtConnect != nil {
+		s.inAtConnect <- c.in
+	}
+}
 func (s *testService) AcceptFailed(err error, _ time.Duration) { s.t.Errorf("accept failed: %v", err) }
 func (s *testService) Done(c *Conn, in, out int64, err error) {
 	s.done <- result{c.Src(), in, out, err}
@@ -281,6 +296,45 @@ func TestConnectFailureTriesTheNextServer(t *testing.T) {
 	}
 	if r := closeWait(t, svc); r.err != nil {
 		t.Fatal(r.err)
+	}
+}
+
+// The client's first bytes, in before it was accepted, go to the server
+// with the connect: by the time the connect is known to have worked they
+// are read and sent. When the first server refuses, they go to the next
+// one, exactly.
+func TestFirstBytesGoWithTheConnect(t *testing.T) {
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	refused := l.Addr().(*net.TCPAddr).AddrPort()
+	l.Close()
+	good := backend(t, md5Server(10))
+	for _, servers := range [][]netip.AddrPort{{good}, {refused, good}} {
+		svc := newService(t, servers...)
+		svc.waitData, svc.inAtConnect = true, make(chan int64, 1)
+		addr := setup(t, 1, svc).addr
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := []byte("GET / HTTP/1.1\r\n\r\n")
+		c.Write(first)
+		if in := <-svc.inAtConnect; in != int64(len(first)) {
+			t.Errorf("servers %v: %d of the client's %d bytes read when the connect was known, want all", servers, in, len(first))
+		}
+		c.(*net.TCPConn).CloseWrite()
+		got, _ := io.ReadAll(c)
+		c.Close()
+		if sum := md5.Sum(first); len(got) != 10+md5.Size || !bytes.Equal(got[10:], sum[:]) {
+			t.Fatalf("servers %v: got %d bytes, want 10 and the md5 of what the client sent", servers, len(got))
+		}
+		if len(servers) > 1 {
+			if err := <-svc.failures; !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("Failed saw %v, want ECONNREFUSED", err)
+			}
+		}
+		if r := closeWait(t, svc); r.err != nil || r.in != int64(len(first)) {
+			t.Fatalf("done: %d bytes in, %v", r.in, r.err)
+		}
 	}
 }
 
