@@ -8,5 +8,8 @@
 // the page cache, and the ones still in use come back on their next touch
 // as minor faults. Writable mappings are never touched, so no variable
 // loses its value. The kernel may reclaim these clean pages at any time
-// anyway; Drop only asks for it now. It needs no privilege.
+// anyway; Drop only asks for it now. A page that comes back comes from
+// the program tether was started from: an install by rename (a hot
+// upgrade's) leaves that file as it was, and the kernel refuses to write
+// over a running program in place (ETXTBSY). It needs no privilege.
 package progpages
