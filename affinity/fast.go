@@ -31,12 +31,13 @@ func (t *Table) quiet(f uint32, w uint64, edge uint32, svc uint16) bool {
 }
 
 // hit finds k's template and counts a new connection on it, or reports
-// that the locked path must decide.
-func (sh *shard) hit(t *Table, k key, h uint64, now uint32, svc *serviceInfo) (Lease, bool) {
+// that the locked path must decide. It returns the lease's parts, which
+// fit in registers, not a Lease.
+func (sh *shard) hit(t *Table, k key, h uint64, now uint32, svc *serviceInfo) (slot int32, gen uint32, server uint16, ok bool) {
 	ents := *sh.slots.Load()
 	l := len(ents)
 	if l == 0 {
-		return Lease{}, false
+		return 0, 0, 0, false
 	}
 	// get's probe, without the lock: the state word first, so that
 	// the key and meta read after it are what was written before it
@@ -46,7 +47,7 @@ func (sh *shard) hit(t *Table, k key, h uint64, now uint32, svc *serviceInfo) (L
 		e := &ents[i]
 		w := e.w.Load() // first: what follows was written before it
 		if w == 0 {
-			return Lease{}, false
+			return 0, 0, 0, false
 		}
 		if e.lo.Load() != k.lo || e.hi.Load() != k.hi {
 			continue
@@ -59,7 +60,7 @@ func (sh *shard) hit(t *Table, k key, h uint64, now uint32, svc *serviceInfo) (L
 		if w&wFrozen != 0 || activeOf(w) == 0 && age(stampOf(m), now) >= svc.timeout ||
 			!svc.usable(uint32(serverOf(m))) || svc.full(localOf(w)) || !t.quiet(f, w, 0, svcOf(m)) ||
 			!e.w.CompareAndSwap(w, (w+1)|wRef) {
-			return Lease{}, false
+			return 0, 0, 0, false
 		}
 		if stampOf(m) != now {
 			e.raiseStamp(now) // the last new connection (Filter.UsedBefore)
@@ -68,9 +69,14 @@ func (sh *shard) hit(t *Table, k key, h uint64, now uint32, svc *serviceInfo) (L
 		if t.watched.Load() != f {
 			sh.renote(t, k, h, now)
 		}
-		return Lease{Server: svc.servers[serverOf(m)], Hit: true, key: k, slot: int32(i), gen: genOf(w)}, true
+		return int32(i), genOf(w), serverOf(m), true
 	}
-	return Lease{}, false
+	return 0, 0, 0, false
+}
+
+// hitLease is a hit's Lease.
+func hitLease(svc *serviceInfo, k key, slot int32, gen uint32, server uint16) Lease {
+	return Lease{Server: svc.servers[server], Hit: true, key: k, slot: slot, gen: gen}
 }
 
 // fastRelease gives back a local lease without the lock, or reports that the

@@ -36,7 +36,7 @@ func TestHitDuringARebindFails(t *testing.T) {
 		sh.mu.Unlock()
 		t.Fatalf("hold of an expired idle template: live %v, held %v", live, held)
 	}
-	if l, ok := sh.hit(tb, k, h, before, svc); ok {
+	if l, ok := hitOf(sh, tb, k, h, before, svc); ok {
 		sh.mu.Unlock()
 		t.Fatalf("a lock-free hit counted a connection to %v on a template being bound anew", l.Server)
 	}
@@ -44,11 +44,20 @@ func TestHitDuringARebindFails(t *testing.T) {
 	e.thaw()
 	sh.mu.Unlock()
 
-	l, ok := sh.hit(tb, k, h, before, svc)
+	l, ok := hitOf(sh, tb, k, h, before, svc)
 	if !ok || l.Server != svc.servers[1-old] {
 		t.Fatalf("hit after the rebind: ok %v, server %v, want %v", ok, l.Server, svc.servers[1-old])
 	}
 	if n, _ := tb.held(l); n != 1 {
 		t.Fatalf("the template counts %d connections, want 1", n)
 	}
+}
+
+// hitOf is hit's answer as GetOrBind makes it.
+func hitOf(sh *shard, t *Table, k key, h uint64, now uint32, svc *serviceInfo) (Lease, bool) {
+	i, gen, srv, ok := sh.hit(t, k, h, now, svc)
+	if !ok {
+		return Lease{}, false
+	}
+	return hitLease(svc, k, i, gen, srv), true
 }

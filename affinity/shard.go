@@ -26,14 +26,19 @@ func makeKey(ref ServiceRef, masked netip.Addr) key {
 	return key{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:]), svc: uint32(ref)}
 }
 
+// key4 is clientKey of an IPv4 client's address b, small enough to
+// inline into GetOrBind.
+func key4(ref ServiceRef, m Mask, b [4]byte) key {
+	v := uint64(binary.BigEndian.Uint32(b[:]))
+	return key{lo: 0xffff<<32 | v&^(1<<m.host4-1), svc: uint32(ref)}
+}
+
 // clientKey is makeKey(ref, m.Apply(client)) without building an
 // address: words from one 16-byte copy, the host bits cleared in
 // registers (the lookup path; see key).
 func clientKey(ref ServiceRef, m Mask, client netip.Addr) key {
 	if client = client.Unmap(); client.Is4() {
-		b := client.As4()
-		v := uint64(binary.BigEndian.Uint32(b[:]))
-		return key{lo: 0xffff<<32 | v&^(1<<m.host4-1), svc: uint32(ref)}
+		return key4(ref, m, client.As4())
 	}
 	b := client.As16() // a zone is dropped
 	hi, lo := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])

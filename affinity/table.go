@@ -221,6 +221,24 @@ func (t *Table) shardOf(k key) (uint64, *shard) {
 // template's timer and returns the bound server. On a miss, an expired
 // template or an unusable server it asks p for a server and binds it.
 func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, error) {
+	// An IPv4 client's hit, in a small frame: the rest (getOrBind) needs
+	// a large one, and the next hit's load of its slot cannot start
+	// before this one's instructions are under way.
+	if r := t.reg.Load(); int(ref) < len(r.svcs) && client.Is4() {
+		if svc := r.svcs[ref]; !svc.removed {
+			k := key4(ref, svc.cfg.Mask, client.As4())
+			h, sh := t.shardOf(k)
+			if i, gen, srv, ok := sh.hit(t, k, h, t.nowTicks(), svc); ok {
+				return hitLease(svc, k, i, gen, srv), nil
+			}
+			return t.getOrBind(ref, client, p, true)
+		}
+	}
+	return t.getOrBind(ref, client, p, false)
+}
+
+// getOrBind is GetOrBind past the lock-free hit, when it was tried.
+func (t *Table) getOrBind(ref ServiceRef, client netip.Addr, p Picker, tried bool) (Lease, error) {
 	r := t.reg.Load()
 	svc, err := r.service(ref)
 	if err != nil {
@@ -230,8 +248,10 @@ func (t *Table) GetOrBind(ref ServiceRef, client netip.Addr, p Picker) (Lease, e
 	h, sh := t.shardOf(k)
 	now := t.nowTicks()
 
-	if l, ok := sh.hit(t, k, h, now, svc); ok {
-		return l, nil
+	if !tried {
+		if i, gen, srv, ok := sh.hit(t, k, h, now, svc); ok {
+			return hitLease(svc, k, i, gen, srv), nil
+		}
 	}
 	sh.mu.Lock()
 	if i, ok := sh.get(k, h); ok {
