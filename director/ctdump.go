@@ -67,22 +67,19 @@ func (e *ctEntry) closed() bool { return e.State == tcpTimeWait || e.State == tc
 // malformed input or the kernel's error answer. It allocates nothing.
 func parseCTDump(b []byte, seq uint32, fn func(ctEntry)) (done, intr bool, err error) {
 	for len(b) >= unix.NLMSG_HDRLEN {
-		n := int(binary.NativeEndian.Uint32(b[0:4]))
-		typ := binary.NativeEndian.Uint16(b[4:6])
-		flags := binary.NativeEndian.Uint16(b[6:8])
-		if n < unix.NLMSG_HDRLEN || n > len(b) {
-			return false, false, errMalformed
+		m, rest, whole := nextMessage(b)
+		if !whole {
+			return false, intr, errMalformed
 		}
-		msg := b[unix.NLMSG_HDRLEN:n]
-		stale := binary.NativeEndian.Uint32(b[8:12]) != seq
-		b = b[min(align4(n), len(b)):]
-		if stale { // the rest of an earlier dump that failed
+		b = rest
+		if m.seq != seq { // the rest of an earlier dump that failed
 			continue
 		}
-		if flags&unix.NLM_F_DUMP_INTR != 0 {
+		if m.flags&unix.NLM_F_DUMP_INTR != 0 {
 			intr = true
 		}
-		switch typ {
+		msg := m.body
+		switch m.typ {
 		case unix.NLMSG_DONE:
 			return true, intr, nil
 		case unix.NLMSG_ERROR:

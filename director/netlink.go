@@ -16,6 +16,29 @@ var errMalformed = errors.New("malformed netlink message")
 // NLA_F_NET_BYTEORDER.
 const nlaTypeMask = 0x3fff
 
+// nlMsg is one netlink message: its header's fields and its body.
+type nlMsg struct {
+	typ, flags uint16
+	seq        uint32
+	body       []byte
+}
+
+// nextMessage splits the first netlink message off b (at least a header
+// long); ok false when its length does not fit b.
+func nextMessage(b []byte) (m nlMsg, rest []byte, ok bool) {
+	n := int(binary.NativeEndian.Uint32(b))
+	if n < unix.NLMSG_HDRLEN || n > len(b) {
+		return nlMsg{}, nil, false
+	}
+	m = nlMsg{
+		typ:   binary.NativeEndian.Uint16(b[4:]),
+		flags: binary.NativeEndian.Uint16(b[6:]),
+		seq:   binary.NativeEndian.Uint32(b[8:]),
+		body:  b[unix.NLMSG_HDRLEN:n],
+	}
+	return m, b[min(align4(n), len(b)):], true
+}
+
 // attrs calls fn for each netlink attribute in b: its type without the
 // nested and byte-order flags, and its value.
 func attrs(b []byte, fn func(t uint16, v []byte) error) error {

@@ -49,9 +49,8 @@ const (
 	nfAccept = 1 // NF_ACCEPT
 	nfDrop   = 0 // NF_DROP
 
-	nlHdrLen   = 16 // struct nlmsghdr
-	genHdrLen  = 4  // struct nfgenmsg
-	verdictLen = nlHdrLen + genHdrLen + 12
+	genHdrLen  = 4 // struct nfgenmsg
+	verdictLen = unix.NLMSG_HDRLEN + genHdrLen + 12
 	markLen    = 8
 	copyRange  = 128 // bytes of each packet copied up: its headers
 )
@@ -155,18 +154,16 @@ func (q *queue) bind(fd int, length uint32, flags uint32) error {
 // reports the answer to request seq, when there is one: answered, and its
 // error (nil for an ACK).
 func (q *queue) dispatch(b []byte, seq uint32) (answered bool, err error) {
-	for len(b) >= nlHdrLen {
-		l := int(binary.NativeEndian.Uint32(b))
-		if l < nlHdrLen || l > len(b) {
+	for len(b) >= unix.NLMSG_HDRLEN {
+		m, rest, ok := nextMessage(b)
+		if !ok {
 			return answered, err
 		}
-		typ := binary.NativeEndian.Uint16(b[4:])
-		s := binary.NativeEndian.Uint32(b[8:])
-		body := b[nlHdrLen:l]
-		switch {
-		case typ == unix.NLMSG_ERROR && len(body) >= 4:
+		b = rest
+		switch body := m.body; {
+		case m.typ == unix.NLMSG_ERROR && len(body) >= 4:
 			e := syscall.Errno(-int32(binary.NativeEndian.Uint32(body)))
-			if seq != 0 && s == seq {
+			if seq != 0 && m.seq == seq {
 				answered = true
 				if e != 0 {
 					err = e
@@ -174,12 +171,11 @@ func (q *queue) dispatch(b []byte, seq uint32) (answered bool, err error) {
 			} else if e != 0 {
 				q.onErr(e)
 			}
-		case typ == nfnlSubsysQueue<<8|nfqnlMsgPacket && len(body) >= genHdrLen:
+		case m.typ == nfnlSubsysQueue<<8|nfqnlMsgPacket && len(body) >= genHdrLen:
 			if p, ok := parsePacket(body[genHdrLen:]); ok {
 				q.handle(q, p)
 			}
 		}
-		b = b[min(align4(l), len(b)):]
 	}
 	return answered, err
 }
@@ -245,10 +241,10 @@ func (q *queue) Close() error {
 func (q *queue) initVerdict() {
 	b := q.out[:]
 	appendNlHdr(b[:0], nfnlSubsysQueue<<8|nfqnlMsgVerdict, unix.NLM_F_REQUEST, 0) // no ACK: an error answer comes anyway
-	b[nlHdrLen], b[nlHdrLen+1] = unix.AF_UNSPEC, unix.NFNETLINK_V0
-	binary.BigEndian.PutUint16(b[nlHdrLen+2:], q.num)
-	binary.NativeEndian.PutUint16(b[nlHdrLen+genHdrLen:], 12)
-	binary.NativeEndian.PutUint16(b[nlHdrLen+genHdrLen+2:], nfqaVerdictHdr)
+	b[unix.NLMSG_HDRLEN], b[unix.NLMSG_HDRLEN+1] = unix.AF_UNSPEC, unix.NFNETLINK_V0
+	binary.BigEndian.PutUint16(b[unix.NLMSG_HDRLEN+2:], q.num)
+	binary.NativeEndian.PutUint16(b[unix.NLMSG_HDRLEN+genHdrLen:], 12)
+	binary.NativeEndian.PutUint16(b[unix.NLMSG_HDRLEN+genHdrLen+2:], nfqaVerdictHdr)
 	binary.NativeEndian.PutUint16(b[verdictLen:], markLen)
 	binary.NativeEndian.PutUint16(b[verdictLen+2:], nfqaMark)
 }
@@ -262,8 +258,8 @@ func (q *queue) verdictMessage(id uint32, verdict int, mark uint32, set bool) []
 		binary.BigEndian.PutUint32(q.out[verdictLen+4:], mark)
 	}
 	binary.NativeEndian.PutUint32(q.out[0:], uint32(n))
-	binary.BigEndian.PutUint32(q.out[nlHdrLen+genHdrLen+4:], uint32(verdict))
-	binary.BigEndian.PutUint32(q.out[nlHdrLen+genHdrLen+8:], id)
+	binary.BigEndian.PutUint32(q.out[unix.NLMSG_HDRLEN+genHdrLen+4:], uint32(verdict))
+	binary.BigEndian.PutUint32(q.out[unix.NLMSG_HDRLEN+genHdrLen+8:], id)
 	return q.out[:n]
 }
 

@@ -22,7 +22,7 @@ import (
 // reference the queue's own encoding and parsing are checked against.
 func nlMessage(t *testing.T, typ uint16, flags netlink.HeaderFlags, seq uint32, body []byte) []byte {
 	t.Helper()
-	b, err := netlink.Message{Header: netlink.Header{Length: uint32(nlHdrLen + len(body)), Type: netlink.HeaderType(typ), Flags: flags, Sequence: seq}, Data: body}.MarshalBinary()
+	b, err := netlink.Message{Header: netlink.Header{Length: uint32(unix.NLMSG_HDRLEN + len(body)), Type: netlink.HeaderType(typ), Flags: flags, Sequence: seq}, Data: body}.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestDispatch(t *testing.T) {
 	}
 	errMsg := func(seq uint32, errno syscall.Errno) []byte {
 		body := binary.NativeEndian.AppendUint32(nil, uint32(-int32(errno)))
-		return nlMessage(t, unix.NLMSG_ERROR, 0, seq, append(body, make([]byte, nlHdrLen)...))
+		return nlMessage(t, unix.NLMSG_ERROR, 0, seq, append(body, make([]byte, unix.NLMSG_HDRLEN)...))
 	}
 	mark := uint32(0x00230000)
 	var dgram []byte
@@ -104,7 +104,7 @@ func TestDispatch(t *testing.T) {
 	}
 	last := dgram[len(dgram)-len(errMsg(9, 0)):]
 	busy := int32(unix.EBUSY)
-	binary.NativeEndian.PutUint32(last[nlHdrLen:], uint32(-busy))
+	binary.NativeEndian.PutUint32(last[unix.NLMSG_HDRLEN:], uint32(-busy))
 	if answered, err := q.dispatch(last, 9); !answered || err != unix.EBUSY {
 		t.Errorf("an error answer to the bind: answered %v, %v", answered, err)
 	}
