@@ -12,12 +12,12 @@
 // yields every few milliseconds, before the runtime would preempt it. A
 // loop that holds clearly more connections than the least loaded one hands
 // new ones to it (balance.go). A connection costs about 15 system calls
-// from accept to close: the peer address comes from accept4, a connect is
-// non-blocking and its success is the socket turning writable or the
-// client's first bytes, read before the client's socket is registered,
-// going out right after connect (on the host's own network the handshake
-// is done by then, and the server gets the connection and the request in
-// one wake-up; SO_ERROR is read only on a failure), a short read means the socket is drained (an
+// from accept to close: the peer address comes from accept4; a connect is
+// non-blocking, and its success is the socket turning writable or the
+// client's first bytes (read before the client's socket is registered)
+// going out right after connect, so that on the host's own network the
+// server gets the connection and the request in one wake-up; SO_ERROR is
+// read only on a failure; a short read means the socket is drained (an
 // edge-triggered registration reports every later arrival) and, once the
 // peer's FIN is in, that it sent no more, and closing a socket removes it
 // from epoll. Once a side has shut down, the last bytes passed to the
