@@ -154,9 +154,8 @@ func (l *loop) connect(c *Conn, d Decision) {
 		case nil:
 			c.connecting = false
 			c.svc.Connected(c)
-			h.off += m
-			if h.off == h.n {
-				l.putBuf(h)
+			if h.off += m; h.off == h.n {
+				l.sent(h)
 			}
 		case unix.EAGAIN:
 		default:
@@ -281,11 +280,7 @@ func (l *loop) move(c *Conn, h, other *half, src, dst int, from, to *sock, count
 				to.writable = false // the socket's buffer is full: its edge reports room
 				return nil
 			}
-			bulk := h.wasFull
-			l.putBuf(h)
-			if bulk && !h.eof {
-				h.pipe = l.relay.LendPipe() // nil when none is free: on through the buffer
-			}
+			l.sent(h)
 		case h.eof:
 			if h.pipe != nil {
 				l.relay.ReturnPipe(h.pipe)
@@ -347,6 +342,16 @@ func (l *loop) move(c *Conn, h, other *half, src, dst int, from, to *sock, count
 		}
 	}
 	return nil
+}
+
+// sent gives back h's buffer once its bytes are all sent, and lends a
+// direction whose last read filled the buffer a splice pipe: bulk.
+func (l *loop) sent(h *half) {
+	bulk := h.wasFull
+	l.putBuf(h)
+	if bulk && !h.eof {
+		h.pipe = l.relay.LendPipe() // nil when none is free: on through the buffer
+	}
 }
 
 // end closes both sockets, gives back what the connection borrowed and
