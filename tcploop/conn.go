@@ -138,12 +138,9 @@ func (l *loop) readEarly(c *Conn) {
 
 // connect registers the Decision's connecting server socket. What the
 // client sent already goes at once: on a host's own network the connect
-// is done when it returns, and the handshake's last ACK, which Dial held
-// back, rides with these bytes, so the server gets the connection and
-// its first bytes together, in one wake-up (a send that would block
-// leaves them for the connect's EPOLLOUT; any other error is the
-// connect's). With nothing to send the ACK goes at once: a server that
-// speaks first must not wait for the delayed-ACK timer.
+// is done when it returns, and the server gets the connection and its
+// first bytes together, in one wake-up (a send that would block leaves
+// them for the connect's EPOLLOUT; any other error is the connect's).
 func (l *loop) connect(c *Conn, d Decision) {
 	c.sfd, c.connecting = d.Server, true
 	c.connectBy = l.now + int64(d.ConnectTimeout)
@@ -165,8 +162,6 @@ func (l *loop) connect(c *Conn, d Decision) {
 			l.connectFailed(c, os.NewSyscallError("connect", err))
 			return
 		}
-	} else {
-		rawSetsockoptInt(c.sfd, unix.IPPROTO_TCP, unix.TCP_QUICKACK, 1)
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: c.slot<<1 | 1, Pad: int32(c.gen)}
 	if err := rawEpollCtl(l.ep, unix.EPOLL_CTL_ADD, c.sfd, &ev); err != nil {

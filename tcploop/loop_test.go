@@ -33,8 +33,6 @@ type testService struct {
 	waitData bool
 	// inAtConnect: the client's bytes read when Connected was called.
 	inAtConnect chan int64
-	// onConnected, if set, runs in Connected, on the loop.
-	onConnected func(c *Conn)
 
 	accepted, connected atomic.Int64
 	failures            chan error
@@ -91,9 +89,6 @@ func (s *testService) Connected(c *Conn) {
 	s.connected.Add(1)
 	if s.inAtConnect != nil {
 		s.inAtConnect <- c.in
-	}
-	if s.onConnected != nil {
-		s.onConnected(c)
 	}
 }
 func (s *testService) AcceptFailed(err error, _ time.Duration) { s.t.Errorf("accept failed: %v", err) }

@@ -120,9 +120,7 @@ func rawAddrPort(sa *unix.RawSockaddrAny) netip.AddrPort {
 
 // Dial opens a non-blocking TCP socket and starts its connect to addr: the
 // Server of a Decision. Errors are *os.SyscallError, so that errors.Is
-// finds the errno (a host out of descriptors, ports or buffers). The
-// handshake's last ACK is held back for the first bytes sent (the loop
-// sends them, or turns quick ACKs back on, as soon as it has the socket).
+// finds the errno (a host out of descriptors, ports or buffers).
 func Dial(addr netip.AddrPort) (int, error) {
 	var sa4 unix.RawSockaddrInet4
 	var sa6 unix.RawSockaddrInet6
@@ -141,12 +139,6 @@ func Dial(addr netip.AddrPort) (int, error) {
 		return -1, os.NewSyscallError("socket", e)
 	}
 	rawSetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) // small messages go at once, as Go's net does
-	// The handshake's last ACK waits for the first bytes sent and rides
-	// with them (HAProxy's option tcp-smart-connect): the server accepts
-	// the connection with its request there, in one wake-up, instead of
-	// waking for the connection and again for the data. Past the
-	// handshake the kernel acknowledges as usual (quick ACK mode).
-	rawSetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_QUICKACK, 0)
 	if _, _, e := unix.RawSyscall(unix.SYS_CONNECT, fd, uintptr(ptr), size); e != 0 && e != unix.EINPROGRESS {
 		rawClose(int(fd))
 		return -1, os.NewSyscallError("connect", e)
