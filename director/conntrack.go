@@ -113,8 +113,8 @@ func (d *Director[H]) scan(c *ctDumper, since time.Duration) error {
 		return timeout - e.Left, e.Left <= timeout
 	}
 	window := uint32(since/time.Second) + 1 // Left is in whole seconds
-	recent := d.spare                       // the last scan's spare, emptied: maps keep their room
-	clear(recent)
+	recent := d.spare                       // the last scan's spare, emptied
+	recent.reset()
 	var mark, mask uint32
 	if d.o.Marks != nil {
 		mark, mask = d.o.Marks()
@@ -138,7 +138,7 @@ func (d *Director[H]) scan(c *ctDumper, since time.Duration) error {
 		if f != nil {
 			if e.closed() {
 				if ago, ok := closedFor(e); ok {
-					remember(recent, d.keyHash(e.Key), ago)
+					remember(&recent, d.keyHash(e.Key), ago)
 				}
 				d.stats.ended.Add(1)
 				d.o.Release(f.hold)
@@ -159,14 +159,15 @@ func (d *Director[H]) scan(c *ctDumper, since time.Duration) error {
 			return // closed before the last scan began
 		}
 		hk := d.keyHash(e.Key)
-		remember(recent, hk, ago)
-		if _, told := d.recent[hk]; told || d.o.Seen == nil {
+		remember(&recent, hk, ago)
+		if d.recent.has(hk) || d.o.Seen == nil {
 			return
 		}
 		d.stats.seen.Add(1)
 		d.o.Seen(e.Key, e.Mark)
 	})
 	d.stats.entries.Store(uint64(entries))
+	recent.seal()
 	d.recent, d.spare = recent, d.recent
 	if err != nil {
 		return err
@@ -212,15 +213,15 @@ func (d *Director[H]) ScanInterval() time.Duration {
 // take for one closed since the last: one that closed ago ≤ 2 seconds
 // before this scan read it (Left is in whole seconds); an older one will
 // be outside the next scan's window.
-func remember(recent map[uint64]struct{}, hk uint64, ago uint32) {
+func remember(recent *closedSet, hk uint64, ago uint32) {
 	if ago <= 2 {
-		recent[hk] = struct{}{}
+		recent.add(hk)
 	}
 }
 
-// keyHash stands for a flow in recent: a ninth of a FlowKey's size in a
-// map, and two flows' hashes collide once in 2^64 (the cost: one
-// short flow's touch skipped).
+// keyHash stands for a flow in recent: a ninth of a FlowKey's size, and
+// two flows' hashes collide once in 2^64 (the cost: one short flow's
+// touch skipped).
 func (d *Director[H]) keyHash(k FlowKey) uint64 { return maphash.Comparable(d.seed, k) }
 
 // closeTimeouts are conntrack's TIME_WAIT and CLOSE timeouts in seconds

@@ -94,9 +94,9 @@ type Director[H any] struct {
 	epoch time.Time // flows' births are counted from it
 
 	// The scans': recent are the closed flows (keyHash) the last scan
-	// ended or told of, which the next one skips, and spare the map the
+	// ended or told of, which the next one skips, and spare the set the
 	// next scan fills; the follower's alone.
-	recent, spare map[uint64]struct{}
+	recent, spare closedSet
 	seed          maphash.Seed
 	interval      atomic.Int64 // the scans' current interval (ScanInterval)
 
@@ -129,7 +129,7 @@ func (k FlowKey) id() flowID {
 // CAP_NET_ADMIN.
 func Open[H any](o Options[H]) (*Director[H], error) {
 	d := &Director[H]{o: o, log: o.Logger, flows: map[flowID]*flow[H]{}, epoch: time.Now(),
-		recent: map[uint64]struct{}{}, spare: map[uint64]struct{}{}, seed: maphash.MakeSeed()}
+		seed: maphash.MakeSeed()}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
