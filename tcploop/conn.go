@@ -138,9 +138,9 @@ func (l *loop) readEarly(c *Conn) {
 
 // connect registers the Decision's connecting server socket. What the
 // client sent already goes at once: on a host's own network the connect
-// is done when it returns, and the server gets the connection and its
-// first bytes together, in one wake-up (a send that would block leaves
-// them for the connect's EPOLLOUT; any other error is the connect's).
+// is done when it returns, so the bytes follow the connection without
+// waiting for the next epoll_wait (a send that would block leaves them
+// for the connect's EPOLLOUT; any other error is the connect's).
 func (l *loop) connect(c *Conn, d Decision) {
 	c.sfd, c.connecting = d.Server, true
 	c.connectBy = l.now + int64(d.ConnectTimeout)

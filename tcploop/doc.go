@@ -16,7 +16,7 @@
 // non-blocking, and its success is the socket turning writable or the
 // client's first bytes (read before the client's socket is registered)
 // going out right after connect, so that on the host's own network the
-// server gets the connection and the request in one wake-up; SO_ERROR is
+// request follows the connection without another epoll_wait; SO_ERROR is
 // read only on a failure; a short read means the socket is drained (an
 // edge-triggered registration reports every later arrival) and, once the
 // peer's FIN is in, that it sent no more, and closing a socket removes it

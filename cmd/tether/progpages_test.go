@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,21 +15,10 @@ import (
 // them back once started (package progpages).
 func TestRunGivesBackProgramPages(t *testing.T) {
 	dir := t.TempDir()
-	path := filepath.Join(dir, "tether.yaml")
 	web := freeAddr(t)
-	cfg := fmt.Sprintf("admin: {socket: %s}\nservices:\n  - name: web\n    listen: %s\n    persistence: {}\n    servers: [{address: %s}]\n",
-		filepath.Join(dir, "admin.sock"), web, nameServer(t, "a"))
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	logs := &syncBuffer{}
-	cmd := exec.Command(os.Args[0], "--log-level", "debug", "run", "--config", path)
-	cmd.Env = append(os.Environ(), "TETHER_TEST_MAIN=1")
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	path := writeConfig(t, dir, fmt.Sprintf("admin: {socket: %s}\nservices:\n  - name: web\n    listen: %s\n    persistence: {}\n    servers: [{address: %s}]\n",
+		filepath.Join(dir, "admin.sock"), web, nameServer(t, "a")))
+	cmd, logs := runChild(t, path, "TETHER_LOG_LEVEL=debug") // the debug line says when
 	eventually(t, "web serves", func() error {
 		n, err := ask(web)
 		if err == nil && n != "a" {
