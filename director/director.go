@@ -285,27 +285,28 @@ func (d *Director[H]) decide(b []byte, mark uint32) (verdict int, newMark uint32
 // counters are the director's own counts, reported through Stats.
 type counters struct {
 	verdicts, adopted, seen, unparsed, unknown, noServer, denied, verdictErrs, overruns, queueErrs, ended, reconciled atomic.Uint64
-	scans, scanNanos, entries                                                                                         atomic.Uint64
+	scans, scanNanos, scanCPUNanos, entries                                                                           atomic.Uint64
 }
 
 // Stats are the director's counts since Open.
 type Stats struct {
-	Verdicts      uint64 // new flows given a server
-	Adopted       uint64 // open flows the kernel template map gave a server
-	Seen          uint64 // flows the kernel template map gave a server that closed between two scans
-	QueueErrors   uint64 // errors reading the queue, read on
-	Unparsed      uint64 // packets without a TCP or UDP flow
-	Unknown       uint64 // packets of no service (a reload raced them)
-	NoServer      uint64 // new flows dropped: no server could take them
-	Denied        uint64 // new flows dropped: the service's access list
-	VerdictErrors uint64 // verdicts the kernel refused (packet gone)
-	Overruns      uint64 // queue overruns
-	FlowsEnded    uint64 // flows a scan found closed
-	Reconciled    uint64 // flows ended because a scan no longer found them
-	Scans         uint64 // conntrack scans
-	ScanTime      time.Duration
-	ScanEntries   uint64 // conntrack entries the last scan read
-	Flows         int    // open flows now
+	Verdicts      uint64        // new flows given a server
+	Adopted       uint64        // open flows the kernel template map gave a server
+	Seen          uint64        // flows the kernel template map gave a server that closed between two scans
+	QueueErrors   uint64        // errors reading the queue, read on
+	Unparsed      uint64        // packets without a TCP or UDP flow
+	Unknown       uint64        // packets of no service (a reload raced them)
+	NoServer      uint64        // new flows dropped: no server could take them
+	Denied        uint64        // new flows dropped: the service's access list
+	VerdictErrors uint64        // verdicts the kernel refused (packet gone)
+	Overruns      uint64        // queue overruns
+	FlowsEnded    uint64        // flows a scan found closed
+	Reconciled    uint64        // flows ended because a scan no longer found them
+	Scans         uint64        // conntrack scans
+	ScanTime      time.Duration // the last scan's, start to end
+	ScanCPU       time.Duration // the CPU time the last scan used: the interval's basis
+	ScanEntries   uint64        // conntrack entries the last scan read
+	Flows         int           // open flows now
 }
 
 // Stats reads the counters.
@@ -315,6 +316,6 @@ func (d *Director[H]) Stats() Stats {
 		Verdicts: c.verdicts.Load(), Adopted: c.adopted.Load(), QueueErrors: c.queueErrs.Load(), Unparsed: c.unparsed.Load(), Unknown: c.unknown.Load(),
 		NoServer: c.noServer.Load(), Denied: c.denied.Load(), VerdictErrors: c.verdictErrs.Load(), Overruns: c.overruns.Load(),
 		FlowsEnded: c.ended.Load(), Reconciled: c.reconciled.Load(), Flows: d.Flows(), Seen: c.seen.Load(),
-		Scans: c.scans.Load(), ScanTime: time.Duration(c.scanNanos.Load()), ScanEntries: c.entries.Load(),
+		Scans: c.scans.Load(), ScanTime: time.Duration(c.scanNanos.Load()), ScanCPU: time.Duration(c.scanCPUNanos.Load()), ScanEntries: c.entries.Load(),
 	}
 }

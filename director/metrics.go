@@ -24,6 +24,7 @@ func (d *Director[H]) EmitMetrics(m *metrics.Metrics, do func(func() error) erro
 	}
 	m.SetGauge([]string{"director", "flows"}, float32(s.Flows))
 	m.SetGauge([]string{"director", "conntrack_scan_seconds"}, float32(s.ScanTime.Seconds()))
+	m.SetGauge([]string{"director", "conntrack_scan_cpu_seconds"}, float32(s.ScanCPU.Seconds()))
 	// queue_dropped: for a full queue; user_dropped: for a full socket
 	// buffer.
 	for _, q := range ReadQueueStats(do) {
