@@ -81,22 +81,22 @@ func hitLease(svc *serviceInfo, k key, slot int32, gen uint32, server uint16) Le
 
 // fastRelease gives back a local lease without the lock, or reports that the
 // locked path must.
-func (sh *shard) fastRelease(t *Table, l Lease, now uint32) bool {
+func (sh *shard) fastRelease(t *Table, k key, slot int32, gen uint32, now uint32) bool {
 	ents := *sh.slots.Load()
-	if int(l.slot) >= len(ents) {
+	if int(slot) >= len(ents) {
 		return false
 	}
-	e := &ents[l.slot]
+	e := &ents[slot]
 	for range 4 {
 		w := e.w.Load()
-		if genOf(w) != l.gen || w&wFrozen != 0 || e.lo.Load() != l.key.lo || e.hi.Load() != l.key.hi {
+		if genOf(w) != gen || w&wFrozen != 0 || e.lo.Load() != k.lo || e.hi.Load() != k.hi {
 			return false // moved, gone, or being moved: the lock finds it
 		}
 		if localOf(w) == 0 {
 			return true // released already (as the locked path: nothing to do)
 		}
 		f := t.watched.Load()
-		if !t.quiet(f, w, 1, uint16(l.key.svc)) {
+		if !t.quiet(f, w, 1, uint16(k.svc)) {
 			return false
 		}
 		if activeOf(w) == 1 {
@@ -106,7 +106,7 @@ func (sh *shard) fastRelease(t *Table, l Lease, now uint32) bool {
 		}
 		if e.w.CompareAndSwap(w, w-1) {
 			if t.watched.Load() != f {
-				sh.renote(t, l.key, l.key.hash(t.seed), now)
+				sh.renote(t, k, k.hash(t.seed), now)
 			}
 			return true
 		}

@@ -158,7 +158,13 @@ func (t *Table) Adopt(svc Service, client netip.Addr, server netip.AddrPort, lef
 // connections, when the peer says they closed or the peer is gone. Unlike
 // Release, the change is not reported to the cluster's follower: it came
 // from a peer.
-func (t *Table) ReleasePeer(l Lease) { t.release(l, true) }
+func (t *Table) ReleasePeer(l Lease) {
+	if l.gen == 0 {
+		return
+	}
+	h, sh := t.shardOf(l.key)
+	sh.releaseLocked(t, h, l.key, l.slot, l.gen, t.nowTicks(), true)
+}
 
 // Export copies up to cap(dst) live templates into dst[:0], from cursor
 // on (0: the start), and returns them with the cursor to go on from; the

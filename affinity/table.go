@@ -328,22 +328,34 @@ func (t *Table) getOrBind(ref ServiceRef, client netip.Addr, p Picker, tried boo
 // Releasing a lease whose template has since been evicted or invalidated
 // does nothing, and so does releasing the zero Lease (a connection that
 // held no template), so callers need not remember which they have.
-func (t *Table) Release(l Lease) { t.release(l, false) }
-
-func (t *Table) release(l Lease, peer bool) {
-	if l.gen == 0 {
-		return // the zero Lease: nothing was held, no lock is taken
+//
+// Release is small enough to inline, and passes on the lease's parts, not
+// the Lease: a call that took the 72-byte Lease by value had the caller
+// copy it to the stack and the callee read it back, and the next
+// release's slot miss no longer overlapped this one's (1 M templates,
+// uniform: 225 ns a release against 85 with the parts in registers).
+func (t *Table) Release(l Lease) {
+	if l.gen != 0 { // the zero Lease: nothing was held, no lock is taken
+		t.release(l.key, l.slot, l.gen)
 	}
-	h, sh := t.shardOf(l.key)
+}
+
+func (t *Table) release(k key, slot int32, gen uint32) {
+	h, sh := t.shardOf(k)
 	now := t.nowTicks()
-	if !peer && sh.fastRelease(t, l, now) {
+	if sh.fastRelease(t, k, slot, gen, now) {
 		return
 	}
+	sh.releaseLocked(t, h, k, slot, gen, now, false)
+}
+
+// releaseLocked gives back a lease under its shard's lock.
+func (sh *shard) releaseLocked(t *Table, h uint64, k key, slot int32, gen uint32, now uint32, peer bool) {
 	sh.mu.Lock()
-	i, ok := l.slot, int(l.slot) < len(sh.ents) && sh.ents[l.slot].generation() == l.gen && sh.ents[l.slot].is(l.key)
+	i, ok := slot, int(slot) < len(sh.ents) && sh.ents[slot].generation() == gen && sh.ents[slot].is(k)
 	if !ok { // moved by a removal or a growth, or gone
-		i, ok = sh.get(l.key, h)
-		ok = ok && sh.ents[i].generation() == l.gen
+		i, ok = sh.get(k, h)
+		ok = ok && sh.ents[i].generation() == gen
 	}
 	if ok {
 		if e := &sh.ents[i]; peer && e.peers() > 0 || !peer && e.local() > 0 {
