@@ -380,28 +380,30 @@ func TestPortZeroServiceSpansEveryPort(t *testing.T) {
 	}
 }
 
-// With SetSysctls the proxy turns on tcp_fwmark_accept in its namespace
-// (services then found by socket mark); without, it leaves it alone.
-func TestSetSysctls(t *testing.T) {
+// Mark services need no sysctl: with net.ipv4.tcp_fwmark_accept 0 or 1
+// the service is found by the connection's original destination, and
+// tether leaves the sysctl as it found it.
+func TestMarkServicesNeedNoSysctl(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 1, Label: "sysctl"})
 	if _, err := env.Backends[0].ServeName(80); err != nil {
 		t.Fatal(err)
 	}
+	const path = "/proc/sys/net/ipv4/tcp_fwmark_accept"
 	read := func() string {
 		var b []byte
-		env.LB.Do(func() (err error) { b, err = os.ReadFile("/proc/sys/net/ipv4/tcp_fwmark_accept"); return })
+		env.LB.Do(func() (err error) { b, err = os.ReadFile(path); return })
 		return strings.TrimSpace(string(b))
 	}
-	for _, set := range []bool{false, true} {
-		_, stop := startInLB(t, env, fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: %s}]\n", testenv.VIP, testenv.BackendAddr(0)),
-			Options{SetSysctls: set})
-		want := map[bool]string{false: "0", true: "1"}[set]
-		if got := read(); got != want {
-			t.Errorf("SetSysctls %v: tcp_fwmark_accept = %s, want %s", set, got, want)
+	for _, v := range []string{"0", "1"} {
+		if err := env.LB.Do(func() error { return os.WriteFile(path, []byte(v), 0o644) }); err != nil {
+			t.Fatal(err)
 		}
-		// Either way the service is found (by mark, or by destination).
+		_, stop := startInLB(t, env, fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: %s}]\n", testenv.VIP, testenv.BackendAddr(0)), Options{})
 		if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80}, 1)); s.Failed != 0 {
-			t.Errorf("SetSysctls %v: %d failed: %v", set, s.Failed, s.Errors)
+			t.Errorf("tcp_fwmark_accept %s: %d failed: %v", v, s.Failed, s.Errors)
+		}
+		if got := read(); got != v {
+			t.Errorf("tether changed tcp_fwmark_accept from %s to %s", v, got)
 		}
 		stop()
 		// A stop removes tether's table.

@@ -42,10 +42,6 @@ type Options struct {
 	// made through it. nil runs f as is, in the namespace the process is
 	// in; tests that put the proxy in a testenv host pass the host's Do.
 	Do func(f func() error) error
-	// SetSysctls lets the proxy set the sysctls its data paths want in
-	// its network namespace (tether run --set-sysctls); otherwise it only
-	// says which to set.
-	SetSysctls bool
 	// Descriptors is the file-descriptor limit the caps a config leaves
 	// out are derived from (package budget); 0 reads RLIMIT_NOFILE at
 	// Start, raising the soft limit to the hard one. Tests set it.
@@ -67,16 +63,15 @@ type Options struct {
 // Proxy runs the virtual services of one configuration and follows its
 // reloads.
 type Proxy struct {
-	log        *slog.Logger
-	rlog       *ratelog.Logger // for lines that can repeat fast: at most one a second
-	met        *metrics.Metrics
-	metricsOn  bool // Options.Metrics was given: the data path counts
-	do         func(func() error) error
-	setSysctls bool
-	scanEvery  time.Duration // Options.DirectorScanEvery
-	table      *affinity.Table
-	owned      bool                         // table made here, closed here
-	cluster    atomic.Pointer[cluster.Node] // nil: no cluster
+	log       *slog.Logger
+	rlog      *ratelog.Logger // for lines that can repeat fast: at most one a second
+	met       *metrics.Metrics
+	metricsOn bool // Options.Metrics was given: the data path counts
+	do        func(func() error) error
+	scanEvery time.Duration // Options.DirectorScanEvery
+	table     *affinity.Table
+	owned     bool                         // table made here, closed here
+	cluster   atomic.Pointer[cluster.Node] // nil: no cluster
 	// peerStop and peerDone stop followPeerServers (cluster.go).
 	peerStop, peerDone chan struct{}
 
@@ -134,7 +129,7 @@ type Proxy struct {
 
 // New prepares a proxy for cfg; Start opens its listeners.
 func New(cfg *config.File, o Options) *Proxy {
-	p := &Proxy{budget: budget.Of(o.Descriptors), log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, setSysctls: o.SetSysctls, do: o.Do, loopCount: o.TCPLoops, scanEvery: o.DirectorScanEvery, inherit: o.Inherit, restore: o.Restore, services: map[config.ServiceKey]*service{}}
+	p := &Proxy{budget: budget.Of(o.Descriptors), log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, do: o.Do, loopCount: o.TCPLoops, scanEvery: o.DirectorScanEvery, inherit: o.Inherit, restore: o.Restore, services: map[config.ServiceKey]*service{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}

@@ -195,9 +195,7 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		p.tp = tp // accepting starts once the services are in place (startTransparent)
 		p.log.Info("firewall-mark services: nftables table applied, transparent listener open", "port", tp.port, "classes", len(set.Classes))
 		// On the namespace thread: /proc/sys/net follows it.
-		if err := hostnet.CheckTProxy(p.log, p.setSysctls); err != nil {
-			return err
-		}
+		hostnet.CheckTProxy(p.log)
 	}
 	return nil
 }
@@ -298,12 +296,15 @@ func (p *Proxy) acceptTransparent(tp *transparent, l *net.TCPListener) {
 	}.Run()
 }
 
-// classify finds the mark service of a TPROXYed connection: by the
-// socket's mark (set when net.ipv4.tcp_fwmark_accept=1), or else by its
-// original destination, which the classes match exactly as the nftables
-// rules did.
+// classify finds the mark service of a TPROXYed connection by its
+// original destination (its local address), which the classes match
+// exactly as the nftables rules did: they are tether's own and claim
+// disjoint (protocol, address, port)s. Not by the socket's mark, which
+// would cost a getsockopt a connection (and net.ipv4.tcp_fwmark_accept=1)
+// to say the same: the mark service's CPU a connection fell 3-4 % without
+// it (README, Firewall-mark services).
 func (p *Proxy) classify(tp *transparent, c *net.TCPConn) (*service, uint16) {
-	return p.classifyTo(tp, c.RemoteAddr().(*net.TCPAddr).AddrPort(), c.LocalAddr().(*net.TCPAddr).AddrPort(), soMark(c))
+	return p.classifyTo(tp, c.RemoteAddr().(*net.TCPAddr).AddrPort(), c.LocalAddr().(*net.TCPAddr).AddrPort())
 }
 
 // classifyConn is classify for a connection on the event loops.
@@ -312,23 +313,17 @@ func (p *Proxy) classifyConn(tp *transparent, c *tcploop.Conn) (*service, uint16
 	if err != nil {
 		return nil, 0
 	}
-	mark, _ := unix.GetsockoptInt(c.ClientFD(), unix.SOL_SOCKET, unix.SO_MARK)
-	return p.classifyTo(tp, c.Src(), dst, uint32(mark))
+	return p.classifyTo(tp, c.Src(), dst)
 }
 
-// classifyTo finds the mark service of a connection from src to dst whose
-// socket has mark.
-func (p *Proxy) classifyTo(tp *transparent, src, dst netip.AddrPort, mark uint32) (*service, uint16) {
-	set := tp.set.Load()
-	mark &= set.MarkMask()
-	if mark == 0 {
-		cl, ok := set.Match(marks.TCP, dst.Addr(), dst.Port())
-		if !ok {
-			p.rlog.Log(slog.LevelWarn, "transparent connection matches no mark class", "dst", dst, "src", src)
-			return nil, 0
-		}
-		mark = cl.Mark
+// classifyTo finds the mark service of a connection from src to dst.
+func (p *Proxy) classifyTo(tp *transparent, src, dst netip.AddrPort) (*service, uint16) {
+	cl, ok := tp.set.Load().Match(marks.TCP, dst.Addr(), dst.Port())
+	if !ok {
+		p.rlog.Log(slog.LevelWarn, "transparent connection matches no mark class", "dst", dst, "src", src)
+		return nil, 0
 	}
+	mark := cl.Mark
 	p.svcMu.RLock()
 	svc := p.services[config.ServiceKey{Mark: mark}]
 	p.svcMu.RUnlock()
@@ -336,18 +331,6 @@ func (p *Proxy) classifyTo(tp *transparent, src, dst netip.AddrPort, mark uint32
 		p.rlog.Log(slog.LevelWarn, "no service for firewall mark", "fwmark", mark, "dst", dst)
 	}
 	return svc, dst.Port()
-}
-
-func soMark(c *net.TCPConn) uint32 {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return 0
-	}
-	var mark int
-	rc.Control(func(fd uintptr) {
-		mark, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK)
-	})
-	return uint32(mark)
 }
 
 // serverAddr is where to dial a server: a mark service's server without a

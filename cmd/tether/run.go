@@ -59,7 +59,10 @@ func runCommand() *cli.Command {
 			"drain_timeout and write the persistence snapshot.",
 		Flags: []cli.Flag{configFlag,
 			&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a CPU profile of the run to this file"},
-			&cli.BoolFlag{Name: "set-sysctls", Usage: "set the sysctls the data paths want (net.ipv4.tcp_fwmark_accept=1 with marks) instead of only naming them"},
+			// Until 2026-12 it set net.ipv4.tcp_fwmark_accept=1; mark services
+			// need no sysctl since, and the flag stays so that unit files and
+			// scripts that pass it still start.
+			&cli.BoolFlag{Name: "set-sysctls", Hidden: true, Usage: "no longer needed: mark services need no sysctl"},
 			&cli.BoolFlag{Name: "watch", Usage: "reload when the config file changes, as SIGHUP does (a Kubernetes ConfigMap's symlink swap included)"},
 			&cli.IntFlag{Name: "tcp-loops", Usage: "event loops serving TCP connections: 0, one per CPU; -1, a goroutine per connection instead (to compare)", EnvVars: []string{"TETHER_TCP_LOOPS"}},
 		},
@@ -78,6 +81,9 @@ func runCommand() *cli.Command {
 			log, err := runLogger(c)
 			if err != nil {
 				return cli.Exit(err.Error(), 1)
+			}
+			if c.Bool("set-sysctls") {
+				log.Info("--set-sysctls: nothing to set (mark services are found by original destination, no sysctl needed); the flag can go")
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
@@ -107,7 +113,7 @@ func runCommand() *cli.Command {
 			if n := c.Int("tcp-loops"); n < -1 {
 				return cli.Exit(fmt.Sprintf("--tcp-loops %d: want -1 (no loops), 0 (one per CPU) or a count", n), 1)
 			}
-			return run(ctx, log, c.String("config"), hup, usr2, proxy.Options{SetSysctls: c.Bool("set-sysctls"), TCPLoops: c.Int("tcp-loops")})
+			return run(ctx, log, c.String("config"), hup, usr2, proxy.Options{TCPLoops: c.Int("tcp-loops")})
 		},
 	}
 }

@@ -183,7 +183,7 @@ services:
     persistence: {timeout: 300s}
     servers: [{address: %s}]
 `, dir, v.Addr(), v.Port(), server)), 0o600)
-		return f, []string{"--log-level", "warn", "run", "--set-sysctls", "--config", f}
+		return f, []string{"--log-level", "warn", "run", "--config", f}
 	}
 	haproxyTProxy := peer{name: "HAProxy, TPROXY", bin: "haproxy", config: func(dir, vip, server string) (string, []string) {
 		return haproxyConfig(dir, "0.0.0.0:20080 transparent", server)
