@@ -35,6 +35,10 @@ type Options struct {
 	// background (lookups never return an expired one in any case). Zero
 	// means one second; negative disables the sweeper (tests call Sweep).
 	SweepInterval time.Duration
+
+	// idleTicks is how many ticks the clock runs before it sleeps
+	// (clock.go); 0 means clockIdleTicks. Tests set it.
+	idleTicks int
 }
 
 func (o Options) capacity() int {
@@ -90,8 +94,12 @@ type Table struct {
 
 	// clock is the time in ticks since epoch, kept by the table's own
 	// goroutine (a coarse clock, as HAProxy's and nginx's cached now):
-	// a lookup loads it instead of reading the clock.
-	clock atomic.Uint32
+	// a lookup loads it instead of reading the clock. clockAsleep while
+	// the goroutine does not tick (clock.go); wake tells it to.
+	clock     atomic.Uint32
+	wake      chan struct{}
+	idleTicks int
+	closed    atomic.Bool // the goroutine has stopped: the clock never ticks again
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -114,7 +122,13 @@ const MaxTimeout = maxTicks * tick
 
 // New returns an empty table. Close stops its sweeper.
 func New(o Options) *Table {
-	t := &Table{now: o.Now, injected: o.Now != nil, done: make(chan struct{})}
+	t := &Table{now: o.Now, injected: o.Now != nil, done: make(chan struct{}), wake: make(chan struct{}, 1), idleTicks: o.idleTicks}
+	if t.idleTicks <= 0 {
+		t.idleTicks = clockIdleTicks
+	}
+	if t.injected {
+		t.clock.Store(clockAsleep) // nowTicks reads the injected clock
+	}
 	if t.now == nil {
 		t.now = time.Now
 	}
@@ -152,41 +166,6 @@ func (t *Table) Close() error {
 	t.cancel()
 	<-t.done
 	return nil
-}
-
-// run keeps the coarse clock (unless a clock was injected) and sweeps
-// every iv (unless iv is not positive).
-func (t *Table) run(ctx context.Context, iv time.Duration) {
-	defer close(t.done)
-	tk := time.NewTicker(tick)
-	defer tk.Stop()
-	var nextSweep time.Time
-	if iv > 0 {
-		nextSweep = time.Now().Add(iv)
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-tk.C:
-			if !t.injected {
-				t.clock.Store(uint32(time.Since(t.epoch) / tick))
-			}
-			if iv > 0 && !now.Before(nextSweep) {
-				t.Sweep()
-				nextSweep = time.Now().Add(iv)
-			}
-		}
-	}
-}
-
-// now is the time in ticks since the table was made: the coarse clock, or
-// the injected clock read at once.
-func (t *Table) nowTicks() uint32 {
-	if !t.injected { // inlined: a hit's every instruction counts (GetOrBind)
-		return t.clock.Load()
-	}
-	return t.injectedTicks()
 }
 
 func (t *Table) injectedTicks() uint32 { return uint32(t.now().Sub(t.epoch) / tick) }
@@ -368,9 +347,11 @@ func (sh *shard) releaseLocked(t *Table, h uint64, k key, slot int32, gen uint32
 // Sweep frees the expired idle templates now; the table's goroutine calls
 // it every SweepInterval. It walks every slot, a chunk at a time so that no
 // lock is held long, and returns how many templates went.
-func (t *Table) Sweep() int {
+func (t *Table) Sweep() int { return t.sweep(t.nowTicks()) }
+
+// sweep is Sweep at time now.
+func (t *Table) sweep(now uint32) int {
 	r := t.reg.Load()
-	now := t.nowTicks()
 	n := 0
 	for i := range t.shards {
 		sh := &t.shards[i]
