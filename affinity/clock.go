@@ -42,6 +42,15 @@ func (t *Table) slowTicks() uint32 {
 	return t.wakeClock()
 }
 
+// exactTicks is the time in ticks read from the clock itself, the
+// injected one or the real one, without waking the coarse clock.
+func (t *Table) exactTicks() uint32 {
+	if t.injected {
+		return t.injectedTicks()
+	}
+	return t.realTicks()
+}
+
 // realTicks is the real time in ticks since the table was made.
 func (t *Table) realTicks() uint32 {
 	v := uint32(time.Since(t.epoch) / tick)
@@ -107,11 +116,7 @@ func (t *Table) run(ctx context.Context, iv time.Duration) {
 			tk.Stop()
 			t.clock.Store(clockAsleep)
 		case <-sweeps:
-			now := t.realTicks()
-			if t.injected {
-				now = t.injectedTicks()
-			}
-			t.sweep(now) // without waking the clock
+			t.sweep(t.exactTicks())
 		}
 	}
 }

@@ -323,12 +323,11 @@ func (p *Proxy) classifyTo(tp *transparent, src, dst netip.AddrPort) (*service, 
 		p.rlog.Log(slog.LevelWarn, "transparent connection matches no mark class", "dst", dst, "src", src)
 		return nil, 0
 	}
-	mark := cl.Mark
 	p.svcMu.RLock()
-	svc := p.services[config.ServiceKey{Mark: mark}]
+	svc := p.services[config.ServiceKey{Mark: cl.Mark}]
 	p.svcMu.RUnlock()
 	if svc == nil {
-		p.rlog.Log(slog.LevelWarn, "no service for firewall mark", "fwmark", mark, "dst", dst)
+		p.rlog.Log(slog.LevelWarn, "no service for firewall mark", "fwmark", cl.Mark, "dst", dst)
 	}
 	return svc, dst.Port()
 }

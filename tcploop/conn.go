@@ -76,10 +76,6 @@ func (c *Conn) Local() (netip.AddrPort, error) {
 	return addrPort(sa), nil
 }
 
-// ClientFD is the client's socket, for a Service to read options of (the
-// socket's mark); it is the loop's to close.
-func (c *Conn) ClientFD() int { return c.cfd }
-
 func addrPort(sa syscall.Sockaddr) netip.AddrPort {
 	switch a := sa.(type) {
 	case *syscall.SockaddrInet4:

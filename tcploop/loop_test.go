@@ -69,7 +69,7 @@ func (s *testService) decide(c *Conn, i int) Decision {
 func (s *testService) Accept(c *Conn) Decision {
 	s.accepted.Add(1)
 	if s.waitData {
-		fds := []unix.PollFd{{Fd: int32(c.ClientFD()), Events: unix.POLLIN}}
+		fds := []unix.PollFd{{Fd: int32(c.cfd), Events: unix.POLLIN}}
 		if n, err := unix.Poll(fds, 5000); n != 1 || err != nil {
 			s.t.Errorf("the client's bytes never came: %d, %v", n, err)
 		}
