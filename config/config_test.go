@@ -298,6 +298,8 @@ func TestParseMarksErrors(t *testing.T) {
 			[]string{`services[0].fwmark: a service has either listen or fwmark, not both`}},
 		{"port-less server of a listen service", "services:\n  - name: s\n    listen: 127.0.0.1:80\n    servers: [{address: 198.19.0.11}]\n",
 			[]string{`services[0].servers[0].address: "198.19.0.11" is not an address:port`}},
+		{"tproxy neither auto nor always", "tproxy: never\n" + class("    addresses: [198.18.0.10]\n    ports: [80]\n") + svc,
+			[]string{`m.yaml:1: tproxy: "never" is not auto or always`}},
 		{"bad mark address", class("    addresses: [vip]\n    ports: [80]\n") + svc, []string{`marks[0].addresses: "vip" is not an address or prefix`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -83,3 +83,9 @@ func join[T ~string](ws []T) string {
 	}
 	return strings.Join(s, ", ")
 }
+
+// TProxy values: how mark services' TCP flows reach tether.
+const (
+	TProxyAuto   = "auto"   // listen on the pairs of local classes, TPROXY the rest
+	TProxyAlways = "always" // TPROXY every class
+)

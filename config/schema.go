@@ -42,6 +42,11 @@ type File struct {
 	// marks: below Linux's ephemeral range, 32768-60999, where an
 	// outgoing connection could already hold it).
 	TProxyPort uint16 `yaml:"tproxy_port,omitempty"`
+	// TProxy chooses how mark services' TCP flows reach tether: auto (the
+	// default) listens on each (address, port) of a class of single local
+	// addresses and at most MaxListenPairs pairs, as a `listen:` service
+	// does, and TPROXYs the rest; always TPROXYs every class.
+	TProxy string `yaml:"tproxy,omitempty"`
 	// TProxyIngress names the interfaces clients come in through, for the
 	// policy routing a VIP that is not a local address needs (ip rule iif
 	// IF fwmark M lookup TABLE). Empty: no policy routing (local VIPs).
@@ -359,6 +364,9 @@ const (
 	DefaultSnapshotInterval = 30 * time.Second
 	MinSnapshotInterval     = 100 * time.Millisecond
 	DefaultTProxyPort       = 20080
+	// MaxListenPairs bounds the (address, port)s of a mark class that
+	// tether listens on instead of TPROXYing it (TProxy auto).
+	MaxListenPairs = 16
 	// DefaultTProxyRouteTable and DefaultTProxyRulePriority place the
 	// policy routing of non-local VIPs.
 	DefaultTProxyRouteTable   = 100

@@ -116,6 +116,9 @@ func (v *validator) check(f *File) {
 	case t < 0 || t > 0 && t >= 253 && t <= 255:
 		v.errf("tproxy_route_table", "%d is not a free routing table (253 default, 254 main and 255 local are the kernel's)", t)
 	}
+	if f.TProxy != "" && f.TProxy != TProxyAuto && f.TProxy != TProxyAlways {
+		v.errf("tproxy", "%q is not auto or always", f.TProxy)
+	}
 	if f.UDPMaxFlows < 0 {
 		v.errf("udp_max_flows", "%d is negative", f.UDPMaxFlows)
 	}

@@ -267,3 +267,34 @@ func (s Set) Match(p Protocols, dst netip.Addr, port uint16) (Class, bool) {
 	}
 	return Class{}, false
 }
+
+// ListenPairs are the (address, port)s of a TCP class that names single
+// addresses and at most limit of them in all, each of which a listener
+// bound to it can serve as a `listen:` service's does, without TPROXY.
+// ok is false for a class without TCP, with a prefix, or with more pairs
+// (an FTP passive range): those stay TPROXYed.
+func (c Class) ListenPairs(limit int) (pairs []netip.AddrPort, ok bool) {
+	if c.Protocols&TCP == 0 {
+		return nil, false
+	}
+	n := 0
+	for _, r := range c.Ports {
+		n += int(r.To) - int(r.From) + 1
+	}
+	for _, a := range c.Addrs {
+		if !a.IsSingleIP() {
+			return nil, false
+		}
+	}
+	if n*len(c.Addrs) > limit {
+		return nil, false
+	}
+	for _, a := range c.Addrs {
+		for _, r := range c.Ports {
+			for p := int(r.From); p <= int(r.To); p++ {
+				pairs = append(pairs, netip.AddrPortFrom(a.Addr(), uint16(p)))
+			}
+		}
+	}
+	return pairs, len(pairs) > 0
+}

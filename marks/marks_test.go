@@ -115,3 +115,32 @@ func TestMatch(t *testing.T) {
 		}
 	}
 }
+
+func TestListenPairs(t *testing.T) {
+	a4, a6 := netip.MustParsePrefix("198.18.0.10/32"), netip.MustParsePrefix("2001:2::10/128")
+	web := Class{Mark: 1, Protocols: TCP, Addrs: []netip.Prefix{a4, a6}, Ports: []PortRange{{80, 80}, {443, 443}}}
+	pairs, ok := web.ListenPairs(16)
+	want := []string{"198.18.0.10:80", "198.18.0.10:443", "[2001:2::10]:80", "[2001:2::10]:443"}
+	if !ok || len(pairs) != len(want) {
+		t.Fatalf("web: %v %v, want %v", pairs, ok, want)
+	}
+	for i, p := range pairs {
+		if p.String() != want[i] {
+			t.Errorf("pair %d = %s, want %s", i, p, want[i])
+		}
+	}
+	for name, c := range map[string]Class{
+		"udp only":      {Protocols: UDP, Addrs: web.Addrs, Ports: web.Ports},
+		"a prefix":      {Protocols: TCP, Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")}, Ports: web.Ports},
+		"passive range": {Protocols: Both, Addrs: []netip.Prefix{a4}, Ports: []PortRange{{21, 21}, {30000, 30099}}},
+		"all ports":     {Protocols: TCP, Addrs: []netip.Prefix{a4}, Ports: []PortRange{{1, 65535}}},
+		"over limit":    {Protocols: TCP, Addrs: []netip.Prefix{a4, a6}, Ports: []PortRange{{80, 88}}},
+	} {
+		if pairs, ok := c.ListenPairs(16); ok {
+			t.Errorf("%s: listenable as %v", name, pairs)
+		}
+	}
+	if _, ok := (Class{Protocols: Both, Addrs: []netip.Prefix{a4}, Ports: []PortRange{{8000, 8015}}}).ListenPairs(16); !ok {
+		t.Error("16 pairs of a tcp+udp class: not listenable at limit 16")
+	}
+}

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"bytes"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,6 +71,37 @@ func TestAddBatchWithoutKernel(t *testing.T) {
 	want := "begin newtable(owner) deltable newtable(owner) newset+elem*7 newchain newrule*13 end"
 	if got != want {
 		t.Errorf("batch:\n got %s\nwant %s", got, want)
+	}
+}
+
+// A listened TCP class is marked packet by packet, with no conntrack, and
+// loses its tproxy rule; a listened class that also covers UDP keeps its
+// stateful rules and its UDP tproxy rule; one with access lists keeps
+// conntrack, which they match on. (What netlink applies is what Show
+// says: TestAppliedRulesetMatchesShow/listened.)
+func TestListenedClassesAreNotTProxied(t *testing.T) {
+	rs := testRuleset(0xff00)
+	rs.Listened = []uint32{0x100, 0x300}
+	show := rs.Show()
+	for _, want := range []string{
+		"\t\tip daddr @m256_v4 tcp dport @m256_ports meta mark set meta mark & 0xffff00ff | 0x00000100\n",
+		"ct state new ip daddr @m768_v4 tcp dport @m768_ports meta mark set",
+		"ct mark & 0x0000ff00 == 0x00000300 meta mark set",
+		"meta mark & 0x0000ff00 == 0x00000300 meta l4proto udp tproxy ip to :50080",
+		"meta mark & 0x0000ff00 == 0x00000200 meta l4proto tcp tproxy ip to :50080",
+	} {
+		if !strings.Contains(show, want) {
+			t.Errorf("no %q in\n%s", want, show)
+		}
+	}
+	for _, not := range []string{"== 0x00000100 meta l4proto tcp tproxy", "== 0x00000300 meta l4proto tcp tproxy", "ct mark & 0x0000ff00 == 0x00000100"} {
+		if strings.Contains(show, not) {
+			t.Errorf("%q in\n%s", not, show)
+		}
+	}
+	rs.ACLs = map[uint32]ACL{0x100: {Deny: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}}}
+	if show := rs.Show(); !strings.Contains(show, "ct state new ip daddr @m256_v4 tcp dport @m256_ports meta mark set") {
+		t.Errorf("a listened class with access lists is not marked through conntrack:\n%s", show)
 	}
 }
 
@@ -159,11 +191,18 @@ func needNft(t *testing.T) {
 // loaded with nft -f in another list the same: the two renderings agree,
 // and what `tether nft show` prints is what tether applies.
 func TestAppliedRulesetMatchesShow(t *testing.T) {
-	for _, mask := range []uint32{0, 0xff00} {
-		t.Run(itoaHex(mask), func(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		mask     uint32
+		listened []uint32
+		acls     map[uint32]ACL
+	}{{"mask-all", 0, nil, nil}, {"mask-ff00", 0xff00, nil, nil}, {"listened", 0xff00, []uint32{0x100, 0x300}, nil},
+		{"listened-acl", 0, []uint32{0x100}, map[uint32]ACL{0x100: {Allow: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}}}}} {
+		t.Run(tc.name, func(t *testing.T) {
 			env := testenv.Start(t, testenv.Spec{Backends: 1, Label: "nft"})
 			needNft(t)
-			rs := testRuleset(mask)
+			rs := testRuleset(tc.mask)
+			rs.Listened, rs.ACLs = tc.listened, tc.acls
 			err := env.LB.Do(func() error {
 				c, err := nftables.New()
 				if err != nil {
@@ -196,13 +235,6 @@ func TestAppliedRulesetMatchesShow(t *testing.T) {
 			}
 		})
 	}
-}
-
-func itoaHex(v uint32) string {
-	if v == 0 {
-		return "mask-all"
-	}
-	return "mask-ff00"
 }
 
 // With the owner flag on a lasting connection the table goes with the

@@ -34,6 +34,10 @@ type Ruleset struct {
 	// Direct are the marks of classes the director serves: marked, not
 	// TPROXYed.
 	Direct []uint32
+	// Listened are the marks of classes whose TCP flows tether's own
+	// listeners, bound to each of the class's (address, port)s, accept:
+	// marked, but not TPROXYed (their UDP flows still are).
+	Listened []uint32
 	// ACLs are the access lists of TPROXYed classes, by mark (markacl.go).
 	ACLs map[uint32]ACL
 	// Table is the table's name: TableName, or UpgradeTableName. Empty is
@@ -166,7 +170,12 @@ func (r Ruleset) fill(c *nftables.Conn, t *nftables.Table) error {
 // marking is how many of rules' first rules restore and set class marks
 // (the TPROXY rules follow).
 func (r Ruleset) marking() int {
-	n := len(r.Marks.Classes)
+	n := 0
+	for _, cl := range r.Marks.Classes {
+		if !r.stateless(cl) {
+			n++ // the restore rule
+		}
+	}
 	for _, cl := range r.Marks.Classes {
 		v4, v6 := families(cl)
 		for _, has := range []bool{len(v4) > 0, len(v6) > 0} {
@@ -257,6 +266,9 @@ func cmpEq(data []byte) *expr.Cmp { return &expr.Cmp{Op: expr.CmpOpEq, Register:
 func (r Ruleset) rules(sets map[uint32]classSets) [][]expr.Any {
 	var out [][]expr.Any
 	for _, cl := range r.Marks.Classes {
+		if r.stateless(cl) {
+			continue
+		}
 		restore := append(r.loadMasked(loadCt), cmpEq(u32(cl.Mark)))
 		out = append(out, append(restore, r.setMark(loadMeta, storeMeta, cl.Mark)...))
 	}
@@ -271,19 +283,26 @@ func (r Ruleset) rules(sets map[uint32]classSets) [][]expr.Any {
 				continue
 			}
 			for _, proto := range protos(cl.Protocols) {
-				rule := []expr.Any{
-					&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
-					&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(expr.CtStateBitNEW), Xor: u32(0)},
-					&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: u32(0)},
+				var rule []expr.Any
+				if !r.stateless(cl) {
+					rule = []expr.Any{
+						&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+						&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(expr.CtStateBitNEW), Xor: u32(0)},
+						&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: u32(0)},
+					}
+				}
+				rule = append(rule,
 					&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, cmpEq([]byte{fam.nfp}),
 					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: fam.off, Len: fam.n},
 					&expr.Lookup{SourceRegister: 1, SetName: fam.set.Name, SetID: fam.set.ID},
 					&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmpEq([]byte{proto}),
 					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 					&expr.Lookup{SourceRegister: 1, SetName: cs.ports.Name, SetID: cs.ports.ID},
-				}
+				)
 				rule = append(rule, r.setMark(loadMeta, storeMeta, cl.Mark)...)
-				rule = append(rule, r.setMark(loadCt, storeCt, cl.Mark)...)
+				if !r.stateless(cl) {
+					rule = append(rule, r.setMark(loadCt, storeCt, cl.Mark)...)
+				}
 				out = append(out, rule)
 			}
 		}
@@ -303,7 +322,7 @@ func (r Ruleset) rules(sets map[uint32]classSets) [][]expr.Any {
 			if !fam.has {
 				continue
 			}
-			for _, proto := range protos(cl.Protocols) {
+			for _, proto := range r.tproxied(cl) {
 				// No nfproto match: the kernel's tproxy breaks on a packet
 				// of the other family itself (and nft compiles it so too).
 				rule := append(r.loadMasked(loadMeta), cmpEq(u32(cl.Mark)),
@@ -316,6 +335,29 @@ func (r Ruleset) rules(sets map[uint32]classSets) [][]expr.Any {
 		}
 	}
 	return out
+}
+
+// stateless says whether cl's flows are marked packet by packet, by their
+// destination, with no conntrack: a listened TCP class without access
+// lists. Its flows need the mark for no routing or TPROXY of tether's, and
+// its destinations stay local, so a packet's own address and port say
+// what conntrack would; and a namespace where nothing else asks for
+// conntrack keeps it off (8-10 % more connections a second on loopback,
+// README, Firewall-mark services). Restoring the mark from conntrack
+// matters only where a reload takes a port from a TPROXYed class.
+func (r Ruleset) stateless(cl marks.Class) bool {
+	_, acl := r.ACLs[cl.Mark]
+	return cl.Protocols == marks.TCP && slices.Contains(r.Listened, cl.Mark) && !acl
+}
+
+// tproxied are the protocols of cl's flows that are TPROXYed: not TCP
+// when tether listens for the class (Listened).
+func (r Ruleset) tproxied(cl marks.Class) []byte {
+	p := cl.Protocols
+	if slices.Contains(r.Listened, cl.Mark) {
+		p &^= marks.TCP
+	}
+	return protos(p)
 }
 
 func protos(p marks.Protocols) []byte {
@@ -364,7 +406,9 @@ func (r Ruleset) Show() string {
 	r.showACL(&b, true, masked)
 	fmt.Fprintf(&b, "\tchain prerouting {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n")
 	for _, cl := range classes {
-		fmt.Fprintf(&b, "\t\t%s == %#08x %s\n", masked("ct mark"), cl.Mark, set("meta mark", cl.Mark))
+		if !r.stateless(cl) {
+			fmt.Fprintf(&b, "\t\t%s == %#08x %s\n", masked("ct mark"), cl.Mark, set("meta mark", cl.Mark))
+		}
 	}
 	for _, cl := range classes {
 		v4, v6 := families(cl)
@@ -377,6 +421,10 @@ func (r Ruleset) Show() string {
 			}
 			for _, p := range protos(cl.Protocols) {
 				name := map[byte]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp"}[p]
+				if r.stateless(cl) {
+					fmt.Fprintf(&b, "\t\t%s @%s %s dport @%s %s\n", fam.addr, setName(cl, fam.kind), name, setName(cl, "ports"), set("meta mark", cl.Mark))
+					continue
+				}
 				fmt.Fprintf(&b, "\t\tct state new %s @%s %s dport @%s %s %s\n", fam.addr, setName(cl, fam.kind), name, setName(cl, "ports"),
 					set("meta mark", cl.Mark), set("ct mark", cl.Mark))
 			}
@@ -396,7 +444,7 @@ func (r Ruleset) Show() string {
 				if !fam.has {
 					continue
 				}
-				for _, p := range protos(cl.Protocols) {
+				for _, p := range r.tproxied(cl) {
 					name := map[byte]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp"}[p]
 					fmt.Fprintf(&b, "\t\t%s == %#08x meta l4proto %s tproxy %s to :%d\n", masked("meta mark"), cl.Mark, name, fam.name, r.TProxyPort)
 				}
