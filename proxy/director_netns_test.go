@@ -23,7 +23,7 @@ import (
 // 80, 443 and 80 again under one mark, and none sees two backends; without
 // persistence clients mix, so the test can tell.
 func TestDirectorPersistenceAcrossPorts(t *testing.T) {
-	markPersistenceAcrossPorts(t, "director", "dmark")
+	markPersistenceAcrossPorts(t, "director", "dmark", "")
 }
 
 // The same config in socket-proxy and director mode sends each client to

@@ -77,6 +77,7 @@ func (p *Proxy) Handover() ([]HandedSocket, error) {
 				hand("udp", c.LocalAddr().String(), c)
 			}
 		}
+		p.handMarkListeners(hand)
 		for k, s := range p.services {
 			for _, l := range s.listeners() {
 				hand("tcp", k.VIP.String(), l)
@@ -133,6 +134,7 @@ func (p *Proxy) StopAccepting() {
 				tp.nft.CloseLasting()
 			}
 		}
+		p.closeMarkListeners()
 		// The director's queues and tables go; the new process's, under
 		// the other name and queues, steer already.
 		if err := p.stopDirector(); err != nil {

@@ -28,7 +28,10 @@ import (
 type loopService struct {
 	p   *Proxy
 	svc *service
-	tp  *transparent
+	// marked: a transparent listener's, or (dst valid) a listened mark
+	// class's listener on dst.
+	marked bool
+	dst    netip.AddrPort
 	// name is the listener, for the accept-failure log.
 	name string
 }
@@ -137,8 +140,8 @@ func (p *Proxy) listenTCP(network, addr string, control func(network string, fd 
 func (s *loopService) Accept(c *tcploop.Conn) tcploop.Decision {
 	p := s.p
 	svc, dport := s.svc, uint16(0)
-	if s.tp != nil {
-		if svc, dport = p.classifyConn(s.tp, c); svc == nil {
+	if s.marked {
+		if svc, dport = p.classifyConn(c, s.dst); svc == nil {
 			p.count("connections", "unclassified", 1, nil)
 			return tcploop.Refuse
 		}

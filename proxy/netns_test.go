@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/testenv"
 )
 
@@ -197,19 +198,26 @@ services:
 
 // 200 client addresses connect to 80, then 443, then 80 again through a
 // mark service: no client sees two backends. The same run without
-// persistence mixes clients, so the test can tell.
+// persistence mixes clients, so the test can tell. Both ways a class's TCP
+// flows reach the proxy: listeners on the VIP's two ports (tproxy: auto,
+// the VIP is local) and TPROXY (always).
 func TestMarkServicePersistenceAcrossPorts(t *testing.T) {
-	markPersistenceAcrossPorts(t, "proxy", "mark")
+	for _, tproxy := range []string{config.TProxyAuto, config.TProxyAlways} {
+		t.Run(tproxy, func(t *testing.T) { markPersistenceAcrossPorts(t, "proxy", "mark", "tproxy: "+tproxy+"\n") })
+	}
 }
 
 // markPersistenceAcrossPorts runs the test above in a data-path mode; the
 // director also holds one flow per connection it chose.
-func markPersistenceAcrossPorts(t *testing.T, mode, label string) {
+func markPersistenceAcrossPorts(t *testing.T, mode, label, extra string) {
 	env := testenv.Start(t, testenv.Spec{Clients: 2, AddrsPerClient: 100, Backends: 3, Label: label})
 	serveNames(t, env, 80, 443)
 	run := func(persistent bool) testenv.Summary {
-		p, stop := startInLB(t, env, "mode: "+mode+"\n"+markConfig(persistent), Options{})
+		p, stop := startInLB(t, env, "mode: "+mode+"\n"+extra+markConfig(persistent), Options{})
 		defer stop()
+		if mode == "proxy" {
+			checkMarkPath(t, env, !strings.Contains(extra, config.TProxyAlways), 80, 443)
+		}
 		var visits []testenv.Visit
 		for _, c := range env.Clients {
 			visits = append(visits, c.Drive(context.Background(), testenv.VIP, []int{80, 443, 80}, 1)...)
@@ -429,6 +437,7 @@ func TestStaleTableWithoutOwnerFlag(t *testing.T) {
 		t.Fatal(err)
 	}
 	// "Dies": its sockets close, nothing is cleaned up.
+	first.closeMarkListeners()
 	first.tp.close()
 	first.tp.nft.CloseLasting()
 	tables, _ := execIn(env.LB, "nft", "list", "tables")

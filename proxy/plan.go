@@ -16,12 +16,13 @@ import (
 // are already open, so applying it cannot fail for lack of one.
 type plan struct {
 	cfg   *config.File
-	start []*planned   // new services, with their listeners
-	keep  []*planned   // services that stay, with their new config
-	stop  []*service   // services that go
-	tp    *transparent // newly opened transparent listeners
-	dir   *dirPath     // newly opened director
-	caps  *budget.Caps // the bounds cfg runs with
+	start []*planned     // new services, with their listeners
+	keep  []*planned     // services that stay, with their new config
+	stop  []*service     // services that go
+	tp    *transparent   // newly opened transparent listeners
+	mls   *markListeners // the listeners of mark classes that are not TPROXYed
+	dir   *dirPath       // newly opened director
+	caps  *budget.Caps   // the bounds cfg runs with
 }
 
 type planned struct {
@@ -51,6 +52,7 @@ func (pl *plan) abort() {
 	if pl.tp != nil {
 		pl.tp.close()
 	}
+	pl.mls.abort()
 	if pl.dir != nil {
 		pl.dir.close()
 	}
@@ -136,6 +138,7 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 		}
 		pl.tp = tp
 	}
+	pl.mls = p.planMarkListeners(cfg)
 	return pl, nil
 }
 
@@ -163,6 +166,8 @@ func (p *Proxy) commit(pl *plan) error {
 		pl.abort()
 		return err
 	}
+	p.swapMarkListeners(pl.mls)
+	pl.mls = nil
 	p.caps.Store(pl.caps)
 	for _, old := range pl.stop {
 		p.stopService(old)
@@ -204,6 +209,7 @@ func (p *Proxy) commit(pl *plan) error {
 	}
 	p.setChecks()
 	p.startTransparent()
+	p.startMarkListeners()
 	return p.commitDirector(pl)
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/tetherlb/tether/health"
 	"github.com/tetherlb/tether/internal/ratelog"
 	"github.com/tetherlb/tether/lruset"
+	"github.com/tetherlb/tether/marks"
 	"github.com/tetherlb/tether/tcploop"
 	"github.com/tetherlb/tether/tcprelay"
 	"github.com/tetherlb/tether/udpbatch"
@@ -85,8 +86,13 @@ type Proxy struct {
 	services map[config.ServiceKey]*service
 	conns    conns
 
-	tp  *transparent            // the TPROXY listeners and nft table, with marks
-	dir atomic.Pointer[dirPath] // the NFQUEUE director, with director services
+	tp *transparent // the TPROXY listeners and nft table, with marks
+	// marked are the listeners of mark classes tether listens for instead
+	// of TPROXYing (marklisten.go); markSet the classes in force, by which
+	// both paths' connections find their service.
+	marked  *markListeners
+	markSet atomic.Pointer[marks.Set]
+	dir     atomic.Pointer[dirPath] // the NFQUEUE director, with director services
 	// noTableOwner is set once the kernel has refused the table owner
 	// flag (and by tests, to take that path on kernels that have it).
 	noTableOwner bool
@@ -129,7 +135,7 @@ type Proxy struct {
 
 // New prepares a proxy for cfg; Start opens its listeners.
 func New(cfg *config.File, o Options) *Proxy {
-	p := &Proxy{budget: budget.Of(o.Descriptors), log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, do: o.Do, loopCount: o.TCPLoops, scanEvery: o.DirectorScanEvery, inherit: o.Inherit, restore: o.Restore, services: map[config.ServiceKey]*service{}}
+	p := &Proxy{budget: budget.Of(o.Descriptors), log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, do: o.Do, loopCount: o.TCPLoops, scanEvery: o.DirectorScanEvery, inherit: o.Inherit, restore: o.Restore, services: map[config.ServiceKey]*service{}, marked: &markListeners{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -280,6 +286,7 @@ func (p *Proxy) shutdown(ctx context.Context) error {
 	if p.tp != nil {
 		p.stopTransparent(p.tp)
 	}
+	p.closeMarkListeners()
 	drained := make(chan struct{})
 	go func() { p.conns.wg.Wait(); close(drained) }()
 	select {

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
@@ -31,7 +30,6 @@ type transparent struct {
 	stops []func()
 	wg    sync.WaitGroup // accept loops
 	nft   *nftables.Conn // lasting: the table is owned by its socket
-	set   atomic.Pointer[marks.Set]
 	// routing is the policy routing of non-local VIPs, if any.
 	routing hostnet.Routing
 	// ulns and uflows are the transparent UDP listeners and flows, when a
@@ -147,7 +145,7 @@ func (p *Proxy) applyMarks(pl *plan) error {
 	if tp.table == "" {
 		tp.table = p.markTable(tp.nft)
 	}
-	rs := nft.Ruleset{Marks: set, TProxyPort: tp.port, Direct: nft.DirectorMarks(pl.cfg), ACLs: nft.MarkACLs(pl.cfg), Table: tp.table}
+	rs := nft.Ruleset{Marks: set, TProxyPort: tp.port, Direct: nft.DirectorMarks(pl.cfg), Listened: pl.mls.listened, ACLs: nft.MarkACLs(pl.cfg), Table: tp.table}
 	apply := func(owner bool) error {
 		var err error
 		if p.tp != nil && p.tp.applied != nil {
@@ -185,7 +183,7 @@ func (p *Proxy) applyMarks(pl *plan) error {
 	if err := tp.routing.Apply(set); err != nil {
 		return err
 	}
-	tp.set.Store(&set)
+	p.markSet.Store(&set)
 	if pl.tp != nil {
 		pl.tp = nil // committed: abort must not close it now
 		if old := p.tp; old != nil {
@@ -194,8 +192,11 @@ func (p *Proxy) applyMarks(pl *plan) error {
 		}
 		p.tp = tp // accepting starts once the services are in place (startTransparent)
 		p.log.Info("firewall-mark services: nftables table applied, transparent listener open", "port", tp.port, "classes", len(set.Classes))
-		// On the namespace thread: /proc/sys/net follows it.
-		hostnet.CheckTProxy(p.log)
+		// On the namespace thread: /proc/sys/net follows it. Only when
+		// something is TPROXYed: listened classes do not care.
+		if len(rs.Listened) < len(set.Classes) || coversUDP(pl.cfg) {
+			hostnet.CheckTProxy(p.log)
+		}
 	}
 	return nil
 }
@@ -212,7 +213,7 @@ func (p *Proxy) startTransparent() {
 	tp.started = true
 	for _, group := range tp.lns {
 		tp.wg.Add(1)
-		if stop := p.listenOnLoops(group, &loopService{tp: tp}, func() { p.acceptTransparent(tp, group[0]) }); stop != nil {
+		if stop := p.listenOnLoops(group, &loopService{marked: true}, func() { p.acceptMarked(&tp.wg, group[0]) }); stop != nil {
 			tp.wg.Done() // the loops accept: no goroutine of its own
 			tp.stops = append(tp.stops, stop)
 		}
@@ -275,14 +276,15 @@ func (p *Proxy) removeMarks() error {
 	return err
 }
 
-// acceptTransparent accepts TPROXYed connections until l is closed, and
-// serves each as a connection of the mark service it classifies to.
-func (p *Proxy) acceptTransparent(tp *transparent, l *net.TCPListener) {
-	defer tp.wg.Done()
+// acceptMarked accepts TPROXYed connections (or those of a listened
+// class) until l is closed, and serves each as a connection of the mark
+// service it classifies to. It marks wg done when it returns.
+func (p *Proxy) acceptMarked(wg *sync.WaitGroup, l *net.TCPListener) {
+	defer wg.Done()
 	acceptloop.Loop{
 		Accept: l.AcceptTCP,
 		Serve: func(c *net.TCPConn) {
-			svc, dport := p.classify(tp, c)
+			svc, dport := p.classify(c)
 			if svc == nil {
 				p.count("connections", "unclassified", 1, nil)
 				c.Close()
@@ -303,22 +305,26 @@ func (p *Proxy) acceptTransparent(tp *transparent, l *net.TCPListener) {
 // would cost a getsockopt a connection (and net.ipv4.tcp_fwmark_accept=1)
 // to say the same: the mark service's CPU a connection fell 3-4 % without
 // it (README, Firewall-mark services).
-func (p *Proxy) classify(tp *transparent, c *net.TCPConn) (*service, uint16) {
-	return p.classifyTo(tp, c.RemoteAddr().(*net.TCPAddr).AddrPort(), c.LocalAddr().(*net.TCPAddr).AddrPort())
+func (p *Proxy) classify(c *net.TCPConn) (*service, uint16) {
+	return p.classifyTo(c.RemoteAddr().(*net.TCPAddr).AddrPort(), c.LocalAddr().(*net.TCPAddr).AddrPort())
 }
 
-// classifyConn is classify for a connection on the event loops.
-func (p *Proxy) classifyConn(tp *transparent, c *tcploop.Conn) (*service, uint16) {
-	dst, err := c.Local()
-	if err != nil {
-		return nil, 0
+// classifyConn is classify for a connection on the event loops. dst, when
+// valid, is its listener's address (a listened class), which saves the
+// getsockname.
+func (p *Proxy) classifyConn(c *tcploop.Conn, dst netip.AddrPort) (*service, uint16) {
+	if !dst.IsValid() {
+		var err error
+		if dst, err = c.Local(); err != nil {
+			return nil, 0
+		}
 	}
-	return p.classifyTo(tp, c.Src(), dst)
+	return p.classifyTo(c.Src(), dst)
 }
 
 // classifyTo finds the mark service of a connection from src to dst.
-func (p *Proxy) classifyTo(tp *transparent, src, dst netip.AddrPort) (*service, uint16) {
-	cl, ok := tp.set.Load().Match(marks.TCP, dst.Addr(), dst.Port())
+func (p *Proxy) classifyTo(src, dst netip.AddrPort) (*service, uint16) {
+	cl, ok := p.markSet.Load().Match(marks.TCP, dst.Addr(), dst.Port())
 	if !ok {
 		p.rlog.Log(slog.LevelWarn, "transparent connection matches no mark class", "dst", dst, "src", src)
 		return nil, 0

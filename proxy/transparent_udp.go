@@ -191,7 +191,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 	if ok && !f.closed.Load() {
 		return f, nil
 	}
-	set := tp.set.Load()
+	set := p.markSet.Load()
 	if mark &= set.MarkMask(); mark == 0 {
 		cl, ok := set.Match(marks.UDP, k.dst.Addr(), k.dst.Port())
 		if !ok {

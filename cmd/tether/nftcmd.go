@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/hostnet"
 	"github.com/tetherlb/tether/nft"
 	"github.com/urfave/cli/v2"
 )
@@ -35,7 +37,18 @@ func nftCommand() *cli.Command {
 					return cli.Exit(c.String("config")+": no marks and no director services, so tether applies no nftables rules", 1)
 				}
 				if len(f.Marks) > 0 {
-					fmt.Fprint(c.App.Writer, nft.Ruleset{Marks: f.MarkSet, TProxyPort: f.TProxyPort, Direct: nft.DirectorMarks(f), ACLs: nft.MarkACLs(f)}.Show())
+					rs := nft.Ruleset{Marks: f.MarkSet, TProxyPort: f.TProxyPort, Direct: nft.DirectorMarks(f), ACLs: nft.MarkACLs(f)}
+					// As tether would decide on this host: the classes
+					// whose addresses are local here are listened for.
+					local, _ := hostnet.LocalAddrs()
+					listened := nft.ListenedClasses(f, func(a netip.Addr) bool { return local[a] })
+					for _, cl := range f.MarkSet.Classes {
+						if pairs, ok := listened[cl.Mark]; ok {
+							rs.Listened = append(rs.Listened, cl.Mark)
+							fmt.Fprintf(c.App.Writer, "# class %q: tether listens on %s (local addresses here; tproxy: always TPROXYs it)\n", cl.Name, joinPairs(pairs))
+						}
+					}
+					fmt.Fprint(c.App.Writer, rs.Show())
 				}
 				if director != "" {
 					if len(f.Marks) > 0 {
@@ -104,4 +117,12 @@ func printLiveTemplates(w io.Writer, ts []nft.LiveTemplate) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.Map, t.Client, server, exp)
 	}
 	return tw.Flush()
+}
+
+func joinPairs(pairs []netip.AddrPort) string {
+	s := make([]string, len(pairs))
+	for i, p := range pairs {
+		s[i] = p.String()
+	}
+	return strings.Join(s, " ")
 }

@@ -243,6 +243,16 @@ func TestNftShowAndFlush(t *testing.T) {
 			t.Errorf("nft show lacks %q:\n%s", want, out)
 		}
 	}
+	// A class of this host's addresses is listened for, and shown so.
+	local := filepath.Join(t.TempDir(), "l.yaml")
+	os.WriteFile(local, []byte("marks:\n  - name: lo\n    mark: 2\n    addresses: [127.0.0.1]\n    ports: [8080, 8443]\nservices:\n  - name: lo\n    fwmark: 2\n    servers: [{address: 127.0.0.2}]\n"), 0o600)
+	out, _, err = runCLI(t, "nft", "show", "--config", local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `# class "lo": tether listens on 127.0.0.1:8080 127.0.0.1:8443`; !strings.Contains(out, want) || strings.Contains(out, "tproxy ip") {
+		t.Errorf("nft show of a local class lacks %q or has a tproxy rule:\n%s", want, out)
+	}
 	noMarks := filepath.Join(t.TempDir(), "n.yaml")
 	os.WriteFile(noMarks, []byte("services:\n  - name: web\n    listen: 127.0.0.1:80\n    servers: [{address: 127.0.0.2:80}]\n"), 0o600)
 	if _, _, err := runCLI(t, "nft", "show", "--config", noMarks); err == nil || !strings.Contains(err.Error(), "no marks") {

@@ -17,10 +17,11 @@ import (
 	"github.com/tetherlb/tether/testenv"
 )
 
-// A hot upgrade of a firewall-mark service, through TPROXY and through
-// the director: the new process takes the transparent listeners (or
-// binds the block of queues after the old one's) and applies its own
-// tables under the other name, so both sets steer until the old one's go.
+// A hot upgrade of a firewall-mark service, through the proxy and through
+// the director: the new process takes the transparent listeners and the
+// class's listeners on the VIP's ports (or binds the block of queues after
+// the old one's) and applies its own tables under the other name, so both
+// sets steer until the old one's go.
 // Under a steady load from 40 client addresses on ports 80 and 443, no
 // connection fails and every client stays on its backend; after the
 // upgrade only the new tables are left, and they are the new process's

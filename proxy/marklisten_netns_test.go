@@ -1,0 +1,139 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tetherlb/tether/testenv"
+)
+
+// checkMarkPath asserts how a mark class's TCP flows on the VIP's ports
+// reach the proxy, as the kernel shows it: listened, a listening socket
+// on each VIP:port and no TCP tproxy rule; else the rule, and no such
+// socket.
+func checkMarkPath(t *testing.T, env *testenv.Env, listened bool, ports ...int) {
+	t.Helper()
+	table, err := execIn(env.LB, "nft", "list", "table", "inet", "tether")
+	if err != nil {
+		t.Fatalf("nft list table inet tether: %v\n%s", err, table)
+	}
+	if tproxied := strings.Contains(table, "meta l4proto tcp tproxy"); tproxied == listened {
+		t.Errorf("listened %v, but the table's TCP tproxy rule is there: %v\n%s", listened, tproxied, table)
+	}
+	socks := vipListeners(t, env)
+	for _, port := range ports {
+		ap := netip.AddrPortFrom(testenv.VIP, uint16(port))
+		if socks[ap] != listened {
+			t.Errorf("listened %v, but a socket listens on %s: %v (%v)", listened, ap, socks[ap], socks)
+		}
+	}
+}
+
+// vipListeners are the addresses TCP sockets listen on in the LB host.
+func vipListeners(t *testing.T, env *testenv.Env) map[netip.AddrPort]bool {
+	t.Helper()
+	out, err := execIn(env.LB, "ss", "-Htln")
+	if err != nil {
+		t.Fatalf("ss -Htln: %v\n%s", err, out)
+	}
+	socks := map[netip.AddrPort]bool{}
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 4 {
+			if ap, err := netip.ParseAddrPort(f[3]); err == nil {
+				socks[ap] = true
+			}
+		}
+	}
+	return socks
+}
+
+// A reload that moves a class from listeners to TPROXY and back: an
+// open connection survives both moves, new connections are served on each
+// path, and the client keeps its backend throughout (one template per
+// mark, whichever socket accepted).
+func TestReloadMovesClassBetweenPaths(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 3, Label: "mlmove"})
+	serveNames(t, env, 80, 443)
+	cfg := func(tproxy string) string { return "tproxy: " + tproxy + "\n" + markConfig(true) }
+	p, _ := startInLB(t, env, cfg("auto"), Options{})
+	checkMarkPath(t, env, true, 80, 443)
+	ctx := context.Background()
+	src := env.Clients[0].Addr(0)
+	open, err := env.Clients[0].Dial(ctx, "tcp", src, netip.AddrPortFrom(testenv.VIP, 443).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	open.SetDeadline(time.Now().Add(20 * time.Second))
+	r := bufio.NewReader(open)
+	first, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	first = strings.TrimSpace(first)
+	for i, tproxy := range []string{"always", "auto"} {
+		if err := env.LB.Do(func() error { return p.Reload(mustConfig(t, cfg(tproxy))) }); err != nil {
+			t.Fatal(err)
+		}
+		checkMarkPath(t, env, tproxy == "auto", 80, 443)
+		msg := fmt.Sprintf("still there after reload %d?\n", i+1)
+		if _, err := io.WriteString(open, msg); err != nil {
+			t.Fatal(err)
+		}
+		if echo, err := r.ReadString('\n'); err != nil || echo != msg {
+			t.Fatalf("open connection after the reload to tproxy %s: %q, %v", tproxy, echo, err)
+		}
+		for _, v := range env.Clients[0].Drive(ctx, testenv.VIP, []int{80, 443}, 1) {
+			if v.Err != nil {
+				t.Fatalf("tproxy %s: %s to port %d: %v", tproxy, v.Src, v.Port, v.Err)
+			}
+			if v.Src == src && v.Backend != first {
+				t.Errorf("tproxy %s: the client went to %s on port %d, %s before", tproxy, v.Backend, v.Port, first)
+			}
+		}
+	}
+}
+
+// A class whose address:port another socket already holds (without
+// SO_REUSEPORT) is TPROXYed instead, with a warning, and still served:
+// host trouble costs the speed of the listened path, not the service.
+func TestMarkClassFallsBackToTProxy(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 1, Label: "mlheld"})
+	serveNames(t, env, 80, 443)
+	var squatter net.Listener
+	if err := env.LB.Do(func() (err error) {
+		squatter, err = net.Listen("tcp", netip.AddrPortFrom(testenv.VIP, 443).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+	var logs bytes.Buffer
+	cfg := fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [%s]\n    ports: [80, 443]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: %s}]\n", testenv.VIP, testenv.BackendAddr(0))
+	startInLB(t, env, cfg, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if !strings.Contains(logs.String(), "cannot be listened on; its TCP flows are TPROXYed") {
+		t.Errorf("no warning about the held address:\n%s", logs.String())
+	}
+	table, _ := execIn(env.LB, "nft", "list", "table", "inet", "tether")
+	if !strings.Contains(table, "meta l4proto tcp tproxy") {
+		t.Errorf("the class is not TPROXYed:\n%s", table)
+	}
+	// Port 80's listener, opened before 443's failed, is closed too: the
+	// class has one path.
+	if socks := vipListeners(t, env); socks[netip.AddrPortFrom(testenv.VIP, 80)] {
+		t.Errorf("a listener on the VIP's port 80 is left: %v", socks)
+	}
+	s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80, 443}, 1))
+	if s.Failed != 0 || s.Spread() != "backend0=8" {
+		t.Errorf("%d failed (%v), spread %s: want every connection at backend0, none at the other socket", s.Failed, s.Errors, s.Spread())
+	}
+}
