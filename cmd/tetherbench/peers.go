@@ -167,28 +167,20 @@ services:
 	}
 	// The socket proxy on its event loops (one per CPU, and one), and with
 	// a goroutine per connection, for the loops' lever; the same VIP:port
-	// as a firewall-mark service through TPROXY, and HAProxy behind the
-	// very rules that service makes (tether nft show), on a transparent
+	// as a firewall-mark service, on its own listener (the VIP is local:
+	// tproxy auto) and through TPROXY, and HAProxy behind the very rules
+	// the TPROXYed service makes (tether nft show), on a transparent
 	// listener: the same kernel work per packet.
-	markConf := func(dir, vip, server string) (string, []string) {
-		v := netip.MustParseAddrPort(vip)
-		f := filepath.Join(dir, "tether.yaml")
-		os.WriteFile(f, []byte(fmt.Sprintf(`tproxy_port: 20080
-admin: {socket: %s/admin.sock}
-marks:
-  - {name: bench, mark: 0x100, protocol: tcp, addresses: [%s], ports: [%d]}
-services:
-  - name: bench
-    fwmark: 0x100
-    persistence: {timeout: 300s}
-    servers: [{address: %s}]
-`, dir, v.Addr(), v.Port(), server)), 0o600)
-		return f, []string{"--log-level", "warn", "run", "--config", f}
+	markConfWith := func(tproxy string) func(dir, vip, server string) (string, []string) {
+		return func(dir, vip, server string) (string, []string) {
+			return markConfig(dir, vip, server, tproxy)
+		}
 	}
+	markConf, markTProxy := markConfWith("auto"), markConfWith("always")
 	haproxyTProxy := peer{name: "HAProxy, TPROXY", bin: "haproxy", config: func(dir, vip, server string) (string, []string) {
 		return haproxyConfig(dir, "0.0.0.0:20080 transparent", server)
 	}, rules: func(dir, vip, server string) (string, error) {
-		f, _ := markConf(dir, vip, server)
+		f, _ := markTProxy(dir, vip, server)
 		out, err := exec.Command(bin, "nft", "show", "--config", f).CombinedOutput()
 		if err != nil {
 			return "", fmt.Errorf("tether nft show: %w: %s", err, out)
@@ -208,6 +200,7 @@ services:
 		{"socket proxy, goroutines", bin, loops("-1", conf("proxy", "")), nil, nil, nil},
 		{"socket proxy, GOGC=100", bin, conf("proxy", ""), nil, []string{"GOGC=100"}, nil}, // Go's default; tether run's is 25
 		{"tether mark service (process)", bin, markConf, nil, nil, nil},
+		{"mark service, TPROXY (process)", bin, markTProxy, nil, nil, nil},
 		// The director's rules with no tether behind them: fail_open
 		// tables outlive a SIGKILLed tether, returning clients go by the
 		// kernel template map, new ones by the kernel's hash. What the
@@ -215,4 +208,23 @@ services:
 		{"director rules, tether killed", bin, conf("director", "queues: 2, fail_open: true"), nil, nil, nil},
 		haproxyTProxy,
 	}
+}
+
+// markConfig writes the mark service's configuration: one class over the
+// VIP's port; tproxy is auto or always.
+func markConfig(dir, vip, server, tproxy string) (string, []string) {
+	v := netip.MustParseAddrPort(vip)
+	f := filepath.Join(dir, "tether.yaml")
+	os.WriteFile(f, []byte(fmt.Sprintf(`tproxy_port: 20080
+tproxy: %s
+admin: {socket: %s/admin.sock}
+marks:
+  - {name: bench, mark: 0x100, protocol: tcp, addresses: [%s], ports: [%d]}
+services:
+  - name: bench
+    fwmark: 0x100
+    persistence: {timeout: 300s}
+    servers: [{address: %s}]
+`, tproxy, dir, v.Addr(), v.Port(), server)), 0o600)
+	return f, []string{"--log-level", "warn", "run", "--config", f}
 }
