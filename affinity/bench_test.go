@@ -99,7 +99,7 @@ func benchHit(b *testing.B, name string, n int, dependent bool) {
 				j = (j + int(prev&1)) % len(clients)
 			}
 			l, _ := tb.GetOrBind(ref, clients[j], p)
-			prev = l.Server.Port()
+			prev = l.Server().Port()
 			leases[i%len(leases)] = l
 		}
 		b.StopTimer()

@@ -41,8 +41,8 @@ func TestConcurrentGetReleaseExpire(t *testing.T) {
 					errs <- err.Error()
 					return
 				}
-				if l2.Server != l.Server {
-					errs <- "client " + c.String() + " saw " + l.Server.String() + " and " + l2.Server.String()
+				if l2.Server() != l.Server() {
+					errs <- "client " + c.String() + " saw " + l.Server().String() + " and " + l2.Server().String()
 					return
 				}
 				held = append(held, l, l2)
@@ -86,11 +86,11 @@ func TestConcurrentGetReleaseExpire(t *testing.T) {
 // held is the local open connections of l's template, if l's template is
 // still there (same generation).
 func (t *Table) held(l Lease) (uint32, bool) {
-	h, sh := t.shardOf(l.key)
+	sh := &t.shards[l.h&t.mask]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	i, ok := sh.get(l.key, h)
-	if !ok || sh.ents[i].generation() != l.gen {
+	i, ok := sh.getGen(l.h, l.gen())
+	if !ok {
 		return 0, false
 	}
 	return sh.ents[i].local(), true
@@ -137,7 +137,7 @@ func testLockFree(t *testing.T, capacity, shards, perWorker, rounds int) {
 				}
 				want := 0
 				for _, o := range held[c] {
-					if o.gen == l.gen {
+					if o.gen() == l.gen() {
 						want++
 					}
 				}

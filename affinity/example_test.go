@@ -30,8 +30,8 @@ func Example() {
 	t.Release(l1)
 	// Another client of the same /24: the template wins over the scheduler.
 	l2, _ := t.GetOrBind(ref, netip.MustParseAddr("192.0.2.99"), first{b})
-	fmt.Println(l1.Server, l1.Hit)
-	fmt.Println(l2.Server, l2.Hit)
+	fmt.Println(l1.Server(), l1.Hit)
+	fmt.Println(l2.Server(), l2.Hit)
 	for _, tp := range t.List(affinity.Filter{}) {
 		fmt.Println(tp.Service, tp.Client, "->", tp.Server, "active", tp.Active)
 	}

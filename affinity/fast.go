@@ -67,7 +67,7 @@ func (sh *shard) hit(t *Table, k key, h uint64, now uint32, svc *serviceInfo) (s
 		}
 		sh.hits.Add(1)
 		if t.watched.Load() != f {
-			sh.renote(t, k, h, now)
+			sh.renote(t, h, genOf(w), now)
 		}
 		return int32(i), genOf(w), serverOf(m), true
 	}
@@ -75,13 +75,13 @@ func (sh *shard) hit(t *Table, k key, h uint64, now uint32, svc *serviceInfo) (s
 }
 
 // hitLease is a hit's Lease.
-func hitLease(svc *serviceInfo, k key, slot int32, gen uint32, server uint16) Lease {
-	return Lease{Server: svc.servers[server], Hit: true, key: k, slot: slot, gen: gen}
+func hitLease(svc *serviceInfo, h uint64, slot int32, gen uint32, server uint16) Lease {
+	return Lease{srv: &svc.servers[server], Hit: true, h: h, at: leaseAt(slot, gen)}
 }
 
 // fastRelease gives back a local lease without the lock, or reports that the
 // locked path must.
-func (sh *shard) fastRelease(t *Table, k key, slot int32, gen uint32, now uint32) bool {
+func (sh *shard) fastRelease(t *Table, h uint64, slot int32, gen uint32, now uint32) bool {
 	ents := *sh.slots.Load()
 	if int(slot) >= len(ents) {
 		return false
@@ -89,14 +89,14 @@ func (sh *shard) fastRelease(t *Table, k key, slot int32, gen uint32, now uint32
 	e := &ents[slot]
 	for range 4 {
 		w := e.w.Load()
-		if genOf(w) != gen || w&wFrozen != 0 || e.lo.Load() != k.lo || e.hi.Load() != k.hi {
+		if genOf(w) != gen || w&wFrozen != 0 {
 			return false // moved, gone, or being moved: the lock finds it
 		}
 		if localOf(w) == 0 {
 			return true // released already (as the locked path: nothing to do)
 		}
 		f := t.watched.Load()
-		if !t.quiet(f, w, 1, uint16(k.svc)) {
+		if f != 0 && !t.quiet(f, w, 1, svcOf(e.meta.Load())) {
 			return false
 		}
 		if activeOf(w) == 1 {
@@ -106,7 +106,7 @@ func (sh *shard) fastRelease(t *Table, k key, slot int32, gen uint32, now uint32
 		}
 		if e.w.CompareAndSwap(w, w-1) {
 			if t.watched.Load() != f {
-				sh.renote(t, k, k.hash(t.seed), now)
+				sh.renote(t, h, gen, now)
 			}
 			return true
 		}
@@ -116,11 +116,11 @@ func (sh *shard) fastRelease(t *Table, k key, slot int32, gen uint32, now uint32
 
 // renote tells followers that came while a lock-free change was under
 // way of the template's state now (a repeated state is harmless to them).
-func (sh *shard) renote(t *Table, k key, h uint64, now uint32) {
+func (sh *shard) renote(t *Table, h uint64, gen uint32, now uint32) {
 	r := t.reg.Load()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	i, ok := sh.get(k, h)
+	i, ok := sh.getGen(h, gen)
 	if !ok {
 		return
 	}

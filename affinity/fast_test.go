@@ -38,15 +38,15 @@ func TestHitDuringARebindFails(t *testing.T) {
 	}
 	if l, ok := hitOf(sh, tb, k, h, before, svc); ok {
 		sh.mu.Unlock()
-		t.Fatalf("a lock-free hit counted a connection to %v on a template being bound anew", l.Server)
+		t.Fatalf("a lock-free hit counted a connection to %v on a template being bound anew", l.Server())
 	}
 	e.setServer(uint32(1 - old))
 	e.thaw()
 	sh.mu.Unlock()
 
 	l, ok := hitOf(sh, tb, k, h, before, svc)
-	if !ok || l.Server != svc.servers[1-old] {
-		t.Fatalf("hit after the rebind: ok %v, server %v, want %v", ok, l.Server, svc.servers[1-old])
+	if !ok || l.Server() != svc.servers[1-old] {
+		t.Fatalf("hit after the rebind: ok %v, server %v, want %v", ok, l.Server(), svc.servers[1-old])
 	}
 	if n, _ := tb.held(l); n != 1 {
 		t.Fatalf("the template counts %d connections, want 1", n)
@@ -59,5 +59,5 @@ func hitOf(sh *shard, t *Table, k key, h uint64, now uint32, svc *serviceInfo) (
 	if !ok {
 		return Lease{}, false
 	}
-	return hitLease(svc, k, i, gen, srv), true
+	return hitLease(svc, h, i, gen, srv), true
 }

@@ -35,6 +35,26 @@ func (sh *shard) get(k key, h uint64) (int32, bool) {
 	}
 }
 
+// getGen finds the template of generation gen whose key hashes to h: a
+// shard numbers its templates, so the generation names one, and it lies
+// in the run of full slots from h's home, where get would find its key.
+func (sh *shard) getGen(h uint64, gen uint32) (int32, bool) {
+	if sh.n == 0 {
+		return 0, false
+	}
+	l := len(sh.ents)
+	for i, j := sh.home(h), 0; j < l; i, j = next(i, l), j+1 {
+		e := &sh.ents[i]
+		if e.empty() {
+			return 0, false
+		}
+		if e.generation() == gen {
+			return int32(i), true
+		}
+	}
+	return 0, false
+}
+
 // place returns the empty slot a new key hashing to h goes to. The caller
 // has made room (grow).
 func (sh *shard) place(h uint64) int32 {

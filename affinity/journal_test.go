@@ -41,8 +41,8 @@ func TestJournal(t *testing.T) {
 	}
 	got, lost := f.Changes(nil)
 	want := []Change{
-		{Kind: Busy, Service: svcWeb, Client: c, Server: l.Server},
-		{Kind: Idle, Service: svcWeb, Client: c, Server: l.Server, Timeout: time.Minute},
+		{Kind: Busy, Service: svcWeb, Client: c, Server: l.Server()},
+		{Kind: Idle, Service: svcWeb, Client: c, Server: l.Server(), Timeout: time.Minute},
 		{Kind: Dropped, Service: svcWeb, Client: c},
 	}
 	if lost || len(got) != len(want) {

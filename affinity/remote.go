@@ -146,7 +146,7 @@ func (t *Table) Adopt(svc Service, client netip.Addr, server netip.AddrPort, lef
 	var l Lease
 	if hold && e.peers() < maxPeers {
 		sh.open(i, now, false, true, r)
-		l = Lease{Server: s.servers[e.server()], key: k, slot: i, gen: e.generation()}
+		l = Lease{srv: &s.servers[e.server()], h: h, at: leaseAt(i, e.generation())}
 	} else if out == Added || e.active() == 0 {
 		// Tell the director's kernel map of the new timer.
 		sh.note(e, Idle, e.stamp(), r, toMirror)
@@ -159,11 +159,10 @@ func (t *Table) Adopt(svc Service, client netip.Addr, server netip.AddrPort, lef
 // Release, the change is not reported to the cluster's follower: it came
 // from a peer.
 func (t *Table) ReleasePeer(l Lease) {
-	if l.gen == 0 {
+	if l.at == 0 {
 		return
 	}
-	h, sh := t.shardOf(l.key)
-	sh.releaseLocked(t, h, l.key, l.slot, l.gen, t.nowTicks(), true)
+	t.shards[l.h&t.mask].releaseLocked(t, l.h, l.slot(), l.gen(), t.nowTicks(), true)
 }
 
 // Export copies up to cap(dst) live templates into dst[:0], from cursor

@@ -21,7 +21,7 @@ func TestAdoptAdds(t *testing.T) {
 	}
 	calls := p.calls.Load()
 	l := mustBind(t, tb, ref, c, p)
-	if !l.Hit || l.Server != p.servers[2] || p.calls.Load() != calls {
+	if !l.Hit || l.Server() != p.servers[2] || p.calls.Load() != calls {
 		t.Fatalf("after Adopt: %+v (scheduler asked %d times)", l, p.calls.Load()-calls)
 	}
 	tb.Release(l)

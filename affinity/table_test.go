@@ -29,15 +29,15 @@ func TestHitReturnsBoundServerMissAsksScheduler(t *testing.T) {
 	}
 	for range 10 {
 		l := mustBind(t, tb, ref, client(1), p)
-		if !l.Hit || l.Server != first.Server {
-			t.Fatalf("repeat connection went to %s (hit=%v), want %s from the template", l.Server, l.Hit, first.Server)
+		if !l.Hit || l.Server() != first.Server() {
+			t.Fatalf("repeat connection went to %s (hit=%v), want %s from the template", l.Server(), l.Hit, first.Server())
 		}
 	}
 	if p.calls.Load() != 1 {
 		t.Errorf("scheduler called %d times, want 1", p.calls.Load())
 	}
 	other := mustBind(t, tb, ref, client(2), p)
-	if other.Hit || other.Server == first.Server {
+	if other.Hit || other.Server() == first.Server() {
 		t.Errorf("second client: %+v; want a fresh round-robin choice", other)
 	}
 	got := tb.Stats()
@@ -59,8 +59,8 @@ func TestMaskGroupsClients(t *testing.T) {
 	a := mustBind(t, tb, ref, netip.MustParseAddr("127.0.5.1"), p)
 	b := mustBind(t, tb, ref, netip.MustParseAddr("127.0.5.200"), p)
 	c := mustBind(t, tb, ref, netip.MustParseAddr("127.0.6.1"), p)
-	if !b.Hit || a.Server != b.Server {
-		t.Errorf("127.0.5.200 went to %s, want %s: same /24 as 127.0.5.1", b.Server, a.Server)
+	if !b.Hit || a.Server() != b.Server() {
+		t.Errorf("127.0.5.200 went to %s, want %s: same /24 as 127.0.5.1", b.Server(), a.Server())
 	}
 	if c.Hit {
 		t.Errorf("127.0.6.1 hit a template of another /24")
@@ -164,18 +164,18 @@ func TestUnusableServerIsRescheduled(t *testing.T) {
 			defer tb.Close()
 			first := mustBind(t, tb, ref, client(1), p)
 			tb.Release(first)
-			if err := tb.SetServer(ref, first.Server, tc.state); err != nil {
+			if err := tb.SetServer(ref, first.Server(), tc.state); err != nil {
 				t.Fatal(err)
 			}
 			if tc.state != ServerUp && tc.state != ServerQuiescent {
-				p.down.Store(first.Server, true)
+				p.down.Store(first.Server(), true)
 			}
 			if tc.state == ServerQuiescent {
-				p.down.Store(first.Server, true) // no new clients
+				p.down.Store(first.Server(), true) // no new clients
 			}
 			l := mustBind(t, tb, ref, client(1), p)
-			if same := l.Server == first.Server; same != tc.wantSame {
-				t.Errorf("after %s the client went to %s (first %s); same=%v, want %v", tc.state, l.Server, first.Server, same, tc.wantSame)
+			if same := l.Server() == first.Server(); same != tc.wantSame {
+				t.Errorf("after %s the client went to %s (first %s); same=%v, want %v", tc.state, l.Server(), first.Server(), same, tc.wantSame)
 			}
 			if !tc.wantSame && tb.Stats().Invalidations != 1 {
 				t.Errorf("invalidations = %d, want 1", tb.Stats().Invalidations)
@@ -191,14 +191,14 @@ func TestHitChecksServerState(t *testing.T) {
 	tb, ref, _ := newTestTable(Options{}, ServiceConfig{}, p)
 	defer tb.Close()
 	first := mustBind(t, tb, ref, client(1), p)
-	tb.updateService(ref, func(s *serviceInfo) { s.states[s.index[first.Server]] = ServerDown })
-	p.down.Store(first.Server, true)
+	tb.updateService(ref, func(s *serviceInfo) { s.states[s.index[first.Server()]] = ServerDown })
+	p.down.Store(first.Server(), true)
 	l := mustBind(t, tb, ref, client(1), p)
-	if l.Hit || l.Server == first.Server {
+	if l.Hit || l.Server() == first.Server() {
 		t.Fatalf("hit a template on a down server: %+v", l)
 	}
 	// The rebound template keeps counting the first connection too.
-	if ls := tb.List(Filter{}); len(ls) != 1 || ls[0].Active != 2 || ls[0].Server != l.Server {
+	if ls := tb.List(Filter{}); len(ls) != 1 || ls[0].Active != 2 || ls[0].Server != l.Server() {
 		t.Errorf("List = %+v", ls)
 	}
 }
@@ -503,7 +503,7 @@ func TestHotClientsSurviveAFlood(t *testing.T) {
 	for h := range hot { // the hot set is hot before the flood too
 		clk.Advance(tick)
 		l := mustBind(t, tb, ref, client(h), p)
-		home[h] = l.Server
+		home[h] = l.Server()
 		tb.Release(l)
 	}
 	for i := range 10 * capacity {
@@ -511,8 +511,8 @@ func TestHotClientsSurviveAFlood(t *testing.T) {
 		tb.Release(mustBind(t, tb, ref, client(capacity+i), p)) // a new source
 		h := i % hot
 		l := mustBind(t, tb, ref, client(h), p)
-		if !l.Hit || l.Server != home[h] {
-			t.Fatalf("after %d flood sources hot client %d lost its template (hit %v, server %s, was %s)", i+1, h, l.Hit, l.Server, home[h])
+		if !l.Hit || l.Server() != home[h] {
+			t.Fatalf("after %d flood sources hot client %d lost its template (hit %v, server %s, was %s)", i+1, h, l.Hit, l.Server(), home[h])
 		}
 		tb.Release(l)
 	}
@@ -540,7 +540,7 @@ func TestMaxClientConns(t *testing.T) {
 	}
 	tb.Release(a)
 	l := mustBind(t, tb, ref, netip.MustParseAddr("127.0.5.3"), p)
-	if !l.Hit || l.Server != a.Server {
-		t.Errorf("after a release: %s hit %v, want the group's server %s", l.Server, l.Hit, a.Server)
+	if !l.Hit || l.Server() != a.Server() {
+		t.Errorf("after a release: %s hit %v, want the group's server %s", l.Server(), l.Hit, a.Server())
 	}
 }

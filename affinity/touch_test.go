@@ -45,7 +45,7 @@ func TestTouch(t *testing.T) {
 	tb.Release(busy)
 	clk.Advance(50 * time.Second) // 100 s after the first touch, 50 after the second
 	l := mustBind(t, tb, ref, c, p)
-	if !l.Hit || l.Server != p.servers[1] || p.calls.Load() != calls {
+	if !l.Hit || l.Server() != p.servers[1] || p.calls.Load() != calls {
 		t.Fatalf("50 s after a touch (timeout 60 s): %+v, scheduler asked %d times; want the touched template", l, p.calls.Load()-calls)
 	}
 	tb.Release(l)
@@ -88,7 +88,7 @@ func TestTouchesInOneTickWriteOneElement(t *testing.T) {
 	peers.Changes(nil)
 	clk.Advance(time.Second)
 	for range 5 {
-		if !tb.Touch(ref, c, l.Server) {
+		if !tb.Touch(ref, c, l.Server()) {
 			t.Fatal("Touch of its own template: not bound")
 		}
 	}
@@ -98,7 +98,7 @@ func TestTouchesInOneTickWriteOneElement(t *testing.T) {
 		t.Fatalf("five touches in one tick: mirror %+v, cluster %d changes; want one idle change, and five", m, len(cl))
 	}
 	clk.Advance(tick)
-	tb.Touch(ref, c, l.Server)
+	tb.Touch(ref, c, l.Server())
 	if m, _ := mirror.Changes(nil); len(m) != 1 {
 		t.Fatalf("a touch a tick later: mirror %+v; want one change", m)
 	}

@@ -186,7 +186,7 @@ func TestBindReachesEveryInstance(t *testing.T) {
 			t.Fatal(err)
 		}
 		a.table.Release(l)
-		want[client(i)] = l.Server
+		want[client(i)] = l.Server()
 	}
 	for _, in := range []*instance{b, c} {
 		eventually(t, "templates on "+in.cfg.Name, func() error {
@@ -199,7 +199,7 @@ func TestBindReachesEveryInstance(t *testing.T) {
 		})
 		// And a connection there goes to it without the scheduler.
 		l, err := in.table.GetOrBind(in.ref, client(7), in.p)
-		if err != nil || !l.Hit || l.Server != want[client(7)] || in.p.next.Load() != 0 {
+		if err != nil || !l.Hit || l.Server() != want[client(7)] || in.p.next.Load() != 0 {
 			t.Fatalf("%s: lease %+v err %v, scheduler asked %d times", in.cfg.Name, l, err, in.p.next.Load())
 		}
 		in.table.Release(l)
@@ -226,8 +226,8 @@ func TestOpenConnectionsHoldEverywhere(t *testing.T) {
 		return nil
 	})
 	b.clk.Advance(10 * time.Minute)
-	if got := b.servedBy(cl); got != l.Server {
-		t.Fatalf("b after 10 min with a's connection open: %v, want %s", got, l.Server)
+	if got := b.servedBy(cl); got != l.Server() {
+		t.Fatalf("b after 10 min with a's connection open: %v, want %s", got, l.Server())
 	}
 	a.table.Release(l)
 	eventually(t, "released on b", func() error {
@@ -237,7 +237,7 @@ func TestOpenConnectionsHoldEverywhere(t *testing.T) {
 		return nil
 	})
 	b.clk.Advance(59 * time.Second)
-	if b.servedBy(cl) != l.Server {
+	if b.servedBy(cl) != l.Server() {
 		t.Fatal("b dropped the template 59 s after a's last close")
 	}
 	b.clk.Advance(2 * time.Second)
@@ -245,8 +245,11 @@ func TestOpenConnectionsHoldEverywhere(t *testing.T) {
 		t.Fatalf("b kept the template 61 s after a's last close: %s", got)
 	}
 
-	// a holds again; a leaves; b gives the hold back.
-	l, _ = a.table.GetOrBind(a.ref, cl, a.p)
+	// a holds again (the lease is never released); a leaves; b gives the
+	// hold back.
+	if _, err := a.table.GetOrBind(a.ref, cl, a.p); err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, "held on b again", func() error {
 		if ts := b.table.List(affinity.Filter{Client: cl}); len(ts) != 1 || ts[0].Peers != 1 {
 			return fmt.Errorf("b has %+v", ts)
@@ -297,9 +300,9 @@ func TestPartitionHealConverges(t *testing.T) {
 		lb, _ := b.table.GetOrBind(b.ref, cl, b.p)
 		a.table.Release(la)
 		b.table.Release(lb)
-		want[cl] = la.Server
-		if affinity.Score(cl, lb.Server) > affinity.Score(cl, la.Server) {
-			want[cl] = lb.Server
+		want[cl] = la.Server()
+		if affinity.Score(cl, lb.Server()) > affinity.Score(cl, la.Server()) {
+			want[cl] = lb.Server()
 		}
 	}
 	if _, err := b.ml.Join([]string{a.Addr().String()}); err != nil {

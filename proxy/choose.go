@@ -51,7 +51,7 @@ func (p *Proxy) choose(st *serviceState, client netip.Addr, tried []*server) (ch
 		if err != nil {
 			return p.sorry(st, err)
 		}
-		srv := st.byAddr[l.Server]
+		srv := st.byAddr[l.Server()]
 		if srv == nil {
 			p.table.Release(l)
 			st = p.current(st)

@@ -212,7 +212,7 @@ func (p *Proxy) adoptFlow(dp *dirPath, k director.FlowKey, mark uint32) (choice,
 	var l affinity.Lease
 	if st.persistent && !srv.isDown() { // a template of a server that went down is being dropped
 		l, _ = p.table.GetOrBind(st.ref, k.Src.Addr(), affinity.Fixed(srv.Addr))
-		if l.Server != srv.Addr { // rebound meanwhile: the flow is the kernel's, the template stays
+		if l.Server() != srv.Addr { // rebound meanwhile: the flow is the kernel's, the template stays
 			p.table.Release(l)
 			l = affinity.Lease{}
 		}
