@@ -96,10 +96,14 @@ func (p *Proxy) loopsWanted() int {
 }
 
 // listenTCP opens the listeners of addr: one for each event loop, with
-// SO_REUSEPORT when there are several, so that the kernel spreads new
-// connections over the loops and a connection wakes one loop only
-// (HAProxy's and nginx's reuseport). Extra listeners that the kernel
-// refuses only cost the spread: the loops then share the first.
+// SO_REUSEPORT, so that the kernel spreads new connections over the
+// loops and a connection wakes one loop only (HAProxy's and nginx's
+// reuseport). Extra listeners that the kernel refuses only cost the
+// spread: the loops then share the first. SO_REUSEPORT is set with one
+// loop too, as HAProxy sets it by default: a reload can then open a
+// service's listener on an address the running configuration still
+// listens on for another service (a mark class's pair becoming a
+// `listen:` service, or back), which is closed once the new one is in place.
 // control, if not nil, sets the socket options a listener also needs.
 func (p *Proxy) listenTCP(network, addr string, control func(network string, fd int) error) ([]*net.TCPListener, error) {
 	n := p.loopsWanted()
@@ -110,7 +114,7 @@ func (p *Proxy) listenTCP(network, addr string, control func(network string, fd 
 			if control != nil {
 				serr = control(network, int(fd))
 			}
-			if serr == nil && n > 1 {
+			if serr == nil {
 				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
 			}
 		}); err != nil {

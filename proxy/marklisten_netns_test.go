@@ -137,3 +137,43 @@ func TestMarkClassFallsBackToTProxy(t *testing.T) {
 		t.Errorf("%d failed (%v), spread %s: want every connection at backend0, none at the other socket", s.Failed, s.Errors, s.Spread())
 	}
 }
+
+// A reload that gives a listened class's address to a `listen:` service,
+// and back: both reloads succeed with one event loop (a listener without
+// SO_REUSEPORT could not bind the address the other still holds), the
+// open connection survives them, and new ones are served each time.
+func TestReloadMovesAddressBetweenMarkAndListen(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 2, Backends: 1, Label: "mlswap"})
+	serveNames(t, env, 80)
+	mark := fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: %s}]\n", testenv.VIP, testenv.BackendAddr(0))
+	plain := fmt.Sprintf("services:\n  - name: web\n    listen: %s\n    servers: [{address: %s:80}]\n", netip.AddrPortFrom(testenv.VIP, 80), testenv.BackendAddr(0))
+	p, _ := startInLB(t, env, mark, Options{TCPLoops: 1})
+	checkMarkPath(t, env, true, 80)
+	ctx := context.Background()
+	open, err := env.Clients[0].Dial(ctx, "tcp", env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	open.SetDeadline(time.Now().Add(20 * time.Second))
+	r := bufio.NewReader(open)
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	for i, cfg := range []string{plain, mark} {
+		if err := env.LB.Do(func() error { return p.Reload(mustConfig(t, cfg)) }); err != nil {
+			t.Fatalf("reload %d: %v", i+1, err)
+		}
+		msg := fmt.Sprintf("still there after reload %d?\n", i+1)
+		if _, err := io.WriteString(open, msg); err != nil {
+			t.Fatal(err)
+		}
+		if echo, err := r.ReadString('\n'); err != nil || echo != msg {
+			t.Fatalf("open connection after reload %d: %q, %v", i+1, echo, err)
+		}
+		if s := testenv.Summarize(env.Clients[0].Drive(ctx, testenv.VIP, []int{80}, 2)); s.Failed != 0 {
+			t.Errorf("after reload %d: %d of %d failed: %v", i+1, s.Failed, s.Visits, s.Errors)
+		}
+	}
+	checkMarkPath(t, env, true, 80)
+}
