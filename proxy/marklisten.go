@@ -44,7 +44,7 @@ type markListeners struct {
 // listened for any: it costs speed, not service.
 func (p *Proxy) planMarkListeners(cfg *config.File) *markListeners {
 	out := &markListeners{byAddr: map[netip.AddrPort]*markListener{}}
-	if len(cfg.Marks) == 0 || cfg.TProxy == config.TProxyAlways {
+	if len(cfg.Marks) == 0 {
 		return out
 	}
 	local, err := hostnet.LocalAddrs()
@@ -80,7 +80,6 @@ func (p *Proxy) planMarkListeners(cfg *config.File) *markListeners {
 		}
 		if !ok {
 			for _, ml := range opened {
-				delete(out.byAddr, ml.addr)
 				ml.close()
 			}
 			for _, ap := range classes[m] {
