@@ -23,6 +23,9 @@ type ServiceStatus struct {
 	Quorate    bool          `json:"quorate"`
 	// Templates is the number of live persistence templates.
 	Templates int `json:"templates"`
+	// Listeners are the addresses a mark service's class is listened on
+	// instead of TPROXYed (config tproxy: auto); empty when it is TPROXYed.
+	Listeners []string `json:"listeners,omitempty"`
 	// KernelDrops are the datagrams the kernel dropped on a UDP
 	// service's socket before tether read them (a full receive buffer).
 	KernelDrops uint64         `json:"kernel_drops,omitempty"`

@@ -32,6 +32,8 @@ type markListener struct {
 type markListeners struct {
 	byAddr   map[netip.AddrPort]*markListener
 	listened []uint32
+	// pairs are the listened classes' addresses, by mark, for Status.
+	pairs map[uint32][]string
 	// opened are the listeners a plan opened (or inherited), which its
 	// abort closes; the rest are the running set's.
 	opened []*markListener
@@ -43,7 +45,7 @@ type markListeners struct {
 // socket holds) is TPROXYed instead, as every class was before tether
 // listened for any: it costs speed, not service.
 func (p *Proxy) planMarkListeners(cfg *config.File) *markListeners {
-	out := &markListeners{byAddr: map[netip.AddrPort]*markListener{}}
+	out := &markListeners{byAddr: map[netip.AddrPort]*markListener{}, pairs: map[uint32][]string{}}
 	if len(cfg.Marks) == 0 {
 		return out
 	}
@@ -89,6 +91,9 @@ func (p *Proxy) planMarkListeners(cfg *config.File) *markListeners {
 		}
 		out.listened = append(out.listened, m)
 		out.opened = append(out.opened, opened...)
+		for _, ap := range classes[m] {
+			out.pairs[m] = append(out.pairs[m], ap.String())
+		}
 	}
 	return out
 }
@@ -117,6 +122,7 @@ func (p *Proxy) swapMarkListeners(next *markListeners) {
 	}
 	next.opened = nil
 	p.marked = next
+	p.listenedPairs.Store(&next.pairs)
 	if len(next.listened) > 0 {
 		p.log.Info("mark classes served by listeners on their addresses, without TPROXY", "fwmarks", next.listened, "listeners", len(next.byAddr))
 	}
@@ -145,6 +151,7 @@ func (p *Proxy) closeMarkListeners() {
 		ml.close()
 	}
 	p.marked = &markListeners{}
+	p.listenedPairs.Store(nil)
 }
 
 // close stops accepting, closes the listeners and waits for their

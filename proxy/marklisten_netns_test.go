@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +86,13 @@ func TestReloadMovesClassBetweenPaths(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkMarkPath(t, env, tproxy == "auto", 80, 443)
+		want := []string(nil)
+		if tproxy == "auto" {
+			want = []string{netip.AddrPortFrom(testenv.VIP, 80).String(), netip.AddrPortFrom(testenv.VIP, 443).String()}
+		}
+		if got := p.Status()[0].Listeners; !slices.Equal(got, want) {
+			t.Errorf("tproxy %s: status lists listeners %v, want %v", tproxy, got, want)
+		}
 		msg := fmt.Sprintf("still there after reload %d?\n", i+1)
 		if _, err := io.WriteString(open, msg); err != nil {
 			t.Fatal(err)

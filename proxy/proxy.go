@@ -92,7 +92,10 @@ type Proxy struct {
 	// both paths' connections find their service.
 	marked  *markListeners
 	markSet atomic.Pointer[marks.Set]
-	dir     atomic.Pointer[dirPath] // the NFQUEUE director, with director services
+	// listenedPairs is marked's addresses by mark, for Status (which the
+	// control loop does not run).
+	listenedPairs atomic.Pointer[map[uint32][]string]
+	dir           atomic.Pointer[dirPath] // the NFQUEUE director, with director services
 	// noTableOwner is set once the kernel has refused the table owner
 	// flag (and by tests, to take that path on kernels that have it).
 	noTableOwner bool

@@ -35,6 +35,9 @@ func (p *Proxy) Status() []api.ServiceStatus {
 		if svc.rc != nil {
 			ss.KernelDrops, _ = udpbatch.Drops(svc.rc)
 		}
+		if lp := p.listenedPairs.Load(); lp != nil && c.Fwmark != 0 {
+			ss.Listeners = (*lp)[c.Fwmark]
+		}
 		if st.persistent {
 			ss.Timeout = c.Persistence.Timeout.D()
 			ss.Netmask, ss.Netmask6 = c.Persistence.Netmask, st.mask.Bits6()

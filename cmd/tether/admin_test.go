@@ -295,3 +295,15 @@ func TestRateOf(t *testing.T) {
 		t.Errorf("human(1234567) = %q", h)
 	}
 }
+
+// tether ls says which addresses a mark service's class is listened on.
+func TestFlagsShowListeners(t *testing.T) {
+	s := api.ServiceStatus{Name: "web", Fwmark: 3, Listeners: []string{"198.18.0.10:80", "198.18.0.10:443"}}
+	if got, want := flags(s), "listens 198.18.0.10:80,198.18.0.10:443 name web"; got != want {
+		t.Errorf("flags %q, want %q", got, want)
+	}
+	s.Listeners = nil
+	if got := flags(s); got != "name web" {
+		t.Errorf("flags of a TPROXYed class %q, want only its name", got)
+	}
+}

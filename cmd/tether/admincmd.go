@@ -151,6 +151,9 @@ func flags(s api.ServiceStatus) string {
 		}
 		f = append(f, q)
 	}
+	if len(s.Listeners) > 0 {
+		f = append(f, "listens", strings.Join(s.Listeners, ","))
+	}
 	f = append(f, "name", s.Name)
 	return strings.Join(f, " ")
 }
