@@ -34,6 +34,9 @@ type markListeners struct {
 	listened []uint32
 	// pairs are the listened classes' addresses, by mark, for Status.
 	pairs map[uint32][]string
+	// wanted are the classes the plan tried to listen for (some may have
+	// fallen back to TPROXY), for the address watch (addrwatch.go).
+	wanted map[uint32][]netip.AddrPort
 	// opened are the listeners a plan opened (or inherited), which its
 	// abort closes; the rest are the running set's.
 	opened []*markListener
@@ -55,6 +58,7 @@ func (p *Proxy) planMarkListeners(cfg *config.File) *markListeners {
 		return out
 	}
 	classes := nft.ListenedClasses(cfg, func(a netip.Addr) bool { return local[a] })
+	out.wanted = classes
 	marks := make([]uint32, 0, len(classes))
 	for m := range classes {
 		marks = append(marks, m)

@@ -185,3 +185,42 @@ func TestReloadMovesAddressBetweenMarkAndListen(t *testing.T) {
 	}
 	checkMarkPath(t, env, true, 80)
 }
+
+// A class whose VIP is not an address of the host at start is TPROXYed;
+// when the address arrives (keepalived making the host master) tether
+// listens for it without a reload, and serves it; when the address goes,
+// the class is TPROXYed again and the listener closed.
+func TestMarkClassFollowsAddresses(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 1, Label: "mladdr"})
+	serveNames(t, env, 80)
+	vip := netip.MustParseAddr("198.18.0.11") // on the client-side link, not yet the balancer's
+	ap := netip.AddrPortFrom(vip, 80)
+	cfg := fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: %s}]\n", vip, testenv.BackendAddr(0))
+	p, _ := startInLB(t, env, cfg, Options{})
+	listening := func() bool { return vipListeners(t, env)[ap] }
+	tproxied := func() bool {
+		table, _ := execIn(env.LB, "nft", "list", "table", "inet", "tether")
+		return strings.Contains(table, "meta l4proto tcp tproxy")
+	}
+	if listening() || !tproxied() {
+		t.Fatalf("before the address: listening %v, tproxied %v; want TPROXY", listening(), tproxied())
+	}
+	if out, err := execIn(env.LB, "ip", "addr", "add", vip.String()+"/32", "dev", "lo"); err != nil {
+		t.Fatalf("ip addr add: %v %s", err, out)
+	}
+	if !waitFor(5*time.Second, func() bool { return listening() && !tproxied() }) {
+		t.Fatalf("5 s after the address came: listening %v, tproxied %v; want a listener and no tproxy rule", listening(), tproxied())
+	}
+	if got := p.Status()[0].Listeners; !slices.Equal(got, []string{ap.String()}) {
+		t.Errorf("status listeners %v, want [%s]", got, ap)
+	}
+	if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), vip, []int{80}, 1)); s.Failed != 0 {
+		t.Errorf("through the listener: %d of %d failed: %v", s.Failed, s.Visits, s.Errors)
+	}
+	if out, err := execIn(env.LB, "ip", "addr", "del", vip.String()+"/32", "dev", "lo"); err != nil {
+		t.Fatalf("ip addr del: %v %s", err, out)
+	}
+	if !waitFor(5*time.Second, func() bool { return !listening() && tproxied() }) {
+		t.Fatalf("5 s after the address went: listening %v, tproxied %v; want TPROXY again", listening(), tproxied())
+	}
+}

@@ -95,7 +95,10 @@ type Proxy struct {
 	// listenedPairs is marked's addresses by mark, for Status (which the
 	// control loop does not run).
 	listenedPairs atomic.Pointer[map[uint32][]string]
-	dir           atomic.Pointer[dirPath] // the NFQUEUE director, with director services
+	// addrs follows the namespace's addresses for marked (addrwatch.go),
+	// from Start to Shutdown.
+	addrs *addrWatch
+	dir   atomic.Pointer[dirPath] // the NFQUEUE director, with director services
 	// noTableOwner is set once the kernel has refused the table owner
 	// flag (and by tests, to take that path on kernels that have it).
 	noTableOwner bool
@@ -178,8 +181,10 @@ func (p *Proxy) Start() error {
 	err := p.control(p.start)
 	if err != nil {
 		p.stopControl()
+		return err
 	}
-	return err
+	p.startAddrWatch()
+	return nil
 }
 
 func (p *Proxy) start() error {
@@ -269,7 +274,8 @@ func (p *Proxy) current(st *serviceState) *serviceState {
 // Shutdown stops accepting, waits for open connections until ctx ends,
 // closes the ones left, and writes the persistence snapshot.
 func (p *Proxy) Shutdown(ctx context.Context) error {
-	p.health.Close() // first: a reported change waits for the control loop
+	p.health.Close()  // first: a reported change waits for the control loop
+	p.stopAddrWatch() // so does an address change
 	err := p.control(func() error { return p.shutdown(ctx) })
 	p.stopControl()
 	p.hooks.Close() // after the loop: no quorum change comes any more
