@@ -92,7 +92,8 @@ func (p *Proxy) followAddrs(w *addrWatch) {
 
 // followAddrChange re-applies the running configuration when the host's
 // addresses now allow other classes to be listened for than the last plan
-// wanted. On the control loop.
+// wanted, or when that plan found an address not ready to bind. On the
+// control loop.
 func (p *Proxy) followAddrChange() error {
 	cfg := p.currentCfg()
 	if p.handedOver || len(cfg.Marks) == 0 || cfg.TProxy == config.TProxyAlways {
@@ -103,7 +104,7 @@ func (p *Proxy) followAddrChange() error {
 		return err
 	}
 	want := nft.ListenedClasses(cfg, func(a netip.Addr) bool { return local[a] })
-	if maps.EqualFunc(want, p.marked.wanted, slices.Equal) {
+	if maps.EqualFunc(want, p.marked.wanted, slices.Equal) && !p.marked.unready {
 		return nil
 	}
 	p.log.Info("the host's addresses changed which mark classes tether can listen for; re-applying the configuration")

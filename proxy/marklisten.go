@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/hostnet"
 	"github.com/tetherlb/tether/nft"
+	"golang.org/x/sys/unix"
 )
 
 // markListener is the listeners (one per event loop) of one (address,
@@ -37,6 +39,10 @@ type markListeners struct {
 	// wanted are the classes the plan tried to listen for (some may have
 	// fallen back to TPROXY), for the address watch (addrwatch.go).
 	wanted map[uint32][]netip.AddrPort
+	// unready says a class fell back because an address could not be
+	// bound yet (EADDRNOTAVAIL: an IPv6 address in duplicate address
+	// detection): the next address event tries again.
+	unready bool
 	// opened are the listeners a plan opened (or inherited), which its
 	// abort closes; the rest are the running set's.
 	opened []*markListener
@@ -75,6 +81,7 @@ func (p *Proxy) planMarkListeners(cfg *config.File) *markListeners {
 			lns := p.inherit.takeTCP(ap.String())
 			if lns == nil {
 				if lns, err = p.listenTCP("tcp", ap.String(), nil); err != nil {
+					out.unready = out.unready || errors.Is(err, unix.EADDRNOTAVAIL)
 					p.log.Warn("a mark class's address cannot be listened on; its TCP flows are TPROXYed", "fwmark", m, "listen", ap, "err", err)
 					ok = false
 					break

@@ -224,3 +224,29 @@ func TestMarkClassFollowsAddresses(t *testing.T) {
 		t.Fatalf("5 s after the address went: listening %v, tproxied %v; want TPROXY again", listening(), tproxied())
 	}
 }
+
+// An IPv6 VIP that arrives tentative (duplicate address detection under
+// way) cannot be bound yet: its class falls back to TPROXY, and the
+// address event that ends the detection gives it its listener.
+func TestMarkClassWaitsForTentativeAddress(t *testing.T) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 1, Label: "mldad"})
+	serveNames(t, env, 80)
+	vip := netip.MustParseAddr("2001:2::11") // on the client-side link, not yet the balancer's
+	ap := netip.AddrPortFrom(vip, 80)
+	cfg := fmt.Sprintf("marks:\n  - name: web6\n    mark: 3\n    addresses: [\"%s\"]\n    ports: [80]\nservices:\n  - name: web6\n    fwmark: 3\n    servers: [{address: \"%s\"}]\n", vip, testenv.BackendAddr6(0))
+	var logs syncBuffer
+	startInLB(t, env, cfg, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	// Without nodad: the kernel probes for a second (dad_transmits 1).
+	if out, err := execIn(env.LB, "ip", "addr", "add", vip.String()+"/128", "dev", "br-c"); err != nil {
+		t.Fatalf("ip addr add: %v %s", err, out)
+	}
+	if !waitFor(8*time.Second, func() bool { return vipListeners(t, env)[ap] }) {
+		t.Fatalf("8 s after the address came: no listener on %s\n%s", ap, logs.String())
+	}
+	if !strings.Contains(logs.String(), "cannot assign requested address") {
+		t.Logf("the class was never tried while tentative (the detection ended first); logs:\n%s", logs.String())
+	}
+	if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), vip, []int{80}, 1)); s.Failed != 0 {
+		t.Errorf("through the listener: %d of %d failed: %v", s.Failed, s.Visits, s.Errors)
+	}
+}
