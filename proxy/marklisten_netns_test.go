@@ -191,11 +191,8 @@ func TestReloadMovesAddressBetweenMarkAndListen(t *testing.T) {
 // listens for it without a reload, and serves it; when the address goes,
 // the class is TPROXYed again and the listener closed.
 func TestMarkClassFollowsAddresses(t *testing.T) {
-	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 1, Label: "mladdr"})
-	serveNames(t, env, 80)
 	vip := netip.MustParseAddr("198.18.0.11") // on the client-side link, not yet the balancer's
-	ap := netip.AddrPortFrom(vip, 80)
-	cfg := fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: %s}]\n", vip, testenv.BackendAddr(0))
+	env, ap, cfg := markOnAbsentVIP(t, "mladdr", vip, testenv.BackendAddr(0))
 	p, _ := startInLB(t, env, cfg, Options{})
 	listening := func() bool { return vipListeners(t, env)[ap] }
 	tproxied := func() bool {
@@ -229,11 +226,8 @@ func TestMarkClassFollowsAddresses(t *testing.T) {
 // way) cannot be bound yet: its class falls back to TPROXY, and the
 // address event that ends the detection gives it its listener.
 func TestMarkClassWaitsForTentativeAddress(t *testing.T) {
-	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 1, Label: "mldad"})
-	serveNames(t, env, 80)
 	vip := netip.MustParseAddr("2001:2::11") // on the client-side link, not yet the balancer's
-	ap := netip.AddrPortFrom(vip, 80)
-	cfg := fmt.Sprintf("marks:\n  - name: web6\n    mark: 3\n    addresses: [\"%s\"]\n    ports: [80]\nservices:\n  - name: web6\n    fwmark: 3\n    servers: [{address: \"%s\"}]\n", vip, testenv.BackendAddr6(0))
+	env, ap, cfg := markOnAbsentVIP(t, "mldad", vip, testenv.BackendAddr6(0))
 	var logs syncBuffer
 	startInLB(t, env, cfg, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	// Without nodad: the kernel probes for a second (dad_transmits 1).
@@ -249,4 +243,14 @@ func TestMarkClassWaitsForTentativeAddress(t *testing.T) {
 	if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), vip, []int{80}, 1)); s.Failed != 0 {
 		t.Errorf("through the listener: %d of %d failed: %v", s.Failed, s.Visits, s.Errors)
 	}
+}
+
+// markOnAbsentVIP is a test host whose one backend serves port 80, and the
+// config of a mark class over vip:80 (not yet an address of the balancer)
+// sent to server.
+func markOnAbsentVIP(t *testing.T, label string, vip, server netip.Addr) (*testenv.Env, netip.AddrPort, string) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 1, Label: label})
+	serveNames(t, env, 80)
+	cfg := fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [\"%s\"]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: \"%s\"}]\n", vip, server)
+	return env, netip.AddrPortFrom(vip, 80), cfg
 }
