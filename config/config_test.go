@@ -275,6 +275,10 @@ func TestParseMarks(t *testing.T) {
 	if got := f.Services[0].Servers[0].Address; got != "198.19.0.11" {
 		t.Errorf("a mark service's server without a port normalizes to %q", got)
 	}
+	// With marks, their defaults are filled in (tether check prints them).
+	if f.TProxyPort != DefaultTProxyPort || f.TProxy != TProxyAuto {
+		t.Errorf("tproxy_port %d, tproxy %q: want the defaults %d and %q", f.TProxyPort, f.TProxy, DefaultTProxyPort, TProxyAuto)
+	}
 }
 
 func TestParseMarksErrors(t *testing.T) {

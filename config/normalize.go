@@ -25,6 +25,7 @@ func (f *File) normalize() {
 	}
 	if len(f.Marks) > 0 {
 		def(&f.TProxyPort, DefaultTProxyPort)
+		def(&f.TProxy, TProxyAuto)
 	}
 	if len(f.TProxyIngress) > 0 {
 		def(&f.TProxyRouteTable, DefaultTProxyRouteTable)
