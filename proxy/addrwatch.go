@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -50,6 +51,9 @@ func (p *Proxy) startAddrWatch() {
 		p.log.Log(p.ctx, level, "no address events: mark classes are matched to the host's addresses at start and reload only", "err", err)
 		return
 	}
+	if p.addrBuffer > 0 {
+		c.SetReadBuffer(p.addrBuffer)
+	}
 	w := &addrWatch{c: c, done: make(chan struct{})}
 	p.addrs = w
 	go p.followAddrs(w)
@@ -69,7 +73,10 @@ func (p *Proxy) stopAddrWatch() {
 func (p *Proxy) followAddrs(w *addrWatch) {
 	defer close(w.done)
 	for {
-		if _, err := w.c.Receive(); err != nil {
+		// ENOBUFS: events overflowed the socket while the control loop
+		// was busy. Lost events lose nothing: the check reads the
+		// addresses themselves.
+		if _, err := w.c.Receive(); err != nil && !errors.Is(err, unix.ENOBUFS) {
 			return // closed (stopAddrWatch), or the socket failed
 		}
 		// Drain what follows within addrSettle.
@@ -77,12 +84,15 @@ func (p *Proxy) followAddrs(w *addrWatch) {
 			if err := w.c.SetReadDeadline(time.Now().Add(addrSettle)); err != nil {
 				return
 			}
-			if _, err := w.c.Receive(); err != nil {
-				break
+			if _, err := w.c.Receive(); err != nil && !errors.Is(err, unix.ENOBUFS) {
+				break // settled (the deadline), or closed (the next call says)
 			}
 		}
 		if err := w.c.SetReadDeadline(time.Time{}); err != nil {
 			return
+		}
+		if p.addrHook != nil {
+			p.addrHook()
 		}
 		if err := p.control(p.followAddrChange); err != nil {
 			p.log.Warn("re-applying the configuration after an address change", "err", err)

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -253,4 +255,50 @@ func markOnAbsentVIP(t *testing.T, label string, vip, server netip.Addr) (*teste
 	serveNames(t, env, 80)
 	cfg := fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [\"%s\"]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: \"%s\"}]\n", vip, server)
 	return env, netip.AddrPortFrom(vip, 80), cfg
+}
+
+// A burst of address events that overflows the watch's socket while the
+// control loop is busy (ENOBUFS) does not end the watch: the address that
+// comes after it still gives its class a listener.
+func TestAddressWatchSurvivesOverflow(t *testing.T) {
+	vip := netip.MustParseAddr("198.18.0.12")
+	env, ap, cfg := markOnAbsentVIP(t, "mlnobuf", vip, testenv.BackendAddr(0))
+	p := New(mustConfig(t, cfg), Options{Do: env.LB.Do})
+	p.addrBuffer = 4096
+	waiting := make(chan struct{}, 1)
+	p.addrHook = func() {
+		select {
+		case waiting <- struct{}{}:
+		default:
+		}
+	}
+	if err := env.LB.Do(p.Start); err != nil {
+		t.Fatal(err)
+	}
+	defer env.LB.Do(func() error { return p.Shutdown(context.Background()) })
+	// Hold the control loop; an event makes the watch wait for it, and
+	// the burst then finds nobody reading.
+	hold, held := make(chan struct{}), make(chan struct{})
+	go p.control(func() error { close(held); <-hold; return nil })
+	<-held
+	if out, err := execIn(env.LB, "ip", "addr", "add", "198.18.99.1/32", "dev", "lo"); err != nil {
+		t.Fatalf("ip addr add: %v %s", err, out)
+	}
+	<-waiting
+	var batch strings.Builder
+	for i := range 300 {
+		fmt.Fprintf(&batch, "addr add 198.18.%d.%d/32 dev lo\n", 100+i/250, 1+i%250)
+	}
+	file := filepath.Join(t.TempDir(), "batch")
+	os.WriteFile(file, []byte(batch.String()), 0o600)
+	if out, err := execIn(env.LB, "ip", "-batch", file); err != nil {
+		t.Fatalf("ip -batch: %v %s", err, out)
+	}
+	close(hold)
+	if out, err := execIn(env.LB, "ip", "addr", "add", vip.String()+"/32", "dev", "lo"); err != nil {
+		t.Fatalf("ip addr add: %v %s", err, out)
+	}
+	if !waitFor(5*time.Second, func() bool { return vipListeners(t, env)[ap] }) {
+		t.Fatalf("5 s after the address came (after an overflow): no listener on %s", ap)
+	}
 }

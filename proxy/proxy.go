@@ -135,6 +135,11 @@ type Proxy struct {
 	// dialHook, set by tests before Start, dials real servers instead of
 	// the service's dialer: it can fail as a host short of descriptors.
 	dialHook func(ctx context.Context, network, addr string) (net.Conn, error)
+	// addrBuffer, set by tests before Start, shrinks the address watch's
+	// socket buffer, so that a burst of events overflows it; addrHook
+	// runs when the watch is about to wait for the control loop.
+	addrBuffer int
+	addrHook   func()
 	// loopDialHook is dialHook for the event loops' connects.
 	loopDialHook func(addr netip.AddrPort) (int, error)
 }
