@@ -114,7 +114,7 @@ func (p *Proxy) followAddrChange() error {
 		return err
 	}
 	want := nft.ListenedClasses(cfg, func(a netip.Addr) bool { return local[a] })
-	if maps.EqualFunc(want, p.marked.wanted, slices.Equal) && !p.marked.unready {
+	if cur := p.marked.Load(); maps.EqualFunc(want, cur.wanted, slices.Equal) && !cur.unready {
 		return nil
 	}
 	p.log.Info("the host's addresses changed which mark classes tether can listen for; re-applying the configuration")

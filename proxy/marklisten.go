@@ -31,13 +31,14 @@ type markListener struct {
 
 // markListeners are the listeners of the classes tether listens for, by
 // address; listened are those classes' marks, for the nftables rules.
+// Once running, only byAddr's listeners change (startMarkListeners):
+// Status reads the rest without the control loop.
 type markListeners struct {
 	byAddr   map[netip.AddrPort]*markListener
 	listened []uint32
-	// pairs are the listened classes' addresses, by mark, for Status.
-	pairs map[uint32][]string
-	// wanted are the classes the plan tried to listen for (some may have
-	// fallen back to TPROXY), for the address watch (addrwatch.go).
+	// wanted are the classes the plan tried to listen for, with their
+	// pairs (some may have fallen back to TPROXY: not in listened), for
+	// the address watch (addrwatch.go) and Status.
 	wanted map[uint32][]netip.AddrPort
 	// unready says a class fell back because an address could not be
 	// bound yet (EADDRNOTAVAIL: an IPv6 address in duplicate address
@@ -54,7 +55,7 @@ type markListeners struct {
 // socket holds) is TPROXYed instead, as every class was before tether
 // listened for any: it costs speed, not service.
 func (p *Proxy) planMarkListeners(cfg *config.File) *markListeners {
-	out := &markListeners{byAddr: map[netip.AddrPort]*markListener{}, pairs: map[uint32][]string{}}
+	out := &markListeners{byAddr: map[netip.AddrPort]*markListener{}}
 	if len(cfg.Marks) == 0 {
 		return out
 	}
@@ -70,11 +71,12 @@ func (p *Proxy) planMarkListeners(cfg *config.File) *markListeners {
 		marks = append(marks, m)
 	}
 	slices.Sort(marks)
+	cur := p.marked.Load()
 	for _, m := range marks {
 		var opened []*markListener
 		ok := true
 		for _, ap := range classes[m] {
-			if ml := p.marked.byAddr[ap]; ml != nil {
+			if ml := cur.byAddr[ap]; ml != nil {
 				out.byAddr[ap] = ml
 				continue
 			}
@@ -102,9 +104,6 @@ func (p *Proxy) planMarkListeners(cfg *config.File) *markListeners {
 		}
 		out.listened = append(out.listened, m)
 		out.opened = append(out.opened, opened...)
-		for _, ap := range classes[m] {
-			out.pairs[m] = append(out.pairs[m], ap.String())
-		}
 	}
 	return out
 }
@@ -126,14 +125,13 @@ func (ms *markListeners) abort() {
 // next does not keep are closed (the rules TPROXY those flows again, or
 // no class claims them). The new ones accept from startMarkListeners.
 func (p *Proxy) swapMarkListeners(next *markListeners) {
-	for ap, ml := range p.marked.byAddr {
+	for ap, ml := range p.marked.Load().byAddr {
 		if next.byAddr[ap] != ml {
 			ml.close()
 		}
 	}
 	next.opened = nil
-	p.marked = next
-	p.listenedPairs.Store(&next.pairs)
+	p.marked.Store(next)
 	if len(next.listened) > 0 {
 		p.log.Info("mark classes served by listeners on their addresses, without TPROXY", "fwmarks", next.listened, "listeners", len(next.byAddr))
 	}
@@ -142,7 +140,7 @@ func (p *Proxy) swapMarkListeners(next *markListeners) {
 // startMarkListeners starts accepting on the running set's new listeners,
 // after commit has put their services in place.
 func (p *Proxy) startMarkListeners() {
-	for _, ml := range p.marked.byAddr {
+	for _, ml := range p.marked.Load().byAddr {
 		if ml.started {
 			continue
 		}
@@ -158,11 +156,10 @@ func (p *Proxy) startMarkListeners() {
 // closeMarkListeners closes the running set (stop, or a hot upgrade's
 // StopAccepting: the new process holds duplicates).
 func (p *Proxy) closeMarkListeners() {
-	for _, ml := range p.marked.byAddr {
+	for _, ml := range p.marked.Load().byAddr {
 		ml.close()
 	}
-	p.marked = &markListeners{}
-	p.listenedPairs.Store(nil)
+	p.marked.Store(&markListeners{})
 }
 
 // close stops accepting, closes the listeners and waits for their
@@ -180,9 +177,22 @@ func (ml *markListener) close() {
 
 // handMarkListeners hands the running set's sockets over (Handover).
 func (p *Proxy) handMarkListeners(hand func(network, addr string, c syscall.Conn)) {
-	for ap, ml := range p.marked.byAddr {
+	for ap, ml := range p.marked.Load().byAddr {
 		for _, l := range ml.lns {
 			hand("tcp", ap.String(), l)
 		}
 	}
+}
+
+// listenedOn is where mark's class is listened for, for Status; nil when
+// it is TPROXYed.
+func (ms *markListeners) listenedOn(mark uint32) []string {
+	if !slices.Contains(ms.listened, mark) {
+		return nil
+	}
+	var out []string
+	for _, ap := range ms.wanted[mark] {
+		out = append(out, ap.String())
+	}
+	return out
 }

@@ -1,11 +1,9 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -71,18 +69,8 @@ func TestReloadMovesClassBetweenPaths(t *testing.T) {
 	checkMarkPath(t, env, true, 80, 443)
 	ctx := context.Background()
 	src := env.Clients[0].Addr(0)
-	open, err := env.Clients[0].Dial(ctx, "tcp", src, netip.AddrPortFrom(testenv.VIP, 443).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Close()
-	open.SetDeadline(time.Now().Add(20 * time.Second))
-	r := bufio.NewReader(open)
-	first, err := r.ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
-	}
-	first = strings.TrimSpace(first)
+	open := dialOpen(t, env, src, netip.AddrPortFrom(testenv.VIP, 443))
+	first := open.backend
 	for i, tproxy := range []string{"always", "auto"} {
 		if err := env.LB.Do(func() error { return p.Reload(mustConfig(t, cfg(tproxy))) }); err != nil {
 			t.Fatal(err)
@@ -95,13 +83,7 @@ func TestReloadMovesClassBetweenPaths(t *testing.T) {
 		if got := p.Status()[0].Listeners; !slices.Equal(got, want) {
 			t.Errorf("tproxy %s: status lists listeners %v, want %v", tproxy, got, want)
 		}
-		msg := fmt.Sprintf("still there after reload %d?\n", i+1)
-		if _, err := io.WriteString(open, msg); err != nil {
-			t.Fatal(err)
-		}
-		if echo, err := r.ReadString('\n'); err != nil || echo != msg {
-			t.Fatalf("open connection after the reload to tproxy %s: %q, %v", tproxy, echo, err)
-		}
+		open.echo(t, fmt.Sprintf("still there after reload %d?\n", i+1), "after the reload to tproxy "+tproxy)
 		for _, v := range env.Clients[0].Drive(ctx, testenv.VIP, []int{80, 443}, 1) {
 			if v.Err != nil {
 				t.Fatalf("tproxy %s: %s to port %d: %v", tproxy, v.Src, v.Port, v.Err)
@@ -160,27 +142,12 @@ func TestReloadMovesAddressBetweenMarkAndListen(t *testing.T) {
 	p, _ := startInLB(t, env, mark, Options{TCPLoops: 1})
 	checkMarkPath(t, env, true, 80)
 	ctx := context.Background()
-	open, err := env.Clients[0].Dial(ctx, "tcp", env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Close()
-	open.SetDeadline(time.Now().Add(20 * time.Second))
-	r := bufio.NewReader(open)
-	if _, err := r.ReadString('\n'); err != nil {
-		t.Fatal(err)
-	}
+	open := dialOpen(t, env, env.Clients[0].Addr(0), netip.AddrPortFrom(testenv.VIP, 80))
 	for i, cfg := range []string{plain, mark} {
 		if err := env.LB.Do(func() error { return p.Reload(mustConfig(t, cfg)) }); err != nil {
 			t.Fatalf("reload %d: %v", i+1, err)
 		}
-		msg := fmt.Sprintf("still there after reload %d?\n", i+1)
-		if _, err := io.WriteString(open, msg); err != nil {
-			t.Fatal(err)
-		}
-		if echo, err := r.ReadString('\n'); err != nil || echo != msg {
-			t.Fatalf("open connection after reload %d: %q, %v", i+1, echo, err)
-		}
+		open.echo(t, fmt.Sprintf("still there after reload %d?\n", i+1), fmt.Sprintf("after reload %d", i+1))
 		if s := testenv.Summarize(env.Clients[0].Drive(ctx, testenv.VIP, []int{80}, 2)); s.Failed != 0 {
 			t.Errorf("after reload %d: %d of %d failed: %v", i+1, s.Failed, s.Visits, s.Errors)
 		}

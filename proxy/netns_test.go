@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -44,6 +45,45 @@ func startInLB(t *testing.T, env *testenv.Env, cfg string, o Options) (*Proxy, f
 	}
 	t.Cleanup(stop)
 	return p, stop
+}
+
+// openConn is a connection held open through the proxy to a backend's
+// name-and-echo server (serveNames), and the backend that greeted it.
+type openConn struct {
+	c       net.Conn
+	r       *bufio.Reader
+	backend string
+}
+
+// dialOpen opens a connection from src to ap on env's first client and
+// reads the greeting; the test's end closes it.
+func dialOpen(t *testing.T, env *testenv.Env, src netip.Addr, ap netip.AddrPort) *openConn {
+	t.Helper()
+	c, err := env.Clients[0].Dial(context.Background(), "tcp", src, ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	o := &openConn{c: c, r: bufio.NewReader(c)}
+	first, err := o.r.ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.backend = strings.TrimSpace(first)
+	return o
+}
+
+// echo checks that the connection still carries msg there and back,
+// after what when says.
+func (o *openConn) echo(t *testing.T, msg, when string) {
+	t.Helper()
+	if _, err := io.WriteString(o.c, msg); err != nil {
+		t.Fatalf("open connection %s: %v", when, err)
+	}
+	if got, err := o.r.ReadString('\n'); err != nil || got != msg {
+		t.Fatalf("open connection %s: %q, %v", when, got, err)
+	}
 }
 
 // serveNames starts testenv's name-and-echo server on each port of every
@@ -260,17 +300,7 @@ func TestReloadAddsPortToClass(t *testing.T) {
 	p, _ := startInLB(t, env, cfgWith("80"), Options{})
 	ctx := context.Background()
 	src := env.Clients[0].Addr(0)
-	open, err := env.Clients[0].Dial(ctx, "tcp", src, netip.AddrPortFrom(testenv.VIP, 80).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Close()
-	open.SetDeadline(time.Now().Add(10 * time.Second))
-	r := bufio.NewReader(open)
-	first, err := r.ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
-	}
+	open := dialOpen(t, env, src, netip.AddrPortFrom(testenv.VIP, 80))
 	if s := testenv.Summarize(env.Clients[0].Drive(ctx, testenv.VIP, []int{8443}, 1)); s.Failed == 0 {
 		t.Fatalf("port 8443 answered before it was in the class: %s", s.Spread())
 	}
@@ -279,20 +309,15 @@ func TestReloadAddsPortToClass(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The open connection still works.
-	if _, err := io.WriteString(open, "still there?\n"); err != nil {
-		t.Fatal(err)
-	}
-	if echo, err := r.ReadString('\n'); err != nil || echo != "still there?\n" {
-		t.Fatalf("open connection after the reload: %q, %v", echo, err)
-	}
+	open.echo(t, "still there?\n", "after the reload")
 	// The new port is marked, and the client keeps its backend on it.
 	visits := env.Clients[0].Drive(ctx, testenv.VIP, []int{8443}, 1)
 	for _, v := range visits {
 		if v.Err != nil {
 			t.Fatalf("port 8443 after the reload: %v", v.Err)
 		}
-		if v.Src == src && v.Backend+"\n" != first {
-			t.Errorf("client went to %s on 8443 but %s on 80", v.Backend, strings.TrimSpace(first))
+		if v.Src == src && v.Backend != open.backend {
+			t.Errorf("client went to %s on 8443 but %s on 80", v.Backend, open.backend)
 		}
 	}
 }

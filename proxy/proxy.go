@@ -88,13 +88,11 @@ type Proxy struct {
 
 	tp *transparent // the TPROXY listeners and nft table, with marks
 	// marked are the listeners of mark classes tether listens for instead
-	// of TPROXYing (marklisten.go); markSet the classes in force, by which
-	// both paths' connections find their service.
-	marked  *markListeners
+	// of TPROXYing (marklisten.go): the control loop swaps them, Status
+	// reads them; markSet the classes in force, by which both paths'
+	// connections find their service.
+	marked  atomic.Pointer[markListeners]
 	markSet atomic.Pointer[marks.Set]
-	// listenedPairs is marked's addresses by mark, for Status (which the
-	// control loop does not run).
-	listenedPairs atomic.Pointer[map[uint32][]string]
 	// addrs follows the namespace's addresses for marked (addrwatch.go),
 	// from Start to Shutdown.
 	addrs *addrWatch
@@ -146,7 +144,8 @@ type Proxy struct {
 
 // New prepares a proxy for cfg; Start opens its listeners.
 func New(cfg *config.File, o Options) *Proxy {
-	p := &Proxy{budget: budget.Of(o.Descriptors), log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, do: o.Do, loopCount: o.TCPLoops, scanEvery: o.DirectorScanEvery, inherit: o.Inherit, restore: o.Restore, services: map[config.ServiceKey]*service{}, marked: &markListeners{}}
+	p := &Proxy{budget: budget.Of(o.Descriptors), log: o.Logger, met: o.Metrics, metricsOn: o.Metrics != nil, table: o.Table, do: o.Do, loopCount: o.TCPLoops, scanEvery: o.DirectorScanEvery, inherit: o.Inherit, restore: o.Restore, services: map[config.ServiceKey]*service{}}
+	p.marked.Store(&markListeners{})
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}

@@ -35,8 +35,8 @@ func (p *Proxy) Status() []api.ServiceStatus {
 		if svc.rc != nil {
 			ss.KernelDrops, _ = udpbatch.Drops(svc.rc)
 		}
-		if lp := p.listenedPairs.Load(); lp != nil && c.Fwmark != 0 {
-			ss.Listeners = (*lp)[c.Fwmark]
+		if c.Fwmark != 0 {
+			ss.Listeners = p.marked.Load().listenedOn(c.Fwmark)
 		}
 		if st.persistent {
 			ss.Timeout = c.Persistence.Timeout.D()
