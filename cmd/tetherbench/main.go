@@ -1,15 +1,3 @@
-// Command tetherbench measures tether against a direct connection, in one
-// run: on loopback (the socket proxy, and HAProxy when installed), then in
-// network namespaces (the director, a static kernel DNAT rule and the
-// socket proxy, against the kernel forwarding straight to the server):
-// single-stream and 8-stream throughput, new connections per second,
-// request/response latency, and tether's peak RSS. It prints every figure
-// with its ratio to direct, so the numbers mean the same on any machine.
-//
-//	go run ./cmd/tetherbench [-duration 3s]
-//
-// It builds tether, runs it as a child process on an embedded
-// configuration, and removes everything it started when it ends.
 package main
 
 import (

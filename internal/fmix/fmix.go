@@ -1,7 +1,3 @@
-// Package fmix is MurmurHash3's 64-bit finaliser, which the schedulers
-// (sh, mh) and the persistence table use to spread addresses: every bit of
-// the input moves every bit of the output, so neighbouring client
-// addresses land far apart.
 package fmix
 
 // Mix64 is fmix64 of MurmurHash3.
