@@ -45,17 +45,21 @@ type markListeners struct {
 	// detection): the next address event tries again.
 	unready bool
 	// opened are the listeners a plan opened (or inherited), which its
-	// abort closes; the rest are the running set's.
+	// abort closes; the rest are the running set's, or taken: the sockets
+	// of running `listen:` services that the plan stops (their addresses
+	// moved to a mark class), which go on accepting here.
 	opened []*markListener
+	taken  map[*service]bool
 }
 
 // planMarkListeners works out the listeners cfg's classes need: kept from
-// the running set by address, taken from a hot upgrade's inheritance, or
-// opened. A class whose listener cannot be opened (an address another
-// socket holds) is TPROXYed instead, as every class was before tether
-// listened for any: it costs speed, not service.
-func (p *Proxy) planMarkListeners(cfg *config.File) *markListeners {
-	out := &markListeners{byAddr: map[netip.AddrPort]*markListener{}}
+// the running set by address, taken from a hot upgrade's inheritance or
+// from a service of stopping (a `listen:` service whose address a class
+// takes over), or opened. A class whose listener cannot be opened (an
+// address another socket holds) is TPROXYed instead, as every class was
+// before tether listened for any: it costs speed, not service.
+func (p *Proxy) planMarkListeners(cfg *config.File, stopping []*service) *markListeners {
+	out := &markListeners{byAddr: map[netip.AddrPort]*markListener{}, taken: map[*service]bool{}}
 	if len(cfg.Marks) == 0 {
 		return out
 	}
@@ -74,6 +78,7 @@ func (p *Proxy) planMarkListeners(cfg *config.File) *markListeners {
 	cur := p.marked.Load()
 	for _, m := range marks {
 		var opened []*markListener
+		var taken []*service
 		ok := true
 		for _, ap := range classes[m] {
 			if ml := cur.byAddr[ap]; ml != nil {
@@ -81,6 +86,11 @@ func (p *Proxy) planMarkListeners(cfg *config.File) *markListeners {
 				continue
 			}
 			lns := p.inherit.takeTCP(ap.String())
+			if s := listening(stopping, ap); lns == nil && s != nil {
+				out.byAddr[ap] = &markListener{addr: ap, lns: s.listeners()}
+				taken = append(taken, s)
+				continue
+			}
 			if lns == nil {
 				if lns, err = p.listenTCP("tcp", ap.String(), nil); err != nil {
 					out.unready = out.unready || errors.Is(err, unix.EADDRNOTAVAIL)
@@ -104,8 +114,22 @@ func (p *Proxy) planMarkListeners(cfg *config.File) *markListeners {
 		}
 		out.listened = append(out.listened, m)
 		out.opened = append(out.opened, opened...)
+		for _, s := range taken {
+			out.taken[s] = true
+		}
 	}
 	return out
+}
+
+// listening is the service of services that accepts on the event loops
+// at exactly ap, if any.
+func listening(services []*service, ap netip.AddrPort) *service {
+	for _, s := range services {
+		if s.ln != nil && !s.key.UDP && s.key.VIP == ap && s.stopAccept != nil {
+			return s
+		}
+	}
+	return nil
 }
 
 // abort closes what planMarkListeners opened, for a plan that is not
@@ -122,15 +146,23 @@ func (ms *markListeners) abort() {
 
 // swapMarkListeners makes next the running set, once the nftables rules
 // that no longer TPROXY its classes are applied: the running listeners
-// next does not keep are closed (the rules TPROXY those flows again, or
-// no class claims them). The new ones accept from startMarkListeners.
-func (p *Proxy) swapMarkListeners(next *markListeners) {
+// next does not keep stop accepting and are closed (the rules TPROXY
+// those flows again, or no class claims them), unless lent to a new
+// service, which accepts from them next. The new ones accept from
+// startMarkListeners.
+func (p *Proxy) swapMarkListeners(next *markListeners, lent map[*markListener]bool) {
 	for ap, ml := range p.marked.Load().byAddr {
 		if next.byAddr[ap] != ml {
-			ml.close()
+			ml.stopAccepting()
+			if p.leftHook != nil {
+				p.leftHook(ap)
+			}
+			if !lent[ml] {
+				ml.close()
+			}
 		}
 	}
-	next.opened = nil
+	next.opened, next.taken = nil, nil
 	p.marked.Store(next)
 	if len(next.listened) > 0 {
 		p.log.Info("mark classes served by listeners on their addresses, without TPROXY", "fwmarks", next.listened, "listeners", len(next.byAddr))
@@ -165,14 +197,20 @@ func (p *Proxy) closeMarkListeners() {
 // close stops accepting, closes the listeners and waits for their
 // goroutine, if any.
 func (ml *markListener) close() {
-	if ml.stop != nil {
-		ml.stop()
-		ml.stop = nil
-	}
+	ml.stopAccepting()
 	for _, l := range ml.lns {
 		l.Close()
 	}
 	ml.wg.Wait()
+}
+
+// stopAccepting takes the listeners out of the event loops: connections
+// wait in their backlog. (A goroutine that accepts stops at close.)
+func (ml *markListener) stopAccepting() {
+	if ml.stop != nil {
+		ml.stop()
+		ml.stop = nil
+	}
 }
 
 // handMarkListeners hands the running set's sockets over (Handover).

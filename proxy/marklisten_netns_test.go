@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -101,14 +102,7 @@ func TestReloadMovesClassBetweenPaths(t *testing.T) {
 func TestMarkClassFallsBackToTProxy(t *testing.T) {
 	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 4, Backends: 1, Label: "mlheld"})
 	serveNames(t, env, 80, 443)
-	var squatter net.Listener
-	if err := env.LB.Do(func() (err error) {
-		squatter, err = net.Listen("tcp", netip.AddrPortFrom(testenv.VIP, 443).String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer squatter.Close()
+	squat(t, env, netip.AddrPortFrom(testenv.VIP, 443))
 	var logs bytes.Buffer
 	cfg := fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [%s]\n    ports: [80, 443]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: %s}]\n", testenv.VIP, testenv.BackendAddr(0))
 	startInLB(t, env, cfg, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
@@ -135,9 +129,7 @@ func TestMarkClassFallsBackToTProxy(t *testing.T) {
 // SO_REUSEPORT could not bind the address the other still holds), the
 // open connection survives them, and new ones are served each time.
 func TestReloadMovesAddressBetweenMarkAndListen(t *testing.T) {
-	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 2, Backends: 1, Label: "mlswap"})
-	serveNames(t, env, 80)
-	mark := fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: %s}]\n", testenv.VIP, testenv.BackendAddr(0))
+	env, mark := markOnVIP(t, "mlswap")
 	plain := fmt.Sprintf("services:\n  - name: web\n    listen: %s\n    servers: [{address: %s:80}]\n", netip.AddrPortFrom(testenv.VIP, 80), testenv.BackendAddr(0))
 	p, _ := startInLB(t, env, mark, Options{TCPLoops: 1})
 	checkMarkPath(t, env, true, 80)
@@ -153,6 +145,78 @@ func TestReloadMovesAddressBetweenMarkAndListen(t *testing.T) {
 		}
 	}
 	checkMarkPath(t, env, true, 80)
+}
+
+// A reload that moves an address between a mark class and a `listen:`
+// service hands the listening sockets on instead of binding new ones and
+// closing the old: connections that finished their handshake while
+// neither owner accepted (waiting in the backlog) are served by the new
+// owner, not reset with the old sockets.
+func TestReloadMoveKeepsQueuedConnections(t *testing.T) {
+	env, mark := markOnVIP(t, "mlqueue")
+	vip := netip.AddrPortFrom(testenv.VIP, 80)
+	plain := fmt.Sprintf("services:\n  - name: web\n    listen: %s\n    servers: [{address: %s:80}]\n", vip, testenv.BackendAddr(0))
+	p, _ := startInLB(t, env, mark, Options{TCPLoops: 2})
+	checkMarkPath(t, env, true, 80)
+	var queued []net.Conn
+	t.Cleanup(func() {
+		for _, c := range queued {
+			c.Close()
+		}
+	})
+	p.leftHook = func(ap netip.AddrPort) {
+		if ap != vip {
+			return
+		}
+		for range 16 { // spread over the sockets by the kernel's reuseport hash
+			c, err := env.Clients[0].Dial(context.Background(), "tcp", env.Clients[0].Addr(0), vip.String())
+			if err != nil {
+				t.Errorf("dial while the listener changes hands: %v", err)
+				return
+			}
+			queued = append(queued, c)
+		}
+	}
+	for i, cfg := range []string{plain, mark} {
+		queued = queued[:0]
+		if err := env.LB.Do(func() error { return p.Reload(mustConfig(t, cfg)) }); err != nil {
+			t.Fatalf("reload %d: %v", i+1, err)
+		}
+		if len(queued) == 0 {
+			t.Fatalf("reload %d: no listener of %s changed hands", i+1, vip)
+		}
+		lost := 0
+		for _, c := range queued {
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+				lost++
+				t.Logf("reload %d: a connection queued during the move: %v", i+1, err)
+			}
+			c.Close()
+		}
+		if lost > 0 {
+			t.Errorf("reload %d: %d of %d connections queued while the address changed hands were lost", i+1, lost, len(queued))
+		}
+	}
+	checkMarkPath(t, env, true, 80)
+}
+
+// A reload that would move a class's address to a `listen:` service, and
+// fails on a later service, leaves the class's sockets as they were: the
+// failed plan's cleanup closes only what it opened itself.
+func TestFailedReloadKeepsTheClassListening(t *testing.T) {
+	env, mark := markOnVIP(t, "mlfail")
+	vip := netip.AddrPortFrom(testenv.VIP, 80)
+	p, _ := startInLB(t, env, mark, Options{TCPLoops: 2})
+	squat(t, env, netip.AddrPortFrom(testenv.VIP, 8080))
+	bad := fmt.Sprintf("services:\n  - name: web\n    listen: %s\n    servers: [{address: %s:80}]\n  - name: other\n    listen: %s:8080\n    servers: [{address: %s:80}]\n", vip, testenv.BackendAddr(0), testenv.VIP, testenv.BackendAddr(0))
+	if err := env.LB.Do(func() error { return p.Reload(mustConfig(t, bad)) }); err == nil {
+		t.Fatal("a reload with an address another socket holds succeeded")
+	}
+	checkMarkPath(t, env, true, 80)
+	if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), testenv.VIP, []int{80}, 2)); s.Failed != 0 {
+		t.Errorf("after the failed reload: %d of %d failed: %v", s.Failed, s.Visits, s.Errors)
+	}
 }
 
 // A class whose VIP is not an address of the host at start is TPROXYed;
@@ -212,6 +276,28 @@ func TestMarkClassWaitsForTentativeAddress(t *testing.T) {
 	if s := testenv.Summarize(env.Clients[0].Drive(context.Background(), vip, []int{80}, 1)); s.Failed != 0 {
 		t.Errorf("through the listener: %d of %d failed: %v", s.Failed, s.Visits, s.Errors)
 	}
+}
+
+// squat holds ap in the balancer's namespace until the test ends, with a
+// listener without SO_REUSEPORT: tether cannot bind beside it.
+func squat(t *testing.T, env *testenv.Env, ap netip.AddrPort) {
+	var ln net.Listener
+	if err := env.LB.Do(func() (err error) {
+		ln, err = net.Listen("tcp", ap.String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+}
+
+// markOnVIP is a test host whose one backend serves port 80, and the
+// config of a mark class over the balancer's VIP:80 sent to it.
+func markOnVIP(t *testing.T, label string) (*testenv.Env, string) {
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 2, Backends: 1, Label: label})
+	serveNames(t, env, 80)
+	mark := fmt.Sprintf("marks:\n  - name: web\n    mark: 3\n    addresses: [%s]\n    ports: [80]\nservices:\n  - name: web\n    fwmark: 3\n    servers: [{address: %s}]\n", testenv.VIP, testenv.BackendAddr(0))
+	return env, mark
 }
 
 // markOnAbsentVIP is a test host whose one backend serves port 80, and the

@@ -21,8 +21,11 @@ type plan struct {
 	stop  []*service     // services that go
 	tp    *transparent   // newly opened transparent listeners
 	mls   *markListeners // the listeners of mark classes that are not TPROXYed
-	dir   *dirPath       // newly opened director
-	caps  *budget.Caps   // the bounds cfg runs with
+	// lent are running mark classes' listeners whose sockets new services
+	// take (their addresses moved to a `listen:` service).
+	lent map[*markListener]bool
+	dir  *dirPath     // newly opened director
+	caps *budget.Caps // the bounds cfg runs with
 }
 
 type planned struct {
@@ -31,6 +34,9 @@ type planned struct {
 	ln  *net.TCPListener
 	// more are ln's SO_REUSEPORT siblings, one for each further event loop.
 	more []*net.TCPListener
+	// lent: ln and more are a running mark class's, which abort leaves
+	// open.
+	lent bool
 	pc   *net.UDPConn
 	// rc and family are pc's raw socket and address family.
 	rc     syscall.RawConn
@@ -39,11 +45,11 @@ type planned struct {
 
 func (pl *plan) abort() {
 	for _, s := range pl.start {
-		if s.ln != nil {
+		if s.ln != nil && !s.lent { // a lent socket stays its mark class's
 			s.ln.Close()
-		}
-		for _, l := range s.more {
-			l.Close()
+			for _, l := range s.more {
+				l.Close()
+			}
 		}
 		if s.pc != nil {
 			s.pc.Close()
@@ -66,7 +72,7 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	pl := &plan{cfg: cfg, caps: &caps}
+	pl := &plan{cfg: cfg, caps: &caps, lent: map[*markListener]bool{}}
 	kept := map[config.ServiceKey]bool{}
 	for _, sc := range cfg.Services {
 		k := sc.Key()
@@ -108,6 +114,13 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 			return nil, fmt.Errorf("service %s: listen %s: port 0 (every port of the VIP) needs a firewall-mark service; the socket proxy listens on one port", sc.Name, sc.Listen)
 		}
 		lns, err := p.inherit.takeTCP(k.VIP.String()), error(nil)
+		lent := false
+		if ml := p.marked.Load().byAddr[k.VIP]; lns == nil && ml != nil && ml.stop != nil {
+			// The address leaves a mark class: its sockets go on, so that
+			// connections in their backlog are not reset by a close.
+			lns, lent = ml.lns, true
+			pl.lent[ml] = true
+		}
 		if lns == nil {
 			lns, err = p.listenTCP("tcp", k.VIP.String(), nil)
 		}
@@ -115,7 +128,7 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 			pl.abort()
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 		}
-		pl.start = append(pl.start, &planned{cfg: sc, ln: lns[0], more: lns[1:]})
+		pl.start = append(pl.start, &planned{cfg: sc, ln: lns[0], more: lns[1:], lent: lent})
 	}
 	for k, s := range p.services {
 		if !kept[k] {
@@ -138,7 +151,7 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 		}
 		pl.tp = tp
 	}
-	pl.mls = p.planMarkListeners(cfg)
+	pl.mls = p.planMarkListeners(cfg, pl.stop)
 	return pl, nil
 }
 
@@ -166,11 +179,12 @@ func (p *Proxy) commit(pl *plan) error {
 		pl.abort()
 		return err
 	}
-	p.swapMarkListeners(pl.mls)
+	taken := pl.mls.taken
+	p.swapMarkListeners(pl.mls, pl.lent)
 	pl.mls = nil
 	p.caps.Store(pl.caps)
 	for _, old := range pl.stop {
-		p.stopService(old)
+		p.stopService(old, taken[old])
 	}
 	for _, b := range states {
 		if svc := b.pl.svc; svc != nil {
@@ -228,10 +242,24 @@ func (p *Proxy) commitDirector(pl *plan) error {
 	return p.applyDirector(pl.cfg)
 }
 
-// stopService closes a service's listener and drops its templates; its
+// stopService closes a service's listener, unless handedOn (a mark
+// class of the new config listens on its address: its sockets go on
+// accepting there, their backlog included), and drops its templates; its
 // open connections run on until they close.
-func (p *Proxy) stopService(s *service) {
-	s.closeListener()
+func (p *Proxy) stopService(s *service, handedOn bool) {
+	switch {
+	case s.ln != nil && s.stopAccepting():
+		if p.leftHook != nil {
+			p.leftHook(s.key.VIP)
+		}
+		if !handedOn { // else a mark class's listener accepts from them now
+			for _, l := range s.listeners() {
+				l.Close()
+			}
+		}
+	default:
+		s.closeListener()
+	}
 	if s.pc != nil {
 		s.pc.Close()
 	}

@@ -140,6 +140,11 @@ type Proxy struct {
 	addrHook   func()
 	// loopDialHook is dialHook for the event loops' connects.
 	loopDialHook func(addr netip.AddrPort) (int, error)
+	// leftHook runs when a reload has stopped a listener that changes
+	// hands (a mark class's and a `listen:` service's address) from
+	// accepting, before its sockets are closed or handed on: connections
+	// made then wait in its backlog.
+	leftHook func(addr netip.AddrPort)
 }
 
 // New prepares a proxy for cfg; Start opens its listeners.

@@ -60,16 +60,27 @@ func (s *service) closeListener() {
 	if s.ln == nil {
 		return
 	}
-	if s.stopAccept != nil {
-		s.stopAccept()
-		s.stopAccept = nil
+	if s.stopAccepting() {
 		for _, l := range s.listeners() {
 			l.Close()
 		}
-		close(s.done)
 		return
 	}
 	s.ln.Close()
+}
+
+// stopAccepting takes the listeners out of the event loops (connections
+// then wait in their backlog) and closes done. It does nothing and
+// reports false when a goroutine of its own accepts: that one stops only
+// when its listener is closed.
+func (s *service) stopAccepting() bool {
+	if s.stopAccept == nil {
+		return false
+	}
+	s.stopAccept()
+	s.stopAccept = nil
+	close(s.done)
+	return true
 }
 
 // serviceState is everything a new connection needs, immutable once built.
