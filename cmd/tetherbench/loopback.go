@@ -17,24 +17,36 @@ type result struct {
 	keepAlive, closing wrkResult
 }
 
-// benchTCP is the loopback TCP table: direct, tether and HAProxy.
-func benchTCP(ctx context.Context, dir, backend, listen string, pid int, dur time.Duration) error {
-	direct, err := measure(loopback(backend), dur)
-	if err != nil {
-		return fmt.Errorf("direct: %w", err)
+// benchTCP is the loopback TCP table: direct, tether and HAProxy, each
+// once a round; with several rounds, medians and tether's ratio to
+// HAProxy in each round (their median and range), as the ns table's.
+func benchTCP(ctx context.Context, dir, backend, listen string, pid int, dur time.Duration, rounds int) error {
+	var all [][]column
+	peer := ""
+	for i := range max(rounds, 1) {
+		direct, err := measure(loopback(backend), dur)
+		if err != nil {
+			return fmt.Errorf("direct: %w", err)
+		}
+		through, err := measure(loopback(listen), dur)
+		if err != nil {
+			return fmt.Errorf("through tether: %w", err)
+		}
+		mem, _ := readMemory(pid)
+		cols := []column{{"direct", direct, memory{}}, {"tether", through, mem}}
+		if hap, err := runHAProxy(ctx, dir, backend, dur); err == nil {
+			cols = append(cols, hap)
+			peer = hap.name
+		} else if i == 0 {
+			fmt.Fprintln(os.Stderr, "tetherbench: no HAProxy column:", err)
+		}
+		all = append(all, cols)
+		printRound(i, rounds, cols)
 	}
-	through, err := measure(loopback(listen), dur)
-	if err != nil {
-		return fmt.Errorf("through tether: %w", err)
+	printMedians(all)
+	if peer != "" {
+		printVersus(all, "tether", peer)
 	}
-	mem, _ := readMemory(pid)
-	cols := []column{{"direct", direct, memory{}}, {"tether", through, mem}}
-	if peer, err := runHAProxy(ctx, dir, backend, dur); err == nil {
-		cols = append(cols, peer)
-	} else {
-		fmt.Fprintln(os.Stderr, "tetherbench: no HAProxy column:", err)
-	}
-	printTable(cols)
 	fmt.Println()
 	return nil
 }

@@ -17,7 +17,7 @@ func main() {
 	var o options
 	flag.DurationVar(&o.dur, "duration", 3*time.Second, "how long each measurement runs")
 	flag.StringVar(&o.only, "only", "", "run one table: tcp, udp or ns (default: all)")
-	flag.IntVar(&o.rounds, "rounds", 1, "measure the ns table this many times, every column once a round, and print medians")
+	flag.IntVar(&o.rounds, "rounds", 1, "measure the tcp and ns tables this many times, every column once a round, and print medians")
 	flag.StringVar(&o.columns, "columns", "", "in the ns table, measure only the columns whose names match this regular expression, besides direct (default: all)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (clients and the in-process director) to this file")
 	flag.StringVar(&o.tetherProfile, "tether-cpuprofile", "", "write a CPU profile of the loopback tether process to this file")
@@ -111,7 +111,7 @@ func bench(o options) error {
 
 	fmt.Printf("tetherbench: %s per measurement, loopback, GOMAXPROCS %s\n\n", dur, os.Getenv("GOMAXPROCS"))
 	if o.only == "" || o.only == "tcp" {
-		if err := benchTCP(ctx, dir, ln.Addr().String(), listen, tether.Process.Pid, dur); err != nil {
+		if err := benchTCP(ctx, dir, ln.Addr().String(), listen, tether.Process.Pid, dur, o.rounds); err != nil {
 			return err
 		}
 	}
@@ -135,6 +135,6 @@ type options struct {
 	dur           time.Duration // each measurement's length
 	only          string        // the one table to run; empty: all
 	columns       string        // the ns table's columns to measure, a regular expression
-	rounds        int           // the ns table's rounds, medians reported
+	rounds        int           // the tcp and ns tables' rounds, medians reported
 	tetherProfile string        // a CPU profile of the loopback tether process
 }

@@ -139,16 +139,9 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds 
 			return err
 		}
 		all = append(all, cols)
-		if rounds > 1 {
-			fmt.Printf("round %d:\n\n", i+1)
-			printTable(cols)
-			fmt.Println()
-		}
+		printRound(i, rounds, cols)
 	}
-	if rounds > 1 {
-		fmt.Printf("medians of the %d rounds:\n\n", rounds)
-	}
-	printTable(medianColumns(all))
+	printMedians(all)
 	printVersus(all, "tether socket proxy (process)", "HAProxy")
 	printVersus(all, "tether mark service (process)", "HAProxy")
 	printVersus(all, "mark service, TPROXY (process)", "HAProxy, TPROXY")

@@ -132,6 +132,23 @@ func printVersus(rounds [][]column, a, b string) {
 	fmt.Println()
 }
 
+// printRound prints round i's table, when there are several rounds.
+func printRound(i, rounds int, cols []column) {
+	if rounds > 1 {
+		fmt.Printf("round %d:\n\n", i+1)
+		printTable(cols)
+		fmt.Println()
+	}
+}
+
+// printMedians prints the rounds' medians, or the one round's table.
+func printMedians(all [][]column) {
+	if len(all) > 1 {
+		fmt.Printf("medians of the %d rounds:\n\n", len(all))
+	}
+	printTable(medianColumns(all))
+}
+
 // medianColumns merges rounds of the same columns: each figure is the
 // median of the rounds', a column missing from a round is left out of
 // that figure.
