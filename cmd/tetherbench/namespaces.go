@@ -135,7 +135,7 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds 
 	fmt.Print("\n\n")
 	var all [][]column
 	for i := range max(rounds, 1) {
-		cols, err := nsRound(env, i, dur, bin, keep, measureAll, inHost, client, server, vip)
+		cols, err := nsRound(env, i, max(rounds, 1), dur, bin, keep, measureAll, inHost, client, server, vip)
 		if err != nil {
 			return err
 		}
@@ -155,7 +155,7 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds 
 }
 
 // nsRound measures every column of the namespace table once.
-func nsRound(env *testenv.Env, round int, dur time.Duration, bin string, keep *regexp.Regexp, measureAll func(string, time.Duration) (result, error),
+func nsRound(env *testenv.Env, round, rounds int, dur time.Duration, bin string, keep *regexp.Regexp, measureAll func(string, time.Duration) (result, error),
 	inHost func(string) dialer, client *testenv.Host, server, vip string) ([]column, error) {
 	// Each column from an empty conntrack table: the entries the columns
 	// before it left (their flows in TIME_WAIT for two minutes, some
@@ -249,9 +249,10 @@ func nsRound(env *testenv.Env, round int, dur time.Duration, bin string, keep *r
 			}
 		}, nil
 	}
-	// The processes between come in an order that turns by one each
-	// round, so that no column keeps the place after the same others
-	// (HAProxy and nginx used to follow tether's columns in every round).
+	// The processes between come in an order that turns by a share of
+	// itself each round (a third of the columns for three rounds), so
+	// that no column keeps its place after the same others (HAProxy and
+	// nginx used to follow tether's columns in every round).
 	var mid []peer
 	for _, pr := range slices.Concat(tp[1:], peers) {
 		if keep.MatchString(pr.name) {
@@ -259,7 +260,7 @@ func nsRound(env *testenv.Env, round int, dur time.Duration, bin string, keep *r
 		}
 	}
 	if len(mid) > 0 {
-		k := round % len(mid)
+		k := round * len(mid) / rounds % len(mid)
 		mid = slices.Concat(mid[k:], mid[:k])
 	}
 	for _, pr := range append(append(mid, killed), tp[0]) {
