@@ -162,7 +162,7 @@ func (t *Table) ReleasePeer(l Lease) {
 	if l.at == 0 {
 		return
 	}
-	t.shards[l.h&t.mask].releaseLocked(t, l.h, l.slot(), l.gen(), t.nowTicks(), true)
+	t.shardAt(l.h).releaseLocked(t, l.h, l.slot(), l.gen(), t.nowTicks(), true)
 }
 
 // Export copies up to cap(dst) live templates into dst[:0], from cursor

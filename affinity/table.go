@@ -217,8 +217,11 @@ func (l Lease) gen() uint32 { return uint32(l.at) }
 // shardOf is k's hash and the shard that holds k.
 func (t *Table) shardOf(k key) (uint64, *shard) {
 	h := k.hash(t.seed)
-	return h, &t.shards[h&t.mask]
+	return h, t.shardAt(h)
 }
+
+// shardAt is the shard of the keys that hash to h.
+func (t *Table) shardAt(h uint64) *shard { return &t.shards[h&t.mask] }
 
 // GetOrBind finds the template of (service, masked client) and counts a new
 // connection on it. On a hit whose server is still usable it resets the
@@ -345,7 +348,7 @@ func (t *Table) Release(l Lease) {
 }
 
 func (t *Table) release(h uint64, slot int32, gen uint32) {
-	sh := &t.shards[h&t.mask]
+	sh := t.shardAt(h)
 	now := t.nowTicks()
 	if sh.fastRelease(t, h, slot, gen, now) {
 		return

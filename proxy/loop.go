@@ -100,10 +100,11 @@ func (p *Proxy) loopsWanted() int {
 // loops and a connection wakes one loop only (HAProxy's and nginx's
 // reuseport). Extra listeners that the kernel refuses only cost the
 // spread: the loops then share the first. SO_REUSEPORT is set with one
-// loop too, as HAProxy sets it by default: a reload can then open a
-// service's listener on an address the running configuration still
-// listens on for another service (a mark class's pair becoming a
-// `listen:` service, or back), which is closed once the new one is in place.
+// loop too, as HAProxy sets it by default: without event loops, a reload
+// that moves an address between a mark class and a `listen:` service
+// opens the new owner's listener while the old one still listens, and
+// closes the old once the new is in place (the event loops hand the
+// sockets themselves on: plan.handed).
 // control, if not nil, sets the socket options a listener also needs.
 func (p *Proxy) listenTCP(network, addr string, control func(network string, fd int) error) ([]*net.TCPListener, error) {
 	n := p.loopsWanted()

@@ -45,21 +45,20 @@ type markListeners struct {
 	// detection): the next address event tries again.
 	unready bool
 	// opened are the listeners a plan opened (or inherited), which its
-	// abort closes; the rest are the running set's, or taken: the sockets
-	// of running `listen:` services that the plan stops (their addresses
-	// moved to a mark class), which go on accepting here.
+	// abort closes; the rest are the running set's, or a stopping
+	// service's sockets (the plan's handed addresses).
 	opened []*markListener
-	taken  map[*service]bool
 }
 
 // planMarkListeners works out the listeners cfg's classes need: kept from
 // the running set by address, taken from a hot upgrade's inheritance or
 // from a service of stopping (a `listen:` service whose address a class
-// takes over), or opened. A class whose listener cannot be opened (an
-// address another socket holds) is TPROXYed instead, as every class was
-// before tether listened for any: it costs speed, not service.
-func (p *Proxy) planMarkListeners(cfg *config.File, stopping []*service) *markListeners {
-	out := &markListeners{byAddr: map[netip.AddrPort]*markListener{}, taken: map[*service]bool{}}
+// takes over: added to handed), or opened. A class whose listener cannot
+// be opened (an address another socket holds) is TPROXYed instead, as
+// every class was before tether listened for any: it costs speed, not
+// service.
+func (p *Proxy) planMarkListeners(cfg *config.File, stopping []*service, handed map[netip.AddrPort]bool) *markListeners {
+	out := &markListeners{byAddr: map[netip.AddrPort]*markListener{}}
 	if len(cfg.Marks) == 0 {
 		return out
 	}
@@ -78,7 +77,7 @@ func (p *Proxy) planMarkListeners(cfg *config.File, stopping []*service) *markLi
 	cur := p.marked.Load()
 	for _, m := range marks {
 		var opened []*markListener
-		var taken []*service
+		var taken []netip.AddrPort
 		ok := true
 		for _, ap := range classes[m] {
 			if ml := cur.byAddr[ap]; ml != nil {
@@ -88,7 +87,7 @@ func (p *Proxy) planMarkListeners(cfg *config.File, stopping []*service) *markLi
 			lns := p.inherit.takeTCP(ap.String())
 			if s := listening(stopping, ap); lns == nil && s != nil {
 				out.byAddr[ap] = &markListener{addr: ap, lns: s.listeners()}
-				taken = append(taken, s)
+				taken = append(taken, ap)
 				continue
 			}
 			if lns == nil {
@@ -114,8 +113,8 @@ func (p *Proxy) planMarkListeners(cfg *config.File, stopping []*service) *markLi
 		}
 		out.listened = append(out.listened, m)
 		out.opened = append(out.opened, opened...)
-		for _, s := range taken {
-			out.taken[s] = true
+		for _, ap := range taken {
+			handed[ap] = true
 		}
 	}
 	return out
@@ -125,7 +124,7 @@ func (p *Proxy) planMarkListeners(cfg *config.File, stopping []*service) *markLi
 // at exactly ap, if any.
 func listening(services []*service, ap netip.AddrPort) *service {
 	for _, s := range services {
-		if s.ln != nil && !s.key.UDP && s.key.VIP == ap && s.stopAccept != nil {
+		if s.ln != nil && s.key.VIP == ap && s.stopAccept != nil {
 			return s
 		}
 	}
@@ -146,23 +145,22 @@ func (ms *markListeners) abort() {
 
 // swapMarkListeners makes next the running set, once the nftables rules
 // that no longer TPROXY its classes are applied: the running listeners
-// next does not keep stop accepting and are closed (the rules TPROXY
-// those flows again, or no class claims them), unless lent to a new
-// service, which accepts from them next. The new ones accept from
+// next does not keep are closed (the rules TPROXY those flows again, or
+// no class claims them), or, at a handed address, only stop accepting:
+// a new service accepts from them next. The new ones accept from
 // startMarkListeners.
-func (p *Proxy) swapMarkListeners(next *markListeners, lent map[*markListener]bool) {
+func (p *Proxy) swapMarkListeners(next *markListeners, handed map[netip.AddrPort]bool) {
 	for ap, ml := range p.marked.Load().byAddr {
-		if next.byAddr[ap] != ml {
+		switch {
+		case next.byAddr[ap] == ml:
+		case handed[ap]:
 			ml.stopAccepting()
-			if p.leftHook != nil {
-				p.leftHook(ap)
-			}
-			if !lent[ml] {
-				ml.close()
-			}
+			p.handing(ap)
+		default:
+			ml.close()
 		}
 	}
-	next.opened, next.taken = nil, nil
+	next.opened = nil
 	p.marked.Store(next)
 	if len(next.listened) > 0 {
 		p.log.Info("mark classes served by listeners on their addresses, without TPROXY", "fwmarks", next.listened, "listeners", len(next.byAddr))
@@ -210,6 +208,14 @@ func (ml *markListener) stopAccepting() {
 	if ml.stop != nil {
 		ml.stop()
 		ml.stop = nil
+	}
+}
+
+// handing runs the test hook, if any, at a handed address whose old owner
+// has stopped accepting.
+func (p *Proxy) handing(ap netip.AddrPort) {
+	if p.leftHook != nil {
+		p.leftHook(ap)
 	}
 }
 

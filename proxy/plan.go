@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"syscall"
 
@@ -21,11 +22,13 @@ type plan struct {
 	stop  []*service     // services that go
 	tp    *transparent   // newly opened transparent listeners
 	mls   *markListeners // the listeners of mark classes that are not TPROXYed
-	// lent are running mark classes' listeners whose sockets new services
-	// take (their addresses moved to a `listen:` service).
-	lent map[*markListener]bool
-	dir  *dirPath     // newly opened director
-	caps *budget.Caps // the bounds cfg runs with
+	// handed are the addresses whose running listening sockets change
+	// owner: a mark class's taken by a new `listen:` service, or a
+	// stopping service's by a class. The old owner stops accepting from
+	// them and does not close them; abort leaves them with it.
+	handed map[netip.AddrPort]bool
+	dir    *dirPath     // newly opened director
+	caps   *budget.Caps // the bounds cfg runs with
 }
 
 type planned struct {
@@ -34,9 +37,6 @@ type planned struct {
 	ln  *net.TCPListener
 	// more are ln's SO_REUSEPORT siblings, one for each further event loop.
 	more []*net.TCPListener
-	// lent: ln and more are a running mark class's, which abort leaves
-	// open.
-	lent bool
 	pc   *net.UDPConn
 	// rc and family are pc's raw socket and address family.
 	rc     syscall.RawConn
@@ -45,7 +45,7 @@ type planned struct {
 
 func (pl *plan) abort() {
 	for _, s := range pl.start {
-		if s.ln != nil && !s.lent { // a lent socket stays its mark class's
+		if s.ln != nil && !pl.handed[s.cfg.Key().VIP] { // else still its mark class's
 			s.ln.Close()
 			for _, l := range s.more {
 				l.Close()
@@ -72,7 +72,7 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	pl := &plan{cfg: cfg, caps: &caps, lent: map[*markListener]bool{}}
+	pl := &plan{cfg: cfg, caps: &caps, handed: map[netip.AddrPort]bool{}}
 	kept := map[config.ServiceKey]bool{}
 	for _, sc := range cfg.Services {
 		k := sc.Key()
@@ -114,12 +114,11 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 			return nil, fmt.Errorf("service %s: listen %s: port 0 (every port of the VIP) needs a firewall-mark service; the socket proxy listens on one port", sc.Name, sc.Listen)
 		}
 		lns, err := p.inherit.takeTCP(k.VIP.String()), error(nil)
-		lent := false
 		if ml := p.marked.Load().byAddr[k.VIP]; lns == nil && ml != nil && ml.stop != nil {
 			// The address leaves a mark class: its sockets go on, so that
 			// connections in their backlog are not reset by a close.
-			lns, lent = ml.lns, true
-			pl.lent[ml] = true
+			lns = ml.lns
+			pl.handed[k.VIP] = true
 		}
 		if lns == nil {
 			lns, err = p.listenTCP("tcp", k.VIP.String(), nil)
@@ -128,7 +127,7 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 			pl.abort()
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 		}
-		pl.start = append(pl.start, &planned{cfg: sc, ln: lns[0], more: lns[1:], lent: lent})
+		pl.start = append(pl.start, &planned{cfg: sc, ln: lns[0], more: lns[1:]})
 	}
 	for k, s := range p.services {
 		if !kept[k] {
@@ -151,7 +150,7 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 		}
 		pl.tp = tp
 	}
-	pl.mls = p.planMarkListeners(cfg, pl.stop)
+	pl.mls = p.planMarkListeners(cfg, pl.stop, pl.handed)
 	return pl, nil
 }
 
@@ -179,12 +178,11 @@ func (p *Proxy) commit(pl *plan) error {
 		pl.abort()
 		return err
 	}
-	taken := pl.mls.taken
-	p.swapMarkListeners(pl.mls, pl.lent)
+	p.swapMarkListeners(pl.mls, pl.handed)
 	pl.mls = nil
 	p.caps.Store(pl.caps)
 	for _, old := range pl.stop {
-		p.stopService(old, taken[old])
+		p.stopService(old, pl.handed[old.key.VIP] && !old.key.UDP)
 	}
 	for _, b := range states {
 		if svc := b.pl.svc; svc != nil {
@@ -247,17 +245,10 @@ func (p *Proxy) commitDirector(pl *plan) error {
 // accepting there, their backlog included), and drops its templates; its
 // open connections run on until they close.
 func (p *Proxy) stopService(s *service, handedOn bool) {
-	switch {
-	case s.ln != nil && s.stopAccepting():
-		if p.leftHook != nil {
-			p.leftHook(s.key.VIP)
-		}
-		if !handedOn { // else a mark class's listener accepts from them now
-			for _, l := range s.listeners() {
-				l.Close()
-			}
-		}
-	default:
+	if handedOn {
+		s.stopAccepting()
+		p.handing(s.key.VIP)
+	} else {
 		s.closeListener()
 	}
 	if s.pc != nil {

@@ -142,8 +142,8 @@ type Proxy struct {
 	loopDialHook func(addr netip.AddrPort) (int, error)
 	// leftHook runs when a reload has stopped a listener that changes
 	// hands (a mark class's and a `listen:` service's address) from
-	// accepting, before its sockets are closed or handed on: connections
-	// made then wait in its backlog.
+	// accepting, before its new owner accepts: connections made then wait
+	// in its backlog.
 	leftHook func(addr netip.AddrPort)
 }
 
