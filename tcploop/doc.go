@@ -7,8 +7,11 @@
 // (edge-triggered) and the listeners it accepts from. Right after work it
 // waits for more in that set itself, its thread blocked in the kernel as
 // HAProxy's threads are, but for a millisecond at most; then it parks in
-// the Go runtime's own poller on its epoll descriptor, so the rest of the
-// program keeps its processors. When it always has something to do it
+// the Go runtime's own poller, so the rest of the program keeps its
+// processors. What the runtime polls is a second epoll instance that
+// holds the set with interest only while the loop is parked: the set's
+// events do not wake the runtime's poller thread while the loop is awake
+// to take them itself. When it always has something to do it
 // yields every few milliseconds, before the runtime would preempt it. A
 // loop that holds clearly more connections than the least loaded one hands
 // new ones to it (balance.go). A connection costs about 15 system calls

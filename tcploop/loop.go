@@ -234,12 +234,18 @@ type loop struct {
 		err error
 	}
 	relay *tcprelay.Relay
-	ep    int      // the epoll set
-	wake  int      // an eventfd in the set: commands are waiting
-	file  *os.File // ep, registered with the Go runtime's poller
-	rc    syscall.RawConn
-	cmds  chan func()
-	done  chan struct{}
+	ep    int // the epoll set
+	wake  int // an eventfd in the set: commands are waiting
+	// park is an epoll instance that holds ep only while the loop is
+	// parked, registered with the Go runtime's poller as file: with ep
+	// itself registered there, every event in the set woke the runtime's
+	// poller thread while the loop was awake to take it (two needless
+	// wake-ups of another thread a request/response round trip).
+	park int
+	file *os.File // park
+	rc   syscall.RawConn
+	cmds chan func()
+	done chan struct{}
 	// bal is shared by the loops; handoffs are connections other loops
 	// accepted for this one, incoming how many are on their way.
 	bal      *balancer
@@ -277,29 +283,49 @@ func newLoop(relay *tcprelay.Relay) (*loop, error) {
 		unix.Close(wake)
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	// Non-blocking, so that os.NewFile puts it in the runtime's poller.
-	if err := unix.SetNonblock(ep, true); err != nil {
+	park, err := newParkSet(ep)
+	if err != nil {
 		unix.Close(ep)
 		unix.Close(wake)
-		return nil, os.NewSyscallError("fcntl", err)
+		return nil, err
 	}
-	l := &loop{relay: relay, ep: ep, wake: wake, file: os.NewFile(uintptr(ep), "epoll"), cmds: make(chan func(), 4), handoffs: make(chan handoff, handoffQueue), done: make(chan struct{}), listeners: map[int32]*loopListener{}}
+	l := &loop{relay: relay, ep: ep, wake: wake, park: park, file: os.NewFile(uintptr(park), "epoll"), cmds: make(chan func(), 4), handoffs: make(chan handoff, handoffQueue), done: make(chan struct{}), listeners: map[int32]*loopListener{}}
 	l.acceptFn = func(fd uintptr) {
 		// Its own, not x/sys/unix's: that one also asks every IPv4
 		// socket's protocol (SO_PROTOCOL) to tell L2TP apart.
 		l.accepted.fd, l.accepted.src, l.accepted.err = rawAccept4(int(fd))
 	}
 	if l.rc, err = l.file.SyscallConn(); err != nil {
-		l.file.Close()
-		unix.Close(wake)
+		l.release()
 		return nil, err
 	}
 	return l, nil
 }
 
+// newParkSet makes a loop's parking set: an epoll instance that holds the
+// set ep without interest in it until the loop parks (parkUntil).
+func newParkSet(ep int) (int, error) {
+	park, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return -1, os.NewSyscallError("epoll_create1", err)
+	}
+	ev := unix.EpollEvent{}
+	if err := unix.EpollCtl(park, unix.EPOLL_CTL_ADD, ep, &ev); err != nil {
+		unix.Close(park)
+		return -1, os.NewSyscallError("epoll_ctl", err)
+	}
+	// Non-blocking, so that os.NewFile puts it in the runtime's poller.
+	if err := unix.SetNonblock(park, true); err != nil {
+		unix.Close(park)
+		return -1, os.NewSyscallError("fcntl", err)
+	}
+	return park, nil
+}
+
 // release closes the loop's descriptors once its goroutine has returned.
 func (l *loop) release() {
 	l.file.Close()
+	unix.Close(l.ep)
 	unix.Close(l.wake)
 }
 
@@ -353,7 +379,7 @@ func (l *loop) run() {
 				n, err = 0, nil // EINTR, a signal: park, the runtime may want the thread
 			}
 		} else {
-			err = l.rc.Read(wait)
+			err = l.parkUntil(wait)
 		}
 		stay = n > 0
 		l.now = time.Now().UnixNano()
@@ -377,6 +403,25 @@ func (l *loop) run() {
 			l.sweep()
 		}
 		l.armDeadline()
+	}
+}
+
+// parkUntil parks the loop in the runtime's poller until its set has
+// events (wait takes them) or the deadline passes. park asks for the
+// set's readiness only meanwhile: a modification of a registration
+// allocates nothing, so it cannot fail as an addition could.
+func (l *loop) parkUntil(wait func(uintptr) bool) error {
+	l.parkInterest(unix.EPOLLIN)
+	err := l.rc.Read(wait)
+	l.parkInterest(0)
+	return err
+}
+
+// parkInterest sets the events park reports of the set.
+func (l *loop) parkInterest(events uint32) {
+	ev := unix.EpollEvent{Events: events}
+	if err := rawEpollCtl(l.park, unix.EPOLL_CTL_MOD, l.ep, &ev); err != nil {
+		panic(fmt.Sprintf("tcploop: the loop's parking set failed: %v", err)) // only a closed one can: the loop owns both
 	}
 }
 

@@ -527,6 +527,12 @@ func TestIdleLoopParks(t *testing.T) {
 	}
 	c.Close()
 	closeWait(t, svc)
+	waitParked(t)
+}
+
+// waitParked waits until the only loop is parked in the runtime's poller.
+func waitParked(t *testing.T) {
+	t.Helper()
 	loopState := func() string {
 		buf := make([]byte, 1<<20)
 		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
