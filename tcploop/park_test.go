@@ -1,8 +1,6 @@
 package tcploop
 
 import (
-	"io"
-	"net"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -46,29 +44,5 @@ func TestAwakeLoopLeavesTheRuntimesPollerAsleep(t *testing.T) {
 	l.parkInterest(0)
 	if n := pollRegistered(t, l); n != 0 {
 		t.Fatalf("after waking: the runtime's poller sees %d events", n)
-	}
-}
-
-// A parked loop wakes for a new connection and serves it: the set's events
-// reach the runtime's poller while the loop is parked.
-func TestParkedLoopServesTheNextConnection(t *testing.T) {
-	srv := backend(t, func(c *net.TCPConn) { io.Copy(c, c) })
-	svc := newService(t, srv)
-	r := setup(t, 1, svc)
-	for i := range 3 {
-		c, err := net.Dial("tcp", r.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.Write([]byte("ping")); err != nil {
-			t.Fatal(err)
-		}
-		b := make([]byte, 4)
-		if _, err := io.ReadFull(c, b); err != nil || string(b) != "ping" {
-			t.Fatalf("connection %d: %q, %v", i, b, err)
-		}
-		c.Close()
-		closeWait(t, svc)
-		waitParked(t)
 	}
 }
