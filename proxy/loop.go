@@ -163,6 +163,7 @@ func (s *loopService) Accept(c *tcploop.Conn) tcploop.Decision {
 	if n := svc.active.Add(1); n > int64(st.maxConns) {
 		svc.active.Add(-1)
 		p.count("connections", "rejected", 1, st.labels)
+		p.warnCap(st)
 		p.accessLog(st, "tcp", src, netip.AddrPort{}, &lc.lg, "refused: the service's connection cap")
 		return tcploop.Refuse
 	}

@@ -42,6 +42,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	src := client.RemoteAddr().(*net.TCPAddr).AddrPort()
 	if n > int64(st.maxConns) {
 		p.count("connections", "rejected", 1, st.labels)
+		p.warnCap(st) // before the client sees the refusal
 		client.Close()
 		p.accessLog(st, "tcp", src, netip.AddrPort{}, lg, "refused: the service's connection cap")
 		return
@@ -196,4 +197,17 @@ func (p *Proxy) acceptFailed(listener string) func(error, time.Duration) {
 		p.count("connections", "accept_errors", 1, nil)
 		p.rlog.Log(slog.LevelError, "accept failed; backing off", "listener", listener, "err", err, "retry_in", retry)
 	}
+}
+
+// warnCap says, at most once a second, that a service refuses connections
+// at its cap: a refusal is a reset to the client, and without a line an
+// operator would see only the rejected counter (nginx logs "worker_connections
+// are not enough" in the same place). A cap the config leaves out comes from
+// the descriptor limit, and the line says so, since raising that is the cure.
+func (p *Proxy) warnCap(st *serviceState) {
+	from := "max_connections"
+	if st.cfg.Limits.MaxConnections == 0 {
+		from = "the descriptor limit (RLIMIT_NOFILE; set max_connections or raise the limit)"
+	}
+	p.rlog.Log(slog.LevelWarn, "a service at its connection cap refuses new connections", "service", st.cfg.Name, "cap", st.maxConns, "from", from)
 }

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -226,11 +228,41 @@ func TestServerKilledNoClientFails(t *testing.T) {
 	}
 }
 
+// A service refuses connections over its cap, says so in the log (at most
+// once a second; a reset alone would leave the operator only a counter),
+// and reuses a freed slot. The cap is max_connections, or, when the config
+// leaves it out, derived from the descriptor limit: 72 descriptors keep
+// 64 in reserve and give TCP half of the other 8, two connections.
+// Both data paths: the event loops and goroutines.
 func TestMaxConnections(t *testing.T) {
-	b := startBackend(t, "a")
-	listen := freeAddr(t)
-	cfg := mustConfig(t, "services:\n"+serviceYAML("lim", listen, "rr", "    limits: {max_connections: 2}\n", b))
-	startProxy(t, cfg, Options{})
+	for _, c := range []struct {
+		name, limits, from string
+		descriptors        int
+	}{
+		{"explicit", "    limits: {max_connections: 2}\n", "from=max_connections", 0},
+		{"derived", "", `from="the descriptor limit`, 72},
+	} {
+		for _, loops := range []int{0, -1} {
+			t.Run(fmt.Sprintf("%s/loops=%d", c.name, loops), func(t *testing.T) {
+				b := startBackend(t, "a")
+				listen := freeAddr(t)
+				cfg := mustConfig(t, "services:\n"+serviceYAML("lim", listen, "rr", c.limits, b))
+				var logs syncBuffer
+				startProxy(t, cfg, Options{TCPLoops: loops, Descriptors: c.descriptors, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+				maxConnections(t, listen)
+				want := "a service at its connection cap refuses new connections"
+				if got := logs.String(); !strings.Contains(got, want) || !strings.Contains(got, "cap=2") || !strings.Contains(got, c.from) {
+					t.Fatalf("no warning with cap=2 and %s in the log:\n%s", c.from, got)
+				}
+			})
+		}
+	}
+}
+
+// maxConnections checks that the service at listen serves two connections,
+// refuses a third, and serves again once one of the two is closed.
+func maxConnections(t *testing.T, listen string) {
+	t.Helper()
 	var held []net.Conn
 	for range 2 {
 		c, err := net.Dial("tcp", listen)
