@@ -144,13 +144,22 @@ func TestRunServesReloadsAndStops(t *testing.T) {
 		}
 		return nil
 	})
-	// The metrics listener answers probes too (a pod's, without the admin token).
+	// The metrics listener answers probes too (a pod's, without the admin
+	// token). Readiness comes once start-up is over, which may be a moment
+	// after the first connection is served and counted: poll for it.
 	for _, probe := range []string{"/healthz", "/readyz"} {
-		if r, err := http.Get("http://" + metricsAddr + probe); err != nil || r.StatusCode != http.StatusOK {
-			t.Errorf("GET %s on the metrics listener: %v, %v", probe, r, err)
-		} else {
-			r.Body.Close()
-		}
+		eventually(t, "GET "+probe+" on the metrics listener", func() error {
+			r, err := http.Get("http://" + metricsAddr + probe)
+			if err != nil {
+				return err
+			}
+			defer r.Body.Close()
+			if r.StatusCode != http.StatusOK {
+				body, _ := io.ReadAll(r.Body)
+				return fmt.Errorf("%s: %s", r.Status, body)
+			}
+			return nil
+		})
 	}
 
 	// A bad file is refused and the running config stays.
