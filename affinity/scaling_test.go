@@ -31,13 +31,12 @@ func BenchmarkScaling(b *testing.B) {
 			tb.Release(l)
 		}
 	}
-	var sink [64]int32 // one per goroutine, a cache line apart
 	lookup := func(from, n int) {
 		var v int32
 		for i := from; i < from+n; i++ {
 			v += m[keys[i%len(keys)]]
 		}
-		sink[from%8*8] = v
+		runtime.KeepAlive(v)
 	}
 	// timed runs work on g goroutines, each from its own place in the
 	// keys, as BenchmarkHitReleaseParallel's do.

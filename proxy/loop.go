@@ -162,9 +162,7 @@ func (s *loopService) Accept(c *tcploop.Conn) tcploop.Decision {
 	lc.lg.Start = p.accessLogging()
 	if n := svc.active.Add(1); n > int64(st.maxConns) {
 		svc.active.Add(-1)
-		p.count("connections", "rejected", 1, st.labels)
-		p.warnCap(st)
-		p.accessLog(st, "tcp", src, netip.AddrPort{}, &lc.lg, "refused: the service's connection cap")
+		p.atCap(st, src, &lc.lg)
 		return tcploop.Refuse
 	}
 	if !st.cfg.Admits(src.Addr()) {

@@ -41,10 +41,8 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	lg := &accesslog.Counts{Start: p.accessLogging()}
 	src := client.RemoteAddr().(*net.TCPAddr).AddrPort()
 	if n > int64(st.maxConns) {
-		p.count("connections", "rejected", 1, st.labels)
-		p.warnCap(st) // before the client sees the refusal
+		p.atCap(st, src, lg) // before the client sees the refusal
 		client.Close()
-		p.accessLog(st, "tcp", src, netip.AddrPort{}, lg, "refused: the service's connection cap")
 		return
 	}
 	if st.cfg.TrustsProxy(src.Addr()) {
@@ -199,15 +197,18 @@ func (p *Proxy) acceptFailed(listener string) func(error, time.Duration) {
 	}
 }
 
-// warnCap says, at most once a second, that a service refuses connections
-// at its cap: a refusal is a reset to the client, and without a line an
-// operator would see only the rejected counter (nginx logs "worker_connections
-// are not enough" in the same place). A cap the config leaves out comes from
-// the descriptor limit, and the line says so, since raising that is the cure.
-func (p *Proxy) warnCap(st *serviceState) {
+// atCap records a connection the service refuses at its cap: the
+// counter, the access log, and at most once a second a line, since the
+// refusal is a reset to the client and the counter alone is easily missed
+// (nginx logs "worker_connections are not enough" in the same place). A
+// cap the config leaves out comes from the descriptor limit, and the line
+// says so, since raising that is the cure.
+func (p *Proxy) atCap(st *serviceState, src netip.AddrPort, lg *accesslog.Counts) {
+	p.count("connections", "rejected", 1, st.labels)
 	from := "max_connections"
 	if st.cfg.Limits.MaxConnections == 0 {
 		from = "the descriptor limit (RLIMIT_NOFILE; set max_connections or raise the limit)"
 	}
 	p.rlog.Log(slog.LevelWarn, "a service at its connection cap refuses new connections", "service", st.cfg.Name, "cap", st.maxConns, "from", from)
+	p.accessLog(st, "tcp", src, netip.AddrPort{}, lg, "refused: the service's connection cap")
 }
