@@ -107,18 +107,29 @@ func TestLockFreeChangesAreNotLost(t *testing.T) {
 	// Growing arrays (many templates, several shards), and a small full
 	// shard where evictions move templates all the time.
 	// Each growing table is new: the arrays grow while the workers fill it.
-	for _, c := range []struct{ capacity, shards, perWorker, rounds, tables int }{{4096, 4, 1024, 2000, 30}, {256, 1, 128, 50000, 1}} {
-		t.Run(fmt.Sprintf("%d/%d", c.capacity, c.shards), func(t *testing.T) {
+	// In the arena, the arrays move into their regions as they fill.
+	for _, c := range []struct {
+		capacity, shards, perWorker, rounds, tables int
+		arena                                       bool
+	}{{4096, 4, 1024, 2000, 30, false}, {4096, 4, 1024, 2000, 30, true}, {256, 1, 128, 50000, 1, false}} {
+		t.Run(fmt.Sprintf("%d/%d/arena=%v", c.capacity, c.shards, c.arena), func(t *testing.T) {
+			o := Options{Capacity: c.capacity, Shards: c.shards}
+			if c.arena {
+				o.arenaMin = 1
+			}
 			for range c.tables {
-				testLockFree(t, c.capacity, c.shards, c.perWorker, c.rounds)
+				testLockFree(t, o, c.perWorker, c.rounds)
 			}
 		})
 	}
 }
 
-func testLockFree(t *testing.T, capacity, shards, perWorker, rounds int) {
+func testLockFree(t *testing.T, o Options, perWorker, rounds int) {
 	p := newPicker(4)
-	tb, ref, clk := newTestTable(Options{Capacity: capacity, Shards: shards}, ServiceConfig{Timeout: time.Second}, p)
+	tb, ref, clk := newTestTable(o, ServiceConfig{Timeout: time.Second}, p)
+	if o.arenaMin > 0 && tb.arena == nil {
+		t.Fatal("no arena")
+	}
 	defer tb.Close()
 	const workers = 4
 	var wg sync.WaitGroup
@@ -208,7 +219,7 @@ func testLockFree(t *testing.T, capacity, shards, perWorker, rounds int) {
 		}
 	}
 	s := tb.Stats()
-	if s.Hits == 0 || capacity < workers*perWorker/2 && (s.Evictions == 0 || s.Invalidations == 0) {
+	if s.Hits == 0 || o.Capacity < workers*perWorker/2 && (s.Evictions == 0 || s.Invalidations == 0) {
 		t.Fatalf("the run did not exercise hits (and, at the bound, evictions and invalidations): %+v", s)
 	}
 }

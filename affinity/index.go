@@ -109,20 +109,24 @@ func next(i, l int) int {
 // grow doubles the slot array, up to its final length, and rehashes every
 // template into it. Each template is frozen in the old array before it is
 // copied, so that a lock-free change to it fails there instead of being
-// lost; lookups go to the new array once it is published. An old array
-// off the heap stays mapped, its memory given back (a lock-free reader
-// may be looking at it: it reads empty slots, and takes the lock).
+// lost; lookups go to the new array once it is published. An array that
+// would be at least half its final length goes to the shard's region of
+// the arena instead (huge.go), at its final length: its huge pages are
+// resident from the first write, so the whole region costs no more, and
+// the array never grows again.
 func (sh *shard) grow() {
-	old, oldMap := sh.ents, sh.mapped
+	old := sh.ents
 	n := min(max(16, 2*len(old)), sh.maxLen())
 	if n <= len(old) {
 		n = len(old) + 1 // capacity changed under a full array: never stuck
 	}
-	ents, m := hugeSlice[entry](n)
-	if m == nil {
+	var ents []entry
+	if r := sh.region; 2*n >= len(r) && n <= len(r) && (len(old) == 0 || &old[0] != &r[0]) {
+		ents = r
+	} else {
 		ents = make([]entry, n)
 	}
-	sh.ents, sh.mapped = ents, m
+	sh.ents = ents
 	for j := range old {
 		if e := &old[j]; !e.empty() {
 			w := e.freeze() &^ wFrozen
@@ -130,8 +134,4 @@ func (sh *shard) grow() {
 		}
 	}
 	sh.slots.Store(&ents)
-	if oldMap != nil {
-		retireHuge(oldMap)
-		sh.retired = append(sh.retired, oldMap)
-	}
 }

@@ -86,14 +86,11 @@ type shard struct {
 	cap  int
 	// stats are the counters kept under the lock (Hits is in hits).
 	stats Stats
-	// mapped is ents' mapping when it is off the heap (hugeSlice), and
-	// retired the mappings of arrays it grew out of: a lock-free reader
-	// may still be looking at one, so they are emptied (their memory
-	// freed) but stay mapped until the table goes.
-	mapped  []byte
-	retired [][]byte
-	jr      [maxFollowers]journal // changes for followers (journal.go)
-	_       [64]byte              // keep the next shard's lock off this cache line
+	// region is the shard's part of the table's arena (huge.go), as long
+	// as its final array; nil: the array lives on the heap.
+	region []entry
+	jr     [maxFollowers]journal // changes for followers (journal.go)
+	_      [64]byte              // keep the next shard's lock off this cache line
 }
 
 // init sets up an empty shard bounded at capacity templates. The slot
@@ -104,17 +101,9 @@ func (sh *shard) init(capacity int, seed uint64) {
 	sh.slots.Store(new([]entry))
 }
 
-// release unmaps the slot arrays that are off the heap.
+// release drops the slot array, before the table's arena is unmapped.
 func (sh *shard) release() {
-	for _, m := range sh.retired {
-		unmapHuge(m)
-	}
-	sh.retired = nil
-	if sh.mapped != nil {
-		unmapHuge(sh.mapped)
-		sh.mapped = nil
-	}
-	sh.ents = nil
+	sh.ents, sh.region = nil, nil
 	sh.slots.Store(new([]entry))
 }
 

@@ -1,6 +1,7 @@
 package affinity
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -39,6 +40,9 @@ type Options struct {
 	// idleTicks is how many ticks the clock runs before it sleeps
 	// (clock.go); 0 means clockIdleTicks. Tests set it.
 	idleTicks int
+	// arenaMin is the least arena mapped (huge.go); 0 means arenaMin.
+	// Tests set it, to put small tables' arrays in an arena.
+	arenaMin int
 }
 
 func (o Options) capacity() int {
@@ -78,6 +82,7 @@ type Table struct {
 	epoch    time.Time
 	shards   []shard
 	mask     uint64 // len(shards)-1
+	arena    []byte // the shards' large slot arrays (huge.go); nil: the heap
 	seed     uint64 // the hash seed (key.hash)
 	// watched is the kinds of journal followers there are (fast.go):
 	// with none, a lock-free change needs no note.
@@ -141,13 +146,21 @@ func New(o Options) *Table {
 	for i := range t.shards {
 		t.shards[i].init(per, t.seed)
 	}
-	// The shards' off-heap memory goes with the table. The cleanup holds
-	// the shards, not the table, so the table can be collected.
-	runtime.AddCleanup(t, func(shards []shard) {
-		for i := range shards {
-			shards[i].release()
+	l := t.shards[0].maxLen()
+	if ents, m := mapArena(n*l, cmp.Or(o.arenaMin, arenaMin)); m != nil {
+		t.arena = m
+		for i := range t.shards {
+			t.shards[i].region = ents[i*l : (i+1)*l : (i+1)*l]
 		}
-	}, t.shards)
+	}
+	// The arena goes with the table. The cleanup holds the shards and
+	// the mapping, not the table, so the table can be collected.
+	runtime.AddCleanup(t, func(a arenaOwner) {
+		for i := range a.shards {
+			a.shards[i].release()
+		}
+		unmapArena(a.m)
+	}, arenaOwner{t.shards, t.arena})
 	t.reg.Store((&registry{byID: map[Service]ServiceRef{}}).finish())
 	ctx, cancel := context.WithCancel(context.Background())
 	t.cancel = cancel

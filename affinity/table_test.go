@@ -2,9 +2,11 @@ package affinity
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -430,13 +432,61 @@ func TestNearlyEmptyTableIsSmall(t *testing.T) {
 	}
 }
 
+// A large table's shards that fill go to the arena, off the heap, at their
+// final length, and their templates with them: every client finds its
+// server again, and each lease taken before the move releases its own.
+func TestFullShardsMoveToTheArena(t *testing.T) {
+	p := newPicker(5)
+	tb, ref, _ := newTestTable(Options{Capacity: 1 << 16, Shards: 4, arenaMin: 1}, ServiceConfig{Timeout: time.Minute}, p)
+	const n = 40_000 // 10 000 a shard: more than half its final array
+	servers := make([]netip.AddrPort, n)
+	leases := make([]Lease, n)
+	for i := range n {
+		leases[i] = mustBind(t, tb, ref, client(i), p)
+		servers[i] = leases[i].Server()
+	}
+	lo := uintptr(unsafe.Pointer(&tb.arena[0]))
+	for i := range tb.shards {
+		sh := &tb.shards[i]
+		if a := uintptr(unsafe.Pointer(&sh.ents[0])); a < lo || a >= lo+uintptr(len(tb.arena)) || len(sh.ents) != sh.maxLen() {
+			t.Fatalf("shard %d: %d slots at %#x, want its final %d in the arena", i, len(sh.ents), a, sh.maxLen())
+		}
+	}
+	if r := tb.residentMapped(); r < n*32 {
+		t.Fatalf("%d bytes of the arena resident, want at least %d", r, n*32)
+	}
+	for i := range n {
+		l := mustBind(t, tb, ref, client(i), p)
+		if !l.Hit || l.Server() != servers[i] {
+			t.Fatalf("client %d: %v (hit %v), want %v", i, l.Server(), l.Hit, servers[i])
+		}
+		tb.Release(l)
+		tb.Release(leases[i])
+	}
+	for _, tp := range tb.List(Filter{}) {
+		if tp.Active != 0 {
+			t.Fatalf("%v: %d open connections after every lease was released", tp.Client, tp.Active)
+		}
+	}
+}
+
 // Templates move in their shard's slot array when others are removed and
 // when it grows. A lease taken before the move must still release its own
 // template, and no other.
 func TestLeaseFollowsMovedTemplate(t *testing.T) {
+	// On the heap, and into the arena: the last growth moves the array
+	// to the shard's region there.
+	for _, arena := range []int{0, 1} {
+		t.Run(fmt.Sprintf("arena=%v", arena > 0), func(t *testing.T) {
+			testLeaseFollowsMovedTemplate(t, Options{Capacity: 4096, Shards: 1, arenaMin: arena})
+		})
+	}
+}
+
+func testLeaseFollowsMovedTemplate(t *testing.T, o Options) {
 	p := newPicker(3)
-	tb, ref, _ := newTestTable(Options{Capacity: 1 << 16, Shards: 1}, ServiceConfig{Timeout: time.Minute}, p)
-	const n = 3000 // the array grows from 16 slots eight times on the way
+	tb, ref, _ := newTestTable(o, ServiceConfig{Timeout: time.Minute}, p)
+	const n = 3000 // the array grows from 16 slots eight times on the way (into the arena)
 	leases := make([]Lease, n)
 	for i := range n {
 		l, err := tb.GetOrBind(ref, client(i), p)
