@@ -1,5 +1,6 @@
 // Command tetherbench measures tether against a direct connection, in one
-// run: on loopback (the socket proxy, and HAProxy when installed), then in
+// run: on loopback (the socket proxy, and HAProxy when installed; for UDP,
+// nginx stream when installed, as HAProxy 2.6 relays no UDP), then in
 // network namespaces (the director, a static kernel DNAT rule, the socket
 // proxy and mark services, and HAProxy and nginx stream when installed,
 // against the kernel forwarding straight to the server):

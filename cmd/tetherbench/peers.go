@@ -38,7 +38,16 @@ var peers = []peer{
 	}},
 	{name: "nginx stream", bin: "nginx", config: func(dir, vip, server string) (string, []string) {
 		f := filepath.Join(dir, "nginx.conf")
-		os.WriteFile(f, []byte(fmt.Sprintf(`load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+		os.WriteFile(f, []byte(nginxConfig(dir, server, vip)), 0o600)
+		return f, []string{"-p", dir, "-c", f}
+	}},
+}
+
+// nginxConfig is nginx stream's configuration for the benchmark: one
+// worker on listen (an address and listen options) to server, the
+// client's address picking the server, with dir for its files.
+func nginxConfig(dir, server, listen string) string {
+	return fmt.Sprintf(`load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 daemon off;
 master_process off;
 worker_processes 1;
@@ -49,9 +58,7 @@ stream {
   upstream bench { hash $remote_addr consistent; server %s; }
   server { listen %s; proxy_pass bench; }
 }
-`, dir, server, vip)), 0o600)
-		return f, []string{"-p", dir, "-c", f}
-	}},
+`, dir, server, listen)
 }
 
 // haproxyConfig is HAProxy's configuration for the benchmark: bind (an

@@ -1,14 +1,25 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
+	"os"
 	"time"
 )
 
-// benchUDP is the loopback UDP table.
-func benchUDP(echo, udpListen string, dur time.Duration) error {
-	fmt.Printf("| UDP, 8 clients | direct | tether |\n|---|---|---|\n")
+// benchUDP is the loopback UDP table: direct, tether, and nginx stream
+// when it is installed (HAProxy 2.6 relays no UDP), each row measured
+// through all of them in turn.
+func benchUDP(ctx context.Context, dir, echo, udpListen string, dur time.Duration) error {
+	nginx, stop, err := startNginxUDP(ctx, dir, echo)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tetherbench: no nginx column in the UDP table:", err)
+		fmt.Printf("| UDP, 8 clients | direct | tether |\n|---|---|---|\n")
+	} else {
+		defer stop()
+		fmt.Printf("| UDP, 8 clients | direct | tether | nginx stream | tether/nginx |\n|---|---|---|---|---|\n")
+	}
 	for _, m := range []struct {
 		name         string
 		size, window int
@@ -21,7 +32,15 @@ func benchUDP(echo, udpListen string, dur time.Duration) error {
 		if err != nil {
 			return fmt.Errorf("udp through tether: %w", err)
 		}
-		fmt.Printf("| datagrams/s, %s | %.0f | %.0f (%.2fx) |\n", m.name, d, t, t/d)
+		fmt.Printf("| datagrams/s, %s | %.0f | %.0f (%.2fx) |", m.name, d, t, t/d)
+		if nginx != "" {
+			n, err := udpRate(nginx, m.size, m.window, 8, dur)
+			if err != nil {
+				return fmt.Errorf("udp through nginx: %w", err)
+			}
+			fmt.Printf(" %.0f (%.2fx) | %.2fx |", n, n/d, t/n)
+		}
+		fmt.Println()
 	}
 	fmt.Println()
 	return nil
