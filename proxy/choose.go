@@ -39,13 +39,13 @@ func (p *Proxy) choose(st *serviceState, client netip.Addr, tried []*server) (ch
 			if srv == nil {
 				return p.sorry(st, errNoServer)
 			}
-			p.count("schedule", "scheduler", 1, st.labels)
+			st.ev.add(evScheduler)
 			srv.conns.Open()
 			return choice{st: st, srv: srv}, nil
 		}
 		l, err := p.table.GetOrBind(st.ref, client, &picker{p: p, st: st, tried: tried})
 		if errors.Is(err, affinity.ErrClientLimit) {
-			p.count("connections", "client_limited", 1, st.labels)
+			st.ev.add(evClientLimited)
 			return choice{st: st}, err
 		}
 		if err != nil {
@@ -57,7 +57,7 @@ func (p *Proxy) choose(st *serviceState, client netip.Addr, tried []*server) (ch
 			st = p.current(st)
 			continue
 		}
-		p.count("schedule", decision(l.Hit), 1, st.labels)
+		st.ev.add(decision(l.Hit))
 		srv.conns.Open()
 		return choice{st: st, srv: srv, lease: l}, nil
 	}
@@ -71,16 +71,16 @@ func (p *Proxy) sorry(st *serviceState, cause error) (choice, error) {
 	if st.sorry == nil || !errors.Is(cause, errNoServer) && !errors.Is(cause, errBelowQuorum) {
 		return choice{st: st}, cause
 	}
-	p.count("schedule", "sorry", 1, st.labels)
+	st.ev.add(evSorry)
 	st.sorry.conns.Open()
 	return choice{st: st, srv: st.sorry}, nil
 }
 
-func decision(hit bool) string {
+func decision(hit bool) event {
 	if hit {
-		return "template"
+		return evTemplate
 	}
-	return "scheduler"
+	return evScheduler
 }
 
 // picker adapts a service's scheduler to affinity.Picker for one
@@ -119,7 +119,7 @@ func (p *Proxy) release(srv *server, lease affinity.Lease) {
 func (p *Proxy) localFailure(st *serviceState, err error) bool {
 	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.EADDRNOTAVAIL, syscall.ENOMEM} {
 		if errors.Is(err, e) {
-			p.count("connections", "local_errors", 1, st.labels)
+			st.ev.add(evLocalErrors)
 			p.rlog.Log(slog.LevelWarn, "a connection to a real server failed for a local reason; the client's connection is closed, the server keeps its clients",
 				"service", st.cfg.Name, "err", err)
 			return true
@@ -132,7 +132,6 @@ func (p *Proxy) localFailure(st *serviceState, err error) bool {
 // scheduling for failTimeout and drops its templates.
 func (p *Proxy) failed(st *serviceState, s *server) {
 	s.failed.Add(1)
-	p.count("server", "connect_failures", 1, st.serverLabels(s))
 	s.failedUntil.Store(time.Now().Add(failTimeout).UnixNano())
 	if st.persistent {
 		p.table.SetServer(st.ref, s.Addr, affinity.ServerDown)

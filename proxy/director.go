@@ -186,7 +186,7 @@ func (p *Proxy) decideFlow(dp *dirPath, k director.FlowKey, mark uint32) (direct
 	}
 	st := svc.state.Load()
 	if !st.cfg.Admits(k.Src.Addr()) {
-		p.count("connections", "denied", 1, st.labels)
+		st.ev.add(evDenied)
 		return director.Denied, 0, choice{}
 	}
 	ch, err := p.choose(st, k.Src.Addr(), nil)

@@ -147,7 +147,7 @@ func (s *loopService) Accept(c *tcploop.Conn) tcploop.Decision {
 	svc, dport := s.svc, uint16(0)
 	if s.marked {
 		if svc, dport = p.classifyConn(c, s.dst); svc == nil {
-			p.count("connections", "unclassified", 1, nil)
+			p.ev.add(evUnclassified)
 			return tcploop.Refuse
 		}
 	}
@@ -157,7 +157,7 @@ func (s *loopService) Accept(c *tcploop.Conn) tcploop.Decision {
 		p.conns.wg.Add(1)
 		return tcploop.Decision{Handoff: func(fd int) { p.handoff(svc, fd, dport) }}
 	}
-	p.count("connections", "accepted", 1, st.labels)
+	st.ev.add(evAccepted)
 	lc := &loopConn{svc: svc, st: st, src: src, dport: dport}
 	lc.lg.Start = p.accessLogging()
 	if n := svc.active.Add(1); n > int64(st.maxConns) {
@@ -167,7 +167,7 @@ func (s *loopService) Accept(c *tcploop.Conn) tcploop.Decision {
 	}
 	if !st.cfg.Admits(src.Addr()) {
 		svc.active.Add(-1)
-		p.count("connections", "denied", 1, st.labels)
+		st.ev.add(evDenied)
 		p.accessLog(st, "tcp", src, netip.AddrPort{}, &lc.lg, "refused: the service's access list")
 		return tcploop.Decision{Server: -1, Reset: true}
 	}
@@ -238,7 +238,7 @@ func (s *loopService) refuse(lc *loopConn) tcploop.Decision {
 	if errors.Is(lc.lastErr, affinity.ErrClientLimit) {
 		return tcploop.Decision{Server: -1, Reset: true} // refused as a denied client is
 	}
-	s.p.count("connections", "failed", 1, lc.st.labels)
+	lc.st.ev.add(evFailed)
 	s.p.rlog.Log(slog.LevelWarn, "no real server reached", "service", lc.st.cfg.Name, "client", lc.src, "err", lc.lastErr)
 	return tcploop.Refuse
 }
@@ -258,7 +258,6 @@ func (s *loopService) Connected(c *tcploop.Conn) {
 	lc := c.Data.(*loopConn)
 	lc.connected = true
 	lc.ch.srv.accepted.Add(1)
-	s.p.count("server", "connections", 1, lc.st.serverLabels(lc.ch.srv))
 }
 
 func (s *loopService) Done(c *tcploop.Conn, in, out int64, err error) {
@@ -282,18 +281,15 @@ func (s *loopService) finish(lc *loopConn, in, out int64, err error) {
 		return
 	}
 	srv := lc.ch.srv
+	// The bytes before the release: a removed server's counters are
+	// reported until its last connection is released (events.go).
+	srv.bytesIn.Add(uint64(in))
+	srv.bytesOut.Add(uint64(out))
 	p.release(srv, lc.ch.lease)
 	if !lc.lg.Start.IsZero() {
 		lc.lg.In.Store(in)
 		lc.lg.Out.Store(out)
 		p.accessLog(lc.st, "tcp", lc.src, serverAddr(srv, lc.dport), &lc.lg, p.tcpEnd(err))
-	}
-	srv.bytesIn.Add(uint64(in))
-	srv.bytesOut.Add(uint64(out))
-	if p.metricsOn {
-		slabels := lc.st.serverLabels(srv)
-		p.count("server", "bytes_in", float32(in), slabels)
-		p.count("server", "bytes_out", float32(out), slabels)
 	}
 }
 

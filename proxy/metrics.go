@@ -6,9 +6,10 @@ import (
 )
 
 // EmitMetrics sets the gauges that are states rather than events (open
-// connections per service and server, weights) and emits the persistence
-// table's counters. The owner calls it on its metrics interval; counters
-// for events are emitted where they happen.
+// connections per service and server, weights) and reports what the event
+// counters (events.go) and the persistence table's counters grew by. The
+// owner calls it on its metrics interval and before each scrape, so that
+// a scrape sees every event counted until then.
 func (p *Proxy) EmitMetrics() {
 	p.svcMu.RLock()
 	svcs := make([]*service, 0, len(p.services))
@@ -42,6 +43,13 @@ func (p *Proxy) EmitMetrics() {
 		}
 	}
 	p.emitDirectorMetrics()
+	// The counters one report at a time, the ticker's or a scrape's: each
+	// report is a counter's growth since the one before.
+	p.emit.mu.Lock()
+	defer p.emit.mu.Unlock()
+	if p.metricsOn {
+		p.emitEvents(svcs)
+	}
 	p.table.EmitMetrics(p.met)
 	if n := p.clusterNode(); n != nil {
 		n.EmitMetrics(p.met)

@@ -67,7 +67,9 @@ type Proxy struct {
 	log       *slog.Logger
 	rlog      *ratelog.Logger // for lines that can repeat fast: at most one a second
 	met       *metrics.Metrics
-	metricsOn bool // Options.Metrics was given: the data path counts
+	metricsOn bool    // Options.Metrics was given: counters are reported
+	ev        events  // the proxy's own event counters (events.go)
+	emit      emitter // what EmitMetrics reported, and of what
 	do        func(func() error) error
 	scanEvery time.Duration // Options.DirectorScanEvery
 	table     *affinity.Table
@@ -348,7 +350,7 @@ func roomForFlow[K comparable, V comparable](p *Proxy, set *lruset.Set[K, V], cl
 		return true
 	}
 	if v, ok := set.RemoveOldest(); ok {
-		p.count("udp", "flows_evicted", 1, nil)
+		p.ev.add(evUDPFlowsEvicted)
 		closeV(v, "evicted: udp_max_flows")
 		return true
 	}

@@ -23,6 +23,7 @@ type server struct {
 
 	accepted, failed  atomic.Uint64
 	bytesIn, bytesOut atomic.Uint64 // from and to the client
+	sent              serverSent    // what EmitMetrics reported of them (events.go)
 }
 
 func newServer(addr netip.AddrPort, weight int) *server {

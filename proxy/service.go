@@ -103,6 +103,7 @@ type serviceState struct {
 	// server's: built once here, not per connection.
 	labels    []metrics.Label
 	srvLabels map[*server][]metrics.Label
+	ev        *events // the service's event counters, kept across reloads
 }
 
 // serverLabels are srv's metric labels (service and server).
@@ -118,6 +119,10 @@ func (st *serviceState) serverLabels(srv *server) []metrics.Label {
 // registering the service and its servers with the table.
 func buildState(cfg config.Service, prev *serviceState, table *affinity.Table, caps *budget.Caps) (*serviceState, error) {
 	st := &serviceState{maxConns: caps.Conns[cfg.Key()], maxFlows: caps.Flows[cfg.Key()], cfg: cfg, byAddr: map[netip.AddrPort]*server{}, labels: []metrics.Label{{Name: "service", Value: cfg.Name}}, srvLabels: map[*server][]metrics.Label{}}
+	st.ev = new(events)
+	if prev != nil {
+		st.ev = prev.ev
+	}
 	st.dialer.Timeout = cfg.Limits.ConnectTimeout.D()
 	// No TCP keepalive by default, as HAProxy (option tcpka) and nginx
 	// (so_keepalive): it costs four setsockopt calls per connection.

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
 	"github.com/tetherlb/tether/acceptloop"
 	"github.com/tetherlb/tether/accesslog"
 	"github.com/tetherlb/tether/affinity"
@@ -35,7 +34,7 @@ func (p *Proxy) acceptLoop(svc *service) {
 func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	defer p.conns.wg.Done()
 	st := svc.state.Load()
-	p.count("connections", "accepted", 1, st.labels)
+	st.ev.add(evAccepted)
 	n := svc.active.Add(1)
 	defer svc.active.Add(-1)
 	lg := &accesslog.Counts{Start: p.accessLogging()}
@@ -50,7 +49,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 		real, err := proxyheader.Read(client)
 		client.SetReadDeadline(time.Time{})
 		if err != nil {
-			p.count("connections", "bad_proxy_header", 1, st.labels)
+			st.ev.add(evBadProxyHeader)
 			p.rlog.Log(slog.LevelWarn, "a trusted source's connection without a valid PROXY header closed", "service", st.cfg.Name, "source", src, "err", err)
 			client.Close()
 			p.accessLog(st, "tcp", src, netip.AddrPort{}, lg, "refused: "+err.Error())
@@ -59,7 +58,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 		src = real // the client the balancer in front saw
 	}
 	if !st.cfg.Admits(src.Addr()) {
-		p.count("connections", "denied", 1, st.labels)
+		st.ev.add(evDenied)
 		client.SetLinger(0) // the close sends a reset
 		client.Close()
 		p.accessLog(st, "tcp", src, netip.AddrPort{}, lg, "refused: the service's access list")
@@ -72,7 +71,7 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 	if errors.Is(err, affinity.ErrClientLimit) {
 		client.SetLinger(0) // refused as a denied client is: with a reset
 	} else if err != nil {
-		p.count("connections", "failed", 1, st.labels)
+		st.ev.add(evFailed)
 		p.rlog.Log(slog.LevelWarn, "no real server reached", "service", st.cfg.Name, "client", src, "err", err)
 	}
 	if err != nil {
@@ -93,8 +92,6 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 		}
 	}
 	srv.accepted.Add(1)
-	slabels := st.serverLabels(srv)
-	p.count("server", "connections", 1, slabels)
 
 	in, out, err := p.tcp.Copy(client, backend, st.cfg.Limits.IdleTimeout.D())
 	if !lg.Start.IsZero() {
@@ -102,18 +99,8 @@ func (p *Proxy) serveTCP(svc *service, client *net.TCPConn, dport uint16) {
 		lg.Out.Store(out)
 		p.accessLog(st, "tcp", src, serverAddr(srv, dport), lg, p.tcpEnd(err))
 	}
-	srv.bytesIn.Add(uint64(in))
+	srv.bytesIn.Add(uint64(in)) // before the deferred release (events.go)
 	srv.bytesOut.Add(uint64(out))
-	p.count("server", "bytes_in", float32(in), slabels)
-	p.count("server", "bytes_out", float32(out), slabels)
-}
-
-// count adds v to the counter a.b with labels, when metrics are on; off,
-// it costs nothing (the key is built only here).
-func (p *Proxy) count(a, b string, v float32, labels []metrics.Label) {
-	if p.metricsOn {
-		p.met.IncrCounterWithLabels([]string{a, b}, v, labels)
-	}
 }
 
 // connect chooses a real server (choose) and dials it. A server that
@@ -192,7 +179,7 @@ const proxyHeaderTimeout = 5 * time.Second
 // acceptFailed counts and logs (at most once a second) a failed accept.
 func (p *Proxy) acceptFailed(listener string) func(error, time.Duration) {
 	return func(err error, retry time.Duration) {
-		p.count("connections", "accept_errors", 1, nil)
+		p.ev.add(evAcceptErrors)
 		p.rlog.Log(slog.LevelError, "accept failed; backing off", "listener", listener, "err", err, "retry_in", retry)
 	}
 }
@@ -204,7 +191,7 @@ func (p *Proxy) acceptFailed(listener string) func(error, time.Duration) {
 // cap the config leaves out comes from the descriptor limit, and the line
 // says so, since raising that is the cure.
 func (p *Proxy) atCap(st *serviceState, src netip.AddrPort, lg *accesslog.Counts) {
-	p.count("connections", "rejected", 1, st.labels)
+	st.ev.add(evRejected)
 	from := "max_connections"
 	if st.cfg.Limits.MaxConnections == 0 {
 		from = "the descriptor limit (RLIMIT_NOFILE; set max_connections or raise the limit)"

@@ -286,7 +286,7 @@ func (p *Proxy) acceptMarked(wg *sync.WaitGroup, l *net.TCPListener) {
 		Serve: func(c *net.TCPConn) {
 			svc, dport := p.classify(c)
 			if svc == nil {
-				p.count("connections", "unclassified", 1, nil)
+				p.ev.add(evUnclassified)
 				c.Close()
 				return
 			}

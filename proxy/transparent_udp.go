@@ -207,7 +207,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 	}
 	st := svc.state.Load()
 	if !st.cfg.Admits(k.client.Addr()) {
-		p.count("udp", "denied", 1, st.labels)
+		st.ev.add(evUDPDenied)
 		return nil, errDenied
 	}
 	if !roomForFlow(p, ft.Set, p.closeTFlow) {
@@ -251,7 +251,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
 	for _, e := range ft.Add(k, f) {
-		p.count("udp", "flows_evicted", 1, st.labels)
+		st.ev.add(evUDPFlowsEvicted)
 		p.closeTFlow(e, "evicted: the flow cap")
 	}
 	ft.wg.Add(2)

@@ -111,11 +111,11 @@ func (p *Proxy) serveUDP(svc *service) {
 			}
 			f, err := p.flowFor(svc, st, src, &wg)
 			if err != nil {
-				what := "dropped"
+				what := evUDPDropped
 				if err == errDenied {
-					what = "denied"
+					what = evUDPDenied
 				}
-				p.count("udp", what, 1, st.labels)
+				st.ev.add(what)
 				continue
 			}
 			f.last.Store(now)
@@ -164,7 +164,7 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
 	for _, e := range svc.flows.Add(src, f) {
-		p.count("udp", "flows_evicted", 1, st.labels)
+		st.ev.add(evUDPFlowsEvicted)
 		p.closeFlow(e, "evicted: the service's flow cap")
 	}
 	wg.Add(1)
@@ -254,12 +254,12 @@ func (p *Proxy) closeFlows(svc *service) {
 // a goroutine, and a buffer only while the reply is being read.
 func (p *Proxy) onePacket(svc *service, st *serviceState, src netip.AddrPort, b []byte, wg *sync.WaitGroup) {
 	if !st.cfg.Admits(src.Addr()) {
-		p.count("udp", "denied", 1, st.labels)
+		st.ev.add(evUDPDenied)
 		return
 	}
 	if p.onePackets.Add(1) > int64(p.caps.Load().OnePacket) {
 		p.onePackets.Add(-1)
-		p.count("udp", "one_packet_dropped", 1, st.labels)
+		st.ev.add(evUDPOnePacketDropped)
 		return
 	}
 	ch, err := p.choose(st, src.Addr(), nil)

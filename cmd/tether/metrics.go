@@ -13,6 +13,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/internal/promtext"
+	"github.com/tetherlb/tether/proxy"
 )
 
 // newMetrics returns the go-metrics sink tether reports to and the
@@ -22,7 +23,7 @@ func newMetrics(mc config.Metrics) (m *metrics.Metrics, h http.Handler, err erro
 	cfg.EnableHostname, cfg.EnableHostnameLabel, cfg.EnableServiceLabel = false, false, false
 	cfg.EnableRuntimeMetrics = false
 	if mc.Listen == "" && !mc.Enabled {
-		// Off: the data path's counters cost nothing.
+		// Off: a sink that keeps nothing; run gives the proxy none.
 		m, err := metrics.New(cfg, &metrics.BlackholeSink{})
 		return m, nil, err
 	}
@@ -31,6 +32,16 @@ func newMetrics(mc config.Metrics) (m *metrics.Metrics, h http.Handler, err erro
 		return nil, nil, err
 	}
 	return m, sink, nil
+}
+
+// emitFirst has p report its counters before h serves a scrape: the data
+// path counts events on atomics that EmitMetrics reports, so without it a
+// scrape would miss what happened since the last metrics interval.
+func emitFirst(p *proxy.Proxy, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.EmitMetrics()
+		h.ServeHTTP(w, r)
+	})
 }
 
 // serveMetrics serves h at /metrics on listen (none when empty), with

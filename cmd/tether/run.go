@@ -160,9 +160,12 @@ func run(ctx context.Context, log *slog.Logger, path string, reload, upgrade <-c
 	defer m.Shutdown()
 	opts.Logger = log
 	if promHandler != nil {
-		opts.Metrics = m // off, the data path skips counting altogether
+		opts.Metrics = m // off, the proxy reports nothing
 	}
 	p := proxy.New(cfg, opts)
+	if promHandler != nil {
+		promHandler = emitFirst(p, promHandler)
+	}
 
 	// The admin API's reloads are done by this loop, as SIGHUP's are.
 	reloads := make(chan chan reloadResult)
