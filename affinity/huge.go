@@ -9,14 +9,14 @@ import (
 // The arena: a large table's slot arrays outside the Go heap, in one
 // anonymous mapping the kernel may back with 2 MB pages (MADV_HUGEPAGE).
 // A lookup in a 1 M-template table touches a random cache line; on 4 KB
-// pages it is also a TLB miss and a page walk, which cost a uniform hit
-// a fifth of its time (BenchmarkRatios). Each shard owns a region of the
+// pages it is also a TLB miss and a page walk (the README's Performance
+// section has what the arena gained). Each shard owns a region of the
 // arena as long as its final array, side by side, so that the shards
 // share huge pages: one mapping a shard would round up to 2 MB each.
 //
-// A shard's array moves into its region once it reaches half its final
-// length and grows there in place (grow); smaller arrays stay on the heap,
-// so that a table holding few templates faults in none of the arena.
+// A shard's array moves into its region, at its final length, once it
+// would be half that (grow); smaller arrays stay on the heap, so that a
+// table holding few templates faults in none of the arena.
 // Resident memory is at most the arena, capacity × 48 B, reached as the
 // shards fill: the bound the configuration documents.
 

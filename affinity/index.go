@@ -121,7 +121,7 @@ func (sh *shard) grow() {
 		n = len(old) + 1 // capacity changed under a full array: never stuck
 	}
 	var ents []entry
-	if r := sh.region; 2*n >= len(r) && n <= len(r) && (len(old) == 0 || &old[0] != &r[0]) {
+	if r := sh.region; 2*n >= len(r) && n <= len(r) {
 		ents = r
 	} else {
 		ents = make([]entry, n)
