@@ -8,7 +8,9 @@
 // waits for more in that set itself, its thread blocked in the kernel as
 // HAProxy's threads are, but for a millisecond at most; then it parks in
 // the Go runtime's own poller, so the rest of the program keeps its
-// processors. What the runtime polls is a second epoll instance that
+// processors (a busy loop holds its own, yielding every 5 ms: cmd/tether
+// gives the scheduler a processor more than loops when other goroutines
+// carry traffic). What the runtime polls is a second epoll instance that
 // holds the set with interest only while the loop is parked: the set's
 // events do not wake the runtime's poller thread while the loop is awake
 // to take them itself. When it always has something to do it

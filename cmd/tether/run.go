@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
@@ -110,10 +111,16 @@ func runCommand() *cli.Command {
 				// Performance). GOGC in the environment still rules.
 				debug.SetGCPercent(25)
 			}
-			if n := c.Int("tcp-loops"); n < -1 {
-				return cli.Exit(fmt.Sprintf("--tcp-loops %d: want -1 (no loops), 0 (one per CPU) or a count", n), 1)
+			loops := c.Int("tcp-loops")
+			if loops < -1 {
+				return cli.Exit(fmt.Sprintf("--tcp-loops %d: want -1 (no loops), 0 (one per CPU) or a count", loops), 1)
 			}
-			return run(ctx, log, c.String("config"), hup, usr2, proxy.Options{TCPLoops: c.Int("tcp-loops")})
+			if loops == 0 {
+				// One per processor, counted now: setProcs may add a
+				// processor that no loop takes (procs.go).
+				loops = runtime.GOMAXPROCS(0)
+			}
+			return run(ctx, log, c.String("config"), hup, usr2, proxy.Options{TCPLoops: loops})
 		},
 	}
 }
@@ -163,6 +170,7 @@ func run(ctx context.Context, log *slog.Logger, path string, reload, upgrade <-c
 		opts.Metrics = m // off, the proxy reports nothing
 	}
 	p := proxy.New(cfg, opts)
+	setProcs(cfg, opts.TCPLoops)
 	if promHandler != nil {
 		promHandler = emitFirst(p, promHandler)
 	}
@@ -258,6 +266,7 @@ func run(ctx context.Context, log *slog.Logger, path string, reload, upgrade <-c
 			log.Error("reload failed; the running configuration stays", "err", err)
 			return api.ReloadResult{}, err
 		}
+		setProcs(next, opts.TCPLoops)
 		res := api.ReloadResult{Services: len(next.Services), RestartNeeded: config.RestartNeeded(cfg, next)}
 		if len(res.RestartNeeded) > 0 {
 			log.Warn("changed settings that take effect only at the next start", "settings", res.RestartNeeded)
