@@ -116,7 +116,7 @@ func bench(o options) error {
 		}
 	}
 	if o.only == "" || o.only == "udp" {
-		if err := benchUDP(ctx, dir, echo.LocalAddr().String(), udpListen, dur); err != nil {
+		if err := benchUDP(ctx, dir, echo.LocalAddr().String(), udpListen, listen, dur); err != nil {
 			return err
 		}
 	}

@@ -5,13 +5,14 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"time"
 )
 
 // benchUDP is the loopback UDP table: direct, tether, and nginx stream
 // when it is installed (HAProxy 2.6 relays no UDP), each row measured
 // through all of them in turn.
-func benchUDP(ctx context.Context, dir, echo, udpListen string, dur time.Duration) error {
+func benchUDP(ctx context.Context, dir, echo, udpListen, tcpListen string, dur time.Duration) error {
 	nginx, stop, err := startNginxUDP(ctx, dir, echo)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tetherbench: no nginx column in the UDP table:", err)
@@ -43,7 +44,55 @@ func benchUDP(ctx context.Context, dir, echo, udpListen string, dur time.Duratio
 		fmt.Println()
 	}
 	fmt.Println()
+	// The same tether's TCP loops busy meanwhile: whether UDP, which
+	// they do not serve, still gets a processor.
+	ip50, ip99, err := udpLatency(udpListen, dur)
+	if err != nil {
+		return fmt.Errorf("udp latency through tether: %w", err)
+	}
+	var rate float64
+	var rerr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rate, rerr = connRate(loopback(tcpListen), 8, dur)
+	}()
+	lp50, lp99, err := udpLatency(udpListen, dur)
+	<-done
+	if err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return fmt.Errorf("udp latency under tcp load: %w", err)
+	}
+	fmt.Printf("UDP ping-pong through tether, one client, 64 B: p50 %v, p99 %v; while 8 clients open TCP connections through tether's TCP service (%.0f/s): p50 %v, p99 %v\n\n",
+		ip50.Round(time.Microsecond), ip99.Round(time.Microsecond), rate, lp50.Round(time.Microsecond), lp99.Round(time.Microsecond))
 	return nil
+}
+
+// udpLatency ping-pongs 64 B datagrams from one client through addr for
+// dur: the p50 and p99 round trips. A lost datagram fails the run.
+func udpLatency(addr string, dur time.Duration) (p50, p99 time.Duration, err error) {
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Close()
+	msg, got := make([]byte, 64), make([]byte, 64<<10)
+	var samples []time.Duration
+	for deadline := time.Now().Add(dur); time.Now().Before(deadline); {
+		t := time.Now()
+		if _, err := c.Write(msg); err != nil {
+			return 0, 0, err
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := c.Read(got); err != nil {
+			return 0, 0, err
+		}
+		samples = append(samples, time.Since(t))
+	}
+	slices.Sort(samples)
+	return samples[len(samples)/2], samples[len(samples)*99/100], nil
 }
 
 func serveUDPEcho(c *net.UDPConn) {
