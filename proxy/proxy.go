@@ -66,6 +66,7 @@ type Options struct {
 type Proxy struct {
 	log       *slog.Logger
 	rlog      *ratelog.Logger // for lines that can repeat fast: at most one a second
+	capLine   *ratelog.Kind   // a service at its connection cap (atCap)
 	met       *metrics.Metrics
 	metricsOn bool    // Options.Metrics was given: counters are reported
 	ev        events  // the proxy's own event counters (events.go)
@@ -157,6 +158,7 @@ func New(cfg *config.File, o Options) *Proxy {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	p.rlog = ratelog.New(p.log, time.Second)
+	p.capLine = p.rlog.Kind(slog.LevelWarn, "a service at its connection cap refuses new connections")
 	if p.met == nil {
 		p.met, _ = metrics.New(quietMetricsConfig(), &metrics.BlackholeSink{})
 	}

@@ -192,10 +192,12 @@ func (p *Proxy) acceptFailed(listener string) func(error, time.Duration) {
 // says so, since raising that is the cure.
 func (p *Proxy) atCap(st *serviceState, src netip.AddrPort, lg *accesslog.Counts) {
 	st.ev.add(evRejected)
-	from := "max_connections"
-	if st.cfg.Limits.MaxConnections == 0 {
-		from = "the descriptor limit (RLIMIT_NOFILE; set max_connections or raise the limit)"
+	if p.capLine.Due() { // the arguments only for a line written: a flood allocates nothing
+		from := "max_connections"
+		if st.cfg.Limits.MaxConnections == 0 {
+			from = "the descriptor limit (RLIMIT_NOFILE; set max_connections or raise the limit)"
+		}
+		p.capLine.Write("service", st.cfg.Name, "cap", st.maxConns, "from", from)
 	}
-	p.rlog.Log(slog.LevelWarn, "a service at its connection cap refuses new connections", "service", st.cfg.Name, "cap", st.maxConns, "from", from)
 	p.accessLog(st, "tcp", src, netip.AddrPort{}, lg, "refused: the service's connection cap")
 }

@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tetherlb/tether/accesslog"
 )
 
 // 200 client addresses, 4 in each of 50 /24s, with a /24 netmask: every
@@ -256,6 +258,29 @@ func TestMaxConnections(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// A flood at the cap costs each refused connection no allocation once the
+// second's line is written: the line's arguments are built only for the
+// lines written (they were boxed at every refusal: two or three
+// allocations).
+func TestRefusalAtTheCapAllocatesNothing(t *testing.T) {
+	b := startBackend(t, "a")
+	listen := freeAddr(t)
+	p := startProxy(t, mustConfig(t, "services:\n"+serviceYAML("web", listen, "rr", "", b)), Options{})
+	var st *serviceState
+	for _, s := range p.services {
+		st = s.state.Load()
+	}
+	src := netip.MustParseAddrPort("127.0.0.1:1234")
+	var lg accesslog.Counts
+	p.atCap(st, src, &lg) // the line of this second
+	if n := testing.AllocsPerRun(1000, func() { p.atCap(st, src, &lg) }); n != 0 {
+		t.Errorf("a refusal at the cap allocates %v times, want 0", n)
+	}
+	if got := st.ev.n[evRejected].Load(); got != 1002 {
+		t.Errorf("%d refusals counted, want 1002", got)
 	}
 }
 

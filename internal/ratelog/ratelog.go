@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -52,4 +53,43 @@ func (l *Logger) Log(level slog.Level, msg string, args ...any) {
 		args = append(args, "suppressed", n)
 	}
 	l.log.Log(context.Background(), level, msg, args...)
+}
+
+// Kind is one kind of line for a caller that may be asked to write it at
+// every event of a flood (a refusal a connection): Due takes no lock and
+// allocates nothing while the line is held back, so the caller builds the
+// line's arguments only for the lines written. Log, whose arguments are
+// built at every call, boxed them at every refusal.
+type Kind struct {
+	l     *Logger
+	level slog.Level
+	msg   string
+	next  atomic.Int64 // unix ns: lines before it are held back
+	held  atomic.Int64 // lines held back since the last one written
+}
+
+// Kind makes a Kind of l's lines: msg at level, at most one an interval.
+func (l *Logger) Kind(level slog.Level, msg string) *Kind {
+	return &Kind{l: l, level: level, msg: msg}
+}
+
+// Due reports whether a line is to be written now, and takes its turn if
+// so (the caller then writes it with Write); otherwise it counts the line
+// as held back.
+func (k *Kind) Due() bool {
+	now := k.l.now().UnixNano()
+	if n := k.next.Load(); now >= n && k.next.CompareAndSwap(n, now+int64(k.l.every)) {
+		return true
+	}
+	k.held.Add(1)
+	return false
+}
+
+// Write writes the line Due let through, with args, and "suppressed": the
+// lines held back since the last one written, if any.
+func (k *Kind) Write(args ...any) {
+	if n := k.held.Swap(0); n > 0 {
+		args = append(args, "suppressed", n)
+	}
+	k.l.log.Log(context.Background(), k.level, k.msg, args...)
 }
