@@ -3,7 +3,6 @@ package affinity
 import (
 	"net/netip"
 	"runtime"
-	"slices"
 	"testing"
 	"time"
 )
@@ -77,26 +76,15 @@ func BenchmarkRatios(b *testing.B) {
 			h := hits(cs)
 			mp := lookups(pat.n)
 			r := releases(cs)
-			ratios["hit-"+pat.name] = append(ratios["hit-"+pat.name], float64(h)/float64(mp))
-			ratios["release-"+pat.name] = append(ratios["release-"+pat.name], float64(r)/float64(mp))
+			ratios["x-hit-"+pat.name] = append(ratios["x-hit-"+pat.name], float64(h)/float64(mp))
+			ratios["x-release-"+pat.name] = append(ratios["x-release-"+pat.name], float64(r)/float64(mp))
 			ratios["ns-hit-"+pat.name] = append(ratios["ns-hit-"+pat.name], float64(h)/ops)
 			ratios["ns-map-"+pat.name] = append(ratios["ns-map-"+pat.name], float64(mp)/ops)
 		}
 	}
 	b.StopTimer()
-	for _, name := range []string{"ns-hit-uniform", "ns-map-uniform"} {
-		rs := ratios[name]
-		slices.Sort(rs)
-		b.ReportMetric(rs[rounds/2], name)
-	}
-	for _, name := range []string{"hit-hot", "hit-uniform", "release-hot", "release-uniform"} {
-		rs := ratios[name]
-		slices.Sort(rs)
-		b.ReportMetric(rs[rounds/2], "x-"+name)
-		if name == "hit-uniform" {
-			b.ReportMetric(rs[0], "x-hit-uniform-min")
-			b.ReportMetric(rs[rounds-1], "x-hit-uniform-max")
-		}
+	for _, name := range []string{"ns-hit-uniform", "ns-map-uniform", "x-hit-hot", "x-hit-uniform", "x-release-hot", "x-release-uniform"} {
+		reportRounds(b, name, ratios[name], name == "x-hit-uniform")
 	}
 	if s := tb.Stats(); s.Misses != benchEntries {
 		b.Fatalf("misses during the timed hits: %+v", s)

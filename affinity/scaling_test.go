@@ -60,15 +60,20 @@ func BenchmarkScaling(b *testing.B) {
 		xm = append(xm, float64(timed(lookup, 1))/float64(timed(lookup, procs)))
 	}
 	b.StopTimer()
-	slices.Sort(xt)
-	slices.Sort(xm)
-	b.ReportMetric(xt[rounds/2], "x-table")
-	b.ReportMetric(xm[rounds/2], "x-map")
-	b.ReportMetric(xt[0], "x-table-min")
-	b.ReportMetric(xt[rounds-1], "x-table-max")
-	b.ReportMetric(xm[0], "x-map-min")
-	b.ReportMetric(xm[rounds-1], "x-map-max")
+	reportRounds(b, "x-table", xt, true)
+	reportRounds(b, "x-map", xm, true)
 	if s := tb.Stats(); s.Misses != benchEntries {
 		b.Fatalf("misses during the timed hits: %+v", s)
+	}
+}
+
+// reportRounds reports the median of a benchmark's rounds as name, and
+// with spread their least and greatest as name-min and name-max.
+func reportRounds(b *testing.B, name string, rounds []float64, spread bool) {
+	slices.Sort(rounds)
+	b.ReportMetric(rounds[len(rounds)/2], name)
+	if spread {
+		b.ReportMetric(rounds[0], name+"-min")
+		b.ReportMetric(rounds[len(rounds)-1], name+"-max")
 	}
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"fmt"
+	"net"
 	"net/http/httptest"
 	"strconv"
 	"strings"
@@ -94,7 +95,7 @@ func TestEventCountersAtEachReport(t *testing.T) {
 
 	// A connection to b stays open while a reload removes b; its bytes
 	// count when it closes.
-	var c interface{ Close() error }
+	var c net.Conn
 	for i := range 4 {
 		conn, name := hold(t, srcAddr(i).String(), listen)
 		if name == "b" {

@@ -5,6 +5,7 @@ import (
 	"runtime"
 
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/marks"
 )
 
 // The TCP event loops hold their processors while they have work: a busy
@@ -21,13 +22,16 @@ import (
 // loopFree says whether cfg has a data path the TCP event loops do not
 // serve.
 func loopFree(cfg *config.File) bool {
+	if cfg.HasDirector() {
+		return true
+	}
 	for _, s := range cfg.Services {
-		if s.Protocol == config.UDP || s.Mode == config.ModeDirector {
+		if s.Protocol == config.UDP {
 			return true
 		}
 	}
-	for _, m := range cfg.Marks {
-		if m.Protocol == "udp" || m.Protocol == "both" {
+	for _, c := range cfg.MarkSet.Classes {
+		if c.Protocols&marks.UDP != 0 {
 			return true
 		}
 	}

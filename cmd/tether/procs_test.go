@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/marks"
 )
 
 // A config whose data path the TCP event loops do not all serve gets a
@@ -20,8 +21,9 @@ func TestProcsFor(t *testing.T) {
 		{"tcp services", config.File{Services: []config.Service{tcp, tcp}}, 2, 2},
 		{"a udp service", config.File{Services: []config.Service{tcp, {Protocol: config.UDP, Mode: config.ModeProxy}}}, 2, 3},
 		{"a director service", config.File{Services: []config.Service{tcp, {Protocol: config.TCP, Mode: config.ModeDirector}}}, 4, 5},
-		{"a mark class with udp", config.File{Services: []config.Service{tcp}, Marks: []config.MarkClass{{Protocol: "both"}}}, 2, 3},
-		{"a mark class with tcp", config.File{Services: []config.Service{tcp}, Marks: []config.MarkClass{{Protocol: "tcp"}}}, 2, 2},
+		{"director mode for the file", config.File{Mode: config.ModeDirector, Services: []config.Service{{Protocol: config.TCP}}}, 2, 3},
+		{"a mark class with udp", config.File{Services: []config.Service{tcp}, MarkSet: marks.Set{Classes: []marks.Class{{Protocols: marks.Both}}}}, 2, 3},
+		{"a mark class with tcp", config.File{Services: []config.Service{tcp}, MarkSet: marks.Set{Classes: []marks.Class{{Protocols: marks.TCP}}}}, 2, 2},
 		{"loops off", config.File{Services: []config.Service{{Protocol: config.UDP}}}, -1, 0},
 	} {
 		if got := procsFor(&c.cfg, c.loops); got != c.want {

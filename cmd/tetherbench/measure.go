@@ -161,13 +161,21 @@ func latency(dial dialer, dur time.Duration) (p50, p99 time.Duration, err error)
 		return 0, 0, err
 	}
 	msg, got := make([]byte, 64), make([]byte, 64)
+	return roundTrips(dur, func() error {
+		if _, err := c.Write(msg); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(c, got)
+		return err
+	})
+}
+
+// roundTrips times trip, one at a time, for dur: the p50 and p99.
+func roundTrips(dur time.Duration, trip func() error) (p50, p99 time.Duration, err error) {
 	var samples []time.Duration
 	for deadline := time.Now().Add(dur); time.Now().Before(deadline); {
 		t := time.Now()
-		if _, err := c.Write(msg); err != nil {
-			return 0, 0, err
-		}
-		if _, err := io.ReadFull(c, got); err != nil {
+		if err := trip(); err != nil {
 			return 0, 0, err
 		}
 		samples = append(samples, time.Since(t))

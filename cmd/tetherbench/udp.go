@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"slices"
 	"time"
 )
 
@@ -79,20 +78,14 @@ func udpLatency(addr string, dur time.Duration) (p50, p99 time.Duration, err err
 	}
 	defer c.Close()
 	msg, got := make([]byte, 64), make([]byte, 64<<10)
-	var samples []time.Duration
-	for deadline := time.Now().Add(dur); time.Now().Before(deadline); {
-		t := time.Now()
+	return roundTrips(dur, func() error {
 		if _, err := c.Write(msg); err != nil {
-			return 0, 0, err
+			return err
 		}
 		c.SetReadDeadline(time.Now().Add(time.Second))
-		if _, err := c.Read(got); err != nil {
-			return 0, 0, err
-		}
-		samples = append(samples, time.Since(t))
-	}
-	slices.Sort(samples)
-	return samples[len(samples)/2], samples[len(samples)*99/100], nil
+		_, err := c.Read(got)
+		return err
+	})
 }
 
 func serveUDPEcho(c *net.UDPConn) {

@@ -16,50 +16,37 @@ type Logger struct {
 	now   func() time.Time
 
 	mu    sync.Mutex
-	kinds map[string]*kind // keyed by the message: a fixed set, from code
-}
-
-type kind struct {
-	last       time.Time
-	suppressed int
+	kinds map[string]*Kind // Log's, keyed by the message: a fixed set, from code
 }
 
 // New makes a Logger that writes to log at most one line of a kind every
 // interval.
 func New(log *slog.Logger, every time.Duration) *Logger {
-	return &Logger{log: log, every: every, now: time.Now, kinds: map[string]*kind{}}
+	return &Logger{log: log, every: every, now: time.Now, kinds: map[string]*Kind{}}
 }
 
 // Log writes msg with args at level, unless a line with the same msg was
 // written less than the interval ago; then it only counts it. A written
-// line carries "suppressed": the lines held back since the last one.
+// line carries "suppressed": the lines held back since the last one. Its
+// arguments are built at every call: a caller asked to write at every
+// event of a flood keeps a Kind instead.
 func (l *Logger) Log(level slog.Level, msg string, args ...any) {
-	now := l.now()
 	l.mu.Lock()
 	k := l.kinds[msg]
 	if k == nil {
-		k = &kind{}
+		k = l.Kind(level, msg)
 		l.kinds[msg] = k
 	}
-	if !k.last.IsZero() && now.Sub(k.last) < l.every {
-		k.suppressed++
-		l.mu.Unlock()
-		return
-	}
-	n := k.suppressed
-	k.last, k.suppressed = now, 0
 	l.mu.Unlock()
-	if n > 0 {
-		args = append(args, "suppressed", n)
+	if k.Due() {
+		k.write(level, args)
 	}
-	l.log.Log(context.Background(), level, msg, args...)
 }
 
 // Kind is one kind of line for a caller that may be asked to write it at
 // every event of a flood (a refusal a connection): Due takes no lock and
 // allocates nothing while the line is held back, so the caller builds the
-// line's arguments only for the lines written. Log, whose arguments are
-// built at every call, boxed them at every refusal.
+// line's arguments only for the lines written. Log keeps one a message.
 type Kind struct {
 	l     *Logger
 	level slog.Level
@@ -87,9 +74,11 @@ func (k *Kind) Due() bool {
 
 // Write writes the line Due let through, with args, and "suppressed": the
 // lines held back since the last one written, if any.
-func (k *Kind) Write(args ...any) {
+func (k *Kind) Write(args ...any) { k.write(k.level, args) }
+
+func (k *Kind) write(level slog.Level, args []any) {
 	if n := k.held.Swap(0); n > 0 {
 		args = append(args, "suppressed", n)
 	}
-	k.l.log.Log(context.Background(), k.level, k.msg, args...)
+	k.l.log.Log(context.Background(), level, k.msg, args...)
 }
