@@ -87,6 +87,9 @@ type events struct {
 
 func (ev *events) add(e event) { ev.n[e].Add(1) }
 
+// addN counts n events of kind e.
+func (ev *events) addN(e event, n uint64) { ev.n[e].Add(n) }
+
 // emit reports what each counter grew by since the last call.
 func (ev *events) emit(m *metrics.Metrics, labels []metrics.Label) {
 	for e := range numEvents {

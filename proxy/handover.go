@@ -84,6 +84,8 @@ func (p *Proxy) Handover() ([]HandedSocket, error) {
 			}
 			if s.pc != nil {
 				hand("udp", k.VIP.String(), s.pc)
+			} else if s.raw != nil {
+				hand("udp", k.VIP.String(), s.raw)
 			}
 		}
 		return err
@@ -115,9 +117,7 @@ func (p *Proxy) StopAccepting() {
 		p.handedOver = true
 		for _, s := range p.services {
 			s.closeListener()
-			if s.pc != nil {
-				s.pc.Close() // its read loop ends, and with it its flows
-			}
+			p.closeUDP(s) // and with it its flows
 		}
 		if tp := p.tp; tp != nil {
 			// The new process's table applies the same rules under the

@@ -188,22 +188,30 @@ func (p *Proxy) commit(pl *plan) error {
 		if svc := b.pl.svc; svc != nil {
 			svc.state.Store(b.st)
 			if svc.flows != nil { // a changed limits.max_flows applies now
-				for _, f := range svc.flows.Resize(b.st.maxFlows) {
-					p.closeFlow(f, "evicted: a reload lowered max_flows")
-				}
+				p.onUDPLoop(svc, func() {
+					for _, f := range svc.flows.Resize(b.st.maxFlows) {
+						p.closeFlow(f, "evicted: a reload lowered max_flows")
+					}
+				})
 			}
 			continue
 		}
 		k := b.pl.cfg.Key()
 		svc := &service{key: k, director: b.pl.cfg.Mode == config.ModeDirector, ln: b.pl.ln, more: b.pl.more, pc: b.pl.pc, rc: b.pl.rc, family: b.pl.family, done: make(chan struct{})}
 		svc.state.Store(b.st)
+		if svc.pc != nil {
+			// Before the service is published: on a loop, its socket
+			// changes (serveUDPOnLoop).
+			svc.flows = newFlowTable(b.st.maxFlows)
+			if !p.serveUDPOnLoop(svc) {
+				go p.serveUDP(svc)
+			}
+		}
 		p.svcMu.Lock()
 		p.services[k] = svc
 		p.svcMu.Unlock()
-		if svc.pc != nil {
-			svc.flows = newFlowTable(b.st.maxFlows)
-			go p.serveUDP(svc)
-			p.log.Info("udp service listening", "service", b.pl.cfg.Name, "listen", svc.pc.LocalAddr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers), "one_packet", b.st.cfg.OnePacket)
+		if b.pl.pc != nil {
+			p.log.Info("udp service listening", "service", b.pl.cfg.Name, "listen", b.pl.pc.LocalAddr(), "scheduler", b.st.cfg.Scheduler, "servers", len(b.st.servers), "one_packet", b.st.cfg.OnePacket)
 			continue
 		}
 		if svc.director {
@@ -251,9 +259,7 @@ func (p *Proxy) stopService(s *service, handedOn bool) {
 	} else {
 		s.closeListener()
 	}
-	if s.pc != nil {
-		s.pc.Close()
-	}
+	p.closeUDP(s)
 	<-s.done
 	p.svcMu.Lock()
 	delete(p.services, s.key)

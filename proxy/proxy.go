@@ -298,9 +298,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 func (p *Proxy) shutdown(ctx context.Context) error {
 	for _, s := range p.services {
 		s.closeListener()
-		if s.pc != nil {
-			s.pc.Close() // its read loop closes its flows
-		}
+		p.closeUDP(s) // and with it its flows
 	}
 	for _, s := range p.services {
 		<-s.done

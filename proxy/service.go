@@ -20,6 +20,7 @@ import (
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/nft"
 	"github.com/tetherlb/tether/sched"
+	"github.com/tetherlb/tether/tcploop"
 )
 
 // errNoServer: every server is down, quiescent, full or already tried.
@@ -42,13 +43,19 @@ type service struct {
 	director bool
 	ln       *net.TCPListener
 	more     []*net.TCPListener // ln's SO_REUSEPORT siblings: a listener per event loop
-	pc       *net.UDPConn       // a udp service's socket
-	rc       syscall.RawConn    // pc's, for recvmmsg, sendmmsg and its drop count
+	pc       *net.UDPConn       // a udp service's socket, read by a goroutine
+	raw      *rawSocket         // or by an event loop (udploop.go): pc is nil then
+	rc       syscall.RawConn    // pc's or raw's, for recvmmsg, sendmmsg and its drop count
 	family   int                // pc's address family
 	flows    *flowTable         // a udp service's flows
-	state    atomic.Pointer[serviceState]
-	active   atomic.Int64  // open client connections
-	done     chan struct{} // closed when the accept loop has returned
+	// watch and udp read a udp service on an event loop (udploop.go);
+	// nil when a goroutine does. udpOnce closes it once.
+	watch   *tcploop.Watch
+	udp     *udpLoop
+	udpOnce sync.Once
+	state   atomic.Pointer[serviceState]
+	active  atomic.Int64  // open client connections
+	done    chan struct{} // closed when the accept loop has returned
 	// stopAccept ends the event loops' accepting from ln; nil when a
 	// goroutine of its own accepts.
 	stopAccept func()

@@ -14,6 +14,7 @@ import (
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/lruset"
+	"github.com/tetherlb/tether/tcploop"
 	"github.com/tetherlb/tether/udpbatch"
 	"golang.org/x/sys/unix"
 )
@@ -29,14 +30,18 @@ type flow struct {
 	srv    *server
 	st     *serviceState
 	lease  affinity.Lease
-	conn   *net.UDPConn
-	rc     syscall.RawConn // conn's, for recvmmsg and sendmmsg
+	conn   *net.UDPConn    // a goroutine's flow's socket
+	raw    *rawSocket      // or an event loop's (udploop.go)
+	rc     syscall.RawConn // conn's or raw's, for recvmmsg and sendmmsg
 	// dst is the client as the service socket's sendmmsg takes it.
 	dst              unix.RawSockaddrInet6
 	dstLen           uint32
 	last             atomic.Int64 // unix ns of the last datagram either way
 	closed           atomic.Bool
 	accesslog.Counts // for the access log
+	// w watches the flow's socket on its service's event loop; nil
+	// when a goroutine relays its replies. Owned by the loop.
+	w *tcploop.Watch
 }
 
 // flowTable is a service's flows, by client address:port.
@@ -64,72 +69,113 @@ var errDenied = errors.New("the service's access list refuses the client")
 const udpBatch = 16
 
 // serveUDP reads the service's datagrams until its socket closes, a batch
-// per system call, and hands each to its flow; a run of datagrams of one
-// flow goes to its server in one system call too.
+// per system call, in a goroutine of its own: the service's path when the
+// event loops are off (udploop.go is the other). Each flow's replies
+// have a goroutine too.
 func (p *Proxy) serveUDP(svc *service) {
 	defer close(svc.done)
-	var wg sync.WaitGroup // flow goroutines
+	var wg sync.WaitGroup // flow and one-packet goroutines
 	defer wg.Wait()
 	defer p.closeFlows(svc)
-	rc := svc.rc
-	in, out := udpbatch.NewReader(udpBatch, 64<<10), udpbatch.NewWriter(udpBatch)
-	run := make([][]byte, 0, udpBatch) // datagrams of one flow, in order
-	var runFlow *flow
-	flush := func() {
-		if len(run) > 0 {
-			if err := out.Write(runFlow.rc, run); err == nil {
-				for _, b := range run {
-					runFlow.srv.bytesIn.Add(uint64(len(b)))
-					runFlow.In.Add(int64(len(b)))
-				}
-			}
-		}
-		run, runFlow = run[:0], nil
+	u := newUDPIn(false)
+	start := func(f *flow) error {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.flowReplies(svc, f)
+		}()
+		return nil
 	}
 	for {
-		n, err := in.Read(rc)
+		n, err := u.in.Read(svc.rc)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue
 		}
-		st := svc.state.Load()
-		now := time.Now().UnixNano() // one clock read a batch
-		for i := range n {
-			b, src, ok := in.Msg(i)
-			if !ok {
-				continue // truncated: larger than any UDP datagram
-			}
-			if st.cfg.OnePacket {
-				p.onePacket(svc, st, src, b, &wg)
-				continue
-			}
-			if runFlow != nil && runFlow.client == src {
-				run = append(run, b) // the run's flow again: no lookup
-				continue
-			}
-			f, err := p.flowFor(svc, st, src, &wg)
-			if err != nil {
-				what := evUDPDropped
-				if err == errDenied {
-					what = evUDPDenied
-				}
-				st.ev.add(what)
-				continue
-			}
-			f.last.Store(now)
-			flush()
-			runFlow = f
-			run = append(run, b)
-		}
-		flush()
+		p.datagrams(svc, u, n, time.Now().UnixNano(), &wg, start)
 	}
 }
 
+// udpIn is a service's reading of its datagrams: the batch, and the run
+// of one flow's datagrams gathered to go to its server in one sendmmsg.
+type udpIn struct {
+	in      *udpbatch.Reader
+	out     *udpbatch.Writer
+	run     [][]byte
+	runFlow *flow
+	// nowait: an event loop's, whose sends do not wait for a full
+	// socket (what it cannot take is dropped and counted).
+	nowait bool
+}
+
+func newUDPIn(nowait bool) *udpIn {
+	return &udpIn{in: udpbatch.NewReader(udpBatch, 64<<10), out: udpbatch.NewWriter(udpBatch), run: make([][]byte, 0, udpBatch), nowait: nowait}
+}
+
+// datagrams hands the n datagrams u read (at now, unix ns) to their flows,
+// making the flows that are new (start begins relaying a new flow's
+// replies), and a run of datagrams of one flow goes to its server in one
+// system call.
+func (p *Proxy) datagrams(svc *service, u *udpIn, n int, now int64, wg *sync.WaitGroup, start func(*flow) error) {
+	st := svc.state.Load()
+	for i := range n {
+		b, src, ok := u.in.Msg(i)
+		if !ok {
+			continue // truncated: larger than any UDP datagram
+		}
+		if st.cfg.OnePacket {
+			p.onePacket(svc, st, src, b, wg)
+			continue
+		}
+		if u.runFlow != nil && u.runFlow.client == src {
+			u.run = append(u.run, b) // the run's flow again: no lookup
+			continue
+		}
+		f, err := p.flowFor(svc, st, src, u.nowait, start)
+		if err != nil {
+			what := evUDPDropped
+			if err == errDenied {
+				what = evUDPDenied
+			}
+			st.ev.add(what)
+			continue
+		}
+		f.last.Store(now)
+		p.flush(u)
+		u.runFlow = f
+		u.run = append(u.run, b)
+	}
+	p.flush(u)
+}
+
+// flush sends the run of datagrams to its flow's server.
+func (p *Proxy) flush(u *udpIn) {
+	if len(u.run) > 0 {
+		f := u.runFlow
+		var err error
+		if u.nowait {
+			err = u.out.WriteToNow(f.rc, u.run, nil, 0)
+		} else {
+			err = u.out.Write(f.rc, u.run)
+		}
+		if err == nil {
+			for _, b := range u.run {
+				f.srv.bytesIn.Add(uint64(len(b)))
+				f.In.Add(int64(len(b)))
+			}
+		} else if err == unix.EAGAIN {
+			f.st.ev.addN(evUDPDropped, uint64(u.out.Unsent()))
+		}
+	}
+	u.run, u.runFlow = u.run[:0], nil
+}
+
 // flowFor returns the client's flow, making it (scheduled through the
-// persistence table) when there is none.
-func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *sync.WaitGroup) (*flow, error) {
+// persistence table) when there is none: with a raw socket for an event
+// loop, and start begins relaying the new flow's replies.
+func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, raw bool, start func(*flow) error) (*flow, error) {
 	f, ok := svc.flows.Get(src)
 	if ok && !f.closed.Load() {
 		return f, nil
@@ -145,11 +191,13 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 		return nil, err
 	}
 	srv, lease := ch.srv, ch.lease
-	conn, err := p.dialUDP(ch.st, srv.Addr)
-	var rc syscall.RawConn
-	if err == nil {
-		if rc, err = conn.SyscallConn(); err != nil {
-			conn.Close()
+	f = &flow{client: src, srv: srv, st: ch.st, lease: lease}
+	if raw {
+		f.raw, err = p.dialRaw(srv.Addr)
+		f.rc = f.raw
+	} else if f.conn, err = p.dialUDP(ch.st, srv.Addr); err == nil {
+		if f.rc, err = f.conn.SyscallConn(); err != nil {
+			f.conn.Close()
 		}
 	}
 	if err != nil {
@@ -157,7 +205,6 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 		p.localFailure(ch.st, err) // counted apart: no UDP server is marked failed anyway
 		return nil, err
 	}
-	f = &flow{client: src, srv: srv, st: ch.st, lease: lease, conn: conn, rc: rc}
 	f.Start = p.accessLogging()
 	f.dstLen = udpbatch.Sockaddr(src, svc.family, &f.dst)
 	p.flowsTotal.Add(1)
@@ -167,11 +214,11 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, wg *
 		st.ev.add(evUDPFlowsEvicted)
 		p.closeFlow(e, "evicted: the service's flow cap")
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		p.flowReplies(svc, f)
-	}()
+	if err := start(f); err != nil {
+		svc.flows.Remove(src, f)
+		p.closeFlow(f, "not relayed: "+err.Error())
+		return nil, err
+	}
 	return f, nil
 }
 
@@ -227,13 +274,21 @@ func armIdle(c *net.UDPConn, last *atomic.Int64, idle time.Duration) bool {
 }
 
 // closeFlow ends a flow once: its socket, its server count, its lease;
-// end says why, for the access log.
+// end says why, for the access log. A flow on an event loop is closed on
+// its loop (onUDPLoop).
 func (p *Proxy) closeFlow(f *flow, end string) {
 	if f.closed.Swap(true) {
 		return
 	}
 	p.flowsTotal.Add(-1)
-	f.conn.Close()
+	if f.w != nil {
+		f.w.Stop() // on the loop (udploop.go): before the close
+	}
+	if f.raw != nil {
+		f.raw.Close()
+	} else {
+		f.conn.Close()
+	}
 	p.release(f.srv, f.lease)
 	p.accessLog(f.st, "udp", f.client, f.srv.Addr, &f.Counts, end)
 }
@@ -295,7 +350,9 @@ func (p *Proxy) onePacket(svc *service, st *serviceState, src netip.AddrPort, b 
 		rel := udpbatch.NewRelay(p.replies) // the buffer only once the reply is there
 		bufs, _, _, err := rel.Next(rc)
 		if err == nil && len(bufs) > 0 {
-			svc.pc.WriteToUDPAddrPort(bufs[0], src)
+			var sa unix.RawSockaddrInet6
+			n := udpbatch.Sockaddr(src, svc.family, &sa)
+			svc.rc.Control(func(fd uintptr) { udpbatch.SendTo(fd, bufs[0], &sa, n) })
 		}
 		rel.Done()
 	}()

@@ -37,5 +37,10 @@
 // connection (which server, or refuse it) is decided by a Service, called
 // on the loop: it must not block.
 //
+// A loop also reads descriptors other packages own, through a Watcher
+// (watch.go): the proxy's UDP services and their flows' sockets, so that
+// UDP shares the loops as it does in nginx and HAProxy, and needs neither
+// a goroutine a flow nor a processor of its own.
+//
 // It needs no privilege.
 package tcploop

@@ -180,7 +180,7 @@ func (ls *Loops) Close() {
 	ls.closed = true
 	ls.bal.close()
 	for _, l := range ls.loops {
-		l.do(func() { l.closeAll(ErrStopped); l.stopped = true })
+		l.do(func() { l.closeAll(ErrStopped); l.forgetWatches(); l.stopped = true })
 		<-l.done
 		l.drainHandoffs(false)
 		l.release()
@@ -192,6 +192,7 @@ func (ls *Loops) Close() {
 const (
 	padListener = -1
 	padWake     = -2
+	padWatch    = -3 // Fd is the watch's slot
 )
 
 // Bounds of the work one wake does, so that one busy listener or
@@ -246,8 +247,12 @@ type loop struct {
 	nextTick  int64
 	deadline  int64 // the poller's read deadline in force (0: none)
 	events    [eventBatch]unix.EpollEvent
+	watches   []*Watch // by slot (watch.go)
+	wfree     []int32
+	ticking   int // watches with ticks
 
-	open atomic.Int64 // connections open (read by Loops.Open)
+	open     atomic.Int64 // connections open (read by Loops.Open)
+	watching atomic.Int64 // watches (read by Loops.Watch, to choose a loop)
 }
 
 func newLoop(relay *tcprelay.Relay) (*loop, error) {
@@ -337,6 +342,8 @@ func (l *loop) dispatch(ev *unix.EpollEvent) {
 			}
 			return
 		}
+	case padWatch:
+		l.readable(ev.Fd)
 	case padListener:
 		if ll := l.listeners[ev.Fd]; ll != nil && ll.restUntil == 0 {
 			l.accept(ll)
@@ -383,6 +390,7 @@ func (l *loop) sweep() {
 			l.end(c, tcprelay.ErrIdle)
 		}
 	}
+	l.tickWatches()
 	l.nextTick = next
 }
 

@@ -108,10 +108,11 @@ func (l *loop) parkInterest(events uint32) {
 }
 
 // armDeadline keeps the poller's deadline at the next tick while there are
-// connections or resting listeners, and clears it when there are none.
+// connections, resting listeners or ticking watches, and clears it when
+// there are none.
 func (l *loop) armDeadline() {
 	want := int64(0)
-	if l.open.Load() > 0 || l.resting() {
+	if l.open.Load() > 0 || l.ticking > 0 || l.resting() {
 		want = l.nextTick
 	}
 	if want == l.deadline {

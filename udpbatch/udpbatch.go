@@ -2,6 +2,7 @@ package udpbatch
 
 import (
 	"net/netip"
+	"os"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -27,6 +28,8 @@ type Reader struct {
 	got   int
 	errno syscall.Errno
 	recvF func(fd uintptr) bool // b.recv, made once: a method value per read would allocate
+	ctlF  func(fd uintptr)      // b.recv for ReadNow, made once too
+	ready bool                  // ctlF found datagrams (or an error)
 }
 
 func NewReader(n, size int) *Reader {
@@ -40,6 +43,7 @@ func NewReader(n, size int) *Reader {
 		b.msgs[i].hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
 	}
 	b.recvF = b.recv
+	b.ctlF = func(fd uintptr) { b.ready = b.recv(fd) }
 	return b
 }
 
@@ -50,7 +54,7 @@ func (b *Reader) recv(fd uintptr) bool {
 		b.msgs[i].hdr.Namelen = unix.SizeofSockaddrInet6
 		b.msgs[i].hdr.Flags = 0
 	}
-	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(len(b.msgs)), unix.MSG_DONTWAIT, 0, 0)
+	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(len(b.msgs)), unix.MSG_DONTWAIT, 0, 0)
 	if e == unix.EAGAIN || e == unix.EINTR {
 		return false
 	}
@@ -63,6 +67,19 @@ func (b *Reader) recv(fd uintptr) bool {
 func (b *Reader) Read(rc syscall.RawConn) (int, error) {
 	if err := rc.Read(b.recvF); err != nil {
 		return 0, err // net.ErrClosed once the socket is closed
+	}
+	return b.result()
+}
+
+// ReadNow takes what is queued on rc without waiting, for an event loop
+// that waits for the socket itself: 0 when nothing is.
+func (b *Reader) ReadNow(rc syscall.RawConn) (int, error) {
+	b.ready = false
+	if err := rc.Control(b.ctlF); err != nil {
+		return 0, err
+	}
+	if !b.ready {
+		return 0, nil
 	}
 	return b.result()
 }
@@ -106,6 +123,8 @@ type Writer struct {
 	todo  []mmsghdr // the part of msgs not sent yet
 	errno syscall.Errno
 	send  func(fd uintptr) bool
+	ctlF  func(fd uintptr) // send for WriteToNow
+	sent  bool             // ctlF sent everything (or failed)
 }
 
 func NewWriter(n int) *Writer {
@@ -116,7 +135,7 @@ func NewWriter(n int) *Writer {
 	}
 	w.send = func(fd uintptr) bool {
 		for len(w.todo) > 0 {
-			r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.todo[0])), uintptr(len(w.todo)), unix.MSG_DONTWAIT, 0, 0)
+			r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.todo[0])), uintptr(len(w.todo)), unix.MSG_DONTWAIT, 0, 0)
 			switch {
 			case e == unix.EAGAIN:
 				return false
@@ -130,6 +149,7 @@ func NewWriter(n int) *Writer {
 		}
 		return true
 	}
+	w.ctlF = func(fd uintptr) { w.sent = w.send(fd) }
 	return w
 }
 
@@ -141,12 +161,7 @@ func (w *Writer) Write(rc syscall.RawConn, bufs [][]byte) error {
 // WriteTo sends bufs on rc to the address in name (namelen bytes of it);
 // nil for a connected socket.
 func (w *Writer) WriteTo(rc syscall.RawConn, bufs [][]byte, name *unix.RawSockaddrInet6, namelen uint32) error {
-	for i, b := range bufs {
-		w.iovs[i].Base = unsafe.SliceData(b) // nil for an empty datagram: length 0
-		w.iovs[i].SetLen(len(b))
-		w.msgs[i].hdr.Name, w.msgs[i].hdr.Namelen = (*byte)(unsafe.Pointer(name)), namelen
-	}
-	w.todo, w.errno = w.msgs[:len(bufs)], 0
+	w.prepare(bufs, name, namelen)
 	if err := rc.Write(w.send); err != nil {
 		return err
 	}
@@ -154,6 +169,66 @@ func (w *Writer) WriteTo(rc syscall.RawConn, bufs [][]byte, name *unix.RawSockad
 		return w.errno
 	}
 	return nil
+}
+
+// WriteToNow is WriteTo without waiting, for an event loop: what the
+// socket cannot take at once is not sent, and the error is EAGAIN (a
+// full socket drops datagrams, as the kernel's own queues do).
+func (w *Writer) WriteToNow(rc syscall.RawConn, bufs [][]byte, name *unix.RawSockaddrInet6, namelen uint32) error {
+	w.prepare(bufs, name, namelen)
+	w.sent = false
+	if err := rc.Control(w.ctlF); err != nil {
+		return err
+	}
+	if !w.sent {
+		return unix.EAGAIN
+	}
+	if w.errno != 0 {
+		return w.errno
+	}
+	return nil
+}
+
+// Unsent is how many datagrams the last write did not send.
+func (w *Writer) Unsent() int { return len(w.todo) }
+
+func (w *Writer) prepare(bufs [][]byte, name *unix.RawSockaddrInet6, namelen uint32) {
+	for i, b := range bufs {
+		w.iovs[i].Base = unsafe.SliceData(b) // nil for an empty datagram: length 0
+		w.iovs[i].SetLen(len(b))
+		w.msgs[i].hdr.Name, w.msgs[i].hdr.Namelen = (*byte)(unsafe.Pointer(name)), namelen
+	}
+	w.todo, w.errno = w.msgs[:len(bufs)], 0
+}
+
+// SendTo sends b to the address in sa (n bytes of it) on the socket fd,
+// without waiting.
+func SendTo(fd uintptr, b []byte, sa *unix.RawSockaddrInet6, n uint32) error {
+	_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)), unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(sa)), uintptr(n))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// Dial opens a non-blocking UDP socket connected to addr, outside the Go
+// runtime's poller: for an event loop that waits for it itself.
+func Dial(addr netip.AddrPort) (int, error) {
+	var sa unix.RawSockaddrInet6
+	family := unix.AF_INET6
+	if addr.Addr().Is4() {
+		family = unix.AF_INET
+	}
+	n := Sockaddr(addr, family, &sa)
+	fd, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if e != 0 {
+		return -1, os.NewSyscallError("socket", e)
+	}
+	if _, _, e := unix.RawSyscall(unix.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&sa)), uintptr(n)); e != 0 {
+		unix.Close(int(fd))
+		return -1, os.NewSyscallError("connect", e)
+	}
+	return int(fd), nil
 }
 
 // Sockaddr writes ap as the sockaddr a socket of family takes (an IPv4
@@ -213,9 +288,11 @@ func NewPool(n int) *Pool {
 // in a batch borrowed from its pool only while there is
 // something to read: a flow waiting for datagrams holds no buffer.
 type Relay struct {
-	pool *Pool
-	rb   *batch
-	recv func(fd uintptr) bool // made once per relay
+	pool  *Pool
+	rb    *batch
+	recv  func(fd uintptr) bool // made once per relay
+	ctlF  func(fd uintptr)      // recv for NextNow
+	ready bool
 }
 
 func NewRelay(pool *Pool) *Relay {
@@ -231,6 +308,7 @@ func NewRelay(pool *Pool) *Relay {
 		}
 		return true
 	}
+	r.ctlF = func(fd uintptr) { r.ready = r.recv(fd) }
 	return r
 }
 
@@ -238,7 +316,22 @@ func NewRelay(pool *Pool) *Relay {
 // them, their total size, and the batch to send them with; done gives the
 // batch back. On an error nothing is held.
 func (r *Relay) Next(from syscall.RawConn) (bufs [][]byte, total int, out *Writer, err error) {
-	err = from.Read(r.recv)
+	return r.took(from.Read(r.recv))
+}
+
+// NextNow is Next without waiting, for an event loop: no datagrams and no
+// error when nothing is queued.
+func (r *Relay) NextNow(from syscall.RawConn) (bufs [][]byte, total int, out *Writer, err error) {
+	r.ready = false
+	err = from.Control(r.ctlF)
+	if err == nil && !r.ready {
+		return nil, 0, nil, nil // recv gave the batch back
+	}
+	return r.took(err)
+}
+
+// took is what the read into r.rb brought, or err.
+func (r *Relay) took(err error) (bufs [][]byte, total int, out *Writer, _ error) {
 	n := 0
 	if err == nil {
 		n, err = r.rb.in.result()

@@ -8,16 +8,18 @@ import (
 	"github.com/tetherlb/tether/marks"
 )
 
-// The TCP event loops hold their processors while they have work: a busy
+// The event loops hold their processors while they have work: a busy
 // loop yields to the Go scheduler every 5 ms, and after work it waits a
 // millisecond in its own epoll set, its processor held. With a loop on
-// every processor, any other goroutine on the data path (UDP flows, the
-// TPROXYed UDP of mark classes, the director's queue readers) waits for a
-// yield: a UDP ping-pong through tether while wrk loaded a TCP service of
-// the same process took 20 ms a round trip, and 106-142 µs with one
+// every processor, any other goroutine on the data path (the TPROXYed UDP
+// of mark classes, one-packet UDP services' datagrams, the director's
+// queue readers) waits for a yield: a UDP ping-pong through tether while
+// wrk loaded a TCP service of the same process took 20 ms a round trip
+// when UDP services were goroutines too, and 106-142 µs with one
 // processor more than loops (README, Performance). So a config with such
 // a data path runs one processor more than it has loops; a config without
-// keeps one a loop, which is what its TCP throughput was measured with.
+// (UDP services are read on the loops) keeps one a loop, which is what
+// its TCP throughput was measured with.
 
 // loopFree says whether cfg has a data path the TCP event loops do not
 // serve.
@@ -26,7 +28,7 @@ func loopFree(cfg *config.File) bool {
 		return true
 	}
 	for _, s := range cfg.Services {
-		if s.Protocol == config.UDP {
+		if s.Protocol == config.UDP && s.OnePacket {
 			return true
 		}
 	}

@@ -19,7 +19,8 @@ func TestProcsFor(t *testing.T) {
 		want  int
 	}{
 		{"tcp services", config.File{Services: []config.Service{tcp, tcp}}, 2, 2},
-		{"a udp service", config.File{Services: []config.Service{tcp, {Protocol: config.UDP, Mode: config.ModeProxy}}}, 2, 3},
+		{"a udp service (read on the loops)", config.File{Services: []config.Service{tcp, {Protocol: config.UDP, Mode: config.ModeProxy}}}, 2, 2},
+		{"a one-packet udp service", config.File{Services: []config.Service{tcp, {Protocol: config.UDP, Mode: config.ModeProxy, OnePacket: true}}}, 2, 3},
 		{"a director service", config.File{Services: []config.Service{tcp, {Protocol: config.TCP, Mode: config.ModeDirector}}}, 4, 5},
 		{"director mode for the file", config.File{Mode: config.ModeDirector, Services: []config.Service{{Protocol: config.TCP}}}, 2, 3},
 		{"a mark class with udp", config.File{Services: []config.Service{tcp}, MarkSet: marks.Set{Classes: []marks.Class{{Protocols: marks.Both}}}}, 2, 3},
