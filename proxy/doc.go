@@ -23,10 +23,10 @@
 //     proxyheader reads it): accept (package acceptloop) and the copy
 //     (package tcprelay: buffers, then splice for bulk).
 //   - udp.go: UDP flows per client, bounded (package lruset), the datagrams
-//     moved in batches (package udpbatch); udploop.go: the service's and
-//     its flows' sockets read on an event loop (tcploop's watches), outside
-//     the Go runtime's poller; udp.go's goroutines serve them with the
-//     loops off.
+//     moved in batches (package udpbatch); udploop.go: a service's
+//     socket for each event loop (SO_REUSEPORT) and its flows' sockets
+//     read there (tcploop's watches), outside the Go runtime's poller;
+//     udp.go's goroutines serve them with the loops off.
 //   - transparent.go, transparent_udp.go: firewall-mark services through
 //     TPROXY (nftables table from package nft, policy routing from
 //     package hostnet).

@@ -84,8 +84,8 @@ func (p *Proxy) Handover() ([]HandedSocket, error) {
 			}
 			if s.pc != nil {
 				hand("udp", k.VIP.String(), s.pc)
-			} else if s.raw != nil {
-				hand("udp", k.VIP.String(), s.raw)
+			} else if len(s.udp) > 0 {
+				hand("udp", k.VIP.String(), s.udp[0].raw) // the new process opens its siblings
 			}
 		}
 		return err

@@ -136,12 +136,10 @@ func (p *Proxy) serverChanged(svc *service, srv *server, oldWeight int, wasDown 
 func (p *Proxy) closeServerFlows(svc *service, srv *server) {
 	n := 0
 	if svc.flows != nil {
-		p.onUDPLoop(svc, func() {
-			for _, f := range svc.flows.RemoveIf(func(f *flow) bool { return f.srv == srv }) {
-				p.closeFlow(f, "server down")
-				n++
-			}
-		})
+		for _, f := range svc.flows.RemoveIf(func(f *flow) bool { return f.srv == srv }) {
+			p.closeFlow(f, "server down")
+			n++
+		}
 	}
 	if svc.key.Mark != 0 && p.tp != nil && p.tp.uflows != nil {
 		for _, f := range p.tp.uflows.RemoveIf(func(f *tflow) bool { return f.srv == srv }) {

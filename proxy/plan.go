@@ -38,6 +38,8 @@ type planned struct {
 	// more are ln's SO_REUSEPORT siblings, one for each further event loop.
 	more []*net.TCPListener
 	pc   *net.UDPConn
+	// morePC are pc's SO_REUSEPORT siblings, one for each further loop.
+	morePC []*net.UDPConn
 	// rc and family are pc's raw socket and address family.
 	rc     syscall.RawConn
 	family int
@@ -53,6 +55,9 @@ func (pl *plan) abort() {
 		}
 		if s.pc != nil {
 			s.pc.Close()
+			for _, c := range s.morePC {
+				c.Close()
+			}
 		}
 	}
 	if pl.tp != nil {
@@ -86,19 +91,12 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 			continue
 		}
 		if k.UDP {
-			var c net.PacketConn
-			var err error
-			if u := p.inherit.takeUDP(k.VIP.String()); u != nil {
-				c = u
-			} else {
-				var lc net.ListenConfig
-				c, err = lc.ListenPacket(p.ctx, "udp", k.VIP.String())
-			}
+			pcs, err := p.listenUDP(k.VIP.String())
 			if err != nil {
 				pl.abort()
 				return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 			}
-			s := &planned{cfg: sc, pc: c.(*net.UDPConn)}
+			s := &planned{cfg: sc, pc: pcs[0], morePC: pcs[1:]}
 			pl.start = append(pl.start, s) // before the error: abort closes it
 			if s.rc, err = s.pc.SyscallConn(); err == nil {
 				s.family, err = udpbatch.Family(s.rc)
@@ -188,22 +186,20 @@ func (p *Proxy) commit(pl *plan) error {
 		if svc := b.pl.svc; svc != nil {
 			svc.state.Store(b.st)
 			if svc.flows != nil { // a changed limits.max_flows applies now
-				p.onUDPLoop(svc, func() {
-					for _, f := range svc.flows.Resize(b.st.maxFlows) {
-						p.closeFlow(f, "evicted: a reload lowered max_flows")
-					}
-				})
+				for _, f := range svc.flows.Resize(b.st.maxFlows) {
+					p.closeFlow(f, "evicted: a reload lowered max_flows")
+				}
 			}
 			continue
 		}
 		k := b.pl.cfg.Key()
-		svc := &service{key: k, director: b.pl.cfg.Mode == config.ModeDirector, ln: b.pl.ln, more: b.pl.more, pc: b.pl.pc, rc: b.pl.rc, family: b.pl.family, done: make(chan struct{})}
+		svc := &service{key: k, director: b.pl.cfg.Mode == config.ModeDirector, ln: b.pl.ln, more: b.pl.more, pc: b.pl.pc, morePC: b.pl.morePC, rc: b.pl.rc, family: b.pl.family, done: make(chan struct{})}
 		svc.state.Store(b.st)
 		if svc.pc != nil {
 			// Before the service is published: on a loop, its socket
 			// changes (serveUDPOnLoop).
 			svc.flows = newFlowTable(b.st.maxFlows)
-			if !p.serveUDPOnLoop(svc) {
+			if !p.serveUDPOnLoops(svc) {
 				go p.serveUDP(svc)
 			}
 		}

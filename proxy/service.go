@@ -20,7 +20,6 @@ import (
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/nft"
 	"github.com/tetherlb/tether/sched"
-	"github.com/tetherlb/tether/tcploop"
 )
 
 // errNoServer: every server is down, quiescent, full or already tried.
@@ -44,14 +43,15 @@ type service struct {
 	ln       *net.TCPListener
 	more     []*net.TCPListener // ln's SO_REUSEPORT siblings: a listener per event loop
 	pc       *net.UDPConn       // a udp service's socket, read by a goroutine
-	raw      *rawSocket         // or by an event loop (udploop.go): pc is nil then
-	rc       syscall.RawConn    // pc's or raw's, for recvmmsg, sendmmsg and its drop count
+	morePC   []*net.UDPConn     // pc's SO_REUSEPORT siblings, until the loops take them
+	rc       syscall.RawConn    // pc's, or the first loop's socket's: for sendmmsg and handover
 	family   int                // pc's address family
 	flows    *flowTable         // a udp service's flows
-	// watch and udp read a udp service on an event loop (udploop.go);
-	// nil when a goroutine does. udpOnce closes it once.
-	watch   *tcploop.Watch
-	udp     *udpLoop
+	// udp read a udp service's sockets on the event loops (udploop.go),
+	// one a loop; nil when a goroutine does. udpWG waits for its
+	// one-packet datagrams' goroutines; udpOnce closes it once.
+	udp     []*udpLoop
+	udpWG   sync.WaitGroup
 	udpOnce sync.Once
 	state   atomic.Pointer[serviceState]
 	active  atomic.Int64  // open client connections

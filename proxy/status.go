@@ -32,8 +32,12 @@ func (p *Proxy) Status() []api.ServiceStatus {
 		if c.Fwmark == 0 {
 			ss.Protocol = string(c.Protocol)
 		}
-		if svc.rc != nil {
+		if svc.pc != nil {
 			ss.KernelDrops, _ = udpbatch.Drops(svc.rc)
+		}
+		for _, ul := range svc.udp {
+			n, _ := udpbatch.Drops(ul.raw)
+			ss.KernelDrops += n
 		}
 		if c.Fwmark != 0 {
 			ss.Listeners = p.marked.Load().listenedOn(c.Fwmark)

@@ -14,7 +14,6 @@ import (
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/lruset"
-	"github.com/tetherlb/tether/tcploop"
 	"github.com/tetherlb/tether/udpbatch"
 	"golang.org/x/sys/unix"
 )
@@ -39,9 +38,9 @@ type flow struct {
 	last             atomic.Int64 // unix ns of the last datagram either way
 	closed           atomic.Bool
 	accesslog.Counts // for the access log
-	// w watches the flow's socket on its service's event loop; nil
-	// when a goroutine relays its replies. Owned by the loop.
-	w *tcploop.Watch
+	// out is the service's socket on the loop that reads the flow's
+	// (replies go out through it); nil when a goroutine relays them.
+	out *rawSocket
 }
 
 // flowTable is a service's flows, by client address:port.
@@ -210,14 +209,13 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, raw 
 	p.flowsTotal.Add(1)
 	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
+	if err := start(f); err != nil { // before the flow is published: it is complete then
+		p.closeFlow(f, "not relayed: "+err.Error())
+		return nil, err
+	}
 	for _, e := range svc.flows.Add(src, f) {
 		st.ev.add(evUDPFlowsEvicted)
 		p.closeFlow(e, "evicted: the service's flow cap")
-	}
-	if err := start(f); err != nil {
-		svc.flows.Remove(src, f)
-		p.closeFlow(f, "not relayed: "+err.Error())
-		return nil, err
 	}
 	return f, nil
 }
@@ -274,16 +272,13 @@ func armIdle(c *net.UDPConn, last *atomic.Int64, idle time.Duration) bool {
 }
 
 // closeFlow ends a flow once: its socket, its server count, its lease;
-// end says why, for the access log. A flow on an event loop is closed on
-// its loop (onUDPLoop).
+// end says why, for the access log. Any goroutine may: a flow's loop
+// forgets its socket at its next tick (udploop.go).
 func (p *Proxy) closeFlow(f *flow, end string) {
 	if f.closed.Swap(true) {
 		return
 	}
 	p.flowsTotal.Add(-1)
-	if f.w != nil {
-		f.w.Stop() // on the loop (udploop.go): before the close
-	}
 	if f.raw != nil {
 		f.raw.Close()
 	} else {

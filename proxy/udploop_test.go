@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tetherlb/tether/affinity"
+	"github.com/tetherlb/tether/config"
 )
 
 // udpModes are the two ways a UDP service is served: on the event loops
@@ -148,4 +149,49 @@ func pollUntil(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// A UDP service on two loops has a socket on each, and the kernel spreads
+// clients over them; a flow closed by another goroutine (here a reload
+// that lowers max_flows, as a server going down or another loop's flow cap
+// would) is forgotten by its loop within a tick, so the loops watch only
+// the sockets that are open.
+func TestUDPSocketForEachLoop(t *testing.T) {
+	b := udpBackend(t, "a")
+	listen := freeUDPAddr(t)
+	yaml := func(maxFlows int) string {
+		return udpConfig(listen, "rr", fmt.Sprintf("    limits: {max_flows: %d}\n", maxFlows), b)
+	}
+	p := startProxy(t, mustConfig(t, yaml(100)), Options{TCPLoops: 2})
+	vip := netip.MustParseAddrPort(listen)
+	const clients = 40
+	for i := range clients {
+		if _, _, err := askUDP(udpClient(t, 127, 10, 0, byte(i+1)), vip); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+	}
+	p.svcMu.RLock()
+	svc := p.services[config.ServiceKey{VIP: vip, UDP: true}]
+	p.svcMu.RUnlock()
+	if len(svc.udp) != 2 {
+		t.Fatalf("%d sockets for two loops", len(svc.udp))
+	}
+	socks := map[*rawSocket]int{}
+	for _, f := range svc.flows.Drain() {
+		socks[f.out]++
+		svc.flows.Add(f.client, f)
+	}
+	if len(socks) != 2 {
+		t.Errorf("%d clients' flows all on one loop's socket: %v", clients, socks)
+	}
+	if n := p.loops.Watches(); n != 2+clients {
+		t.Fatalf("the loops watch %d descriptors, want 2 sockets and %d flows", n, clients)
+	}
+	if err := p.Reload(mustConfig(t, yaml(10))); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.UDPFlows(vip); n != 10 {
+		t.Fatalf("%d flows after max_flows went to 10", n)
+	}
+	pollUntil(t, "the loops to forget the closed flows' sockets", func() bool { return p.loops.Watches() == 2+10 })
 }

@@ -30,7 +30,10 @@ type Watcher interface {
 }
 
 // A Watch is a descriptor watched on a loop. Its owner closes the
-// descriptor only after Stop.
+// descriptor after Stop, or closes it and then has the loop Forget it:
+// closing a descriptor no other process shares takes it out of the loop's
+// epoll set (a fork's child shares it until it execs: the loop may hear
+// of it a moment longer, a stale report).
 type Watch struct {
 	l       *loop
 	slot    int32
@@ -40,20 +43,37 @@ type Watch struct {
 	w       Watcher
 }
 
-// Watch watches fd on one of the loops for w, with ticks when asked, and
-// returns once the loop watches it. It must not be called on a loop (a
-// Watcher's method watches more through its own Watch).
-func (ls *Loops) Watch(fd int, w Watcher, ticks bool) (*Watch, error) {
+// Watches is the number of descriptors the loops watch.
+func (ls *Loops) Watches() int {
+	n := 0
+	for _, l := range ls.loops {
+		n += int(l.watching.Load())
+	}
+	return n
+}
+
+// Len is the number of loops.
+func (ls *Loops) Len() int { return len(ls.loops) }
+
+// Watch watches fd on loop i (modulo Len; below 0, the least loaded by
+// its watches and connections) for w, with ticks when asked, and returns
+// once the loop watches it. It must not be called on a loop (a Watcher's
+// method watches more through its own Watch).
+func (ls *Loops) Watch(i int, fd int, w Watcher, ticks bool) (*Watch, error) {
 	ls.mu.Lock()
 	if ls.closed {
 		ls.mu.Unlock()
 		return nil, os.ErrClosed
 	}
-	// The least loaded loop, by its watches and connections.
-	l := ls.loops[0]
-	for _, o := range ls.loops[1:] {
-		if o.load()+o.watching.Load() < l.load()+l.watching.Load() {
-			l = o
+	var l *loop
+	if i >= 0 {
+		l = ls.loops[i%len(ls.loops)]
+	} else {
+		l = ls.loops[0]
+		for _, o := range ls.loops[1:] {
+			if o.load()+o.watching.Load() < l.load()+l.watching.Load() {
+				l = o
+			}
 		}
 	}
 	ls.mu.Unlock()
@@ -69,15 +89,24 @@ func (wt *Watch) Watch(fd int, w Watcher, ticks bool) (*Watch, error) {
 	return wt.l.watch(fd, w, ticks)
 }
 
-// Stop ends the watch; it runs on the watch's loop (in a Watcher's method
-// or through Do). The descriptor may be closed after it.
+// Stop ends the watch of a descriptor still open; it runs on the watch's
+// loop (in a Watcher's method or through Do). The descriptor may be
+// closed after it.
 func (wt *Watch) Stop() {
+	if !wt.stopped {
+		rawEpollCtl(wt.l.ep, unix.EPOLL_CTL_DEL, wt.fd, nil) // open: its owner closes it only after Stop
+		wt.Forget()
+	}
+}
+
+// Forget ends the watch of a descriptor closed already, without a system
+// call: its number may be another's by now. It runs on the watch's loop.
+func (wt *Watch) Forget() {
 	if wt.stopped {
 		return
 	}
 	wt.stopped = true
 	l := wt.l
-	rawEpollCtl(l.ep, unix.EPOLL_CTL_DEL, wt.fd, nil) // the descriptor is open: its owner closes it only after Stop
 	l.watches[wt.slot] = nil
 	l.wfree = append(l.wfree, wt.slot)
 	l.watching.Add(-1)

@@ -80,7 +80,7 @@ func TestWatch(t *testing.T) {
 	defer ls.Close()
 
 	lazy := newEventWatcher(t, false) // never reads: reported again and again
-	wl, err := ls.Watch(lazy.fd, lazy, false)
+	wl, err := ls.Watch(-1, lazy.fd, lazy, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestWatch(t *testing.T) {
 	}
 
 	reader := newEventWatcher(t, true)
-	wr, err := ls.Watch(reader.fd, reader, true)
+	wr, err := ls.Watch(-1, reader.fd, reader, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestWatch(t *testing.T) {
 	if wr.Do(func() {}) {
 		t.Error("Do ran on closed loops")
 	}
-	if _, err := ls.Watch(reader.fd, reader, false); err == nil {
+	if _, err := ls.Watch(0, reader.fd, reader, false); err == nil {
 		t.Error("closed loops took a watch")
 	}
 }
