@@ -29,7 +29,8 @@
 //     udp.go's goroutines serve them with the loops off.
 //   - transparent.go, transparent_udp.go: firewall-mark services through
 //     TPROXY (nftables table from package nft, policy routing from
-//     package hostnet).
+//     package hostnet); transparent_udploop.go: their UDP on the event
+//     loops.
 //   - director.go: glue to package director (NFQUEUE) and to nft's
 //     director tables.
 //   - health.go, status.go, metrics.go, accesslog.go: health changes, what

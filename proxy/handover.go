@@ -76,6 +76,9 @@ func (p *Proxy) Handover() ([]HandedSocket, error) {
 			for _, c := range tp.ulns {
 				hand("udp", c.LocalAddr().String(), c)
 			}
+			for _, tl := range tp.uloops {
+				hand("udp", tl.addr, tl.raw)
+			}
 		}
 		p.handMarkListeners(hand)
 		for k, s := range p.services {

@@ -140,7 +140,7 @@ func (p *Proxy) plan(cfg *config.File) (*plan, error) {
 		}
 		pl.dir = d
 	}
-	if len(cfg.Marks) > 0 && (p.tp == nil || p.tp.port != cfg.TProxyPort || (len(p.tp.ulns) > 0) != coversUDP(cfg)) {
+	if len(cfg.Marks) > 0 && (p.tp == nil || p.tp.port != cfg.TProxyPort || p.tp.hasUDP() != coversUDP(cfg)) {
 		tp, err := p.openTransparent(cfg, caps.UDPFlows)
 		if err != nil {
 			pl.abort()

@@ -36,6 +36,9 @@ type transparent struct {
 	// class covers UDP.
 	ulns   []*net.UDPConn
 	uflows *tflows
+	// uloops read the UDP listeners on the event loops, ulns nil then
+	// (transparent_udploop.go).
+	uloops []*tudpLoop
 	// applied is the ruleset last applied, which the next apply updates
 	// in place (nft.Ruleset.Update); nil: the table is not there.
 	applied *nft.Ruleset
@@ -108,8 +111,12 @@ func (tp *transparent) close() {
 	for _, l := range tp.ulns {
 		l.Close()
 	}
+	tp.unwatchUDP()
 	tp.wg.Wait()
 }
+
+// hasUDP says whether tp has UDP listeners.
+func (tp *transparent) hasUDP() bool { return len(tp.ulns)+len(tp.uloops) > 0 }
 
 // stopTransparent closes tp's listeners, then its UDP flows, which give
 // their templates back.
@@ -217,6 +224,9 @@ func (p *Proxy) startTransparent() {
 			tp.wg.Done() // the loops accept: no goroutine of its own
 			tp.stops = append(tp.stops, stop)
 		}
+	}
+	if p.serveTransparentUDPOnLoops(tp) {
+		return
 	}
 	for _, l := range tp.ulns {
 		tp.wg.Add(1)

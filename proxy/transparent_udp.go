@@ -19,6 +19,7 @@ import (
 	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/lruset"
 	"github.com/tetherlb/tether/marks"
+	"github.com/tetherlb/tether/tcploop"
 	"github.com/tetherlb/tether/udpbatch"
 	"golang.org/x/sys/unix"
 )
@@ -41,6 +42,9 @@ type tflow struct {
 	lease  affinity.Lease
 	client *net.UDPConn // bound to dst, connected to the client
 	server *net.UDPConn
+	// clientRaw and serverRaw are the same on an event loop
+	// (transparent_udploop.go), client and server nil then.
+	clientRaw, serverRaw *rawSocket
 	// clientRC and serverRC are their raw sockets, for recvmmsg and
 	// sendmmsg.
 	clientRC, serverRC syscall.RawConn
@@ -172,7 +176,7 @@ func (p *Proxy) serveTransparentUDP(tp *transparent, l *net.UDPConn) {
 			continue
 		}
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-		f, err := p.tflowFor(tp, tflowKey{src, dst}, mark)
+		f, err := p.tflowFor(tp, tflowKey{src, dst}, mark, nil)
 		if err != nil {
 			p.rlog.Log(slog.LevelDebug, "transparent udp datagram dropped", "src", src, "dst", dst, "err", err)
 			continue
@@ -184,8 +188,9 @@ func (p *Proxy) serveTransparentUDP(tp *transparent, l *net.UDPConn) {
 
 // tflowFor returns the flow of k, making it when there is none: its
 // service is the datagram's mark, or else the class its destination
-// matches.
-func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, error) {
+// matches. A new flow's sockets are watched next to on, on its event
+// loop, or (on nil) relayed by goroutines of their own.
+func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32, on *tcploop.Watch) (*tflow, error) {
 	ft := tp.uflows
 	f, ok := ft.Get(k)
 	if ok && !f.closed.Load() {
@@ -220,6 +225,9 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32) (*tflow, erro
 	srv, lease := ch.srv, ch.lease
 	f = &tflow{key: k, srv: srv, st: ch.st, lease: lease}
 	f.Start = p.accessLogging()
+	if on != nil {
+		return p.tflowOnLoop(ft, f, on)
+	}
 	err = p.inNamespace(func() error {
 		d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(k.dst), Control: transparentUDPControl(false)}
 		c, err := d.DialContext(p.ctx, "udp", k.client.String())
@@ -300,8 +308,13 @@ func (p *Proxy) closeTFlow(f *tflow, end string) {
 		return
 	}
 	p.flowsTotal.Add(-1)
-	f.client.Close()
-	f.server.Close()
+	if f.clientRaw != nil {
+		f.clientRaw.Close()
+		f.serverRaw.Close()
+	} else {
+		f.client.Close()
+		f.server.Close()
+	}
 	p.release(f.srv, f.lease)
 	p.accessLog(f.st, "udp", f.key.client, serverAddr(f.srv, f.key.dst.Port()), &f.Counts, end)
 }

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/tetherlb/tether/tcploop"
@@ -165,6 +166,10 @@ func (ul *udpLoop) Tick(*tcploop.Watch, int64) {}
 // datagram: the kernel sends its client's next ones to the same socket.
 func (ul *udpLoop) startFlow(f *flow) error {
 	fl := &flowLoop{p: ul.p, svc: ul.svc, f: f, rel: udpbatch.NewRelay(ul.p.replies), idle: int64(f.st.cfg.Limits.IdleTimeout.D())}
+	fl.sent = func(total int) {
+		f.srv.bytesOut.Add(uint64(total))
+		f.Out.Add(int64(total))
+	}
 	if _, err := ul.w.Watch(f.raw.fd, fl, true); err != nil {
 		return err
 	}
@@ -181,29 +186,37 @@ type flowLoop struct {
 	f    *flow
 	rel  *udpbatch.Relay
 	idle int64 // ns
+	sent func(total int)
 }
 
 // Readable sends what the server answered to the client, through the
-// service's socket, udpRounds batches at most.
+// service's socket.
 func (fl *flowLoop) Readable(w *tcploop.Watch) {
 	f := fl.f
+	relayNow(w, fl.rel, f.rc, f.out, &f.dst, f.dstLen, &f.closed, &f.last, f.st.ev, fl.sent)
+}
+
+// relayNow moves what is queued on from to to (name, namelen: the
+// destination, when to is not connected), udpRounds batches at most, on
+// a loop; sent counts a batch's bytes once they are sent. A flow closed
+// elsewhere (closed) has its watch forgotten.
+func relayNow(w *tcploop.Watch, rel *udpbatch.Relay, from, to syscall.RawConn, name *unix.RawSockaddrInet6, namelen uint32, closed *atomic.Bool, last *atomic.Int64, ev *events, sent func(total int)) {
 	for range udpRounds {
-		bufs, total, out, err := fl.rel.NextNow(f.rc)
+		bufs, total, out, err := rel.NextNow(from)
 		if err != nil || bufs == nil {
-			if f.closed.Load() {
-				w.Forget() // closed elsewhere
+			if closed.Load() {
+				w.Forget() // its close took it out of the loop's set
 			}
 			return // nothing, or an ICMP refusal and the like: the server may come back
 		}
-		f.last.Store(w.Now())
-		switch err := out.WriteToNow(f.out, bufs, &f.dst, f.dstLen); err {
+		last.Store(w.Now())
+		switch err := out.WriteToNow(to, bufs, name, namelen); err {
 		case nil:
-			f.srv.bytesOut.Add(uint64(total))
-			f.Out.Add(int64(total))
+			sent(total)
 		case unix.EAGAIN:
-			f.st.ev.addN(evUDPDropped, uint64(out.Unsent()))
+			ev.addN(evUDPDropped, uint64(out.Unsent()))
 		}
-		fl.rel.Done()
+		rel.Done()
 		if len(bufs) < udpBatch {
 			return
 		}

@@ -213,22 +213,75 @@ func SendTo(fd uintptr, b []byte, sa *unix.RawSockaddrInet6, n uint32) error {
 
 // Dial opens a non-blocking UDP socket connected to addr, outside the Go
 // runtime's poller: for an event loop that waits for it itself.
-func Dial(addr netip.AddrPort) (int, error) {
+func Dial(addr netip.AddrPort) (int, error) { return DialFrom(netip.AddrPort{}, addr, false) }
+
+// DialFrom is Dial from the local address local (none: the kernel
+// chooses), which with transparent need not be the host's (IP_TRANSPARENT,
+// CAP_NET_ADMIN: a TPROXYed flow's socket answers from the address its
+// client sent to).
+func DialFrom(local, addr netip.AddrPort, transparent bool) (int, error) {
 	var sa unix.RawSockaddrInet6
 	family := unix.AF_INET6
 	if addr.Addr().Is4() {
 		family = unix.AF_INET
 	}
-	n := Sockaddr(addr, family, &sa)
 	fd, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if e != 0 {
 		return -1, os.NewSyscallError("socket", e)
 	}
-	if _, _, e := unix.RawSyscall(unix.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&sa)), uintptr(n)); e != 0 {
+	fail := func(call string, err error) (int, error) {
 		unix.Close(int(fd))
-		return -1, os.NewSyscallError("connect", e)
+		return -1, os.NewSyscallError(call, err)
+	}
+	if local.IsValid() {
+		if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return fail("setsockopt", err)
+		}
+		if transparent {
+			level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
+			if family == unix.AF_INET6 {
+				level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+			}
+			if err := unix.SetsockoptInt(int(fd), level, opt, 1); err != nil {
+				return fail("setsockopt", err)
+			}
+		}
+		n := Sockaddr(local, family, &sa)
+		if _, _, e := unix.RawSyscall(unix.SYS_BIND, fd, uintptr(unsafe.Pointer(&sa)), uintptr(n)); e != 0 {
+			return fail("bind", e)
+		}
+	}
+	n := Sockaddr(addr, family, &sa)
+	if _, _, e := unix.RawSyscall(unix.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&sa)), uintptr(n)); e != 0 {
+		return fail("connect", e)
 	}
 	return int(fd), nil
+}
+
+// RecvMsg reads one datagram and its control data from fd without
+// waiting: n is -1 when nothing is queued.
+func RecvMsg(fd uintptr, b, oob []byte) (n, oobn int, src netip.AddrPort, err error) {
+	var name unix.RawSockaddrInet6
+	var iov unix.Iovec
+	iov.Base = unsafe.SliceData(b)
+	iov.SetLen(len(b))
+	var h unix.Msghdr
+	h.Name = (*byte)(unsafe.Pointer(&name))
+	h.Namelen = unix.SizeofSockaddrInet6
+	h.Iov = &iov
+	h.SetIovlen(1)
+	if len(oob) > 0 {
+		h.Control = unsafe.SliceData(oob)
+		h.SetControllen(len(oob))
+	}
+	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&h)), unix.MSG_DONTWAIT)
+	switch {
+	case e == unix.EAGAIN || e == unix.EINTR:
+		return -1, 0, netip.AddrPort{}, nil
+	case e != 0:
+		return 0, 0, netip.AddrPort{}, e
+	}
+	return int(r), int(h.Controllen), sockaddrPort(&name), nil
 }
 
 // Sockaddr writes ap as the sockaddr a socket of family takes (an IPv4

@@ -5,21 +5,20 @@ import (
 	"runtime"
 
 	"github.com/tetherlb/tether/config"
-	"github.com/tetherlb/tether/marks"
 )
 
 // The event loops hold their processors while they have work: a busy
 // loop yields to the Go scheduler every 5 ms, and after work it waits a
 // millisecond in its own epoll set, its processor held. With a loop on
-// every processor, any other goroutine on the data path (the TPROXYed UDP
-// of mark classes, one-packet UDP services' datagrams, the director's
-// queue readers) waits for a yield: a UDP ping-pong through tether while
-// wrk loaded a TCP service of the same process took 20 ms a round trip
-// when UDP services were goroutines too, and 106-142 µs with one
-// processor more than loops (README, Performance). So a config with such
-// a data path runs one processor more than it has loops; a config without
-// (UDP services are read on the loops) keeps one a loop, which is what
-// its TCP throughput was measured with.
+// every processor, any other goroutine on the data path (one-packet UDP
+// services' datagrams, the director's queue readers) waits for a yield: a
+// UDP ping-pong through tether while wrk loaded a TCP service of the same
+// process took 20 ms a round trip when UDP services were goroutines too,
+// and 106-142 µs with one processor more than loops (README,
+// Performance). So a config with such a data path runs one processor
+// more than it has loops; a config without (UDP services and the
+// TPROXYed UDP of mark classes are read on the loops) keeps one a loop,
+// which is what its TCP throughput was measured with.
 
 // loopFree says whether cfg has a data path the TCP event loops do not
 // serve.
@@ -29,11 +28,6 @@ func loopFree(cfg *config.File) bool {
 	}
 	for _, s := range cfg.Services {
 		if s.Protocol == config.UDP && s.OnePacket {
-			return true
-		}
-	}
-	for _, c := range cfg.MarkSet.Classes {
-		if c.Protocols&marks.UDP != 0 {
 			return true
 		}
 	}

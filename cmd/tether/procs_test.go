@@ -23,7 +23,7 @@ func TestProcsFor(t *testing.T) {
 		{"a one-packet udp service", config.File{Services: []config.Service{tcp, {Protocol: config.UDP, Mode: config.ModeProxy, OnePacket: true}}}, 2, 3},
 		{"a director service", config.File{Services: []config.Service{tcp, {Protocol: config.TCP, Mode: config.ModeDirector}}}, 4, 5},
 		{"director mode for the file", config.File{Mode: config.ModeDirector, Services: []config.Service{{Protocol: config.TCP}}}, 2, 3},
-		{"a mark class with udp", config.File{Services: []config.Service{tcp}, MarkSet: marks.Set{Classes: []marks.Class{{Protocols: marks.Both}}}}, 2, 3},
+		{"a mark class with udp (read on the loops)", config.File{Services: []config.Service{tcp}, MarkSet: marks.Set{Classes: []marks.Class{{Protocols: marks.Both}}}}, 2, 2},
 		{"a mark class with tcp", config.File{Services: []config.Service{tcp}, MarkSet: marks.Set{Classes: []marks.Class{{Protocols: marks.TCP}}}}, 2, 2},
 		{"loops off", config.File{Services: []config.Service{{Protocol: config.UDP}}}, -1, 0},
 	} {
