@@ -131,18 +131,20 @@ func (p *Proxy) watchUDP(svc *service, pcs []*net.UDPConn) bool {
 	if err != nil {
 		p.log.Error("the event loops cannot read a UDP service; a goroutine serves it", "listen", svc.pc.LocalAddr(), "err", err)
 		p.unwatchUDP(svc)
+		svc.udp = nil // not published yet
 		return false
 	}
 	return true
 }
 
-// unwatchUDP takes svc's sockets out of their loops and closes them.
+// unwatchUDP takes svc's sockets out of their loops and closes them. It
+// leaves svc.udp as it is: the status may read it (a closed socket's
+// drop count reads as none).
 func (p *Proxy) unwatchUDP(svc *service) {
 	for _, ul := range svc.udp {
 		ul.watch.Do(ul.watch.Stop) // false once the loops have stopped: their sets went with them
 		ul.raw.Close()
 	}
-	svc.udp = nil
 }
 
 // Readable reads the service's datagrams, udpRounds batches at most.
