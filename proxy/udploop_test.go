@@ -195,3 +195,37 @@ func TestUDPSocketForEachLoop(t *testing.T) {
 	}
 	pollUntil(t, "the loops to forget the closed flows' sockets", func() bool { return p.loops.Watches() == 2+10 })
 }
+
+// The status may be read while a reload stops a UDP service on the loops:
+// the stop used to empty the service's socket list under the status's feet
+// (the race detector caught it).
+func TestUDPStatusDuringStop(t *testing.T) {
+	b := udpBackend(t, "a")
+	listen, next := freeUDPAddr(t), freeUDPAddr(t)
+	p := startProxy(t, mustConfig(t, udpConfig(listen, "rr", "", b)), Options{TCPLoops: 2})
+	if _, _, err := askUDP(udpClient(t, 127, 11, 0, 1), netip.MustParseAddrPort(listen)); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				done <- n
+				return
+			default:
+			}
+			p.Status()
+			n++
+		}
+	}()
+	if err := p.Reload(mustConfig(t, udpConfig(next, "rr", "", b))); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	if n := <-done; n == 0 {
+		t.Fatal("the status was never read")
+	}
+}
