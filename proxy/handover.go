@@ -73,11 +73,19 @@ func (p *Proxy) Handover() ([]HandedSocket, error) {
 					hand("tcp", l.Addr().String(), l)
 				}
 			}
+			// One listener an address: the new process opens the siblings.
+			handed := map[string]bool{}
 			for _, c := range tp.ulns {
-				hand("udp", c.LocalAddr().String(), c)
+				if a := c.LocalAddr().String(); !handed[a] {
+					handed[a] = true
+					hand("udp", a, c)
+				}
 			}
 			for _, tl := range tp.uloops {
-				hand("udp", tl.addr, tl.raw)
+				if !handed[tl.addr] {
+					handed[tl.addr] = true
+					hand("udp", tl.addr, tl.raw)
+				}
 			}
 		}
 		p.handMarkListeners(hand)

@@ -65,7 +65,8 @@ func newTFlows(size int) *tflows {
 
 // transparentUDPControl makes a socket transparent (it may bind and send
 // from any address), reusable, and, for listeners, told each datagram's
-// original destination.
+// original destination, and with siblings (SO_REUSEPORT: a listener for
+// each event loop).
 func transparentUDPControl(recvOrigDst bool) func(network, address string, c syscall.RawConn) error {
 	return func(network, _ string, c syscall.RawConn) error {
 		var serr error
@@ -77,6 +78,7 @@ func transparentUDPControl(recvOrigDst bool) func(network, address string, c sys
 			}
 			set(unix.SOL_SOCKET, unix.SO_REUSEADDR)
 			if recvOrigDst {
+				set(unix.SOL_SOCKET, unix.SO_REUSEPORT)
 				// Each datagram's mark as control data (Linux 5.19+;
 				// without it tether classifies by destination).
 				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVMARK, 1)
@@ -112,6 +114,13 @@ func (p *Proxy) openTransparentUDP(tp *transparent, cfg *config.File, udpFlows i
 		}
 	}
 	lc := net.ListenConfig{Control: transparentUDPControl(true)}
+	// With the event loops, a listener for each loop: the kernel's
+	// TPROXY lookup picks one of a SO_REUSEPORT group by a hash of the
+	// datagram's addresses, so flows spread over the loops.
+	siblings := 1
+	if p.loopCount >= 0 {
+		siblings = p.loopsWanted()
+	}
 	for _, n := range []string{"udp4", "udp6"} {
 		if !nets[n] {
 			continue
@@ -120,15 +129,23 @@ func (p *Proxy) openTransparentUDP(tp *transparent, cfg *config.File, udpFlows i
 		if n == "udp6" {
 			addr = fmt.Sprintf("[::]:%d", tp.port)
 		}
-		if u := p.inherit.takeUDP(addr); u != nil {
-			tp.ulns = append(tp.ulns, u)
-			continue
+		for i := range siblings {
+			if i == 0 {
+				if u := p.inherit.takeUDP(addr); u != nil {
+					tp.ulns = append(tp.ulns, u)
+					continue
+				}
+			}
+			c, err := lc.ListenPacket(p.ctx, n, addr)
+			if err != nil && i > 0 {
+				p.log.Warn("a transparent UDP listener for each event loop was refused; fewer loops read them", "listen", addr, "err", err)
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("transparent udp listener for mark services: %w", err)
+			}
+			tp.ulns = append(tp.ulns, c.(*net.UDPConn))
 		}
-		c, err := lc.ListenPacket(p.ctx, n, addr)
-		if err != nil {
-			return fmt.Errorf("transparent udp listener for mark services: %w", err)
-		}
-		tp.ulns = append(tp.ulns, c.(*net.UDPConn))
 	}
 	if len(tp.ulns) > 0 {
 		tp.uflows = newTFlows(udpFlows)

@@ -10,14 +10,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Transparent UDP on the event loops, as UDP services (udploop.go): each
-// transparent listener is read on a loop, outside the runtime's poller,
-// and a flow's two sockets (bound to the VIP its client sent to, and to
-// its server) are watched on the loop that read its first datagram. A
-// flow closed by another goroutine is forgotten by its loop at its next
-// tick. Each listener (one an address family) is one loop's: the kernel's
-// TPROXY lookup finds one socket, so its first datagrams of flows are one
-// CPU's, their later ones spread no further.
+// Transparent UDP on the event loops, as UDP services (udploop.go): a
+// transparent listener for each loop and address family (SO_REUSEPORT:
+// the kernel's TPROXY lookup picks one of the group by a hash of the
+// datagram's addresses) is read on its loop, outside the runtime's
+// poller, and a flow's two sockets (bound to the VIP its client sent to,
+// and to its server) are watched on the loop that read its first
+// datagram. A flow closed by another goroutine is forgotten by its loop
+// at its next tick.
 
 // tudpLoop reads a transparent listener on a loop: the first datagram of
 // each flow (the kernel takes its later ones to the flow's own socket).
@@ -46,6 +46,7 @@ func (p *Proxy) serveTransparentUDPOnLoops(tp *transparent) bool {
 		return false
 	}
 	ls, err := p.tcpLoops()
+	nth := map[string]int{} // a family's listeners go to loops 0, 1, ...
 	for i := 0; err == nil && i < len(tp.ulns); i++ {
 		fd := -1
 		rc, _ := tp.ulns[i].SyscallConn()
@@ -58,7 +59,9 @@ func (p *Proxy) serveTransparentUDPOnLoops(tp *transparent) bool {
 		tl := &tudpLoop{p: p, tp: tp, addr: tp.ulns[i].LocalAddr().String(), raw: &rawSocket{fd: fd}, buf: make([]byte, 64<<10), oob: make([]byte, 256), out: udpbatch.NewWriter(1), one: make([][]byte, 1)}
 		tl.recv = func(fd uintptr) { tl.n, tl.ob, tl.src, tl.err = udpbatch.RecvMsg(fd, tl.buf, tl.oob) }
 		tp.uloops = append(tp.uloops, tl)
-		if tl.watch, err = ls.Watch(i, fd, tl, false); err != nil {
+		k := nth[tl.addr]
+		nth[tl.addr]++
+		if tl.watch, err = ls.Watch(k, fd, tl, false); err != nil {
 			tp.uloops = tp.uloops[:len(tp.uloops)-1]
 			tl.raw.Close()
 		}

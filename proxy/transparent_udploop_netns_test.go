@@ -22,7 +22,7 @@ func TestTransparentUDPInBothModes(t *testing.T) {
 }
 
 func transparentUDP(t *testing.T, loops int) {
-	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 8, Backends: 2, Label: fmt.Sprintf("tu%d", loops+1)})
+	env := testenv.Start(t, testenv.Spec{Clients: 1, AddrsPerClient: 16, Backends: 2, Label: fmt.Sprintf("tu%d", loops+1)})
 	for _, b := range env.Backends {
 		if _, err := b.ServeUDP(53); err != nil {
 			t.Fatal(err)
@@ -71,6 +71,16 @@ func transparentUDP(t *testing.T, loops int) {
 		}
 		if n := p.loops.Watches(); n != onLoops+2*flows() {
 			t.Fatalf("the loops watch %d descriptors, want %d listeners and two sockets for each of %d flows", n, onLoops, flows())
+		}
+		// A listener for each loop, and the kernel's TPROXY lookup
+		// spreads the clients' flows over them.
+		if onLoops != p.loops.Len() {
+			t.Errorf("%d transparent UDP listeners for %d loops", onLoops, p.loops.Len())
+		}
+		for i := range p.loops.Len() {
+			if n := p.loops.WatchesOn(i); n < 3 {
+				t.Errorf("loop %d watches %d descriptors: no flow of %d on it", i, n, flows())
+			}
 		}
 	} else if onLoops != 0 {
 		t.Fatal("the loops read UDP with --tcp-loops -1")

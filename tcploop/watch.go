@@ -52,6 +52,9 @@ func (ls *Loops) Watches() int {
 	return n
 }
 
+// WatchesOn is the number of descriptors loop i watches.
+func (ls *Loops) WatchesOn(i int) int { return int(ls.loops[i].watching.Load()) }
+
 // Len is the number of loops.
 func (ls *Loops) Len() int { return len(ls.loops) }
 
