@@ -111,7 +111,8 @@ func (tp *transparent) close() {
 	for _, l := range tp.ulns {
 		l.Close()
 	}
-	tp.unwatchUDP()
+	closeAll(tp.uloops)
+	tp.uloops = nil
 	tp.wg.Wait()
 }
 

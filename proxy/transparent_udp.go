@@ -44,7 +44,7 @@ type tflow struct {
 	server *net.UDPConn
 	// clientRaw and serverRaw are the same on an event loop
 	// (transparent_udploop.go), client and server nil then.
-	clientRaw, serverRaw *rawSocket
+	clientRaw, serverRaw *udpbatch.Socket
 	// clientRC and serverRC are their raw sockets, for recvmmsg and
 	// sendmmsg.
 	clientRC, serverRC syscall.RawConn
@@ -242,10 +242,37 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32, on *tcploop.W
 	srv, lease := ch.srv, ch.lease
 	f = &tflow{key: k, srv: srv, st: ch.st, lease: lease}
 	f.Start = p.accessLogging()
+	f.last.Store(time.Now().UnixNano())
 	if on != nil {
-		return p.tflowOnLoop(ft, f, on)
+		err = p.openTFlowOnLoop(ft, f, on)
+	} else {
+		err = p.openTFlow(ft, f)
 	}
-	err = p.inNamespace(func() error {
+	if err != nil {
+		p.release(srv, lease)
+		return nil, err
+	}
+	p.flowsTotal.Add(1)
+	srv.accepted.Add(1)
+	for _, e := range ft.Add(k, f) { // complete before it is published
+		st.ev.add(evUDPFlowsEvicted)
+		p.closeTFlow(e, "evicted: the flow cap")
+	}
+	return f, nil
+}
+
+// tflowIdle is how long a transparent flow of st lives without traffic.
+func tflowIdle(st *serviceState) time.Duration {
+	if idle := st.cfg.Limits.IdleTimeout.D(); idle > 0 {
+		return idle
+	}
+	return config.DefaultUDPIdleTimeout
+}
+
+// openTFlow gives f its sockets, and a goroutine for each direction.
+func (p *Proxy) openTFlow(ft *tflows, f *tflow) error {
+	k := f.key
+	err := p.inNamespace(func() error {
 		d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(k.dst), Control: transparentUDPControl(false)}
 		c, err := d.DialContext(p.ctx, "udp", k.client.String())
 		if err != nil {
@@ -255,7 +282,7 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32, on *tcploop.W
 		return nil
 	})
 	if err == nil {
-		f.server, err = p.dialUDP(ch.st, serverAddr(srv, k.dst.Port()))
+		f.server, err = p.dialUDP(f.st, serverAddr(f.srv, k.dst.Port()))
 	}
 	if err == nil {
 		if f.clientRC, err = f.client.SyscallConn(); err == nil {
@@ -269,29 +296,18 @@ func (p *Proxy) tflowFor(tp *transparent, k tflowKey, mark uint32, on *tcploop.W
 		if f.client != nil {
 			f.client.Close()
 		}
-		p.release(srv, lease)
-		return nil, err
-	}
-	p.flowsTotal.Add(1)
-	f.last.Store(time.Now().UnixNano())
-	srv.accepted.Add(1)
-	for _, e := range ft.Add(k, f) {
-		st.ev.add(evUDPFlowsEvicted)
-		p.closeTFlow(e, "evicted: the flow cap")
+		return err
 	}
 	ft.wg.Add(2)
 	go func() { defer ft.wg.Done(); p.tflowCopy(ft, f, f.server, f.serverRC, f.clientRC) }()
 	go func() { defer ft.wg.Done(); p.tflowCopy(ft, f, f.client, f.clientRC, f.serverRC) }()
-	return f, nil
+	return nil
 }
 
 // tflowCopy relays one direction of a flow, a batch a call (batchRelay),
 // until it has been idle both ways for the idle timeout, or is closed.
 func (p *Proxy) tflowCopy(ft *tflows, f *tflow, from *net.UDPConn, fromRC, toRC syscall.RawConn) {
-	idle := f.st.cfg.Limits.IdleTimeout.D()
-	if idle <= 0 {
-		idle = config.DefaultUDPIdleTimeout
-	}
+	idle := tflowIdle(f.st)
 	rel := udpbatch.NewRelay(p.replies)
 	armIdle(from, &f.last, idle) // f.last is shared: traffic either way counts
 	for {

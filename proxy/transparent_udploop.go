@@ -4,7 +4,6 @@ import (
 	"log/slog"
 	"net/netip"
 
-	"github.com/tetherlb/tether/config"
 	"github.com/tetherlb/tether/tcploop"
 	"github.com/tetherlb/tether/udpbatch"
 	"golang.org/x/sys/unix"
@@ -22,14 +21,13 @@ import (
 // tudpLoop reads a transparent listener on a loop: the first datagram of
 // each flow (the kernel takes its later ones to the flow's own socket).
 type tudpLoop struct {
+	loopSocket
 	p        *Proxy
 	tp       *transparent
 	addr     string // the listener's, for a hot upgrade
-	raw      *rawSocket
 	buf, oob []byte
 	out      *udpbatch.Writer
 	one      [][]byte
-	watch    *tcploop.Watch // for the control loop
 	// The last RecvMsg's, from recv (made once: a closure a call would
 	// allocate).
 	recv  func(fd uintptr)
@@ -45,46 +43,25 @@ func (p *Proxy) serveTransparentUDPOnLoops(tp *transparent) bool {
 	if p.loopCount < 0 || len(tp.ulns) == 0 {
 		return false
 	}
-	ls, err := p.tcpLoops()
-	nth := map[string]int{} // a family's listeners go to loops 0, 1, ...
-	for i := 0; err == nil && i < len(tp.ulns); i++ {
-		fd := -1
-		rc, _ := tp.ulns[i].SyscallConn()
-		if cerr := rc.Control(func(x uintptr) { fd, err = unix.FcntlInt(x, unix.F_DUPFD_CLOEXEC, 0) }); cerr != nil {
-			err = cerr
-		}
-		if err != nil {
-			break
-		}
-		tl := &tudpLoop{p: p, tp: tp, addr: tp.ulns[i].LocalAddr().String(), raw: &rawSocket{fd: fd}, buf: make([]byte, 64<<10), oob: make([]byte, 256), out: udpbatch.NewWriter(1), one: make([][]byte, 1)}
-		tl.recv = func(fd uintptr) { tl.n, tl.ob, tl.src, tl.err = udpbatch.RecvMsg(fd, tl.buf, tl.oob) }
-		tp.uloops = append(tp.uloops, tl)
-		k := nth[tl.addr]
-		nth[tl.addr]++
-		if tl.watch, err = ls.Watch(k, fd, tl, false); err != nil {
-			tp.uloops = tp.uloops[:len(tp.uloops)-1]
-			tl.raw.Close()
-		}
+	// A family's listeners go to loops 0, 1, ...
+	loopOf := make([]int, len(tp.ulns))
+	nth := map[string]int{}
+	for i, l := range tp.ulns {
+		a := l.LocalAddr().String()
+		loopOf[i] = nth[a]
+		nth[a]++
 	}
+	tls, err := watchDups(p, tp.ulns, func(i int) int { return loopOf[i] }, func(i int, raw *udpbatch.Socket) *tudpLoop {
+		tl := &tudpLoop{loopSocket: loopSocket{raw: raw}, p: p, tp: tp, addr: tp.ulns[i].LocalAddr().String(), buf: make([]byte, 64<<10), oob: make([]byte, 256), out: udpbatch.NewWriter(1), one: make([][]byte, 1)}
+		tl.recv = func(fd uintptr) { tl.n, tl.ob, tl.src, tl.err = udpbatch.RecvMsg(fd, tl.buf, tl.oob) }
+		return tl
+	})
 	if err != nil {
 		p.log.Error("the event loops cannot read the transparent UDP listeners; goroutines do", "err", err)
-		tp.unwatchUDP()
 		return false
 	}
-	for _, l := range tp.ulns {
-		l.Close() // the runtime's poller forgets it; the duplicate keeps it open
-	}
-	tp.ulns = nil
+	tp.ulns, tp.uloops = nil, tls
 	return true
-}
-
-// unwatchUDP takes the listeners out of their loops and closes them.
-func (tp *transparent) unwatchUDP() {
-	for _, tl := range tp.uloops {
-		tl.watch.Do(tl.watch.Stop)
-		tl.raw.Close()
-	}
-	tp.uloops = nil
 }
 
 // Readable reads the first datagrams of flows, a batch's worth at most.
@@ -108,7 +85,7 @@ func (tl *tudpLoop) Readable(w *tcploop.Watch) {
 		}
 		f.last.Store(w.Now())
 		tl.one[0] = tl.buf[:tl.n]
-		if tl.out.WriteToNow(f.serverRC, tl.one, nil, 0) == unix.EAGAIN {
+		if tl.out.Write(f.serverRC, tl.one) == unix.EAGAIN {
 			f.st.ev.add(evUDPDropped)
 		}
 	}
@@ -116,55 +93,40 @@ func (tl *tudpLoop) Readable(w *tcploop.Watch) {
 
 func (tl *tudpLoop) Tick(*tcploop.Watch, int64) {}
 
-// tflowOnLoop opens f's sockets outside the runtime's poller, watches
-// them next to on, and publishes the flow.
-func (p *Proxy) tflowOnLoop(ft *tflows, f *tflow, on *tcploop.Watch) (*tflow, error) {
+// openTFlowOnLoop gives f its sockets, outside the runtime's poller, and
+// watches them next to on.
+func (p *Proxy) openTFlowOnLoop(ft *tflows, f *tflow, on *tcploop.Watch) error {
 	k := f.key
-	err := p.inNamespace(func() error {
-		fd, err := udpbatch.DialFrom(k.dst, k.client, true)
-		if err != nil {
-			return err
-		}
-		f.clientRaw = &rawSocket{fd: fd}
-		return nil
+	err := p.inNamespace(func() (err error) {
+		f.clientRaw, err = udpbatch.DialFrom(k.dst, k.client, true)
+		return err
 	})
 	if err == nil {
-		if f.serverRaw, err = p.dialRaw(serverAddr(f.srv, k.dst.Port())); err != nil {
+		if f.serverRaw, err = p.dialSocket(serverAddr(f.srv, k.dst.Port())); err != nil {
 			f.clientRaw.Close()
 		}
 	}
 	if err != nil {
-		p.release(f.srv, f.lease)
-		return nil, err
+		return err
 	}
 	f.clientRC, f.serverRC = f.clientRaw, f.serverRaw
-	p.flowsTotal.Add(1)
-	f.last.Store(on.Now())
-	f.srv.accepted.Add(1)
-	idle := f.st.cfg.Limits.IdleTimeout.D()
-	if idle <= 0 {
-		idle = config.DefaultUDPIdleTimeout
-	}
+	idle := int64(tflowIdle(f.st))
 	for _, fromClient := range []bool{true, false} {
-		fl := &tflowLoop{p: p, ft: ft, f: f, fromClient: fromClient, rel: udpbatch.NewRelay(p.replies), idle: int64(idle)}
+		fl := &tflowLoop{p: p, ft: ft, f: f, fromClient: fromClient, rel: udpbatch.NewRelay(p.replies), idle: idle}
+		s := f.serverRaw
 		fl.sent = func(total int) { f.Out.Add(int64(total)) }
 		if fromClient {
+			s = f.clientRaw
 			fl.sent = func(total int) { f.In.Add(int64(total)) }
 		}
-		fd := f.serverRaw.fd
-		if fromClient {
-			fd = f.clientRaw.fd
-		}
-		if _, err := on.Watch(fd, fl, true); err != nil {
-			p.closeTFlow(f, "not relayed: "+err.Error()) // a watch made already forgets it at its tick
-			return nil, err
+		if _, err := on.Watch(s.Fd(), fl, true); err != nil {
+			f.closed.Store(true) // a watch made already forgets the flow at its tick
+			f.clientRaw.Close()
+			f.serverRaw.Close()
+			return err
 		}
 	}
-	for _, e := range ft.Add(k, f) {
-		f.st.ev.add(evUDPFlowsEvicted)
-		p.closeTFlow(e, "evicted: the flow cap")
-	}
-	return f, nil
+	return nil
 }
 
 // tflowLoop relays one direction of a transparent flow on its loop; the

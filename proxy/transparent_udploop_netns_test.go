@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/tetherlb/tether/testenv"
 )
@@ -35,21 +33,11 @@ func transparentUDP(t *testing.T, loops int) {
 	client := env.Clients[0]
 	ask := func(src netip.Addr) string {
 		t.Helper()
-		c, err := client.Dial(context.Background(), "udp", src, vip.String())
+		name, err := client.AskUDP(context.Background(), src, vip)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte("who?")); err != nil {
-			t.Fatal(err)
-		}
-		buf := make([]byte, 64)
-		n, err := c.Read(buf) // connected to VIP:53: only its replies come in
-		if err != nil {
-			t.Fatalf("from %s: %v", src, err)
-		}
-		return strings.TrimSpace(string(buf[:n]))
+		return name
 	}
 	first := map[netip.Addr]string{}
 	for _, src := range client.Addrs {
@@ -85,8 +73,8 @@ func transparentUDP(t *testing.T, loops int) {
 	} else if onLoops != 0 {
 		t.Fatal("the loops read UDP with --tcp-loops -1")
 	}
-	pollUntil(t, "idle transparent flows to end", func() bool { return flows() == 0 })
+	waitOrFail(t, "idle transparent flows to end", func() bool { return flows() == 0 })
 	if loops >= 0 {
-		pollUntil(t, "the loops to forget the ended flows' sockets", func() bool { return p.loops.Watches() == onLoops })
+		waitOrFail(t, "the loops to forget the ended flows' sockets", func() bool { return p.loops.Watches() == onLoops })
 	}
 }

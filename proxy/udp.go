@@ -29,9 +29,9 @@ type flow struct {
 	srv    *server
 	st     *serviceState
 	lease  affinity.Lease
-	conn   *net.UDPConn    // a goroutine's flow's socket
-	raw    *rawSocket      // or an event loop's (udploop.go)
-	rc     syscall.RawConn // conn's or raw's, for recvmmsg and sendmmsg
+	conn   *net.UDPConn     // a goroutine's flow's socket
+	raw    *udpbatch.Socket // or an event loop's (udploop.go)
+	rc     syscall.RawConn  // conn's or raw's, for recvmmsg and sendmmsg
 	// dst is the client as the service socket's sendmmsg takes it.
 	dst              unix.RawSockaddrInet6
 	dstLen           uint32
@@ -40,7 +40,7 @@ type flow struct {
 	accesslog.Counts // for the access log
 	// out is the service's socket on the loop that reads the flow's
 	// (replies go out through it); nil when a goroutine relays them.
-	out *rawSocket
+	out *udpbatch.Socket
 }
 
 // flowTable is a service's flows, by client address:port.
@@ -76,15 +76,21 @@ func (p *Proxy) serveUDP(svc *service) {
 	var wg sync.WaitGroup // flow and one-packet goroutines
 	defer wg.Wait()
 	defer p.closeFlows(svc)
-	u := newUDPIn(false)
-	start := func(f *flow) error {
+	u := newUDPIn(func(f *flow) (err error) {
+		if f.conn, err = p.dialUDP(f.st, f.srv.Addr); err != nil {
+			return err
+		}
+		if f.rc, err = f.conn.SyscallConn(); err != nil {
+			f.conn.Close()
+			return err
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			p.flowReplies(svc, f)
 		}()
 		return nil
-	}
+	})
 	for {
 		n, err := u.in.Read(svc.rc)
 		if err != nil {
@@ -93,31 +99,30 @@ func (p *Proxy) serveUDP(svc *service) {
 			}
 			continue
 		}
-		p.datagrams(svc, u, n, time.Now().UnixNano(), &wg, start)
+		p.datagrams(svc, u, n, time.Now().UnixNano(), &wg)
 	}
 }
 
-// udpIn is a service's reading of its datagrams: the batch, and the run
-// of one flow's datagrams gathered to go to its server in one sendmmsg.
+// udpIn is a service's reading of its datagrams: the batch, the run of
+// one flow's datagrams gathered to go to its server in one sendmmsg, and
+// open, which gives a new flow its socket and relays its replies (in a
+// goroutine, or on an event loop: udploop.go).
 type udpIn struct {
 	in      *udpbatch.Reader
 	out     *udpbatch.Writer
 	run     [][]byte
 	runFlow *flow
-	// nowait: an event loop's, whose sends do not wait for a full
-	// socket (what it cannot take is dropped and counted).
-	nowait bool
+	open    func(*flow) error
 }
 
-func newUDPIn(nowait bool) *udpIn {
-	return &udpIn{in: udpbatch.NewReader(udpBatch, 64<<10), out: udpbatch.NewWriter(udpBatch), run: make([][]byte, 0, udpBatch), nowait: nowait}
+func newUDPIn(open func(*flow) error) *udpIn {
+	return &udpIn{in: udpbatch.NewReader(udpBatch, 64<<10), out: udpbatch.NewWriter(udpBatch), run: make([][]byte, 0, udpBatch), open: open}
 }
 
 // datagrams hands the n datagrams u read (at now, unix ns) to their flows,
-// making the flows that are new (start begins relaying a new flow's
-// replies), and a run of datagrams of one flow goes to its server in one
-// system call.
-func (p *Proxy) datagrams(svc *service, u *udpIn, n int, now int64, wg *sync.WaitGroup, start func(*flow) error) {
+// making the flows that are new, and a run of datagrams of one flow goes
+// to its server in one system call.
+func (p *Proxy) datagrams(svc *service, u *udpIn, n int, now int64, wg *sync.WaitGroup) {
 	st := svc.state.Load()
 	for i := range n {
 		b, src, ok := u.in.Msg(i)
@@ -132,7 +137,7 @@ func (p *Proxy) datagrams(svc *service, u *udpIn, n int, now int64, wg *sync.Wai
 			u.run = append(u.run, b) // the run's flow again: no lookup
 			continue
 		}
-		f, err := p.flowFor(svc, st, src, u.nowait, start)
+		f, err := p.flowFor(svc, st, src, u.open)
 		if err != nil {
 			what := evUDPDropped
 			if err == errDenied {
@@ -149,17 +154,13 @@ func (p *Proxy) datagrams(svc *service, u *udpIn, n int, now int64, wg *sync.Wai
 	p.flush(u)
 }
 
-// flush sends the run of datagrams to its flow's server.
+// flush sends the run of datagrams to its flow's server. A loop's flow
+// socket does not wait: what it cannot take at once is dropped, and
+// counted.
 func (p *Proxy) flush(u *udpIn) {
 	if len(u.run) > 0 {
 		f := u.runFlow
-		var err error
-		if u.nowait {
-			err = u.out.WriteToNow(f.rc, u.run, nil, 0)
-		} else {
-			err = u.out.Write(f.rc, u.run)
-		}
-		if err == nil {
+		if err := u.out.Write(f.rc, u.run); err == nil {
 			for _, b := range u.run {
 				f.srv.bytesIn.Add(uint64(len(b)))
 				f.In.Add(int64(len(b)))
@@ -172,9 +173,9 @@ func (p *Proxy) flush(u *udpIn) {
 }
 
 // flowFor returns the client's flow, making it (scheduled through the
-// persistence table) when there is none: with a raw socket for an event
-// loop, and start begins relaying the new flow's replies.
-func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, raw bool, start func(*flow) error) (*flow, error) {
+// persistence table) when there is none; open gives a new one its socket
+// and relays its replies.
+func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, open func(*flow) error) (*flow, error) {
 	f, ok := svc.flows.Get(src)
 	if ok && !f.closed.Load() {
 		return f, nil
@@ -191,28 +192,16 @@ func (p *Proxy) flowFor(svc *service, st *serviceState, src netip.AddrPort, raw 
 	}
 	srv, lease := ch.srv, ch.lease
 	f = &flow{client: src, srv: srv, st: ch.st, lease: lease}
-	if raw {
-		f.raw, err = p.dialRaw(srv.Addr)
-		f.rc = f.raw
-	} else if f.conn, err = p.dialUDP(ch.st, srv.Addr); err == nil {
-		if f.rc, err = f.conn.SyscallConn(); err != nil {
-			f.conn.Close()
-		}
-	}
-	if err != nil {
+	f.Start = p.accessLogging()
+	f.dstLen = udpbatch.Sockaddr(src, svc.family, &f.dst)
+	f.last.Store(time.Now().UnixNano())
+	if err := open(f); err != nil { // before the flow is published: it is complete then
 		p.release(srv, lease)
 		p.localFailure(ch.st, err) // counted apart: no UDP server is marked failed anyway
 		return nil, err
 	}
-	f.Start = p.accessLogging()
-	f.dstLen = udpbatch.Sockaddr(src, svc.family, &f.dst)
 	p.flowsTotal.Add(1)
-	f.last.Store(time.Now().UnixNano())
 	srv.accepted.Add(1)
-	if err := start(f); err != nil { // before the flow is published: it is complete then
-		p.closeFlow(f, "not relayed: "+err.Error())
-		return nil, err
-	}
 	for _, e := range svc.flows.Add(src, f) {
 		st.ev.add(evUDPFlowsEvicted)
 		p.closeFlow(e, "evicted: the service's flow cap")
@@ -343,11 +332,11 @@ func (p *Proxy) onePacket(svc *service, st *serviceState, src netip.AddrPort, b 
 		defer conn.Close()
 		conn.SetReadDeadline(time.Now().Add(min(st.cfg.Limits.IdleTimeout.D(), 5*time.Second)))
 		rel := udpbatch.NewRelay(p.replies) // the buffer only once the reply is there
-		bufs, _, _, err := rel.Next(rc)
+		bufs, _, out, err := rel.Next(rc)
 		if err == nil && len(bufs) > 0 {
 			var sa unix.RawSockaddrInet6
 			n := udpbatch.Sockaddr(src, svc.family, &sa)
-			svc.rc.Control(func(fd uintptr) { udpbatch.SendTo(fd, bufs[0], &sa, n) })
+			out.WriteTo(svc.rc, bufs[:1], &sa, n)
 		}
 		rel.Done()
 	}()

@@ -3,7 +3,6 @@ package proxy
 import (
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -21,11 +20,14 @@ import (
 // loops': with goroutines, a busy TCP loop on every processor held UDP
 // back for milliseconds a datagram.
 //
-// Any goroutine may close a flow (a server going down, a reload, the
-// flow cap of another loop): its socket is a rawSocket, safe to close
-// while in use, and closing it takes it out of its loop's epoll set; the
-// loop forgets its watch at its next tick. A loop closes its own flows
-// when they have been idle (to its tick, a tenth of a second).
+// The sockets are udpbatch.Sockets, outside the Go runtime's poller: one
+// that watched them woke its thread for every datagram, for nothing, a
+// quarter of tether's CPU time under UDP load. On them the batch calls do
+// not wait, and any goroutine may close a flow (a server going down, a
+// reload, the flow cap of another loop): closing its socket takes it out
+// of its loop's epoll set, and the loop forgets its watch at its next
+// tick. A loop closes its own flows when they have been idle (to its
+// tick, a tenth of a second).
 
 // udpRounds bounds the batches one readiness report reads from a socket,
 // so that a flood on one does not hold the loop's other sockets back:
@@ -73,89 +75,105 @@ func (p *Proxy) listenUDP(addr string) ([]*net.UDPConn, error) {
 	return pcs, nil
 }
 
+// loopSocket is a listening socket a loop reads: a duplicate of a
+// net.UDPConn's, outside the runtime's poller. Readers embed it.
+type loopSocket struct {
+	raw   *udpbatch.Socket
+	watch *tcploop.Watch // for the control loop
+}
+
+func (s *loopSocket) socket() *loopSocket { return s }
+
+// close takes the socket out of its loop and closes it.
+func (s *loopSocket) close() {
+	s.watch.Do(s.watch.Stop) // false once the loops have stopped: their sets went with them
+	s.raw.Close()
+}
+
+// watchDups watches a duplicate of each of pcs on loop loopOf(i), read by
+// the Watcher mk(i) makes for it (with its loopSocket's raw set), and closes
+// pcs, which the runtime's poller then forgets. All or none: on an error
+// the duplicates watched are closed again and pcs stay open.
+func watchDups[W interface {
+	tcploop.Watcher
+	socket() *loopSocket
+}](p *Proxy, pcs []*net.UDPConn, loopOf func(i int) int, mk func(i int, raw *udpbatch.Socket) W) ([]W, error) {
+	ls, err := p.tcpLoops()
+	if err != nil {
+		return nil, err
+	}
+	var ws []W
+	for i, pc := range pcs {
+		fd, err := dupSocket(pc)
+		if err != nil {
+			closeAll(ws)
+			return nil, err
+		}
+		raw := udpbatch.NewSocket(fd)
+		w := mk(i, raw)
+		watch, err := ls.Watch(loopOf(i), fd, w, false)
+		if err != nil {
+			raw.Close()
+			closeAll(ws)
+			return nil, err
+		}
+		w.socket().watch = watch // the loop reads only raw
+		ws = append(ws, w)
+	}
+	for _, pc := range pcs {
+		pc.Close() // the duplicate keeps the socket open
+	}
+	return ws, nil
+}
+
+func closeAll[W interface{ socket() *loopSocket }](ws []W) {
+	for _, w := range ws {
+		w.socket().close()
+	}
+}
+
 // udpLoop reads one of a service's sockets on its loop.
 type udpLoop struct {
-	p     *Proxy
-	svc   *service
-	raw   *rawSocket
-	u     *udpIn
-	w     *tcploop.Watch // the loop's, set there
-	watch *tcploop.Watch // the same, for the control loop
-	start func(*flow) error
+	loopSocket
+	p   *Proxy
+	svc *service
+	u   *udpIn
+	w   *tcploop.Watch // the loop's, set there
 }
 
 // serveUDPOnLoops serves svc's datagrams on the event loops, a socket a
 // loop, and reports false when it cannot (the loops off, or out of
-// descriptors): a goroutine serves its first socket then. On the loops
-// the sockets leave the Go runtime's poller (each net.UDPConn is closed
-// for a duplicate, raw): a poller that watched them woke its thread for
-// every datagram, for nothing, a quarter of tether's CPU time under UDP
-// load.
+// descriptors): a goroutine serves its first socket then.
 func (p *Proxy) serveUDPOnLoops(svc *service) bool {
 	pcs := append([]*net.UDPConn{svc.pc}, svc.morePC...)
 	svc.morePC = nil
-	ok := p.loopCount >= 0 && p.watchUDP(svc, pcs)
-	if !ok {
-		for _, pc := range pcs[1:] {
-			pc.Close() // the kernel sends a closed sibling nothing
+	if p.loopCount >= 0 {
+		uls, err := watchDups(p, pcs, func(i int) int { return i }, func(_ int, raw *udpbatch.Socket) *udpLoop {
+			ul := &udpLoop{loopSocket: loopSocket{raw: raw}, p: p, svc: svc}
+			ul.u = newUDPIn(ul.open)
+			return ul
+		})
+		if err == nil {
+			svc.pc, svc.rc, svc.udp = nil, uls[0].raw, uls
+			return true
 		}
-		return false
-	}
-	for _, pc := range pcs {
-		pc.Close() // the runtime's poller forgets it; the duplicate keeps it open
-	}
-	svc.pc, svc.rc = nil, svc.udp[0].raw
-	return true
-}
-
-// watchUDP watches a duplicate of each of pcs on a loop of its own.
-func (p *Proxy) watchUDP(svc *service, pcs []*net.UDPConn) bool {
-	ls, err := p.tcpLoops()
-	for i := 0; err == nil && i < len(pcs) && i < ls.Len(); i++ {
-		fd := -1
-		rc, _ := pcs[i].SyscallConn()
-		if cerr := rc.Control(func(x uintptr) { fd, err = unix.FcntlInt(x, unix.F_DUPFD_CLOEXEC, 0) }); cerr != nil {
-			err = cerr
-		}
-		if err != nil {
-			break
-		}
-		ul := &udpLoop{p: p, svc: svc, raw: &rawSocket{fd: fd}, u: newUDPIn(true)}
-		ul.start = ul.startFlow
-		svc.udp = append(svc.udp, ul) // before the loop reads it
-		if ul.watch, err = ls.Watch(i, fd, ul, false); err != nil {
-			svc.udp = svc.udp[:len(svc.udp)-1]
-			ul.raw.Close()
-		}
-	}
-	if err != nil {
 		p.log.Error("the event loops cannot read a UDP service; a goroutine serves it", "listen", svc.pc.LocalAddr(), "err", err)
-		p.unwatchUDP(svc)
-		svc.udp = nil // not published yet
-		return false
 	}
-	return true
-}
-
-// unwatchUDP takes svc's sockets out of their loops and closes them. It
-// leaves svc.udp as it is: the status may read it (a closed socket's
-// drop count reads as none).
-func (p *Proxy) unwatchUDP(svc *service) {
-	for _, ul := range svc.udp {
-		ul.watch.Do(ul.watch.Stop) // false once the loops have stopped: their sets went with them
-		ul.raw.Close()
+	for _, pc := range pcs[1:] {
+		pc.Close() // the kernel sends a closed sibling nothing
 	}
+	return false
 }
 
 // Readable reads the service's datagrams, udpRounds batches at most.
 func (ul *udpLoop) Readable(w *tcploop.Watch) {
 	ul.w = w
 	for range udpRounds {
-		n, err := ul.u.in.ReadNow(ul.raw)
-		if err != nil || n == 0 {
-			return // an error of the socket's (a stop takes it out of the loop before it closes it)
+		n, err := ul.u.in.Read(ul.raw)
+		if err != nil {
+			return // EAGAIN: nothing more; or an error of the socket's (a stop takes it out of the loop before it closes it)
 		}
-		ul.p.datagrams(ul.svc, ul.u, n, w.Now(), &ul.svc.udpWG, ul.start)
+		ul.p.datagrams(ul.svc, ul.u, n, w.Now(), &ul.svc.udpWG)
 		if n < udpBatch {
 			return
 		}
@@ -164,18 +182,24 @@ func (ul *udpLoop) Readable(w *tcploop.Watch) {
 
 func (ul *udpLoop) Tick(*tcploop.Watch, int64) {}
 
-// startFlow watches a new flow's socket on the loop that read its first
-// datagram: the kernel sends its client's next ones to the same socket.
-func (ul *udpLoop) startFlow(f *flow) error {
+// open gives a new flow a socket to its server, watched on the loop that
+// read its first datagram: the kernel sends its client's next ones to the
+// same socket.
+func (ul *udpLoop) open(f *flow) error {
+	s, err := ul.p.dialSocket(f.srv.Addr)
+	if err != nil {
+		return err
+	}
 	fl := &flowLoop{p: ul.p, svc: ul.svc, f: f, rel: udpbatch.NewRelay(ul.p.replies), idle: int64(f.st.cfg.Limits.IdleTimeout.D())}
 	fl.sent = func(total int) {
 		f.srv.bytesOut.Add(uint64(total))
 		f.Out.Add(int64(total))
 	}
-	if _, err := ul.w.Watch(f.raw.fd, fl, true); err != nil {
+	if _, err := ul.w.Watch(s.Fd(), fl, true); err != nil {
+		s.Close()
 		return err
 	}
-	f.out = ul.raw
+	f.raw, f.rc, f.out = s, s, ul.raw
 	return nil
 }
 
@@ -200,19 +224,20 @@ func (fl *flowLoop) Readable(w *tcploop.Watch) {
 
 // relayNow moves what is queued on from to to (name, namelen: the
 // destination, when to is not connected), udpRounds batches at most, on
-// a loop; sent counts a batch's bytes once they are sent. A flow closed
-// elsewhere (closed) has its watch forgotten.
+// a loop (from and to are Sockets: nothing waits); sent counts a batch's
+// bytes once they are sent. A flow closed elsewhere (closed) has its
+// watch forgotten.
 func relayNow(w *tcploop.Watch, rel *udpbatch.Relay, from, to syscall.RawConn, name *unix.RawSockaddrInet6, namelen uint32, closed *atomic.Bool, last *atomic.Int64, ev *events, sent func(total int)) {
 	for range udpRounds {
-		bufs, total, out, err := rel.NextNow(from)
-		if err != nil || bufs == nil {
+		bufs, total, out, err := rel.Next(from)
+		if err != nil {
 			if closed.Load() {
 				w.Forget() // its close took it out of the loop's set
 			}
-			return // nothing, or an ICMP refusal and the like: the server may come back
+			return // EAGAIN: nothing more; or an ICMP refusal and the like: the server may come back
 		}
 		last.Store(w.Now())
-		switch err := out.WriteToNow(to, bufs, name, namelen); err {
+		switch err := out.WriteTo(to, bufs, name, namelen); err {
 		case nil:
 			sent(total)
 		case unix.EAGAIN:
@@ -239,7 +264,9 @@ func (fl *flowLoop) Tick(w *tcploop.Watch, now int64) {
 }
 
 // closeUDP stops a UDP service: its sockets close, and its flows with
-// them; done is closed once nothing of it runs.
+// them; done is closed once nothing of it runs. It leaves svc.udp as it
+// is: the status may read it (a closed socket's drop count reads as
+// none).
 func (p *Proxy) closeUDP(s *service) {
 	if s.flows == nil {
 		return // not a UDP service
@@ -249,73 +276,18 @@ func (p *Proxy) closeUDP(s *service) {
 			s.pc.Close() // its goroutine closes its flows, then done
 			return
 		}
-		p.unwatchUDP(s)
+		closeAll(s.udp)
 		p.closeFlows(s)
 		s.udpWG.Wait() // one-packet datagrams' goroutines
 		close(s.done)
 	})
 }
 
-// dialRaw opens a flow's socket to addr, outside the runtime's poller.
-func (p *Proxy) dialRaw(addr netip.AddrPort) (*rawSocket, error) {
-	fd := -1
-	err := p.inNamespace(func() (err error) {
-		fd, err = udpbatch.Dial(addr)
+// dialSocket opens a flow's socket to addr, outside the runtime's poller.
+func (p *Proxy) dialSocket(addr netip.AddrPort) (s *udpbatch.Socket, err error) {
+	err = p.inNamespace(func() (err error) {
+		s, err = udpbatch.Dial(addr)
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return &rawSocket{fd: fd}, nil
-}
-
-// rawSocket is a socket the Go runtime's poller does not watch (an event
-// loop does), as a syscall.RawConn: Read and Write do not wait, they
-// report EAGAIN. Like Go's own sockets it may be closed while another
-// goroutine uses it: the close waits for a use under way, and a later use
-// fails, so that the descriptor's number, reused, is never written to.
-type rawSocket struct {
-	fd     int
-	mu     sync.RWMutex // shared by users; Close takes it only to mark it closed
-	closed bool
-}
-
-func (s *rawSocket) SyscallConn() (syscall.RawConn, error) { return s, nil }
-
-func (s *rawSocket) Control(f func(fd uintptr)) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return net.ErrClosed
-	}
-	f(uintptr(s.fd))
-	return nil
-}
-
-func (s *rawSocket) Read(f func(fd uintptr) bool) error { return s.once(f) }
-
-func (s *rawSocket) Write(f func(fd uintptr) bool) error { return s.once(f) }
-
-func (s *rawSocket) once(f func(fd uintptr) bool) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return net.ErrClosed
-	}
-	if !f(uintptr(s.fd)) {
-		return unix.EAGAIN
-	}
-	return nil
-}
-
-// Close closes the socket once no use of it is under way.
-func (s *rawSocket) Close() error {
-	s.mu.Lock()
-	was := s.closed
-	s.closed = true
-	s.mu.Unlock()
-	if was {
-		return net.ErrClosed
-	}
-	return unix.Close(s.fd)
+	return s, err
 }

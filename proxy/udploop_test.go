@@ -12,6 +12,7 @@ import (
 
 	"github.com/tetherlb/tether/affinity"
 	"github.com/tetherlb/tether/config"
+	"github.com/tetherlb/tether/udpbatch"
 )
 
 // udpModes are the two ways a UDP service is served: on the event loops
@@ -86,7 +87,7 @@ func TestUDPServiceInBothModes(t *testing.T) {
 			if n := p.UDPFlows(vip); n != len(clients) {
 				t.Fatalf("%d flows, want %d", n, len(clients))
 			}
-			pollUntil(t, "idle flows to end", func() bool { return p.UDPFlows(vip) == 0 })
+			waitOrFail(t, "idle flows to end", func() bool { return p.UDPFlows(vip) == 0 })
 			for _, tp := range p.Table().List(affinity.Filter{}) {
 				if tp.Active != 0 {
 					t.Fatalf("a template still held after its flow ended: %+v", tp)
@@ -111,7 +112,7 @@ func TestUDPServiceInBothModes(t *testing.T) {
 					stay++
 				}
 			}
-			pollUntil(t, "the down server's flows to close", func() bool { return p.UDPFlows(vip) == stay })
+			waitOrFail(t, "the down server's flows to close", func() bool { return p.UDPFlows(vip) == stay })
 			if got, _, err := askUDP(clients[0], vip); err != nil || got == gone {
 				t.Fatalf("after %s went down its client got %q (%v)", gone, got, err)
 			}
@@ -125,7 +126,7 @@ func TestUDPServiceInBothModes(t *testing.T) {
 			}
 			// Polled: a health check's fork holds the process's sockets
 			// for a moment, until its exec closes them.
-			pollUntil(t, "the removed service's address to be free", func() bool {
+			waitOrFail(t, "the removed service's address to be free", func() bool {
 				pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(vip))
 				if err == nil {
 					pc.Close()
@@ -139,15 +140,12 @@ func TestUDPServiceInBothModes(t *testing.T) {
 	}
 }
 
-// pollUntil polls cond for up to 5 s.
-func pollUntil(t *testing.T, what string, cond func() bool) {
+// waitOrFail waits up to 5 s for cond (waitFor), and fails the test
+// without it.
+func waitOrFail(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting 5 s for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !waitFor(5*time.Second, cond) {
+		t.Fatalf("gave up waiting 5 s for %s", what)
 	}
 }
 
@@ -176,7 +174,7 @@ func TestUDPSocketForEachLoop(t *testing.T) {
 	if len(svc.udp) != 2 {
 		t.Fatalf("%d sockets for two loops", len(svc.udp))
 	}
-	socks := map[*rawSocket]int{}
+	socks := map[*udpbatch.Socket]int{}
 	for _, f := range svc.flows.Drain() {
 		socks[f.out]++
 		svc.flows.Add(f.client, f)
@@ -193,7 +191,7 @@ func TestUDPSocketForEachLoop(t *testing.T) {
 	if n := p.UDPFlows(vip); n != 10 {
 		t.Fatalf("%d flows after max_flows went to 10", n)
 	}
-	pollUntil(t, "the loops to forget the closed flows' sockets", func() bool { return p.loops.Watches() == 2+10 })
+	waitOrFail(t, "the loops to forget the closed flows' sockets", func() bool { return p.loops.Watches() == 2+10 })
 }
 
 // The status may be read while a reload stops a UDP service on the loops:

@@ -95,6 +95,27 @@ func (h *Host) DialEcho(ctx context.Context, src netip.Addr, to netip.AddrPort) 
 	return e, nil
 }
 
+// AskUDP sends a datagram from src to a ServeUDP server at to (or a VIP in
+// front of some) and returns the name in the answer, within 5 s. The
+// socket is connected to to, so only an answer from to counts.
+func (h *Host) AskUDP(ctx context.Context, src netip.Addr, to netip.AddrPort) (string, error) {
+	c, err := h.Dial(ctx, "udp", src, to.String())
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("who?")); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if err != nil {
+		return "", fmt.Errorf("%s -> %s: %w", src, to, err)
+	}
+	return strings.TrimSpace(string(buf[:n])), nil
+}
+
 // Say sends s and a newline and reads them back, within 5 s.
 func (e *Echo) Say(s string) error {
 	e.SetDeadline(time.Now().Add(5 * time.Second))

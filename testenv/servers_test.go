@@ -36,18 +36,7 @@ func TestHTTPAndUDPNameServers(t *testing.T) {
 		t.Errorf("HTTP answered %q, want backend1", body)
 	}
 	// UDP likewise.
-	c, err := e.Clients[0].Dial(ctx, "udp", ClientAddr(0), netip.AddrPortFrom(BackendAddr(1), 5353).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write([]byte("who?")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 64)
-	n, err := c.Read(buf)
-	if err != nil || strings.TrimSpace(string(buf[:n])) != "backend1" {
-		t.Errorf("UDP answered %q, %v; want backend1", buf[:n], err)
+	if name, err := e.Clients[0].AskUDP(ctx, ClientAddr(0), netip.AddrPortFrom(BackendAddr(1), 5353)); err != nil || name != "backend1" {
+		t.Errorf("UDP answered %q, %v; want backend1", name, err)
 	}
 }

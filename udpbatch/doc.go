@@ -5,10 +5,9 @@
 // batch it borrows from a Pool only while there is something to read, so
 // that a million idle flows hold no buffers.
 //
-// Each call comes in two kinds: one that waits in the Go runtime's poller
-// (Read, Write, Next), for a goroutine, and one that does not (ReadNow,
-// WriteToNow, NextNow, RecvMsg), for an event loop that waits for the
-// socket itself; Dial and DialFrom open such a loop's sockets outside the
-// runtime's poller. It needs no privilege, but DialFrom's transparent
-// sockets need CAP_NET_ADMIN.
+// On a net.UDPConn's RawConn the calls wait in the Go runtime's poller,
+// for a goroutine; on a Socket (Dial, DialFrom, NewSocket), which the
+// runtime's poller does not watch, they do not, for an event loop that
+// waits for the socket itself. It needs no privilege, but DialFrom's
+// transparent sockets need CAP_NET_ADMIN.
 package udpbatch

@@ -2,7 +2,6 @@ package udpbatch
 
 import (
 	"net/netip"
-	"os"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -28,8 +27,6 @@ type Reader struct {
 	got   int
 	errno syscall.Errno
 	recvF func(fd uintptr) bool // b.recv, made once: a method value per read would allocate
-	ctlF  func(fd uintptr)      // b.recv for ReadNow, made once too
-	ready bool                  // ctlF found datagrams (or an error)
 }
 
 func NewReader(n, size int) *Reader {
@@ -43,7 +40,6 @@ func NewReader(n, size int) *Reader {
 		b.msgs[i].hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
 	}
 	b.recvF = b.recv
-	b.ctlF = func(fd uintptr) { b.ready = b.recv(fd) }
 	return b
 }
 
@@ -67,19 +63,6 @@ func (b *Reader) recv(fd uintptr) bool {
 func (b *Reader) Read(rc syscall.RawConn) (int, error) {
 	if err := rc.Read(b.recvF); err != nil {
 		return 0, err // net.ErrClosed once the socket is closed
-	}
-	return b.result()
-}
-
-// ReadNow takes what is queued on rc without waiting, for an event loop
-// that waits for the socket itself: 0 when nothing is.
-func (b *Reader) ReadNow(rc syscall.RawConn) (int, error) {
-	b.ready = false
-	if err := rc.Control(b.ctlF); err != nil {
-		return 0, err
-	}
-	if !b.ready {
-		return 0, nil
 	}
 	return b.result()
 }
@@ -123,8 +106,6 @@ type Writer struct {
 	todo  []mmsghdr // the part of msgs not sent yet
 	errno syscall.Errno
 	send  func(fd uintptr) bool
-	ctlF  func(fd uintptr) // send for WriteToNow
-	sent  bool             // ctlF sent everything (or failed)
 }
 
 func NewWriter(n int) *Writer {
@@ -149,7 +130,6 @@ func NewWriter(n int) *Writer {
 		}
 		return true
 	}
-	w.ctlF = func(fd uintptr) { w.sent = w.send(fd) }
 	return w
 }
 
@@ -161,7 +141,12 @@ func (w *Writer) Write(rc syscall.RawConn, bufs [][]byte) error {
 // WriteTo sends bufs on rc to the address in name (namelen bytes of it);
 // nil for a connected socket.
 func (w *Writer) WriteTo(rc syscall.RawConn, bufs [][]byte, name *unix.RawSockaddrInet6, namelen uint32) error {
-	w.prepare(bufs, name, namelen)
+	for i, b := range bufs {
+		w.iovs[i].Base = unsafe.SliceData(b) // nil for an empty datagram: length 0
+		w.iovs[i].SetLen(len(b))
+		w.msgs[i].hdr.Name, w.msgs[i].hdr.Namelen = (*byte)(unsafe.Pointer(name)), namelen
+	}
+	w.todo, w.errno = w.msgs[:len(bufs)], 0
 	if err := rc.Write(w.send); err != nil {
 		return err
 	}
@@ -171,118 +156,8 @@ func (w *Writer) WriteTo(rc syscall.RawConn, bufs [][]byte, name *unix.RawSockad
 	return nil
 }
 
-// WriteToNow is WriteTo without waiting, for an event loop: what the
-// socket cannot take at once is not sent, and the error is EAGAIN (a
-// full socket drops datagrams, as the kernel's own queues do).
-func (w *Writer) WriteToNow(rc syscall.RawConn, bufs [][]byte, name *unix.RawSockaddrInet6, namelen uint32) error {
-	w.prepare(bufs, name, namelen)
-	w.sent = false
-	if err := rc.Control(w.ctlF); err != nil {
-		return err
-	}
-	if !w.sent {
-		return unix.EAGAIN
-	}
-	if w.errno != 0 {
-		return w.errno
-	}
-	return nil
-}
-
 // Unsent is how many datagrams the last write did not send.
 func (w *Writer) Unsent() int { return len(w.todo) }
-
-func (w *Writer) prepare(bufs [][]byte, name *unix.RawSockaddrInet6, namelen uint32) {
-	for i, b := range bufs {
-		w.iovs[i].Base = unsafe.SliceData(b) // nil for an empty datagram: length 0
-		w.iovs[i].SetLen(len(b))
-		w.msgs[i].hdr.Name, w.msgs[i].hdr.Namelen = (*byte)(unsafe.Pointer(name)), namelen
-	}
-	w.todo, w.errno = w.msgs[:len(bufs)], 0
-}
-
-// SendTo sends b to the address in sa (n bytes of it) on the socket fd,
-// without waiting.
-func SendTo(fd uintptr, b []byte, sa *unix.RawSockaddrInet6, n uint32) error {
-	_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)), unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(sa)), uintptr(n))
-	if e != 0 {
-		return e
-	}
-	return nil
-}
-
-// Dial opens a non-blocking UDP socket connected to addr, outside the Go
-// runtime's poller: for an event loop that waits for it itself.
-func Dial(addr netip.AddrPort) (int, error) { return DialFrom(netip.AddrPort{}, addr, false) }
-
-// DialFrom is Dial from the local address local (none: the kernel
-// chooses), which with transparent need not be the host's (IP_TRANSPARENT,
-// CAP_NET_ADMIN: a TPROXYed flow's socket answers from the address its
-// client sent to).
-func DialFrom(local, addr netip.AddrPort, transparent bool) (int, error) {
-	var sa unix.RawSockaddrInet6
-	family := unix.AF_INET6
-	if addr.Addr().Is4() {
-		family = unix.AF_INET
-	}
-	fd, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if e != 0 {
-		return -1, os.NewSyscallError("socket", e)
-	}
-	fail := func(call string, err error) (int, error) {
-		unix.Close(int(fd))
-		return -1, os.NewSyscallError(call, err)
-	}
-	if local.IsValid() {
-		if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-			return fail("setsockopt", err)
-		}
-		if transparent {
-			level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
-			if family == unix.AF_INET6 {
-				level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
-			}
-			if err := unix.SetsockoptInt(int(fd), level, opt, 1); err != nil {
-				return fail("setsockopt", err)
-			}
-		}
-		n := Sockaddr(local, family, &sa)
-		if _, _, e := unix.RawSyscall(unix.SYS_BIND, fd, uintptr(unsafe.Pointer(&sa)), uintptr(n)); e != 0 {
-			return fail("bind", e)
-		}
-	}
-	n := Sockaddr(addr, family, &sa)
-	if _, _, e := unix.RawSyscall(unix.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&sa)), uintptr(n)); e != 0 {
-		return fail("connect", e)
-	}
-	return int(fd), nil
-}
-
-// RecvMsg reads one datagram and its control data from fd without
-// waiting: n is -1 when nothing is queued.
-func RecvMsg(fd uintptr, b, oob []byte) (n, oobn int, src netip.AddrPort, err error) {
-	var name unix.RawSockaddrInet6
-	var iov unix.Iovec
-	iov.Base = unsafe.SliceData(b)
-	iov.SetLen(len(b))
-	var h unix.Msghdr
-	h.Name = (*byte)(unsafe.Pointer(&name))
-	h.Namelen = unix.SizeofSockaddrInet6
-	h.Iov = &iov
-	h.SetIovlen(1)
-	if len(oob) > 0 {
-		h.Control = unsafe.SliceData(oob)
-		h.SetControllen(len(oob))
-	}
-	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&h)), unix.MSG_DONTWAIT)
-	switch {
-	case e == unix.EAGAIN || e == unix.EINTR:
-		return -1, 0, netip.AddrPort{}, nil
-	case e != 0:
-		return 0, 0, netip.AddrPort{}, e
-	}
-	return int(r), int(h.Controllen), sockaddrPort(&name), nil
-}
 
 // Sockaddr writes ap as the sockaddr a socket of family takes (an IPv4
 // client of a dual-stack socket as an IPv4-mapped address) and returns its
@@ -341,11 +216,9 @@ func NewPool(n int) *Pool {
 // in a batch borrowed from its pool only while there is
 // something to read: a flow waiting for datagrams holds no buffer.
 type Relay struct {
-	pool  *Pool
-	rb    *batch
-	recv  func(fd uintptr) bool // made once per relay
-	ctlF  func(fd uintptr)      // recv for NextNow
-	ready bool
+	pool *Pool
+	rb   *batch
+	recv func(fd uintptr) bool // made once per relay
 }
 
 func NewRelay(pool *Pool) *Relay {
@@ -361,7 +234,6 @@ func NewRelay(pool *Pool) *Relay {
 		}
 		return true
 	}
-	r.ctlF = func(fd uintptr) { r.ready = r.recv(fd) }
 	return r
 }
 
@@ -369,22 +241,7 @@ func NewRelay(pool *Pool) *Relay {
 // them, their total size, and the batch to send them with; done gives the
 // batch back. On an error nothing is held.
 func (r *Relay) Next(from syscall.RawConn) (bufs [][]byte, total int, out *Writer, err error) {
-	return r.took(from.Read(r.recv))
-}
-
-// NextNow is Next without waiting, for an event loop: no datagrams and no
-// error when nothing is queued.
-func (r *Relay) NextNow(from syscall.RawConn) (bufs [][]byte, total int, out *Writer, err error) {
-	r.ready = false
-	err = from.Control(r.ctlF)
-	if err == nil && !r.ready {
-		return nil, 0, nil, nil // recv gave the batch back
-	}
-	return r.took(err)
-}
-
-// took is what the read into r.rb brought, or err.
-func (r *Relay) took(err error) (bufs [][]byte, total int, out *Writer, _ error) {
+	err = from.Read(r.recv)
 	n := 0
 	if err == nil {
 		n, err = r.rb.in.result()

@@ -59,55 +59,49 @@ func TestBatchReadAndWrite(t *testing.T) {
 	}
 }
 
-// fdConn is a raw descriptor as a syscall.RawConn, for the calls that
-// do not wait.
-type fdConn int
-
-func (c fdConn) Control(f func(uintptr)) error    { f(uintptr(c)); return nil }
-func (c fdConn) Read(f func(uintptr) bool) error  { f(uintptr(c)); return nil }
-func (c fdConn) Write(f func(uintptr) bool) error { f(uintptr(c)); return nil }
-
-// The calls for an event loop do not wait: a read of an empty socket
-// returns nothing at once, and what Dial's socket sends through
-// WriteToNow, SendTo answers, and NextNow reads.
-func TestCallsThatDoNotWait(t *testing.T) {
+// On a Socket nothing waits: a read of an empty socket and a relay's
+// next batch report EAGAIN at once; what Dial's socket sends reaches the
+// server, and the server's answer comes back through the relay.
+func TestSocketCallsDoNotWait(t *testing.T) {
 	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	fd, err := Dial(srv.LocalAddr().(*net.UDPAddr).AddrPort())
+	s, err := Dial(srv.LocalAddr().(*net.UDPAddr).AddrPort())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fd)
-	rc := fdConn(fd)
+	defer s.Close()
 	r := NewReader(4, 2048)
-	if n, err := r.ReadNow(rc); n != 0 || err != nil {
-		t.Fatalf("an empty socket read %d (%v), want 0 at once", n, err)
+	if n, err := r.Read(s); n != 0 || err != unix.EAGAIN {
+		t.Fatalf("an empty socket read %d (%v), want EAGAIN at once", n, err)
 	}
 	rel := NewRelay(NewPool(4))
-	if bufs, _, _, err := rel.NextNow(rc); bufs != nil || err != nil {
-		t.Fatalf("an empty socket's relay got %q (%v), want nothing at once", bufs, err)
+	if bufs, _, _, err := rel.Next(s); bufs != nil || err != unix.EAGAIN {
+		t.Fatalf("an empty socket's relay got %q (%v), want EAGAIN at once", bufs, err)
 	}
-	if err := NewWriter(4).WriteToNow(rc, [][]byte{[]byte("one"), []byte("two")}, nil, 0); err != nil {
+	if err := NewWriter(4).Write(s, [][]byte{[]byte("one"), []byte("two")}); err != nil {
 		t.Fatal(err)
 	}
 	srcRC, _ := srv.SyscallConn()
-	n, err := r.ReadNow(srcRC)
+	n, err := r.Read(srcRC)
 	if err != nil || n != 2 {
 		t.Fatalf("the server read %d (%v), want both datagrams", n, err)
 	}
 	_, from, _ := r.Msg(0)
 	var sa unix.RawSockaddrInet6
 	l := Sockaddr(from, unix.AF_INET, &sa)
-	srcRC.Control(func(s uintptr) { err = SendTo(s, []byte("back"), &sa, l) })
-	if err != nil {
+	if err := NewWriter(1).WriteTo(srcRC, [][]byte{[]byte("back")}, &sa, l); err != nil {
 		t.Fatal(err)
 	}
-	bufs, total, _, err := rel.NextNow(rc)
+	bufs, total, _, err := rel.Next(s)
 	if err != nil || len(bufs) != 1 || string(bufs[0]) != "back" || total != 4 {
 		t.Fatalf("the reply: %q, %d bytes (%v), want \"back\"", bufs, total, err)
 	}
 	rel.Done()
+	s.Close()
+	if _, err := r.Read(s); err != net.ErrClosed {
+		t.Fatalf("a read of a closed Socket: %v, want net.ErrClosed", err)
+	}
 }
