@@ -61,3 +61,40 @@ func hitOf(sh *shard, t *Table, k key, h uint64, now uint32, svc *serviceInfo) (
 	}
 	return hitLease(svc, h, i, gen, srv), true
 }
+
+// A lock-free hit stamps its template with the new connection's time, in
+// the same step as it counts the connection: an invalidation of the
+// templates not used since an earlier time spares it, while it is open
+// and after it closes.
+func TestLockFreeHitStamps(t *testing.T) {
+	p := newPicker(2)
+	tb, ref, clk := newTestTable(Options{}, ServiceConfig{Timeout: time.Hour}, p)
+	defer tb.Close()
+	c := client(7)
+	t0 := clk.Now()
+	tb.Release(mustBind(t, tb, ref, c, p))
+	clk.Advance(time.Minute)
+
+	r := tb.reg.Load()
+	svc, _ := r.service(ref)
+	k := clientKey(ref, svc.cfg.Mask, c)
+	h, sh := tb.shardOf(k)
+	l, ok := hitOf(sh, tb, k, h, tb.nowTicks(), svc)
+	if !ok {
+		t.Fatal("no lock-free hit on an idle live template")
+	}
+	if n := tb.Invalidate(Filter{UsedBefore: t0.Add(30 * time.Second)}); n != 0 {
+		t.Fatalf("invalidated %d templates used since the cut, want 0", n)
+	}
+	if n, _ := tb.held(l); n != 1 {
+		t.Fatalf("the template counts %d connections, want 1", n)
+	}
+	clk.Advance(time.Minute)
+	tb.Release(l)
+	if n := tb.Invalidate(Filter{UsedBefore: t0.Add(90 * time.Second)}); n != 0 {
+		t.Fatalf("invalidated %d templates closed after the cut, want 0", n)
+	}
+	if n := tb.Invalidate(Filter{UsedBefore: t0.Add(150 * time.Second)}); n != 1 {
+		t.Fatalf("invalidated %d templates not used since a later cut, want 1", n)
+	}
+}
