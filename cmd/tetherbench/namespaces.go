@@ -105,7 +105,7 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds 
 	// measureAll is every row of a column: the new clients last, so that
 	// nothing else has used their addresses.
 	wrkOK := true
-	measureAll := func(addr string, dur time.Duration) (result, error) {
+	measureAll := func(addr string, dur time.Duration, pid int) (result, error) {
 		if err := warm(addr); err != nil {
 			return result{}, fmt.Errorf("warm-up: %w", err)
 		}
@@ -113,8 +113,8 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds 
 		if err == nil && wrkOK {
 			var werr error
 			url := "http://" + addr + "/"
-			if r.keepAlive, werr = runWrk(client, url, dur); werr == nil {
-				r.closing, werr = runWrk(client, url, dur, "-H", "Connection: close")
+			if r.keepAlive, werr = runWrk(client, url, dur, pid); werr == nil {
+				r.closing, werr = runWrk(client, url, dur, pid, "-H", "Connection: close")
 			}
 			if werr != nil {
 				fmt.Fprintln(os.Stderr, "tetherbench: no wrk rows:", werr)
@@ -155,7 +155,7 @@ func benchNamespaces(dur time.Duration, bin string, keep *regexp.Regexp, rounds 
 }
 
 // nsRound measures every column of the namespace table once.
-func nsRound(env *testenv.Env, round, rounds int, dur time.Duration, bin string, keep *regexp.Regexp, measureAll func(string, time.Duration) (result, error),
+func nsRound(env *testenv.Env, round, rounds int, dur time.Duration, bin string, keep *regexp.Regexp, measureAll func(string, time.Duration, int) (result, error),
 	inHost func(string) dialer, client *testenv.Host, server, vip string) ([]column, error) {
 	// Each column from an empty conntrack table: the entries the columns
 	// before it left (their flows in TIME_WAIT for two minutes, some
@@ -166,7 +166,7 @@ func nsRound(env *testenv.Env, round, rounds int, dur time.Duration, bin string,
 	if err := flush(); err != nil {
 		return nil, err
 	}
-	direct, err := measureAll(server, dur)
+	direct, err := measureAll(server, dur, 0)
 	if err != nil {
 		return nil, fmt.Errorf("direct: %w", err)
 	}
@@ -181,7 +181,7 @@ func nsRound(env *testenv.Env, round, rounds int, dur time.Duration, bin string,
 	} else if err := nftIn(env.LB, rules); err != nil {
 		fmt.Fprintln(os.Stderr, "tetherbench: no static DNAT column:", err)
 	} else {
-		r, err := measureAll(vip, dur)
+		r, err := measureAll(vip, dur, 0)
 		if err := errors.Join(err, nftIn(env.LB, "delete table ip benchnat\n")); err != nil {
 			return nil, fmt.Errorf("static dnat: %w", err)
 		}
@@ -209,7 +209,7 @@ func nsRound(env *testenv.Env, round, rounds int, dur time.Duration, bin string,
 		if err := env.LB.Do(p.Start); err != nil {
 			return nil, fmt.Errorf("%s: %w", mode, err)
 		}
-		r, err := measureAll(vip, dur)
+		r, err := measureAll(vip, dur, 0)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		env.LB.Do(func() error { return p.Shutdown(ctx) })
 		cancel()
@@ -270,7 +270,7 @@ func nsRound(env *testenv.Env, round, rounds int, dur time.Duration, bin string,
 		if err := flush(); err != nil {
 			return nil, err
 		}
-		c, err := measurePeer(env, pr, vip, server, inHost(vip), func(dur time.Duration) (result, error) { return measureAll(vip, dur) }, dur)
+		c, err := measurePeer(env, pr, vip, server, inHost(vip), func(dur time.Duration, pid int) (result, error) { return measureAll(vip, dur, pid) }, dur)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "tetherbench: no column:", err)
 			continue

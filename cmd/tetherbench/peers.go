@@ -86,7 +86,7 @@ listen bench
 // measurePeer runs p in the load-balancer host on vip, waits until dial
 // reaches it, measures it with measure, and returns the column with its peak RSS; an error
 // when p is not installed or does not come up.
-func measurePeer(env *testenv.Env, p peer, vip, server string, dial dialer, measure func(time.Duration) (result, error), dur time.Duration) (column, error) {
+func measurePeer(env *testenv.Env, p peer, vip, server string, dial dialer, measure func(time.Duration, int) (result, error), dur time.Duration) (column, error) {
 	bin, err := exec.LookPath(p.bin)
 	if err != nil {
 		if bin, err = exec.LookPath("/usr/sbin/" + p.bin); err != nil {
@@ -138,7 +138,7 @@ func measurePeer(env *testenv.Env, p peer, vip, server string, dial dialer, meas
 		}
 		defer cleanup()
 	}
-	r, err := measure(dur)
+	r, err := measure(dur, cmd.Process.Pid)
 	if err != nil {
 		return column{}, fmt.Errorf("%s: %w", p.name, err)
 	}

@@ -51,6 +51,20 @@ func printTable(cols []column) {
 		row("wrk -c64, Connection: close: requests/s", func(r result) float64 { return r.closing.rps }, num)
 		row("wrk -c64, Connection: close: p50", func(r result) float64 { return float64(r.closing.p50) }, dur)
 		row("wrk -c64, Connection: close: p99", func(r result) float64 { return float64(r.closing.p99) }, dur)
+		// No ratio to direct, which has no process of its own.
+		fmt.Print("| wrk -c64, Connection: close: the balancer's CPU a request |")
+		for _, c := range cols {
+			if c.r.closing.cpu == 0 {
+				fmt.Print(" |")
+				continue
+			}
+			fmt.Printf(" %.1fµs |", float64(c.r.closing.cpu)/1e3)
+		}
+		fmt.Print("\n| wrk -c64, Connection: close: the machine's CPUs busy |")
+		for _, c := range cols {
+			fmt.Printf(" %.0f%% |", 100*c.r.closing.busy)
+		}
+		fmt.Println()
 	}
 	if cols[len(cols)-1].mem.peak == 0 {
 		return // measured in this process: no RSS of its own
@@ -128,6 +142,9 @@ func printVersus(rounds [][]column, a, b string) {
 		fmt.Printf("; wrk keep-alive %s (p99 %s), Connection: close %s (p99 %s)",
 			ratio(func(r result) float64 { return r.keepAlive.rps }), ratio(func(r result) float64 { return float64(r.keepAlive.p99) }),
 			ratio(func(r result) float64 { return r.closing.rps }), ratio(func(r result) float64 { return float64(r.closing.p99) }))
+		if pairs[0].a.r.closing.cpu > 0 && pairs[0].b.r.closing.cpu > 0 {
+			fmt.Printf(", its CPU a request %s", ratio(func(r result) float64 { return float64(r.closing.cpu) }))
+		}
 	}
 	fmt.Println()
 }
@@ -189,10 +206,8 @@ func medianColumns(rounds [][]column) []column {
 			newClients:  m(func(c column) float64 { return c.r.newClients }),
 			p50:         d(func(c column) time.Duration { return c.r.p50 }),
 			p99:         d(func(c column) time.Duration { return c.r.p99 }),
-			keepAlive: wrkResult{m(func(c column) float64 { return c.r.keepAlive.rps }),
-				d(func(c column) time.Duration { return c.r.keepAlive.p50 }), d(func(c column) time.Duration { return c.r.keepAlive.p99 })},
-			closing: wrkResult{m(func(c column) float64 { return c.r.closing.rps }),
-				d(func(c column) time.Duration { return c.r.closing.p50 }), d(func(c column) time.Duration { return c.r.closing.p99 })},
+			keepAlive:   medianWrk(rs, func(r result) wrkResult { return r.keepAlive }),
+			closing:     medianWrk(rs, func(r result) wrkResult { return r.closing }),
 		}})
 	}
 	return out
@@ -205,4 +220,26 @@ func median(vs []float64) float64 {
 		return vs[n/2]
 	}
 	return (vs[n/2-1] + vs[n/2]) / 2
+}
+
+// medianWrk is the median of each figure of the columns' wrk runs.
+func medianWrk(cols []column, run func(result) wrkResult) wrkResult {
+	m := func(f func(wrkResult) float64) float64 {
+		vs := make([]float64, len(cols))
+		for i, c := range cols {
+			vs[i] = f(run(c.r))
+		}
+		slices.Sort(vs)
+		return median(vs)
+	}
+	d := func(f func(wrkResult) time.Duration) time.Duration {
+		return time.Duration(m(func(w wrkResult) float64 { return float64(f(w)) }))
+	}
+	return wrkResult{
+		rps:  m(func(w wrkResult) float64 { return w.rps }),
+		p50:  d(func(w wrkResult) time.Duration { return w.p50 }),
+		p99:  d(func(w wrkResult) time.Duration { return w.p99 }),
+		cpu:  d(func(w wrkResult) time.Duration { return w.cpu }),
+		busy: m(func(w wrkResult) float64 { return w.busy }),
+	}
 }

@@ -62,3 +62,71 @@ func readMemory(pid int) (memory, error) {
 	}
 	return m, nil
 }
+
+// cpuSample is a process's CPU time and the machine's, in clock ticks:
+// all CPUs' time and their idle time (idle and iowait), from /proc.
+type cpuSample struct{ proc, total, idle int64 }
+
+// clockTick is USER_HZ, the unit of /proc's CPU times: 100 on every
+// Linux architecture Go runs on.
+const clockTick = 10 * time.Millisecond
+
+// readCPU samples the CPU time of process pid (0: none) and the machine's.
+func readCPU(pid int) (cpuSample, error) {
+	var c cpuSample
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return c, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return c, fmt.Errorf("/proc/stat: first line %q", line)
+	}
+	for i, v := range f[1:] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return c, fmt.Errorf("/proc/stat: %q: %w", v, err)
+		}
+		if i < 8 { // user nice system idle iowait irq softirq steal; guest time is in user already
+			c.total += n
+		}
+		if i == 3 || i == 4 {
+			c.idle += n
+		}
+	}
+	if pid > 0 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return c, err
+		}
+		// The fields after the command's name, which ends with the last ')':
+		// state is the first, utime the 12th and stime the 13th.
+		i := strings.LastIndex(string(b), ") ")
+		g := strings.Fields(string(b)[i+1:])
+		if i < 0 || len(g) < 13 {
+			return c, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+		}
+		for _, v := range g[11:13] {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return c, fmt.Errorf("/proc/%d/stat: %q: %w", pid, v, err)
+			}
+			c.proc += n
+		}
+	}
+	return c, nil
+}
+
+// since is the process's CPU time for each of n requests between sample
+// b and c (0 without a process) and the share of the machine's CPU time
+// that was busy.
+func (c cpuSample) since(b cpuSample, n float64) (perRequest time.Duration, busy float64) {
+	if c.proc > 0 && n > 0 {
+		perRequest = time.Duration(float64(c.proc-b.proc) * float64(clockTick) / n)
+	}
+	if t := c.total - b.total; t > 0 {
+		busy = 1 - float64(c.idle-b.idle)/float64(t)
+	}
+	return perRequest, busy
+}

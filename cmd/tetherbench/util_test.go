@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"testing"
+	"time"
 )
 
 // readMemory parses this process's /proc status: a peak at least its
@@ -17,6 +18,40 @@ func TestReadMemory(t *testing.T) {
 		t.Errorf("memory %+v: want anonymous and file-backed pages, and a peak at least their sum", m)
 	}
 	if _, err := readMemory(1 << 30); err == nil {
+		t.Error("no error for a process that does not exist")
+	}
+}
+
+// readCPU counts this process's CPU time: spinning for 200 ms of it
+// shows as about that much (the clock ticks are 10 ms), a request at a
+// time, and the machine as busy; a missing process is an error.
+func TestReadCPU(t *testing.T) {
+	b, err := readCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var after cpuSample
+	x := 1
+	for deadline := time.Now().Add(10 * time.Second); after.proc < b.proc+20; {
+		if time.Now().After(deadline) {
+			t.Fatalf("this process's CPU time grew %d ticks in 10 s of spinning", after.proc-b.proc)
+		}
+		for range 1 << 20 {
+			x = x*31 + 7
+		}
+		if after, err = readCPU(os.Getpid()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = x
+	per, busy := after.since(b, 10)
+	if per < 20*time.Millisecond || per > 40*time.Millisecond {
+		t.Errorf("%v a request for %d ticks over 10 requests, want 20-40 ms", per, after.proc-b.proc)
+	}
+	if busy <= 0 || busy > 1 {
+		t.Errorf("machine busy %.2f while this process spun, want (0, 1]", busy)
+	}
+	if _, err := readCPU(1 << 30); err == nil {
 		t.Error("no error for a process that does not exist")
 	}
 }
