@@ -52,13 +52,13 @@ func printTable(cols []column) {
 		row("wrk -c64, Connection: close: p50", func(r result) float64 { return float64(r.closing.p50) }, dur)
 		row("wrk -c64, Connection: close: p99", func(r result) float64 { return float64(r.closing.p99) }, dur)
 		// No ratio to direct, which has no process of its own.
-		fmt.Print("| wrk -c64, Connection: close: the balancer's CPU a request |")
+		fmt.Print("| wrk -c64, Connection: close: the balancer's CPU a request (user space) |")
 		for _, c := range cols {
 			if c.r.closing.cpu == 0 {
 				fmt.Print(" |")
 				continue
 			}
-			fmt.Printf(" %.1fµs |", float64(c.r.closing.cpu)/1e3)
+			fmt.Printf(" %.1fµs (%.1f) |", float64(c.r.closing.cpu)/1e3, float64(c.r.closing.user)/1e3)
 		}
 		fmt.Print("\n| wrk -c64, Connection: close: the machine's CPUs busy |")
 		for _, c := range cols {
@@ -240,6 +240,7 @@ func medianWrk(cols []column, run func(result) wrkResult) wrkResult {
 		p50:  d(func(w wrkResult) time.Duration { return w.p50 }),
 		p99:  d(func(w wrkResult) time.Duration { return w.p99 }),
 		cpu:  d(func(w wrkResult) time.Duration { return w.cpu }),
+		user: d(func(w wrkResult) time.Duration { return w.user }),
 		busy: m(func(w wrkResult) float64 { return w.busy }),
 	}
 }

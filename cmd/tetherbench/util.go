@@ -63,9 +63,10 @@ func readMemory(pid int) (memory, error) {
 	return m, nil
 }
 
-// cpuSample is a process's CPU time and the machine's, in clock ticks:
-// all CPUs' time and their idle time (idle and iowait), from /proc.
-type cpuSample struct{ proc, total, idle int64 }
+// cpuSample is a process's CPU time (user and system) and the
+// machine's, in clock ticks: all CPUs' time and their idle time (idle
+// and iowait), from /proc.
+type cpuSample struct{ user, sys, total, idle int64 }
 
 // clockTick is USER_HZ, the unit of /proc's CPU times: 100 on every
 // Linux architecture Go runs on.
@@ -107,26 +108,27 @@ func readCPU(pid int) (cpuSample, error) {
 		if i < 0 || len(g) < 13 {
 			return c, fmt.Errorf("/proc/%d/stat: %q", pid, b)
 		}
-		for _, v := range g[11:13] {
-			n, err := strconv.ParseInt(v, 10, 64)
+		for j, p := range []*int64{&c.user, &c.sys} {
+			n, err := strconv.ParseInt(g[11+j], 10, 64)
 			if err != nil {
-				return c, fmt.Errorf("/proc/%d/stat: %q: %w", pid, v, err)
+				return c, fmt.Errorf("/proc/%d/stat: %q: %w", pid, g[11+j], err)
 			}
-			c.proc += n
+			*p = n
 		}
 	}
 	return c, nil
 }
 
 // since is the process's CPU time for each of n requests between sample
-// b and c (0 without a process) and the share of the machine's CPU time
-// that was busy.
-func (c cpuSample) since(b cpuSample, n float64) (perRequest time.Duration, busy float64) {
-	if c.proc > 0 && n > 0 {
-		perRequest = time.Duration(float64(c.proc-b.proc) * float64(clockTick) / n)
+// b and c, and the part of it in user space (0 without a process), and
+// the share of the machine's CPU time that was busy.
+func (c cpuSample) since(b cpuSample, n float64) (perRequest, user time.Duration, busy float64) {
+	if c.user+c.sys > 0 && n > 0 {
+		per := func(ticks int64) time.Duration { return time.Duration(float64(ticks) * float64(clockTick) / n) }
+		perRequest, user = per(c.user+c.sys-b.user-b.sys), per(c.user-b.user)
 	}
 	if t := c.total - b.total; t > 0 {
 		busy = 1 - float64(c.idle-b.idle)/float64(t)
 	}
-	return perRequest, busy
+	return perRequest, user, busy
 }

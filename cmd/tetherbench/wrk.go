@@ -22,7 +22,8 @@ import (
 
 // wrkResult is one wrk run: requests/s and latency percentiles, and
 // where the CPU went: the balancer process's time a request (0 for a
-// column with no process of its own) and the share of the machine's
+// column with no process of its own), the part of it in user space, and
+// the share of the machine's
 // CPUs busy meanwhile (all of them: clients, servers, the balancer and
 // the kernel's packet work). A balancer that spends less a request
 // makes more requests only as far as the CPUs it frees are what the
@@ -31,6 +32,7 @@ type wrkResult struct {
 	rps      float64
 	p50, p99 time.Duration
 	cpu      time.Duration
+	user     time.Duration // of cpu
 	busy     float64
 }
 
@@ -96,7 +98,7 @@ func runWrk(h *testenv.Host, url string, dur time.Duration, pid int, extra ...st
 	r.rps, _ = strconv.ParseFloat(m[1], 64)
 	if n := wrkCount.FindStringSubmatch(out.String()); n != nil {
 		reqs, _ := strconv.ParseFloat(n[1], 64)
-		r.cpu, r.busy = after.since(before, reqs)
+		r.cpu, r.user, r.busy = after.since(before, reqs)
 	}
 	for _, p := range wrkPercent.FindAllStringSubmatch(out.String(), -1) {
 		v, _ := strconv.ParseFloat(p[2], 64)
