@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -103,5 +104,72 @@ func TestSocketCallsDoNotWait(t *testing.T) {
 	s.Close()
 	if _, err := r.Read(s); err != net.ErrClosed {
 		t.Fatalf("a read of a closed Socket: %v, want net.ErrClosed", err)
+	}
+}
+
+// A Writer on a Socket whose destination has no room sends what fits,
+// reports EAGAIN at once instead of waiting, and counts the rest as
+// unsent (the proxy drops and counts them); once there is room again the
+// rest go, in order. A Unix datagram pair with the least send buffer
+// stands in for the full socket: what its receiver has not read counts
+// against the sender's buffer.
+func TestWriterOnAFullSocket(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewSocket(fds[0])
+	defer s.Close()
+	defer unix.Close(fds[1])
+	if err := unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF, 1); err != nil { // the kernel's least: a few KB
+		t.Fatal(err)
+	}
+	const n = 64
+	bufs := make([][]byte, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, 1000)
+		copy(bufs[i], strconv.Itoa(i)+"\n")
+	}
+	w := NewWriter(n)
+	if err := w.Write(s, bufs); err != unix.EAGAIN {
+		t.Fatalf("%d datagrams to a receiver that reads none: %v, want EAGAIN", n, err)
+	}
+	sent := n - w.Unsent()
+	if sent <= 0 || sent >= n {
+		t.Fatalf("%d of %d sent before EAGAIN, want some and not all", sent, n)
+	}
+	next := 0
+	drain := func() {
+		b := make([]byte, 2000)
+		for {
+			m, err := unix.Read(fds[1], b)
+			if err == unix.EAGAIN {
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, _, _ := strings.Cut(string(b[:m]), "\n"); m != 1000 || got != strconv.Itoa(next) {
+				t.Fatalf("datagram %d read as %d bytes starting %q", next, m, got)
+			}
+			next++
+		}
+	}
+	drain()
+	if next != sent {
+		t.Fatalf("the receiver got %d datagrams, the writer said %d went", next, sent)
+	}
+	for rest := bufs[sent:]; len(rest) > 0; drain() {
+		err := w.Write(s, rest)
+		if err != nil && err != unix.EAGAIN {
+			t.Fatal(err)
+		}
+		if w.Unsent() == len(rest) {
+			t.Fatalf("nothing of %d sent to a drained receiver (%v)", len(rest), err)
+		}
+		rest = rest[len(rest)-w.Unsent():]
+	}
+	if next != n {
+		t.Fatalf("the receiver got %d datagrams in all, want %d", next, n)
 	}
 }
