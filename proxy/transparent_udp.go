@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -40,11 +41,12 @@ type tflow struct {
 	srv    *server
 	st     *serviceState
 	lease  affinity.Lease
-	client *net.UDPConn // bound to dst, connected to the client
+	client *net.UDPConn // bound to dst, connected to the client (goroutines' flows)
 	server *net.UDPConn
-	// clientRaw and serverRaw are the same on an event loop
+	// socks are the client's and the server's sockets: client and
+	// server, or an event loop's udpbatch.Sockets
 	// (transparent_udploop.go), client and server nil then.
-	clientRaw, serverRaw *udpbatch.Socket
+	socks [2]io.Closer
 	// clientRC and serverRC are their raw sockets, for recvmmsg and
 	// sendmmsg.
 	clientRC, serverRC syscall.RawConn
@@ -113,14 +115,10 @@ func (p *Proxy) openTransparentUDP(tp *transparent, cfg *config.File, udpFlows i
 			nets[map[bool]string{true: "udp4", false: "udp6"}[a.Addr().Is4()]] = true
 		}
 	}
-	lc := net.ListenConfig{Control: transparentUDPControl(true)}
 	// With the event loops, a listener for each loop: the kernel's
 	// TPROXY lookup picks one of a SO_REUSEPORT group by a hash of the
 	// datagram's addresses, so flows spread over the loops.
-	siblings := 1
-	if p.loopCount >= 0 {
-		siblings = p.loopsWanted()
-	}
+	lc := net.ListenConfig{Control: transparentUDPControl(true)}
 	for _, n := range []string{"udp4", "udp6"} {
 		if !nets[n] {
 			continue
@@ -129,23 +127,11 @@ func (p *Proxy) openTransparentUDP(tp *transparent, cfg *config.File, udpFlows i
 		if n == "udp6" {
 			addr = fmt.Sprintf("[::]:%d", tp.port)
 		}
-		for i := range siblings {
-			if i == 0 {
-				if u := p.inherit.takeUDP(addr); u != nil {
-					tp.ulns = append(tp.ulns, u)
-					continue
-				}
-			}
-			c, err := lc.ListenPacket(p.ctx, n, addr)
-			if err != nil && i > 0 {
-				p.log.Warn("a transparent UDP listener for each event loop was refused; fewer loops read them", "listen", addr, "err", err)
-				break
-			}
-			if err != nil {
-				return fmt.Errorf("transparent udp listener for mark services: %w", err)
-			}
-			tp.ulns = append(tp.ulns, c.(*net.UDPConn))
+		pcs, err := p.listenUDPGroup(lc, n, addr)
+		if err != nil {
+			return fmt.Errorf("transparent udp listener for mark services: %w", err)
 		}
+		tp.ulns = append(tp.ulns, pcs...)
 	}
 	if len(tp.ulns) > 0 {
 		tp.uflows = newTFlows(udpFlows)
@@ -298,6 +284,7 @@ func (p *Proxy) openTFlow(ft *tflows, f *tflow) error {
 		}
 		return err
 	}
+	f.socks = [2]io.Closer{f.client, f.server}
 	ft.wg.Add(2)
 	go func() { defer ft.wg.Done(); p.tflowCopy(ft, f, f.server, f.serverRC, f.clientRC) }()
 	go func() { defer ft.wg.Done(); p.tflowCopy(ft, f, f.client, f.clientRC, f.serverRC) }()
@@ -341,12 +328,8 @@ func (p *Proxy) closeTFlow(f *tflow, end string) {
 		return
 	}
 	p.flowsTotal.Add(-1)
-	if f.clientRaw != nil {
-		f.clientRaw.Close()
-		f.serverRaw.Close()
-	} else {
-		f.client.Close()
-		f.server.Close()
+	for _, s := range f.socks {
+		s.Close()
 	}
 	p.release(f.srv, f.lease)
 	p.accessLog(f.st, "udp", f.key.client, serverAddr(f.srv, f.key.dst.Port()), &f.Counts, end)

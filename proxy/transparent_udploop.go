@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"io"
 	"log/slog"
 	"net/netip"
 
@@ -97,32 +98,33 @@ func (tl *tudpLoop) Tick(*tcploop.Watch, int64) {}
 // watches them next to on.
 func (p *Proxy) openTFlowOnLoop(ft *tflows, f *tflow, on *tcploop.Watch) error {
 	k := f.key
+	var client, server *udpbatch.Socket
 	err := p.inNamespace(func() (err error) {
-		f.clientRaw, err = udpbatch.DialFrom(k.dst, k.client, true)
+		client, err = udpbatch.DialFrom(k.dst, k.client, true)
 		return err
 	})
 	if err == nil {
-		if f.serverRaw, err = p.dialSocket(serverAddr(f.srv, k.dst.Port())); err != nil {
-			f.clientRaw.Close()
+		if server, err = p.dialSocket(serverAddr(f.srv, k.dst.Port())); err != nil {
+			client.Close()
 		}
 	}
 	if err != nil {
 		return err
 	}
-	f.clientRC, f.serverRC = f.clientRaw, f.serverRaw
+	f.clientRC, f.serverRC, f.socks = client, server, [2]io.Closer{client, server}
 	idle := int64(tflowIdle(f.st))
 	for _, fromClient := range []bool{true, false} {
 		fl := &tflowLoop{p: p, ft: ft, f: f, fromClient: fromClient, rel: udpbatch.NewRelay(p.replies), idle: idle}
-		s := f.serverRaw
+		s := server
 		fl.sent = func(total int) { f.Out.Add(int64(total)) }
 		if fromClient {
-			s = f.clientRaw
+			s = client
 			fl.sent = func(total int) { f.In.Add(int64(total)) }
 		}
 		if _, err := on.Watch(s.Fd(), fl, true); err != nil {
 			f.closed.Store(true) // a watch made already forgets the flow at its tick
-			f.clientRaw.Close()
-			f.serverRaw.Close()
+			client.Close()
+			server.Close()
 			return err
 		}
 	}

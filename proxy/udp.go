@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -29,9 +30,9 @@ type flow struct {
 	srv    *server
 	st     *serviceState
 	lease  affinity.Lease
-	conn   *net.UDPConn     // a goroutine's flow's socket
-	raw    *udpbatch.Socket // or an event loop's (udploop.go)
-	rc     syscall.RawConn  // conn's or raw's, for recvmmsg and sendmmsg
+	conn   *net.UDPConn    // a goroutine's flow's socket, for its deadlines
+	sock   io.Closer       // conn, or an event loop's udpbatch.Socket (udploop.go)
+	rc     syscall.RawConn // sock's, for recvmmsg and sendmmsg
 	// dst is the client as the service socket's sendmmsg takes it.
 	dst              unix.RawSockaddrInet6
 	dstLen           uint32
@@ -80,6 +81,7 @@ func (p *Proxy) serveUDP(svc *service) {
 		if f.conn, err = p.dialUDP(f.st, f.srv.Addr); err != nil {
 			return err
 		}
+		f.sock = f.conn
 		if f.rc, err = f.conn.SyscallConn(); err != nil {
 			f.conn.Close()
 			return err
@@ -268,11 +270,7 @@ func (p *Proxy) closeFlow(f *flow, end string) {
 		return
 	}
 	p.flowsTotal.Add(-1)
-	if f.raw != nil {
-		f.raw.Close()
-	} else {
-		f.conn.Close()
-	}
+	f.sock.Close()
 	p.release(f.srv, f.lease)
 	p.accessLog(f.st, "udp", f.client, f.srv.Addr, &f.Counts, end)
 }
@@ -336,7 +334,9 @@ func (p *Proxy) onePacket(svc *service, st *serviceState, src netip.AddrPort, b 
 		if err == nil && len(bufs) > 0 {
 			var sa unix.RawSockaddrInet6
 			n := udpbatch.Sockaddr(src, svc.family, &sa)
-			out.WriteTo(svc.rc, bufs[:1], &sa, n)
+			if out.WriteTo(svc.rc, bufs[:1], &sa, n) == unix.EAGAIN { // a loop's socket does not wait
+				st.ev.add(evUDPDropped)
+			}
 		}
 		rel.Done()
 	}()

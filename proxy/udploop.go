@@ -34,21 +34,13 @@ import (
 // what is left is reported again.
 const udpRounds = 4
 
-// listenUDP opens a UDP service's sockets on addr (the first one inherited
-// from an upgraded process, if it handed one): with the event loops, one
-// for each loop, with SO_REUSEPORT, so that the kernel spreads clients
-// over the loops (by a hash of their addresses, so a client's datagrams
-// stay on one), as nginx's reuseport does. Siblings the kernel refuses
-// only cost the spread.
+// listenUDP opens a UDP service's sockets on addr: with the event loops,
+// one for each loop, with SO_REUSEPORT, so that the kernel spreads
+// clients over the loops (by a hash of their addresses, so a client's
+// datagrams stay on one), as nginx's reuseport does.
 func (p *Proxy) listenUDP(addr string) ([]*net.UDPConn, error) {
-	var pcs []*net.UDPConn
-	if u := p.inherit.takeUDP(addr); u != nil {
-		pcs = append(pcs, u)
-	}
-	n := 1
 	var lc net.ListenConfig
 	if p.loopCount >= 0 {
-		n = p.loopsWanted()
 		lc.Control = func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) }); err != nil {
@@ -57,17 +49,32 @@ func (p *Proxy) listenUDP(addr string) ([]*net.UDPConn, error) {
 			return serr
 		}
 	}
-	if len(pcs) == 0 {
-		c, err := lc.ListenPacket(p.ctx, "udp", addr)
+	return p.listenUDPGroup(lc, "udp", addr)
+}
+
+// listenUDPGroup opens a socket on addr with lc (the first one inherited
+// from an upgraded process, if it handed one) and, with the event loops,
+// a sibling for each further loop (lc's Control sets SO_REUSEPORT then).
+// Siblings the kernel refuses only cost the spread over the loops.
+func (p *Proxy) listenUDPGroup(lc net.ListenConfig, network, addr string) ([]*net.UDPConn, error) {
+	var pcs []*net.UDPConn
+	if u := p.inherit.takeUDP(addr); u != nil {
+		pcs = append(pcs, u)
+	} else {
+		c, err := lc.ListenPacket(p.ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
 		pcs = append(pcs, c.(*net.UDPConn))
 	}
+	n := 1
+	if p.loopCount >= 0 {
+		n = p.loopsWanted()
+	}
 	for len(pcs) < n {
-		c, err := lc.ListenPacket(p.ctx, "udp", pcs[0].LocalAddr().String())
+		c, err := lc.ListenPacket(p.ctx, network, pcs[0].LocalAddr().String()) // its port, when addr's was 0
 		if err != nil {
-			p.log.Warn("a UDP socket for each event loop was refused; one loop reads the service", "listen", addr, "err", err)
+			p.log.Warn("a UDP socket for each event loop was refused; fewer loops read it", "listen", addr, "err", err)
 			break
 		}
 		pcs = append(pcs, c.(*net.UDPConn))
@@ -199,7 +206,7 @@ func (ul *udpLoop) open(f *flow) error {
 		s.Close()
 		return err
 	}
-	f.raw, f.rc, f.out = s, s, ul.raw
+	f.sock, f.rc, f.out = s, s, ul.raw
 	return nil
 }
 

@@ -183,14 +183,7 @@ func medianColumns(rounds [][]column) []column {
 				}
 			}
 		}
-		m := func(f func(column) float64) float64 {
-			vs := make([]float64, len(rs))
-			for i, r := range rs {
-				vs[i] = f(r)
-			}
-			slices.Sort(vs)
-			return median(vs)
-		}
+		m := func(f func(column) float64) float64 { return medianOf(rs, f) }
 		d := func(f func(column) time.Duration) time.Duration {
 			return time.Duration(m(func(c column) float64 { return float64(f(c)) }))
 		}
@@ -213,6 +206,16 @@ func medianColumns(rounds [][]column) []column {
 	return out
 }
 
+// medianOf is the median of f over xs.
+func medianOf[T any](xs []T, f func(T) float64) float64 {
+	vs := make([]float64, len(xs))
+	for i, x := range xs {
+		vs[i] = f(x)
+	}
+	slices.Sort(vs)
+	return median(vs)
+}
+
 // median of sorted vs.
 func median(vs []float64) float64 {
 	n := len(vs)
@@ -225,12 +228,7 @@ func median(vs []float64) float64 {
 // medianWrk is the median of each figure of the columns' wrk runs.
 func medianWrk(cols []column, run func(result) wrkResult) wrkResult {
 	m := func(f func(wrkResult) float64) float64 {
-		vs := make([]float64, len(cols))
-		for i, c := range cols {
-			vs[i] = f(run(c.r))
-		}
-		slices.Sort(vs)
-		return median(vs)
+		return medianOf(cols, func(c column) float64 { return f(run(c.r)) })
 	}
 	d := func(f func(wrkResult) time.Duration) time.Duration {
 		return time.Duration(m(func(w wrkResult) float64 { return float64(f(w)) }))

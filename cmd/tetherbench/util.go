@@ -104,8 +104,11 @@ func readCPU(pid int) (cpuSample, error) {
 		// The fields after the command's name, which ends with the last ')':
 		// state is the first, utime the 12th and stime the 13th.
 		i := strings.LastIndex(string(b), ") ")
-		g := strings.Fields(string(b)[i+1:])
-		if i < 0 || len(g) < 13 {
+		if i < 0 {
+			return c, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+		}
+		g := strings.Fields(string(b)[i+2:])
+		if len(g) < 13 {
 			return c, fmt.Errorf("/proc/%d/stat: %q", pid, b)
 		}
 		for j, p := range []*int64{&c.user, &c.sys} {
